@@ -1,0 +1,200 @@
+//! The op set every backend implements.
+//!
+//! One trait, two implementations: `cpu` (f32, the reference and the oracle
+//! for the GPU) and, with the `cuda` feature, the CUDA backend (issue 6).
+//! The model code (`crate::model`) is written once against this trait, with
+//! explicit forward and backward passes, so a backend only supplies kernels.
+//!
+//! Conventions shared by every op:
+//! - buffers are flat, row-major; shapes are passed explicitly and checked;
+//! - an op whose output is a gradient *accumulates* (`+=`) when it says so
+//!   in its name or docs, otherwise it overwrites;
+//! - index buffers (`Idx`) hold `u32`: token ids, positions, `cu_seqlens`,
+//!   targets (with [`IGNORE`] for "no target here");
+//! - every reduction runs in a fixed order that does not depend on the
+//!   number of threads (DESIGN.md §6), so results are bitwise reproducible.
+
+pub mod cpu;
+
+/// Target id meaning "this position has no target" (masked / end of sequence).
+pub const IGNORE: u32 = u32::MAX;
+
+/// Geometry of one attention call; query head `h` reads kv head
+/// `h / (n_heads / n_kv_heads)`; scores are scaled by `scale`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+/// A contiguous range of a flat buffer, in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub off: usize,
+    pub len: usize,
+}
+
+impl Span {
+    pub fn new(off: usize, len: usize) -> Self {
+        Span { off, len }
+    }
+    pub fn end(&self) -> usize {
+        self.off + self.len
+    }
+}
+
+/// Shapes of a matrix product `y[m,n] = x[m,k] · w[n,k]ᵀ` (PyTorch's Linear).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+pub trait Backend: Sync {
+    /// Owned storage for activations, parameters and gradients.
+    type Buf: Send + Sync;
+    /// Owned storage for `u32` indices.
+    type Idx: Send + Sync;
+    /// Borrowed read-only view of part of a `Buf`.
+    type Ref<'a>: Copy;
+    /// Borrowed writable view of part of a `Buf`.
+    type Mut<'a>;
+    /// Borrowed view of part of an `Idx`.
+    type IdxRef<'a>: Copy;
+
+    fn name(&self) -> &'static str;
+
+    // ---- memory -----------------------------------------------------------
+    /// A zero-filled buffer of `len` elements (called when arenas are built,
+    /// never in the hot loop).
+    fn alloc(&self, len: usize) -> Self::Buf;
+    fn alloc_idx(&self, len: usize) -> Self::Idx;
+    fn len(buf: &Self::Buf) -> usize;
+    fn view(buf: &Self::Buf, span: Span) -> Self::Ref<'_>;
+    fn view_mut(buf: &mut Self::Buf, span: Span) -> Self::Mut<'_>;
+    fn idx_view(idx: &Self::Idx, span: Span) -> Self::IdxRef<'_>;
+    /// Host → device copy into `dst` (whose length must equal `src`'s).
+    fn write(&self, src: &[f32], dst: Self::Mut<'_>);
+    fn write_idx(&self, src: &[u32], dst: &mut Self::Idx);
+    /// Device → host copy of a view, as f32.
+    fn read(&self, src: Self::Ref<'_>) -> Vec<f32>;
+
+    // ---- elementwise ------------------------------------------------------
+    fn fill(&self, dst: Self::Mut<'_>, value: f32);
+    fn copy(&self, src: Self::Ref<'_>, dst: Self::Mut<'_>);
+    /// `dst += src`.
+    fn add_assign(&self, dst: Self::Mut<'_>, src: Self::Ref<'_>);
+
+    // ---- embedding --------------------------------------------------------
+    /// `out[t] = table[ids[t]]`, rows of `dim`.
+    fn embedding_fwd(&self, table: Self::Ref<'_>, ids: Self::IdxRef<'_>, dim: usize, out: Self::Mut<'_>);
+    /// `dtable[ids[t]] += dout[t]`, deterministic (fixed order per row).
+    fn embedding_bwd(&self, dout: Self::Ref<'_>, ids: Self::IdxRef<'_>, dim: usize, dtable: Self::Mut<'_>);
+
+    // ---- RMSNorm ----------------------------------------------------------
+    /// `y = x · rstd · w`, `rstd = 1/sqrt(mean(x²) + eps)` per row of `dim`.
+    fn rmsnorm_fwd(&self, x: Self::Ref<'_>, w: Self::Ref<'_>, dim: usize, eps: f32, y: Self::Mut<'_>, rstd: Self::Mut<'_>);
+    /// Accumulates: `dx += ∂L/∂x`, `dw += ∂L/∂w` (summed over rows in a fixed order).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_bwd(
+        &self,
+        dy: Self::Ref<'_>,
+        x: Self::Ref<'_>,
+        w: Self::Ref<'_>,
+        rstd: Self::Ref<'_>,
+        dim: usize,
+        dx: Self::Mut<'_>,
+        dw: Self::Mut<'_>,
+    );
+
+    // ---- matrix products (cuBLASLt on CUDA) --------------------------------
+    /// `y = x · wᵀ (+ bias)`; with `accumulate`, `y += x · wᵀ (+ bias)`.
+    fn matmul(&self, s: MatShape, x: Self::Ref<'_>, w: Self::Ref<'_>, bias: Option<Self::Ref<'_>>, y: Self::Mut<'_>, accumulate: bool);
+    /// `dx = dy · w` (or `+=` with `accumulate`); dy `[m,n]`, w `[n,k]`, dx `[m,k]`.
+    fn matmul_dx(&self, s: MatShape, dy: Self::Ref<'_>, w: Self::Ref<'_>, dx: Self::Mut<'_>, accumulate: bool);
+    /// Accumulates `dw += dyᵀ · x`.
+    fn matmul_dw(&self, s: MatShape, dy: Self::Ref<'_>, x: Self::Ref<'_>, dw: Self::Mut<'_>);
+    /// Accumulates a bias gradient: `db[j] += Σ_rows dy[r, j]`.
+    fn bias_grad(&self, dy: Self::Ref<'_>, db: Self::Mut<'_>);
+
+    // ---- RoPE ---------------------------------------------------------------
+    /// Rotates `x [tokens, heads, head_dim]` in place by the angle of each
+    /// token's position (HF rotate-half layout). `cos`/`sin` are tables
+    /// `[max_pos, head_dim/2]`. `inverse` rotates by the opposite angle, which
+    /// is the backward (the rotation's transpose).
+    #[allow(clippy::too_many_arguments)]
+    fn rope(&self, x: Self::Mut<'_>, pos: Self::IdxRef<'_>, heads: usize, head_dim: usize, cos: Self::Ref<'_>, sin: Self::Ref<'_>, inverse: bool);
+
+    // ---- attention ----------------------------------------------------------
+    /// Causal attention over packed sequences (`cu_seqlens`); see
+    /// [`cpu::attention::attention_fwd`] for the layout. Writes `out` and `lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd(
+        &self,
+        s: &AttnShape,
+        cu_seqlens: Self::IdxRef<'_>,
+        q: Self::Ref<'_>,
+        k: Self::Ref<'_>,
+        v: Self::Ref<'_>,
+        out: Self::Mut<'_>,
+        lse: Self::Mut<'_>,
+    );
+    /// Overwrites `dq`, `dk`, `dv`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        s: &AttnShape,
+        cu_seqlens: Self::IdxRef<'_>,
+        q: Self::Ref<'_>,
+        k: Self::Ref<'_>,
+        v: Self::Ref<'_>,
+        out: Self::Ref<'_>,
+        lse: Self::Ref<'_>,
+        dout: Self::Ref<'_>,
+        dq: Self::Mut<'_>,
+        dk: Self::Mut<'_>,
+        dv: Self::Mut<'_>,
+    );
+    /// One query per sequence against a KV cache `[B, capacity, kv_heads, head_dim]`
+    /// holding `lens[b]` valid positions (rollouts).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        s: &AttnShape,
+        capacity: usize,
+        lens: Self::IdxRef<'_>,
+        q: Self::Ref<'_>,
+        k_cache: Self::Ref<'_>,
+        v_cache: Self::Ref<'_>,
+        out: Self::Mut<'_>,
+    );
+
+    // ---- MLP ----------------------------------------------------------------
+    /// `out = silu(g) · u`.
+    fn swiglu_fwd(&self, g: Self::Ref<'_>, u: Self::Ref<'_>, out: Self::Mut<'_>);
+    /// Overwrites `dg`, `du`.
+    fn swiglu_bwd(&self, dout: Self::Ref<'_>, g: Self::Ref<'_>, u: Self::Ref<'_>, dg: Self::Mut<'_>, du: Self::Mut<'_>);
+
+    // ---- log-probabilities (phase 1 and 2 of the lm_head + loss) ------------
+    /// Per row of `logits [rows, vocab]`: `lse = logsumexp(z/T)`,
+    /// `logp = z[y]/T − lse` (0 where the target is [`IGNORE`]), and, if
+    /// asked, the entropy `H = lse − Σ p·z/T`. `inv_temp = 1/T`.
+    #[allow(clippy::too_many_arguments)]
+    fn logprob_fwd(
+        &self,
+        logits: Self::Ref<'_>,
+        targets: Self::IdxRef<'_>,
+        vocab: usize,
+        inv_temp: f32,
+        logp: Self::Mut<'_>,
+        lse: Self::Mut<'_>,
+        entropy: Option<Self::Mut<'_>>,
+    );
+    /// Overwrites the logits with their gradient, in place:
+    /// `dz = coef · (onehot(y) − softmax(z/T)) / T` where `coef = w·∂L/∂logp`
+    /// per row (rows with target [`IGNORE`] or coef 0 get dz = 0).
+    fn logprob_bwd(&self, logits: Self::Mut<'_>, targets: Self::IdxRef<'_>, vocab: usize, inv_temp: f32, lse: Self::Ref<'_>, coef: Self::Ref<'_>);
+}

@@ -1,0 +1,185 @@
+//! `engine score`: per-token log-probabilities of JSONL sequences.
+//!
+//! Input lines are `{"tokens": [...]}` or `{"text": "..."}`; each output line
+//! (same order) keeps the input's other fields and adds `tokens`,
+//! `logprobs` (`logprobs[i] = log p(tokens[i+1] | tokens[..=i])`) and
+//! `sum_logprob`. Lines are packed into batches of about `--batch-tokens`.
+
+use super::{resolve_device, Device};
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Span};
+use crate::data::tokenizer::Tokenizer;
+use crate::data::Batch;
+use crate::model::activations::default_chunk;
+use crate::model::checkpoint::write_atomic;
+use crate::model::{Activations, Model};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL input: one {"tokens": [...]} or {"text": "..."} per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// JSONL output, written whole once every line is scored.
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+    /// Score under softmax(z / T).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Let the tokenizer add its special tokens (BOS…) to "text" inputs.
+    #[arg(long)]
+    pub add_special_tokens: bool,
+    /// Tokens per forward pass (a longer line gets a pass of its own).
+    #[arg(long, default_value_t = 8192)]
+    pub batch_tokens: usize,
+}
+
+/// One parsed input line.
+struct Item {
+    fields: Map<String, Value>,
+    tokens: Vec<u32>,
+}
+
+fn parse_lines(path: &Path, model_dir: &Path, vocab: usize, add_special: bool) -> Result<Vec<Item>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut tokenizer: Option<Tokenizer> = None;
+    let mut items = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = || format!("{}:{}", path.display(), i + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| anyhow!("{}: invalid JSON: {e}", at()))?;
+        let Value::Object(mut fields) = v else { bail!("{}: expected a JSON object", at()) };
+        let tokens = match (fields.remove("tokens"), fields.get("text")) {
+            (Some(Value::Array(ids)), _) => ids
+                .iter()
+                .map(|x| match x.as_u64() {
+                    Some(t) if (t as usize) < vocab => Ok(t as u32),
+                    Some(t) => Err(anyhow!("{}: token id {t} outside the vocabulary ({vocab})", at())),
+                    None => Err(anyhow!("{}: \"tokens\" should hold non-negative integers, found {x}", at())),
+                })
+                .collect::<Result<Vec<u32>>>()?,
+            (Some(_), _) => bail!("{}: \"tokens\" should be a list of token ids", at()),
+            (None, Some(Value::String(s))) => {
+                if tokenizer.is_none() {
+                    tokenizer = Some(Tokenizer::load(model_dir).with_context(at)?);
+                }
+                let ids = tokenizer.as_ref().unwrap().encode(s, add_special).with_context(at)?;
+                if let Some(&t) = ids.iter().find(|&&t| t as usize >= vocab) {
+                    bail!("{}: the tokenizer gave id {t}, outside the model's vocabulary ({vocab})", at());
+                }
+                ids
+            }
+            (None, Some(_)) => bail!("{}: \"text\" should be a string", at()),
+            (None, None) => bail!("{}: expected a \"tokens\" or a \"text\" field", at()),
+        };
+        if tokens.is_empty() {
+            bail!("{}: no tokens to score", at());
+        }
+        items.push(Item { fields, tokens });
+    }
+    if items.is_empty() {
+        bail!("{}: empty input (no JSONL lines)", path.display());
+    }
+    Ok(items)
+}
+
+/// Groups consecutive items into batches of at most `budget` tokens (an
+/// item longer than the budget goes alone).
+fn batches(items: &[Item], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, it) in items.iter().enumerate() {
+        if i > start && tokens + it.tokens.len() > budget {
+            out.push(start..i);
+            start = i;
+            tokens = 0;
+        }
+        tokens += it.tokens.len();
+    }
+    out.push(start..items.len());
+    out
+}
+
+/// Log-probabilities of every next token of every sequence, one Vec per sequence.
+pub fn score_sequences<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    acts: &mut Activations<B>,
+    seqs: &[&[u32]],
+    temperature: f32,
+) -> Result<Vec<Vec<f32>>> {
+    let batch = Batch::pack(seqs);
+    model.forward(be, acts, &batch)?;
+    model.head_fwd(be, acts, &batch.next_tokens, temperature, false);
+    let logp = be.read(B::view(&acts.logp, Span::new(0, batch.len())));
+    Ok((0..batch.n_seqs())
+        .map(|s| {
+            let r = batch.seq(s);
+            logp[r.start..r.end - 1].to_vec()
+        })
+        .collect())
+}
+
+pub fn run(a: ScoreArgs) -> Result<()> {
+    resolve_device(a.device)?;
+    if !(a.temperature > 0.0 && a.temperature.is_finite()) {
+        bail!("--temperature must be a positive number, got {}", a.temperature);
+    }
+    if a.batch_tokens == 0 {
+        bail!("--batch-tokens must be positive");
+    }
+    let be = Cpu;
+    let (model, _) = Model::load(&be, &a.model)?;
+    let items = parse_lines(&a.input, &a.model, model.cfg.vocab_size, a.add_special_tokens)?;
+    let longest = items.iter().map(|i| i.tokens.len()).max().unwrap_or(1);
+    let cap = a.batch_tokens.max(longest);
+    let mut acts = Activations::new(&be, &model.cfg, cap, default_chunk(&model.cfg, cap), false);
+
+    let total: usize = items.iter().map(|i| i.tokens.len()).sum();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("scoring {bar:40} {pos}/{len} tokens {per_sec} eta {eta}")
+            .expect("static template"),
+    );
+    let mut out = String::new();
+    for range in batches(&items, a.batch_tokens) {
+        let group = &items[range];
+        let seqs: Vec<&[u32]> = group.iter().map(|i| i.tokens.as_slice()).collect();
+        let scored = score_sequences(&be, &model, &mut acts, &seqs, a.temperature)?;
+        for (item, logprobs) in group.iter().zip(scored) {
+            let mut obj = item.fields.clone();
+            let sum: f64 = logprobs.iter().map(|&l| l as f64).sum();
+            obj.insert("tokens".into(), item.tokens.clone().into());
+            obj.insert("logprobs".into(), logprobs.into());
+            obj.insert("sum_logprob".into(), sum.into());
+            out.push_str(&Value::Object(obj).to_string());
+            out.push('\n');
+        }
+        bar.inc(seqs.iter().map(|s| s.len() as u64).sum());
+    }
+    bar.finish_and_clear();
+    write_atomic(&a.output, out.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batching_respects_the_budget() {
+        let item = |n: usize| Item { fields: Map::new(), tokens: vec![0; n] };
+        let items: Vec<Item> = [3, 4, 2, 9, 1].into_iter().map(item).collect();
+        assert_eq!(batches(&items, 8), vec![0..2, 2..3, 3..4, 4..5]);
+        assert_eq!(batches(&items, 100), vec![0..5]);
+    }
+}

@@ -1,0 +1,6 @@
+//! Data: batches of packed sequences and the tokenizer.
+
+pub mod batch;
+pub mod tokenizer;
+
+pub use batch::Batch;

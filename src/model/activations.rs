@@ -1,0 +1,215 @@
+//! The activation arena: every buffer a forward and backward pass needs,
+//! allocated once for a token capacity, so the hot loop allocates nothing.
+//!
+//! The same list of buffers serves to allocate them and to count their
+//! size (`engine info` reports activation memory from it).
+
+use super::config::ModelConfig;
+use crate::backend::{Backend, Span};
+
+/// Saved per layer for the backward (in inference mode one set is reused).
+pub struct LayerActs<B: Backend> {
+    pub ln1: B::Buf,
+    pub rstd1: B::Buf,
+    /// q, k before the Qwen3 q/k RMSNorm (empty otherwise) and its rstd.
+    pub q_pre: B::Buf,
+    pub k_pre: B::Buf,
+    pub rstd_q: B::Buf,
+    pub rstd_k: B::Buf,
+    /// q and k after norm and RoPE; v.
+    pub q: B::Buf,
+    pub k: B::Buf,
+    pub v: B::Buf,
+    pub att: B::Buf,
+    pub lse: B::Buf,
+    /// The residual stream after attention.
+    pub x2: B::Buf,
+    pub ln2: B::Buf,
+    pub rstd2: B::Buf,
+    pub gate: B::Buf,
+    pub up: B::Buf,
+    pub act: B::Buf,
+}
+
+/// Gradient scratch, reused by every layer of the backward.
+pub struct GradScratch<B: Backend> {
+    pub d_resid: B::Buf,
+    pub d_ln: B::Buf,
+    pub d_att: B::Buf,
+    pub dq: B::Buf,
+    pub dk: B::Buf,
+    pub dv: B::Buf,
+    pub dq_pre: B::Buf,
+    pub dk_pre: B::Buf,
+    pub d_act: B::Buf,
+    pub d_gate: B::Buf,
+    pub d_up: B::Buf,
+}
+
+pub struct Activations<B: Backend> {
+    /// Most tokens one batch may hold (also the longest sequence).
+    pub cap: usize,
+    /// Rows of logits computed at once by the lm_head + loss (DESIGN.md §3).
+    pub chunk: usize,
+    pub train: bool,
+    /// Tokens and sequences of the batch now loaded (set by the forward).
+    pub n: usize,
+    pub n_seqs: usize,
+    pub ids: B::Idx,
+    pub pos: B::Idx,
+    pub cu_seqlens: B::Idx,
+    pub targets: B::Idx,
+    pub rope_cos: B::Buf,
+    pub rope_sin: B::Buf,
+    /// Residual stream at each layer boundary (L+1 in training, 2 otherwise).
+    pub resid: Vec<B::Buf>,
+    pub layers: Vec<LayerActs<B>>,
+    /// Final RMSNorm output and its rstd.
+    pub h: B::Buf,
+    pub rstd_f: B::Buf,
+    pub logits: B::Buf,
+    pub logp: B::Buf,
+    pub lse: B::Buf,
+    pub entropy: B::Buf,
+    pub coef: B::Buf,
+    pub grad: Option<GradScratch<B>>,
+}
+
+/// Sizes (in elements) of every f32 buffer of the arena.
+struct Sizes {
+    per_layer: Vec<usize>,
+    n_layer_sets: usize,
+    resid: usize,
+    n_resid: usize,
+    rest: Vec<usize>,
+    scratch: Vec<usize>,
+}
+
+fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Sizes {
+    let (d, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    let qk = |x: usize| if c.qk_norm { x } else { 0 };
+    let half = c.head_dim / 2;
+    Sizes {
+        // Order as in LayerActs.
+        per_layer: vec![
+            cap * d,
+            cap,
+            qk(cap * q),
+            qk(cap * kv),
+            qk(cap * c.n_heads),
+            qk(cap * c.n_kv_heads),
+            cap * q,
+            cap * kv,
+            cap * kv,
+            cap * q,
+            cap * c.n_heads,
+            cap * d,
+            cap * d,
+            cap,
+            cap * i,
+            cap * i,
+            cap * i,
+        ],
+        n_layer_sets: if train { c.n_layers } else { 1 },
+        resid: cap * d,
+        n_resid: if train { c.n_layers + 1 } else { 2 },
+        // rope cos, sin, h, rstd_f, logits, logp, lse, entropy, coef
+        rest: vec![cap * half, cap * half, cap * d, cap, chunk * c.vocab_size, cap, cap, cap, cap],
+        scratch: if train {
+            vec![cap * d, cap * d, cap * q, cap * q, cap * kv, cap * kv, qk(cap * q), qk(cap * kv), cap * i, cap * i, cap * i]
+        } else {
+            vec![]
+        },
+    }
+}
+
+/// Rows per lm_head chunk: at most 2^24 logits (64 MiB in f32) at once.
+pub fn default_chunk(c: &ModelConfig, cap: usize) -> usize {
+    ((1usize << 24) / c.vocab_size).clamp(1, cap.max(1))
+}
+
+/// Total f32 elements of an arena, plus its index buffers (in u32 elements).
+pub fn arena_elements(c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> (usize, usize) {
+    let s = sizes(c, cap, chunk, train);
+    let floats = s.per_layer.iter().sum::<usize>() * s.n_layer_sets
+        + s.resid * s.n_resid
+        + s.rest.iter().sum::<usize>()
+        + s.scratch.iter().sum::<usize>();
+    (floats, 4 * cap + 1)
+}
+
+impl<B: Backend> Activations<B> {
+    pub fn new(be: &B, c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Self {
+        assert!(cap > 0 && chunk > 0, "activations: capacity and chunk must be positive");
+        let s = sizes(c, cap, chunk, train);
+        let layer = || {
+            let mut b = s.per_layer.iter().map(|&n| be.alloc(n));
+            let mut next = || b.next().unwrap();
+            LayerActs {
+                ln1: next(),
+                rstd1: next(),
+                q_pre: next(),
+                k_pre: next(),
+                rstd_q: next(),
+                rstd_k: next(),
+                q: next(),
+                k: next(),
+                v: next(),
+                att: next(),
+                lse: next(),
+                x2: next(),
+                ln2: next(),
+                rstd2: next(),
+                gate: next(),
+                up: next(),
+                act: next(),
+            }
+        };
+        let mut rest = s.rest.iter().map(|&n| be.alloc(n));
+        let mut r = || rest.next().unwrap();
+        let (mut rope_cos, mut rope_sin) = (r(), r());
+        let (cos, sin) = super::rope::tables(c, cap);
+        be.write(&cos, B::view_mut(&mut rope_cos, Span::new(0, cos.len())));
+        be.write(&sin, B::view_mut(&mut rope_sin, Span::new(0, sin.len())));
+        let grad = train.then(|| {
+            let mut b = s.scratch.iter().map(|&n| be.alloc(n));
+            let mut g = || b.next().unwrap();
+            GradScratch {
+                d_resid: g(),
+                d_ln: g(),
+                d_att: g(),
+                dq: g(),
+                dk: g(),
+                dv: g(),
+                dq_pre: g(),
+                dk_pre: g(),
+                d_act: g(),
+                d_gate: g(),
+                d_up: g(),
+            }
+        });
+        Activations {
+            cap,
+            chunk,
+            train,
+            n: 0,
+            n_seqs: 0,
+            ids: be.alloc_idx(cap),
+            pos: be.alloc_idx(cap),
+            cu_seqlens: be.alloc_idx(cap + 1),
+            targets: be.alloc_idx(cap),
+            rope_cos,
+            rope_sin,
+            resid: (0..s.n_resid).map(|_| be.alloc(s.resid)).collect(),
+            layers: (0..s.n_layer_sets).map(|_| layer()).collect(),
+            h: r(),
+            rstd_f: r(),
+            logits: r(),
+            logp: r(),
+            lse: r(),
+            entropy: r(),
+            coef: r(),
+            grad,
+        }
+    }
+}
