@@ -1,1 +1,76 @@
-fn main(){}
+//! A full forward + backward of a ~10M-parameter Llama-shaped model at
+//! 4 × 256 tokens on the CPU backend: the CPU reference's speed, compared
+//! with PyTorch by tools/bench_vs_torch.py (same shape, same threads).
+//! Run: `cargo bench --bench train_step`. Results: docs/PERFORMANCE.md.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use engine::backend::cpu::Cpu;
+use engine::backend::{Backend, Span};
+use engine::data::Batch;
+use engine::loss::masked_mean_ce;
+use engine::model::{Activations, Model, ModelConfig, ParamLayout};
+
+/// The shape tools/bench_vs_torch.py builds in PyTorch.
+const CONFIG: &str = r#"{
+    "architectures": ["LlamaForCausalLM"], "vocab_size": 8000, "hidden_size": 256,
+    "intermediate_size": 768, "num_hidden_layers": 8, "num_attention_heads": 8,
+    "num_key_value_heads": 4, "head_dim": 32, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": false, "max_position_embeddings": 2048
+}"#;
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn model(be: &Cpu) -> Model<Cpu> {
+    let cfg = ModelConfig::from_json_str(CONFIG, "bench config").unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let mut rng = Lcg(0);
+    let mut host = vec![0.0f32; layout.total];
+    for e in &layout.entries {
+        let is_norm = e.shape.len() == 1;
+        for v in &mut host[e.span.off..e.span.end()] {
+            *v = if is_norm { 1.0 } else { 0.04 * (rng.next() - 0.5) };
+        }
+    }
+    Model::from_host(be, cfg, &host)
+}
+
+fn bench(c: &mut Criterion) {
+    let be = Cpu;
+    let m = model(&be);
+    let mut rng = Lcg(1);
+    let seqs: Vec<Vec<u32>> =
+        (0..4).map(|_| (0..256).map(|_| (rng.next() * m.cfg.vocab_size as f32) as u32).collect()).collect();
+    let batch = Batch::pack(&seqs);
+    let n = batch.len();
+    let mut acts = Activations::new(&be, &m.cfg, n, n, true);
+    let mut grads = m.zero_grads(&be);
+    println!("train_step: {} parameters, {} tokens, {} threads", m.layout.total, n, rayon::current_num_threads());
+
+    let mut g = c.benchmark_group("train_step");
+    g.sample_size(10);
+    g.bench_function("forward_10m_4x256", |b| {
+        b.iter(|| {
+            m.forward(&be, &mut acts, &batch).unwrap();
+            m.head_fwd(&be, &mut acts, &batch.next_tokens, 1.0, false);
+        })
+    });
+    g.bench_function("forward_backward_10m_4x256", |b| {
+        b.iter(|| {
+            be.fill(Cpu::view_mut(&mut grads, Span::new(0, m.layout.total)), 0.0);
+            m.forward(&be, &mut acts, &batch).unwrap();
+            m.head_fwd(&be, &mut acts, &batch.next_tokens, 1.0, false);
+            let (_, coef) = masked_mean_ce(&be.read(Cpu::view(&acts.logp, Span::new(0, n))), &batch.next_tokens);
+            m.backward(&be, &mut acts, &coef, 1.0, &mut grads);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -52,8 +52,20 @@ pub fn cpu_memory(cfg: &ModelConfig, params: usize, tokens: usize) -> Memory {
     Memory { weights: 4 * p, grads: 4 * p, master: 0, adam: 8 * p, activations: 4 * acts as u64 }
 }
 
-fn gib(b: u64) -> String {
-    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+/// Bytes in the largest binary unit that keeps the number at least 1.
+fn human(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < units.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.2} {}", units[u])
+    }
 }
 
 fn rope_text(c: &ModelConfig) -> String {
@@ -126,7 +138,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         ("activations", gpu.activations, cpu.activations),
         ("total", gpu.total(), cpu.total()),
     ] {
-        println!("  {name:<14} {:>14} {:>14}", gib(g), gib(c));
+        println!("  {name:<14} {:>14} {:>14}", human(g), human(c));
     }
     Ok(())
 }

@@ -1,14 +1,37 @@
 //! Log-probabilities of target tokens under `softmax(z/T)`, and their
 //! gradient written over the logits in place (DESIGN.md §4.1, §3's two
-//! phases). Sums over the vocabulary accumulate in f64: this is the oracle.
+//! phases). Sums over the vocabulary accumulate in f64 lanes (a fixed
+//! order, so bitwise reproducible): this is the oracle.
 
+use super::fastmath::exp;
 use crate::backend::IGNORE;
 use rayon::prelude::*;
+
+const LANES: usize = 8;
+
+/// `Σ_j f(z_j)` in f64, over `LANES` independent accumulators added in a
+/// fixed order at the end; the lanes let the loop vectorise.
+#[inline(always)]
+fn lane_sum(z: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = z.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..LANES {
+            acc[k] += f(c[k]);
+        }
+    }
+    let mut total: f64 = tail.iter().map(|&v| f(v)).sum();
+    for a in acc {
+        total += a;
+    }
+    total
+}
 
 /// Log-sum-exp of `z · inv_temp`.
 fn row_lse(z: &[f32], inv_temp: f32) -> f32 {
     let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv_temp));
-    let sum: f64 = z.iter().map(|&v| ((v * inv_temp - max) as f64).exp()).sum();
+    let sum = lane_sum(z, |v| exp(v * inv_temp - max) as f64);
     max + sum.ln() as f32
 }
 
@@ -43,13 +66,10 @@ pub fn logprob_fwd(
     if let Some(h) = entropy {
         assert_eq!(h.len(), rows, "logprob: entropy");
         h.par_iter_mut().zip(logits.par_chunks(vocab).zip(lse.par_iter())).for_each(|(h, (z, &l))| {
-            let pz: f64 = z
-                .iter()
-                .map(|&v| {
-                    let s = v * inv_temp;
-                    ((s - l) as f64).exp() * s as f64
-                })
-                .sum();
+            let pz = lane_sum(z, |v| {
+                let s = v * inv_temp;
+                (exp(s - l) * s) as f64
+            });
             *h = l - pz as f32;
         });
     }
@@ -67,7 +87,7 @@ pub fn logprob_bwd(logits: &mut [f32], targets: &[u32], vocab: usize, inv_temp: 
             Some(y) if c != 0.0 => {
                 let scale = c * inv_temp;
                 for v in z.iter_mut() {
-                    *v = -scale * (*v * inv_temp - l).exp();
+                    *v = -scale * exp(*v * inv_temp - l);
                 }
                 z[y] += scale;
             }

@@ -14,8 +14,73 @@ fn parallelism() -> Parallelism {
     }
 }
 
-/// `dst[rows, cols] = (accumulate ? dst : 0) + lhs · rhs`, with each operand
-/// described by its row and column strides.
+/// One operand of [`gemm_raw`]: a slice and its (row, column) strides.
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst[rows, cols] = (accumulate ? dst : 0) + lhs[rows, inner] · rhs[inner, cols]`,
+/// each matrix given by strides; `dst` has row stride `dst_rs` and unit
+/// column stride. `parallel` lets gemm use the rayon pool (callers already
+/// inside a rayon task pass false).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_raw(
+    rows: usize,
+    cols: usize,
+    inner: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+    parallel: bool,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(dst.len() >= (rows - 1) * dst_rs + cols, "gemm: dst too short");
+    if inner == 0 {
+        if !accumulate {
+            for r in 0..rows {
+                dst[r * dst_rs..r * dst_rs + cols].fill(0.0);
+            }
+        }
+        return;
+    }
+    // Bounds: the last element each operand's strides can reach.
+    assert!(lhs.data.len() > (rows - 1) * lhs.rs + (inner - 1) * lhs.cs, "gemm: lhs too short");
+    assert!(rhs.data.len() > (inner - 1) * rhs.rs + (cols - 1) * rhs.cs, "gemm: rhs too short");
+    // SAFETY: the asserts above keep every access inside the slices; dst is
+    // exclusively borrowed and so does not alias lhs or rhs.
+    unsafe {
+        gemm::gemm(
+            rows,
+            cols,
+            inner,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            if parallel { parallelism() } else { Parallelism::None },
+        );
+    }
+}
+
+/// A contiguous `dst[rows, cols]` product on the whole rayon pool.
 #[allow(clippy::too_many_arguments)]
 fn gemm_strided(
     rows: usize,
@@ -29,43 +94,9 @@ fn gemm_strided(
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
     assert_eq!(dst.len(), rows * cols, "gemm: dst has {} elements, want {rows}x{cols}", dst.len());
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    if inner == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    // Bounds: the last element each operand's strides can reach.
-    assert!(lhs.len() > (rows - 1) * lhs_rs + (inner - 1) * lhs_cs, "gemm: lhs too short");
-    assert!(rhs.len() > (inner - 1) * rhs_rs + (cols - 1) * rhs_cs, "gemm: rhs too short");
-    // SAFETY: the asserts above keep every access inside the slices; dst is
-    // exclusively borrowed and does not alias lhs or rhs.
-    unsafe {
-        gemm::gemm(
-            rows,
-            cols,
-            inner,
-            dst.as_mut_ptr(),
-            1,
-            cols as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        );
-    }
+    let lhs = Operand { data: lhs, rs: lhs_rs, cs: lhs_cs };
+    let rhs = Operand { data: rhs, rs: rhs_rs, cs: rhs_cs };
+    gemm_raw(rows, cols, inner, dst, cols, accumulate, lhs, rhs, true);
 }
 
 /// `y[m,n] (+)= x[m,k] · w[n,k]ᵀ (+ bias)`.

@@ -2,7 +2,9 @@
 //! Each op lives in the file named for it, forward and backward side by side.
 
 pub mod attention;
+pub mod attention_tiled;
 pub mod elementwise;
+pub mod fastmath;
 pub mod logprob;
 pub mod matmul;
 pub mod norm;
@@ -98,7 +100,7 @@ impl Backend for Cpu {
     }
 
     fn attention_fwd(&self, s: &AttnShape, cu: &[u32], q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], lse: &mut [f32]) {
-        attention::attention_fwd(s, cu, q, k, v, out, lse);
+        attention_tiled::attention_fwd(s, cu, q, k, v, out, lse);
     }
     fn attention_bwd(
         &self,
@@ -114,7 +116,7 @@ impl Backend for Cpu {
         dk: &mut [f32],
         dv: &mut [f32],
     ) {
-        attention::attention_bwd(s, cu, q, k, v, out, lse, dout, dq, dk, dv);
+        attention_tiled::attention_bwd(s, cu, q, k, v, out, lse, dout, dq, dk, dv);
     }
     fn attention_decode(&self, s: &AttnShape, capacity: usize, lens: &[u32], q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) {
         attention::attention_decode(s, capacity, lens, q, kc, vc, out);
