@@ -90,13 +90,33 @@ pub trait Backend: Sync {
 
     // ---- embedding --------------------------------------------------------
     /// `out[t] = table[ids[t]]`, rows of `dim`.
-    fn embedding_fwd(&self, table: Self::Ref<'_>, ids: Self::IdxRef<'_>, dim: usize, out: Self::Mut<'_>);
+    fn embedding_fwd(
+        &self,
+        table: Self::Ref<'_>,
+        ids: Self::IdxRef<'_>,
+        dim: usize,
+        out: Self::Mut<'_>,
+    );
     /// `dtable[ids[t]] += dout[t]`, deterministic (fixed order per row).
-    fn embedding_bwd(&self, dout: Self::Ref<'_>, ids: Self::IdxRef<'_>, dim: usize, dtable: Self::Mut<'_>);
+    fn embedding_bwd(
+        &self,
+        dout: Self::Ref<'_>,
+        ids: Self::IdxRef<'_>,
+        dim: usize,
+        dtable: Self::Mut<'_>,
+    );
 
     // ---- RMSNorm ----------------------------------------------------------
     /// `y = x · rstd · w`, `rstd = 1/sqrt(mean(x²) + eps)` per row of `dim`.
-    fn rmsnorm_fwd(&self, x: Self::Ref<'_>, w: Self::Ref<'_>, dim: usize, eps: f32, y: Self::Mut<'_>, rstd: Self::Mut<'_>);
+    fn rmsnorm_fwd(
+        &self,
+        x: Self::Ref<'_>,
+        w: Self::Ref<'_>,
+        dim: usize,
+        eps: f32,
+        y: Self::Mut<'_>,
+        rstd: Self::Mut<'_>,
+    );
     /// Accumulates: `dx += ∂L/∂x`, `dw += ∂L/∂w` (summed over rows in a fixed order).
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_bwd(
@@ -112,9 +132,24 @@ pub trait Backend: Sync {
 
     // ---- matrix products (cuBLASLt on CUDA) --------------------------------
     /// `y = x · wᵀ (+ bias)`; with `accumulate`, `y += x · wᵀ (+ bias)`.
-    fn matmul(&self, s: MatShape, x: Self::Ref<'_>, w: Self::Ref<'_>, bias: Option<Self::Ref<'_>>, y: Self::Mut<'_>, accumulate: bool);
+    fn matmul(
+        &self,
+        s: MatShape,
+        x: Self::Ref<'_>,
+        w: Self::Ref<'_>,
+        bias: Option<Self::Ref<'_>>,
+        y: Self::Mut<'_>,
+        accumulate: bool,
+    );
     /// `dx = dy · w` (or `+=` with `accumulate`); dy `[m,n]`, w `[n,k]`, dx `[m,k]`.
-    fn matmul_dx(&self, s: MatShape, dy: Self::Ref<'_>, w: Self::Ref<'_>, dx: Self::Mut<'_>, accumulate: bool);
+    fn matmul_dx(
+        &self,
+        s: MatShape,
+        dy: Self::Ref<'_>,
+        w: Self::Ref<'_>,
+        dx: Self::Mut<'_>,
+        accumulate: bool,
+    );
     /// Accumulates `dw += dyᵀ · x`.
     fn matmul_dw(&self, s: MatShape, dy: Self::Ref<'_>, x: Self::Ref<'_>, dw: Self::Mut<'_>);
     /// Accumulates a bias gradient: `db[j] += Σ_rows dy[r, j]`.
@@ -126,7 +161,16 @@ pub trait Backend: Sync {
     /// `[max_pos, head_dim/2]`. `inverse` rotates by the opposite angle, which
     /// is the backward (the rotation's transpose).
     #[allow(clippy::too_many_arguments)]
-    fn rope(&self, x: Self::Mut<'_>, pos: Self::IdxRef<'_>, heads: usize, head_dim: usize, cos: Self::Ref<'_>, sin: Self::Ref<'_>, inverse: bool);
+    fn rope(
+        &self,
+        x: Self::Mut<'_>,
+        pos: Self::IdxRef<'_>,
+        heads: usize,
+        head_dim: usize,
+        cos: Self::Ref<'_>,
+        sin: Self::Ref<'_>,
+        inverse: bool,
+    );
 
     // ---- attention ----------------------------------------------------------
     /// Causal attention over packed sequences (`cu_seqlens`); see
@@ -176,7 +220,14 @@ pub trait Backend: Sync {
     /// `out = silu(g) · u`.
     fn swiglu_fwd(&self, g: Self::Ref<'_>, u: Self::Ref<'_>, out: Self::Mut<'_>);
     /// Overwrites `dg`, `du`.
-    fn swiglu_bwd(&self, dout: Self::Ref<'_>, g: Self::Ref<'_>, u: Self::Ref<'_>, dg: Self::Mut<'_>, du: Self::Mut<'_>);
+    fn swiglu_bwd(
+        &self,
+        dout: Self::Ref<'_>,
+        g: Self::Ref<'_>,
+        u: Self::Ref<'_>,
+        dg: Self::Mut<'_>,
+        du: Self::Mut<'_>,
+    );
 
     // ---- log-probabilities (phase 1 and 2 of the lm_head + loss) ------------
     /// Per row of `logits [rows, vocab]`: `lse = logsumexp(z/T)`,
@@ -196,5 +247,13 @@ pub trait Backend: Sync {
     /// Overwrites the logits with their gradient, in place:
     /// `dz = coef · (onehot(y) − softmax(z/T)) / T` where `coef = w·∂L/∂logp`
     /// per row (rows with target [`IGNORE`] or coef 0 get dz = 0).
-    fn logprob_bwd(&self, logits: Self::Mut<'_>, targets: Self::IdxRef<'_>, vocab: usize, inv_temp: f32, lse: Self::Ref<'_>, coef: Self::Ref<'_>);
+    fn logprob_bwd(
+        &self,
+        logits: Self::Mut<'_>,
+        targets: Self::IdxRef<'_>,
+        vocab: usize,
+        inv_temp: f32,
+        lse: Self::Ref<'_>,
+        coef: Self::Ref<'_>,
+    );
 }

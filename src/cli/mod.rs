@@ -6,7 +6,11 @@ pub mod score;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "engine", version, about = "Trains reasoning language models: SFT, distillation, GRPO-family RL, DPO.")]
+#[command(
+    name = "engine",
+    version,
+    about = "Trains reasoning language models: SFT, distillation, GRPO-family RL, DPO."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -34,7 +38,9 @@ pub fn resolve_device(d: Device) -> anyhow::Result<Device> {
         Device::Cuda if cfg!(feature = "cuda") => {
             anyhow::bail!("--device cuda: the CUDA backend is not implemented yet (issue 6); use --device cpu")
         }
-        Device::Cuda => anyhow::bail!("--device cuda: this binary was built without the `cuda` feature"),
+        Device::Cuda => {
+            anyhow::bail!("--device cuda: this binary was built without the `cuda` feature")
+        }
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Activations<B: Backend> {
     pub h: B::Buf,
     pub rstd_f: B::Buf,
     pub logits: B::Buf,
+    /// True while `logits` holds the logits of every row of the batch (one
+    /// chunk covered it in phase 1), so phase 2 need not recompute them.
+    pub logits_hold_all: bool,
     pub logp: B::Buf,
     pub lse: B::Buf,
     pub entropy: B::Buf,
@@ -114,9 +117,31 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Sizes {
         resid: cap * d,
         n_resid: if train { c.n_layers + 1 } else { 2 },
         // rope cos, sin, h, rstd_f, logits, logp, lse, entropy, coef
-        rest: vec![cap * half, cap * half, cap * d, cap, chunk * c.vocab_size, cap, cap, cap, cap],
+        rest: vec![
+            cap * half,
+            cap * half,
+            cap * d,
+            cap,
+            chunk * c.vocab_size,
+            cap,
+            cap,
+            cap,
+            cap,
+        ],
         scratch: if train {
-            vec![cap * d, cap * d, cap * q, cap * q, cap * kv, cap * kv, qk(cap * q), qk(cap * kv), cap * i, cap * i, cap * i]
+            vec![
+                cap * d,
+                cap * d,
+                cap * q,
+                cap * q,
+                cap * kv,
+                cap * kv,
+                qk(cap * q),
+                qk(cap * kv),
+                cap * i,
+                cap * i,
+                cap * i,
+            ]
         } else {
             vec![]
         },
@@ -140,7 +165,10 @@ pub fn arena_elements(c: &ModelConfig, cap: usize, chunk: usize, train: bool) ->
 
 impl<B: Backend> Activations<B> {
     pub fn new(be: &B, c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Self {
-        assert!(cap > 0 && chunk > 0, "activations: capacity and chunk must be positive");
+        assert!(
+            cap > 0 && chunk > 0,
+            "activations: capacity and chunk must be positive"
+        );
         let s = sizes(c, cap, chunk, train);
         let layer = || {
             let mut b = s.per_layer.iter().map(|&n| be.alloc(n));
@@ -205,6 +233,7 @@ impl<B: Backend> Activations<B> {
             h: r(),
             rstd_f: r(),
             logits: r(),
+            logits_hold_all: false,
             logp: r(),
             lse: r(),
             entropy: r(),

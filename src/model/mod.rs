@@ -35,7 +35,11 @@ impl<B: Backend> Model<B> {
         assert_eq!(host.len(), layout.total, "from_host: parameter count");
         let mut params = be.alloc(layout.total);
         be.write(host, B::view_mut(&mut params, Span::new(0, layout.total)));
-        Model { cfg, layout, params }
+        Model {
+            cfg,
+            layout,
+            params,
+        }
     }
 
     /// Loads `config.json` and the safetensors weights of a Hugging Face model folder.

@@ -49,7 +49,11 @@ impl<B: Backend> Model<B> {
             bail!("empty batch");
         }
         if batch.len() > acts.cap {
-            bail!("batch of {} tokens exceeds the arena's capacity of {}", batch.len(), acts.cap);
+            bail!(
+                "batch of {} tokens exceeds the arena's capacity of {}",
+                batch.len(),
+                acts.cap
+            );
         }
         let v = self.cfg.vocab_size;
         if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= v) {
@@ -65,11 +69,24 @@ impl<B: Backend> Model<B> {
         let (n, d) = (batch.len(), self.cfg.hidden_size);
         acts.n = n;
         acts.n_seqs = batch.n_seqs();
+        acts.logits_hold_all = false;
         be.write_idx(&batch.tokens, &mut acts.ids);
         be.write_idx(&batch.positions, &mut acts.pos);
         be.write_idx(&batch.cu_seqlens, &mut acts.cu_seqlens);
 
-        let Activations { ids, pos, cu_seqlens, rope_cos, rope_sin, resid, layers, h, rstd_f, train, .. } = acts;
+        let Activations {
+            ids,
+            pos,
+            cu_seqlens,
+            rope_cos,
+            rope_sin,
+            resid,
+            layers,
+            h,
+            rstd_f,
+            train,
+            ..
+        } = acts;
         let ctx = Ctx::<B> {
             n,
             pos: B::idx_view(pos, Span::new(0, n)),
@@ -77,9 +94,18 @@ impl<B: Backend> Model<B> {
             cos: B::view(rope_cos, Span::new(0, B::len(rope_cos))),
             sin: B::view(rope_sin, Span::new(0, B::len(rope_sin))),
         };
-        be.embedding_fwd(self.w(self.layout.embed), B::idx_view(ids, Span::new(0, n)), d, pm::<B>(&mut resid[0], n * d));
+        be.embedding_fwd(
+            self.w(self.layout.embed),
+            B::idx_view(ids, Span::new(0, n)),
+            d,
+            pm::<B>(&mut resid[0], n * d),
+        );
         for l in 0..self.cfg.n_layers {
-            let (i_in, i_out, i_acts) = if *train { (l, l + 1, l) } else { (l % 2, (l + 1) % 2, 0) };
+            let (i_in, i_out, i_acts) = if *train {
+                (l, l + 1, l)
+            } else {
+                (l % 2, (l + 1) % 2, 0)
+            };
             let (x_in, x_out) = if i_in < i_out {
                 let (a, b) = resid.split_at_mut(i_out);
                 (&a[i_in], &mut b[0])
@@ -89,7 +115,11 @@ impl<B: Backend> Model<B> {
             };
             self.layer_fwd(be, l, &ctx, x_in, x_out, &mut layers[i_acts]);
         }
-        let last = if *train { self.cfg.n_layers } else { self.cfg.n_layers % 2 };
+        let last = if *train {
+            self.cfg.n_layers
+        } else {
+            self.cfg.n_layers % 2
+        };
         be.rmsnorm_fwd(
             pr::<B>(&resid[last], n * d),
             self.w(self.layout.final_norm),
@@ -101,28 +131,105 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    fn layer_fwd(&self, be: &B, l: usize, c: &Ctx<B>, x_in: &B::Buf, x_out: &mut B::Buf, a: &mut LayerActs<B>) {
+    fn layer_fwd(
+        &self,
+        be: &B,
+        l: usize,
+        c: &Ctx<B>,
+        x_in: &B::Buf,
+        x_out: &mut B::Buf,
+        a: &mut LayerActs<B>,
+    ) {
         let cfg = &self.cfg;
         let p = &self.layout.layers[l];
-        let (n, d, q, kv, i, hd) = (c.n, cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.head_dim);
+        let (n, d, q, kv, i, hd) = (
+            c.n,
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+            cfg.head_dim,
+        );
         let eps = cfg.rms_norm_eps;
         let x = pr::<B>(x_in, n * d);
 
         // Attention block: x2 = x + Attn(RMSNorm(x)) · Woᵀ.
-        be.rmsnorm_fwd(x, self.w(p.input_norm), d, eps, pm::<B>(&mut a.ln1, n * d), pm::<B>(&mut a.rstd1, n));
+        be.rmsnorm_fwd(
+            x,
+            self.w(p.input_norm),
+            d,
+            eps,
+            pm::<B>(&mut a.ln1, n * d),
+            pm::<B>(&mut a.rstd1, n),
+        );
         let ln1 = pr::<B>(&a.ln1, n * d);
-        let (q_dst, k_dst) = if cfg.qk_norm { (&mut a.q_pre, &mut a.k_pre) } else { (&mut a.q, &mut a.k) };
-        be.matmul(ms(n, q, d), ln1, self.w(p.q_w), p.q_b.map(|s| self.w(s)), pm::<B>(q_dst, n * q), false);
-        be.matmul(ms(n, kv, d), ln1, self.w(p.k_w), p.k_b.map(|s| self.w(s)), pm::<B>(k_dst, n * kv), false);
-        be.matmul(ms(n, kv, d), ln1, self.w(p.v_w), p.v_b.map(|s| self.w(s)), pm::<B>(&mut a.v, n * kv), false);
+        let (q_dst, k_dst) = if cfg.qk_norm {
+            (&mut a.q_pre, &mut a.k_pre)
+        } else {
+            (&mut a.q, &mut a.k)
+        };
+        be.matmul(
+            ms(n, q, d),
+            ln1,
+            self.w(p.q_w),
+            p.q_b.map(|s| self.w(s)),
+            pm::<B>(q_dst, n * q),
+            false,
+        );
+        be.matmul(
+            ms(n, kv, d),
+            ln1,
+            self.w(p.k_w),
+            p.k_b.map(|s| self.w(s)),
+            pm::<B>(k_dst, n * kv),
+            false,
+        );
+        be.matmul(
+            ms(n, kv, d),
+            ln1,
+            self.w(p.v_w),
+            p.v_b.map(|s| self.w(s)),
+            pm::<B>(&mut a.v, n * kv),
+            false,
+        );
         if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
             // Qwen3: RMSNorm over each head's vector, before RoPE.
             let (hq, hk) = (n * cfg.n_heads, n * cfg.n_kv_heads);
-            be.rmsnorm_fwd(pr::<B>(&a.q_pre, n * q), self.w(qn), hd, eps, pm::<B>(&mut a.q, n * q), pm::<B>(&mut a.rstd_q, hq));
-            be.rmsnorm_fwd(pr::<B>(&a.k_pre, n * kv), self.w(kn), hd, eps, pm::<B>(&mut a.k, n * kv), pm::<B>(&mut a.rstd_k, hk));
+            be.rmsnorm_fwd(
+                pr::<B>(&a.q_pre, n * q),
+                self.w(qn),
+                hd,
+                eps,
+                pm::<B>(&mut a.q, n * q),
+                pm::<B>(&mut a.rstd_q, hq),
+            );
+            be.rmsnorm_fwd(
+                pr::<B>(&a.k_pre, n * kv),
+                self.w(kn),
+                hd,
+                eps,
+                pm::<B>(&mut a.k, n * kv),
+                pm::<B>(&mut a.rstd_k, hk),
+            );
         }
-        be.rope(pm::<B>(&mut a.q, n * q), c.pos, cfg.n_heads, hd, c.cos, c.sin, false);
-        be.rope(pm::<B>(&mut a.k, n * kv), c.pos, cfg.n_kv_heads, hd, c.cos, c.sin, false);
+        be.rope(
+            pm::<B>(&mut a.q, n * q),
+            c.pos,
+            cfg.n_heads,
+            hd,
+            c.cos,
+            c.sin,
+            false,
+        );
+        be.rope(
+            pm::<B>(&mut a.k, n * kv),
+            c.pos,
+            cfg.n_kv_heads,
+            hd,
+            c.cos,
+            c.sin,
+            false,
+        );
         be.attention_fwd(
             &self.attn_shape(),
             c.cu,
@@ -133,33 +240,97 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut a.lse, n * cfg.n_heads),
         );
         be.copy(x, pm::<B>(&mut a.x2, n * d));
-        be.matmul(ms(n, d, q), pr::<B>(&a.att, n * q), self.w(p.o_w), None, pm::<B>(&mut a.x2, n * d), true);
+        be.matmul(
+            ms(n, d, q),
+            pr::<B>(&a.att, n * q),
+            self.w(p.o_w),
+            None,
+            pm::<B>(&mut a.x2, n * d),
+            true,
+        );
 
         // MLP block: out = x2 + (silu(ln2·Wgᵀ) ∘ ln2·Wuᵀ) · Wdᵀ.
         let x2 = pr::<B>(&a.x2, n * d);
-        be.rmsnorm_fwd(x2, self.w(p.post_norm), d, eps, pm::<B>(&mut a.ln2, n * d), pm::<B>(&mut a.rstd2, n));
+        be.rmsnorm_fwd(
+            x2,
+            self.w(p.post_norm),
+            d,
+            eps,
+            pm::<B>(&mut a.ln2, n * d),
+            pm::<B>(&mut a.rstd2, n),
+        );
         let ln2 = pr::<B>(&a.ln2, n * d);
-        be.matmul(ms(n, i, d), ln2, self.w(p.gate_w), None, pm::<B>(&mut a.gate, n * i), false);
-        be.matmul(ms(n, i, d), ln2, self.w(p.up_w), None, pm::<B>(&mut a.up, n * i), false);
-        be.swiglu_fwd(pr::<B>(&a.gate, n * i), pr::<B>(&a.up, n * i), pm::<B>(&mut a.act, n * i));
+        be.matmul(
+            ms(n, i, d),
+            ln2,
+            self.w(p.gate_w),
+            None,
+            pm::<B>(&mut a.gate, n * i),
+            false,
+        );
+        be.matmul(
+            ms(n, i, d),
+            ln2,
+            self.w(p.up_w),
+            None,
+            pm::<B>(&mut a.up, n * i),
+            false,
+        );
+        be.swiglu_fwd(
+            pr::<B>(&a.gate, n * i),
+            pr::<B>(&a.up, n * i),
+            pm::<B>(&mut a.act, n * i),
+        );
         be.copy(x2, pm::<B>(x_out, n * d));
-        be.matmul(ms(n, d, i), pr::<B>(&a.act, n * i), self.w(p.down_w), None, pm::<B>(x_out, n * d), true);
+        be.matmul(
+            ms(n, d, i),
+            pr::<B>(&a.act, n * i),
+            self.w(p.down_w),
+            None,
+            pm::<B>(x_out, n * d),
+            true,
+        );
     }
 
     /// Phase 1 of the lm_head + loss (DESIGN.md §3): for each chunk of rows,
     /// logits = h · W_lmᵀ, then `logp`, `lse` (and the entropy if asked) at
     /// temperature `t`. Only the per-token arrays survive; read them from
     /// `acts.logp`, `acts.lse`, `acts.entropy`.
-    pub fn head_fwd(&self, be: &B, acts: &mut Activations<B>, targets: &[u32], t: f32, entropy: bool) {
+    pub fn head_fwd(
+        &self,
+        be: &B,
+        acts: &mut Activations<B>,
+        targets: &[u32],
+        t: f32,
+        entropy: bool,
+    ) {
         let (n, d, v) = (acts.n, self.cfg.hidden_size, self.cfg.vocab_size);
         assert_eq!(targets.len(), n, "head_fwd: one target per token");
         be.write_idx(targets, &mut acts.targets);
-        let Activations { h, logits, targets: tg, logp, lse, entropy: ent, chunk, .. } = acts;
+        let Activations {
+            h,
+            logits,
+            targets: tg,
+            logp,
+            lse,
+            entropy: ent,
+            chunk,
+            logits_hold_all,
+            ..
+        } = acts;
+        *logits_hold_all = n <= *chunk;
         for r0 in (0..n).step_by(*chunk) {
             let rows = (*chunk).min(n - r0);
             let z = Span::new(0, rows * v);
             let span = Span::new(r0, rows);
-            be.matmul(ms(rows, v, d), B::view(h, Span::new(r0 * d, rows * d)), self.w(self.layout.lm_head), None, B::view_mut(logits, z), false);
+            be.matmul(
+                ms(rows, v, d),
+                B::view(h, Span::new(r0 * d, rows * d)),
+                self.w(self.layout.lm_head),
+                None,
+                B::view_mut(logits, z),
+                false,
+            );
             be.logprob_fwd(
                 B::view(logits, z),
                 B::idx_view(tg, span),
@@ -176,27 +347,89 @@ impl<B: Backend> Model<B> {
     /// the targets given to [`Self::head_fwd`], recomputes each logit chunk,
     /// turns it into dz in place, and back-propagates to every parameter,
     /// accumulating into `grads` (laid out as `self.layout`).
-    pub fn backward(&self, be: &B, acts: &mut Activations<B>, coef: &[f32], t: f32, grads: &mut B::Buf) {
+    pub fn backward(
+        &self,
+        be: &B,
+        acts: &mut Activations<B>,
+        coef: &[f32],
+        t: f32,
+        grads: &mut B::Buf,
+    ) {
         let cfg = &self.cfg;
         let (n, d, v) = (acts.n, cfg.hidden_size, cfg.vocab_size);
         assert!(acts.train, "backward needs an arena built for training");
         assert_eq!(coef.len(), n, "backward: one coefficient per token");
-        assert_eq!(B::len(grads), self.layout.total, "backward: gradient buffer does not match the layout");
+        assert_eq!(
+            B::len(grads),
+            self.layout.total,
+            "backward: gradient buffer does not match the layout"
+        );
         be.write(coef, pm::<B>(&mut acts.coef, n));
-        let Activations { ids, pos, cu_seqlens, rope_cos, rope_sin, resid, layers, h, rstd_f, logits, targets, lse, coef, chunk, grad, n_seqs, .. } =
-            acts;
+        let Activations {
+            ids,
+            pos,
+            cu_seqlens,
+            rope_cos,
+            rope_sin,
+            resid,
+            layers,
+            h,
+            rstd_f,
+            logits,
+            logits_hold_all,
+            targets,
+            lse,
+            coef,
+            chunk,
+            grad,
+            n_seqs,
+            ..
+        } = acts;
         let g = grad.as_mut().expect("training arena has gradient scratch");
 
         // lm_head: dh = dz · W_lm, dW_lm += dzᵀ · h, chunk by chunk.
         for r0 in (0..n).step_by(*chunk) {
             let rows = (*chunk).min(n - r0);
-            let (z, span, hs) = (Span::new(0, rows * v), Span::new(r0, rows), Span::new(r0 * d, rows * d));
+            let (z, span, hs) = (
+                Span::new(0, rows * v),
+                Span::new(r0, rows),
+                Span::new(r0 * d, rows * d),
+            );
             let w_lm = self.w(self.layout.lm_head);
-            be.matmul(ms(rows, v, d), B::view(h, hs), w_lm, None, B::view_mut(logits, z), false);
-            be.logprob_bwd(B::view_mut(logits, z), B::idx_view(targets, span), v, 1.0 / t, B::view(lse, span), B::view(coef, span));
-            be.matmul_dx(ms(rows, v, d), B::view(logits, z), w_lm, B::view_mut(&mut g.d_ln, hs), false);
-            be.matmul_dw(ms(rows, v, d), B::view(logits, z), B::view(h, hs), B::view_mut(grads, self.layout.lm_head));
+            if !*logits_hold_all {
+                be.matmul(
+                    ms(rows, v, d),
+                    B::view(h, hs),
+                    w_lm,
+                    None,
+                    B::view_mut(logits, z),
+                    false,
+                );
+            }
+            be.logprob_bwd(
+                B::view_mut(logits, z),
+                B::idx_view(targets, span),
+                v,
+                1.0 / t,
+                B::view(lse, span),
+                B::view(coef, span),
+            );
+            be.matmul_dx(
+                ms(rows, v, d),
+                B::view(logits, z),
+                w_lm,
+                B::view_mut(&mut g.d_ln, hs),
+                false,
+            );
+            be.matmul_dw(
+                ms(rows, v, d),
+                B::view(logits, z),
+                B::view(h, hs),
+                B::view_mut(grads, self.layout.lm_head),
+            );
         }
+        // The buffer now holds dz, not logits.
+        *logits_hold_all = false;
         be.fill(pm::<B>(&mut g.d_resid, n * d), 0.0);
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),
@@ -217,20 +450,52 @@ impl<B: Backend> Model<B> {
         for l in (0..cfg.n_layers).rev() {
             self.layer_bwd(be, l, &ctx, &resid[l], &layers[l], g, grads);
         }
-        be.embedding_bwd(pr::<B>(&g.d_resid, n * d), B::idx_view(ids, Span::new(0, n)), d, B::view_mut(grads, self.layout.embed));
+        be.embedding_bwd(
+            pr::<B>(&g.d_resid, n * d),
+            B::idx_view(ids, Span::new(0, n)),
+            d,
+            B::view_mut(grads, self.layout.embed),
+        );
     }
 
     /// On entry `g.d_resid` holds ∂L/∂(layer output); on exit ∂L/∂(layer input).
     #[allow(clippy::too_many_arguments)]
-    fn layer_bwd(&self, be: &B, l: usize, c: &Ctx<B>, x_in: &B::Buf, a: &LayerActs<B>, g: &mut GradScratch<B>, grads: &mut B::Buf) {
+    fn layer_bwd(
+        &self,
+        be: &B,
+        l: usize,
+        c: &Ctx<B>,
+        x_in: &B::Buf,
+        a: &LayerActs<B>,
+        g: &mut GradScratch<B>,
+        grads: &mut B::Buf,
+    ) {
         let cfg = &self.cfg;
         let p = &self.layout.layers[l];
-        let (n, d, q, kv, i, hd) = (c.n, cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.head_dim);
+        let (n, d, q, kv, i, hd) = (
+            c.n,
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+            cfg.head_dim,
+        );
 
         // MLP: out = x2 + act · Wdᵀ.
         let dout = pr::<B>(&g.d_resid, n * d);
-        be.matmul_dw(ms(n, d, i), dout, pr::<B>(&a.act, n * i), B::view_mut(grads, p.down_w));
-        be.matmul_dx(ms(n, d, i), dout, self.w(p.down_w), pm::<B>(&mut g.d_act, n * i), false);
+        be.matmul_dw(
+            ms(n, d, i),
+            dout,
+            pr::<B>(&a.act, n * i),
+            B::view_mut(grads, p.down_w),
+        );
+        be.matmul_dx(
+            ms(n, d, i),
+            dout,
+            self.w(p.down_w),
+            pm::<B>(&mut g.d_act, n * i),
+            false,
+        );
         be.swiglu_bwd(
             pr::<B>(&g.d_act, n * i),
             pr::<B>(&a.gate, n * i),
@@ -239,10 +504,32 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut g.d_up, n * i),
         );
         let ln2 = pr::<B>(&a.ln2, n * d);
-        be.matmul_dw(ms(n, i, d), pr::<B>(&g.d_gate, n * i), ln2, B::view_mut(grads, p.gate_w));
-        be.matmul_dw(ms(n, i, d), pr::<B>(&g.d_up, n * i), ln2, B::view_mut(grads, p.up_w));
-        be.matmul_dx(ms(n, i, d), pr::<B>(&g.d_gate, n * i), self.w(p.gate_w), pm::<B>(&mut g.d_ln, n * d), false);
-        be.matmul_dx(ms(n, i, d), pr::<B>(&g.d_up, n * i), self.w(p.up_w), pm::<B>(&mut g.d_ln, n * d), true);
+        be.matmul_dw(
+            ms(n, i, d),
+            pr::<B>(&g.d_gate, n * i),
+            ln2,
+            B::view_mut(grads, p.gate_w),
+        );
+        be.matmul_dw(
+            ms(n, i, d),
+            pr::<B>(&g.d_up, n * i),
+            ln2,
+            B::view_mut(grads, p.up_w),
+        );
+        be.matmul_dx(
+            ms(n, i, d),
+            pr::<B>(&g.d_gate, n * i),
+            self.w(p.gate_w),
+            pm::<B>(&mut g.d_ln, n * d),
+            false,
+        );
+        be.matmul_dx(
+            ms(n, i, d),
+            pr::<B>(&g.d_up, n * i),
+            self.w(p.up_w),
+            pm::<B>(&mut g.d_ln, n * d),
+            true,
+        );
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),
             pr::<B>(&a.x2, n * d),
@@ -255,8 +542,19 @@ impl<B: Backend> Model<B> {
 
         // Attention: x2 = x + att · Woᵀ.
         let dx2 = pr::<B>(&g.d_resid, n * d);
-        be.matmul_dw(ms(n, d, q), dx2, pr::<B>(&a.att, n * q), B::view_mut(grads, p.o_w));
-        be.matmul_dx(ms(n, d, q), dx2, self.w(p.o_w), pm::<B>(&mut g.d_att, n * q), false);
+        be.matmul_dw(
+            ms(n, d, q),
+            dx2,
+            pr::<B>(&a.att, n * q),
+            B::view_mut(grads, p.o_w),
+        );
+        be.matmul_dx(
+            ms(n, d, q),
+            dx2,
+            self.w(p.o_w),
+            pm::<B>(&mut g.d_att, n * q),
+            false,
+        );
         be.attention_bwd(
             &self.attn_shape(),
             c.cu,
@@ -270,8 +568,24 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut g.dk, n * kv),
             pm::<B>(&mut g.dv, n * kv),
         );
-        be.rope(pm::<B>(&mut g.dq, n * q), c.pos, cfg.n_heads, hd, c.cos, c.sin, true);
-        be.rope(pm::<B>(&mut g.dk, n * kv), c.pos, cfg.n_kv_heads, hd, c.cos, c.sin, true);
+        be.rope(
+            pm::<B>(&mut g.dq, n * q),
+            c.pos,
+            cfg.n_heads,
+            hd,
+            c.cos,
+            c.sin,
+            true,
+        );
+        be.rope(
+            pm::<B>(&mut g.dk, n * kv),
+            c.pos,
+            cfg.n_kv_heads,
+            hd,
+            c.cos,
+            c.sin,
+            true,
+        );
         if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
             be.fill(pm::<B>(&mut g.dq_pre, n * q), 0.0);
             be.fill(pm::<B>(&mut g.dk_pre, n * kv), 0.0);
@@ -295,15 +609,29 @@ impl<B: Backend> Model<B> {
                 B::view_mut(grads, kn),
             );
         }
-        let (dq, dk) = if cfg.qk_norm { (&g.dq_pre, &g.dk_pre) } else { (&g.dq, &g.dk) };
+        let (dq, dk) = if cfg.qk_norm {
+            (&g.dq_pre, &g.dk_pre)
+        } else {
+            (&g.dq, &g.dk)
+        };
         let ln1 = pr::<B>(&a.ln1, n * d);
-        for (dy, width, w, b, first) in [(dq, q, p.q_w, p.q_b, true), (dk, kv, p.k_w, p.k_b, false), (&g.dv, kv, p.v_w, p.v_b, false)] {
+        for (dy, width, w, b, first) in [
+            (dq, q, p.q_w, p.q_b, true),
+            (dk, kv, p.k_w, p.k_b, false),
+            (&g.dv, kv, p.v_w, p.v_b, false),
+        ] {
             let dy = pr::<B>(dy, n * width);
             be.matmul_dw(ms(n, width, d), dy, ln1, B::view_mut(grads, w));
             if let Some(b) = b {
                 be.bias_grad(dy, B::view_mut(grads, b));
             }
-            be.matmul_dx(ms(n, width, d), dy, self.w(w), pm::<B>(&mut g.d_ln, n * d), !first);
+            be.matmul_dx(
+                ms(n, width, d),
+                dy,
+                self.w(w),
+                pm::<B>(&mut g.d_ln, n * d),
+                !first,
+            );
         }
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),

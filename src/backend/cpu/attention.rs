@@ -48,7 +48,13 @@ impl AttnShape {
 }
 
 /// Checks the shape, `cu_seqlens` and the q/k/v lengths; returns N (total tokens).
-pub(super) fn validate_packed(s: &AttnShape, cu_seqlens: &[u32], q: &[f32], k: &[f32], v: &[f32]) -> usize {
+pub(super) fn validate_packed(
+    s: &AttnShape,
+    cu_seqlens: &[u32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> usize {
     s.validate();
     assert!(
         !cu_seqlens.is_empty(),

@@ -51,7 +51,12 @@ impl Backend for Cpu {
         dst.copy_from_slice(src);
     }
     fn write_idx(&self, src: &[u32], dst: &mut Vec<u32>) {
-        assert!(src.len() <= dst.len(), "write_idx: {} indices into a buffer of {}", src.len(), dst.len());
+        assert!(
+            src.len() <= dst.len(),
+            "write_idx: {} indices into a buffer of {}",
+            src.len(),
+            dst.len()
+        );
         dst[..src.len()].copy_from_slice(src);
     }
     fn read(&self, src: &[f32]) -> Vec<f32> {
@@ -62,7 +67,9 @@ impl Backend for Cpu {
         dst.par_iter_mut().for_each(|v| *v = value);
     }
     fn copy(&self, src: &[f32], dst: &mut [f32]) {
-        dst.par_iter_mut().zip(src.par_iter()).for_each(|(d, s)| *d = *s);
+        dst.par_iter_mut()
+            .zip(src.par_iter())
+            .for_each(|(d, s)| *d = *s);
     }
     fn add_assign(&self, dst: &mut [f32], src: &[f32]) {
         elementwise::add_assign(dst, src);
@@ -75,14 +82,39 @@ impl Backend for Cpu {
         elementwise::embedding_bwd(dout, ids, dim, dtable);
     }
 
-    fn rmsnorm_fwd(&self, x: &[f32], w: &[f32], dim: usize, eps: f32, y: &mut [f32], rstd: &mut [f32]) {
+    fn rmsnorm_fwd(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        dim: usize,
+        eps: f32,
+        y: &mut [f32],
+        rstd: &mut [f32],
+    ) {
         norm::rmsnorm_fwd(x, w, dim, eps, y, rstd);
     }
-    fn rmsnorm_bwd(&self, dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32], dim: usize, dx: &mut [f32], dw: &mut [f32]) {
+    fn rmsnorm_bwd(
+        &self,
+        dy: &[f32],
+        x: &[f32],
+        w: &[f32],
+        rstd: &[f32],
+        dim: usize,
+        dx: &mut [f32],
+        dw: &mut [f32],
+    ) {
         norm::rmsnorm_bwd(dy, x, w, rstd, dim, dx, dw);
     }
 
-    fn matmul(&self, s: MatShape, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], accumulate: bool) {
+    fn matmul(
+        &self,
+        s: MatShape,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        accumulate: bool,
+    ) {
         matmul::matmul(s, x, w, bias, y, accumulate);
     }
     fn matmul_dx(&self, s: MatShape, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
@@ -95,11 +127,29 @@ impl Backend for Cpu {
         reduce::add_column_sums(dy, db);
     }
 
-    fn rope(&self, x: &mut [f32], pos: &[u32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32], inverse: bool) {
+    fn rope(
+        &self,
+        x: &mut [f32],
+        pos: &[u32],
+        heads: usize,
+        head_dim: usize,
+        cos: &[f32],
+        sin: &[f32],
+        inverse: bool,
+    ) {
         rope::rope(x, pos, heads, head_dim, cos, sin, inverse);
     }
 
-    fn attention_fwd(&self, s: &AttnShape, cu: &[u32], q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], lse: &mut [f32]) {
+    fn attention_fwd(
+        &self,
+        s: &AttnShape,
+        cu: &[u32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
         attention_tiled::attention_fwd(s, cu, q, k, v, out, lse);
     }
     fn attention_bwd(
@@ -118,7 +168,16 @@ impl Backend for Cpu {
     ) {
         attention_tiled::attention_bwd(s, cu, q, k, v, out, lse, dout, dq, dk, dv);
     }
-    fn attention_decode(&self, s: &AttnShape, capacity: usize, lens: &[u32], q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) {
+    fn attention_decode(
+        &self,
+        s: &AttnShape,
+        capacity: usize,
+        lens: &[u32],
+        q: &[f32],
+        kc: &[f32],
+        vc: &[f32],
+        out: &mut [f32],
+    ) {
         attention::attention_decode(s, capacity, lens, q, kc, vc, out);
     }
 
@@ -141,7 +200,15 @@ impl Backend for Cpu {
     ) {
         logprob::logprob_fwd(logits, targets, vocab, inv_temp, logp, lse, entropy);
     }
-    fn logprob_bwd(&self, logits: &mut [f32], targets: &[u32], vocab: usize, inv_temp: f32, lse: &[f32], coef: &[f32]) {
+    fn logprob_bwd(
+        &self,
+        logits: &mut [f32],
+        targets: &[u32],
+        vocab: usize,
+        inv_temp: f32,
+        lse: &[f32],
+        coef: &[f32],
+    ) {
         logprob::logprob_bwd(logits, targets, vocab, inv_temp, lse, coef);
     }
 }

@@ -22,7 +22,15 @@ pub fn rmsnorm_fwd(x: &[f32], w: &[f32], dim: usize, eps: f32, y: &mut [f32], rs
 
 /// `dx += r·w·dy − r³/dim · x · Σ(dy·w·x)`, `dw += Σ_rows dy·x·r`.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_bwd(dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32], dim: usize, dx: &mut [f32], dw: &mut [f32]) {
+pub fn rmsnorm_bwd(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    rstd: &[f32],
+    dim: usize,
+    dx: &mut [f32],
+    dw: &mut [f32],
+) {
     assert_eq!(w.len(), dim, "rmsnorm_bwd: weight");
     assert_eq!(dw.len(), dim, "rmsnorm_bwd: dw");
     assert_eq!(x.len() % dim, 0, "rmsnorm_bwd: x");
@@ -33,7 +41,12 @@ pub fn rmsnorm_bwd(dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32], dim: usize, d
         .zip(dy.par_chunks(dim).zip(x.par_chunks(dim)))
         .zip(rstd.par_iter())
         .for_each(|((dxr, (dyr, xr)), &r)| {
-            let dot: f32 = dyr.iter().zip(w).zip(xr).map(|((d, wi), xi)| d * wi * xi).sum();
+            let dot: f32 = dyr
+                .iter()
+                .zip(w)
+                .zip(xr)
+                .map(|((d, wi), xi)| d * wi * xi)
+                .sum();
             let c = r * r * r * dot / dim as f32;
             for (((o, d), wi), xi) in dxr.iter_mut().zip(dyr).zip(w).zip(xr) {
                 *o += r * wi * d - c * xi;
