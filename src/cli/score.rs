@@ -152,6 +152,13 @@ pub fn score_sequences<B: Backend>(
         .collect())
 }
 
+/// An f32 as the JSON number with the fewest digits that reads back as the
+/// same f32 (`-6.405092`, not the f64 expansion `-6.405092239379883`).
+fn shortest(x: f32) -> Value {
+    let v: f64 = format!("{x}").parse().expect("an f32 prints as a number");
+    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+}
+
 pub fn run(a: ScoreArgs) -> Result<()> {
     resolve_device(a.device)?;
     if !(a.temperature > 0.0 && a.temperature.is_finite()) {
@@ -192,7 +199,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
             let mut obj = item.fields.clone();
             let sum: f64 = logprobs.iter().map(|&l| l as f64).sum();
             obj.insert("tokens".into(), item.tokens.clone().into());
-            obj.insert("logprobs".into(), logprobs.into());
+            obj.insert("logprobs".into(), logprobs.iter().map(|&l| shortest(l)).collect());
             obj.insert("sum_logprob".into(), sum.into());
             out.push_str(&Value::Object(obj).to_string());
             out.push('\n');
