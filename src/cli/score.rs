@@ -199,7 +199,10 @@ pub fn run(a: ScoreArgs) -> Result<()> {
             let mut obj = item.fields.clone();
             let sum: f64 = logprobs.iter().map(|&l| l as f64).sum();
             obj.insert("tokens".into(), item.tokens.clone().into());
-            obj.insert("logprobs".into(), logprobs.iter().map(|&l| shortest(l)).collect());
+            obj.insert(
+                "logprobs".into(),
+                logprobs.iter().map(|&l| shortest(l)).collect(),
+            );
             obj.insert("sum_logprob".into(), sum.into());
             out.push_str(&Value::Object(obj).to_string());
             out.push('\n');
