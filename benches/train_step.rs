@@ -44,7 +44,7 @@ fn model(be: &Cpu) -> Model<Cpu> {
             };
         }
     }
-    Model::from_host(be, cfg, &host)
+    Model::from_host(be, cfg, host)
 }
 
 fn bench(c: &mut Criterion) {

@@ -76,6 +76,8 @@ pub trait Backend: Sync {
     fn view(buf: &Self::Buf, span: Span) -> Self::Ref<'_>;
     fn view_mut(buf: &mut Self::Buf, span: Span) -> Self::Mut<'_>;
     fn idx_view(idx: &Self::Idx, span: Span) -> Self::IdxRef<'_>;
+    /// A buffer holding `host` (moved, not copied, where the backend can).
+    fn upload(&self, host: Vec<f32>) -> Self::Buf;
     /// Host → device copy into `dst` (whose length must equal `src`'s).
     fn write(&self, src: &[f32], dst: Self::Mut<'_>);
     fn write_idx(&self, src: &[u32], dst: &mut Self::Idx);

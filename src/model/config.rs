@@ -58,7 +58,7 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Biases on the q, k, v projections (Qwen2 always; Llama / Qwen3 via `attention_bias`).
+    /// Biases on the q, k, v projections (Qwen2).
     pub qkv_bias: bool,
     /// Per-head RMSNorm on q and k before RoPE (Qwen3).
     pub qk_norm: bool,
@@ -180,10 +180,16 @@ impl ModelConfig {
             bail!("{file}: key `head_dim`: RoPE needs an even head dimension, found {head_dim}");
         }
         let (rope_theta, rope_scaling) = parse_rope(&k)?;
-        let qkv_bias = match arch {
-            Arch::Qwen2 => true,
-            Arch::Llama | Arch::Qwen3 => k.opt_bool("attention_bias")?.unwrap_or(false),
-        };
+        // Qwen2 always has q/k/v biases (and no key for them). In Llama and
+        // Qwen3, `attention_bias` also puts a bias on o_proj, which this
+        // runtime does not implement yet.
+        let qkv_bias = arch == Arch::Qwen2;
+        if arch != Arch::Qwen2 && k.opt_bool("attention_bias")? == Some(true) {
+            bail!(
+                "{file}: key `attention_bias`: attention biases are not supported for {}",
+                arch.hf_name()
+            );
+        }
         let dtype = match k.opt_str("dtype")? {
             Some(d) => Some(d.to_string()),
             None => k.opt_str("torch_dtype")?.map(str::to_string),
@@ -412,6 +418,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`rope_scaling.rope_type`"));
+        let mut v = base();
+        v["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+        v["attention_bias"] = true.into();
+        assert!(parse(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("`attention_bias`"));
         let mut v = base();
         v["architectures"] = serde_json::json!(["MistralForCausalLM"]);
         assert!(parse(&v)

@@ -30,11 +30,10 @@ pub struct LoadInfo {
 
 impl<B: Backend> Model<B> {
     /// A model from parameters already laid out as `ParamLayout::new(&cfg)`.
-    pub fn from_host(be: &B, cfg: ModelConfig, host: &[f32]) -> Self {
+    pub fn from_host(be: &B, cfg: ModelConfig, host: Vec<f32>) -> Self {
         let layout = ParamLayout::new(&cfg);
         assert_eq!(host.len(), layout.total, "from_host: parameter count");
-        let mut params = be.alloc(layout.total);
-        be.write(host, B::view_mut(&mut params, Span::new(0, layout.total)));
+        let params = be.upload(host);
         Model {
             cfg,
             layout,
@@ -50,7 +49,7 @@ impl<B: Backend> Model<B> {
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
         let layout = ParamLayout::new(&cfg);
         let (host, dtypes) = checkpoint::load_params(dir, &cfg, &layout)?;
-        Ok((Self::from_host(be, cfg, &host), LoadInfo { dtypes }))
+        Ok((Self::from_host(be, cfg, host), LoadInfo { dtypes }))
     }
 
     /// A zeroed gradient buffer with the parameters' layout.

@@ -47,6 +47,9 @@ impl Backend for Cpu {
     fn idx_view(idx: &Vec<u32>, span: Span) -> &[u32] {
         &idx[span.off..span.end()]
     }
+    fn upload(&self, host: Vec<f32>) -> Vec<f32> {
+        host
+    }
     fn write(&self, src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
