@@ -21,10 +21,7 @@ const CONFIG: &str = r#"{
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 40) as f32 / (1u64 << 24) as f32
     }
 }
@@ -37,11 +34,7 @@ fn model(be: &Cpu) -> Model<Cpu> {
     for e in &layout.entries {
         let is_norm = e.shape.len() == 1;
         for v in &mut host[e.span.off..e.span.end()] {
-            *v = if is_norm {
-                1.0
-            } else {
-                0.04 * (rng.next() - 0.5)
-            };
+            *v = if is_norm { 1.0 } else { 0.04 * (rng.next() - 0.5) };
         }
     }
     Model::from_host(be, cfg, host)
@@ -51,23 +44,13 @@ fn bench(c: &mut Criterion) {
     let be = Cpu;
     let m = model(&be);
     let mut rng = Lcg(1);
-    let seqs: Vec<Vec<u32>> = (0..4)
-        .map(|_| {
-            (0..256)
-                .map(|_| (rng.next() * m.cfg.vocab_size as f32) as u32)
-                .collect()
-        })
-        .collect();
+    let seqs: Vec<Vec<u32>> =
+        (0..4).map(|_| (0..256).map(|_| (rng.next() * m.cfg.vocab_size as f32) as u32).collect()).collect();
     let batch = Batch::pack(&seqs);
     let n = batch.len();
     let mut acts = Activations::new(&be, &m.cfg, n, n, true);
     let mut grads = m.zero_grads(&be);
-    println!(
-        "train_step: {} parameters, {} tokens, {} threads",
-        m.layout.total,
-        n,
-        rayon::current_num_threads()
-    );
+    println!("train_step: {} parameters, {} tokens, {} threads", m.layout.total, n, rayon::current_num_threads());
 
     let mut g = c.benchmark_group("train_step");
     g.sample_size(10);
@@ -82,10 +65,7 @@ fn bench(c: &mut Criterion) {
             be.fill(Cpu::view_mut(&mut grads, Span::new(0, m.layout.total)), 0.0);
             m.forward(&be, &mut acts, &batch).unwrap();
             m.head_fwd(&be, &mut acts, &batch.next_tokens, 1.0, false);
-            let (_, coef) = masked_mean_ce(
-                &be.read(Cpu::view(&acts.logp, Span::new(0, n))),
-                &batch.next_tokens,
-            );
+            let (_, coef) = masked_mean_ce(&be.read(Cpu::view(&acts.logp, Span::new(0, n))), &batch.next_tokens);
             m.backward(&be, &mut acts, &coef, 1.0, &mut grads);
         })
     });

@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn engine(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .output()
-        .expect("engine runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_engine")).args(args).output().expect("engine runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -28,30 +25,16 @@ fn write_lines(dir: &Path, name: &str, lines: &[Value]) -> PathBuf {
 }
 
 fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 fn score(model: &str, input: &Path, output: &Path, extra: &[&str]) {
     let model = fixtures().join(model);
-    let mut args = vec![
-        "score",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-    ];
+    let mut args = vec!["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()];
     args.extend(["--output", output.to_str().unwrap(), "--device", "cpu"]);
     args.extend(extra);
     let (code, _, err) = engine(&args);
@@ -64,10 +47,9 @@ fn score(model: &str, input: &Path, output: &Path, extra: &[&str]) {
 fn score_matches_pytorch_float64() {
     let tmp = tempfile::tempdir().unwrap();
     for name in FAMILIES {
-        let cases: Vec<Value> = serde_json::from_str(
-            &std::fs::read_to_string(fixtures().join(format!("{name}.score.json"))).unwrap(),
-        )
-        .unwrap();
+        let cases: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("{name}.score.json"))).unwrap())
+                .unwrap();
         let mut lines = Vec::new();
         for (i, c) in cases.iter().enumerate() {
             lines.push(json!({"id": format!("text-{i}"), "text": c["text"]}));
@@ -81,21 +63,13 @@ fn score_matches_pytorch_float64() {
         for (i, o) in out.iter().enumerate() {
             let c = &cases[i / 2];
             assert_eq!(o["id"], lines[i]["id"], "{name}: output order");
-            assert_eq!(
-                o["tokens"], c["tokens"],
-                "{name}: tokenization of {:?}",
-                c["text"]
-            );
+            assert_eq!(o["tokens"], c["tokens"], "{name}: tokenization of {:?}", c["text"]);
             let (got, want) = (floats(&o["logprobs"]), floats(&c["logprobs"]));
             assert_eq!(got.len(), want.len());
             let err = max_abs(&got, &want);
             assert!(err <= 1e-4, "{name} line {i}: max abs error {err:.2e}");
-            let sum_err =
-                (o["sum_logprob"].as_f64().unwrap() - c["sum_logprob"].as_f64().unwrap()).abs();
-            assert!(
-                sum_err <= 1e-4,
-                "{name} line {i}: sum_logprob off by {sum_err:.2e}"
-            );
+            let sum_err = (o["sum_logprob"].as_f64().unwrap() - c["sum_logprob"].as_f64().unwrap()).abs();
+            assert!(sum_err <= 1e-4, "{name} line {i}: sum_logprob off by {sum_err:.2e}");
         }
     }
 }
@@ -107,9 +81,7 @@ fn score_reference_sequences_with_temperature() {
     for name in FAMILIES {
         let r = Reference::open(name);
         let batch = r.batch();
-        let lines: Vec<Value> = (0..batch.n_seqs())
-            .map(|s| json!({"tokens": batch.tokens[batch.seq(s)]}))
-            .collect();
+        let lines: Vec<Value> = (0..batch.n_seqs()).map(|s| json!({"tokens": batch.tokens[batch.seq(s)]})).collect();
         let input = write_lines(tmp.path(), "seqs.jsonl", &lines);
         for (t, key) in [("1", "logprobs"), ("0.7", "logprobs_t07")] {
             let output = tmp.path().join("seqs.out.jsonl");
@@ -118,10 +90,7 @@ fn score_reference_sequences_with_temperature() {
             for (s, o) in read_lines(&output).iter().enumerate() {
                 let range = batch.seq(s);
                 let err = max_abs(&floats(&o["logprobs"]), &want[range.start..range.end - 1]);
-                assert!(
-                    err <= 1e-4,
-                    "{name} T={t} sequence {s}: max abs error {err:.2e}"
-                );
+                assert!(err <= 1e-4, "{name} T={t} sequence {s}: max abs error {err:.2e}");
             }
         }
     }
@@ -130,8 +99,7 @@ fn score_reference_sequences_with_temperature() {
 #[test]
 fn info_reports_sizes() {
     let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap()).unwrap();
     for name in FAMILIES {
         let dir = fixtures().join(name);
         let (code, out, err) = engine(&["info", "--model", dir.to_str().unwrap(), "--json"]);
@@ -159,16 +127,10 @@ fn info_reports_sizes() {
 
 fn expect_error(args: &[&str], needles: &[&str]) {
     let (code, out, err) = engine(args);
-    assert_eq!(
-        code, 2,
-        "expected exit code 2 for {args:?}; stdout {out} stderr {err}"
-    );
+    assert_eq!(code, 2, "expected exit code 2 for {args:?}; stdout {out} stderr {err}");
     let err = err.trim_end();
     assert_eq!(err.lines().count(), 1, "error should be one line: {err}");
-    assert!(
-        err.starts_with("error: ") && !err.contains("panicked"),
-        "{err}"
-    );
+    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
     for n in needles {
         assert!(err.contains(n), "error `{err}` should mention `{n}`");
     }
@@ -186,28 +148,19 @@ fn copy_model(name: &str, to: &Path) -> PathBuf {
 }
 
 /// Rewrites qwen3's model.safetensors through `edit(name, shape, bytes)`.
-fn rewrite_weights(
-    dir: &Path,
-    edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<usize>, Vec<u8>)>,
-) {
+fn rewrite_weights(dir: &Path, edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<usize>, Vec<u8>)>) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let kept: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
         .iter()
         .filter_map(|(n, t)| {
-            edit(n, t.shape().to_vec(), t.data().to_vec())
-                .map(|(s, d)| (n.to_string(), t.dtype(), s, d))
+            edit(n, t.shape().to_vec(), t.data().to_vec()).map(|(s, d)| (n.to_string(), t.dtype(), s, d))
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = kept
         .iter()
-        .map(|(n, dt, s, d)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*dt, s.clone(), d).unwrap(),
-            )
-        })
+        .map(|(n, dt, s, d)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), d).unwrap()))
         .collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
@@ -218,9 +171,7 @@ struct Case {
 
 impl Case {
     fn new() -> Self {
-        Case {
-            tmp: tempfile::tempdir().unwrap(),
-        }
+        Case { tmp: tempfile::tempdir().unwrap() }
     }
     fn path(&self, p: &str) -> PathBuf {
         self.tmp.path().join(p)
@@ -255,15 +206,8 @@ const GOOD_LINE: &str = "{\"tokens\": [1, 2, 3]}\n";
 fn error_missing_model_folder() {
     let c = Case::new();
     let missing = c.path("no-such-model");
-    c.score_error(
-        &missing,
-        &c.input(GOOD_LINE),
-        &["no-such-model", "not found"],
-    );
-    expect_error(
-        &["info", "--model", missing.to_str().unwrap()],
-        &["no-such-model"],
-    );
+    c.score_error(&missing, &c.input(GOOD_LINE), &["no-such-model", "not found"]);
+    expect_error(&["info", "--model", missing.to_str().unwrap()], &["no-such-model"]);
 }
 
 #[test]
@@ -280,12 +224,7 @@ fn error_truncated_safetensors() {
     let m = copy_model("qwen3", c.tmp.path());
     let f = m.join("model.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&f)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
     c.score_error(&m, &c.input(GOOD_LINE), &["model.safetensors", "truncated"]);
 }
 
@@ -294,25 +233,15 @@ fn error_missing_shard() {
     let c = Case::new();
     let m = copy_model("llama", c.tmp.path());
     std::fs::remove_file(m.join("model-00003-of-00005.safetensors")).unwrap();
-    c.score_error(
-        &m,
-        &c.input(GOOD_LINE),
-        &["model-00003-of-00005.safetensors"],
-    );
+    c.score_error(&m, &c.input(GOOD_LINE), &["model-00003-of-00005.safetensors"]);
 }
 
 #[test]
 fn error_tensor_missing() {
     let c = Case::new();
     let m = copy_model("qwen3", c.tmp.path());
-    rewrite_weights(&m, |n, s, d| {
-        (n != "model.layers.1.mlp.up_proj.weight").then_some((s, d))
-    });
-    c.score_error(
-        &m,
-        &c.input(GOOD_LINE),
-        &["model.layers.1.mlp.up_proj.weight", "missing"],
-    );
+    rewrite_weights(&m, |n, s, d| (n != "model.layers.1.mlp.up_proj.weight").then_some((s, d)));
+    c.score_error(&m, &c.input(GOOD_LINE), &["model.layers.1.mlp.up_proj.weight", "missing"]);
 }
 
 #[test]
@@ -326,30 +255,17 @@ fn error_tensor_wrong_shape() {
             Some((s, d))
         }
     });
-    c.score_error(
-        &m,
-        &c.input(GOOD_LINE),
-        &["model.norm.weight", "shape [32]", "[64]"],
-    );
+    c.score_error(&m, &c.input(GOOD_LINE), &["model.norm.weight", "shape [32]", "[64]"]);
 }
 
 #[test]
 fn error_unknown_architecture() {
     let c = Case::new();
     let m = copy_model("qwen3", c.tmp.path());
-    let cfg = std::fs::read_to_string(m.join("config.json"))
-        .unwrap()
-        .replace("Qwen3ForCausalLM", "GPT2LMHeadModel");
+    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap().replace("Qwen3ForCausalLM", "GPT2LMHeadModel");
     std::fs::write(m.join("config.json"), cfg).unwrap();
-    c.score_error(
-        &m,
-        &c.input(GOOD_LINE),
-        &["config.json", "`architectures`", "GPT2LMHeadModel"],
-    );
-    expect_error(
-        &["info", "--model", m.to_str().unwrap()],
-        &["GPT2LMHeadModel"],
-    );
+    c.score_error(&m, &c.input(GOOD_LINE), &["config.json", "`architectures`", "GPT2LMHeadModel"]);
+    expect_error(&["info", "--model", m.to_str().unwrap()], &["GPT2LMHeadModel"]);
 }
 
 #[test]
@@ -358,67 +274,36 @@ fn error_sliding_window_switched_on() {
     let m = copy_model("qwen2", c.tmp.path());
     let cfg = std::fs::read_to_string(m.join("config.json"))
         .unwrap()
-        .replace(
-            "\"use_sliding_window\": false",
-            "\"use_sliding_window\": true",
-        );
+        .replace("\"use_sliding_window\": false", "\"use_sliding_window\": true");
     std::fs::write(m.join("config.json"), cfg).unwrap();
-    c.score_error(
-        &m,
-        &c.input(GOOD_LINE),
-        &["config.json", "`use_sliding_window`"],
-    );
+    c.score_error(&m, &c.input(GOOD_LINE), &["config.json", "`use_sliding_window`"]);
 }
 
 #[test]
 fn error_malformed_jsonl_names_the_line() {
     let c = Case::new();
     let input = c.input("{\"tokens\": [1, 2]}\n{\"tokens\": [1, 2\n");
-    c.score_error(
-        &fixtures().join("qwen3"),
-        &input,
-        &["in.jsonl:2", "invalid JSON"],
-    );
+    c.score_error(&fixtures().join("qwen3"), &input, &["in.jsonl:2", "invalid JSON"]);
     let input = c.input("{\"tokens\": [1]}\n\n{\"prompt\": \"x\"}\n");
-    c.score_error(
-        &fixtures().join("qwen3"),
-        &input,
-        &["in.jsonl:3", "\"tokens\" or a \"text\""],
-    );
+    c.score_error(&fixtures().join("qwen3"), &input, &["in.jsonl:3", "\"tokens\" or a \"text\""]);
 }
 
 #[test]
 fn error_token_outside_vocabulary() {
     let c = Case::new();
     let input = c.input("{\"tokens\": [1, 2]}\n{\"tokens\": [5, 777]}\n");
-    c.score_error(
-        &fixtures().join("qwen3"),
-        &input,
-        &["in.jsonl:2", "777", "vocabulary (777)"],
-    );
+    c.score_error(&fixtures().join("qwen3"), &input, &["in.jsonl:2", "777", "vocabulary (777)"]);
 }
 
 #[test]
 fn error_empty_input() {
     let c = Case::new();
-    c.score_error(
-        &fixtures().join("qwen3"),
-        &c.input(""),
-        &["in.jsonl", "empty input"],
-    );
-    c.score_error(
-        &fixtures().join("qwen3"),
-        &c.input("{\"tokens\": []}\n"),
-        &["in.jsonl:1", "no tokens"],
-    );
+    c.score_error(&fixtures().join("qwen3"), &c.input(""), &["in.jsonl", "empty input"]);
+    c.score_error(&fixtures().join("qwen3"), &c.input("{\"tokens\": []}\n"), &["in.jsonl:1", "no tokens"]);
 }
 
 #[test]
 fn error_missing_input_file() {
     let c = Case::new();
-    c.score_error(
-        &fixtures().join("qwen3"),
-        &c.path("absent.jsonl"),
-        &["absent.jsonl", "cannot read"],
-    );
+    c.score_error(&fixtures().join("qwen3"), &c.path("absent.jsonl"), &["absent.jsonl", "cannot read"]);
 }

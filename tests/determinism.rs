@@ -9,10 +9,7 @@ use engine::loss::masked_mean_ce;
 use engine::model::{Activations, Model};
 
 fn step(threads: usize, name: &str) -> (Vec<f32>, Vec<f32>) {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     pool.install(|| {
         let be = Cpu;
         let (model, _) = Model::load(&be, &fixtures().join(name)).unwrap();
@@ -35,14 +32,8 @@ fn independent_of_thread_count() {
         let one = step(1, name);
         for threads in [2, 3] {
             let other = step(threads, name);
-            assert!(
-                one.0 == other.0,
-                "{name}: log-probs differ between 1 and {threads} threads"
-            );
-            assert!(
-                one.1 == other.1,
-                "{name}: gradients differ between 1 and {threads} threads"
-            );
+            assert!(one.0 == other.0, "{name}: log-probs differ between 1 and {threads} threads");
+            assert!(one.1 == other.1, "{name}: gradients differ between 1 and {threads} threads");
         }
     }
 }

@@ -30,10 +30,7 @@ fn run(name: &str, chunk: usize) -> (Model<Cpu>, Reference, Run) {
 
     let targets = r.loss_targets();
     model.head_fwd(&be, &mut acts, &targets, 1.0, false);
-    let (loss, coef) = masked_mean_ce(
-        &be.read(Cpu::view(&acts.logp, Span::new(0, batch.len()))),
-        &targets,
-    );
+    let (loss, coef) = masked_mean_ce(&be.read(Cpu::view(&acts.logp, Span::new(0, batch.len()))), &targets);
     let mut grads = model.zero_grads(&be);
     model.backward(&be, &mut acts, &coef, 1.0, &mut grads);
     (model, r, Run { logp, loss, grads })
@@ -47,34 +44,17 @@ fn check_family(name: &str) {
     let got = to_f64(&out.logp);
     let (rel, abs) = (rel_err(&got, &want), max_abs(&got, &want));
     println!("{name}: logprobs rel {rel:.2e} max-abs {abs:.2e}");
-    assert!(
-        rel <= 1e-5 && abs <= 1e-4,
-        "{name}: logprobs rel {rel:.2e} max-abs {abs:.2e}"
-    );
-    assert_eq!(
-        batch.next_tokens.iter().filter(|&&t| t != IGNORE).count(),
-        want.iter().filter(|&&x| x != 0.0).count()
-    );
+    assert!(rel <= 1e-5 && abs <= 1e-4, "{name}: logprobs rel {rel:.2e} max-abs {abs:.2e}");
+    assert_eq!(batch.next_tokens.iter().filter(|&&t| t != IGNORE).count(), want.iter().filter(|&&x| x != 0.0).count());
 
     let want_loss = r.f64("loss")[0];
     let rel = (out.loss - want_loss).abs() / want_loss.abs();
-    println!(
-        "{name}: loss {:.8} vs {want_loss:.8} (rel {rel:.2e})",
-        out.loss
-    );
+    println!("{name}: loss {:.8} vs {want_loss:.8} (rel {rel:.2e})", out.loss);
     assert!(rel <= 1e-5, "{name}: loss rel {rel:.2e}");
 
     // Every parameter's gradient, and no parameter without a reference.
-    let grad_names: Vec<String> = r
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with("grad."))
-        .collect();
-    assert_eq!(
-        grad_names.len(),
-        model.layout.entries.len(),
-        "{name}: one reference gradient per parameter"
-    );
+    let grad_names: Vec<String> = r.names().into_iter().filter(|n| n.starts_with("grad.")).collect();
+    assert_eq!(grad_names.len(), model.layout.entries.len(), "{name}: one reference gradient per parameter");
     let mut worst = (0.0f64, String::new());
     for e in &model.layout.entries {
         let want = r.f64(&format!("grad.{}", e.name));
@@ -137,8 +117,5 @@ fn chunking_and_inference_arena_agree() {
     let mut acts = Activations::new(&be, &model.cfg, batch.len() + 5, 3, false);
     model.forward(&be, &mut acts, &batch).unwrap();
     model.head_fwd(&be, &mut acts, &batch.next_tokens, 1.0, false);
-    assert_eq!(
-        be.read(Cpu::view(&acts.logp, Span::new(0, batch.len()))),
-        c.logp
-    );
+    assert_eq!(be.read(Cpu::view(&acts.logp, Span::new(0, batch.len()))), c.logp);
 }

@@ -10,18 +10,12 @@ use serde_json::Value;
 fn encodes_like_python_and_decodes_back() {
     for name in FAMILIES {
         let tok = Tokenizer::load(&fixtures().join(name)).unwrap();
-        let cases: Vec<Value> = serde_json::from_str(
-            &std::fs::read_to_string(fixtures().join(format!("{name}.score.json"))).unwrap(),
-        )
-        .unwrap();
+        let cases: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("{name}.score.json"))).unwrap())
+                .unwrap();
         for c in &cases {
             let text = c["text"].as_str().unwrap();
-            let want: Vec<u32> = c["tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_u64().unwrap() as u32)
-                .collect();
+            let want: Vec<u32> = c["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
             assert_eq!(tok.encode(text, false).unwrap(), want, "{name}: {text:?}");
             assert_eq!(tok.decode(&want, false).unwrap(), text);
         }
@@ -40,8 +34,5 @@ fn eos_ids_from_generation_config_then_config() {
     assert_eq!(eos_ids(&fixtures().join("qwen2")).unwrap(), vec![401, 400]);
     // llama: both say 400.
     assert_eq!(eos_ids(&fixtures().join("llama")).unwrap(), vec![400]);
-    assert_eq!(
-        Tokenizer::load(&fixtures().join("qwen3")).unwrap().eos_ids,
-        vec![401]
-    );
+    assert_eq!(Tokenizer::load(&fixtures().join("qwen3")).unwrap().eos_ids, vec![401]);
 }

@@ -92,21 +92,9 @@ pub trait Backend: Sync {
 
     // ---- embedding --------------------------------------------------------
     /// `out[t] = table[ids[t]]`, rows of `dim`.
-    fn embedding_fwd(
-        &self,
-        table: Self::Ref<'_>,
-        ids: Self::IdxRef<'_>,
-        dim: usize,
-        out: Self::Mut<'_>,
-    );
+    fn embedding_fwd(&self, table: Self::Ref<'_>, ids: Self::IdxRef<'_>, dim: usize, out: Self::Mut<'_>);
     /// `dtable[ids[t]] += dout[t]`, deterministic (fixed order per row).
-    fn embedding_bwd(
-        &self,
-        dout: Self::Ref<'_>,
-        ids: Self::IdxRef<'_>,
-        dim: usize,
-        dtable: Self::Mut<'_>,
-    );
+    fn embedding_bwd(&self, dout: Self::Ref<'_>, ids: Self::IdxRef<'_>, dim: usize, dtable: Self::Mut<'_>);
 
     // ---- RMSNorm ----------------------------------------------------------
     /// `y = x · rstd · w`, `rstd = 1/sqrt(mean(x²) + eps)` per row of `dim`.
@@ -144,14 +132,7 @@ pub trait Backend: Sync {
         accumulate: bool,
     );
     /// `dx = dy · w` (or `+=` with `accumulate`); dy `[m,n]`, w `[n,k]`, dx `[m,k]`.
-    fn matmul_dx(
-        &self,
-        s: MatShape,
-        dy: Self::Ref<'_>,
-        w: Self::Ref<'_>,
-        dx: Self::Mut<'_>,
-        accumulate: bool,
-    );
+    fn matmul_dx(&self, s: MatShape, dy: Self::Ref<'_>, w: Self::Ref<'_>, dx: Self::Mut<'_>, accumulate: bool);
     /// Accumulates `dw += dyᵀ · x`.
     fn matmul_dw(&self, s: MatShape, dy: Self::Ref<'_>, x: Self::Ref<'_>, dw: Self::Mut<'_>);
     /// Accumulates a bias gradient: `db[j] += Σ_rows dy[r, j]`.
@@ -222,14 +203,7 @@ pub trait Backend: Sync {
     /// `out = silu(g) · u`.
     fn swiglu_fwd(&self, g: Self::Ref<'_>, u: Self::Ref<'_>, out: Self::Mut<'_>);
     /// Overwrites `dg`, `du`.
-    fn swiglu_bwd(
-        &self,
-        dout: Self::Ref<'_>,
-        g: Self::Ref<'_>,
-        u: Self::Ref<'_>,
-        dg: Self::Mut<'_>,
-        du: Self::Mut<'_>,
-    );
+    fn swiglu_bwd(&self, dout: Self::Ref<'_>, g: Self::Ref<'_>, u: Self::Ref<'_>, dg: Self::Mut<'_>, du: Self::Mut<'_>);
 
     // ---- log-probabilities (phase 1 and 2 of the lm_head + loss) ------------
     /// Per row of `logits [rows, vocab]`: `lse = logsumexp(z/T)`,

@@ -42,26 +42,14 @@ impl Memory {
 pub fn cuda_memory(cfg: &ModelConfig, params: usize, tokens: usize) -> Memory {
     let (acts, _) = arena_elements(cfg, tokens, default_chunk(cfg, tokens), true);
     let p = params as u64;
-    Memory {
-        weights: 2 * p,
-        grads: 2 * p,
-        master: 4 * p,
-        adam: 8 * p,
-        activations: 2 * acts as u64,
-    }
+    Memory { weights: 2 * p, grads: 2 * p, master: 4 * p, adam: 8 * p, activations: 2 * acts as u64 }
 }
 
 /// CPU reference layout: f32 everywhere, no separate master copy.
 pub fn cpu_memory(cfg: &ModelConfig, params: usize, tokens: usize) -> Memory {
     let (acts, _) = arena_elements(cfg, tokens, default_chunk(cfg, tokens), true);
     let p = params as u64;
-    Memory {
-        weights: 4 * p,
-        grads: 4 * p,
-        master: 0,
-        adam: 8 * p,
-        activations: 4 * acts as u64,
-    }
+    Memory { weights: 4 * p, grads: 4 * p, master: 0, adam: 8 * p, activations: 4 * acts as u64 }
 }
 
 /// Bytes in the largest binary unit that keeps the number at least 1.
@@ -102,10 +90,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let layout = ParamLayout::new(&cfg);
     let (dtypes, on_disk) = inspect(&a.model)?;
     let params = layout.total;
-    let (gpu, cpu) = (
-        cuda_memory(&cfg, params, a.batch_tokens),
-        cpu_memory(&cfg, params, a.batch_tokens),
-    );
+    let (gpu, cpu) = (cuda_memory(&cfg, params, a.batch_tokens), cpu_memory(&cfg, params, a.batch_tokens));
     if a.json {
         let mem = |m: Memory| {
             serde_json::json!({"weights": m.weights, "grads": m.grads, "master": m.master, "adam": m.adam,
@@ -123,16 +108,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
         return Ok(());
     }
     let yes = |b: bool| if b { "yes" } else { "no" };
-    println!(
-        "model            {} ({})",
-        a.model.display(),
-        cfg.arch.hf_name()
-    );
+    println!("model            {} ({})", a.model.display(), cfg.arch.hf_name());
     println!("layers           {}", cfg.n_layers);
-    println!(
-        "hidden size      {} (MLP {})",
-        cfg.hidden_size, cfg.intermediate_size
-    );
+    println!("hidden size      {} (MLP {})", cfg.hidden_size, cfg.intermediate_size);
     println!(
         "attention heads  {} query, {} key/value (GQA {}:1), head_dim {}",
         cfg.n_heads,
@@ -149,14 +127,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
         yes(cfg.qk_norm)
     );
     println!("parameters       {params} ({:.1}M)", params as f64 / 1e6);
-    println!(
-        "on disk          {on_disk} elements in {}",
-        dtypes.join(", ")
-    );
-    println!(
-        "full fine-tune memory at {} tokens per micro-batch:",
-        a.batch_tokens
-    );
+    println!("on disk          {on_disk} elements in {}", dtypes.join(", "));
+    println!("full fine-tune memory at {} tokens per micro-batch:", a.batch_tokens);
     println!("                 {:>14} {:>14}", "cuda (bf16)", "cpu (f32)");
     for (name, g, c) in [
         ("weights", gpu.weights, cpu.weights),

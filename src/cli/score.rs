@@ -48,14 +48,8 @@ struct Item {
     tokens: Vec<u32>,
 }
 
-fn parse_lines(
-    path: &Path,
-    model_dir: &Path,
-    vocab: usize,
-    add_special: bool,
-) -> Result<Vec<Item>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+fn parse_lines(path: &Path, model_dir: &Path, vocab: usize, add_special: bool) -> Result<Vec<Item>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut tokenizer: Option<Tokenizer> = None;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -63,24 +57,15 @@ fn parse_lines(
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| anyhow!("{}: invalid JSON: {e}", at()))?;
-        let Value::Object(mut fields) = v else {
-            bail!("{}: expected a JSON object", at())
-        };
+        let v: Value = serde_json::from_str(line).map_err(|e| anyhow!("{}: invalid JSON: {e}", at()))?;
+        let Value::Object(mut fields) = v else { bail!("{}: expected a JSON object", at()) };
         let tokens = match (fields.remove("tokens"), fields.get("text")) {
             (Some(Value::Array(ids)), _) => ids
                 .iter()
                 .map(|x| match x.as_u64() {
                     Some(t) if (t as usize) < vocab => Ok(t as u32),
-                    Some(t) => Err(anyhow!(
-                        "{}: token id {t} outside the vocabulary ({vocab})",
-                        at()
-                    )),
-                    None => Err(anyhow!(
-                        "{}: \"tokens\" should hold non-negative integers, found {x}",
-                        at()
-                    )),
+                    Some(t) => Err(anyhow!("{}: token id {t} outside the vocabulary ({vocab})", at())),
+                    None => Err(anyhow!("{}: \"tokens\" should hold non-negative integers, found {x}", at())),
                 })
                 .collect::<Result<Vec<u32>>>()?,
             (Some(_), _) => bail!("{}: \"tokens\" should be a list of token ids", at()),
@@ -88,16 +73,9 @@ fn parse_lines(
                 if tokenizer.is_none() {
                     tokenizer = Some(Tokenizer::load(model_dir).with_context(at)?);
                 }
-                let ids = tokenizer
-                    .as_ref()
-                    .unwrap()
-                    .encode(s, add_special)
-                    .with_context(at)?;
+                let ids = tokenizer.as_ref().unwrap().encode(s, add_special).with_context(at)?;
                 if let Some(&t) = ids.iter().find(|&&t| t as usize >= vocab) {
-                    bail!(
-                        "{}: the tokenizer gave id {t}, outside the model's vocabulary ({vocab})",
-                        at()
-                    );
+                    bail!("{}: the tokenizer gave id {t}, outside the model's vocabulary ({vocab})", at());
                 }
                 ids
             }
@@ -162,22 +140,14 @@ fn shortest(x: f32) -> Value {
 pub fn run(a: ScoreArgs) -> Result<()> {
     resolve_device(a.device)?;
     if !(a.temperature > 0.0 && a.temperature.is_finite()) {
-        bail!(
-            "--temperature must be a positive number, got {}",
-            a.temperature
-        );
+        bail!("--temperature must be a positive number, got {}", a.temperature);
     }
     if a.batch_tokens == 0 {
         bail!("--batch-tokens must be positive");
     }
     let be = Cpu;
     let (model, _) = Model::load(&be, &a.model)?;
-    let items = parse_lines(
-        &a.input,
-        &a.model,
-        model.cfg.vocab_size,
-        a.add_special_tokens,
-    )?;
+    let items = parse_lines(&a.input, &a.model, model.cfg.vocab_size, a.add_special_tokens)?;
     let longest = items.iter().map(|i| i.tokens.len()).max().unwrap_or(1);
     let cap = a.batch_tokens.max(longest);
     let mut acts = Activations::new(&be, &model.cfg, cap, default_chunk(&model.cfg, cap), false);
@@ -185,10 +155,8 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let total: usize = items.iter().map(|i| i.tokens.len()).sum();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "scoring {bar:40} {pos}/{len} tokens {per_sec} eta {eta}",
-        )
-        .expect("static template"),
+        indicatif::ProgressStyle::with_template("scoring {bar:40} {pos}/{len} tokens {per_sec} eta {eta}")
+            .expect("static template"),
     );
     let mut out = String::new();
     for range in batches(&items, a.batch_tokens) {
@@ -199,10 +167,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
             let mut obj = item.fields.clone();
             let sum: f64 = logprobs.iter().map(|&l| l as f64).sum();
             obj.insert("tokens".into(), item.tokens.clone().into());
-            obj.insert(
-                "logprobs".into(),
-                logprobs.iter().map(|&l| shortest(l)).collect(),
-            );
+            obj.insert("logprobs".into(), logprobs.iter().map(|&l| shortest(l)).collect());
             obj.insert("sum_logprob".into(), sum.into());
             out.push_str(&Value::Object(obj).to_string());
             out.push('\n');
@@ -219,10 +184,7 @@ mod tests {
 
     #[test]
     fn batching_respects_the_budget() {
-        let item = |n: usize| Item {
-            fields: Map::new(),
-            tokens: vec![0; n],
-        };
+        let item = |n: usize| Item { fields: Map::new(), tokens: vec![0; n] };
         let items: Vec<Item> = [3, 4, 2, 9, 1].into_iter().map(item).collect();
         assert_eq!(batches(&items, 8), vec![0..2, 2..3, 3..4, 4..5]);
         assert_eq!(batches(&items, 100), vec![0..5]);

@@ -17,10 +17,7 @@ pub struct Batch {
 impl Batch {
     /// Packs sequences one after another.
     pub fn pack<S: AsRef<[u32]>>(seqs: &[S]) -> Self {
-        let mut b = Batch {
-            cu_seqlens: vec![0],
-            ..Default::default()
-        };
+        let mut b = Batch { cu_seqlens: vec![0], ..Default::default() };
         for s in seqs {
             let s = s.as_ref();
             b.tokens.extend_from_slice(s);
@@ -62,11 +59,7 @@ impl Batch {
         self.cu_seqlens.len() - 1
     }
     pub fn longest(&self) -> usize {
-        self.cu_seqlens
-            .windows(2)
-            .map(|w| (w[1] - w[0]) as usize)
-            .max()
-            .unwrap_or(0)
+        self.cu_seqlens.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0)
     }
     /// Token range of sequence `s`.
     pub fn seq(&self, s: usize) -> std::ops::Range<usize> {

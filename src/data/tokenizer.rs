@@ -19,24 +19,16 @@ impl Tokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
-        Ok(Tokenizer {
-            inner,
-            eos_ids: eos_ids(model_dir)?,
-        })
+        Ok(Tokenizer { inner, eos_ids: eos_ids(model_dir)? })
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| anyhow!("tokenizer: {e}"))?;
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| anyhow!("tokenizer: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| anyhow!("tokenizer: {e}"))
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| anyhow!("tokenizer: {e}"))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -53,15 +45,10 @@ pub fn eos_ids(model_dir: &Path) -> Result<Vec<u32>> {
         if !path.exists() {
             continue;
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
-        for id in token_ids(
-            v.get("eos_token_id"),
-            &path.display().to_string(),
-            "eos_token_id",
-        )? {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+        for id in token_ids(v.get("eos_token_id"), &path.display().to_string(), "eos_token_id")? {
             if !ids.contains(&id) {
                 ids.push(id);
             }

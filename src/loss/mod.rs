@@ -14,17 +14,9 @@ pub fn masked_mean_ce(logp: &[f32], targets: &[u32]) -> (f64, Vec<f32>) {
     if n == 0 {
         return (0.0, vec![0.0; logp.len()]);
     }
-    let sum: f64 = logp
-        .iter()
-        .zip(targets)
-        .filter(|(_, &t)| t != IGNORE)
-        .map(|(&l, _)| l as f64)
-        .sum();
+    let sum: f64 = logp.iter().zip(targets).filter(|(_, &t)| t != IGNORE).map(|(&l, _)| l as f64).sum();
     let c = -1.0 / n as f32;
-    let coef = targets
-        .iter()
-        .map(|&t| if t == IGNORE { 0.0 } else { c })
-        .collect();
+    let coef = targets.iter().map(|&t| if t == IGNORE { 0.0 } else { c }).collect();
     (-sum / n as f64, coef)
 }
 

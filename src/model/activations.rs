@@ -117,17 +117,7 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Sizes {
         resid: cap * d,
         n_resid: if train { c.n_layers + 1 } else { 2 },
         // rope cos, sin, h, rstd_f, logits, logp, lse, entropy, coef
-        rest: vec![
-            cap * half,
-            cap * half,
-            cap * d,
-            cap,
-            chunk * c.vocab_size,
-            cap,
-            cap,
-            cap,
-            cap,
-        ],
+        rest: vec![cap * half, cap * half, cap * d, cap, chunk * c.vocab_size, cap, cap, cap, cap],
         scratch: if train {
             vec![
                 cap * d,
@@ -165,10 +155,7 @@ pub fn arena_elements(c: &ModelConfig, cap: usize, chunk: usize, train: bool) ->
 
 impl<B: Backend> Activations<B> {
     pub fn new(be: &B, c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Self {
-        assert!(
-            cap > 0 && chunk > 0,
-            "activations: capacity and chunk must be positive"
-        );
+        assert!(cap > 0 && chunk > 0, "activations: capacity and chunk must be positive");
         let s = sizes(c, cap, chunk, train);
         let layer = || {
             let mut b = s.per_layer.iter().map(|&n| be.alloc(n));

@@ -19,22 +19,17 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.exists() {
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("{}: cannot read", index.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{}: invalid JSON: {e}", index.display()))?;
+        let text = std::fs::read_to_string(&index).with_context(|| format!("{}: cannot read", index.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", index.display()))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| anyhow!("{}: missing key `weight_map`", index.display()))?;
         let mut files: Vec<String> = Vec::new();
         for (name, f) in map {
-            let f = f.as_str().ok_or_else(|| {
-                anyhow!(
-                    "{}: `weight_map.{name}` should be a file name",
-                    index.display()
-                )
-            })?;
+            let f =
+                f.as_str().ok_or_else(|| anyhow!("{}: `weight_map.{name}` should be a file name", index.display()))?;
             if !files.iter().any(|x| x == f) {
                 files.push(f.to_string());
             }
@@ -46,10 +41,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    bail!(
-        "{}: no {SINGLE_FILE} or {INDEX_FILE} in the model folder",
-        dir.display()
-    )
+    bail!("{}: no {SINGLE_FILE} or {INDEX_FILE} in the model folder", dir.display())
 }
 
 struct Mapped {
@@ -61,21 +53,13 @@ fn map_file(path: &Path) -> Result<Mapped> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     // SAFETY: the mapping is read-only and lives only while we copy out of it;
     // a checkpoint changed underneath us by another process is not supported.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("{}: cannot map", path.display()))?;
-    Ok(Mapped {
-        path: path.to_path_buf(),
-        map,
-    })
+    let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))?;
+    Ok(Mapped { path: path.to_path_buf(), map })
 }
 
 fn parse<'a>(m: &'a Mapped) -> Result<SafeTensors<'a>> {
-    SafeTensors::deserialize(&m.map).map_err(|e| {
-        anyhow!(
-            "{}: not a valid safetensors file (truncated or corrupt?): {e}",
-            m.path.display()
-        )
-    })
+    SafeTensors::deserialize(&m.map)
+        .map_err(|e| anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e}", m.path.display()))
 }
 
 /// Converts one tensor to f32 into `dst`.
@@ -97,10 +81,7 @@ fn to_f32(view: &TensorView, dst: &mut [f32], path: &Path, name: &str) -> Result
                 *d = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
             }
         }
-        other => bail!(
-            "{}: tensor `{name}` has dtype {other:?} (supported: F32, BF16, F16)",
-            path.display()
-        ),
+        other => bail!("{}: tensor `{name}` has dtype {other:?} (supported: F32, BF16, F16)", path.display()),
     }
     Ok(())
 }
@@ -112,20 +93,11 @@ fn ignorable(name: &str, cfg: &ModelConfig) -> bool {
 
 /// Loads every parameter of `layout` from the model folder into a host f32
 /// buffer laid out as `layout`. Returns it with the dtypes found on disk.
-pub fn load_params(
-    dir: &Path,
-    cfg: &ModelConfig,
-    layout: &ParamLayout,
-) -> Result<(Vec<f32>, Vec<String>)> {
+pub fn load_params(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Result<(Vec<f32>, Vec<String>)> {
     let files = weight_files(dir)?;
     let mut params = vec![0.0f32; layout.total];
     let mut loaded = vec![false; layout.entries.len()];
-    let by_name: HashMap<&str, usize> = layout
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.name.as_str(), i))
-        .collect();
+    let by_name: HashMap<&str, usize> = layout.entries.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect();
     let mut dtypes: Vec<String> = Vec::new();
     for path in &files {
         let mapped = map_file(path)?;
@@ -135,20 +107,11 @@ pub fn load_params(
                 if ignorable(name, cfg) {
                     continue;
                 }
-                bail!(
-                    "{}: unexpected tensor `{name}` for a {} model",
-                    path.display(),
-                    cfg.arch.hf_name()
-                );
+                bail!("{}: unexpected tensor `{name}` for a {} model", path.display(), cfg.arch.hf_name());
             };
             let e = &layout.entries[i];
             if view.shape() != e.shape.as_slice() {
-                bail!(
-                    "{}: tensor `{name}` has shape {:?}, expected {:?}",
-                    path.display(),
-                    view.shape(),
-                    e.shape
-                );
+                bail!("{}: tensor `{name}` has shape {:?}, expected {:?}", path.display(), view.shape(), e.shape);
             }
             let dtype = format!("{:?}", view.dtype());
             if !dtypes.contains(&dtype) {
@@ -160,12 +123,7 @@ pub fn load_params(
     }
     if let Some(i) = loaded.iter().position(|l| !l) {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-        bail!(
-            "{}: tensor `{}` is missing (looked in {})",
-            dir.display(),
-            layout.entries[i].name,
-            names.join(", ")
-        );
+        bail!("{}: tensor `{}` is missing (looked in {})", dir.display(), layout.entries[i].name, names.join(", "));
     }
     Ok((params, dtypes))
 }
@@ -214,10 +172,7 @@ impl SaveDtype {
 fn encode(values: &[f32], dtype: SaveDtype) -> Vec<u8> {
     match dtype {
         SaveDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        SaveDtype::BF16 => values
-            .iter()
-            .flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes())
-            .collect(),
+        SaveDtype::BF16 => values.iter().flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes()).collect(),
     }
 }
 
@@ -225,8 +180,7 @@ fn encode(values: &[f32], dtype: SaveDtype) -> Vec<u8> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp-write");
     std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
 }
 
 /// Saves `params` (laid out as `layout`) into `out_dir` as a Hugging Face
@@ -243,13 +197,8 @@ pub fn save(
     dtype: SaveDtype,
     max_shard_bytes: usize,
 ) -> Result<()> {
-    assert_eq!(
-        params.len(),
-        layout.total,
-        "save: parameter buffer does not match the layout"
-    );
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("{}: cannot create", out_dir.display()))?;
+    assert_eq!(params.len(), layout.total, "save: parameter buffer does not match the layout");
+    std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create", out_dir.display()))?;
     // Group tensors into shards in layout order.
     let mut shards: Vec<Vec<usize>> = vec![vec![]];
     let mut size = 0usize;
@@ -265,20 +214,12 @@ pub fn save(
     let n = shards.len();
     let mut weight_map = BTreeMap::new();
     for (s, members) in shards.iter().enumerate() {
-        let file = if n == 1 {
-            SINGLE_FILE.to_string()
-        } else {
-            format!("model-{:05}-of-{n:05}.safetensors", s + 1)
-        };
+        let file = if n == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", s + 1) };
         let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = members
             .iter()
             .map(|&i| {
                 let e = &layout.entries[i];
-                (
-                    e.name.clone(),
-                    e.shape.clone(),
-                    encode(&params[e.span.off..e.span.end()], dtype),
-                )
+                (e.name.clone(), e.shape.clone(), encode(&params[e.span.off..e.span.end()], dtype))
             })
             .collect();
         let st_dtype = match dtype {
@@ -287,12 +228,7 @@ pub fn save(
         };
         let views = encoded
             .iter()
-            .map(|(name, shape, bytes)| {
-                Ok((
-                    name.clone(),
-                    TensorView::new(st_dtype, shape.clone(), bytes)?,
-                ))
-            })
+            .map(|(name, shape, bytes)| Ok((name.clone(), TensorView::new(st_dtype, shape.clone(), bytes)?)))
             .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
         let bytes = safetensors::serialize(views, Some(meta))?;
@@ -302,31 +238,17 @@ pub fn save(
         }
     }
     if n > 1 {
-        let total: usize = layout
-            .entries
-            .iter()
-            .map(|e| e.span.len * dtype.bytes())
-            .sum();
-        let index =
-            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        write_atomic(
-            &out_dir.join(INDEX_FILE),
-            serde_json::to_string_pretty(&index)?.as_bytes(),
-        )?;
+        let total: usize = layout.entries.iter().map(|e| e.span.len * dtype.bytes()).sum();
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_atomic(&out_dir.join(INDEX_FILE), serde_json::to_string_pretty(&index)?.as_bytes())?;
     } else if out_dir.join(INDEX_FILE).exists() {
         std::fs::remove_file(out_dir.join(INDEX_FILE))?;
     }
     save_config(out_dir, src_dir, dtype)?;
-    for f in [
-        "generation_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ] {
+    for f in ["generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
         let src = src_dir.join(f);
         if src.exists() && src_dir != out_dir {
-            let bytes =
-                std::fs::read(&src).with_context(|| format!("{}: cannot read", src.display()))?;
+            let bytes = std::fs::read(&src).with_context(|| format!("{}: cannot read", src.display()))?;
             write_atomic(&out_dir.join(f), &bytes)?;
         }
     }
@@ -335,21 +257,13 @@ pub fn save(
 
 fn save_config(out_dir: &Path, src_dir: &Path, dtype: SaveDtype) -> Result<()> {
     let src = src_dir.join("config.json");
-    let text =
-        std::fs::read_to_string(&src).with_context(|| format!("{}: cannot read", src.display()))?;
+    let text = std::fs::read_to_string(&src).with_context(|| format!("{}: cannot read", src.display()))?;
     let mut v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", src.display()))?;
     if let Some(m) = v.as_object_mut() {
         // Keep whichever dtype key the source used; write `dtype` if neither.
-        let key = if m.contains_key("torch_dtype") {
-            "torch_dtype"
-        } else {
-            "dtype"
-        };
+        let key = if m.contains_key("torch_dtype") { "torch_dtype" } else { "dtype" };
         m.insert(key.to_string(), dtype.name().into());
     }
-    write_atomic(
-        &out_dir.join("config.json"),
-        serde_json::to_string_pretty(&v)?.as_bytes(),
-    )
+    write_atomic(&out_dir.join("config.json"), serde_json::to_string_pretty(&v)?.as_bytes())
 }

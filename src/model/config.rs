@@ -79,47 +79,40 @@ impl Keys<'_> {
         self.map.get(key).filter(|v| !v.is_null())
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?
-            .ok_or_else(|| anyhow!("{}: missing key `{key}`", self.file))
+        self.opt_usize(key)?.ok_or_else(|| anyhow!("{}: missing key `{key}`", self.file))
     }
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-                anyhow!(
-                    "{}: key `{key}` should be a non-negative integer, found {v}",
-                    self.file
-                )
-            }),
+            Some(v) => v
+                .as_u64()
+                .map(|x| Some(x as usize))
+                .ok_or_else(|| anyhow!("{}: key `{key}` should be a non-negative integer, found {v}", self.file)),
         }
     }
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| anyhow!("{}: key `{key}` should be a number, found {v}", self.file)),
+            Some(v) => {
+                v.as_f64().map(Some).ok_or_else(|| anyhow!("{}: key `{key}` should be a number, found {v}", self.file))
+            }
         }
     }
     fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
-                anyhow!(
-                    "{}: key `{key}` should be true or false, found {v}",
-                    self.file
-                )
-            }),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| anyhow!("{}: key `{key}` should be true or false, found {v}", self.file)),
         }
     }
     fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| anyhow!("{}: key `{key}` should be a string, found {v}", self.file)),
+            Some(v) => {
+                v.as_str().map(Some).ok_or_else(|| anyhow!("{}: key `{key}` should be a string, found {v}", self.file))
+            }
         }
     }
 }
@@ -130,28 +123,21 @@ pub fn token_ids(v: Option<&Value>, file: &str, key: &str) -> Result<Vec<u32>> {
     match v {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Number(n)) => Ok(vec![n.as_u64().ok_or_else(bad)? as u32]),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| x.as_u64().map(|i| i as u32).ok_or_else(bad))
-            .collect(),
+        Some(Value::Array(a)) => a.iter().map(|x| x.as_u64().map(|i| i as u32).ok_or_else(bad)).collect(),
         Some(_) => Err(bad()),
     }
 }
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         Self::from_json_str(&text, &path.display().to_string())
     }
 
     /// Parses the text of a `config.json`; `file` names it in errors.
     pub fn from_json_str(text: &str, file: &str) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| anyhow!("{file}: invalid JSON: {e}"))?;
-        let map = value
-            .as_object()
-            .ok_or_else(|| anyhow!("{file}: expected a JSON object"))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| anyhow!("{file}: invalid JSON: {e}"))?;
+        let map = value.as_object().ok_or_else(|| anyhow!("{file}: expected a JSON object"))?;
         let k = Keys { file, map };
 
         let arch = parse_arch(&k)?;
@@ -174,7 +160,9 @@ impl ModelConfig {
         let head_dim = match k.opt_usize("head_dim")? {
             Some(d) => d,
             None if hidden_size % n_heads == 0 => hidden_size / n_heads,
-            None => bail!("{file}: key `head_dim` missing and hidden_size {hidden_size} is not a multiple of {n_heads} heads"),
+            None => bail!(
+                "{file}: key `head_dim` missing and hidden_size {hidden_size} is not a multiple of {n_heads} heads"
+            ),
         };
         if head_dim % 2 != 0 {
             bail!("{file}: key `head_dim`: RoPE needs an even head dimension, found {head_dim}");
@@ -185,10 +173,7 @@ impl ModelConfig {
         // runtime does not implement yet.
         let qkv_bias = arch == Arch::Qwen2;
         if arch != Arch::Qwen2 && k.opt_bool("attention_bias")? == Some(true) {
-            bail!(
-                "{file}: key `attention_bias`: attention biases are not supported for {}",
-                arch.hf_name()
-            );
+            bail!("{file}: key `attention_bias`: attention biases are not supported for {}", arch.hf_name());
         }
         let dtype = match k.opt_str("dtype")? {
             Some(d) => Some(d.to_string()),
@@ -239,9 +224,7 @@ impl ModelConfig {
     /// configured scaling applied, exactly as transformers computes them.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         let d = self.head_dim as f64;
-        let base: Vec<f64> = (0..self.head_dim / 2)
-            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / d))
-            .collect();
+        let base: Vec<f64> = (0..self.head_dim / 2).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / d)).collect();
         match self.rope_scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
@@ -261,8 +244,7 @@ impl ModelConfig {
                         } else if wavelen < high_wavelen {
                             f
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -294,7 +276,9 @@ fn parse_arch(k: &Keys) -> Result<Arch> {
         Some("llama") => Ok(Arch::Llama),
         Some("qwen2") => Ok(Arch::Qwen2),
         Some("qwen3") => Ok(Arch::Qwen3),
-        Some(other) => bail!("{file}: key `model_type`: unsupported model type `{other}` (supported: llama, qwen2, qwen3)"),
+        Some(other) => {
+            bail!("{file}: key `model_type`: unsupported model type `{other}` (supported: llama, qwen2, qwen3)")
+        }
         None => bail!("{file}: missing key `architectures` (and no `model_type`)"),
     }
 }
@@ -307,13 +291,13 @@ fn check_no_sliding_window(k: &Keys) -> Result<()> {
         bail!("{file}: key `use_sliding_window`: sliding-window attention is not supported");
     }
     if let Some(types) = k.get("layer_types") {
-        let types = types
-            .as_array()
-            .ok_or_else(|| anyhow!("{file}: key `layer_types` should be a list"))?;
+        let types = types.as_array().ok_or_else(|| anyhow!("{file}: key `layer_types` should be a list"))?;
         for (i, t) in types.iter().enumerate() {
             match t.as_str() {
                 Some("full_attention") => {}
-                Some(other) => bail!("{file}: key `layer_types[{i}]`: `{other}` is not supported (only full_attention)"),
+                Some(other) => {
+                    bail!("{file}: key `layer_types[{i}]`: `{other}` is not supported (only full_attention)")
+                }
                 None => bail!("{file}: key `layer_types[{i}]` should be a string"),
             }
         }
@@ -326,14 +310,10 @@ fn check_no_sliding_window(k: &Keys) -> Result<()> {
 fn parse_rope(k: &Keys) -> Result<(f64, RopeScaling)> {
     let file = k.file;
     let (params, prefix) = if let Some(p) = k.get("rope_parameters") {
-        let p = p
-            .as_object()
-            .ok_or_else(|| anyhow!("{file}: key `rope_parameters` should be an object"))?;
+        let p = p.as_object().ok_or_else(|| anyhow!("{file}: key `rope_parameters` should be an object"))?;
         (Some(p), "rope_parameters")
     } else if let Some(p) = k.get("rope_scaling") {
-        let p = p
-            .as_object()
-            .ok_or_else(|| anyhow!("{file}: key `rope_scaling` should be an object or null"))?;
+        let p = p.as_object().ok_or_else(|| anyhow!("{file}: key `rope_scaling` should be an object or null"))?;
         (Some(p), "rope_scaling")
     } else {
         (None, "")
@@ -352,9 +332,7 @@ fn parse_rope(k: &Keys) -> Result<(f64, RopeScaling)> {
         None => s.opt_str("type")?.unwrap_or("default"),
     };
     let need = |key: &str| -> Result<f64> {
-        s.opt_f64(key)?.ok_or_else(|| {
-            anyhow!("{file}: missing key `{prefix}.{key}` for rope type `{rope_type}`")
-        })
+        s.opt_f64(key)?.ok_or_else(|| anyhow!("{file}: missing key `{prefix}.{key}` for rope type `{rope_type}`"))
     };
     let scaling = match rope_type {
         "default" => RopeScaling::None,
@@ -365,7 +343,9 @@ fn parse_rope(k: &Keys) -> Result<(f64, RopeScaling)> {
             high_freq_factor: need("high_freq_factor")?,
             original_max_position_embeddings: need("original_max_position_embeddings")?,
         },
-        other => bail!("{file}: key `{prefix}.rope_type`: unsupported rope type `{other}` (supported: default, linear, llama3)"),
+        other => bail!(
+            "{file}: key `{prefix}.rope_type`: unsupported rope type `{other}` (supported: default, linear, llama3)"
+        ),
     };
     Ok((theta, scaling))
 }
@@ -390,10 +370,7 @@ mod tests {
     #[test]
     fn qwen2_defaults() {
         let c = parse(&base()).unwrap();
-        assert_eq!(
-            (c.head_dim, c.qkv_bias, c.qk_norm, c.tie_word_embeddings),
-            (8, true, false, false)
-        );
+        assert_eq!((c.head_dim, c.qkv_bias, c.qk_norm, c.tie_word_embeddings), (8, true, false, false));
         assert_eq!(c.eos_token_ids, vec![5, 6]);
         assert_eq!(c.rope_theta, 1e6);
     }
@@ -402,41 +379,23 @@ mod tests {
     fn errors_name_the_key() {
         let mut v = base();
         v["use_sliding_window"] = true.into();
-        assert!(parse(&v)
-            .unwrap_err()
-            .to_string()
-            .contains("`use_sliding_window`"));
+        assert!(parse(&v).unwrap_err().to_string().contains("`use_sliding_window`"));
         let mut v = base();
         v["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]);
-        assert!(parse(&v)
-            .unwrap_err()
-            .to_string()
-            .contains("`layer_types[1]`"));
+        assert!(parse(&v).unwrap_err().to_string().contains("`layer_types[1]`"));
         let mut v = base();
         v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
-        assert!(parse(&v)
-            .unwrap_err()
-            .to_string()
-            .contains("`rope_scaling.rope_type`"));
+        assert!(parse(&v).unwrap_err().to_string().contains("`rope_scaling.rope_type`"));
         let mut v = base();
         v["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
         v["attention_bias"] = true.into();
-        assert!(parse(&v)
-            .unwrap_err()
-            .to_string()
-            .contains("`attention_bias`"));
+        assert!(parse(&v).unwrap_err().to_string().contains("`attention_bias`"));
         let mut v = base();
         v["architectures"] = serde_json::json!(["MistralForCausalLM"]);
-        assert!(parse(&v)
-            .unwrap_err()
-            .to_string()
-            .contains("`architectures`"));
+        assert!(parse(&v).unwrap_err().to_string().contains("`architectures`"));
         let mut v = base();
         v.as_object_mut().unwrap().remove("hidden_size");
-        assert!(parse(&v)
-            .unwrap_err()
-            .to_string()
-            .contains("missing key `hidden_size`"));
+        assert!(parse(&v).unwrap_err().to_string().contains("missing key `hidden_size`"));
     }
 
     #[test]

@@ -34,11 +34,7 @@ impl<B: Backend> Model<B> {
         let layout = ParamLayout::new(&cfg);
         assert_eq!(host.len(), layout.total, "from_host: parameter count");
         let params = be.upload(host);
-        Model {
-            cfg,
-            layout,
-            params,
-        }
+        Model { cfg, layout, params }
     }
 
     /// Loads `config.json` and the safetensors weights of a Hugging Face model folder.

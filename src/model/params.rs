@@ -51,21 +51,14 @@ impl Builder {
     fn add(&mut self, name: String, shape: &[usize]) -> Span {
         let span = Span::new(self.total, shape.iter().product());
         self.total += span.len;
-        self.entries.push(ParamEntry {
-            name,
-            shape: shape.to_vec(),
-            span,
-        });
+        self.entries.push(ParamEntry { name, shape: shape.to_vec(), span });
         span
     }
 }
 
 impl ParamLayout {
     pub fn new(c: &ModelConfig) -> Self {
-        let mut b = Builder {
-            entries: Vec::new(),
-            total: 0,
-        };
+        let mut b = Builder { entries: Vec::new(), total: 0 };
         let (d, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let embed = b.add("model.embed_tokens.weight".into(), &[c.vocab_size, d]);
         let layers = (0..c.n_layers)
@@ -73,24 +66,14 @@ impl ParamLayout {
                 let p = format!("model.layers.{l}");
                 let input_norm = b.add(format!("{p}.input_layernorm.weight"), &[d]);
                 let q_w = b.add(format!("{p}.self_attn.q_proj.weight"), &[q, d]);
-                let q_b = c
-                    .qkv_bias
-                    .then(|| b.add(format!("{p}.self_attn.q_proj.bias"), &[q]));
+                let q_b = c.qkv_bias.then(|| b.add(format!("{p}.self_attn.q_proj.bias"), &[q]));
                 let k_w = b.add(format!("{p}.self_attn.k_proj.weight"), &[kv, d]);
-                let k_b = c
-                    .qkv_bias
-                    .then(|| b.add(format!("{p}.self_attn.k_proj.bias"), &[kv]));
+                let k_b = c.qkv_bias.then(|| b.add(format!("{p}.self_attn.k_proj.bias"), &[kv]));
                 let v_w = b.add(format!("{p}.self_attn.v_proj.weight"), &[kv, d]);
-                let v_b = c
-                    .qkv_bias
-                    .then(|| b.add(format!("{p}.self_attn.v_proj.bias"), &[kv]));
+                let v_b = c.qkv_bias.then(|| b.add(format!("{p}.self_attn.v_proj.bias"), &[kv]));
                 let o_w = b.add(format!("{p}.self_attn.o_proj.weight"), &[d, q]);
-                let q_norm = c
-                    .qk_norm
-                    .then(|| b.add(format!("{p}.self_attn.q_norm.weight"), &[c.head_dim]));
-                let k_norm = c
-                    .qk_norm
-                    .then(|| b.add(format!("{p}.self_attn.k_norm.weight"), &[c.head_dim]));
+                let q_norm = c.qk_norm.then(|| b.add(format!("{p}.self_attn.q_norm.weight"), &[c.head_dim]));
+                let k_norm = c.qk_norm.then(|| b.add(format!("{p}.self_attn.k_norm.weight"), &[c.head_dim]));
                 let post_norm = b.add(format!("{p}.post_attention_layernorm.weight"), &[d]);
                 let gate_w = b.add(format!("{p}.mlp.gate_proj.weight"), &[i, d]);
                 let up_w = b.add(format!("{p}.mlp.up_proj.weight"), &[i, d]);
@@ -114,19 +97,8 @@ impl ParamLayout {
             })
             .collect();
         let final_norm = b.add("model.norm.weight".into(), &[d]);
-        let lm_head = if c.tie_word_embeddings {
-            embed
-        } else {
-            b.add("lm_head.weight".into(), &[c.vocab_size, d])
-        };
-        ParamLayout {
-            entries: b.entries,
-            embed,
-            layers,
-            final_norm,
-            lm_head,
-            total: b.total,
-        }
+        let lm_head = if c.tie_word_embeddings { embed } else { b.add("lm_head.weight".into(), &[c.vocab_size, d]) };
+        ParamLayout { entries: b.entries, embed, layers, final_norm, lm_head, total: b.total }
     }
 
     pub fn get(&self, name: &str) -> Option<&ParamEntry> {

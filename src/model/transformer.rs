@@ -49,11 +49,7 @@ impl<B: Backend> Model<B> {
             bail!("empty batch");
         }
         if batch.len() > acts.cap {
-            bail!(
-                "batch of {} tokens exceeds the arena's capacity of {}",
-                batch.len(),
-                acts.cap
-            );
+            bail!("batch of {} tokens exceeds the arena's capacity of {}", batch.len(), acts.cap);
         }
         let v = self.cfg.vocab_size;
         if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= v) {
@@ -74,19 +70,7 @@ impl<B: Backend> Model<B> {
         be.write_idx(&batch.positions, &mut acts.pos);
         be.write_idx(&batch.cu_seqlens, &mut acts.cu_seqlens);
 
-        let Activations {
-            ids,
-            pos,
-            cu_seqlens,
-            rope_cos,
-            rope_sin,
-            resid,
-            layers,
-            h,
-            rstd_f,
-            train,
-            ..
-        } = acts;
+        let Activations { ids, pos, cu_seqlens, rope_cos, rope_sin, resid, layers, h, rstd_f, train, .. } = acts;
         let ctx = Ctx::<B> {
             n,
             pos: B::idx_view(pos, Span::new(0, n)),
@@ -101,11 +85,7 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut resid[0], n * d),
         );
         for l in 0..self.cfg.n_layers {
-            let (i_in, i_out, i_acts) = if *train {
-                (l, l + 1, l)
-            } else {
-                (l % 2, (l + 1) % 2, 0)
-            };
+            let (i_in, i_out, i_acts) = if *train { (l, l + 1, l) } else { (l % 2, (l + 1) % 2, 0) };
             let (x_in, x_out) = if i_in < i_out {
                 let (a, b) = resid.split_at_mut(i_out);
                 (&a[i_in], &mut b[0])
@@ -115,11 +95,7 @@ impl<B: Backend> Model<B> {
             };
             self.layer_fwd(be, l, &ctx, x_in, x_out, &mut layers[i_acts]);
         }
-        let last = if *train {
-            self.cfg.n_layers
-        } else {
-            self.cfg.n_layers % 2
-        };
+        let last = if *train { self.cfg.n_layers } else { self.cfg.n_layers % 2 };
         be.rmsnorm_fwd(
             pr::<B>(&resid[last], n * d),
             self.w(self.layout.final_norm),
@@ -131,67 +107,21 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    fn layer_fwd(
-        &self,
-        be: &B,
-        l: usize,
-        c: &Ctx<B>,
-        x_in: &B::Buf,
-        x_out: &mut B::Buf,
-        a: &mut LayerActs<B>,
-    ) {
+    fn layer_fwd(&self, be: &B, l: usize, c: &Ctx<B>, x_in: &B::Buf, x_out: &mut B::Buf, a: &mut LayerActs<B>) {
         let cfg = &self.cfg;
         let p = &self.layout.layers[l];
-        let (n, d, q, kv, i, hd) = (
-            c.n,
-            cfg.hidden_size,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-            cfg.intermediate_size,
-            cfg.head_dim,
-        );
+        let (n, d, q, kv, i, hd) =
+            (c.n, cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.head_dim);
         let eps = cfg.rms_norm_eps;
         let x = pr::<B>(x_in, n * d);
 
         // Attention block: x2 = x + Attn(RMSNorm(x)) · Woᵀ.
-        be.rmsnorm_fwd(
-            x,
-            self.w(p.input_norm),
-            d,
-            eps,
-            pm::<B>(&mut a.ln1, n * d),
-            pm::<B>(&mut a.rstd1, n),
-        );
+        be.rmsnorm_fwd(x, self.w(p.input_norm), d, eps, pm::<B>(&mut a.ln1, n * d), pm::<B>(&mut a.rstd1, n));
         let ln1 = pr::<B>(&a.ln1, n * d);
-        let (q_dst, k_dst) = if cfg.qk_norm {
-            (&mut a.q_pre, &mut a.k_pre)
-        } else {
-            (&mut a.q, &mut a.k)
-        };
-        be.matmul(
-            ms(n, q, d),
-            ln1,
-            self.w(p.q_w),
-            p.q_b.map(|s| self.w(s)),
-            pm::<B>(q_dst, n * q),
-            false,
-        );
-        be.matmul(
-            ms(n, kv, d),
-            ln1,
-            self.w(p.k_w),
-            p.k_b.map(|s| self.w(s)),
-            pm::<B>(k_dst, n * kv),
-            false,
-        );
-        be.matmul(
-            ms(n, kv, d),
-            ln1,
-            self.w(p.v_w),
-            p.v_b.map(|s| self.w(s)),
-            pm::<B>(&mut a.v, n * kv),
-            false,
-        );
+        let (q_dst, k_dst) = if cfg.qk_norm { (&mut a.q_pre, &mut a.k_pre) } else { (&mut a.q, &mut a.k) };
+        be.matmul(ms(n, q, d), ln1, self.w(p.q_w), p.q_b.map(|s| self.w(s)), pm::<B>(q_dst, n * q), false);
+        be.matmul(ms(n, kv, d), ln1, self.w(p.k_w), p.k_b.map(|s| self.w(s)), pm::<B>(k_dst, n * kv), false);
+        be.matmul(ms(n, kv, d), ln1, self.w(p.v_w), p.v_b.map(|s| self.w(s)), pm::<B>(&mut a.v, n * kv), false);
         if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
             // Qwen3: RMSNorm over each head's vector, before RoPE.
             let (hq, hk) = (n * cfg.n_heads, n * cfg.n_kv_heads);
@@ -212,24 +142,8 @@ impl<B: Backend> Model<B> {
                 pm::<B>(&mut a.rstd_k, hk),
             );
         }
-        be.rope(
-            pm::<B>(&mut a.q, n * q),
-            c.pos,
-            cfg.n_heads,
-            hd,
-            c.cos,
-            c.sin,
-            false,
-        );
-        be.rope(
-            pm::<B>(&mut a.k, n * kv),
-            c.pos,
-            cfg.n_kv_heads,
-            hd,
-            c.cos,
-            c.sin,
-            false,
-        );
+        be.rope(pm::<B>(&mut a.q, n * q), c.pos, cfg.n_heads, hd, c.cos, c.sin, false);
+        be.rope(pm::<B>(&mut a.k, n * kv), c.pos, cfg.n_kv_heads, hd, c.cos, c.sin, false);
         be.attention_fwd(
             &self.attn_shape(),
             c.cu,
@@ -240,84 +154,28 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut a.lse, n * cfg.n_heads),
         );
         be.copy(x, pm::<B>(&mut a.x2, n * d));
-        be.matmul(
-            ms(n, d, q),
-            pr::<B>(&a.att, n * q),
-            self.w(p.o_w),
-            None,
-            pm::<B>(&mut a.x2, n * d),
-            true,
-        );
+        be.matmul(ms(n, d, q), pr::<B>(&a.att, n * q), self.w(p.o_w), None, pm::<B>(&mut a.x2, n * d), true);
 
         // MLP block: out = x2 + (silu(ln2·Wgᵀ) ∘ ln2·Wuᵀ) · Wdᵀ.
         let x2 = pr::<B>(&a.x2, n * d);
-        be.rmsnorm_fwd(
-            x2,
-            self.w(p.post_norm),
-            d,
-            eps,
-            pm::<B>(&mut a.ln2, n * d),
-            pm::<B>(&mut a.rstd2, n),
-        );
+        be.rmsnorm_fwd(x2, self.w(p.post_norm), d, eps, pm::<B>(&mut a.ln2, n * d), pm::<B>(&mut a.rstd2, n));
         let ln2 = pr::<B>(&a.ln2, n * d);
-        be.matmul(
-            ms(n, i, d),
-            ln2,
-            self.w(p.gate_w),
-            None,
-            pm::<B>(&mut a.gate, n * i),
-            false,
-        );
-        be.matmul(
-            ms(n, i, d),
-            ln2,
-            self.w(p.up_w),
-            None,
-            pm::<B>(&mut a.up, n * i),
-            false,
-        );
-        be.swiglu_fwd(
-            pr::<B>(&a.gate, n * i),
-            pr::<B>(&a.up, n * i),
-            pm::<B>(&mut a.act, n * i),
-        );
+        be.matmul(ms(n, i, d), ln2, self.w(p.gate_w), None, pm::<B>(&mut a.gate, n * i), false);
+        be.matmul(ms(n, i, d), ln2, self.w(p.up_w), None, pm::<B>(&mut a.up, n * i), false);
+        be.swiglu_fwd(pr::<B>(&a.gate, n * i), pr::<B>(&a.up, n * i), pm::<B>(&mut a.act, n * i));
         be.copy(x2, pm::<B>(x_out, n * d));
-        be.matmul(
-            ms(n, d, i),
-            pr::<B>(&a.act, n * i),
-            self.w(p.down_w),
-            None,
-            pm::<B>(x_out, n * d),
-            true,
-        );
+        be.matmul(ms(n, d, i), pr::<B>(&a.act, n * i), self.w(p.down_w), None, pm::<B>(x_out, n * d), true);
     }
 
     /// Phase 1 of the lm_head + loss (DESIGN.md §3): for each chunk of rows,
     /// logits = h · W_lmᵀ, then `logp`, `lse` (and the entropy if asked) at
     /// temperature `t`. Only the per-token arrays survive; read them from
     /// `acts.logp`, `acts.lse`, `acts.entropy`.
-    pub fn head_fwd(
-        &self,
-        be: &B,
-        acts: &mut Activations<B>,
-        targets: &[u32],
-        t: f32,
-        entropy: bool,
-    ) {
+    pub fn head_fwd(&self, be: &B, acts: &mut Activations<B>, targets: &[u32], t: f32, entropy: bool) {
         let (n, d, v) = (acts.n, self.cfg.hidden_size, self.cfg.vocab_size);
         assert_eq!(targets.len(), n, "head_fwd: one target per token");
         be.write_idx(targets, &mut acts.targets);
-        let Activations {
-            h,
-            logits,
-            targets: tg,
-            logp,
-            lse,
-            entropy: ent,
-            chunk,
-            logits_hold_all,
-            ..
-        } = acts;
+        let Activations { h, logits, targets: tg, logp, lse, entropy: ent, chunk, logits_hold_all, .. } = acts;
         *logits_hold_all = n <= *chunk;
         for r0 in (0..n).step_by(*chunk) {
             let rows = (*chunk).min(n - r0);
@@ -347,23 +205,12 @@ impl<B: Backend> Model<B> {
     /// the targets given to [`Self::head_fwd`], recomputes each logit chunk,
     /// turns it into dz in place, and back-propagates to every parameter,
     /// accumulating into `grads` (laid out as `self.layout`).
-    pub fn backward(
-        &self,
-        be: &B,
-        acts: &mut Activations<B>,
-        coef: &[f32],
-        t: f32,
-        grads: &mut B::Buf,
-    ) {
+    pub fn backward(&self, be: &B, acts: &mut Activations<B>, coef: &[f32], t: f32, grads: &mut B::Buf) {
         let cfg = &self.cfg;
         let (n, d, v) = (acts.n, cfg.hidden_size, cfg.vocab_size);
         assert!(acts.train, "backward needs an arena built for training");
         assert_eq!(coef.len(), n, "backward: one coefficient per token");
-        assert_eq!(
-            B::len(grads),
-            self.layout.total,
-            "backward: gradient buffer does not match the layout"
-        );
+        assert_eq!(B::len(grads), self.layout.total, "backward: gradient buffer does not match the layout");
         be.write(coef, pm::<B>(&mut acts.coef, n));
         let Activations {
             ids,
@@ -390,21 +237,10 @@ impl<B: Backend> Model<B> {
         // lm_head: dh = dz · W_lm, dW_lm += dzᵀ · h, chunk by chunk.
         for r0 in (0..n).step_by(*chunk) {
             let rows = (*chunk).min(n - r0);
-            let (z, span, hs) = (
-                Span::new(0, rows * v),
-                Span::new(r0, rows),
-                Span::new(r0 * d, rows * d),
-            );
+            let (z, span, hs) = (Span::new(0, rows * v), Span::new(r0, rows), Span::new(r0 * d, rows * d));
             let w_lm = self.w(self.layout.lm_head);
             if !*logits_hold_all {
-                be.matmul(
-                    ms(rows, v, d),
-                    B::view(h, hs),
-                    w_lm,
-                    None,
-                    B::view_mut(logits, z),
-                    false,
-                );
+                be.matmul(ms(rows, v, d), B::view(h, hs), w_lm, None, B::view_mut(logits, z), false);
             }
             be.logprob_bwd(
                 B::view_mut(logits, z),
@@ -414,19 +250,8 @@ impl<B: Backend> Model<B> {
                 B::view(lse, span),
                 B::view(coef, span),
             );
-            be.matmul_dx(
-                ms(rows, v, d),
-                B::view(logits, z),
-                w_lm,
-                B::view_mut(&mut g.d_ln, hs),
-                false,
-            );
-            be.matmul_dw(
-                ms(rows, v, d),
-                B::view(logits, z),
-                B::view(h, hs),
-                B::view_mut(grads, self.layout.lm_head),
-            );
+            be.matmul_dx(ms(rows, v, d), B::view(logits, z), w_lm, B::view_mut(&mut g.d_ln, hs), false);
+            be.matmul_dw(ms(rows, v, d), B::view(logits, z), B::view(h, hs), B::view_mut(grads, self.layout.lm_head));
         }
         // The buffer now holds dz, not logits.
         *logits_hold_all = false;
@@ -458,6 +283,28 @@ impl<B: Backend> Model<B> {
         );
     }
 
+    /// Backward of `y = x · Wᵀ (+ b)`, `s = (rows, out, in)`: `dW += dyᵀ · x`,
+    /// `db += Σ_rows dy`, and `dx = dy · W` (`+=` with `accumulate`).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(
+        &self,
+        be: &B,
+        s: MatShape,
+        dy: B::Ref<'_>,
+        x: B::Ref<'_>,
+        w: Span,
+        b: Option<Span>,
+        grads: &mut B::Buf,
+        dx: B::Mut<'_>,
+        accumulate: bool,
+    ) {
+        be.matmul_dw(s, dy, x, B::view_mut(grads, w));
+        if let Some(b) = b {
+            be.bias_grad(dy, B::view_mut(grads, b));
+        }
+        be.matmul_dx(s, dy, self.w(w), dx, accumulate);
+    }
+
     /// On entry `g.d_resid` holds ∂L/∂(layer output); on exit ∂L/∂(layer input).
     #[allow(clippy::too_many_arguments)]
     fn layer_bwd(
@@ -472,30 +319,13 @@ impl<B: Backend> Model<B> {
     ) {
         let cfg = &self.cfg;
         let p = &self.layout.layers[l];
-        let (n, d, q, kv, i, hd) = (
-            c.n,
-            cfg.hidden_size,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-            cfg.intermediate_size,
-            cfg.head_dim,
-        );
+        let (n, d, q, kv, i, hd) =
+            (c.n, cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.head_dim);
 
         // MLP: out = x2 + act · Wdᵀ.
         let dout = pr::<B>(&g.d_resid, n * d);
-        be.matmul_dw(
-            ms(n, d, i),
-            dout,
-            pr::<B>(&a.act, n * i),
-            B::view_mut(grads, p.down_w),
-        );
-        be.matmul_dx(
-            ms(n, d, i),
-            dout,
-            self.w(p.down_w),
-            pm::<B>(&mut g.d_act, n * i),
-            false,
-        );
+        let d_act = pm::<B>(&mut g.d_act, n * i);
+        self.linear_bwd(be, ms(n, d, i), dout, pr::<B>(&a.act, n * i), p.down_w, None, grads, d_act, false);
         be.swiglu_bwd(
             pr::<B>(&g.d_act, n * i),
             pr::<B>(&a.gate, n * i),
@@ -504,32 +334,10 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut g.d_up, n * i),
         );
         let ln2 = pr::<B>(&a.ln2, n * d);
-        be.matmul_dw(
-            ms(n, i, d),
-            pr::<B>(&g.d_gate, n * i),
-            ln2,
-            B::view_mut(grads, p.gate_w),
-        );
-        be.matmul_dw(
-            ms(n, i, d),
-            pr::<B>(&g.d_up, n * i),
-            ln2,
-            B::view_mut(grads, p.up_w),
-        );
-        be.matmul_dx(
-            ms(n, i, d),
-            pr::<B>(&g.d_gate, n * i),
-            self.w(p.gate_w),
-            pm::<B>(&mut g.d_ln, n * d),
-            false,
-        );
-        be.matmul_dx(
-            ms(n, i, d),
-            pr::<B>(&g.d_up, n * i),
-            self.w(p.up_w),
-            pm::<B>(&mut g.d_ln, n * d),
-            true,
-        );
+        for (dy, w, accumulate) in [(&g.d_gate, p.gate_w, false), (&g.d_up, p.up_w, true)] {
+            let d_ln = pm::<B>(&mut g.d_ln, n * d);
+            self.linear_bwd(be, ms(n, i, d), pr::<B>(dy, n * i), ln2, w, None, grads, d_ln, accumulate);
+        }
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),
             pr::<B>(&a.x2, n * d),
@@ -541,20 +349,8 @@ impl<B: Backend> Model<B> {
         );
 
         // Attention: x2 = x + att · Woᵀ.
-        let dx2 = pr::<B>(&g.d_resid, n * d);
-        be.matmul_dw(
-            ms(n, d, q),
-            dx2,
-            pr::<B>(&a.att, n * q),
-            B::view_mut(grads, p.o_w),
-        );
-        be.matmul_dx(
-            ms(n, d, q),
-            dx2,
-            self.w(p.o_w),
-            pm::<B>(&mut g.d_att, n * q),
-            false,
-        );
+        let (dx2, d_att) = (pr::<B>(&g.d_resid, n * d), pm::<B>(&mut g.d_att, n * q));
+        self.linear_bwd(be, ms(n, d, q), dx2, pr::<B>(&a.att, n * q), p.o_w, None, grads, d_att, false);
         be.attention_bwd(
             &self.attn_shape(),
             c.cu,
@@ -568,70 +364,26 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut g.dk, n * kv),
             pm::<B>(&mut g.dv, n * kv),
         );
-        be.rope(
-            pm::<B>(&mut g.dq, n * q),
-            c.pos,
-            cfg.n_heads,
-            hd,
-            c.cos,
-            c.sin,
-            true,
-        );
-        be.rope(
-            pm::<B>(&mut g.dk, n * kv),
-            c.pos,
-            cfg.n_kv_heads,
-            hd,
-            c.cos,
-            c.sin,
-            true,
-        );
+        be.rope(pm::<B>(&mut g.dq, n * q), c.pos, cfg.n_heads, hd, c.cos, c.sin, true);
+        be.rope(pm::<B>(&mut g.dk, n * kv), c.pos, cfg.n_kv_heads, hd, c.cos, c.sin, true);
         if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
-            be.fill(pm::<B>(&mut g.dq_pre, n * q), 0.0);
-            be.fill(pm::<B>(&mut g.dk_pre, n * kv), 0.0);
-            let (hq, hk) = (n * cfg.n_heads, n * cfg.n_kv_heads);
-            be.rmsnorm_bwd(
-                pr::<B>(&g.dq, n * q),
-                pr::<B>(&a.q_pre, n * q),
-                self.w(qn),
-                pr::<B>(&a.rstd_q, hq),
-                hd,
-                pm::<B>(&mut g.dq_pre, n * q),
-                B::view_mut(grads, qn),
-            );
-            be.rmsnorm_bwd(
-                pr::<B>(&g.dk, n * kv),
-                pr::<B>(&a.k_pre, n * kv),
-                self.w(kn),
-                pr::<B>(&a.rstd_k, hk),
-                hd,
-                pm::<B>(&mut g.dk_pre, n * kv),
-                B::view_mut(grads, kn),
-            );
-        }
-        let (dq, dk) = if cfg.qk_norm {
-            (&g.dq_pre, &g.dk_pre)
-        } else {
-            (&g.dq, &g.dk)
-        };
-        let ln1 = pr::<B>(&a.ln1, n * d);
-        for (dy, width, w, b, first) in [
-            (dq, q, p.q_w, p.q_b, true),
-            (dk, kv, p.k_w, p.k_b, false),
-            (&g.dv, kv, p.v_w, p.v_b, false),
-        ] {
-            let dy = pr::<B>(dy, n * width);
-            be.matmul_dw(ms(n, width, d), dy, ln1, B::view_mut(grads, w));
-            if let Some(b) = b {
-                be.bias_grad(dy, B::view_mut(grads, b));
+            // Qwen3's per-head norms: rows are (token, head) vectors of head_dim.
+            for (dy, x, w, rstd, width, dx) in [
+                (&g.dq, &a.q_pre, qn, &a.rstd_q, q, &mut g.dq_pre),
+                (&g.dk, &a.k_pre, kn, &a.rstd_k, kv, &mut g.dk_pre),
+            ] {
+                be.fill(pm::<B>(dx, n * width), 0.0);
+                let (dy, x, rstd) = (pr::<B>(dy, n * width), pr::<B>(x, n * width), pr::<B>(rstd, n * width / hd));
+                be.rmsnorm_bwd(dy, x, self.w(w), rstd, hd, pm::<B>(dx, n * width), B::view_mut(grads, w));
             }
-            be.matmul_dx(
-                ms(n, width, d),
-                dy,
-                self.w(w),
-                pm::<B>(&mut g.d_ln, n * d),
-                !first,
-            );
+        }
+        let (dq, dk) = if cfg.qk_norm { (&g.dq_pre, &g.dk_pre) } else { (&g.dq, &g.dk) };
+        let ln1 = pr::<B>(&a.ln1, n * d);
+        for (dy, width, w, b, accumulate) in
+            [(dq, q, p.q_w, p.q_b, false), (dk, kv, p.k_w, p.k_b, true), (&g.dv, kv, p.v_w, p.v_b, true)]
+        {
+            let d_ln = pm::<B>(&mut g.d_ln, n * d);
+            self.linear_bwd(be, ms(n, width, d), pr::<B>(dy, n * width), ln1, w, b, grads, d_ln, accumulate);
         }
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),

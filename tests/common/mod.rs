@@ -21,9 +21,7 @@ pub struct Reference {
 impl Reference {
     pub fn open(name: &str) -> Self {
         let path = fixtures().join(format!("{name}.ref.safetensors"));
-        Reference {
-            bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-        }
+        Reference { bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
     }
 
     fn st(&self) -> SafeTensors<'_> {
@@ -35,83 +33,54 @@ impl Reference {
     }
 
     pub fn shape(&self, name: &str) -> Vec<usize> {
-        self.st()
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("reference lacks {name}"))
-            .shape()
-            .to_vec()
+        self.st().tensor(name).unwrap_or_else(|_| panic!("reference lacks {name}")).shape().to_vec()
     }
 
     /// Any float tensor, as f64.
     pub fn f64(&self, name: &str) -> Vec<f64> {
         let st = self.st();
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("reference lacks {name}"));
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("reference lacks {name}"));
         let d = t.data();
         match t.dtype() {
-            Dtype::F64 => d
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            Dtype::F32 => d
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
-                .collect(),
+            Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
             other => panic!("{name}: unexpected dtype {other:?}"),
         }
     }
 
     pub fn i64(&self, name: &str) -> Vec<i64> {
         let st = self.st();
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("reference lacks {name}"));
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("reference lacks {name}"));
         assert_eq!(t.dtype(), Dtype::I64, "{name}");
-        t.data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            .collect()
+        t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
     }
 
     /// The packed batch of the reference (rows split where position_ids restart).
     pub fn batch(&self) -> Batch {
         let shape = self.shape("input_ids");
         let (ids, pos) = (self.i64("input_ids"), self.i64("position_ids"));
-        let rows = |v: &[i64]| {
-            v.chunks(shape[1])
-                .map(|r| r.iter().map(|&x| x as u32).collect())
-                .collect::<Vec<Vec<u32>>>()
-        };
+        let rows =
+            |v: &[i64]| v.chunks(shape[1]).map(|r| r.iter().map(|&x| x as u32).collect()).collect::<Vec<Vec<u32>>>();
         Batch::from_packed_rows(&rows(&ids), &rows(&pos))
     }
 
     /// Loss targets: labels with -100 mapped to IGNORE.
     pub fn loss_targets(&self) -> Vec<u32> {
-        self.i64("labels")
-            .iter()
-            .map(|&l| if l < 0 { IGNORE } else { l as u32 })
-            .collect()
+        self.i64("labels").iter().map(|&l| if l < 0 { IGNORE } else { l as u32 }).collect()
     }
 }
 
 /// ‖a − b‖ / ‖b‖.
 pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    assert!(
-        a.iter().all(|x| x.is_finite()),
-        "NaN or infinity in the output"
-    );
+    assert!(a.iter().all(|x| x.is_finite()), "NaN or infinity in the output");
     let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
     let den: f64 = b.iter().map(|y| y * y).sum();
     (num / den.max(1e-300)).sqrt()
 }
 
 pub fn max_abs(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 pub fn to_f64(v: &[f32]) -> Vec<f64> {

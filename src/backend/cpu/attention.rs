@@ -39,32 +39,15 @@ impl AttnShape {
             self.n_heads,
             self.n_kv_heads
         );
-        assert!(
-            self.scale.is_finite(),
-            "attention: scale must be finite, got {}",
-            self.scale
-        );
+        assert!(self.scale.is_finite(), "attention: scale must be finite, got {}", self.scale);
     }
 }
 
 /// Checks the shape, `cu_seqlens` and the q/k/v lengths; returns N (total tokens).
-pub(super) fn validate_packed(
-    s: &AttnShape,
-    cu_seqlens: &[u32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-) -> usize {
+pub(super) fn validate_packed(s: &AttnShape, cu_seqlens: &[u32], q: &[f32], k: &[f32], v: &[f32]) -> usize {
     s.validate();
-    assert!(
-        !cu_seqlens.is_empty(),
-        "attention: cu_seqlens must have S+1 >= 1 entries"
-    );
-    assert!(
-        cu_seqlens[0] == 0,
-        "attention: cu_seqlens[0] must be 0, got {}",
-        cu_seqlens[0]
-    );
+    assert!(!cu_seqlens.is_empty(), "attention: cu_seqlens must have S+1 >= 1 entries");
+    assert!(cu_seqlens[0] == 0, "attention: cu_seqlens[0] must be 0, got {}", cu_seqlens[0]);
     assert!(
         cu_seqlens.windows(2).all(|w| w[0] <= w[1]),
         "attention: cu_seqlens must be non-decreasing, got {cu_seqlens:?}"
@@ -149,15 +132,7 @@ fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
 /// partial sums are rescaled; this keeps every exp argument <= 0 (no overflow).
 /// Forward and decode share this function, so a decode step reproduces the
 /// forward's result for the same token bitwise.
-fn attend_row(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    n_keys: usize,
-    scale: f32,
-    out: &mut [f32],
-) -> f32 {
+fn attend_row(q: &[f32], k: &[f32], v: &[f32], stride: usize, n_keys: usize, scale: f32, out: &mut [f32]) -> f32 {
     let d = q.len();
     debug_assert!(n_keys >= 1);
     out.fill(0.0);
@@ -200,12 +175,7 @@ pub fn attention_fwd(
     lse: &mut [f32],
 ) {
     let n = validate_packed(s, cu_seqlens, q, k, v);
-    assert!(
-        out.len() == q.len(),
-        "attention_fwd: out has {} floats, expected {} (same as q)",
-        out.len(),
-        q.len()
-    );
+    assert!(out.len() == q.len(), "attention_fwd: out has {} floats, expected {} (same as q)", out.len(), q.len());
     assert!(
         lse.len() == n * s.n_heads,
         "attention_fwd: lse has {} floats, expected N*n_heads = {}",
@@ -214,26 +184,15 @@ pub fn attention_fwd(
     );
     let (d, group, q_row, kv_row) = (s.head_dim, s.group(), s.q_row(), s.kv_row());
 
-    out.par_chunks_mut(q_row)
-        .zip(lse.par_chunks_mut(s.n_heads))
-        .enumerate()
-        .for_each(|(t, (out_t, lse_t))| {
-            let start = seq_start(cu_seqlens, t);
-            let n_keys = t - start + 1;
-            let q_t = &q[t * q_row..(t + 1) * q_row];
-            for (h, (out_h, lse_h)) in out_t.chunks_mut(d).zip(lse_t.iter_mut()).enumerate() {
-                let kv_base = start * kv_row + (h / group) * d;
-                *lse_h = attend_row(
-                    &q_t[h * d..(h + 1) * d],
-                    &k[kv_base..],
-                    &v[kv_base..],
-                    kv_row,
-                    n_keys,
-                    s.scale,
-                    out_h,
-                );
-            }
-        });
+    out.par_chunks_mut(q_row).zip(lse.par_chunks_mut(s.n_heads)).enumerate().for_each(|(t, (out_t, lse_t))| {
+        let start = seq_start(cu_seqlens, t);
+        let n_keys = t - start + 1;
+        let q_t = &q[t * q_row..(t + 1) * q_row];
+        for (h, (out_h, lse_h)) in out_t.chunks_mut(d).zip(lse_t.iter_mut()).enumerate() {
+            let kv_base = start * kv_row + (h / group) * d;
+            *lse_h = attend_row(&q_t[h * d..(h + 1) * d], &k[kv_base..], &v[kv_base..], kv_row, n_keys, s.scale, out_h);
+        }
+    });
 }
 
 /// The gradient rows one backward task owns: one sequence, one kv head.
@@ -272,19 +231,14 @@ fn split_grads<'a>(
             }
         })
         .collect();
-    let token_rows = dq
-        .chunks_mut(s.q_row())
-        .zip(dk.chunks_mut(s.kv_row()))
-        .zip(dv.chunks_mut(s.kv_row()));
+    let token_rows = dq.chunks_mut(s.q_row()).zip(dk.chunks_mut(s.kv_row())).zip(dv.chunks_mut(s.kv_row()));
     let mut seq = 0;
     for (t, ((dq_t, dk_t), dv_t)) in token_rows.enumerate() {
         while t >= cu_seqlens[seq + 1] as usize {
             seq += 1; // skips empty sequences too
         }
-        let head_rows = dq_t
-            .chunks_mut(s.group() * s.head_dim)
-            .zip(dk_t.chunks_mut(s.head_dim))
-            .zip(dv_t.chunks_mut(s.head_dim));
+        let head_rows =
+            dq_t.chunks_mut(s.group() * s.head_dim).zip(dk_t.chunks_mut(s.head_dim)).zip(dv_t.chunks_mut(s.head_dim));
         for (g, ((dq_g, dk_g), dv_g)) in head_rows.enumerate() {
             let task = &mut tasks[seq * s.n_kv_heads + g];
             task.dq.push(dq_g);
@@ -316,10 +270,7 @@ struct BwdInputs<'a> {
 fn bwd_group(x: &BwdInputs, task: &mut GroupGrads) {
     let s = x.s;
     let (d, group, q_row, kv_row) = (s.head_dim, s.group(), s.q_row(), s.kv_row());
-    task.dk
-        .iter_mut()
-        .chain(task.dv.iter_mut())
-        .for_each(|row| row.fill(0.0));
+    task.dk.iter_mut().chain(task.dv.iter_mut()).for_each(|row| row.fill(0.0));
     let kv_off = task.kv_head * d;
     for i in 0..task.dq.len() {
         let t = task.start + i;
@@ -388,18 +339,8 @@ pub fn attention_bwd(
         n * s.n_heads
     );
 
-    let inputs = BwdInputs {
-        s,
-        q,
-        k,
-        v,
-        out,
-        lse,
-        dout,
-    };
-    split_grads(s, cu_seqlens, dq, dk, dv)
-        .into_par_iter()
-        .for_each(|mut task| bwd_group(&inputs, &mut task));
+    let inputs = BwdInputs { s, q, k, v, out, lse, dout };
+    split_grads(s, cu_seqlens, dq, dk, dv).into_par_iter().for_each(|mut task| bwd_group(&inputs, &mut task));
 }
 
 /// One new query per sequence against a KV cache (rollouts). B sequences.
@@ -451,15 +392,7 @@ pub fn attention_decode(
         let kv_base = seq * capacity * kv_row + (h / group) * d;
         let q_bh = &q[bh * d..(bh + 1) * d];
         let n_keys = lens[seq] as usize;
-        attend_row(
-            q_bh,
-            &k_cache[kv_base..],
-            &v_cache[kv_base..],
-            kv_row,
-            n_keys,
-            s.scale,
-            out_bh,
-        );
+        attend_row(q_bh, &k_cache[kv_base..], &v_cache[kv_base..], kv_row, n_keys, s.scale, out_bh);
     });
 }
 
@@ -475,10 +408,7 @@ mod tests {
 
     impl Lcg {
         fn uniform(&mut self) -> f32 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             // 24 high bits -> [-1, 1)
             ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         }
@@ -512,12 +442,7 @@ mod tests {
                 cu.push(cu.last().unwrap() + l as u32);
             }
             let n = *cu.last().unwrap() as usize;
-            let s = AttnShape {
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                scale,
-            };
+            let s = AttnShape { n_heads, n_kv_heads, head_dim, scale };
             let mut rng = Lcg(seed);
             Case {
                 q: rng.vec(n * s.q_row(), amp),
@@ -534,9 +459,7 @@ mod tests {
         fn fwd(&self) -> (Vec<f32>, Vec<f32>) {
             let mut out = vec![f32::NAN; self.q.len()];
             let mut lse = vec![f32::NAN; self.n() * self.s.n_heads];
-            attention_fwd(
-                &self.s, &self.cu, &self.q, &self.k, &self.v, &mut out, &mut lse,
-            );
+            attention_fwd(&self.s, &self.cu, &self.q, &self.k, &self.v, &mut out, &mut lse);
             (out, lse)
         }
         /// Runs fwd then bwd; returns (out, lse, dq, dk, dv).
@@ -547,19 +470,12 @@ mod tests {
             let mut dk = vec![f32::NAN; self.k.len()];
             let mut dv = vec![f32::NAN; self.v.len()];
             attention_bwd(
-                &self.s, &self.cu, &self.q, &self.k, &self.v, &out, &lse, &self.dout, &mut dq,
-                &mut dk, &mut dv,
+                &self.s, &self.cu, &self.q, &self.k, &self.v, &out, &lse, &self.dout, &mut dq, &mut dk, &mut dv,
             );
             [out, lse, dq, dk, dv]
         }
         fn naive(&self) -> Naive<'_> {
-            Naive {
-                s: self.s,
-                cu: &self.cu,
-                q: to64(&self.q),
-                k: to64(&self.k),
-                v: to64(&self.v),
-            }
+            Naive { s: self.s, cu: &self.cu, q: to64(&self.q), k: to64(&self.k), v: to64(&self.v) }
         }
     }
 
@@ -617,9 +533,7 @@ mod tests {
                     seq_of[t] = s;
                 }
             }
-            (0..n)
-                .map(|i| (0..n).map(|j| seq_of[i] == seq_of[j] && j <= i).collect())
-                .collect()
+            (0..n).map(|i| (0..n).map(|j| seq_of[i] == seq_of[j] && j <= i).collect()).collect()
         }
         /// Probability matrix P [N×N] and lse [N] for query head h.
         fn probs(&self, h: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
@@ -633,13 +547,7 @@ mod tests {
                             return f64::NEG_INFINITY;
                         }
                         let kj = &self.k[self.kv_idx(j, h)..][..d];
-                        self.s.scale as f64
-                            * self
-                                .q_at(i, h)
-                                .iter()
-                                .zip(kj)
-                                .map(|(a, b)| a * b)
-                                .sum::<f64>()
+                        self.s.scale as f64 * self.q_at(i, h).iter().zip(kj).map(|(a, b)| a * b).sum::<f64>()
                     })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -683,13 +591,7 @@ mod tests {
                 let do_at = |t: usize| &dout[(t * nh + h) * d..][..d];
                 for i in 0..n {
                     let dp: Vec<f64> = (0..n)
-                        .map(|j| {
-                            do_at(i)
-                                .iter()
-                                .zip(&self.v[self.kv_idx(j, h)..][..d])
-                                .map(|(a, b)| a * b)
-                                .sum()
-                        })
+                        .map(|j| do_at(i).iter().zip(&self.v[self.kv_idx(j, h)..][..d]).map(|(a, b)| a * b).sum())
                         .collect();
                     let row_dot: f64 = (0..n).map(|j| dp[j] * p[i][j]).sum();
                     for j in 0..n {
@@ -713,10 +615,7 @@ mod tests {
         let (out, lse) = c.fwd();
         let (ref_out, ref_lse) = c.naive().fwd();
         let (e_out, e_lse) = (rel_err(&out, &ref_out), rel_err(&lse, &ref_lse));
-        println!(
-            "fwd {:?} cu_seqlens {:?}: out rel err {e_out:.2e}, lse rel err {e_lse:.2e}",
-            c.s, c.cu
-        );
+        println!("fwd {:?} cu_seqlens {:?}: out rel err {e_out:.2e}, lse rel err {e_lse:.2e}", c.s, c.cu);
         assert!(e_out <= 1e-5, "out rel err {e_out:e}");
         assert!(e_lse <= 1e-5, "lse rel err {e_lse:e}");
         (e_out, e_lse)
@@ -781,20 +680,13 @@ mod tests {
                 let lm = loss(&nv);
                 fd[idx] = (lp - lm) / (2.0 * eps);
             }
-            let num: f64 = fd
-                .iter()
-                .zip(analytic.iter())
-                .map(|(a, b)| (a - b).powi(2))
-                .sum();
+            let num: f64 = fd.iter().zip(analytic.iter()).map(|(a, b)| (a - b).powi(2)).sum();
             let den: f64 = analytic.iter().map(|b| b * b).sum();
             let e = (num / den).sqrt();
             println!("finite differences vs naive bwd, tensor {which}: rel err {e:.2e}");
             worst = worst.max(e);
         }
-        assert!(
-            worst <= 1e-7,
-            "naive backward disagrees with finite differences: {worst:e}"
-        );
+        assert!(worst <= 1e-7, "naive backward disagrees with finite differences: {worst:e}");
     }
 
     // ---------- 3. no cross-sequence leakage ----------
@@ -810,10 +702,7 @@ mod tests {
         for x in &mut b.q[lo * qr..hi * qr] {
             *x = rng.uniform();
         }
-        for x in b.k[lo * kvr..hi * kvr]
-            .iter_mut()
-            .chain(&mut b.v[lo * kvr..hi * kvr])
-        {
+        for x in b.k[lo * kvr..hi * kvr].iter_mut().chain(&mut b.v[lo * kvr..hi * kvr]) {
             *x = rng.uniform();
         }
         for x in &mut b.dout[lo * qr..hi * qr] {
@@ -825,16 +714,9 @@ mod tests {
         for (tensor, w) in widths.iter().enumerate() {
             let (xa, xb) = (&ra[tensor], &rb[tensor]);
             for (range, should_change) in [(0..lo, false), (lo..hi, true), (hi..a.n(), false)] {
-                let (sa, sb) = (
-                    &xa[range.start * w..range.end * w],
-                    &xb[range.start * w..range.end * w],
-                );
+                let (sa, sb) = (&xa[range.start * w..range.end * w], &xb[range.start * w..range.end * w]);
                 let same = sa.iter().zip(sb).all(|(x, y)| x.to_bits() == y.to_bits());
-                assert_eq!(
-                    same, !should_change,
-                    "tensor {tensor}, tokens {range:?}: changed = {}",
-                    !same
-                );
+                assert_eq!(same, !should_change, "tensor {tensor}, tokens {range:?}: changed = {}", !same);
             }
         }
     }
@@ -845,10 +727,7 @@ mod tests {
     fn bitwise_independent_of_thread_count() {
         let c = Case::new(&[100, 37, 1, 200, 63], 8, 4, 32, 1.0 / 32f32.sqrt(), 1.0, 7);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| c.fwd_bwd())
         };
         let one = run(1);
@@ -880,24 +759,17 @@ mod tests {
         for (seq, &len) in lens.iter().enumerate() {
             let start = c.cu[seq] as usize;
             let cache = seq * capacity * kvr;
-            k_cache[cache..cache + len * kvr]
-                .copy_from_slice(&c.k[start * kvr..(start + len) * kvr]);
-            v_cache[cache..cache + len * kvr]
-                .copy_from_slice(&c.v[start * kvr..(start + len) * kvr]);
+            k_cache[cache..cache + len * kvr].copy_from_slice(&c.k[start * kvr..(start + len) * kvr]);
+            v_cache[cache..cache + len * kvr].copy_from_slice(&c.v[start * kvr..(start + len) * kvr]);
             let last = start + len - 1;
             q_last[seq * qr..(seq + 1) * qr].copy_from_slice(&c.q[last * qr..(last + 1) * qr]);
-            for (r, &o) in ref_out[seq * qr..(seq + 1) * qr]
-                .iter_mut()
-                .zip(&out[last * qr..(last + 1) * qr])
-            {
+            for (r, &o) in ref_out[seq * qr..(seq + 1) * qr].iter_mut().zip(&out[last * qr..(last + 1) * qr]) {
                 *r = o as f64;
             }
         }
         let lens_u32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
         let mut dec = vec![f32::NAN; b * qr];
-        attention_decode(
-            &c.s, capacity, &lens_u32, &q_last, &k_cache, &v_cache, &mut dec,
-        );
+        attention_decode(&c.s, capacity, &lens_u32, &q_last, &k_cache, &v_cache, &mut dec);
         let e = rel_err(&dec, &ref_out);
         println!("decode vs forward: rel err {e:.2e}");
         assert!(e <= 1e-6, "decode rel err {e:e}");
@@ -908,72 +780,28 @@ mod tests {
     #[test]
     #[should_panic(expected = "multiple of n_kv_heads")]
     fn rejects_ungrouped_heads() {
-        let s = AttnShape {
-            n_heads: 6,
-            n_kv_heads: 4,
-            head_dim: 2,
-            scale: 1.0,
-        };
-        attention_fwd(
-            &s,
-            &[0, 1],
-            &[0.0; 12],
-            &[0.0; 8],
-            &[0.0; 8],
-            &mut [0.0; 12],
-            &mut [0.0; 6],
-        );
+        let s = AttnShape { n_heads: 6, n_kv_heads: 4, head_dim: 2, scale: 1.0 };
+        attention_fwd(&s, &[0, 1], &[0.0; 12], &[0.0; 8], &[0.0; 8], &mut [0.0; 12], &mut [0.0; 6]);
     }
 
     #[test]
     #[should_panic(expected = "non-decreasing")]
     fn rejects_decreasing_cu_seqlens() {
-        let s = AttnShape {
-            n_heads: 1,
-            n_kv_heads: 1,
-            head_dim: 1,
-            scale: 1.0,
-        };
-        attention_fwd(
-            &s,
-            &[0, 2, 1, 3],
-            &[0.0; 3],
-            &[0.0; 3],
-            &[0.0; 3],
-            &mut [0.0; 3],
-            &mut [0.0; 3],
-        );
+        let s = AttnShape { n_heads: 1, n_kv_heads: 1, head_dim: 1, scale: 1.0 };
+        attention_fwd(&s, &[0, 2, 1, 3], &[0.0; 3], &[0.0; 3], &[0.0; 3], &mut [0.0; 3], &mut [0.0; 3]);
     }
 
     #[test]
     #[should_panic(expected = "q has")]
     fn rejects_cu_seqlens_not_ending_at_n() {
-        let s = AttnShape {
-            n_heads: 1,
-            n_kv_heads: 1,
-            head_dim: 1,
-            scale: 1.0,
-        };
-        attention_fwd(
-            &s,
-            &[0, 2],
-            &[0.0; 3],
-            &[0.0; 3],
-            &[0.0; 3],
-            &mut [0.0; 3],
-            &mut [0.0; 3],
-        );
+        let s = AttnShape { n_heads: 1, n_kv_heads: 1, head_dim: 1, scale: 1.0 };
+        attention_fwd(&s, &[0, 2], &[0.0; 3], &[0.0; 3], &[0.0; 3], &mut [0.0; 3], &mut [0.0; 3]);
     }
 
     #[test]
     #[should_panic(expected = "capacity")]
     fn rejects_lens_beyond_capacity() {
-        let s = AttnShape {
-            n_heads: 1,
-            n_kv_heads: 1,
-            head_dim: 1,
-            scale: 1.0,
-        };
+        let s = AttnShape { n_heads: 1, n_kv_heads: 1, head_dim: 1, scale: 1.0 };
         attention_decode(&s, 2, &[3], &[0.0], &[0.0; 2], &[0.0; 2], &mut [0.0]);
     }
 }

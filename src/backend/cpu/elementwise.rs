@@ -5,16 +5,11 @@ use rayon::prelude::*;
 pub fn embedding_fwd(table: &[f32], ids: &[u32], dim: usize, out: &mut [f32]) {
     assert_eq!(out.len(), ids.len() * dim, "embedding: out");
     let rows = table.len() / dim;
-    out.par_chunks_mut(dim)
-        .zip(ids.par_iter())
-        .for_each(|(o, &id)| {
-            let id = id as usize;
-            assert!(
-                id < rows,
-                "embedding: id {id} outside the table ({rows} rows)"
-            );
-            o.copy_from_slice(&table[id * dim..(id + 1) * dim]);
-        });
+    out.par_chunks_mut(dim).zip(ids.par_iter()).for_each(|(o, &id)| {
+        let id = id as usize;
+        assert!(id < rows, "embedding: id {id} outside the table ({rows} rows)");
+        o.copy_from_slice(&table[id * dim..(id + 1) * dim]);
+    });
 }
 
 /// `dtable[ids[t]] += dout[t]`. Tokens are grouped by id (a stable sort, so
@@ -23,27 +18,18 @@ pub fn embedding_fwd(table: &[f32], ids: &[u32], dim: usize, out: &mut [f32]) {
 pub fn embedding_bwd(dout: &[f32], ids: &[u32], dim: usize, dtable: &mut [f32]) {
     assert_eq!(dout.len(), ids.len() * dim, "embedding_bwd: dout");
     let rows = dtable.len() / dim;
-    assert!(
-        ids.iter().all(|&i| (i as usize) < rows),
-        "embedding_bwd: id outside the table"
-    );
+    assert!(ids.iter().all(|&i| (i as usize) < rows), "embedding_bwd: id outside the table");
     let mut order: Vec<u32> = (0..ids.len() as u32).collect();
     order.sort_by_key(|&t| ids[t as usize]);
-    dtable
-        .par_chunks_mut(dim)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let first = order.partition_point(|&t| (ids[t as usize] as usize) < row);
-            for &t in order[first..]
-                .iter()
-                .take_while(|&&t| ids[t as usize] as usize == row)
-            {
-                let t = t as usize;
-                for (d, g) in dst.iter_mut().zip(&dout[t * dim..(t + 1) * dim]) {
-                    *d += g;
-                }
+    dtable.par_chunks_mut(dim).enumerate().for_each(|(row, dst)| {
+        let first = order.partition_point(|&t| (ids[t as usize] as usize) < row);
+        for &t in order[first..].iter().take_while(|&&t| ids[t as usize] as usize == row) {
+            let t = t as usize;
+            for (d, g) in dst.iter_mut().zip(&dout[t * dim..(t + 1) * dim]) {
+                *d += g;
             }
-        });
+        }
+    });
 }
 
 #[inline]
@@ -53,40 +39,26 @@ fn sigmoid(x: f32) -> f32 {
 
 /// `out = silu(g) · u`.
 pub fn swiglu_fwd(g: &[f32], u: &[f32], out: &mut [f32]) {
-    assert!(
-        g.len() == u.len() && u.len() == out.len(),
-        "swiglu: lengths"
-    );
-    out.par_iter_mut()
-        .zip(g.par_iter().zip(u.par_iter()))
-        .for_each(|(o, (&gi, &ui))| {
-            *o = gi * sigmoid(gi) * ui;
-        });
+    assert!(g.len() == u.len() && u.len() == out.len(), "swiglu: lengths");
+    out.par_iter_mut().zip(g.par_iter().zip(u.par_iter())).for_each(|(o, (&gi, &ui))| {
+        *o = gi * sigmoid(gi) * ui;
+    });
 }
 
 /// `dg = dout · u · silu'(g)`, `du = dout · silu(g)`, silu'(g) = σ(g)(1 + g(1 − σ(g))).
 pub fn swiglu_bwd(dout: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) {
-    assert!(
-        dout.len() == g.len() && g.len() == u.len(),
-        "swiglu_bwd: lengths"
-    );
-    assert!(
-        dg.len() == g.len() && du.len() == g.len(),
-        "swiglu_bwd: outputs"
-    );
-    dg.par_iter_mut()
-        .zip(du.par_iter_mut())
-        .zip(dout.par_iter().zip(g.par_iter().zip(u.par_iter())))
-        .for_each(|((dgi, dui), (&d, (&gi, &ui)))| {
+    assert!(dout.len() == g.len() && g.len() == u.len(), "swiglu_bwd: lengths");
+    assert!(dg.len() == g.len() && du.len() == g.len(), "swiglu_bwd: outputs");
+    dg.par_iter_mut().zip(du.par_iter_mut()).zip(dout.par_iter().zip(g.par_iter().zip(u.par_iter()))).for_each(
+        |((dgi, dui), (&d, (&gi, &ui)))| {
             let s = sigmoid(gi);
             *dui = d * gi * s;
             *dgi = d * ui * s * (1.0 + gi * (1.0 - s));
-        });
+        },
+    );
 }
 
 pub fn add_assign(dst: &mut [f32], src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "add_assign: lengths");
-    dst.par_iter_mut()
-        .zip(src.par_iter())
-        .for_each(|(d, s)| *d += s);
+    dst.par_iter_mut().zip(src.par_iter()).for_each(|(d, s)| *d += s);
 }

@@ -30,9 +30,7 @@ fn lane_sum(z: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 
 /// Log-sum-exp of `z · inv_temp`.
 fn row_lse(z: &[f32], inv_temp: f32) -> f32 {
-    let max = z
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv_temp));
+    let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv_temp));
     let sum = lane_sum(z, |v| exp(v * inv_temp - max) as f64);
     max + sum.ln() as f32
 }
@@ -41,10 +39,7 @@ fn check_target(y: u32, vocab: usize) -> Option<usize> {
     if y == IGNORE {
         return None;
     }
-    assert!(
-        (y as usize) < vocab,
-        "logprob: target {y} outside the vocabulary ({vocab})"
-    );
+    assert!((y as usize) < vocab, "logprob: target {y} outside the vocabulary ({vocab})");
     Some(y as usize)
 }
 
@@ -61,46 +56,31 @@ pub fn logprob_fwd(
     let rows = targets.len();
     assert_eq!(logits.len(), rows * vocab, "logprob: logits");
     assert!(logp.len() == rows && lse.len() == rows, "logprob: outputs");
-    logp.par_iter_mut()
-        .zip(lse.par_iter_mut())
-        .zip(logits.par_chunks(vocab).zip(targets.par_iter()))
-        .for_each(|((lp, l), (z, &y))| {
+    logp.par_iter_mut().zip(lse.par_iter_mut()).zip(logits.par_chunks(vocab).zip(targets.par_iter())).for_each(
+        |((lp, l), (z, &y))| {
             *l = row_lse(z, inv_temp);
             *lp = check_target(y, vocab).map_or(0.0, |y| z[y] * inv_temp - *l);
-        });
+        },
+    );
     if let Some(h) = entropy {
         assert_eq!(h.len(), rows, "logprob: entropy");
-        h.par_iter_mut()
-            .zip(logits.par_chunks(vocab).zip(lse.par_iter()))
-            .for_each(|(h, (z, &l))| {
-                let pz = lane_sum(z, |v| {
-                    let s = v * inv_temp;
-                    (exp(s - l) * s) as f64
-                });
-                *h = l - pz as f32;
+        h.par_iter_mut().zip(logits.par_chunks(vocab).zip(lse.par_iter())).for_each(|(h, (z, &l))| {
+            let pz = lane_sum(z, |v| {
+                let s = v * inv_temp;
+                (exp(s - l) * s) as f64
             });
+            *h = l - pz as f32;
+        });
     }
 }
 
 /// `dz = coef · (onehot(y) − softmax(z/T)) / T`, written over `logits`.
-pub fn logprob_bwd(
-    logits: &mut [f32],
-    targets: &[u32],
-    vocab: usize,
-    inv_temp: f32,
-    lse: &[f32],
-    coef: &[f32],
-) {
+pub fn logprob_bwd(logits: &mut [f32], targets: &[u32], vocab: usize, inv_temp: f32, lse: &[f32], coef: &[f32]) {
     let rows = targets.len();
     assert_eq!(logits.len(), rows * vocab, "logprob_bwd: logits");
-    assert!(
-        lse.len() == rows && coef.len() == rows,
-        "logprob_bwd: lse / coef"
-    );
-    logits
-        .par_chunks_mut(vocab)
-        .zip(targets.par_iter().zip(lse.par_iter().zip(coef.par_iter())))
-        .for_each(|(z, (&y, (&l, &c)))| match check_target(y, vocab) {
+    assert!(lse.len() == rows && coef.len() == rows, "logprob_bwd: lse / coef");
+    logits.par_chunks_mut(vocab).zip(targets.par_iter().zip(lse.par_iter().zip(coef.par_iter()))).for_each(
+        |(z, (&y, (&l, &c)))| match check_target(y, vocab) {
             Some(y) if c != 0.0 => {
                 let scale = c * inv_temp;
                 for v in z.iter_mut() {
@@ -109,5 +89,6 @@ pub fn logprob_bwd(
                 z[y] += scale;
             }
             _ => z.fill(0.0),
-        });
+        },
+    );
 }

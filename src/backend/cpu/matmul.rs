@@ -41,10 +41,7 @@ pub fn gemm_raw(
     if rows == 0 || cols == 0 {
         return;
     }
-    assert!(
-        dst.len() >= (rows - 1) * dst_rs + cols,
-        "gemm: dst too short"
-    );
+    assert!(dst.len() >= (rows - 1) * dst_rs + cols, "gemm: dst too short");
     if inner == 0 {
         if !accumulate {
             for r in 0..rows {
@@ -54,14 +51,8 @@ pub fn gemm_raw(
         return;
     }
     // Bounds: the last element each operand's strides can reach.
-    assert!(
-        lhs.data.len() > (rows - 1) * lhs.rs + (inner - 1) * lhs.cs,
-        "gemm: lhs too short"
-    );
-    assert!(
-        rhs.data.len() > (inner - 1) * rhs.rs + (cols - 1) * rhs.cs,
-        "gemm: rhs too short"
-    );
+    assert!(lhs.data.len() > (rows - 1) * lhs.rs + (inner - 1) * lhs.cs, "gemm: lhs too short");
+    assert!(rhs.data.len() > (inner - 1) * rhs.rs + (cols - 1) * rhs.cs, "gemm: rhs too short");
     // SAFETY: the asserts above keep every access inside the slices; dst is
     // exclusively borrowed and so does not alias lhs or rhs.
     unsafe {
@@ -84,11 +75,7 @@ pub fn gemm_raw(
             false,
             false,
             false,
-            if parallel {
-                parallelism()
-            } else {
-                Parallelism::None
-            },
+            if parallel { parallelism() } else { Parallelism::None },
         );
     }
 }
@@ -106,34 +93,14 @@ fn gemm_strided(
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
 ) {
-    assert_eq!(
-        dst.len(),
-        rows * cols,
-        "gemm: dst has {} elements, want {rows}x{cols}",
-        dst.len()
-    );
-    let lhs = Operand {
-        data: lhs,
-        rs: lhs_rs,
-        cs: lhs_cs,
-    };
-    let rhs = Operand {
-        data: rhs,
-        rs: rhs_rs,
-        cs: rhs_cs,
-    };
+    assert_eq!(dst.len(), rows * cols, "gemm: dst has {} elements, want {rows}x{cols}", dst.len());
+    let lhs = Operand { data: lhs, rs: lhs_rs, cs: lhs_cs };
+    let rhs = Operand { data: rhs, rs: rhs_rs, cs: rhs_cs };
     gemm_raw(rows, cols, inner, dst, cols, accumulate, lhs, rhs, true);
 }
 
 /// `y[m,n] (+)= x[m,k] · w[n,k]ᵀ (+ bias)`.
-pub fn matmul(
-    s: MatShape,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    accumulate: bool,
-) {
+pub fn matmul(s: MatShape, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], accumulate: bool) {
     let MatShape { m, n, k } = s;
     assert_eq!(x.len(), m * k, "matmul: x");
     assert_eq!(w.len(), n * k, "matmul: w");

@@ -54,12 +54,7 @@ impl Backend for Cpu {
         dst.copy_from_slice(src);
     }
     fn write_idx(&self, src: &[u32], dst: &mut Vec<u32>) {
-        assert!(
-            src.len() <= dst.len(),
-            "write_idx: {} indices into a buffer of {}",
-            src.len(),
-            dst.len()
-        );
+        assert!(src.len() <= dst.len(), "write_idx: {} indices into a buffer of {}", src.len(), dst.len());
         dst[..src.len()].copy_from_slice(src);
     }
     fn read(&self, src: &[f32]) -> Vec<f32> {
@@ -70,9 +65,7 @@ impl Backend for Cpu {
         dst.par_iter_mut().for_each(|v| *v = value);
     }
     fn copy(&self, src: &[f32], dst: &mut [f32]) {
-        dst.par_iter_mut()
-            .zip(src.par_iter())
-            .for_each(|(d, s)| *d = *s);
+        dst.par_iter_mut().zip(src.par_iter()).for_each(|(d, s)| *d = *s);
     }
     fn add_assign(&self, dst: &mut [f32], src: &[f32]) {
         elementwise::add_assign(dst, src);
@@ -85,39 +78,14 @@ impl Backend for Cpu {
         elementwise::embedding_bwd(dout, ids, dim, dtable);
     }
 
-    fn rmsnorm_fwd(
-        &self,
-        x: &[f32],
-        w: &[f32],
-        dim: usize,
-        eps: f32,
-        y: &mut [f32],
-        rstd: &mut [f32],
-    ) {
+    fn rmsnorm_fwd(&self, x: &[f32], w: &[f32], dim: usize, eps: f32, y: &mut [f32], rstd: &mut [f32]) {
         norm::rmsnorm_fwd(x, w, dim, eps, y, rstd);
     }
-    fn rmsnorm_bwd(
-        &self,
-        dy: &[f32],
-        x: &[f32],
-        w: &[f32],
-        rstd: &[f32],
-        dim: usize,
-        dx: &mut [f32],
-        dw: &mut [f32],
-    ) {
+    fn rmsnorm_bwd(&self, dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32], dim: usize, dx: &mut [f32], dw: &mut [f32]) {
         norm::rmsnorm_bwd(dy, x, w, rstd, dim, dx, dw);
     }
 
-    fn matmul(
-        &self,
-        s: MatShape,
-        x: &[f32],
-        w: &[f32],
-        bias: Option<&[f32]>,
-        y: &mut [f32],
-        accumulate: bool,
-    ) {
+    fn matmul(&self, s: MatShape, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], accumulate: bool) {
         matmul::matmul(s, x, w, bias, y, accumulate);
     }
     fn matmul_dx(&self, s: MatShape, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
@@ -130,16 +98,7 @@ impl Backend for Cpu {
         reduce::add_column_sums(dy, db);
     }
 
-    fn rope(
-        &self,
-        x: &mut [f32],
-        pos: &[u32],
-        heads: usize,
-        head_dim: usize,
-        cos: &[f32],
-        sin: &[f32],
-        inverse: bool,
-    ) {
+    fn rope(&self, x: &mut [f32], pos: &[u32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32], inverse: bool) {
         rope::rope(x, pos, heads, head_dim, cos, sin, inverse);
     }
 
@@ -203,15 +162,7 @@ impl Backend for Cpu {
     ) {
         logprob::logprob_fwd(logits, targets, vocab, inv_temp, logp, lse, entropy);
     }
-    fn logprob_bwd(
-        &self,
-        logits: &mut [f32],
-        targets: &[u32],
-        vocab: usize,
-        inv_temp: f32,
-        lse: &[f32],
-        coef: &[f32],
-    ) {
+    fn logprob_bwd(&self, logits: &mut [f32], targets: &[u32], vocab: usize, inv_temp: f32, lse: &[f32], coef: &[f32]) {
         logprob::logprob_bwd(logits, targets, vocab, inv_temp, lse, coef);
     }
 }

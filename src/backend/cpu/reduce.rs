@@ -12,9 +12,7 @@ pub fn par_column_blocks<F>(acc: &mut [f32], f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,
 {
-    acc.par_chunks_mut(COLS_PER_TASK)
-        .enumerate()
-        .for_each(|(b, block)| f(b * COLS_PER_TASK, block));
+    acc.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(|(b, block)| f(b * COLS_PER_TASK, block));
 }
 
 /// `acc[j] += Σ_r x[r, j]` for `x` made of rows `acc.len()` wide.
