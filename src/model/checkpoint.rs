@@ -110,6 +110,9 @@ pub fn load_params(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Resul
                 bail!("{}: unexpected tensor `{name}` for a {} model", path.display(), cfg.arch.hf_name());
             };
             let e = &layout.entries[i];
+            if loaded[i] {
+                bail!("{}: tensor `{name}` appears in more than one file", path.display());
+            }
             if view.shape() != e.shape.as_slice() {
                 bail!("{}: tensor `{name}` has shape {:?}, expected {:?}", path.display(), view.shape(), e.shape);
             }
