@@ -65,8 +65,8 @@ fn bench(c: &mut Criterion) {
             be.fill(Cpu::view_mut(&mut grads, Span::new(0, m.layout.total)), 0.0);
             m.forward(&be, &mut acts, &batch).unwrap();
             m.head_fwd(&be, &mut acts, &batch.next_tokens, 1.0, false);
-            let (_, coef) = masked_mean_ce(&be.read(Cpu::view(&acts.logp, Span::new(0, n))), &batch.next_tokens);
-            m.backward(&be, &mut acts, &coef, 1.0, &mut grads);
+            let (_, coef) = masked_mean_ce(&acts.head.read_logp(&be, n), &batch.next_tokens);
+            m.backward(&be, &mut acts, &coef.into(), 1.0, &mut grads);
         })
     });
     g.finish();

@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 use engine::backend::cpu::Cpu;
-use engine::backend::{Backend, Span};
 use engine::loss::masked_mean_ce;
 use engine::model::{Activations, Model};
 
@@ -18,10 +17,10 @@ fn step(threads: usize, name: &str) -> (Vec<f32>, Vec<f32>) {
         let mut acts = Activations::new(&be, &model.cfg, batch.len(), 5, true);
         model.forward(&be, &mut acts, &batch).unwrap();
         model.head_fwd(&be, &mut acts, &targets, 1.0, true);
-        let logp = be.read(Cpu::view(&acts.logp, Span::new(0, batch.len())));
+        let logp = acts.head.read_logp(&be, batch.len());
         let (_, coef) = masked_mean_ce(&logp, &targets);
         let mut grads = model.zero_grads(&be);
-        model.backward(&be, &mut acts, &coef, 1.0, &mut grads);
+        model.backward(&be, &mut acts, &coef.into(), 1.0, &mut grads);
         (logp, grads)
     })
 }

@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use engine::backend::cpu::Cpu;
-use engine::backend::{Backend, Span};
 use engine::data::Batch;
 use engine::loss::masked_mean_ce;
 use engine::model::{Activations, Model};
@@ -15,10 +14,10 @@ fn loss_and_grads(model: &Model<Cpu>, batch: &Batch, targets: &[u32], with_grads
     let mut acts = Activations::new(&be, &model.cfg, batch.len(), 16, with_grads);
     model.forward(&be, &mut acts, batch).unwrap();
     model.head_fwd(&be, &mut acts, targets, 1.0, false);
-    let (loss, coef) = masked_mean_ce(&be.read(Cpu::view(&acts.logp, Span::new(0, batch.len()))), targets);
+    let (loss, coef) = masked_mean_ce(&acts.head.read_logp(&be, batch.len()), targets);
     let mut grads = model.zero_grads(&be);
     if with_grads {
-        model.backward(&be, &mut acts, &coef, 1.0, &mut grads);
+        model.backward(&be, &mut acts, &coef.into(), 1.0, &mut grads);
     }
     (loss, grads)
 }

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use engine::backend::cpu::Cpu;
-use engine::backend::{Backend, Span, IGNORE};
+use engine::backend::IGNORE;
 use engine::loss::masked_mean_ce;
 use engine::model::{Activations, Model};
 
@@ -26,13 +26,13 @@ fn run(name: &str, chunk: usize) -> (Model<Cpu>, Reference, Run) {
     let mut acts = Activations::new(&be, &model.cfg, batch.len(), chunk, true);
     model.forward(&be, &mut acts, &batch).unwrap();
     model.head_fwd(&be, &mut acts, &batch.next_tokens, 1.0, false);
-    let logp = be.read(Cpu::view(&acts.logp, Span::new(0, batch.len())));
+    let logp = acts.head.read_logp(&be, batch.len());
 
     let targets = r.loss_targets();
     model.head_fwd(&be, &mut acts, &targets, 1.0, false);
-    let (loss, coef) = masked_mean_ce(&be.read(Cpu::view(&acts.logp, Span::new(0, batch.len()))), &targets);
+    let (loss, coef) = masked_mean_ce(&acts.head.read_logp(&be, batch.len()), &targets);
     let mut grads = model.zero_grads(&be);
-    model.backward(&be, &mut acts, &coef, 1.0, &mut grads);
+    model.backward(&be, &mut acts, &coef.into(), 1.0, &mut grads);
     (model, r, Run { logp, loss, grads })
 }
 
@@ -93,7 +93,7 @@ fn temperature_scales_the_softmax() {
         let mut acts = Activations::new(&be, &model.cfg, batch.len(), 64, false);
         model.forward(&be, &mut acts, &batch).unwrap();
         model.head_fwd(&be, &mut acts, &batch.next_tokens, 0.7, false);
-        let got = to_f64(&be.read(Cpu::view(&acts.logp, Span::new(0, batch.len()))));
+        let got = to_f64(&acts.head.read_logp(&be, batch.len()));
         let rel = rel_err(&got, &r.f64("logprobs_t07"));
         assert!(rel <= 1e-5, "{name}: T=0.7 logprobs rel {rel:.2e}");
     }
@@ -117,5 +117,5 @@ fn chunking_and_inference_arena_agree() {
     let mut acts = Activations::new(&be, &model.cfg, batch.len() + 5, 3, false);
     model.forward(&be, &mut acts, &batch).unwrap();
     model.head_fwd(&be, &mut acts, &batch.next_tokens, 1.0, false);
-    assert_eq!(be.read(Cpu::view(&acts.logp, Span::new(0, batch.len()))), c.logp);
+    assert_eq!(acts.head.read_logp(&be, batch.len()), c.logp);
 }

@@ -221,8 +221,12 @@ pub trait Backend: Sync {
         entropy: Option<Self::Mut<'_>>,
     );
     /// Overwrites the logits with their gradient, in place:
-    /// `dz = coef · (onehot(y) − softmax(z/T)) / T` where `coef = w·∂L/∂logp`
-    /// per row (rows with target [`IGNORE`] or coef 0 get dz = 0).
+    /// `dz = coef · (onehot(y) − p) / T` with `p = softmax(z/T)` and
+    /// `coef = w·∂L/∂logp` per row (a row with target [`IGNORE`] has no
+    /// one-hot term); with `entropy = Some((ent_coef, h))`, plus the entropy
+    /// term `ent_coef · ∂H/∂z = −ent_coef · p ∘ (z/T − lse + H) / T`, where
+    /// `h` is phase 1's entropy of the row.
+    #[allow(clippy::too_many_arguments)]
     fn logprob_bwd(
         &self,
         logits: Self::Mut<'_>,
@@ -231,5 +235,22 @@ pub trait Backend: Sync {
         inv_temp: f32,
         lse: Self::Ref<'_>,
         coef: Self::Ref<'_>,
+        entropy: Option<(Self::Ref<'_>, Self::Ref<'_>)>,
+    );
+
+    // ---- distillation ------------------------------------------------------
+    /// Per row, the divergence between the student's and the teacher's
+    /// distributions at temperature T (DESIGN.md §4.6) into `loss`, and its
+    /// gradient times `weight[row]` written over the student's logits.
+    #[allow(clippy::too_many_arguments)]
+    fn distill(
+        &self,
+        student: Self::Mut<'_>,
+        teacher: Self::Ref<'_>,
+        vocab: usize,
+        mode: crate::loss::DistillMode,
+        inv_temp: f32,
+        weight: Self::Ref<'_>,
+        loss: Self::Mut<'_>,
     );
 }

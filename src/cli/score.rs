@@ -7,7 +7,7 @@
 
 use super::{resolve_device, Device};
 use crate::backend::cpu::Cpu;
-use crate::backend::{Backend, Span};
+use crate::backend::Backend;
 use crate::data::tokenizer::Tokenizer;
 use crate::data::Batch;
 use crate::model::activations::default_chunk;
@@ -121,7 +121,7 @@ pub fn score_sequences<B: Backend>(
     let batch = Batch::pack(seqs);
     model.forward(be, acts, &batch)?;
     model.head_fwd(be, acts, &batch.next_tokens, temperature, false);
-    let logp = be.read(B::view(&acts.logp, Span::new(0, batch.len())));
+    let logp = acts.head.read_logp(be, batch.len());
     Ok((0..batch.n_seqs())
         .map(|s| {
             let r = batch.seq(s);

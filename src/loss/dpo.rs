@@ -59,7 +59,7 @@ pub fn dpo_loss(
     pairs_in_step: usize,
 ) -> (f64, TokenCoefs, DpoStats) {
     let n_seqs = cu_seqlens.len() - 1;
-    assert!(n_seqs % 2 == 0, "dpo: sequences must come in (chosen, rejected) pairs");
+    assert!(n_seqs.is_multiple_of(2), "dpo: sequences must come in (chosen, rejected) pairs");
     assert!(logp.len() == ref_logp.len() && logp.len() == mask.len(), "dpo: per-token lengths");
     let ranges: Vec<_> = seq_ranges(cu_seqlens).collect();
     // Summed (or, for IPO, length-averaged) log-probs of one sequence.

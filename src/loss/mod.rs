@@ -36,6 +36,13 @@ pub struct TokenCoefs {
     pub entropy: Option<Vec<f32>>,
 }
 
+impl From<Vec<f32>> for TokenCoefs {
+    /// Coefficients of a loss without an entropy term.
+    fn from(logp: Vec<f32>) -> Self {
+        TokenCoefs { logp, entropy: None }
+    }
+}
+
 /// How per-token losses are combined (DESIGN.md §4.4).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Aggregation {

@@ -5,6 +5,7 @@
 //! size (`engine info` reports activation memory from it).
 
 use super::config::ModelConfig;
+use super::head::HeadBuffers;
 use crate::backend::{Backend, Span};
 
 /// Saved per layer for the backward (in inference mode one set is reused).
@@ -49,8 +50,6 @@ pub struct GradScratch<B: Backend> {
 pub struct Activations<B: Backend> {
     /// Most tokens one batch may hold (also the longest sequence).
     pub cap: usize,
-    /// Rows of logits computed at once by the lm_head + loss (DESIGN.md §3).
-    pub chunk: usize,
     pub train: bool,
     /// Tokens and sequences of the batch now loaded (set by the forward).
     pub n: usize,
@@ -58,7 +57,6 @@ pub struct Activations<B: Backend> {
     pub ids: B::Idx,
     pub pos: B::Idx,
     pub cu_seqlens: B::Idx,
-    pub targets: B::Idx,
     pub rope_cos: B::Buf,
     pub rope_sin: B::Buf,
     /// Residual stream at each layer boundary (L+1 in training, 2 otherwise).
@@ -67,14 +65,8 @@ pub struct Activations<B: Backend> {
     /// Final RMSNorm output and its rstd.
     pub h: B::Buf,
     pub rstd_f: B::Buf,
-    pub logits: B::Buf,
-    /// True while `logits` holds the logits of every row of the batch (one
-    /// chunk covered it in phase 1), so phase 2 need not recompute them.
-    pub logits_hold_all: bool,
-    pub logp: B::Buf,
-    pub lse: B::Buf,
-    pub entropy: B::Buf,
-    pub coef: B::Buf,
+    /// The lm_head + loss path's logit chunk and per-token arrays.
+    pub head: HeadBuffers<B>,
     pub grad: Option<GradScratch<B>>,
 }
 
@@ -85,6 +77,7 @@ struct Sizes {
     resid: usize,
     n_resid: usize,
     rest: Vec<usize>,
+    head: usize,
     scratch: Vec<usize>,
 }
 
@@ -116,8 +109,9 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Sizes {
         n_layer_sets: if train { c.n_layers } else { 1 },
         resid: cap * d,
         n_resid: if train { c.n_layers + 1 } else { 2 },
-        // rope cos, sin, h, rstd_f, logits, logp, lse, entropy, coef
-        rest: vec![cap * half, cap * half, cap * d, cap, chunk * c.vocab_size, cap, cap, cap, cap],
+        // rope cos, sin, h, rstd_f
+        rest: vec![cap * half, cap * half, cap * d, cap],
+        head: super::head::elements(cap, chunk, c.vocab_size),
         scratch: if train {
             vec![
                 cap * d,
@@ -149,6 +143,7 @@ pub fn arena_elements(c: &ModelConfig, cap: usize, chunk: usize, train: bool) ->
     let floats = s.per_layer.iter().sum::<usize>() * s.n_layer_sets
         + s.resid * s.n_resid
         + s.rest.iter().sum::<usize>()
+        + s.head
         + s.scratch.iter().sum::<usize>();
     (floats, 4 * cap + 1)
 }
@@ -183,6 +178,7 @@ impl<B: Backend> Activations<B> {
         let mut rest = s.rest.iter().map(|&n| be.alloc(n));
         let mut r = || rest.next().unwrap();
         let (mut rope_cos, mut rope_sin) = (r(), r());
+        let (h, rstd_f) = (r(), r());
         let (cos, sin) = super::rope::tables(c, cap);
         be.write(&cos, B::view_mut(&mut rope_cos, Span::new(0, cos.len())));
         be.write(&sin, B::view_mut(&mut rope_sin, Span::new(0, sin.len())));
@@ -205,26 +201,19 @@ impl<B: Backend> Activations<B> {
         });
         Activations {
             cap,
-            chunk,
             train,
             n: 0,
             n_seqs: 0,
             ids: be.alloc_idx(cap),
             pos: be.alloc_idx(cap),
             cu_seqlens: be.alloc_idx(cap + 1),
-            targets: be.alloc_idx(cap),
             rope_cos,
             rope_sin,
             resid: (0..s.n_resid).map(|_| be.alloc(s.resid)).collect(),
             layers: (0..s.n_layer_sets).map(|_| layer()).collect(),
-            h: r(),
-            rstd_f: r(),
-            logits: r(),
-            logits_hold_all: false,
-            logp: r(),
-            lse: r(),
-            entropy: r(),
-            coef: r(),
+            h,
+            rstd_f,
+            head: HeadBuffers::new(be, cap, chunk, c.vocab_size),
             grad,
         }
     }

@@ -4,6 +4,7 @@
 pub mod activations;
 pub mod checkpoint;
 pub mod config;
+pub mod head;
 pub mod params;
 pub mod rope;
 pub mod transformer;

@@ -3,9 +3,11 @@
 //! order as the forward it undoes, read bottom-up.
 
 use super::activations::{Activations, GradScratch, LayerActs};
+use super::head::{self, HeadShape};
 use super::Model;
 use crate::backend::{AttnShape, Backend, MatShape, Span};
 use crate::data::Batch;
+use crate::loss::TokenCoefs;
 use anyhow::{bail, Result};
 
 /// The first `len` elements of a buffer.
@@ -65,7 +67,7 @@ impl<B: Backend> Model<B> {
         let (n, d) = (batch.len(), self.cfg.hidden_size);
         acts.n = n;
         acts.n_seqs = batch.n_seqs();
-        acts.logits_hold_all = false;
+        acts.head.logits_hold_all = false;
         be.write_idx(&batch.tokens, &mut acts.ids);
         be.write_idx(&batch.positions, &mut acts.pos);
         be.write_idx(&batch.cu_seqlens, &mut acts.cu_seqlens);
@@ -167,94 +169,30 @@ impl<B: Backend> Model<B> {
         be.matmul(ms(n, d, i), pr::<B>(&a.act, n * i), self.w(p.down_w), None, pm::<B>(x_out, n * d), true);
     }
 
-    /// Phase 1 of the lm_head + loss (DESIGN.md §3): for each chunk of rows,
-    /// logits = h · W_lmᵀ, then `logp`, `lse` (and the entropy if asked) at
-    /// temperature `t`. Only the per-token arrays survive; read them from
-    /// `acts.logp`, `acts.lse`, `acts.entropy`.
+    /// Phase 1 of the lm_head + loss (DESIGN.md §3, [`head::phase1`]):
+    /// `logp`, `lse` (and the entropy if asked) of `targets` at temperature
+    /// `t`, in `acts.head`.
     pub fn head_fwd(&self, be: &B, acts: &mut Activations<B>, targets: &[u32], t: f32, entropy: bool) {
-        let (n, d, v) = (acts.n, self.cfg.hidden_size, self.cfg.vocab_size);
-        assert_eq!(targets.len(), n, "head_fwd: one target per token");
-        be.write_idx(targets, &mut acts.targets);
-        let Activations { h, logits, targets: tg, logp, lse, entropy: ent, chunk, logits_hold_all, .. } = acts;
-        *logits_hold_all = n <= *chunk;
-        for r0 in (0..n).step_by(*chunk) {
-            let rows = (*chunk).min(n - r0);
-            let z = Span::new(0, rows * v);
-            let span = Span::new(r0, rows);
-            be.matmul(
-                ms(rows, v, d),
-                B::view(h, Span::new(r0 * d, rows * d)),
-                self.w(self.layout.lm_head),
-                None,
-                B::view_mut(logits, z),
-                false,
-            );
-            be.logprob_fwd(
-                B::view(logits, z),
-                B::idx_view(tg, span),
-                v,
-                1.0 / t,
-                B::view_mut(logp, span),
-                B::view_mut(lse, span),
-                entropy.then(|| B::view_mut(ent, span)),
-            );
-        }
+        let s = HeadShape { n: acts.n, d: self.cfg.hidden_size, v: self.cfg.vocab_size };
+        head::phase1(be, &mut acts.head, s, &acts.h, self.w(self.layout.lm_head), targets, t, entropy);
     }
 
-    /// Phase 2 and the whole backward: with `coef[t] = w·∂L/∂logp_t` for
-    /// the targets given to [`Self::head_fwd`], recomputes each logit chunk,
+    /// Phase 2 and the whole backward: with the loss's coefficients for the
+    /// targets given to [`Self::head_fwd`], recomputes each logit chunk,
     /// turns it into dz in place, and back-propagates to every parameter,
     /// accumulating into `grads` (laid out as `self.layout`).
-    pub fn backward(&self, be: &B, acts: &mut Activations<B>, coef: &[f32], t: f32, grads: &mut B::Buf) {
+    pub fn backward(&self, be: &B, acts: &mut Activations<B>, coefs: &TokenCoefs, t: f32, grads: &mut B::Buf) {
         let cfg = &self.cfg;
-        let (n, d, v) = (acts.n, cfg.hidden_size, cfg.vocab_size);
+        let (n, d) = (acts.n, cfg.hidden_size);
         assert!(acts.train, "backward needs an arena built for training");
-        assert_eq!(coef.len(), n, "backward: one coefficient per token");
         assert_eq!(B::len(grads), self.layout.total, "backward: gradient buffer does not match the layout");
-        be.write(coef, pm::<B>(&mut acts.coef, n));
         let Activations {
-            ids,
-            pos,
-            cu_seqlens,
-            rope_cos,
-            rope_sin,
-            resid,
-            layers,
-            h,
-            rstd_f,
-            logits,
-            logits_hold_all,
-            targets,
-            lse,
-            coef,
-            chunk,
-            grad,
-            n_seqs,
-            ..
+            ids, pos, cu_seqlens, rope_cos, rope_sin, resid, layers, h, rstd_f, head, grad, n_seqs, ..
         } = acts;
         let g = grad.as_mut().expect("training arena has gradient scratch");
-
-        // lm_head: dh = dz · W_lm, dW_lm += dzᵀ · h, chunk by chunk.
-        for r0 in (0..n).step_by(*chunk) {
-            let rows = (*chunk).min(n - r0);
-            let (z, span, hs) = (Span::new(0, rows * v), Span::new(r0, rows), Span::new(r0 * d, rows * d));
-            let w_lm = self.w(self.layout.lm_head);
-            if !*logits_hold_all {
-                be.matmul(ms(rows, v, d), B::view(h, hs), w_lm, None, B::view_mut(logits, z), false);
-            }
-            be.logprob_bwd(
-                B::view_mut(logits, z),
-                B::idx_view(targets, span),
-                v,
-                1.0 / t,
-                B::view(lse, span),
-                B::view(coef, span),
-            );
-            be.matmul_dx(ms(rows, v, d), B::view(logits, z), w_lm, B::view_mut(&mut g.d_ln, hs), false);
-            be.matmul_dw(ms(rows, v, d), B::view(logits, z), B::view(h, hs), B::view_mut(grads, self.layout.lm_head));
-        }
-        // The buffer now holds dz, not logits.
-        *logits_hold_all = false;
+        let s = HeadShape { n, d, v: cfg.vocab_size };
+        let w_lm = self.w(self.layout.lm_head);
+        head::phase2(be, head, s, h, w_lm, coefs, t, &mut g.d_ln, grads, self.layout.lm_head);
         be.fill(pm::<B>(&mut g.d_resid, n * d), 0.0);
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),

@@ -74,21 +74,48 @@ pub fn logprob_fwd(
     }
 }
 
-/// `dz = coef · (onehot(y) − softmax(z/T)) / T`, written over `logits`.
-pub fn logprob_bwd(logits: &mut [f32], targets: &[u32], vocab: usize, inv_temp: f32, lse: &[f32], coef: &[f32]) {
+/// `dz = coef · (onehot(y) − p) / T` (plus the entropy term, see
+/// [`crate::backend::Backend::logprob_bwd`]), written over `logits`.
+#[allow(clippy::too_many_arguments)]
+pub fn logprob_bwd(
+    logits: &mut [f32],
+    targets: &[u32],
+    vocab: usize,
+    inv_temp: f32,
+    lse: &[f32],
+    coef: &[f32],
+    entropy: Option<(&[f32], &[f32])>,
+) {
     let rows = targets.len();
     assert_eq!(logits.len(), rows * vocab, "logprob_bwd: logits");
     assert!(lse.len() == rows && coef.len() == rows, "logprob_bwd: lse / coef");
-    logits.par_chunks_mut(vocab).zip(targets.par_iter().zip(lse.par_iter().zip(coef.par_iter()))).for_each(
-        |(z, (&y, (&l, &c)))| match check_target(y, vocab) {
-            Some(y) if c != 0.0 => {
-                let scale = c * inv_temp;
-                for v in z.iter_mut() {
-                    *v = -scale * exp(*v * inv_temp - l);
-                }
-                z[y] += scale;
+    if let Some((e, h)) = entropy {
+        assert!(e.len() == rows && h.len() == rows, "logprob_bwd: entropy coefficients");
+    }
+    logits.par_chunks_mut(vocab).enumerate().for_each(|(row, z)| {
+        let (l, target) = (lse[row], check_target(targets[row], vocab));
+        let c = if target.is_some() { coef[row] } else { 0.0 };
+        let (e, h) = entropy.map_or((0.0, 0.0), |(e, h)| (e[row], h[row]));
+        if c == 0.0 && e == 0.0 {
+            z.fill(0.0);
+            return;
+        }
+        if e == 0.0 {
+            let scale = c * inv_temp;
+            for v in z.iter_mut() {
+                *v = -scale * exp(*v * inv_temp - l);
             }
-            _ => z.fill(0.0),
-        },
-    );
+        } else {
+            // ∂H/∂s_j = −p_j (s_j − Σ p s), and Σ p s = lse − H.
+            let mean_s = l - h;
+            for v in z.iter_mut() {
+                let s = *v * inv_temp;
+                let p = exp(s - l);
+                *v = -inv_temp * p * (c + e * (s - mean_s));
+            }
+        }
+        if let Some(y) = target {
+            z[y] += c * inv_temp;
+        }
+    });
 }

@@ -162,7 +162,36 @@ impl Backend for Cpu {
     ) {
         logprob::logprob_fwd(logits, targets, vocab, inv_temp, logp, lse, entropy);
     }
-    fn logprob_bwd(&self, logits: &mut [f32], targets: &[u32], vocab: usize, inv_temp: f32, lse: &[f32], coef: &[f32]) {
-        logprob::logprob_bwd(logits, targets, vocab, inv_temp, lse, coef);
+    fn logprob_bwd(
+        &self,
+        logits: &mut [f32],
+        targets: &[u32],
+        vocab: usize,
+        inv_temp: f32,
+        lse: &[f32],
+        coef: &[f32],
+        entropy: Option<(&[f32], &[f32])>,
+    ) {
+        logprob::logprob_bwd(logits, targets, vocab, inv_temp, lse, coef, entropy);
+    }
+    fn distill(
+        &self,
+        student: &mut [f32],
+        teacher: &[f32],
+        vocab: usize,
+        mode: crate::loss::DistillMode,
+        inv_temp: f32,
+        weight: &[f32],
+        loss: &mut [f32],
+    ) {
+        assert_eq!(student.len(), teacher.len(), "distill: student and teacher chunks differ");
+        assert!(weight.len() * vocab == student.len() && loss.len() == weight.len(), "distill: rows");
+        student
+            .par_chunks_mut(vocab)
+            .zip(teacher.par_chunks(vocab))
+            .zip(weight.par_iter().zip(loss.par_iter_mut()))
+            .for_each(|((zs, zt), (&w, l))| {
+                *l = crate::loss::distill::distill_row(zs, zt, mode, inv_temp, w) as f32;
+            });
     }
 }

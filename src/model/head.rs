@@ -1,0 +1,217 @@
+//! The lm_head and the loss in two phases over chunks of tokens (DESIGN.md
+//! §3), so the `[tokens × vocab]` logits are never held for the whole batch:
+//!
+//! 1. [`phase1`]: for each chunk, `logits = h · Wᵀ`, then per token `logp`,
+//!    `lse` (and the entropy). Only those per-token arrays survive.
+//! 2. The loss runs on the per-token arrays (`crate::loss`), giving each
+//!    token its coefficients ([`TokenCoefs`]).
+//! 3. [`phase2`]: for each chunk, the logits again (skipped when one chunk
+//!    held the whole batch in phase 1), the gradient written over them in
+//!    place, then `dh = dz · W` and `dW += dzᵀ · h`.
+//!
+//! Distillation is token-local and needs the teacher's rows: [`distill`]
+//! does both phases in one pass, with a chunk of teacher logits beside the
+//! student's.
+
+use crate::backend::{Backend, MatShape, Span};
+use crate::loss::{DistillMode, TokenCoefs};
+
+/// Per-token arrays and the logit chunk of the lm_head path.
+pub struct HeadBuffers<B: Backend> {
+    /// Tokens the per-token arrays hold.
+    pub cap: usize,
+    /// Rows of logits computed at once.
+    pub chunk: usize,
+    pub targets: B::Idx,
+    /// `[chunk, vocab]`.
+    pub logits: B::Buf,
+    /// True while `logits` holds the logits of every row (one chunk covered
+    /// the batch in phase 1), so phase 2 need not recompute them.
+    pub logits_hold_all: bool,
+    pub logp: B::Buf,
+    pub lse: B::Buf,
+    pub entropy: B::Buf,
+    pub coef: B::Buf,
+    pub ent_coef: B::Buf,
+}
+
+impl<B: Backend> HeadBuffers<B> {
+    pub fn new(be: &B, cap: usize, chunk: usize, vocab: usize) -> Self {
+        HeadBuffers {
+            cap,
+            chunk,
+            targets: be.alloc_idx(cap),
+            logits: be.alloc(chunk * vocab),
+            logits_hold_all: false,
+            logp: be.alloc(cap),
+            lse: be.alloc(cap),
+            entropy: be.alloc(cap),
+            coef: be.alloc(cap),
+            ent_coef: be.alloc(cap),
+        }
+    }
+
+    /// Phase 1's per-token arrays for the first `n` tokens, on the host.
+    pub fn read_logp(&self, be: &B, n: usize) -> Vec<f32> {
+        be.read(B::view(&self.logp, Span::new(0, n)))
+    }
+    pub fn read_entropy(&self, be: &B, n: usize) -> Vec<f32> {
+        be.read(B::view(&self.entropy, Span::new(0, n)))
+    }
+}
+
+/// f32 elements of a [`HeadBuffers`].
+pub fn elements(cap: usize, chunk: usize, vocab: usize) -> usize {
+    chunk * vocab + 5 * cap
+}
+
+/// Shapes: `n` tokens, hidden size `d`, vocabulary `v`.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadShape {
+    pub n: usize,
+    pub d: usize,
+    pub v: usize,
+}
+
+/// Rows `r0..r0+rows` of each chunk.
+fn chunks(n: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(chunk.max(1)).map(move |r0| (r0, chunk.min(n - r0)))
+}
+
+/// Phase 1: `logp`, `lse` (and the entropy) of `targets` under `softmax(h·Wᵀ / T)`.
+#[allow(clippy::too_many_arguments)]
+pub fn phase1<B: Backend>(
+    be: &B,
+    hb: &mut HeadBuffers<B>,
+    s: HeadShape,
+    h: &B::Buf,
+    w: B::Ref<'_>,
+    targets: &[u32],
+    temperature: f32,
+    entropy: bool,
+) {
+    let HeadShape { n, d, v } = s;
+    assert!(
+        n <= hb.cap && targets.len() == n,
+        "head phase 1: {} targets for {n} tokens (capacity {})",
+        targets.len(),
+        hb.cap
+    );
+    be.write_idx(targets, &mut hb.targets);
+    hb.logits_hold_all = n <= hb.chunk;
+    for (r0, rows) in chunks(n, hb.chunk) {
+        let (z, span) = (Span::new(0, rows * v), Span::new(r0, rows));
+        let hs = B::view(h, Span::new(r0 * d, rows * d));
+        be.matmul(MatShape { m: rows, n: v, k: d }, hs, w, None, B::view_mut(&mut hb.logits, z), false);
+        be.logprob_fwd(
+            B::view(&hb.logits, z),
+            B::idx_view(&hb.targets, span),
+            v,
+            1.0 / temperature,
+            B::view_mut(&mut hb.logp, span),
+            B::view_mut(&mut hb.lse, span),
+            entropy.then(|| B::view_mut(&mut hb.entropy, span)),
+        );
+    }
+}
+
+/// Phase 2: with the loss's coefficients for phase 1's targets, writes
+/// `dh = dz · W` (overwriting the first `n` rows of `dh`) and accumulates
+/// `dW += dzᵀ · h` into `grads[dw]`. An entropy coefficient needs phase 1
+/// to have computed the entropy.
+#[allow(clippy::too_many_arguments)]
+pub fn phase2<B: Backend>(
+    be: &B,
+    hb: &mut HeadBuffers<B>,
+    s: HeadShape,
+    h: &B::Buf,
+    w: B::Ref<'_>,
+    coefs: &TokenCoefs,
+    temperature: f32,
+    dh: &mut B::Buf,
+    grads: &mut B::Buf,
+    dw: Span,
+) {
+    let HeadShape { n, d, v } = s;
+    assert_eq!(coefs.logp.len(), n, "head phase 2: one coefficient per token");
+    be.write(&coefs.logp, B::view_mut(&mut hb.coef, Span::new(0, n)));
+    if let Some(e) = &coefs.entropy {
+        assert_eq!(e.len(), n, "head phase 2: one entropy coefficient per token");
+        be.write(e, B::view_mut(&mut hb.ent_coef, Span::new(0, n)));
+    }
+    let ms = |rows| MatShape { m: rows, n: v, k: d };
+    for (r0, rows) in chunks(n, hb.chunk) {
+        let (z, span, hs) = (Span::new(0, rows * v), Span::new(r0, rows), Span::new(r0 * d, rows * d));
+        if !hb.logits_hold_all {
+            be.matmul(ms(rows), B::view(h, hs), w, None, B::view_mut(&mut hb.logits, z), false);
+        }
+        let entropy = coefs.entropy.as_ref().map(|_| (B::view(&hb.ent_coef, span), B::view(&hb.entropy, span)));
+        be.logprob_bwd(
+            B::view_mut(&mut hb.logits, z),
+            B::idx_view(&hb.targets, span),
+            v,
+            1.0 / temperature,
+            B::view(&hb.lse, span),
+            B::view(&hb.coef, span),
+            entropy,
+        );
+        be.matmul_dx(ms(rows), B::view(&hb.logits, z), w, B::view_mut(dh, hs), false);
+        be.matmul_dw(ms(rows), B::view(&hb.logits, z), B::view(h, hs), B::view_mut(grads, dw));
+    }
+    // The buffer now holds dz, not logits.
+    hb.logits_hold_all = false;
+}
+
+/// A teacher's side of distillation: its final hidden states and lm_head.
+pub struct Teacher<'a, B: Backend> {
+    pub h: &'a B::Buf,
+    pub w: B::Ref<'a>,
+    pub d: usize,
+}
+
+/// Distillation in one pass: per chunk, the student's and the teacher's
+/// logits, the divergence per token into `loss` (host, per token), the
+/// gradient (times `weight[t]`, e.g. mask × aggregation weight) in place,
+/// then `dh` and `dW` as in [`phase2`]. `teacher_logits` is a `[chunk, v]`
+/// buffer. Returns `Σ_t weight_t · D_t`.
+#[allow(clippy::too_many_arguments)]
+pub fn distill<B: Backend>(
+    be: &B,
+    hb: &mut HeadBuffers<B>,
+    s: HeadShape,
+    h: &B::Buf,
+    w: B::Ref<'_>,
+    teacher: &Teacher<B>,
+    teacher_logits: &mut B::Buf,
+    mode: DistillMode,
+    temperature: f32,
+    weight: &[f32],
+    dh: &mut B::Buf,
+    grads: &mut B::Buf,
+    dw: Span,
+) -> f64 {
+    let HeadShape { n, d, v } = s;
+    assert!(n <= hb.cap && weight.len() == n, "distill: one weight per token");
+    be.write(weight, B::view_mut(&mut hb.coef, Span::new(0, n)));
+    let ms = |rows, d| MatShape { m: rows, n: v, k: d };
+    for (r0, rows) in chunks(n, hb.chunk) {
+        let (z, span) = (Span::new(0, rows * v), Span::new(r0, rows));
+        let (hs, ht) = (Span::new(r0 * d, rows * d), Span::new(r0 * teacher.d, rows * teacher.d));
+        be.matmul(ms(rows, d), B::view(h, hs), w, None, B::view_mut(&mut hb.logits, z), false);
+        be.matmul(ms(rows, teacher.d), B::view(teacher.h, ht), teacher.w, None, B::view_mut(teacher_logits, z), false);
+        be.distill(
+            B::view_mut(&mut hb.logits, z),
+            B::view(teacher_logits, z),
+            v,
+            mode,
+            1.0 / temperature,
+            B::view(&hb.coef, span),
+            B::view_mut(&mut hb.logp, span),
+        );
+        be.matmul_dx(ms(rows, d), B::view(&hb.logits, z), w, B::view_mut(dh, hs), false);
+        be.matmul_dw(ms(rows, d), B::view(&hb.logits, z), B::view(h, hs), B::view_mut(grads, dw));
+    }
+    hb.logits_hold_all = false;
+    let per_token = be.read(B::view(&hb.logp, Span::new(0, n)));
+    per_token.iter().zip(weight).map(|(&l, &w)| l as f64 * w as f64).sum()
+}
