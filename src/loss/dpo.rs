@@ -76,7 +76,12 @@ pub fn dpo_loss(
         let (rc, rr) = (&ranges[2 * k], &ranges[2 * k + 1]);
         let ((pc, nc), (pr, nr)) = (seq(rc, logp), seq(rr, logp));
         let ((qc, _), (qr, _)) = (seq(rc, ref_logp), seq(rr, ref_logp));
-        let (chosen, rejected) = (cfg.beta * (pc - qc), cfg.beta * (pr - qr));
+        // IPO works on length-averaged log-probs, its logged rewards too (as TRL).
+        let (lc, lr) = match cfg.loss_type {
+            DpoLossType::Sigmoid => (1.0, 1.0),
+            DpoLossType::Ipo => (nc.max(1) as f64, nr.max(1) as f64),
+        };
+        let (chosen, rejected) = (cfg.beta * (pc - qc) / lc, cfg.beta * (pr - qr) / lr);
         stats.pairs += 1;
         stats.reward_chosen_sum += chosen;
         stats.reward_rejected_sum += rejected;
@@ -91,9 +96,8 @@ pub fn dpo_loss(
                 (l, dh * cfg.beta, -dh * cfg.beta)
             }
             DpoLossType::Ipo => {
-                let (nc, nr) = (nc.max(1) as f64, nr.max(1) as f64);
-                let x = (pc - qc) / nc - (pr - qr) / nr - 1.0 / (2.0 * cfg.beta);
-                (x * x, 2.0 * x / nc, -2.0 * x / nr)
+                let x = (pc - qc) / lc - (pr - qr) / lr - 1.0 / (2.0 * cfg.beta);
+                (x * x, 2.0 * x / lc, -2.0 * x / lr)
             }
         };
         loss += per_pair * l;

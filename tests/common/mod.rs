@@ -20,8 +20,23 @@ pub struct Reference {
 
 impl Reference {
     pub fn open(name: &str) -> Self {
-        let path = fixtures().join(format!("{name}.ref.safetensors"));
-        Reference { bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
+        Self::open_path(&fixtures().join(format!("{name}.ref.safetensors")))
+    }
+
+    pub fn open_path(path: &std::path::Path) -> Self {
+        Reference { bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.st().tensor(name).is_ok()
+    }
+
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        self.f64(name).into_iter().map(|x| x as f32).collect()
+    }
+
+    pub fn u32(&self, name: &str) -> Vec<u32> {
+        self.i64(name).into_iter().map(|x| u32::try_from(x).expect("non-negative")).collect()
     }
 
     fn st(&self) -> SafeTensors<'_> {

@@ -1,0 +1,385 @@
+//! The loss library against PyTorch autograd references of DESIGN.md §4
+//! (tests/fixtures/losses, written by tools/make_loss_fixtures.py): every
+//! loss through phase 1 (per-token log-probs), the loss on per-token arrays,
+//! and phase 2 (the logit gradient in place), with the step split in
+//! micro-batches of unequal size. Losses and gradients ≤ 1e-5 relative.
+
+mod common;
+use common::*;
+use engine::backend::cpu::Cpu;
+use engine::backend::{Backend, Span};
+use engine::loss::advantages::{grpo_advantages, ScaleRewards};
+use engine::loss::kl::kl_in_reward;
+use engine::loss::sft::masked_ce_with_count;
+use engine::loss::*;
+use engine::model::head::{self, HeadBuffers, HeadShape};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn dir() -> PathBuf {
+    fixtures().join("losses")
+}
+
+fn case(name: &str) -> (Value, Reference) {
+    let json =
+        std::fs::read_to_string(dir().join(format!("{name}.json"))).unwrap_or_else(|e| panic!("{name}.json: {e}"));
+    (serde_json::from_str(&json).unwrap(), Reference::open_path(&dir().join(format!("{name}.safetensors"))))
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("`{key}` missing or not a number in {v}"))
+}
+
+fn opt_num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn check_rel(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    let e = rel_err(got, want);
+    println!("{what}: rel {e:.1e}");
+    assert!(e <= tol, "{what}: relative error {e:.2e} > {tol:.0e}");
+}
+
+fn check_scalar(what: &str, got: f64, want: f64, tol: f64) {
+    let e = (got - want).abs() / want.abs().max(1e-12);
+    assert!(e <= tol || (got - want).abs() < 1e-12, "{what}: {got} vs {want} (rel {e:.2e})");
+}
+
+/// Token layout shared by the cases.
+struct Layout {
+    n: usize,
+    cu: Vec<u32>,
+    mask: Vec<bool>,
+    /// Sequence-index boundaries of the micro-batches.
+    micro: Vec<usize>,
+}
+
+impl Layout {
+    fn read(r: &Reference) -> Self {
+        let cu = r.u32("cu_seqlens");
+        let mask = r.f64("mask").iter().map(|&m| m != 0.0).collect::<Vec<_>>();
+        let micro = if r.has("micro_batches") {
+            r.u32("micro_batches").iter().map(|&x| x as usize).collect()
+        } else {
+            vec![0, cu.len() - 1]
+        };
+        Layout { n: mask.len(), cu, mask, micro }
+    }
+
+    /// For each micro-batch: (token range, sequence range, local cu_seqlens).
+    fn micro_batches(&self) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>, Vec<u32>)> {
+        self.micro
+            .windows(2)
+            .map(|w| {
+                let (s0, s1) = (w[0], w[1]);
+                let t0 = self.cu[s0];
+                let local = self.cu[s0..=s1].iter().map(|&c| c - t0).collect();
+                (t0 as usize..self.cu[s1] as usize, s0..s1, local)
+            })
+            .collect()
+    }
+
+    fn counts(&self) -> StepCounts {
+        let mbs = self.micro_batches();
+        StepCounts::of(mbs.iter().map(|(t, _, cu)| (&self.mask[t.clone()], cu.as_slice())))
+    }
+}
+
+/// Phase 1 on stored logits: (logp, lse, entropy).
+fn phase1(logits: &[f32], targets: &[u32], v: usize, t: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = targets.len();
+    let (mut logp, mut lse, mut h) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    Cpu.logprob_fwd(logits, targets, v, 1.0 / t, &mut logp, &mut lse, Some(&mut h));
+    (logp, lse, h)
+}
+
+/// Phase 2 on stored logits: dz.
+fn phase2(logits: &[f32], targets: &[u32], v: usize, t: f32, lse: &[f32], h: &[f32], c: &TokenCoefs) -> Vec<f32> {
+    let mut dz = logits.to_vec();
+    let ent = c.entropy.as_deref().map(|e| (e, h));
+    Cpu.logprob_bwd(&mut dz, targets, v, 1.0 / t, lse, &c.logp, ent);
+    dz
+}
+
+fn policy_config(j: &Value) -> PolicyConfig {
+    let eps = |k| num(j, k);
+    let dual = opt_num(j, "dual_clip");
+    let kind = match j["policy_loss"].as_str().unwrap() {
+        "ppo" => PolicyKind::Ppo { eps_low: eps("eps_low"), eps_high: eps("eps_high"), dual_clip: dual },
+        "gppo" => PolicyKind::Gppo {
+            eps_low: eps("eps_low"),
+            eps_high: eps("eps_high"),
+            dual_clip: dual,
+            beta1: num(j, "beta1"),
+            beta2: num(j, "beta2"),
+        },
+        "cispo" => PolicyKind::Cispo { floor: opt_num(j, "floor"), cap: num(j, "cap") },
+        "gspo" => PolicyKind::Gspo { eps_low: eps("eps_low"), eps_high: eps("eps_high") },
+        other => panic!("unknown policy loss {other}"),
+    };
+    let l_max = j.get("l_max").and_then(Value::as_u64).map(|x| x as usize);
+    let mut cfg = PolicyConfig::new(kind);
+    cfg.agg = Aggregation::parse(j["agg"].as_str().unwrap(), l_max).unwrap();
+    cfg.kl = j
+        .get("kl")
+        .filter(|k| !k.is_null())
+        .map(|k| KlPenalty { kind: KlKind::parse(k["kind"].as_str().unwrap()).unwrap(), coef: num(k, "coef") });
+    cfg.entropy_coef = opt_num(j, "entropy_coef").unwrap_or(0.0);
+    cfg.tis_cap = opt_num(j, "tis_cap");
+    cfg.positive_nll_coef = opt_num(j, "positive_nll_coef").unwrap_or(0.0);
+    cfg.correct_score = opt_num(j, "correct_score").unwrap_or(1.0);
+    cfg
+}
+
+/// The policy loss of a whole step, micro-batch by micro-batch, from
+/// per-token arrays: (loss, coefficients, stats).
+fn policy_step(
+    cfg: &PolicyConfig,
+    r: &Reference,
+    lay: &Layout,
+    logp: &[f32],
+    entropy: &[f32],
+) -> (f64, TokenCoefs, PolicyStats) {
+    let (old, refl, sampler) = (r.f32("old_logp"), r.f32("ref_logp"), r.f32("sampler_logp"));
+    let (adv, rewards) = (r.f32("advantages"), r.f32("rewards"));
+    let counts = lay.counts();
+    let mbs = lay.micro_batches();
+    let correct =
+        cfg.correct_tokens(mbs.iter().map(|(t, s, cu)| (&lay.mask[t.clone()], cu.as_slice(), &rewards[s.clone()])));
+    let mut coefs = TokenCoefs { logp: vec![0.0; lay.n], entropy: (cfg.entropy_coef != 0.0).then(|| vec![0.0; lay.n]) };
+    let (mut loss, mut stats) = (0.0, PolicyStats::default());
+    for (t, s, cu) in &mbs {
+        let b = PolicyBatch {
+            logp: &logp[t.clone()],
+            old_logp: &old[t.clone()],
+            ref_logp: Some(&refl[t.clone()]),
+            sampler_logp: Some(&sampler[t.clone()]),
+            entropy: Some(&entropy[t.clone()]),
+            mask: &lay.mask[t.clone()],
+            cu_seqlens: cu,
+            advantages: &adv[s.clone()],
+            rewards: &rewards[s.clone()],
+        };
+        let out = policy_loss(cfg, &b, &counts, correct);
+        loss += out.loss;
+        stats.merge(&out.stats);
+        coefs.logp[t.clone()].copy_from_slice(&out.coefs.logp);
+        if let (Some(all), Some(part)) = (coefs.entropy.as_mut(), out.coefs.entropy.as_ref()) {
+            all[t.clone()].copy_from_slice(part);
+        }
+    }
+    (loss, coefs, stats)
+}
+
+const POLICY_CASES: [&str; 12] = [
+    "ppo_token_mean",
+    "ppo_dapo_seq_sum",
+    "ppo_kl_k3_entropy",
+    "ppo_kl_k1_tis",
+    "ppo_kl_k2_norm",
+    "ppo_kl_k3plus",
+    "gppo_default",
+    "gppo_beta",
+    "cispo_cap",
+    "cispo_verl",
+    "gspo_default",
+    "ppo_v1003",
+];
+
+#[test]
+fn policy_losses_match_pytorch() {
+    for name in POLICY_CASES {
+        let (j, r) = case(name);
+        let lay = Layout::read(&r);
+        let (logits, targets) = (r.f32("logits"), r.u32("targets"));
+        let v = logits.len() / lay.n;
+        let t = num(&j, "temperature") as f32;
+        let (logp, lse, h) = phase1(&logits, &targets, v, t);
+        check_rel(&format!("{name}: logp"), &to_f64(&logp), &r.f64("logp"), 1e-5);
+        let cfg = policy_config(&j);
+        let (loss, coefs, stats) = policy_step(&cfg, &r, &lay, &logp, &h);
+        check_scalar(&format!("{name}: loss"), loss, num(&j, "loss"), 1e-5);
+        check_rel(&format!("{name}: dL/dlogp"), &to_f64(&coefs.logp), &r.f64("dlogp"), 1e-5);
+        match (&coefs.entropy, r.has("dentropy")) {
+            (Some(e), true) => check_rel(&format!("{name}: dL/dH"), &to_f64(e), &r.f64("dentropy"), 1e-5),
+            (None, false) => {}
+            (e, has) => panic!("{name}: entropy coefficients {} but reference {}", e.is_some(), has),
+        }
+        let dz = phase2(&logits, &targets, v, t, &lse, &h, &coefs);
+        check_rel(&format!("{name}: dlogits"), &to_f64(&dz), &r.f64("dlogits"), 1e-5);
+        let m = stats.finish();
+        let st = &j["stats"];
+        for (key, got) in [
+            ("clip_frac_low", m.clip_frac_low),
+            ("clip_frac_high", m.clip_frac_high),
+            ("clip_frac_dual", m.clip_frac_dual),
+            ("ratio_mean", m.ratio_mean),
+            ("ratio_max", m.ratio_max),
+            ("ppo_kl", m.ppo_kl),
+            ("entropy_mean", m.entropy_mean),
+            ("kl_mean", m.kl_mean),
+            ("sampler_abs_diff_mean", m.sampler_abs_diff_mean),
+            ("sampler_abs_diff_max", m.sampler_abs_diff_max),
+        ] {
+            let want = num(st, key);
+            assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{name}: stat {key} {got} vs {want}");
+        }
+        println!(
+            "{name}: ok (loss {loss:.6}, clip low/high/dual {:.3}/{:.3}/{:.3})",
+            m.clip_frac_low, m.clip_frac_high, m.clip_frac_dual
+        );
+    }
+}
+
+#[test]
+fn distillation_matches_pytorch() {
+    for name in ["distill_forward", "distill_reverse", "distill_jsd", "distill_jsd_beta0", "distill_jsd_beta1"] {
+        let (j, r) = case(name);
+        let lay = Layout::read(&r);
+        let (mut zs, zt) = (r.f32("student_logits"), r.f32("teacher_logits"));
+        let v = zs.len() / lay.n;
+        let t = num(&j, "temperature") as f32;
+        let mode = match j["mode"].as_str().unwrap() {
+            "forward" => DistillMode::Forward,
+            "reverse" => DistillMode::Reverse,
+            _ => DistillMode::Jsd { beta: num(&j, "beta") },
+        };
+        let counts = lay.counts();
+        let weight: Vec<f32> = lay.mask.iter().map(|&m| if m { 1.0 / counts.tokens as f32 } else { 0.0 }).collect();
+        let mut per_token = vec![0.0f32; lay.n];
+        Cpu.distill(&mut zs, &zt, v, mode, 1.0 / t, &weight, &mut per_token);
+        let loss: f64 = per_token.iter().zip(&weight).map(|(&l, &w)| l as f64 * w as f64).sum();
+        check_scalar(&format!("{name}: loss"), loss, num(&j, "loss"), 1e-5);
+        check_rel(&format!("{name}: dlogits"), &to_f64(&zs), &r.f64("dlogits"), 1e-5);
+    }
+}
+
+#[test]
+fn dpo_matches_pytorch() {
+    for name in ["dpo_sigmoid", "dpo_sigmoid_ls", "dpo_ipo"] {
+        let (j, r) = case(name);
+        let lay = Layout::read(&r);
+        let (logits, targets) = (r.f32("logits"), r.u32("targets"));
+        let v = logits.len() / lay.n;
+        let (logp, lse, h) = phase1(&logits, &targets, v, 1.0);
+        let cfg = DpoConfig {
+            loss_type: if j["loss_type"] == "ipo" { DpoLossType::Ipo } else { DpoLossType::Sigmoid },
+            beta: num(&j, "beta"),
+            label_smoothing: opt_num(&j, "label_smoothing").unwrap_or(0.0),
+        };
+        let pairs = (lay.cu.len() - 1) / 2;
+        let (loss, coefs, stats) = dpo_loss(&cfg, &logp, &r.f32("ref_logp"), &lay.mask, &lay.cu, pairs);
+        check_scalar(&format!("{name}: loss"), loss, num(&j, "loss"), 1e-5);
+        let dz = phase2(&logits, &targets, v, 1.0, &lse, &h, &coefs);
+        check_rel(&format!("{name}: dlogits"), &to_f64(&dz), &r.f64("dlogits"), 1e-5);
+        let (c, rj, acc, margin) = stats.finish();
+        let st = &j["stats"];
+        for (key, got) in [
+            ("reward_chosen_mean", c),
+            ("reward_rejected_mean", rj),
+            ("reward_accuracy", acc),
+            ("reward_margin_mean", margin),
+        ] {
+            let want = num(st, key);
+            assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{name}: {key} {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn sft_matches_pytorch() {
+    let (j, r) = case("sft");
+    let lay = Layout::read(&r);
+    let (logits, mut targets) = (r.f32("logits"), r.u32("targets"));
+    let v = logits.len() / lay.n;
+    for (t, m) in targets.iter_mut().zip(&lay.mask) {
+        if !m {
+            *t = engine::backend::IGNORE;
+        }
+    }
+    let (logp, lse, h) = phase1(&logits, &targets, v, 1.0);
+    let n = lay.counts().tokens;
+    let mut coef = vec![0.0f32; lay.n];
+    let mut loss = 0.0;
+    for (t, _, _) in lay.micro_batches() {
+        let (l, c) = masked_ce_with_count(&logp[t.clone()], &targets[t.clone()], n);
+        loss += l;
+        coef[t].copy_from_slice(&c);
+    }
+    check_scalar("sft: loss", loss, num(&j, "loss"), 1e-5);
+    let dz = phase2(&logits, &targets, v, 1.0, &lse, &h, &coef.into());
+    check_rel("sft: dlogits", &to_f64(&dz), &r.f64("dlogits"), 1e-5);
+}
+
+#[test]
+fn advantages_and_kl_in_reward_match_pytorch() {
+    let (j, r) = case("advantages");
+    let rewards = r.f32("rewards");
+    let groups: Vec<usize> = r.u32("group_sizes").iter().map(|&g| g as usize).collect();
+    for (key, scale) in
+        [("adv_group", ScaleRewards::Group), ("adv_batch", ScaleRewards::Batch), ("adv_none", ScaleRewards::None)]
+    {
+        let got = grpo_advantages(&rewards, &groups, scale);
+        let want = r.f64(key);
+        assert!(max_abs(&got, &want) < 1e-6, "{key}: {got:?} vs {want:?}");
+    }
+    let lay = Layout::read(&r);
+    let got =
+        kl_in_reward(&rewards, &r.f32("old_logp"), &r.f32("ref_logp"), &lay.mask, &lay.cu, num(&j, "kl_reward_beta"));
+    assert!(max_abs(&got, &r.f64("rewards_with_kl")) < 1e-6);
+}
+
+/// The two-phase lm_head path from hidden states: dh and dW, with a chunk
+/// that does not divide the tokens, and the same numbers from the one-pass
+/// shortcut (one chunk holding every row).
+#[test]
+fn lm_head_path_matches_pytorch() {
+    for name in ["lm_head_sft", "lm_head_gspo", "lm_head_ppo_entropy"] {
+        let (j, r) = case(name);
+        let lay = Layout::read(&r);
+        let (hidden, weight) = (r.f32("hidden"), r.f32("weight"));
+        let d = hidden.len() / lay.n;
+        let v = weight.len() / d;
+        let t = opt_num(&j, "temperature").unwrap_or(1.0) as f32;
+        let mut targets = r.u32("targets");
+        let kind = j["loss_kind"].as_str().unwrap();
+        if kind == "sft" {
+            for (x, m) in targets.iter_mut().zip(&lay.mask) {
+                if !m {
+                    *x = engine::backend::IGNORE;
+                }
+            }
+        }
+        let s = HeadShape { n: lay.n, d, v };
+        let mut results = Vec::new();
+        for chunk in [7, lay.n] {
+            let be = Cpu;
+            let mut hb = HeadBuffers::<Cpu>::new(&be, lay.n, chunk, v);
+            head::phase1(&be, &mut hb, s, &hidden, &weight, &targets, t, true);
+            let (logp, ent) = (hb.read_logp(&be, lay.n), hb.read_entropy(&be, lay.n));
+            let (loss, coefs) = if kind == "sft" {
+                let (l, c) = masked_ce_with_count(&logp, &targets, lay.counts().tokens);
+                (l, c.into())
+            } else {
+                let (l, c, _) = policy_step(&policy_config(&j), &r, &lay, &logp, &ent);
+                (l, c)
+            };
+            let (mut dh, mut grads) = (vec![0.0f32; lay.n * d], vec![0.0f32; v * d]);
+            head::phase2(&be, &mut hb, s, &hidden, &weight, &coefs, t, &mut dh, &mut grads, Span::new(0, v * d));
+            // The logits come from an f32 GEMM here, and a policy loss is a
+            // sum of terms of both signs (GSPO's nearly cancel): measure the
+            // error against the sum of the terms' magnitudes.
+            let scale = if r.has("token_loss") {
+                r.f64("token_loss").iter().zip(r.f64("agg_weight")).map(|(l, w)| (l * w).abs()).sum::<f64>()
+            } else {
+                num(&j, "loss").abs()
+            };
+            let err = (loss - num(&j, "loss")).abs() / scale;
+            assert!(err <= 1e-5, "{name}: loss {loss} vs {} (error {err:.2e} of the terms' scale)", num(&j, "loss"));
+            check_rel(&format!("{name} chunk {chunk}: dhidden"), &to_f64(&dh), &r.f64("dhidden"), 1e-5);
+            check_rel(&format!("{name} chunk {chunk}: dweight"), &to_f64(&grads), &r.f64("dweight"), 1e-5);
+            results.push((dh, grads));
+        }
+        check_rel(&format!("{name}: one-pass vs chunked dh"), &to_f64(&results[1].0), &to_f64(&results[0].0), 1e-6);
+    }
+}
