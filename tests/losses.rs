@@ -383,3 +383,106 @@ fn lm_head_path_matches_pytorch() {
         check_rel(&format!("{name}: one-pass vs chunked dh"), &to_f64(&results[1].0), &to_f64(&results[0].0), 1e-6);
     }
 }
+
+/// On gppo_default's inputs: wherever PPO's gradient is zero outside the
+/// dual clip, GPPO's is not, and equals `w · (−bound · A)` (DESIGN.md §4.2);
+/// everywhere else the two agree.
+#[test]
+fn gppo_keeps_gradients_ppo_drops() {
+    let (j, r) = case("gppo_default");
+    let lay = Layout::read(&r);
+    let (logits, targets) = (r.f32("logits"), r.u32("targets"));
+    let (logp, _, h) = phase1(&logits, &targets, logits.len() / lay.n, num(&j, "temperature") as f32);
+    let mut gppo = policy_config(&j);
+    gppo.positive_nll_coef = 0.0;
+    let PolicyKind::Gppo { eps_low, eps_high, dual_clip, .. } = gppo.kind else { panic!("not gppo") };
+    let mut ppo = gppo.clone();
+    ppo.kind = PolicyKind::Ppo { eps_low, eps_high, dual_clip };
+    let (_, g, _) = policy_step(&gppo, &r, &lay, &logp, &h);
+    let (_, p, _) = policy_step(&ppo, &r, &lay, &logp, &h);
+    let (old, adv, w) = (r.f64("old_logp"), r.f64("advantages"), r.f64("agg_weight"));
+    let mut kept = 0;
+    for (s, range) in seq_ranges(&lay.cu).enumerate() {
+        for t in range.filter(|&t| lay.mask[t]) {
+            let ratio = (logp[t] as f64 - old[t]).exp();
+            let a = adv[s];
+            let dual = a < 0.0 && ratio > dual_clip.unwrap();
+            let (pg, gg) = (p.logp[t] as f64, g.logp[t] as f64);
+            if dual {
+                assert_eq!((pg, gg), (0.0, 0.0), "token {t}: dual clip");
+            } else if pg == 0.0 && a != 0.0 {
+                let bound = if ratio > 1.0 { 1.0 + eps_high } else { 1.0 - eps_low };
+                let want = -w[t] * bound * a;
+                assert!((gg - want).abs() <= 1e-6 * want.abs(), "token {t}: GPPO {gg} vs {want}");
+                kept += 1;
+            } else {
+                assert!((pg - gg).abs() <= 1e-7 * pg.abs().max(1e-30), "token {t}: {pg} vs {gg}");
+            }
+        }
+    }
+    assert!(kept >= 4, "the case should clip tokens on both sides (kept {kept})");
+}
+
+/// Distillation through the lm_head in one pass (both models' logits per
+/// chunk) gives what the logit-level kernel (checked against PyTorch above)
+/// gives on materialised logits, for dh and dW.
+#[test]
+fn distill_lm_head_path_matches_logit_level() {
+    use engine::model::head::Teacher;
+    let (n, d, dt, v) = (23, 12, 9, 31);
+    let rnd = |seed: u64, len: usize, scale: f32| -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                scale * ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            })
+            .collect()
+    };
+    let (h, w, ht, wt) = (rnd(1, n * d, 2.0), rnd(2, v * d, 1.0), rnd(3, n * dt, 2.0), rnd(4, v * dt, 1.0));
+    let weight: Vec<f32> = (0..n).map(|t| if t % 5 == 3 { 0.0 } else { 1.0 / n as f32 }).collect();
+    let matmul = |x: &[f32], m: &[f32], k: usize| -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| {
+                (0..v).map(move |j| (0..k).map(|c| x[i * k + c] as f64 * m[j * k + c] as f64).sum::<f64>() as f32)
+            })
+            .collect()
+    };
+    let mode = DistillMode::Jsd { beta: 0.4 };
+    let mut dz = matmul(&h, &w, d);
+    let mut per_token = vec![0.0; n];
+    Cpu.distill(&mut dz, &matmul(&ht, &wt, dt), v, mode, 1.0 / 0.8, &weight, &mut per_token);
+    let want_loss: f64 = per_token.iter().zip(&weight).map(|(&l, &w)| l as f64 * w as f64).sum();
+    let (dzr, wr, hr) = (&dz, &w, &h);
+    let want_dh: Vec<f64> = (0..n)
+        .flat_map(|i| (0..d).map(move |c| (0..v).map(|j| dzr[i * v + j] as f64 * wr[j * d + c] as f64).sum()))
+        .collect();
+    let want_dw: Vec<f64> = (0..v)
+        .flat_map(|j| (0..d).map(move |c| (0..n).map(|i| dzr[i * v + j] as f64 * hr[i * d + c] as f64).sum()))
+        .collect();
+
+    let be = Cpu;
+    let mut hb = HeadBuffers::<Cpu>::new(&be, n, 5, v);
+    let mut teacher_logits = vec![0.0f32; 5 * v];
+    let (mut dh, mut grads) = (vec![0.0f32; n * d], vec![0.0f32; v * d]);
+    let teacher = Teacher::<Cpu> { h: &ht, w: &wt, d: dt };
+    let s = HeadShape { n, d, v };
+    let loss = head::distill(
+        &be,
+        &mut hb,
+        s,
+        &h,
+        &w,
+        &teacher,
+        &mut teacher_logits,
+        mode,
+        0.8,
+        &weight,
+        &mut dh,
+        &mut grads,
+        Span::new(0, v * d),
+    );
+    check_scalar("distill head: loss", loss, want_loss, 1e-5);
+    check_rel("distill head: dh", &to_f64(&dh), &want_dh, 1e-5);
+    check_rel("distill head: dW", &to_f64(&grads), &want_dw, 1e-5);
+}
