@@ -36,6 +36,54 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(biased << 23)
 }
 
+const LANES: usize = 8;
+
+/// `(Σ_j f(z_j).0, Σ_j f(z_j).1)` in f64, over `LANES` independent
+/// accumulators added in a fixed order at the end; the lanes let the loop
+/// vectorise.
+#[inline(always)]
+pub fn lane_sums(z: &[f32], f: impl Fn(f32) -> (f64, f64)) -> (f64, f64) {
+    let (mut a, mut b) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let chunks = z.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..LANES {
+            let (x, y) = f(c[k]);
+            a[k] += x;
+            b[k] += y;
+        }
+    }
+    let (mut sa, mut sb) = (0.0, 0.0);
+    for &v in tail {
+        let (x, y) = f(v);
+        sa += x;
+        sb += y;
+    }
+    for k in 0..LANES {
+        sa += a[k];
+        sb += b[k];
+    }
+    (sa, sb)
+}
+
+/// `Σ_j f(z_j)` in f64 over `LANES` accumulators, as [`lane_sums`].
+#[inline(always)]
+pub fn lane_sum(z: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = z.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..LANES {
+            acc[k] += f(c[k]);
+        }
+    }
+    let mut total: f64 = tail.iter().map(|&v| f(v)).sum();
+    for a in acc {
+        total += a;
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,36 +3,27 @@
 //! phases). Sums over the vocabulary accumulate in f64 lanes (a fixed
 //! order, so bitwise reproducible): this is the oracle.
 
-use super::fastmath::exp;
+use super::fastmath::{exp, lane_sum, lane_sums};
 use crate::backend::IGNORE;
 use rayon::prelude::*;
 
-const LANES: usize = 8;
-
-/// `Σ_j f(z_j)` in f64, over `LANES` independent accumulators added in a
-/// fixed order at the end; the lanes let the loop vectorise.
-#[inline(always)]
-fn lane_sum(z: &[f32], f: impl Fn(f32) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = z.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for k in 0..LANES {
-            acc[k] += f(c[k]);
-        }
-    }
-    let mut total: f64 = tail.iter().map(|&v| f(v)).sum();
-    for a in acc {
-        total += a;
-    }
-    total
-}
-
-/// Log-sum-exp of `z · inv_temp`.
-fn row_lse(z: &[f32], inv_temp: f32) -> f32 {
+/// Per row of `s = z·inv_temp`: `lse`, and with `entropy` also `H = lse − Σ p·s`,
+/// from one pass for the maximum and one for both sums.
+pub(super) fn row_stats(z: &[f32], inv_temp: f32, entropy: bool) -> (f32, f32) {
     let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv_temp));
-    let sum = lane_sum(z, |v| exp(v * inv_temp - max) as f64);
-    max + sum.ln() as f32
+    if !entropy {
+        let sum = lane_sum(z, |v| exp(v * inv_temp - max) as f64);
+        return (max + sum.ln() as f32, 0.0);
+    }
+    // Σ e^(s−max) and Σ e^(s−max)·(s−max): Σ p·s = max + second / first.
+    let (sum, weighted) = lane_sums(z, |v| {
+        let x = v * inv_temp - max;
+        let e = exp(x);
+        (e as f64, (e * x) as f64)
+    });
+    let lse = max as f64 + sum.ln();
+    let mean_s = max as f64 + weighted / sum;
+    (lse as f32, (lse - mean_s) as f32)
 }
 
 fn check_target(y: u32, vocab: usize) -> Option<usize> {
@@ -56,21 +47,22 @@ pub fn logprob_fwd(
     let rows = targets.len();
     assert_eq!(logits.len(), rows * vocab, "logprob: logits");
     assert!(logp.len() == rows && lse.len() == rows, "logprob: outputs");
-    logp.par_iter_mut().zip(lse.par_iter_mut()).zip(logits.par_chunks(vocab).zip(targets.par_iter())).for_each(
-        |((lp, l), (z, &y))| {
-            *l = row_lse(z, inv_temp);
-            *lp = check_target(y, vocab).map_or(0.0, |y| z[y] * inv_temp - *l);
-        },
-    );
-    if let Some(h) = entropy {
-        assert_eq!(h.len(), rows, "logprob: entropy");
-        h.par_iter_mut().zip(logits.par_chunks(vocab).zip(lse.par_iter())).for_each(|(h, (z, &l))| {
-            let pz = lane_sum(z, |v| {
-                let s = v * inv_temp;
-                (exp(s - l) * s) as f64
-            });
-            *h = l - pz as f32;
-        });
+    let with_entropy = entropy.is_some();
+    let body = |((lp, l), (z, &y)): ((&mut f32, &mut f32), (&[f32], &u32))| -> f32 {
+        let (lse, ent) = row_stats(z, inv_temp, with_entropy);
+        *l = lse;
+        *lp = check_target(y, vocab).map_or(0.0, |y| z[y] * inv_temp - lse);
+        ent
+    };
+    let rows_iter = logp.par_iter_mut().zip(lse.par_iter_mut()).zip(logits.par_chunks(vocab).zip(targets.par_iter()));
+    match entropy {
+        Some(h) => {
+            assert_eq!(h.len(), rows, "logprob: entropy");
+            rows_iter.zip(h.par_iter_mut()).for_each(|(row, h)| *h = body(row));
+        }
+        None => rows_iter.for_each(|row| {
+            body(row);
+        }),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod attention_tiled;
+pub mod distill;
 pub mod elementwise;
 pub mod fastmath;
 pub mod logprob;
@@ -191,7 +192,7 @@ impl Backend for Cpu {
             .zip(teacher.par_chunks(vocab))
             .zip(weight.par_iter().zip(loss.par_iter_mut()))
             .for_each(|((zs, zt), (&w, l))| {
-                *l = crate::loss::distill::distill_row(zs, zt, mode, inv_temp, w) as f32;
+                *l = distill::distill_row(zs, zt, mode, inv_temp, w) as f32;
             });
     }
 }
