@@ -56,8 +56,8 @@ pub fn distill_row(zs: &mut [f32], zt: &[f32], mode: DistillMode, inv_t: f32, we
     let scale = weight * inv_t;
     // TRL's convention: JSD with β = 0 is the forward KL, with β = 1 the reverse.
     let mode = match mode {
-        DistillMode::Jsd { beta } if beta == 0.0 => DistillMode::Forward,
-        DistillMode::Jsd { beta } if beta == 1.0 => DistillMode::Reverse,
+        DistillMode::Jsd { beta: 0.0 } => DistillMode::Forward,
+        DistillMode::Jsd { beta: 1.0 } => DistillMode::Reverse,
         m => m,
     };
     // Each mode as its own pair of loops (value, then gradient), so each
