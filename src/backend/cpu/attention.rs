@@ -158,7 +158,7 @@ fn attend_row(q: &[f32], k: &[f32], v: &[f32], stride: usize, n_keys: usize, sca
 }
 
 /// Causal attention over packed sequences. Tokens are flattened: N = total tokens.
-/// `cu_seqlens` has S+1 entries: sequence s covers tokens cu_seqlens[s]..cu_seqlens[s+1]; cu_seqlens[0]=0, last = N.
+/// `cu_seqlens` has S+1 entries: sequence s covers tokens `cu_seqlens[s]..cu_seqlens[s+1]`; `cu_seqlens[0] = 0`, last = N.
 /// A token attends to itself and earlier tokens of ITS OWN sequence only.
 /// q: [N, n_heads, head_dim], k, v: [N, n_kv_heads, head_dim] (row-major), out: [N, n_heads, head_dim],
 /// lse: [N, n_heads] = log-sum-exp of the scaled scores (natural log), saved for the backward. Overwrites out and lse.
@@ -344,9 +344,9 @@ pub fn attention_bwd(
 }
 
 /// One new query per sequence against a KV cache (rollouts). B sequences.
-/// q: [B, n_heads, head_dim]; k_cache, v_cache: [B, capacity, n_kv_heads, head_dim]; lens[b] = number of valid
-/// cache positions for sequence b (the new token's own k/v is already written at position lens[b]-1; lens[b] >= 1).
-/// out: [B, n_heads, head_dim]. Attends to positions 0..lens[b].
+/// q: `[B, n_heads, head_dim]`; k_cache, v_cache: `[B, capacity, n_kv_heads, head_dim]`; `lens[b]` = number of valid
+/// cache positions for sequence b (the new token's own k/v is already written at position `lens[b]-1`; `lens[b] >= 1`).
+/// out: `[B, n_heads, head_dim]`. Attends to positions `0..lens[b]`.
 ///
 /// Parallel over (sequence, head): one task per out row of head_dim floats. Uses the same
 /// row kernel as the forward, so it matches the forward at that token bitwise.
