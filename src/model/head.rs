@@ -28,6 +28,9 @@ pub struct HeadBuffers<B: Backend> {
     /// True while `logits` holds the logits of every row (one chunk covered
     /// the batch in phase 1), so phase 2 need not recompute them.
     pub logits_hold_all: bool,
+    /// True when the last phase 1 computed the entropy (an entropy term in
+    /// phase 2 reads it).
+    pub has_entropy: bool,
     pub logp: B::Buf,
     pub lse: B::Buf,
     pub entropy: B::Buf,
@@ -43,6 +46,7 @@ impl<B: Backend> HeadBuffers<B> {
             targets: be.alloc_idx(cap),
             logits: be.alloc(chunk * vocab),
             logits_hold_all: false,
+            has_entropy: false,
             logp: be.alloc(cap),
             lse: be.alloc(cap),
             entropy: be.alloc(cap),
@@ -99,6 +103,7 @@ pub fn phase1<B: Backend>(
     );
     be.write_idx(targets, &mut hb.targets);
     hb.logits_hold_all = n <= hb.chunk;
+    hb.has_entropy = entropy;
     for (r0, rows) in chunks(n, hb.chunk) {
         let (z, span) = (Span::new(0, rows * v), Span::new(r0, rows));
         let hs = B::view(h, Span::new(r0 * d, rows * d));
@@ -136,6 +141,7 @@ pub fn phase2<B: Backend>(
     assert_eq!(coefs.logp.len(), n, "head phase 2: one coefficient per token");
     be.write(&coefs.logp, B::view_mut(&mut hb.coef, Span::new(0, n)));
     if let Some(e) = &coefs.entropy {
+        assert!(hb.has_entropy, "head phase 2: an entropy term needs phase 1 run with entropy");
         assert_eq!(e.len(), n, "head phase 2: one entropy coefficient per token");
         be.write(e, B::view_mut(&mut hb.ent_coef, Span::new(0, n)));
     }

@@ -2,37 +2,9 @@
 //! [`crate::loss::distill`]): per row, the divergence and its gradient
 //! written over the student's logits, in one fused pass (it is token-local).
 
-use super::fastmath::exp;
+use super::fastmath::{exp, lane_sums2};
 use super::logprob::row_stats;
 use crate::loss::DistillMode;
-
-/// Two sums of `f(zs_j, zt_j)` over a row pair, in f64 lanes added in a
-/// fixed order at the end (the lanes let the loop vectorise).
-#[inline(always)]
-fn sum_pairs(zs: &[f32], zt: &[f32], f: impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
-    const LANES: usize = 8;
-    let (mut a, mut b) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let (cs, ct) = (zs.chunks_exact(LANES), zt.chunks_exact(LANES));
-    let (rs, rt) = (cs.remainder(), ct.remainder());
-    for (x, y) in cs.zip(ct) {
-        for k in 0..LANES {
-            let (p, q) = f(x[k], y[k]);
-            a[k] += p;
-            b[k] += q;
-        }
-    }
-    let (mut sa, mut sb) = (0.0, 0.0);
-    for (&x, &y) in rs.iter().zip(rt) {
-        let (p, q) = f(x, y);
-        sa += p;
-        sb += q;
-    }
-    for k in 0..LANES {
-        sa += a[k];
-        sb += b[k];
-    }
-    (sa, sb)
-}
 
 /// `log(e^x + e^y)`, stable when one term is far smaller.
 #[inline(always)]
@@ -65,7 +37,7 @@ pub fn distill_row(zs: &mut [f32], zt: &[f32], mode: DistillMode, inv_t: f32, we
     let value = match mode {
         DistillMode::Forward => {
             // Σ p_t (t − s); ∂/∂s_j = p_s,j − p_t,j.
-            let value = sum_pairs(zs, zt, |a, b| {
+            let value = lane_sums2(zs, zt, |a, b| {
                 let (s, t) = logs(a, b);
                 ((exp(t) * (t - s)) as f64, 0.0)
             })
@@ -78,7 +50,7 @@ pub fn distill_row(zs: &mut [f32], zt: &[f32], mode: DistillMode, inv_t: f32, we
         }
         DistillMode::Reverse => {
             // Σ p_s (s − t); ∂/∂s_j = p_s,j (s_j − t_j − D).
-            let value = sum_pairs(zs, zt, |a, b| {
+            let value = lane_sums2(zs, zt, |a, b| {
                 let (s, t) = logs(a, b);
                 ((exp(s) * (s - t)) as f64, 0.0)
             })
@@ -99,7 +71,7 @@ pub fn distill_row(zs: &mut [f32], zt: &[f32], mode: DistillMode, inv_t: f32, we
                 let (ps, pt) = (exp(s), exp(t));
                 (b * pt * (t - lm) + (1.0 - b) * ps * (s - lm), (1.0 - b) * (s - lm), ps)
             };
-            let (value, mean_u) = sum_pairs(zs, zt, |a, bb| {
+            let (value, mean_u) = lane_sums2(zs, zt, |a, bb| {
                 let (s, t) = logs(a, bb);
                 let (v, u, ps) = parts(s, t);
                 (v as f64, (ps * u) as f64)

@@ -38,35 +38,43 @@ pub fn exp(x: f32) -> f32 {
 
 const LANES: usize = 8;
 
-/// `(Σ_j f(z_j).0, Σ_j f(z_j).1)` in f64, over `LANES` independent
-/// accumulators added in a fixed order at the end; the lanes let the loop
-/// vectorise.
+/// Two sums of `f(a_j, b_j)` over a pair of equal-length rows, in f64 over
+/// `LANES` independent accumulators added in a fixed order at the end; the
+/// lanes let the loop vectorise and keep the result independent of threads.
 #[inline(always)]
-pub fn lane_sums(z: &[f32], f: impl Fn(f32) -> (f64, f64)) -> (f64, f64) {
-    let (mut a, mut b) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let chunks = z.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
+pub fn lane_sums2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
+    assert_eq!(a.len(), b.len(), "lane_sums2: rows differ in length");
+    let (mut sa, mut sb) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
         for k in 0..LANES {
-            let (x, y) = f(c[k]);
-            a[k] += x;
-            b[k] += y;
+            let (p, q) = f(x[k], y[k]);
+            sa[k] += p;
+            sb[k] += q;
         }
     }
-    let (mut sa, mut sb) = (0.0, 0.0);
-    for &v in tail {
-        let (x, y) = f(v);
-        sa += x;
-        sb += y;
+    let (mut ta, mut tb) = (0.0, 0.0);
+    for (&x, &y) in ra.iter().zip(rb) {
+        let (p, q) = f(x, y);
+        ta += p;
+        tb += q;
     }
     for k in 0..LANES {
-        sa += a[k];
-        sb += b[k];
+        ta += sa[k];
+        tb += sb[k];
     }
-    (sa, sb)
+    (ta, tb)
 }
 
-/// `Σ_j f(z_j)` in f64 over `LANES` accumulators, as [`lane_sums`].
+/// Two sums of `f(z_j)` over one row, as [`lane_sums2`].
+#[inline(always)]
+pub fn lane_sums(z: &[f32], f: impl Fn(f32) -> (f64, f64)) -> (f64, f64) {
+    lane_sums2(z, z, |x, _| f(x))
+}
+
+/// `Σ_j f(z_j)` in f64 over `LANES` accumulators, as [`lane_sums2`] (one
+/// accumulator set: the single-sum loops run faster without the second).
 #[inline(always)]
 pub fn lane_sum(z: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
