@@ -185,18 +185,31 @@ pub trait Backend: Sync {
         dk: Self::Mut<'_>,
         dv: Self::Mut<'_>,
     );
-    /// One query per sequence against a KV cache `[B, capacity, kv_heads, head_dim]`
-    /// holding `lens[b]` valid positions (rollouts).
+    /// One query per sequence against a KV cache `[slots, capacity, kv_heads,
+    /// head_dim]`: sequence `b` reads slot `slots[b]`, which holds `lens[b]`
+    /// valid positions, its own new key and value included (rollouts).
     #[allow(clippy::too_many_arguments)]
     fn attention_decode(
         &self,
         s: &AttnShape,
         capacity: usize,
+        slots: Self::IdxRef<'_>,
         lens: Self::IdxRef<'_>,
         q: Self::Ref<'_>,
         k_cache: Self::Ref<'_>,
         v_cache: Self::Ref<'_>,
         out: Self::Mut<'_>,
+    );
+
+    /// `dst[dst_rows[i]] = src[src_rows[i]]` for rows of `width` (writes keys
+    /// and values into a KV cache, gathers the rows a sampler needs).
+    fn copy_rows(
+        &self,
+        src: Self::Ref<'_>,
+        dst: Self::Mut<'_>,
+        width: usize,
+        src_rows: Self::IdxRef<'_>,
+        dst_rows: Self::IdxRef<'_>,
     );
 
     // ---- MLP ----------------------------------------------------------------

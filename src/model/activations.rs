@@ -57,6 +57,9 @@ pub struct Activations<B: Backend> {
     pub ids: B::Idx,
     pub pos: B::Idx,
     pub cu_seqlens: B::Idx,
+    /// Row indices for gathering hidden states (`Model::logits_rows`).
+    pub gather_src: B::Idx,
+    pub gather_dst: B::Idx,
     pub rope_cos: B::Buf,
     pub rope_sin: B::Buf,
     /// Residual stream at each layer boundary (L+1 in training, 2 otherwise).
@@ -81,7 +84,7 @@ struct Sizes {
     scratch: Vec<usize>,
 }
 
-fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Sizes {
+fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize) -> Sizes {
     let (d, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     let qk = |x: usize| if c.qk_norm { x } else { 0 };
     let half = c.head_dim / 2;
@@ -110,7 +113,7 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Sizes {
         resid: cap * d,
         n_resid: if train { c.n_layers + 1 } else { 2 },
         // rope cos, sin, h, rstd_f
-        rest: vec![cap * half, cap * half, cap * d, cap],
+        rest: vec![max_pos * half, max_pos * half, cap * d, cap],
         head: super::head::elements(cap, chunk, c.vocab_size),
         scratch: if train {
             vec![
@@ -139,7 +142,7 @@ pub fn default_chunk(c: &ModelConfig, cap: usize) -> usize {
 
 /// Total f32 elements of an arena, plus its index buffers (in u32 elements).
 pub fn arena_elements(c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> (usize, usize) {
-    let s = sizes(c, cap, chunk, train);
+    let s = sizes(c, cap, chunk, train, cap);
     let floats = s.per_layer.iter().sum::<usize>() * s.n_layer_sets
         + s.resid * s.n_resid
         + s.rest.iter().sum::<usize>()
@@ -150,8 +153,15 @@ pub fn arena_elements(c: &ModelConfig, cap: usize, chunk: usize, train: bool) ->
 
 impl<B: Backend> Activations<B> {
     pub fn new(be: &B, c: &ModelConfig, cap: usize, chunk: usize, train: bool) -> Self {
+        Self::with_positions(be, c, cap, chunk, train, cap)
+    }
+
+    /// An arena whose RoPE table covers `max_pos` positions (decode steps
+    /// have few tokens at large positions).
+    pub fn with_positions(be: &B, c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize) -> Self {
         assert!(cap > 0 && chunk > 0, "activations: capacity and chunk must be positive");
-        let s = sizes(c, cap, chunk, train);
+        let max_pos = max_pos.max(cap);
+        let s = sizes(c, cap, chunk, train, max_pos);
         let layer = || {
             let mut b = s.per_layer.iter().map(|&n| be.alloc(n));
             let mut next = || b.next().unwrap();
@@ -179,7 +189,7 @@ impl<B: Backend> Activations<B> {
         let mut r = || rest.next().unwrap();
         let (mut rope_cos, mut rope_sin) = (r(), r());
         let (h, rstd_f) = (r(), r());
-        let (cos, sin) = super::rope::tables(c, cap);
+        let (cos, sin) = super::rope::tables(c, max_pos);
         be.write(&cos, B::view_mut(&mut rope_cos, Span::new(0, cos.len())));
         be.write(&sin, B::view_mut(&mut rope_sin, Span::new(0, sin.len())));
         let grad = train.then(|| {
@@ -207,6 +217,8 @@ impl<B: Backend> Activations<B> {
             ids: be.alloc_idx(cap),
             pos: be.alloc_idx(cap),
             cu_seqlens: be.alloc_idx(cap + 1),
+            gather_src: be.alloc_idx(cap),
+            gather_dst: be.alloc_idx(cap),
             rope_cos,
             rope_sin,
             resid: (0..s.n_resid).map(|_| be.alloc(s.resid)).collect(),

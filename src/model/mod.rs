@@ -5,13 +5,16 @@ pub mod activations;
 pub mod checkpoint;
 pub mod config;
 pub mod head;
+pub mod kv_cache;
 pub mod params;
 pub mod rope;
 pub mod transformer;
 
 pub use activations::Activations;
 pub use config::{Arch, ModelConfig};
+pub use kv_cache::KvCache;
 pub use params::ParamLayout;
+pub use transformer::Attend;
 
 use crate::backend::{Backend, Span};
 use anyhow::{bail, Result};

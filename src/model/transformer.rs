@@ -4,6 +4,7 @@
 
 use super::activations::{Activations, GradScratch, LayerActs};
 use super::head::{self, HeadShape};
+use super::kv_cache::KvCache;
 use super::Model;
 use crate::backend::{AttnShape, Backend, MatShape, Span};
 use crate::data::Batch;
@@ -25,9 +26,22 @@ fn ms(m: usize, n: usize, k: usize) -> MatShape {
 struct Ctx<'a, B: Backend> {
     n: usize,
     pos: B::IdxRef<'a>,
+    /// Packed sequences (training, scoring, prefill); unused in decode.
     cu: B::IdxRef<'a>,
     cos: B::Ref<'a>,
     sin: B::Ref<'a>,
+}
+
+/// How the layers attend, and whether they fill a KV cache.
+pub enum Attend<'a, B: Backend> {
+    /// Causal attention within the batch's packed sequences.
+    Packed,
+    /// As `Packed`, and each layer's keys and values are written into the
+    /// cache as staged by [`KvCache::plan_writes`] (prefill).
+    PackedFill(&'a mut KvCache<B>),
+    /// One token per sequence against the cache, as staged by
+    /// [`KvCache::plan_decode`].
+    Decode(&'a mut KvCache<B>),
 }
 
 impl<B: Backend> Model<B> {
@@ -63,8 +77,19 @@ impl<B: Backend> Model<B> {
     /// Loads `batch` into the arena and runs the decoder; the final
     /// normalised hidden states end in `acts.h`.
     pub fn forward(&self, be: &B, acts: &mut Activations<B>, batch: &Batch) -> Result<()> {
+        self.forward_with(be, acts, batch, Attend::Packed)
+    }
+
+    /// [`Self::forward`] with a choice of attention (see [`Attend`]). For
+    /// `Decode`, each "sequence" of the batch is one new token and its
+    /// position is that of the token in its own sequence.
+    pub fn forward_with(&self, be: &B, acts: &mut Activations<B>, batch: &Batch, mut attend: Attend<B>) -> Result<()> {
         self.check_batch(acts, batch)?;
         let (n, d) = (batch.len(), self.cfg.hidden_size);
+        let max_pos = B::len(&acts.rope_cos) / (self.cfg.head_dim / 2);
+        if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= max_pos) {
+            bail!("position {p} beyond the arena's RoPE table ({max_pos} positions)");
+        }
         acts.n = n;
         acts.n_seqs = batch.n_seqs();
         acts.head.logits_hold_all = false;
@@ -95,7 +120,7 @@ impl<B: Backend> Model<B> {
                 let (a, b) = resid.split_at_mut(i_in);
                 (&b[0], &mut a[i_out])
             };
-            self.layer_fwd(be, l, &ctx, x_in, x_out, &mut layers[i_acts]);
+            self.layer_fwd(be, l, &ctx, x_in, x_out, &mut layers[i_acts], &mut attend);
         }
         let last = if *train { self.cfg.n_layers } else { self.cfg.n_layers % 2 };
         be.rmsnorm_fwd(
@@ -109,7 +134,52 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    fn layer_fwd(&self, be: &B, l: usize, c: &Ctx<B>, x_in: &B::Buf, x_out: &mut B::Buf, a: &mut LayerActs<B>) {
+    /// Logits of the given token rows of the last forward (e.g. each
+    /// sequence's last position), on the host, `[rows, vocab]`.
+    pub fn logits_rows(&self, be: &B, acts: &mut Activations<B>, rows: &[u32]) -> Vec<f32> {
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        assert!(rows.iter().all(|&r| (r as usize) < acts.n), "logits_rows: row outside the last batch");
+        let mut out = Vec::with_capacity(rows.len() * v);
+        for part in rows.chunks(acts.head.chunk) {
+            let m = part.len();
+            let dst: Vec<u32> = (0..m as u32).collect();
+            be.write_idx(part, &mut acts.gather_src);
+            be.write_idx(&dst, &mut acts.gather_dst);
+            // The residual buffers are free once the forward is done.
+            let gathered = &mut acts.resid[0];
+            be.copy_rows(
+                pr::<B>(&acts.h, acts.n * d),
+                pm::<B>(gathered, m * d),
+                d,
+                B::idx_view(&acts.gather_src, Span::new(0, m)),
+                B::idx_view(&acts.gather_dst, Span::new(0, m)),
+            );
+            let z = Span::new(0, m * v);
+            be.matmul(
+                ms(m, v, d),
+                pr::<B>(gathered, m * d),
+                self.w(self.layout.lm_head),
+                None,
+                B::view_mut(&mut acts.head.logits, z),
+                false,
+            );
+            out.extend(be.read(B::view(&acts.head.logits, z)));
+        }
+        acts.head.logits_hold_all = false;
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_fwd(
+        &self,
+        be: &B,
+        l: usize,
+        c: &Ctx<B>,
+        x_in: &B::Buf,
+        x_out: &mut B::Buf,
+        a: &mut LayerActs<B>,
+        attend: &mut Attend<B>,
+    ) {
         let cfg = &self.cfg;
         let p = &self.layout.layers[l];
         let (n, d, q, kv, i, hd) =
@@ -146,15 +216,33 @@ impl<B: Backend> Model<B> {
         }
         be.rope(pm::<B>(&mut a.q, n * q), c.pos, cfg.n_heads, hd, c.cos, c.sin, false);
         be.rope(pm::<B>(&mut a.k, n * kv), c.pos, cfg.n_kv_heads, hd, c.cos, c.sin, false);
-        be.attention_fwd(
-            &self.attn_shape(),
-            c.cu,
-            pr::<B>(&a.q, n * q),
-            pr::<B>(&a.k, n * kv),
-            pr::<B>(&a.v, n * kv),
-            pm::<B>(&mut a.att, n * q),
-            pm::<B>(&mut a.lse, n * cfg.n_heads),
-        );
+        if let Attend::PackedFill(cache) | Attend::Decode(cache) = attend {
+            cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
+        }
+        match attend {
+            Attend::Packed | Attend::PackedFill(_) => be.attention_fwd(
+                &self.attn_shape(),
+                c.cu,
+                pr::<B>(&a.q, n * q),
+                pr::<B>(&a.k, n * kv),
+                pr::<B>(&a.v, n * kv),
+                pm::<B>(&mut a.att, n * q),
+                pm::<B>(&mut a.lse, n * cfg.n_heads),
+            ),
+            Attend::Decode(cache) => {
+                let (slots, lens) = cache.decode_plan();
+                be.attention_decode(
+                    &self.attn_shape(),
+                    cache.capacity,
+                    slots,
+                    lens,
+                    pr::<B>(&a.q, n * q),
+                    pr::<B>(&cache.k[l], B::len(&cache.k[l])),
+                    pr::<B>(&cache.v[l], B::len(&cache.v[l])),
+                    pm::<B>(&mut a.att, n * q),
+                );
+            }
+        }
         be.copy(x, pm::<B>(&mut a.x2, n * d));
         be.matmul(ms(n, d, q), pr::<B>(&a.att, n * q), self.w(p.o_w), None, pm::<B>(&mut a.x2, n * d), true);
 

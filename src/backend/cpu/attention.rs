@@ -353,6 +353,7 @@ pub fn attention_bwd(
 pub fn attention_decode(
     s: &AttnShape,
     capacity: usize,
+    slots: &[u32],
     lens: &[u32],
     q: &[f32],
     k_cache: &[f32],
@@ -375,21 +376,25 @@ pub fn attention_decode(
         s.n_heads,
         d
     );
-    let cache_len = b * capacity * kv_row;
+    let slot_len = capacity * kv_row;
     assert!(
-        k_cache.len() == cache_len && v_cache.len() == cache_len,
-        "attention_decode: k_cache/v_cache have {}/{} floats, expected B*capacity*n_kv_heads*head_dim = {}*{}*{}*{}",
+        k_cache.len() == v_cache.len() && k_cache.len() % slot_len == 0,
+        "attention_decode: k_cache/v_cache have {}/{} floats, expected a multiple of capacity*n_kv_heads*head_dim = {}*{}*{}",
         k_cache.len(),
         v_cache.len(),
-        b,
         capacity,
         s.n_kv_heads,
         d
     );
+    let n_slots = k_cache.len() / slot_len;
+    assert!(
+        slots.len() == b && slots.iter().all(|&x| (x as usize) < n_slots),
+        "attention_decode: need one slot below {n_slots} per sequence, got {slots:?}"
+    );
 
     out.par_chunks_mut(d).enumerate().for_each(|(bh, out_bh)| {
         let (seq, h) = (bh / s.n_heads, bh % s.n_heads);
-        let kv_base = seq * capacity * kv_row + (h / group) * d;
+        let kv_base = slots[seq] as usize * slot_len + (h / group) * d;
         let q_bh = &q[bh * d..(bh + 1) * d];
         let n_keys = lens[seq] as usize;
         attend_row(q_bh, &k_cache[kv_base..], &v_cache[kv_base..], kv_row, n_keys, s.scale, out_bh);
@@ -751,14 +756,16 @@ mod tests {
         let c = Case::new(&lens, 6, 2, 16, 0.25, 1.0, 8);
         let (out, _) = c.fwd();
         let (qr, kvr, b) = (c.s.q_row(), c.s.kv_row(), lens.len());
-        // Unused cache slots are NaN: reading past lens[b] would poison the output.
-        let mut k_cache = vec![f32::NAN; b * capacity * kvr];
-        let mut v_cache = vec![f32::NAN; b * capacity * kvr];
+        // Sequences live in scattered slots of a larger cache; unused slots and
+        // positions are NaN, so reading past lens[b] or the wrong slot would poison the output.
+        let slots: Vec<u32> = vec![3, 0, 6, 1, 4];
+        let mut k_cache = vec![f32::NAN; 7 * capacity * kvr];
+        let mut v_cache = vec![f32::NAN; 7 * capacity * kvr];
         let mut q_last = vec![0.0; b * qr];
         let mut ref_out = vec![0.0f64; b * qr];
         for (seq, &len) in lens.iter().enumerate() {
             let start = c.cu[seq] as usize;
-            let cache = seq * capacity * kvr;
+            let cache = slots[seq] as usize * capacity * kvr;
             k_cache[cache..cache + len * kvr].copy_from_slice(&c.k[start * kvr..(start + len) * kvr]);
             v_cache[cache..cache + len * kvr].copy_from_slice(&c.v[start * kvr..(start + len) * kvr]);
             let last = start + len - 1;
@@ -769,7 +776,7 @@ mod tests {
         }
         let lens_u32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
         let mut dec = vec![f32::NAN; b * qr];
-        attention_decode(&c.s, capacity, &lens_u32, &q_last, &k_cache, &v_cache, &mut dec);
+        attention_decode(&c.s, capacity, &slots, &lens_u32, &q_last, &k_cache, &v_cache, &mut dec);
         let e = rel_err(&dec, &ref_out);
         println!("decode vs forward: rel err {e:.2e}");
         assert!(e <= 1e-6, "decode rel err {e:e}");
@@ -802,6 +809,6 @@ mod tests {
     #[should_panic(expected = "capacity")]
     fn rejects_lens_beyond_capacity() {
         let s = AttnShape { n_heads: 1, n_kv_heads: 1, head_dim: 1, scale: 1.0 };
-        attention_decode(&s, 2, &[3], &[0.0], &[0.0; 2], &[0.0; 2], &mut [0.0]);
+        attention_decode(&s, 2, &[0], &[3], &[0.0], &[0.0; 2], &[0.0; 2], &mut [0.0]);
     }
 }

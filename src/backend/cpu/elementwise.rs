@@ -62,3 +62,14 @@ pub fn add_assign(dst: &mut [f32], src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "add_assign: lengths");
     dst.par_iter_mut().zip(src.par_iter()).for_each(|(d, s)| *d += s);
 }
+
+/// `dst[dst_rows[i]] = src[src_rows[i]]`, rows of `width`. Sequential: the
+/// rows are few (a KV-cache write per token) and may not be distinct.
+pub fn copy_rows(src: &[f32], dst: &mut [f32], width: usize, src_rows: &[u32], dst_rows: &[u32]) {
+    assert_eq!(src_rows.len(), dst_rows.len(), "copy_rows: one destination per source row");
+    for (&s, &d) in src_rows.iter().zip(dst_rows) {
+        let (s, d) = (s as usize * width, d as usize * width);
+        assert!(s + width <= src.len() && d + width <= dst.len(), "copy_rows: row outside the buffer");
+        dst[d..d + width].copy_from_slice(&src[s..s + width]);
+    }
+}

@@ -135,15 +135,18 @@ impl Backend for Cpu {
         &self,
         s: &AttnShape,
         capacity: usize,
+        slots: &[u32],
         lens: &[u32],
         q: &[f32],
         kc: &[f32],
         vc: &[f32],
         out: &mut [f32],
     ) {
-        attention::attention_decode(s, capacity, lens, q, kc, vc, out);
+        attention::attention_decode(s, capacity, slots, lens, q, kc, vc, out);
     }
-
+    fn copy_rows(&self, src: &[f32], dst: &mut [f32], width: usize, src_rows: &[u32], dst_rows: &[u32]) {
+        elementwise::copy_rows(src, dst, width, src_rows, dst_rows);
+    }
     fn swiglu_fwd(&self, g: &[f32], u: &[f32], out: &mut [f32]) {
         elementwise::swiglu_fwd(g, u, out);
     }
