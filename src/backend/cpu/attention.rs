@@ -350,6 +350,7 @@ pub fn attention_bwd(
 ///
 /// Parallel over (sequence, head): one task per out row of head_dim floats. Uses the same
 /// row kernel as the forward, so it matches the forward at that token bitwise.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_decode(
     s: &AttnShape,
     capacity: usize,
@@ -378,7 +379,7 @@ pub fn attention_decode(
     );
     let slot_len = capacity * kv_row;
     assert!(
-        k_cache.len() == v_cache.len() && k_cache.len() % slot_len == 0,
+        k_cache.len() == v_cache.len() && k_cache.len().is_multiple_of(slot_len),
         "attention_decode: k_cache/v_cache have {}/{} floats, expected a multiple of capacity*n_kv_heads*head_dim = {}*{}*{}",
         k_cache.len(),
         v_cache.len(),
