@@ -1,0 +1,300 @@
+//! The generation engine: continuous batching over a preallocated KV cache.
+//!
+//! Each prompt is prefilled once, its keys and values written into the
+//! slots of all its `n` samples, which then decode one token per step
+//! alongside every other active sequence. A finished sequence frees its slot
+//! and waiting prompts join at the next step.
+
+use super::sampler::{sample, SamplingParams, Stream};
+use crate::backend::Backend;
+use crate::data::Batch;
+use crate::model::activations::default_chunk;
+use crate::model::{Activations, Attend, KvCache, Model};
+use anyhow::{bail, Result};
+use std::collections::VecDeque;
+
+#[derive(Clone, Debug)]
+pub struct GenerateConfig {
+    /// Samples per prompt.
+    pub n: usize,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    /// Any of these ends a sequence (kept as its last token).
+    pub eos_ids: Vec<u32>,
+    /// Any of these appearing in the decoded text ends a sequence.
+    pub stop_strings: Vec<String>,
+    /// Sequences decoded together (KV-cache slots); at least `n`.
+    pub max_batch: usize,
+    /// Prompt tokens prefilled in one forward (a longer prompt goes alone).
+    pub prefill_tokens: usize,
+    /// Prefill each prompt once for its `n` samples (true) or once per
+    /// sample (false, for testing the sharing).
+    pub share_prefill: bool,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            n: 1,
+            max_new_tokens: 256,
+            sampling: SamplingParams::default(),
+            seed: 0,
+            eos_ids: vec![],
+            stop_strings: vec![],
+            max_batch: 64,
+            prefill_tokens: 4096,
+            share_prefill: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An EOS id or a stop string.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// One finished sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub prompt_index: usize,
+    pub sample_index: usize,
+    /// Generated ids only (an EOS that ended the sample included).
+    pub tokens: Vec<u32>,
+    /// `log_softmax(z/T)[token]` for each generated token.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+}
+
+/// A sequence being decoded.
+struct Active {
+    prompt: usize,
+    sample: usize,
+    slot: u32,
+    /// Tokens in the cache (prompt + generated, but the last generated).
+    len: usize,
+    stream: Stream,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+}
+
+/// Decodes the generated text for stop strings (the tokenizer's job).
+pub type Detokenize<'a> = &'a dyn Fn(&[u32]) -> String;
+
+pub struct Generator<'m, B: Backend> {
+    be: &'m B,
+    model: &'m Model<B>,
+    cfg: GenerateConfig,
+    cache: KvCache<B>,
+    acts: Activations<B>,
+}
+
+impl<'m, B: Backend> Generator<'m, B> {
+    /// Allocates the cache for `max_batch` sequences of up to
+    /// `longest_prompt + max_new_tokens` positions, and the arena.
+    pub fn new(be: &'m B, model: &'m Model<B>, mut cfg: GenerateConfig, longest_prompt: usize) -> Result<Self> {
+        if cfg.n == 0 || cfg.max_new_tokens == 0 {
+            bail!("generate: need at least one sample and one new token");
+        }
+        cfg.sampling.validate().map_err(|e| anyhow::anyhow!("generate: {e}"))?;
+        cfg.max_batch = cfg.max_batch.max(cfg.n);
+        let c = &model.cfg;
+        let capacity = longest_prompt + cfg.max_new_tokens;
+        let cache = KvCache::new(be, c.n_layers, c.kv_dim(), cfg.max_batch, capacity);
+        let cap = cfg.prefill_tokens.max(longest_prompt).max(cfg.max_batch);
+        let chunk = default_chunk(c, cfg.max_batch);
+        let acts = Activations::with_positions(be, c, cap, chunk, false, capacity);
+        Ok(Generator { be, model, cfg, cache, acts })
+    }
+
+    /// Generates `n` samples for each prompt; `on_token` is called with the
+    /// number of tokens produced at each step (for a progress bar).
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<u32>],
+        detok: Option<Detokenize>,
+        mut on_token: impl FnMut(usize),
+    ) -> Result<Vec<Sample>> {
+        let vocab = self.model.cfg.vocab_size;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                bail!("prompt {i} is empty");
+            }
+            if p.len() + self.cfg.max_new_tokens > self.cache.capacity {
+                bail!(
+                    "prompt {i} ({} tokens) does not fit the cache built for {}",
+                    p.len(),
+                    self.cache.capacity - self.cfg.max_new_tokens
+                );
+            }
+            if let Some(&t) = p.iter().find(|&&t| t as usize >= vocab) {
+                bail!("prompt {i}: token id {t} outside the vocabulary ({vocab})");
+            }
+        }
+        // Units of admission: (prompt, samples prefilled together).
+        let units: Vec<(usize, std::ops::Range<usize>)> = (0..prompts.len())
+            .flat_map(|p| {
+                let n = self.cfg.n;
+                if self.cfg.share_prefill {
+                    vec![(p, 0..n)]
+                } else {
+                    (0..n).map(|s| (p, s..s + 1)).collect()
+                }
+            })
+            .collect();
+        let mut waiting: VecDeque<(usize, std::ops::Range<usize>)> = units.into();
+        let mut free: Vec<u32> = (0..self.cache.slots as u32).rev().collect();
+        let mut active: Vec<Active> = Vec::new();
+        let mut done: Vec<Sample> = Vec::new();
+
+        while !waiting.is_empty() || !active.is_empty() {
+            let admitted = self.admit(prompts, &mut waiting, &mut free)?;
+            let mut step_tokens = 0;
+            for mut a in admitted {
+                step_tokens += 1;
+                match self.finished(&a, detok) {
+                    Some(reason) => done.push(self.retire(&mut a, reason, &mut free)),
+                    None => active.push(a),
+                }
+            }
+            if !active.is_empty() {
+                self.decode_step(&mut active)?;
+                step_tokens += active.len();
+                let mut still = Vec::with_capacity(active.len());
+                for mut a in active.drain(..) {
+                    match self.finished(&a, detok) {
+                        Some(reason) => done.push(self.retire(&mut a, reason, &mut free)),
+                        None => still.push(a),
+                    }
+                }
+                active = still;
+            }
+            on_token(step_tokens);
+        }
+        done.sort_by_key(|s| (s.prompt_index, s.sample_index));
+        Ok(done)
+    }
+
+    /// Prefills as many waiting prompts as there are free slots (and prefill
+    /// budget) for, and samples each sample's first token.
+    fn admit(
+        &mut self,
+        prompts: &[Vec<u32>],
+        waiting: &mut VecDeque<(usize, std::ops::Range<usize>)>,
+        free: &mut Vec<u32>,
+    ) -> Result<Vec<Active>> {
+        let mut group: Vec<(usize, std::ops::Range<usize>, Vec<u32>)> = Vec::new();
+        let mut tokens = 0;
+        while let Some((p, samples)) = waiting.front() {
+            let len = prompts[*p].len();
+            if free.len() < samples.len() || (!group.is_empty() && tokens + len > self.acts.cap) {
+                break;
+            }
+            let slots: Vec<u32> = (0..samples.len()).map(|_| free.pop().expect("checked")).collect();
+            group.push((*p, samples.clone(), slots));
+            tokens += len;
+            waiting.pop_front();
+        }
+        if group.is_empty() {
+            return Ok(vec![]);
+        }
+        let seqs: Vec<&[u32]> = group.iter().map(|(p, _, _)| prompts[*p].as_slice()).collect();
+        let batch = Batch::pack(&seqs);
+        let mut writes = Vec::new();
+        for (i, (_, _, slots)) in group.iter().enumerate() {
+            for t in batch.seq(i) {
+                for &slot in slots {
+                    writes.push((t as u32, slot, batch.positions[t]));
+                }
+            }
+        }
+        self.cache.plan_writes(self.be, &writes);
+        self.model.forward_with(self.be, &mut self.acts, &batch, Attend::PackedFill(&mut self.cache))?;
+        let last: Vec<u32> = (0..group.len()).map(|i| batch.seq(i).end as u32 - 1).collect();
+        let logits = self.model.logits_rows(self.be, &mut self.acts, &last);
+        let v = self.model.cfg.vocab_size;
+        let mut out = Vec::new();
+        for (i, (p, samples, slots)) in group.into_iter().enumerate() {
+            for (s, slot) in samples.zip(slots) {
+                let stream = Stream::new(self.cfg.seed, p as u64, s as u64);
+                let x = sample(&logits[i * v..(i + 1) * v], &self.cfg.sampling, stream.uniform(0));
+                out.push(Active {
+                    prompt: p,
+                    sample: s,
+                    slot,
+                    len: prompts[p].len(),
+                    stream,
+                    tokens: vec![x.token],
+                    logprobs: vec![x.logprob],
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One new token for every active sequence.
+    fn decode_step(&mut self, active: &mut [Active]) -> Result<()> {
+        let b = active.len();
+        let tokens: Vec<u32> = active.iter().map(|a| *a.tokens.last().unwrap()).collect();
+        let positions: Vec<u32> = active.iter().map(|a| a.len as u32).collect();
+        let slots: Vec<u32> = active.iter().map(|a| a.slot).collect();
+        let lens: Vec<u32> = positions.iter().map(|p| p + 1).collect();
+        let batch = Batch {
+            tokens,
+            positions,
+            cu_seqlens: (0..=b as u32).collect(),
+            next_tokens: vec![crate::backend::IGNORE; b],
+        };
+        self.cache.plan_decode(self.be, &slots, &lens);
+        self.model.forward_with(self.be, &mut self.acts, &batch, Attend::Decode(&mut self.cache))?;
+        let rows: Vec<u32> = (0..b as u32).collect();
+        let logits = self.model.logits_rows(self.be, &mut self.acts, &rows);
+        let v = self.model.cfg.vocab_size;
+        for (i, a) in active.iter_mut().enumerate() {
+            a.len += 1;
+            let x = sample(&logits[i * v..(i + 1) * v], &self.cfg.sampling, a.stream.uniform(a.tokens.len() as u64));
+            a.tokens.push(x.token);
+            a.logprobs.push(x.logprob);
+        }
+        Ok(())
+    }
+
+    fn finished(&self, a: &Active, detok: Option<Detokenize>) -> Option<FinishReason> {
+        let last = *a.tokens.last().unwrap();
+        if self.cfg.eos_ids.contains(&last) {
+            return Some(FinishReason::Stop);
+        }
+        if !self.cfg.stop_strings.is_empty() {
+            if let Some(detok) = detok {
+                let text = detok(&a.tokens);
+                if self.cfg.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                    return Some(FinishReason::Stop);
+                }
+            }
+        }
+        (a.tokens.len() >= self.cfg.max_new_tokens).then_some(FinishReason::Length)
+    }
+
+    fn retire(&self, a: &mut Active, reason: FinishReason, free: &mut Vec<u32>) -> Sample {
+        free.push(a.slot);
+        Sample {
+            prompt_index: a.prompt,
+            sample_index: a.sample,
+            tokens: std::mem::take(&mut a.tokens),
+            logprobs: std::mem::take(&mut a.logprobs),
+            finish_reason: reason,
+        }
+    }
+}

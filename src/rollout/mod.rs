@@ -1,0 +1,9 @@
+//! Rollouts: batched generation on the model runtime (the same weights and
+//! kernels as training), with a KV cache, continuous batching, seeded
+//! per-sequence sampling, and the sampler's log-probabilities.
+
+pub mod engine;
+pub mod sampler;
+
+pub use engine::{FinishReason, GenerateConfig, Generator, Sample};
+pub use sampler::{sample, Sampled, SamplingParams, Stream};
