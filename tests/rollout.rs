@@ -122,3 +122,42 @@ fn eos_and_length_end_samples() {
     assert_eq!(stopped[1].finish_reason.as_str(), "stop");
     assert!(free.iter().all(|s| s.finish_reason.as_str() == "length" && s.tokens.len() == 12));
 }
+
+/// Greedy decoding against transformers (`generate(do_sample=False)` and a
+/// float64 argmax loop) for 64 new tokens; the comparison stops, without
+/// blame, at a step whose top-2 logit gap in the reference is under 1e-3
+/// (DESIGN.md §6).
+#[test]
+fn greedy_matches_transformers() {
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("rollout/greedy.json")).unwrap()).unwrap();
+    assert!(cases.len() >= 12);
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let mut compared = 0;
+    for c in &cases {
+        let name = c["model"].as_str().unwrap();
+        let model = load(name);
+        let prompt = ids(&c["prompt"]);
+        let want = ids(&c["tokens_f64"]);
+        let gaps: Vec<f64> = c["gap"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let ref_lp: Vec<f64> = c["logprob"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let cfg = GenerateConfig {
+            max_new_tokens: 64,
+            sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+            ..Default::default()
+        };
+        let got = &run(&model, std::slice::from_ref(&prompt), cfg)[0];
+        let stop = gaps.iter().position(|&g| g < 1e-3).unwrap_or(64);
+        assert_eq!(
+            got.tokens[..stop],
+            want[..stop],
+            "{name} prompt {prompt:?}: greedy tokens differ before any near-tie (compared {stop})"
+        );
+        let err = max_abs(&to_f64(&got.logprobs[..stop]), &ref_lp[..stop]);
+        assert!(err <= 1e-4, "{name}: greedy log-probs off by {err:.2e}");
+        compared += stop;
+    }
+    assert!(compared > 12 * 32, "too few tokens compared ({compared}): the fixtures are mostly near-ties");
+}

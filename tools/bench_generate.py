@@ -24,7 +24,9 @@ attention implementation `--attn` (default sdpa).
 
 Timing: torch.set_num_threads(--threads); per batch size one untimed warm-up
 run, then --repeats timed runs (wall clock around `generate`); reports the
-median. Throughput = B * 256 / median wall time (generated tokens per second;
+median, and per run the process's CPU seconds per wall second (about
+--threads on an idle machine; lower means other work took the cores, so the
+numbers are not clean). Throughput = B * 256 / median wall time (generated tokens per second;
 prompt processing is included in the time). Prints a table and, last, one
 JSON line with every number.
 """
@@ -74,6 +76,7 @@ def build_model(attn: str):
 
 def run_once(model, input_ids, attention_mask, new_tokens: int, seed: int) -> float:
     torch.manual_seed(seed)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
@@ -89,8 +92,9 @@ def run_once(model, input_ids, attention_mask, new_tokens: int, seed: int) -> fl
             pad_token_id=0,
         )
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     assert out.shape == (input_ids.shape[0], input_ids.shape[1] + new_tokens), out.shape
-    return dt
+    return dt, cpu
 
 
 def main() -> None:
@@ -106,13 +110,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = build_model(args.attn)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+    print(f"load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, transformers {transformers.__version__}, "
           f"threads {torch.get_num_threads()}, attn {args.attn}, params {n_params / 1e6:.2f}M, "
           f"prompt {args.prompt_len}, new tokens {args.new_tokens}")
 
     g = torch.Generator().manual_seed(1)
     rows = []
-    print(f"{'batch':>5} {'median s':>9} {'runs s':>26} {'tok/s':>10} {'ms/step':>8}")
+    print(f"{'batch':>5} {'median s':>9} {'runs s':>26} {'tok/s':>10} {'ms/step':>8} {'cpu/wall':>10}")
     for b in args.batch:
         ids = torch.randint(3, CONFIG["vocab_size"], (b, args.prompt_len), generator=g)
         # Left padding: all prompts have prompt_len tokens, so nothing is padded.
@@ -120,13 +124,18 @@ def main() -> None:
         pos = torch.arange(args.prompt_len)[None, :]
         mask = (pos >= (args.prompt_len - lens)[:, None]).long()
         run_once(model, ids, mask, args.new_tokens, seed=100)  # warm-up
-        times = [run_once(model, ids, mask, args.new_tokens, seed=101 + r) for r in range(args.repeats)]
+        runs = [run_once(model, ids, mask, args.new_tokens, seed=101 + r) for r in range(args.repeats)]
+        times = [t for t, _ in runs]
+        # CPU seconds / wall seconds of this process: about --threads when the
+        # machine is otherwise idle, lower when other work competes for cores.
+        busy = [c / t for t, c in runs]
         med = statistics.median(times)
         tps = b * args.new_tokens / med
         rows.append({"batch": b, "median_s": med, "times_s": times, "tokens_per_s": tps,
-                     "ms_per_step": 1e3 * med / args.new_tokens})
-        runs = " ".join(f"{t:.3f}" for t in times)
-        print(f"{b:>5} {med:>9.3f} {runs:>26} {tps:>10.1f} {1e3 * med / args.new_tokens:>8.2f}", flush=True)
+                     "ms_per_step": 1e3 * med / args.new_tokens, "cpu_per_wall": busy})
+        txt = " ".join(f"{t:.3f}" for t in times)
+        print(f"{b:>5} {med:>9.3f} {txt:>26} {tps:>10.1f} {1e3 * med / args.new_tokens:>8.2f} "
+              f"{min(busy):>5.2f}-{max(busy):.2f}", flush=True)
 
     print(json.dumps({
         "bench": "hf_generate_cpu",
@@ -141,6 +150,7 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0},
         "repeats": args.repeats,
+        "loadavg_end": list(os.getloadavg()),
         "results": rows,
     }))
 

@@ -1,6 +1,7 @@
 //! Data: batches of packed sequences and the tokenizer.
 
 pub mod batch;
+pub mod chat;
 pub mod tokenizer;
 
 pub use batch::Batch;
