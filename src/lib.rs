@@ -7,4 +7,5 @@ pub mod cli;
 pub mod data;
 pub mod loss;
 pub mod model;
+pub mod reward;
 pub mod rollout;

@@ -307,3 +307,132 @@ fn error_missing_input_file() {
     let c = Case::new();
     c.score_error(&fixtures().join("qwen3"), &c.path("absent.jsonl"), &["absent.jsonl", "cannot read"]);
 }
+
+// ---- engine generate ----
+
+fn generate(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()];
+    args.extend(["--output", out.to_str().unwrap(), "--device", "cpu"]);
+    args.extend(extra);
+    let (code, _, err) = engine(&args);
+    assert_eq!(code, 0, "engine generate failed: {err}");
+    read_lines(out)
+}
+
+#[test]
+fn generate_writes_one_line_per_sample() {
+    let c = Case::new();
+    let input = c.input("{\"tokens\": [5, 6, 7]}\n{\"prompt\": \"The answer is\"}\n");
+    let out = c.path("g.jsonl");
+    let lines =
+        generate(&fixtures().join("qwen3"), &input, &out, &["--n", "3", "--max-new-tokens", "6", "--seed", "4"]);
+    assert_eq!(lines.len(), 6);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(
+            (l["prompt_index"].as_u64().unwrap(), l["sample_index"].as_u64().unwrap()),
+            ((i / 3) as u64, (i % 3) as u64)
+        );
+        let n = l["tokens"].as_array().unwrap().len();
+        assert!((1..=6).contains(&n) && l["logprobs"].as_array().unwrap().len() == n);
+        assert!(l["text"].is_string());
+        let reason = l["finish_reason"].as_str().unwrap();
+        assert!(reason == "length" || (reason == "stop" && n <= 6), "{reason}");
+    }
+    // Seeded: the same again.
+    let again = generate(
+        &fixtures().join("qwen3"),
+        &input,
+        &c.path("g2.jsonl"),
+        &["--n", "3", "--max-new-tokens", "6", "--seed", "4"],
+    );
+    assert_eq!(lines, again);
+}
+
+#[test]
+fn generate_with_chat_template() {
+    let c = Case::new();
+    let m = copy_model("qwen2", c.tmp.path());
+    std::fs::copy(fixtures().join("rollout/chat_qwen/tokenizer_config.json"), m.join("tokenizer_config.json")).unwrap();
+    let input =
+        c.input("{\"prompt\": \"What is 2 + 3?\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}\n");
+    let lines = generate(&m, &input, &c.path("g.jsonl"), &["--chat", "--temperature", "0", "--max-new-tokens", "4"]);
+    assert_eq!(lines.len(), 2);
+    // Without a template, --chat is a clear error.
+    let out = c.path("g3.jsonl");
+    expect_error(
+        &[
+            "generate",
+            "--model",
+            fixtures().join("qwen3").to_str().unwrap(),
+            "--prompts",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--chat",
+        ],
+        &["no chat template"],
+    );
+    let bad = c.input("{\"tokens\": [1]}\n{\"question\": \"x\"}\n");
+    expect_error(
+        &[
+            "generate",
+            "--model",
+            fixtures().join("qwen3").to_str().unwrap(),
+            "--prompts",
+            bad.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &["in.jsonl:2", "\"prompt\""],
+    );
+    assert!(!out.exists());
+}
+
+// ---- engine eval ----
+
+#[test]
+fn eval_reports_pass_and_majority() {
+    use engine::cli::eval::pass_at_k;
+    use engine::reward::math::answers_match;
+    let c = Case::new();
+    let data =
+        c.input("{\"prompt\": \"What is 2 + 3?\", \"answer\": \"5\"}\n{\"prompt\": \"12*7 =\", \"answer\": 84}\n");
+    let out = c.path("eval.json");
+    let model = fixtures().join("qwen3");
+    let (code, _, err) = engine(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--n",
+        "4",
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("pass@1") && err.contains("maj@2"), "table on stderr: {err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!((r["prompts"].as_u64(), r["n"].as_u64(), r["k"].as_u64()), (Some(2), Some(4), Some(2)));
+    let mut p1 = 0.0;
+    for line in r["per_line"].as_array().unwrap() {
+        let reference = line["answer"].as_str().unwrap();
+        let answers = line["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), 4);
+        let correct = answers.iter().filter(|a| a.as_str().is_some_and(|a| answers_match(a, reference))).count();
+        assert_eq!(line["correct"].as_u64().unwrap() as usize, correct);
+        assert!((line["pass@2"].as_f64().unwrap() - pass_at_k(4, correct, 2)).abs() < 1e-12);
+        p1 += correct as f64 / 4.0;
+    }
+    assert!((r["pass@1"].as_f64().unwrap() - p1 / 2.0).abs() < 1e-12);
+    // A line without an answer is an error before any sampling.
+    let bad = c.input("{\"prompt\": \"x\"}\n");
+    expect_error(
+        &["eval", "--model", model.to_str().unwrap(), "--data", bad.to_str().unwrap()],
+        &["in.jsonl:1", "\"answer\""],
+    );
+}

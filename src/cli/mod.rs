@@ -1,5 +1,7 @@
 //! The command line: `engine score`, `engine info`.
 
+pub mod eval;
+pub mod generate;
 pub mod info;
 pub mod score;
 
@@ -22,6 +24,10 @@ pub enum Command {
     Score(score::ScoreArgs),
     /// Architecture, sizes and the memory a full fine-tune would need.
     Info(info::InfoArgs),
+    /// Sample completions for JSONL prompts (KV cache, continuous batching).
+    Generate(generate::GenerateArgs),
+    /// pass@1, pass@k and maj@k of sampled answers to math prompts.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -48,5 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Score(a) => score::run(a),
         Command::Info(a) => info::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }

@@ -8,12 +8,12 @@
 use super::{resolve_device, Device};
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
-use crate::data::tokenizer::Tokenizer;
+use crate::data::jsonl::{read_objects, token_ids, LazyTokenizer, Line};
 use crate::data::Batch;
 use crate::model::activations::default_chunk;
 use crate::model::checkpoint::write_atomic;
 use crate::model::{Activations, Model};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -49,46 +49,19 @@ struct Item {
 }
 
 fn parse_lines(path: &Path, model_dir: &Path, vocab: usize, add_special: bool) -> Result<Vec<Item>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut tokenizer: Option<Tokenizer> = None;
+    let mut tokenizer = LazyTokenizer::new(model_dir);
     let mut items = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let at = || format!("{}:{}", path.display(), i + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(line).map_err(|e| anyhow!("{}: invalid JSON: {e}", at()))?;
-        let Value::Object(mut fields) = v else { bail!("{}: expected a JSON object", at()) };
+    for Line { at, mut fields } in read_objects(path)? {
         let tokens = match (fields.remove("tokens"), fields.get("text")) {
-            (Some(Value::Array(ids)), _) => ids
-                .iter()
-                .map(|x| match x.as_u64() {
-                    Some(t) if (t as usize) < vocab => Ok(t as u32),
-                    Some(t) => Err(anyhow!("{}: token id {t} outside the vocabulary ({vocab})", at())),
-                    None => Err(anyhow!("{}: \"tokens\" should hold non-negative integers, found {x}", at())),
-                })
-                .collect::<Result<Vec<u32>>>()?,
-            (Some(_), _) => bail!("{}: \"tokens\" should be a list of token ids", at()),
-            (None, Some(Value::String(s))) => {
-                if tokenizer.is_none() {
-                    tokenizer = Some(Tokenizer::load(model_dir).with_context(at)?);
-                }
-                let ids = tokenizer.as_ref().unwrap().encode(s, add_special).with_context(at)?;
-                if let Some(&t) = ids.iter().find(|&&t| t as usize >= vocab) {
-                    bail!("{}: the tokenizer gave id {t}, outside the model's vocabulary ({vocab})", at());
-                }
-                ids
-            }
-            (None, Some(_)) => bail!("{}: \"text\" should be a string", at()),
-            (None, None) => bail!("{}: expected a \"tokens\" or a \"text\" field", at()),
+            (Some(ids), _) => token_ids(&ids, vocab, &at)?,
+            (None, Some(Value::String(s))) => tokenizer.encode(s, add_special, vocab, &at)?,
+            (None, Some(_)) => bail!("{at}: \"text\" should be a string"),
+            (None, None) => bail!("{at}: expected a \"tokens\" or a \"text\" field"),
         };
         if tokens.is_empty() {
-            bail!("{}: no tokens to score", at());
+            bail!("{at}: no tokens to score");
         }
         items.push(Item { fields, tokens });
-    }
-    if items.is_empty() {
-        bail!("{}: empty input (no JSONL lines)", path.display());
     }
     Ok(items)
 }
@@ -132,7 +105,7 @@ pub fn score_sequences<B: Backend>(
 
 /// An f32 as the JSON number with the fewest digits that reads back as the
 /// same f32 (`-6.405092`, not the f64 expansion `-6.405092239379883`).
-fn shortest(x: f32) -> Value {
+pub(crate) fn shortest(x: f32) -> Value {
     let v: f64 = format!("{x}").parse().expect("an f32 prints as a number");
     serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod chat;
+pub mod jsonl;
 pub mod tokenizer;
 
 pub use batch::Batch;
