@@ -380,7 +380,8 @@ fn lm_head_path_matches_pytorch() {
             check_rel(&format!("{name} chunk {chunk}: dweight"), &to_f64(&grads), &r.f64("dweight"), 1e-5);
             results.push((dh, grads));
         }
-        check_rel(&format!("{name}: one-pass vs chunked dh"), &to_f64(&results[1].0), &to_f64(&results[0].0), 1e-6);
+        // Same numbers up to rounding (the two chunkings run GEMMs of different shapes).
+        check_rel(&format!("{name}: one-pass vs chunked dh"), &to_f64(&results[1].0), &to_f64(&results[0].0), 1e-5);
     }
 }
 

@@ -6,6 +6,7 @@
 
 use crate::backend::MatShape;
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
@@ -99,12 +100,51 @@ fn gemm_strided(
     gemm_raw(rows, cols, inner, dst, cols, accumulate, lhs, rhs, true);
 }
 
+/// Rows at or below which [`matmul`] uses dot products instead of gemm: a
+/// decode step multiplies a few token rows by every weight matrix, and gemm
+/// would repack the whole matrix for each call.
+const FEW_ROWS: usize = 8;
+
+/// Dot product in 16 f32 lanes added in a fixed order (vectorises).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..L {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y[m,n] (+)= x[m,k] · w[n,k]ᵀ` for few rows: each output element is one
+/// dot product over a contiguous weight row, blocks of outputs in parallel.
+fn matmul_few_rows(s: MatShape, x: &[f32], w: &[f32], y: &mut [f32], accumulate: bool) {
+    let MatShape { n, k, .. } = s;
+    for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+        yr.par_chunks_mut(64).enumerate().for_each(|(b, out)| {
+            for (o, wr) in out.iter_mut().zip(w[b * 64 * k..].chunks_exact(k)) {
+                let v = dot(xr, wr);
+                *o = if accumulate { *o + v } else { v };
+            }
+        });
+    }
+}
+
 /// `y[m,n] (+)= x[m,k] · w[n,k]ᵀ (+ bias)`.
 pub fn matmul(s: MatShape, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], accumulate: bool) {
     let MatShape { m, n, k } = s;
     assert_eq!(x.len(), m * k, "matmul: x");
     assert_eq!(w.len(), n * k, "matmul: w");
-    gemm_strided(m, n, k, y, accumulate, x, (k, 1), w, (1, k));
+    if m <= FEW_ROWS {
+        assert_eq!(y.len(), m * n, "matmul: y");
+        matmul_few_rows(s, x, w, y, accumulate);
+    } else {
+        gemm_strided(m, n, k, y, accumulate, x, (k, 1), w, (1, k));
+    }
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "matmul: bias");
         for row in y.chunks_mut(n) {
