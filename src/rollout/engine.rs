@@ -11,6 +11,7 @@ use crate::data::Batch;
 use crate::model::activations::default_chunk;
 use crate::model::{Activations, Attend, KvCache, Model};
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 use std::collections::VecDeque;
 
 #[derive(Clone, Debug)]
@@ -262,12 +263,14 @@ impl<'m, B: Backend> Generator<'m, B> {
         let rows: Vec<u32> = (0..b as u32).collect();
         let logits = self.model.logits_rows(self.be, &mut self.acts, &rows);
         let v = self.model.cfg.vocab_size;
-        for (i, a) in active.iter_mut().enumerate() {
+        // Each sequence draws from its own stream: rows in parallel.
+        let params = self.cfg.sampling;
+        active.par_iter_mut().zip(logits.par_chunks(v)).for_each(|(a, row)| {
             a.len += 1;
-            let x = sample(&logits[i * v..(i + 1) * v], &self.cfg.sampling, a.stream.uniform(a.tokens.len() as u64));
+            let x = sample(row, &params, a.stream.uniform(a.tokens.len() as u64));
             a.tokens.push(x.token);
             a.logprobs.push(x.logprob);
-        }
+        });
         Ok(())
     }
 

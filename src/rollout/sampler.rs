@@ -96,19 +96,24 @@ pub fn sample(logits: &[f32], p: &SamplingParams, u: f64) -> Sampled {
     }
     let inv_t = 1.0 / p.temperature as f64;
     let s: Vec<f64> = logits.iter().map(|&v| v as f64 * inv_t).collect();
+    if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+        // One exp per token: e_j = exp(s_j − max), then lse and an
+        // inverse-CDF scan in token order over the same values.
+        let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|&x| (x - max).exp()).collect();
+        let total: f64 = e.iter().sum();
+        let token = inverse_cdf(e.iter().cloned().enumerate(), u, total);
+        return Sampled { token, logprob: (s[token as usize] - max - total.ln()) as f32 };
+    }
     let full_lse = lse(&s);
-    let token = draw(&s, full_lse, p, u);
+    let token = draw(&s, p, u);
     Sampled { token, logprob: (s[token as usize] - full_lse) as f32 }
 }
 
-/// The filtered draw. Without filters, an inverse-CDF scan in token order;
-/// with them, the kept set is built as transformers does and the draw scans
-/// it in token order.
-fn draw(s: &[f64], full_lse: f64, p: &SamplingParams, u: f64) -> u32 {
+/// The filtered draw: the kept set is built as transformers does, and the
+/// draw scans it in token order.
+fn draw(s: &[f64], p: &SamplingParams, u: f64) -> u32 {
     let prob = |i: usize, l: f64| (s[i] - l).exp();
-    if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
-        return inverse_cdf((0..s.len()).map(|i| (i, prob(i, full_lse))), u);
-    }
     // Candidates sorted by score, descending (ties by id, for determinism).
     let mut kept: Vec<usize> = (0..s.len()).collect();
     let by_score = |a: &usize, b: &usize| s[*b].total_cmp(&s[*a]).then(a.cmp(b));
@@ -141,12 +146,13 @@ fn draw(s: &[f64], full_lse: f64, p: &SamplingParams, u: f64) -> u32 {
     }
     let l = renorm(&kept);
     kept.sort_unstable();
-    inverse_cdf(kept.iter().map(|&i| (i, prob(i, l))), u)
+    let probs: Vec<(usize, f64)> = kept.iter().map(|&i| (i, prob(i, l))).collect();
+    let total = probs.iter().map(|(_, q)| q).sum();
+    inverse_cdf(probs.into_iter(), u, total)
 }
 
-/// The first token whose cumulative probability exceeds `u · total`.
-fn inverse_cdf(items: impl Iterator<Item = (usize, f64)> + Clone, u: f64) -> u32 {
-    let total: f64 = items.clone().map(|(_, q)| q).sum();
+/// The first token whose cumulative weight exceeds `u · total`.
+fn inverse_cdf(items: impl Iterator<Item = (usize, f64)>, u: f64, total: f64) -> u32 {
     let target = u * total;
     let mut acc = 0.0;
     let mut last = 0;

@@ -102,8 +102,13 @@ fn gemm_strided(
 
 /// Rows at or below which [`matmul`] uses dot products instead of gemm: a
 /// decode step multiplies a few token rows by every weight matrix, and gemm
-/// would repack the whole matrix for each call.
-const FEW_ROWS: usize = 8;
+/// would repack the whole matrix at each call (measured: faster up to 16–32
+/// rows on the generate benchmark, slower at 64).
+const FEW_ROWS: usize = 32;
+
+/// Weight rows per task of the few-rows path (64 × k floats stay in cache
+/// while every input row passes over them).
+const COLS_PER_TASK: usize = 64;
 
 /// Dot product in 16 f32 lanes added in a fixed order (vectorises).
 #[inline(always)]
@@ -121,16 +126,31 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y[m,n] (+)= x[m,k] · w[n,k]ᵀ` for few rows: each output element is one
-/// dot product over a contiguous weight row, blocks of outputs in parallel.
+/// dot product over a contiguous weight row. Tasks take blocks of weight
+/// rows and pass every input row over them; each fills its own block of
+/// columns, copied into `y` after.
 fn matmul_few_rows(s: MatShape, x: &[f32], w: &[f32], y: &mut [f32], accumulate: bool) {
-    let MatShape { n, k, .. } = s;
-    for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-        yr.par_chunks_mut(64).enumerate().for_each(|(b, out)| {
-            for (o, wr) in out.iter_mut().zip(w[b * 64 * k..].chunks_exact(k)) {
-                let v = dot(xr, wr);
-                *o = if accumulate { *o + v } else { v };
+    let MatShape { m, n, k } = s;
+    let blocks: Vec<Vec<f32>> = w
+        .par_chunks(COLS_PER_TASK * k)
+        .map(|wb| {
+            let cols = wb.len() / k;
+            let mut out = vec![0.0f32; m * cols];
+            for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(cols)) {
+                for (o, wr) in or.iter_mut().zip(wb.chunks_exact(k)) {
+                    *o = dot(xr, wr);
+                }
             }
-        });
+            out
+        })
+        .collect();
+    for (b, block) in blocks.iter().enumerate() {
+        let (j0, cols) = (b * COLS_PER_TASK, block.len() / m);
+        for (yr, br) in y.chunks_exact_mut(n).zip(block.chunks_exact(cols)) {
+            for (o, v) in yr[j0..j0 + cols].iter_mut().zip(br) {
+                *o = if accumulate { *o + v } else { *v };
+            }
+        }
     }
 }
 
