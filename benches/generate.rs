@@ -6,43 +6,15 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use engine::backend::cpu::Cpu;
-use engine::model::{Model, ModelConfig, ParamLayout};
+
+mod common;
+use common::model_10m;
 use engine::rollout::{GenerateConfig, Generator, SamplingParams};
 
-const CONFIG: &str = r#"{
-    "architectures": ["LlamaForCausalLM"], "vocab_size": 8000, "hidden_size": 256,
-    "intermediate_size": 768, "num_hidden_layers": 8, "num_attention_heads": 8,
-    "num_key_value_heads": 4, "head_dim": 32, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-    "tie_word_embeddings": false, "max_position_embeddings": 2048
-}"#;
 const NEW_TOKENS: usize = 256;
 
-fn model() -> Model<Cpu> {
-    let cfg = ModelConfig::from_json_str(CONFIG, "bench config").unwrap();
-    let layout = ParamLayout::new(&cfg);
-    let mut s = 1u64;
-    let host: Vec<f32> = layout
-        .entries
-        .iter()
-        .flat_map(|e| {
-            let norm = e.shape.len() == 1;
-            (0..e.span.len)
-                .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    if norm {
-                        1.0
-                    } else {
-                        0.04 * ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-                    }
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    Model::from_host(&Cpu, cfg, host)
-}
-
 fn bench(c: &mut Criterion) {
-    let m = model();
+    let m = model_10m();
     let mut g = c.benchmark_group("generate_10m_256_new_tokens");
     g.sample_size(10);
     for batch in [1usize, 16, 64] {

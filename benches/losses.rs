@@ -10,20 +10,12 @@ use engine::backend::{Backend, Span};
 use engine::loss::*;
 use engine::model::head::{self, HeadBuffers, HeadShape};
 
+mod common;
+use common::Lcg;
+
 const VOCAB: usize = 151_936;
 const TOKENS: usize = 2048;
 const HIDDEN: usize = 896;
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| scale * (self.next() - 0.5)).collect()
-    }
-}
 
 fn kernels(c: &mut Criterion) {
     let mut rng = Lcg(1);

@@ -8,41 +8,14 @@ use engine::backend::cpu::Cpu;
 use engine::backend::{Backend, Span};
 use engine::data::Batch;
 use engine::loss::masked_mean_ce;
-use engine::model::{Activations, Model, ModelConfig, ParamLayout};
+use engine::model::Activations;
 
-/// The shape tools/bench_vs_torch.py builds in PyTorch.
-const CONFIG: &str = r#"{
-    "architectures": ["LlamaForCausalLM"], "vocab_size": 8000, "hidden_size": 256,
-    "intermediate_size": 768, "num_hidden_layers": 8, "num_attention_heads": 8,
-    "num_key_value_heads": 4, "head_dim": 32, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-    "tie_word_embeddings": false, "max_position_embeddings": 2048
-}"#;
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
-fn model(be: &Cpu) -> Model<Cpu> {
-    let cfg = ModelConfig::from_json_str(CONFIG, "bench config").unwrap();
-    let layout = ParamLayout::new(&cfg);
-    let mut rng = Lcg(0);
-    let mut host = vec![0.0f32; layout.total];
-    for e in &layout.entries {
-        let is_norm = e.shape.len() == 1;
-        for v in &mut host[e.span.off..e.span.end()] {
-            *v = if is_norm { 1.0 } else { 0.04 * (rng.next() - 0.5) };
-        }
-    }
-    Model::from_host(be, cfg, host)
-}
+mod common;
+use common::{model_10m, Lcg};
 
 fn bench(c: &mut Criterion) {
     let be = Cpu;
-    let m = model(&be);
+    let m = model_10m();
     let mut rng = Lcg(1);
     let seqs: Vec<Vec<u32>> =
         (0..4).map(|_| (0..256).map(|_| (rng.next() * m.cfg.vocab_size as f32) as u32).collect()).collect();
