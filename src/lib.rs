@@ -7,5 +7,6 @@ pub mod cli;
 pub mod data;
 pub mod loss;
 pub mod model;
+pub mod optim;
 pub mod reward;
 pub mod rollout;

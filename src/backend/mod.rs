@@ -45,6 +45,18 @@ impl Span {
     }
 }
 
+/// The scalars of one AdamW step on one tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count (for the bias corrections).
+    pub step: u64,
+}
+
 /// Shapes of a matrix product `y[m,n] = x[m,k] · w[n,k]ᵀ` (PyTorch's Linear).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatShape {
@@ -89,6 +101,15 @@ pub trait Backend: Sync {
     fn copy(&self, src: Self::Ref<'_>, dst: Self::Mut<'_>);
     /// `dst += src`.
     fn add_assign(&self, dst: Self::Mut<'_>, src: Self::Ref<'_>);
+
+    /// `x *= s`.
+    fn scale(&self, x: Self::Mut<'_>, s: f32);
+    /// `Σ x²` in f64, summed in fixed chunks in a fixed order (gradient clipping).
+    fn sum_squares(&self, x: Self::Ref<'_>) -> f64;
+    /// One AdamW step on a tensor (PyTorch's `torch.optim.AdamW`): decoupled
+    /// weight decay `p −= lr·wd·p`, then `m = β1·m + (1−β1)·g`,
+    /// `v = β2·v + (1−β2)·g²`, `p −= lr · (m/(1−β1^t)) / (sqrt(v/(1−β2^t)) + eps)`.
+    fn adamw(&self, p: Self::Mut<'_>, g: Self::Ref<'_>, m: Self::Mut<'_>, v: Self::Mut<'_>, h: &AdamWStep);
 
     // ---- embedding --------------------------------------------------------
     /// `out[t] = table[ids[t]]`, rows of `dim`.

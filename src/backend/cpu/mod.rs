@@ -9,10 +9,11 @@ pub mod fastmath;
 pub mod logprob;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 pub mod rope;
 
-use super::{AttnShape, Backend, MatShape, Span};
+use super::{AdamWStep, AttnShape, Backend, MatShape, Span};
 use rayon::prelude::*;
 
 /// The CPU backend. Stateless: threads come from the ambient rayon pool.
@@ -70,6 +71,15 @@ impl Backend for Cpu {
     }
     fn add_assign(&self, dst: &mut [f32], src: &[f32]) {
         elementwise::add_assign(dst, src);
+    }
+    fn scale(&self, x: &mut [f32], s: f32) {
+        x.par_iter_mut().for_each(|v| *v *= s);
+    }
+    fn sum_squares(&self, x: &[f32]) -> f64 {
+        optim::sum_squares(x)
+    }
+    fn adamw(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamWStep) {
+        optim::adamw(p, g, m, v, h);
     }
 
     fn embedding_fwd(&self, table: &[f32], ids: &[u32], dim: usize, out: &mut [f32]) {
