@@ -10,3 +10,4 @@ pub mod model;
 pub mod optim;
 pub mod reward;
 pub mod rollout;
+pub mod train;

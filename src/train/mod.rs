@@ -1,0 +1,4 @@
+//! Trainers (issue 5): thin loops over the runtime, the loss library and the
+//! rollout engine. What exists so far: the configuration system.
+
+pub mod config;
