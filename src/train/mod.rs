@@ -2,3 +2,4 @@
 //! rollout engine. What exists so far: the configuration system.
 
 pub mod config;
+pub mod data;
