@@ -4,6 +4,7 @@ pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod score;
+pub mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -28,6 +29,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// pass@1, pass@k and maj@k of sampled answers to math prompts.
     Eval(eval::EvalArgs),
+    /// Train a model (today: `sft`).
+    Train(train::TrainArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -56,5 +59,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Train(a) => train::run(a),
     }
 }

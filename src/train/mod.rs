@@ -1,5 +1,7 @@
 //! Trainers (issue 5): thin loops over the runtime, the loss library and the
 //! rollout engine. What exists so far: the configuration system.
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod sft;

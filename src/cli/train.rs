@@ -1,0 +1,44 @@
+//! `engine train <trainer> --config run.toml [--set key=value ...] [--resume DIR]`.
+//! Today: `sft`. The other trainers (distill, grpo, dpo, rft) and the
+//! built-in demo are issue 5's remaining work.
+
+use crate::train::config::Config;
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    pub trainer: Trainer,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// TOML config; every key can also be given with --set.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override one key: `--set optim.lr=2e-5` (repeatable).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Continue exactly from a checkpoint folder of an earlier run.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Trainer {
+    /// Supervised fine-tuning on {prompt, completion} or {messages}.
+    Sft(RunArgs),
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    match a.trainer {
+        Trainer::Sft(r) => {
+            let cfg = Config::load(r.config.as_deref(), &r.set, crate::train::sft::KEYS)?;
+            let dir = crate::train::sft::run(&cfg, r.resume.as_deref())?;
+            println!("{}", serde_json::json!({ "run_dir": dir }));
+            Ok(())
+        }
+    }
+}
