@@ -35,7 +35,7 @@ pub enum Trainer {
 pub fn run(a: TrainArgs) -> Result<()> {
     match a.trainer {
         Trainer::Sft(r) => {
-            let cfg = Config::load(r.config.as_deref(), &r.set, crate::train::sft::KEYS)?;
+            let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::sft::config_keys())?;
             let dir = crate::train::sft::run(&cfg, r.resume.as_deref())?;
             println!("{}", serde_json::json!({ "run_dir": dir }));
             Ok(())

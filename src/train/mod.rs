@@ -2,6 +2,7 @@
 //! rollout engine. What exists so far: the configuration system.
 
 pub mod checkpoint;
+pub mod common;
 pub mod config;
 pub mod data;
 pub mod sft;

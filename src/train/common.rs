@@ -1,0 +1,265 @@
+//! What every trainer shares: the common config keys, loading the model and
+//! data, the optimizer step (clipping, schedule, AdamW), metrics lines,
+//! checkpoints and resume. A trainer builds its examples and its plan of
+//! steps, then calls [`Loop::update`] and [`Loop::end_step`] once per step.
+
+use super::checkpoint::{load_checkpoint, save_checkpoint};
+use super::config::{Config, KeySpec, Kind};
+use super::data::Overlong;
+use crate::backend::cpu::Cpu;
+use crate::data::chat::ChatTemplate;
+use crate::data::jsonl::{read_objects, Line};
+use crate::data::tokenizer::Tokenizer;
+use crate::model::checkpoint::{write_atomic, SaveDtype};
+use crate::model::Model;
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind};
+use crate::rollout::Stream;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Keys every trainer has.
+pub const COMMON_KEYS: &[KeySpec] = &[
+    KeySpec { key: "model", kind: Kind::Str, default: None, help: "Hugging Face model folder to start from" },
+    KeySpec { key: "data", kind: Kind::Str, default: None, help: "JSONL training data" },
+    KeySpec { key: "output_dir", kind: Kind::Str, default: None, help: "run folder: metrics, checkpoints" },
+    KeySpec { key: "chat", kind: Kind::Bool, default: Some("false"), help: "render prompts with the chat template" },
+    KeySpec { key: "max_seq_len", kind: Kind::Int, default: Some("2048"), help: "longest example in tokens" },
+    KeySpec {
+        key: "overlong",
+        kind: Kind::Str,
+        default: Some("\"truncate\""),
+        help: "truncate or skip longer examples",
+    },
+    KeySpec { key: "micro_batch_tokens", kind: Kind::Int, default: Some("4096"), help: "tokens per forward pass" },
+    KeySpec { key: "epochs", kind: Kind::Int, default: Some("1"), help: "passes over the data" },
+    KeySpec {
+        key: "max_steps",
+        kind: Kind::Int,
+        default: Some("0"),
+        help: "stop after this many steps (0: the epochs decide)",
+    },
+    KeySpec { key: "seed", kind: Kind::Int, default: Some("0"), help: "data order" },
+    KeySpec {
+        key: "save_every",
+        kind: Kind::Int,
+        default: Some("0"),
+        help: "checkpoint every N steps (0: only at the end)",
+    },
+    KeySpec { key: "keep_last", kind: Kind::Int, default: Some("2"), help: "checkpoints kept (0: all)" },
+    KeySpec {
+        key: "save_dtype",
+        kind: Kind::Str,
+        default: Some("\"bf16\""),
+        help: "bf16 or f32 weights in checkpoints",
+    },
+    KeySpec { key: "optim.lr", kind: Kind::Float, default: Some("1e-5"), help: "peak learning rate" },
+    KeySpec { key: "optim.warmup_steps", kind: Kind::Int, default: Some("0"), help: "linear warm-up steps" },
+    KeySpec { key: "optim.schedule", kind: Kind::Str, default: Some("\"cosine\""), help: "cosine, linear or constant" },
+    KeySpec { key: "optim.min_lr_ratio", kind: Kind::Float, default: Some("0.1"), help: "final lr / peak lr" },
+    KeySpec { key: "optim.weight_decay", kind: Kind::Float, default: Some("0.0"), help: "AdamW decay on matrices" },
+    KeySpec { key: "optim.beta1", kind: Kind::Float, default: Some("0.9"), help: "AdamW β1" },
+    KeySpec { key: "optim.beta2", kind: Kind::Float, default: Some("0.999"), help: "AdamW β2" },
+    KeySpec { key: "optim.eps", kind: Kind::Float, default: Some("1e-8"), help: "AdamW ε" },
+    KeySpec {
+        key: "optim.max_grad_norm",
+        kind: Kind::Float,
+        default: Some("1.0"),
+        help: "clip the global gradient norm (0: off)",
+    },
+];
+
+/// The common keys followed by a trainer's own.
+pub fn keys(own: &[KeySpec]) -> Vec<KeySpec> {
+    COMMON_KEYS.iter().chain(own).copied().collect()
+}
+
+pub fn positive(c: &Config, key: &str) -> Result<usize> {
+    let v = c.int(key);
+    if v <= 0 {
+        bail!("key `{key}` must be positive, got {v}");
+    }
+    Ok(v as usize)
+}
+
+/// The model, tokenizer, template and data lines of a run.
+pub struct Setup {
+    pub model: Model<Cpu>,
+    pub model_dir: PathBuf,
+    pub tok: Tokenizer,
+    pub chat: Option<ChatTemplate>,
+    pub lines: Vec<Line>,
+    pub max_len: usize,
+    pub overlong: Overlong,
+}
+
+impl Setup {
+    pub fn load(cfg: &Config) -> Result<Self> {
+        crate::cli::resolve_device(crate::cli::Device::Auto)?;
+        let model_dir = PathBuf::from(cfg.str("model"));
+        let (model, _) = Model::load(&Cpu, &model_dir)?;
+        let tok = Tokenizer::load(&model_dir)?;
+        let chat = if cfg.bool("chat") { Some(ChatTemplate::load(&model_dir)?) } else { None };
+        let overlong = match cfg.str("overlong").as_str() {
+            "truncate" => Overlong::Truncate,
+            "skip" => Overlong::Skip,
+            other => bail!("key `overlong`: `{other}` is not truncate or skip"),
+        };
+        let lines = read_objects(Path::new(&cfg.str("data")))?;
+        Ok(Setup { model, model_dir, tok, chat, lines, max_len: positive(cfg, "max_seq_len")?, overlong })
+    }
+
+    /// Fails if a token id is outside the model's vocabulary.
+    pub fn check_vocab<'a>(&self, ids: impl IntoIterator<Item = &'a u32>) -> Result<()> {
+        let v = self.model.cfg.vocab_size;
+        match ids.into_iter().find(|&&t| t as usize >= v) {
+            Some(t) => bail!("the tokenizer gave id {t}, outside the model's vocabulary ({v})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Items of every step, over all epochs: each epoch a seeded permutation,
+/// cut into steps of at least `per_step` by `size`.
+pub fn plan(n: usize, epochs: usize, per_step: usize, seed: u64, size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+    let mut steps = Vec::new();
+    for epoch in 0..epochs {
+        let stream = Stream::new(seed, u64::MAX, epoch as u64);
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..order.len()).rev() {
+            let j = (stream.uniform(i as u64) * (i + 1) as f64) as usize;
+            order.swap(i, j.min(i));
+        }
+        let (mut cur, mut amount) = (Vec::new(), 0);
+        for i in order {
+            cur.push(i);
+            amount += size(i);
+            if amount >= per_step {
+                steps.push(std::mem::take(&mut cur));
+                amount = 0;
+            }
+        }
+        if !cur.is_empty() {
+            steps.push(cur);
+        }
+    }
+    steps
+}
+
+/// The optimizer, schedule, metrics file and checkpointing of a run.
+pub struct Loop {
+    pub trainer: &'static str,
+    pub run_dir: PathBuf,
+    model_dir: PathBuf,
+    pub opt: AdamW<Cpu>,
+    sched: LrSchedule,
+    max_grad_norm: f64,
+    save_dtype: SaveDtype,
+    save_every: u64,
+    keep_last: usize,
+    metrics: std::fs::File,
+    /// First step to run (after a resume).
+    pub start: u64,
+    pub total: u64,
+    clock: std::time::Instant,
+}
+
+impl Loop {
+    /// Sets up the run folder and the optimizer; with `resume`, restores
+    /// the model, the optimizer and the step from that checkpoint.
+    pub fn start(
+        trainer: &'static str,
+        cfg: &Config,
+        setup: &mut Setup,
+        total: u64,
+        resume: Option<&Path>,
+    ) -> Result<Self> {
+        let save_dtype = match cfg.str("save_dtype").as_str() {
+            "bf16" => SaveDtype::BF16,
+            "f32" => SaveDtype::F32,
+            other => bail!("key `save_dtype`: `{other}` is not bf16 or f32"),
+        };
+        let sched = LrSchedule {
+            kind: ScheduleKind::parse(&cfg.str("optim.schedule")).map_err(|e| anyhow!("key `optim.schedule`: {e}"))?,
+            peak: cfg.float("optim.lr"),
+            warmup_steps: cfg.int("optim.warmup_steps").max(0) as u64,
+            total_steps: total,
+            min_ratio: cfg.float("optim.min_lr_ratio"),
+        };
+        let oc = AdamWConfig {
+            beta1: cfg.float("optim.beta1") as f32,
+            beta2: cfg.float("optim.beta2") as f32,
+            eps: cfg.float("optim.eps") as f32,
+            weight_decay: cfg.float("optim.weight_decay") as f32,
+        };
+        let mut opt = AdamW::new(&Cpu, &setup.model.layout, oc);
+        let mut start = 0;
+        if let Some(dir) = resume {
+            let state = load_checkpoint(dir, &mut setup.model, &mut opt)?;
+            if state["trainer"] != trainer {
+                bail!("{}: a checkpoint of the `{}` trainer, not `{trainer}`", dir.display(), state["trainer"]);
+            }
+            start = state["step"].as_u64().ok_or_else(|| anyhow!("{}: trainer state has no step", dir.display()))?;
+        }
+        let run_dir = PathBuf::from(cfg.str("output_dir"));
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
+        write_atomic(&run_dir.join("run_config.json"), serde_json::to_string_pretty(&cfg.to_json())?.as_bytes())?;
+        let metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.join("metrics.jsonl"))
+            .with_context(|| format!("{}: cannot open metrics.jsonl", run_dir.display()))?;
+        Ok(Loop {
+            trainer,
+            run_dir,
+            model_dir: setup.model_dir.clone(),
+            opt,
+            sched,
+            max_grad_norm: cfg.float("optim.max_grad_norm"),
+            save_dtype,
+            save_every: cfg.int("save_every").max(0) as u64,
+            keep_last: cfg.int("keep_last").max(0) as usize,
+            metrics,
+            start,
+            total,
+            clock: std::time::Instant::now(),
+        })
+    }
+
+    /// Clips the gradients and takes the AdamW step of (0-based) `step`;
+    /// returns `(lr, grad norm before clipping)`. A non-finite loss or
+    /// gradient stops the run before the weights change.
+    pub fn update(&mut self, model: &mut Model<Cpu>, grads: &mut Vec<f32>, step: u64, loss: f64) -> Result<(f64, f64)> {
+        let norm = clip_grad_norm(&Cpu, grads, self.max_grad_norm);
+        if !loss.is_finite() || !norm.is_finite() {
+            bail!("step {}: the loss or the gradient is not finite (loss {loss}, grad norm {norm}); the last checkpoint is kept", step + 1);
+        }
+        let lr = self.sched.lr(step);
+        self.opt.step(&Cpu, &model.layout, &mut model.params, grads, lr as f32);
+        Ok((lr, norm))
+    }
+
+    /// Writes the step's metrics line (with `step` 1-based and the elapsed
+    /// time added) and saves a checkpoint when one is due.
+    pub fn end_step(&mut self, model: &Model<Cpu>, step: u64, mut line: serde_json::Value) -> Result<()> {
+        let done = step + 1;
+        line["step"] = done.into();
+        line["elapsed_s"] = self.clock.elapsed().as_secs_f64().into();
+        writeln!(self.metrics, "{line}")
+            .with_context(|| format!("{}: cannot write metrics", self.run_dir.display()))?;
+        if done == self.total || (self.save_every > 0 && done.is_multiple_of(self.save_every)) {
+            let state = serde_json::json!({ "trainer": self.trainer, "total_steps": self.total });
+            save_checkpoint(
+                &self.run_dir,
+                &self.model_dir,
+                model,
+                &self.opt,
+                &state,
+                done,
+                self.save_dtype,
+                self.keep_last,
+            )?;
+        }
+        Ok(())
+    }
+}
