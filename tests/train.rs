@@ -137,3 +137,50 @@ fn sft_config_mistakes_are_named() {
     assert_eq!(code, 2);
     assert!(err.contains("missing key `model`"), "{err}");
 }
+
+/// `engine train dpo`: the preference margin grows and the loss falls on
+/// pairs whose chosen answer is the true sum.
+#[test]
+fn dpo_learns_the_preference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dpo.jsonl");
+    let mut text = String::new();
+    for a in 0..5 {
+        for b in 0..4 {
+            text.push_str(&format!(
+                "{{\"prompt\": \"{a} plus {b} is\", \"chosen\": \" {}.\", \"rejected\": \" {}.\"}}\n",
+                a + b,
+                a + b + 3
+            ));
+        }
+    }
+    std::fs::write(&data, text).unwrap();
+    let out = tmp.path().join("run");
+    let mut args = vec!["train".to_string(), "dpo".to_string()];
+    for s in [
+        format!("model={}", fixtures().join("qwen2").display()),
+        format!("data={}", data.display()),
+        format!("output_dir={}", out.display()),
+        "pairs_per_step=5".into(),
+        "epochs=3".into(),
+        "dpo.beta=0.5".into(),
+        "optim.lr=2e-3".into(),
+        "optim.schedule=constant".into(),
+    ] {
+        args.extend(["--set".to_string(), s]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = engine(&refs);
+    assert_eq!(code, 0, "{err}");
+    let m = metrics(&out);
+    assert_eq!(m.len(), 12);
+    // The first step's policy is the reference: loss log 2, margin 0.
+    assert!((m[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6);
+    assert!(m[0]["reward_margin"].as_f64().unwrap().abs() < 1e-6);
+    let last = &m[11];
+    assert!(last["loss"].as_f64().unwrap() < 0.5 * std::f64::consts::LN_2, "{last}");
+    assert!(
+        last["reward_margin"].as_f64().unwrap() > 0.5 && last["reward_accuracy"].as_f64().unwrap() >= 0.8,
+        "{last}"
+    );
+}

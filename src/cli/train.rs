@@ -1,5 +1,5 @@
 //! `engine train <trainer> --config run.toml [--set key=value ...] [--resume DIR]`.
-//! Today: `sft`. The other trainers (distill, grpo, dpo, rft) and the
+//! Today: `sft` and `dpo`. The other trainers (distill, grpo, rft) and the
 //! built-in demo are issue 5's remaining work.
 
 use crate::train::config::Config;
@@ -30,15 +30,21 @@ pub struct RunArgs {
 pub enum Trainer {
     /// Supervised fine-tuning on {prompt, completion} or {messages}.
     Sft(RunArgs),
+    /// Direct preference optimisation on {prompt, chosen, rejected}.
+    Dpo(RunArgs),
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    match a.trainer {
+    let dir = match a.trainer {
         Trainer::Sft(r) => {
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::sft::config_keys())?;
-            let dir = crate::train::sft::run(&cfg, r.resume.as_deref())?;
-            println!("{}", serde_json::json!({ "run_dir": dir }));
-            Ok(())
+            crate::train::sft::run(&cfg, r.resume.as_deref())?
         }
-    }
+        Trainer::Dpo(r) => {
+            let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::dpo::config_keys())?;
+            crate::train::dpo::run(&cfg, r.resume.as_deref())?
+        }
+    };
+    println!("{}", serde_json::json!({ "run_dir": dir }));
+    Ok(())
 }

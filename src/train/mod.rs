@@ -5,4 +5,5 @@ pub mod checkpoint;
 pub mod common;
 pub mod config;
 pub mod data;
+pub mod dpo;
 pub mod sft;
