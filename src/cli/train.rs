@@ -1,5 +1,5 @@
 //! `engine train <trainer> --config run.toml [--set key=value ...] [--resume DIR]`.
-//! Today: `sft` and `dpo`. The other trainers (distill, grpo, rft) and the
+//! Today: `sft`, `dpo` and `grpo`. The other trainers (distill, rft) and the
 //! built-in demo are issue 5's remaining work.
 
 use crate::train::config::Config;
@@ -32,6 +32,8 @@ pub enum Trainer {
     Sft(RunArgs),
     /// Direct preference optimisation on {prompt, chosen, rejected}.
     Dpo(RunArgs),
+    /// GRPO-family RL with verifiable rewards on {prompt, answer}.
+    Grpo(RunArgs),
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -43,6 +45,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Trainer::Dpo(r) => {
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::dpo::config_keys())?;
             crate::train::dpo::run(&cfg, r.resume.as_deref())?
+        }
+        Trainer::Grpo(r) => {
+            let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::grpo::config_keys())?;
+            crate::train::grpo::run(&cfg, r.resume.as_deref())?
         }
     };
     println!("{}", serde_json::json!({ "run_dir": dir }));

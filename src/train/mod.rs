@@ -6,4 +6,5 @@ pub mod common;
 pub mod config;
 pub mod data;
 pub mod dpo;
+pub mod grpo;
 pub mod sft;
