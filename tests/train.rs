@@ -245,3 +245,74 @@ fn grpo_runs_end_to_end() {
     assert!(m[0]["sampler_abs_diff_max"].as_f64().unwrap() < 1e-4, "{}", m[0]);
     assert!(out.join("checkpoint-2").is_dir());
 }
+
+/// `engine train distill`: a student (the qwen3 fixture) distilled towards
+/// an SFT-trained copy of itself; the forward KL falls. A teacher with
+/// another vocabulary or tokenizer is a clear error.
+#[test]
+fn distill_moves_the_student_towards_the_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sft_data(tmp.path());
+    let teacher_run = tmp.path().join("teacher");
+    let model = fixtures().join("qwen3");
+    let common = |out: &std::path::Path| -> Vec<String> {
+        vec![
+            format!("model={}", model.display()),
+            format!("data={}", data.display()),
+            format!("output_dir={}", out.display()),
+        ]
+    };
+    let mut sets = common(&teacher_run);
+    sets.extend([
+        "tokens_per_step=150".into(),
+        "epochs=3".into(),
+        "max_steps=8".into(),
+        "optim.lr=3e-3".into(),
+        "save_dtype=f32".into(),
+    ]);
+    let (code, err) = sft(&sets, None);
+    assert_eq!(code, 0, "{err}");
+    let teacher = teacher_run.join("checkpoint-8");
+
+    let out = tmp.path().join("student");
+    let mut args = vec!["train".to_string(), "distill".to_string()];
+    for s in common(&out).into_iter().chain([
+        format!("teacher={}", teacher.display()),
+        "tokens_per_step=150".into(),
+        "max_steps=10".into(),
+        "epochs=3".into(),
+        "optim.lr=3e-3".into(),
+        "optim.schedule=constant".into(),
+    ]) {
+        args.extend(["--set".to_string(), s]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = engine(&refs);
+    assert_eq!(code, 0, "{err}");
+    let m = metrics(&out);
+    assert!(m.len() >= 8, "{} steps", m.len());
+    let (first, last) = (m[0]["loss"].as_f64().unwrap(), m[m.len() - 1]["loss"].as_f64().unwrap());
+    println!("distillation KL {first} → {last}");
+    assert!(first > 0.05 && last < 0.5 * first, "distillation KL {first} → {last}");
+
+    // Another vocabulary size; then the same size with a changed tokenizer.
+    let bad = |teacher: &std::path::Path, needle: &str| {
+        let mut a = args.clone();
+        let i = a.iter().position(|x| x.starts_with("teacher=")).unwrap();
+        a[i] = format!("teacher={}", teacher.display());
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (code, _, err) = engine(&refs);
+        assert_eq!(code, 2);
+        assert!(err.contains(needle), "{err}");
+    };
+    bad(&fixtures().join("llama"), "vocabulary of 1007 tokens");
+    let changed = tmp.path().join("changed");
+    std::fs::create_dir_all(&changed).unwrap();
+    for e in std::fs::read_dir(&teacher).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), changed.join(e.file_name())).unwrap();
+    }
+    let t = std::fs::read_to_string(changed.join("tokenizer.json")).unwrap().replace("<|im_end|>", "<|im_stop|>");
+    std::fs::write(changed.join("tokenizer.json"), t).unwrap();
+    bad(&changed, "tokenizer differs");
+}

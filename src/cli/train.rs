@@ -1,5 +1,5 @@
 //! `engine train <trainer> --config run.toml [--set key=value ...] [--resume DIR]`.
-//! Today: `sft`, `dpo` and `grpo`. The other trainers (distill, rft) and the
+//! Today: `sft`, `dpo`, `grpo` and `distill`. The rft trainer and the
 //! built-in demo are issue 5's remaining work.
 
 use crate::train::config::Config;
@@ -34,6 +34,8 @@ pub enum Trainer {
     Dpo(RunArgs),
     /// GRPO-family RL with verifiable rewards on {prompt, answer}.
     Grpo(RunArgs),
+    /// Distillation from a teacher's distribution on {prompt, completion}.
+    Distill(RunArgs),
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -45,6 +47,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Trainer::Dpo(r) => {
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::dpo::config_keys())?;
             crate::train::dpo::run(&cfg, r.resume.as_deref())?
+        }
+        Trainer::Distill(r) => {
+            let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::distill::config_keys())?;
+            crate::train::distill::run(&cfg, r.resume.as_deref())?
         }
         Trainer::Grpo(r) => {
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::grpo::config_keys())?;

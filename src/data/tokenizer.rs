@@ -34,6 +34,13 @@ impl Tokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
+
+    /// Every token with its id, special tokens included, sorted by id.
+    pub fn vocab(&self) -> Vec<(u32, String)> {
+        let mut v: Vec<(u32, String)> = self.inner.get_vocab(true).into_iter().map(|(t, i)| (i, t)).collect();
+        v.sort();
+        v
+    }
 }
 
 /// The union of `eos_token_id` in `generation_config.json` and `config.json`,

@@ -270,6 +270,20 @@ impl<B: Backend> Model<B> {
     /// turns it into dz in place, and back-propagates to every parameter,
     /// accumulating into `grads` (laid out as `self.layout`).
     pub fn backward(&self, be: &B, acts: &mut Activations<B>, coefs: &TokenCoefs, t: f32, grads: &mut B::Buf) {
+        self.backward_with_head(be, acts, grads, |be, hb, s, h, w, dh, grads, dw| {
+            head::phase2(be, hb, s, h, w, coefs, t, dh, grads, dw)
+        });
+    }
+
+    /// The backward with the lm_head + loss part supplied by the caller:
+    /// `head_bwd(be, head buffers, shape, h, W_lm, dh, grads, dW span)` must
+    /// write `dh` (the gradient of the final hidden states) and accumulate
+    /// the lm_head's weight gradient; the rest of the model follows.
+    /// (Distillation uses it with its one-pass head.)
+    pub fn backward_with_head<F>(&self, be: &B, acts: &mut Activations<B>, grads: &mut B::Buf, head_bwd: F)
+    where
+        F: FnOnce(&B, &mut head::HeadBuffers<B>, HeadShape, &B::Buf, B::Ref<'_>, &mut B::Buf, &mut B::Buf, Span),
+    {
         let cfg = &self.cfg;
         let (n, d) = (acts.n, cfg.hidden_size);
         assert!(acts.train, "backward needs an arena built for training");
@@ -280,7 +294,7 @@ impl<B: Backend> Model<B> {
         let g = grad.as_mut().expect("training arena has gradient scratch");
         let s = HeadShape { n, d, v: cfg.vocab_size };
         let w_lm = self.w(self.layout.lm_head);
-        head::phase2(be, head, s, h, w_lm, coefs, t, &mut g.d_ln, grads, self.layout.lm_head);
+        head_bwd(be, head, s, h, w_lm, &mut g.d_ln, grads, self.layout.lm_head);
         be.fill(pm::<B>(&mut g.d_resid, n * d), 0.0);
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),

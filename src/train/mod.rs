@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod common;
 pub mod config;
 pub mod data;
+pub mod distill;
 pub mod dpo;
 pub mod grpo;
 pub mod sft;

@@ -1,0 +1,134 @@
+//! `engine train distill`: the student learns the teacher's distribution on
+//! the completion tokens of the data (DESIGN.md §4.6): forward KL, reverse
+//! KL or JSD(β) at temperature T, token-mean over each step. The teacher
+//! (same tokenizer, same vocabulary) runs a forward on each micro-batch, and
+//! the fused one-pass head computes the divergence and the student's logit
+//! gradient chunk by chunk, with the teacher's logits beside the student's.
+//! Distilling on the student's own samples (on-policy, GKD-style) is not
+//! implemented yet.
+
+use super::common::{keys, plan, positive, Loop, Setup};
+use super::config::{Config, KeySpec, Kind};
+use super::data::{micro_batches, sft_examples, Example, MicroBatch};
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, IGNORE};
+use crate::data::tokenizer::Tokenizer;
+use crate::loss::DistillMode;
+use crate::model::activations::default_chunk;
+use crate::model::head::{self, Teacher};
+use crate::model::{Activations, Model};
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+const OWN_KEYS: &[KeySpec] = &[
+    KeySpec { key: "teacher", kind: Kind::Str, default: None, help: "teacher model folder (same tokenizer)" },
+    KeySpec { key: "tokens_per_step", kind: Kind::Int, default: Some("16384"), help: "tokens per optimizer step" },
+    KeySpec { key: "distill.mode", kind: Kind::Str, default: Some("\"forward\""), help: "forward, reverse or jsd" },
+    KeySpec {
+        key: "distill.beta",
+        kind: Kind::Float,
+        default: Some("0.5"),
+        help: "JSD mixing β (0: forward KL, 1: reverse)",
+    },
+    KeySpec {
+        key: "distill.temperature",
+        kind: Kind::Float,
+        default: Some("1.0"),
+        help: "softmax temperature of both models",
+    },
+];
+
+pub fn config_keys() -> Vec<KeySpec> {
+    keys(OWN_KEYS)
+}
+
+/// The teacher must share the student's tokenizer and vocabulary.
+fn check_teacher(student: &Setup, teacher: &Model<Cpu>, dir: &Path) -> Result<()> {
+    let (vs, vt) = (student.model.cfg.vocab_size, teacher.cfg.vocab_size);
+    if vs != vt {
+        bail!("teacher {}: vocabulary of {vt} tokens, the student's has {vs}", dir.display());
+    }
+    let tt = Tokenizer::load(dir)?;
+    let (a, b) = (student.tok.vocab(), tt.vocab());
+    if a != b {
+        let first = a
+            .iter()
+            .zip(&b)
+            .find(|(x, y)| x != y)
+            .map(|(x, y)| format!(": id {} is `{}` for the student, `{}` for the teacher", x.0, x.1, y.1));
+        bail!(
+            "teacher {}: its tokenizer differs from the student's ({} vs {} tokens{})",
+            dir.display(),
+            b.len(),
+            a.len(),
+            first.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
+    let mut setup = Setup::load(cfg)?;
+    let teacher_dir = PathBuf::from(cfg.str("teacher"));
+    let (teacher, _) = Model::load(&Cpu, &teacher_dir)?;
+    check_teacher(&setup, &teacher, &teacher_dir)?;
+    let mode = match cfg.str("distill.mode").as_str() {
+        "forward" => DistillMode::Forward,
+        "reverse" => DistillMode::Reverse,
+        "jsd" => DistillMode::Jsd { beta: cfg.float("distill.beta") },
+        other => bail!("key `distill.mode`: `{other}` is not forward, reverse or jsd"),
+    };
+    let t = cfg.float("distill.temperature") as f32;
+    let eos = setup.tok.eos_ids.first().copied();
+    let (examples, stats) =
+        sft_examples(&setup.lines, &setup.tok, setup.chat.as_ref(), eos, setup.max_len, setup.overlong)?;
+    if examples.is_empty() {
+        bail!("{}: no usable example ({} skipped)", cfg.str("data"), stats.skipped);
+    }
+    setup.check_vocab(examples.iter().flat_map(|e| &e.tokens))?;
+    let budget = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
+    let mut steps = plan(
+        examples.len(),
+        positive(cfg, "epochs")?,
+        positive(cfg, "tokens_per_step")?,
+        cfg.int("seed") as u64,
+        |i| examples[i].tokens.len(),
+    );
+    if cfg.int("max_steps") > 0 {
+        steps.truncate(cfg.int("max_steps") as usize);
+    }
+    let mut lp = Loop::start("distill", cfg, &mut setup, steps.len() as u64, resume)?;
+    let model = &mut setup.model;
+    eprintln!("distill: {} examples, {} steps, teacher {}", stats.examples, lp.total, teacher_dir.display());
+    let be = Cpu;
+    let chunk = default_chunk(&model.cfg, budget);
+    let mut acts = Activations::new(&be, &model.cfg, budget, chunk, true);
+    let mut tacts = Activations::new(&be, &teacher.cfg, budget, chunk, false);
+    let mut teacher_logits = be.alloc(chunk * model.cfg.vocab_size);
+    let mut grads = model.zero_grads(&be);
+    for step in lp.start..lp.total {
+        let chosen: Vec<&Example> = steps[step as usize].iter().map(|&i| &examples[i]).collect();
+        let mbs: Vec<MicroBatch> = micro_batches(&chosen, budget).iter().map(|mb| MicroBatch::pack(mb)).collect();
+        let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
+        grads.fill(0.0);
+        let mut loss = 0.0;
+        for mb in &mbs {
+            teacher.forward(&be, &mut tacts, &mb.batch)?;
+            model.forward(&be, &mut acts, &mb.batch)?;
+            let weight: Vec<f32> =
+                mb.targets.iter().map(|&x| if x == IGNORE { 0.0 } else { 1.0 / step_tokens as f32 }).collect();
+            let tw = Cpu::view(&teacher.params, teacher.layout.lm_head);
+            let th = Teacher::<Cpu> { h: &tacts.h, w: tw, d: teacher.cfg.hidden_size };
+            model.backward_with_head(&be, &mut acts, &mut grads, |be, hb, s, h, w, dh, grads, dw| {
+                loss += head::distill(be, hb, s, h, w, &th, &mut teacher_logits, mode, t, &weight, dh, grads, dw);
+            });
+        }
+        let (lr, grad_norm) = lp.update(model, &mut grads, step, loss)?;
+        lp.end_step(
+            model,
+            step,
+            serde_json::json!({ "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_tokens": step_tokens }),
+        )?;
+    }
+    Ok(lp.run_dir)
+}
