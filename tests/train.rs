@@ -316,3 +316,40 @@ fn distill_moves_the_student_towards_the_teacher() {
     std::fs::write(changed.join("tokenizer.json"), t).unwrap();
     bad(&changed, "tokenizer differs");
 }
+
+/// A non-finite loss stops training before the weights change, naming the
+/// step, with exit code 2 and no checkpoint written for it.
+#[test]
+fn non_finite_loss_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sft_data(tmp.path());
+    // A copy of qwen3 with a NaN in the final norm.
+    let m = tmp.path().join("nan-model");
+    std::fs::create_dir_all(&m).unwrap();
+    for e in std::fs::read_dir(fixtures().join("qwen3")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), m.join(e.file_name())).unwrap();
+    }
+    let (mut model, _) = engine::model::Model::load(&Cpu, &m).unwrap();
+    let norm = model.layout.final_norm;
+    model.params[norm.off] = f32::NAN;
+    engine::model::checkpoint::save(
+        &m,
+        &m,
+        &model.layout,
+        &model.params,
+        engine::model::checkpoint::SaveDtype::F32,
+        usize::MAX,
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let sets = vec![
+        format!("model={}", m.display()),
+        format!("data={}", data.display()),
+        format!("output_dir={}", out.display()),
+    ];
+    let (code, err) = sft(&sets, None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("step 1") && err.contains("not finite"), "{err}");
+    assert!(!out.join("checkpoint-1").exists());
+}
