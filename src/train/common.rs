@@ -119,6 +119,34 @@ impl Setup {
     }
 }
 
+/// The plan of a run: [`plan`] with the config's epochs and seed, cut at
+/// `max_steps` when that is set.
+pub fn plan_steps(cfg: &Config, n: usize, per_step: usize, size: impl Fn(usize) -> usize) -> Result<Vec<Vec<usize>>> {
+    let mut steps = plan(n, positive(cfg, "epochs")?, per_step, cfg.int("seed") as u64, size);
+    if cfg.int("max_steps") > 0 {
+        steps.truncate(cfg.int("max_steps") as usize);
+    }
+    Ok(steps)
+}
+
+/// Prompt / completion examples of the run's data (SFT, distillation):
+/// at least one, every id inside the vocabulary.
+pub fn completion_examples(cfg: &Config, setup: &Setup) -> Result<(Vec<super::data::Example>, super::data::DataStats)> {
+    let eos = setup.tok.eos_ids.first().copied();
+    let (examples, stats) =
+        super::data::sft_examples(&setup.lines, &setup.tok, setup.chat.as_ref(), eos, setup.max_len, setup.overlong)?;
+    if examples.is_empty() {
+        bail!(
+            "{}: no usable example ({} skipped as longer than max_seq_len {})",
+            cfg.str("data"),
+            stats.skipped,
+            setup.max_len
+        );
+    }
+    setup.check_vocab(examples.iter().flat_map(|e| &e.tokens))?;
+    Ok((examples, stats))
+}
+
 /// Items of every step, over all epochs: each epoch a seeded permutation,
 /// cut into steps of at least `per_step` by `size`.
 pub fn plan(n: usize, epochs: usize, per_step: usize, seed: u64, size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {

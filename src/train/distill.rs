@@ -7,9 +7,9 @@
 //! Distilling on the student's own samples (on-policy, GKD-style) is not
 //! implemented yet.
 
-use super::common::{keys, plan, positive, Loop, Setup};
+use super::common::{completion_examples, keys, plan_steps, positive, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
-use super::data::{micro_batches, sft_examples, Example, MicroBatch};
+use super::data::{micro_batches, Example, MicroBatch};
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, IGNORE};
 use crate::data::tokenizer::Tokenizer;
@@ -79,24 +79,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         other => bail!("key `distill.mode`: `{other}` is not forward, reverse or jsd"),
     };
     let t = cfg.float("distill.temperature") as f32;
-    let eos = setup.tok.eos_ids.first().copied();
-    let (examples, stats) =
-        sft_examples(&setup.lines, &setup.tok, setup.chat.as_ref(), eos, setup.max_len, setup.overlong)?;
-    if examples.is_empty() {
-        bail!("{}: no usable example ({} skipped)", cfg.str("data"), stats.skipped);
-    }
-    setup.check_vocab(examples.iter().flat_map(|e| &e.tokens))?;
+    let (examples, stats) = completion_examples(cfg, &setup)?;
     let budget = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
-    let mut steps = plan(
-        examples.len(),
-        positive(cfg, "epochs")?,
-        positive(cfg, "tokens_per_step")?,
-        cfg.int("seed") as u64,
-        |i| examples[i].tokens.len(),
-    );
-    if cfg.int("max_steps") > 0 {
-        steps.truncate(cfg.int("max_steps") as usize);
-    }
+    let steps = plan_steps(cfg, examples.len(), positive(cfg, "tokens_per_step")?, |i| examples[i].tokens.len())?;
     let mut lp = Loop::start("distill", cfg, &mut setup, steps.len() as u64, resume)?;
     let model = &mut setup.model;
     eprintln!("distill: {} examples, {} steps, teacher {}", stats.examples, lp.total, teacher_dir.display());

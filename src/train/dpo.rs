@@ -3,7 +3,7 @@
 //! policy is the starting model: its log-probabilities are computed once,
 //! before the first update (and from the starting weights on a resume).
 
-use super::common::{keys, plan, positive, Loop, Setup};
+use super::common::{keys, plan_steps, positive, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
 use crate::backend::cpu::Cpu;
@@ -142,11 +142,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         }
     }
 
-    let mut steps =
-        plan(all.len(), positive(cfg, "epochs")?, positive(cfg, "pairs_per_step")?, cfg.int("seed") as u64, |_| 1);
-    if cfg.int("max_steps") > 0 {
-        steps.truncate(cfg.int("max_steps") as usize);
-    }
+    let steps = plan_steps(cfg, all.len(), positive(cfg, "pairs_per_step")?, |_| 1)?;
     let mut lp = Loop::start("dpo", cfg, &mut setup, steps.len() as u64, resume)?;
     let model = &mut setup.model;
     eprintln!("dpo: {} pairs ({skipped} skipped), {} steps", all.len(), lp.total);

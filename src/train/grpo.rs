@@ -8,7 +8,7 @@
 //! loss, KL penalty and entropy bonus. Each step's rollouts are appended to
 //! `rollouts.jsonl` in the run folder.
 
-use super::common::{keys, plan, positive, Loop, Setup};
+use super::common::{keys, plan_steps, positive, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
 use crate::backend::cpu::Cpu;
@@ -195,16 +195,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     if t <= 0.0 {
         bail!("key `grpo.temperature` must be positive for RL, got {t}");
     }
-    let mut steps = plan(
-        prompts.len(),
-        positive(cfg, "epochs")?,
-        positive(cfg, "grpo.prompts_per_step")?,
-        cfg.int("seed") as u64,
-        |_| 1,
-    );
-    if cfg.int("max_steps") > 0 {
-        steps.truncate(cfg.int("max_steps") as usize);
-    }
+    let steps = plan_steps(cfg, prompts.len(), positive(cfg, "grpo.prompts_per_step")?, |_| 1)?;
     // The KL reference is the starting model, kept only when it is used.
     let reference = pcfg.kl.map(|_| Model::<Cpu>::from_host(&Cpu, setup.model.cfg.clone(), setup.model.params.clone()));
     let mut lp = Loop::start("grpo", cfg, &mut setup, steps.len() as u64, resume)?;

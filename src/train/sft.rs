@@ -2,14 +2,14 @@
 //! the prompt masked from the loss, token-mean cross-entropy over each
 //! optimizer step (DESIGN.md §4.8).
 
-use super::common::{keys, plan, positive, Loop, Setup};
+use super::common::{completion_examples, keys, plan_steps, positive, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
-use super::data::{micro_batches, sft_examples, Example, MicroBatch};
+use super::data::{micro_batches, Example, MicroBatch};
 use crate::backend::cpu::Cpu;
 use crate::loss::sft::masked_ce_with_count;
 use crate::model::activations::default_chunk;
 use crate::model::Activations;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 const OWN_KEYS: &[KeySpec] =
@@ -22,29 +22,9 @@ pub fn config_keys() -> Vec<KeySpec> {
 /// Runs SFT; returns the run folder.
 pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let mut setup = Setup::load(cfg)?;
-    let eos = setup.tok.eos_ids.first().copied();
-    let (examples, stats) =
-        sft_examples(&setup.lines, &setup.tok, setup.chat.as_ref(), eos, setup.max_len, setup.overlong)?;
-    if examples.is_empty() {
-        bail!(
-            "{}: no usable example ({} skipped as longer than max_seq_len {})",
-            cfg.str("data"),
-            stats.skipped,
-            setup.max_len
-        );
-    }
-    setup.check_vocab(examples.iter().flat_map(|e| &e.tokens))?;
+    let (examples, stats) = completion_examples(cfg, &setup)?;
     let mb_tokens = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
-    let mut steps = plan(
-        examples.len(),
-        positive(cfg, "epochs")?,
-        positive(cfg, "tokens_per_step")?,
-        cfg.int("seed") as u64,
-        |i| examples[i].tokens.len(),
-    );
-    if cfg.int("max_steps") > 0 {
-        steps.truncate(cfg.int("max_steps") as usize);
-    }
+    let steps = plan_steps(cfg, examples.len(), positive(cfg, "tokens_per_step")?, |i| examples[i].tokens.len())?;
     let mut lp = Loop::start("sft", cfg, &mut setup, steps.len() as u64, resume)?;
     let model = &mut setup.model;
     eprintln!(
