@@ -60,7 +60,12 @@ fn sft_data(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn sft(sets: &[String], resume: Option<&std::path::Path>) -> (i32, String) {
-    let mut args: Vec<String> = vec!["train".into(), "sft".into()];
+    train("sft", sets, resume)
+}
+
+/// `engine train <trainer> --set … [--resume …]`: (exit code, stderr).
+fn train(trainer: &str, sets: &[String], resume: Option<&std::path::Path>) -> (i32, String) {
+    let mut args: Vec<String> = vec!["train".into(), trainer.into()];
     for s in sets {
         args.push("--set".into());
         args.push(s.clone());
@@ -156,8 +161,7 @@ fn dpo_learns_the_preference() {
     }
     std::fs::write(&data, text).unwrap();
     let out = tmp.path().join("run");
-    let mut args = vec!["train".to_string(), "dpo".to_string()];
-    for s in [
+    let sets: Vec<String> = [
         format!("model={}", fixtures().join("qwen2").display()),
         format!("data={}", data.display()),
         format!("output_dir={}", out.display()),
@@ -166,11 +170,10 @@ fn dpo_learns_the_preference() {
         "dpo.beta=0.5".into(),
         "optim.lr=2e-3".into(),
         "optim.schedule=constant".into(),
-    ] {
-        args.extend(["--set".to_string(), s]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, _, err) = engine(&refs);
+    ]
+    .into_iter()
+    .collect();
+    let (code, err) = train("dpo", &sets, None);
     assert_eq!(code, 0, "{err}");
     let m = metrics(&out);
     assert_eq!(m.len(), 12);
@@ -202,8 +205,7 @@ fn grpo_runs_end_to_end() {
     )
     .unwrap();
     let out = tmp.path().join("run");
-    let mut args = vec!["train".to_string(), "grpo".to_string()];
-    for s in [
+    let sets: Vec<String> = [
         format!("model={}", fixtures().join("qwen3").display()),
         format!("data={}", data.display()),
         format!("output_dir={}", out.display()),
@@ -217,11 +219,10 @@ fn grpo_runs_end_to_end() {
         "grpo.mini_batches=2".into(),
         "micro_batch_tokens=40".into(),
         "optim.lr=1e-3".into(),
-    ] {
-        args.extend(["--set".to_string(), s]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, _, err) = engine(&refs);
+    ]
+    .into_iter()
+    .collect();
+    let (code, err) = train("grpo", &sets, None);
     assert_eq!(code, 0, "{err}");
     let m = metrics(&out);
     assert_eq!(m.len(), 2);
@@ -275,19 +276,18 @@ fn distill_moves_the_student_towards_the_teacher() {
     let teacher = teacher_run.join("checkpoint-8");
 
     let out = tmp.path().join("student");
-    let mut args = vec!["train".to_string(), "distill".to_string()];
-    for s in common(&out).into_iter().chain([
-        format!("teacher={}", teacher.display()),
-        "tokens_per_step=150".into(),
-        "max_steps=10".into(),
-        "epochs=3".into(),
-        "optim.lr=3e-3".into(),
-        "optim.schedule=constant".into(),
-    ]) {
-        args.extend(["--set".to_string(), s]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, _, err) = engine(&refs);
+    let sets: Vec<String> = common(&out)
+        .into_iter()
+        .chain([
+            format!("teacher={}", teacher.display()),
+            "tokens_per_step=150".into(),
+            "max_steps=10".into(),
+            "epochs=3".into(),
+            "optim.lr=3e-3".into(),
+            "optim.schedule=constant".into(),
+        ])
+        .collect();
+    let (code, err) = train("distill", &sets, None);
     assert_eq!(code, 0, "{err}");
     let m = metrics(&out);
     assert!(m.len() >= 8, "{} steps", m.len());
@@ -297,11 +297,10 @@ fn distill_moves_the_student_towards_the_teacher() {
 
     // Another vocabulary size; then the same size with a changed tokenizer.
     let bad = |teacher: &std::path::Path, needle: &str| {
-        let mut a = args.clone();
+        let mut a = sets.clone();
         let i = a.iter().position(|x| x.starts_with("teacher=")).unwrap();
         a[i] = format!("teacher={}", teacher.display());
-        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        let (code, _, err) = engine(&refs);
+        let (code, err) = train("distill", &a, None);
         assert_eq!(code, 2);
         assert!(err.contains(needle), "{err}");
     };
