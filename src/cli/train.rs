@@ -1,6 +1,6 @@
 //! `engine train <trainer> --config run.toml [--set key=value ...] [--resume DIR]`.
-//! Today: `sft`, `dpo`, `grpo` and `distill`. The rft trainer and the
-//! built-in demo are issue 5's remaining work.
+//! Trainers: `sft`, `distill`, `dpo`, `grpo`, `rft`. The built-in demo
+//! (`engine train` alone) is issue 5's remaining work.
 
 use crate::train::config::Config;
 use anyhow::Result;
@@ -36,6 +36,8 @@ pub enum Trainer {
     Grpo(RunArgs),
     /// Distillation from a teacher's distribution on {prompt, completion}.
     Distill(RunArgs),
+    /// Rejection-sampling fine-tuning (STaR) on {prompt, answer}.
+    Rft(RunArgs),
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -51,6 +53,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Trainer::Distill(r) => {
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::distill::config_keys())?;
             crate::train::distill::run(&cfg, r.resume.as_deref())?
+        }
+        Trainer::Rft(r) => {
+            let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::rft::config_keys())?;
+            crate::train::rft::run(&cfg, r.resume.as_deref())?
         }
         Trainer::Grpo(r) => {
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::grpo::config_keys())?;

@@ -8,4 +8,5 @@ pub mod data;
 pub mod distill;
 pub mod dpo;
 pub mod grpo;
+pub mod rft;
 pub mod sft;
