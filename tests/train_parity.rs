@@ -13,6 +13,7 @@ use engine::data::Batch;
 use engine::loss::sft::masked_ce_with_count;
 use engine::loss::{policy_loss, PolicyBatch, PolicyConfig, PolicyKind, StepCounts, TokenCoefs};
 use engine::model::{Activations, Model};
+use engine::train::data::{Example, MicroBatch};
 
 struct Step {
     seqs: Vec<Vec<u32>>,
@@ -36,17 +37,11 @@ fn load_step(r: &Reference) -> Step {
     }
 }
 
-/// A micro-batch of sequences `s0..s1` with its loss targets.
+/// A micro-batch of sequences `s0..s1` with its loss targets (the trainer's packing).
 fn pack(st: &Step, s0: usize, s1: usize) -> (Batch, Vec<u32>) {
-    let batch = Batch::pack(&st.seqs[s0..s1]);
-    let mut targets = batch.next_tokens.clone();
-    for (k, s) in (s0..s1).enumerate() {
-        let start = batch.seq(k).start;
-        for t in &mut targets[start..start + st.n_prompt[s] - 1] {
-            *t = IGNORE;
-        }
-    }
-    (batch, targets)
+    let ex: Vec<Example> = (s0..s1).map(|s| Example { tokens: st.seqs[s].clone(), n_prompt: st.n_prompt[s] }).collect();
+    let mb = MicroBatch::pack(&ex.iter().collect::<Vec<_>>());
+    (mb.batch, mb.targets)
 }
 
 /// The step's loss and gradients, micro-batch by micro-batch.

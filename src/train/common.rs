@@ -5,13 +5,13 @@
 
 use super::checkpoint::{load_checkpoint, save_checkpoint};
 use super::config::{Config, KeySpec, Kind};
-use super::data::Overlong;
+use super::data::{MicroBatch, Overlong};
 use crate::backend::cpu::Cpu;
 use crate::data::chat::ChatTemplate;
 use crate::data::jsonl::{read_objects, Line};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::{write_atomic, SaveDtype};
-use crate::model::Model;
+use crate::model::{Activations, Model};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind};
 use crate::rollout::Stream;
 use anyhow::{anyhow, bail, Context, Result};
@@ -145,6 +145,40 @@ pub fn completion_examples(cfg: &Config, setup: &Setup) -> Result<(Vec<super::da
     }
     setup.check_vocab(examples.iter().flat_map(|e| &e.tokens))?;
     Ok((examples, stats))
+}
+
+/// Phase 1 on a micro-batch: the per-token log-probs of its targets at
+/// temperature `t`, and the entropies when asked (zeros otherwise).
+pub fn token_logps(
+    model: &Model<Cpu>,
+    acts: &mut Activations<Cpu>,
+    mb: &MicroBatch,
+    t: f32,
+    entropy: bool,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    model.forward(&Cpu, acts, &mb.batch)?;
+    model.head_fwd(&Cpu, acts, &mb.targets, t, entropy);
+    let n = mb.batch.len();
+    Ok((acts.head.read_logp(&Cpu, n), if entropy { acts.head.read_entropy(&Cpu, n) } else { vec![0.0; n] }))
+}
+
+/// SFT over one step's micro-batches: token-mean cross-entropy over the
+/// step's loss tokens, gradients accumulated into `grads`; returns the loss.
+pub fn sft_accumulate(
+    model: &Model<Cpu>,
+    acts: &mut Activations<Cpu>,
+    mbs: &[MicroBatch],
+    grads: &mut Vec<f32>,
+) -> Result<f64> {
+    let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
+    let mut loss = 0.0;
+    for mb in mbs {
+        let (logp, _) = token_logps(model, acts, mb, 1.0, false)?;
+        let (l, coef) = crate::loss::sft::masked_ce_with_count(&logp, &mb.targets, step_tokens);
+        loss += l;
+        model.backward(&Cpu, acts, &coef.into(), 1.0, grads);
+    }
+    Ok(loss)
 }
 
 /// Items of every step, over all epochs: each epoch a seeded permutation,

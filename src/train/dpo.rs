@@ -3,14 +3,14 @@
 //! policy is the starting model: its log-probabilities are computed once,
 //! before the first update (and from the starting weights on a resume).
 
-use super::common::{keys, plan_steps, positive, Loop, Setup};
+use super::common::{keys, plan_steps, positive, token_logps, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
 use crate::backend::cpu::Cpu;
 use crate::data::chat::Message;
 use crate::loss::{dpo_loss, DpoConfig, DpoLossType, DpoStats};
 use crate::model::activations::default_chunk;
-use crate::model::{Activations, Model};
+use crate::model::Activations;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -81,13 +81,6 @@ fn pairs(setup: &Setup) -> Result<(Vec<Pair>, usize)> {
     Ok((out, skipped))
 }
 
-/// Per-token log-probabilities of a micro-batch's targets (0 elsewhere).
-fn logps(model: &Model<Cpu>, acts: &mut Activations<Cpu>, mb: &MicroBatch) -> Result<Vec<f32>> {
-    model.forward(&Cpu, acts, &mb.batch)?;
-    model.head_fwd(&Cpu, acts, &mb.targets, 1.0, false);
-    Ok(acts.head.read_logp(&Cpu, mb.batch.len()))
-}
-
 /// Pairs `idx` packed in order (chosen, rejected, chosen, …).
 fn pack(all: &[Pair], idx: &[usize]) -> MicroBatch {
     let seqs: Vec<&Example> = idx.iter().flat_map(|&i| [&all[i].chosen, &all[i].rejected]).collect();
@@ -135,7 +128,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let every: Vec<usize> = (0..all.len()).collect();
     for g in groups(&all, &every, budget) {
         let mb = pack(&all, &g);
-        let lp = logps(&setup.model, &mut acts, &mb)?;
+        let lp = token_logps(&setup.model, &mut acts, &mb, 1.0, false)?.0;
         for s in 0..g.len() {
             let (c, r) = (mb.batch.seq(2 * s), mb.batch.seq(2 * s + 1));
             reference.push([&lp[c], &lp[r]].concat());
@@ -153,7 +146,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let (mut loss, mut stats) = (0.0, DpoStats::default());
         for g in groups(&all, idx, budget) {
             let mb = pack(&all, &g);
-            let logp = logps(model, &mut acts, &mb)?;
+            let logp = token_logps(model, &mut acts, &mb, 1.0, false)?.0;
             let ref_logp: Vec<f32> = g.iter().flat_map(|&i| reference[i].iter().copied()).collect();
             let mask: Vec<bool> = mb.targets.iter().map(|&t| t != crate::backend::IGNORE).collect();
             let (l, coefs, st) = dpo_loss(&dpo, &logp, &ref_logp, &mask, &mb.batch.cu_seqlens, idx.len());

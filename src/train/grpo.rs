@@ -8,7 +8,7 @@
 //! loss, KL penalty and entropy bonus. Each step's rollouts are appended to
 //! `rollouts.jsonl` in the run folder.
 
-use super::common::{keys, plan_steps, positive, Loop, Setup};
+use super::common::{keys, plan_steps, positive, token_logps, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
 use crate::backend::cpu::Cpu;
@@ -142,20 +142,6 @@ struct Rollout {
     advantage: f32,
 }
 
-/// Per-token log-probs (and entropies) of a micro-batch's targets at temperature `t`.
-fn score(
-    model: &Model<Cpu>,
-    acts: &mut Activations<Cpu>,
-    mb: &MicroBatch,
-    t: f32,
-    entropy: bool,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    model.forward(&Cpu, acts, &mb.batch)?;
-    model.head_fwd(&Cpu, acts, &mb.targets, t, entropy);
-    let n = mb.batch.len();
-    Ok((acts.head.read_logp(&Cpu, n), if entropy { acts.head.read_entropy(&Cpu, n) } else { vec![0.0; n] }))
-}
-
 pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let mut setup = Setup::load(cfg)?;
     let pcfg = policy_config(cfg)?;
@@ -279,9 +265,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let mut refl: Vec<Vec<f32>> = Vec::new();
         for grp in &groups {
             let mb = MicroBatch::pack(grp);
-            old.push(score(model, &mut acts, &mb, t, false)?.0);
+            old.push(token_logps(model, &mut acts, &mb, t, false)?.0);
             if let Some(r) = &reference {
-                refl.push(score(r, &mut acts, &mb, t, false)?.0);
+                refl.push(token_logps(r, &mut acts, &mb, t, false)?.0);
             }
         }
 
@@ -289,6 +275,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let mut stats = PolicyStats::default();
         let (mut loss_sum, mut last_lr, mut last_norm) = (0.0, 0.0, 0.0);
         let per_mini = groups.len().div_ceil(n_mini).max(1);
+        // Index of each micro-batch's first rollout (rollouts are in order).
+        let starts: Vec<usize> =
+            groups.iter().scan(0, |first, grp| Some(std::mem::replace(first, *first + grp.len()))).collect();
         let mut update = 0u64;
         for _ in 0..epochs {
             for mini in (0..groups.len()).collect::<Vec<_>>().chunks(per_mini) {
@@ -303,16 +292,6 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
                 if counts.tokens == 0 {
                     continue;
                 }
-                // Rollouts of each micro-batch, in order.
-                let mut first = 0;
-                let starts: Vec<usize> = groups
-                    .iter()
-                    .map(|grp| {
-                        let s = first;
-                        first += grp.len();
-                        s
-                    })
-                    .collect();
                 let correct_tokens: usize = mbs
                     .iter()
                     .zip(&masks)
@@ -327,7 +306,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
                 let mut loss = 0.0;
                 for ((gi, mb), mask) in mbs.iter().zip(&masks) {
                     let entropy = pcfg.entropy_coef != 0.0;
-                    let (logp, ent) = score(model, &mut acts, mb, t, entropy)?;
+                    let (logp, ent) = token_logps(model, &mut acts, mb, t, entropy)?;
                     let rs = &rollouts[starts[*gi]..starts[*gi] + groups[*gi].len()];
                     // The sampler's log-probs, placed at the positions that predict each response token.
                     let mut sampler = vec![0.0f32; logp.len()];

@@ -6,12 +6,11 @@
 //! again with the resumed weights, so a resume is exact only at round
 //! boundaries.
 
-use super::common::{keys, plan, positive, Loop, Setup};
+use super::common::{keys, plan, positive, sft_accumulate, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{micro_batches, Example, MicroBatch};
 use crate::backend::cpu::Cpu;
 use crate::data::chat::Message;
-use crate::loss::sft::masked_ce_with_count;
 use crate::model::activations::default_chunk;
 use crate::model::{Activations, Model};
 use crate::reward::math_reward;
@@ -158,17 +157,8 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             };
             let ex: Vec<&Example> = chosen.iter().map(|&j| &kept[j]).collect();
             let mbs: Vec<MicroBatch> = micro_batches(&ex, budget).iter().map(|mb| MicroBatch::pack(mb)).collect();
-            let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
             grads.fill(0.0);
-            let mut loss = 0.0;
-            for mb in &mbs {
-                model.forward(&Cpu, &mut acts, &mb.batch)?;
-                model.head_fwd(&Cpu, &mut acts, &mb.targets, 1.0, false);
-                let (l, coef) =
-                    masked_ce_with_count(&acts.head.read_logp(&Cpu, mb.batch.len()), &mb.targets, step_tokens);
-                loss += l;
-                model.backward(&Cpu, &mut acts, &coef.into(), 1.0, &mut grads);
-            }
+            let loss = sft_accumulate(model, &mut acts, &mbs, &mut grads)?;
             let (lr, grad_norm) = lp.update(model, &mut grads, step_idx, loss)?;
             let mut line = base;
             line["loss"] = loss.into();

@@ -2,11 +2,10 @@
 //! the prompt masked from the loss, token-mean cross-entropy over each
 //! optimizer step (DESIGN.md §4.8).
 
-use super::common::{completion_examples, keys, plan_steps, positive, Loop, Setup};
+use super::common::{completion_examples, keys, plan_steps, positive, sft_accumulate, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{micro_batches, Example, MicroBatch};
 use crate::backend::cpu::Cpu;
-use crate::loss::sft::masked_ce_with_count;
 use crate::model::activations::default_chunk;
 use crate::model::Activations;
 use anyhow::Result;
@@ -46,14 +45,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let mbs: Vec<MicroBatch> = micro_batches(&chosen, mb_tokens).iter().map(|mb| MicroBatch::pack(mb)).collect();
         let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
         grads.fill(0.0);
-        let mut loss = 0.0;
-        for mb in &mbs {
-            model.forward(&be, &mut acts, &mb.batch)?;
-            model.head_fwd(&be, &mut acts, &mb.targets, 1.0, false);
-            let (l, coef) = masked_ce_with_count(&acts.head.read_logp(&be, mb.batch.len()), &mb.targets, step_tokens);
-            loss += l;
-            model.backward(&be, &mut acts, &coef.into(), 1.0, &mut grads);
-        }
+        let loss = sft_accumulate(model, &mut acts, &mbs, &mut grads)?;
         let (lr, grad_norm) = lp.update(model, &mut grads, step, loss)?;
         let tokens: usize = mbs.iter().map(|m| m.batch.len()).sum();
         let line = serde_json::json!({
