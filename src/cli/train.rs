@@ -1,6 +1,6 @@
 //! `engine train <trainer> --config run.toml [--set key=value ...] [--resume DIR]`.
-//! Trainers: `sft`, `distill`, `dpo`, `grpo`, `rft`. The built-in demo
-//! (`engine train` alone) is issue 5's remaining work.
+//! Trainers: `sft`, `distill`, `dpo`, `grpo`, `rft`. `engine train` alone
+//! runs the built-in demo (`engine train demo --set key=value` tunes it).
 
 use crate::train::config::Config;
 use anyhow::Result;
@@ -9,8 +9,16 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    /// Without a trainer: the built-in demo.
     #[command(subcommand)]
-    pub trainer: Trainer,
+    pub trainer: Option<Trainer>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Override one demo key: `--set rationales=3000` (repeatable).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -38,10 +46,18 @@ pub enum Trainer {
     Distill(RunArgs),
     /// Rejection-sampling fine-tuning (STaR) on {prompt, answer}.
     Rft(RunArgs),
+    /// The built-in demo: SFT on scarce rationales, then GRPO, against an SFT control.
+    Demo(DemoArgs),
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let dir = match a.trainer {
+    let dir = match a.trainer.unwrap_or(Trainer::Demo(DemoArgs { set: vec![] })) {
+        Trainer::Demo(d) => {
+            let cfg = Config::load(None, &d.set, &crate::train::demo::config_keys())?;
+            let summary = crate::train::demo::run(&cfg)?;
+            println!("{summary}");
+            return Ok(());
+        }
         Trainer::Sft(r) => {
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::sft::config_keys())?;
             crate::train::sft::run(&cfg, r.resume.as_deref())?

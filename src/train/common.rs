@@ -13,8 +13,11 @@ use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::{write_atomic, SaveDtype};
 use crate::model::{Activations, Model};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind};
+use super::eval::{evaluate, EvalResult, EvalSpec, Problem};
+use crate::data::chat::Message;
 use crate::rollout::Stream;
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +55,28 @@ pub const COMMON_KEYS: &[KeySpec] = &[
         kind: Kind::Str,
         default: Some("\"bf16\""),
         help: "bf16 or f32 weights in checkpoints",
+    },
+    KeySpec {
+        key: "eval.data",
+        kind: Kind::Str,
+        default: Some("\"\""),
+        help: "held-out {prompt, answer} JSONL scored every eval.every steps (\"\": none)",
+    },
+    KeySpec { key: "eval.every", kind: Kind::Int, default: Some("0"), help: "evaluate every N steps (0: off)" },
+    KeySpec { key: "eval.limit", kind: Kind::Int, default: Some("0"), help: "first N held-out lines (0: all)" },
+    KeySpec { key: "eval.max_new_tokens", kind: Kind::Int, default: Some("512"), help: "longest evaluated answer" },
+    KeySpec {
+        key: "eval.samples",
+        kind: Kind::Int,
+        default: Some("1"),
+        help: "samples per prompt: 1 is greedy pass@1, k > 1 adds maj@k",
+    },
+    KeySpec { key: "eval.temperature", kind: Kind::Float, default: Some("1.0"), help: "temperature when k > 1" },
+    KeySpec {
+        key: "early_stop.patience",
+        kind: Kind::Int,
+        default: Some("0"),
+        help: "stop after N evaluations without a new best pass@1, keeping the best weights (0: off)",
     },
     KeySpec { key: "optim.lr", kind: Kind::Float, default: Some("1e-5"), help: "peak learning rate" },
     KeySpec { key: "optim.warmup_steps", kind: Kind::Int, default: Some("0"), help: "linear warm-up steps" },
@@ -107,6 +132,43 @@ impl Setup {
         };
         let lines = read_objects(Path::new(&cfg.str("data")))?;
         Ok(Setup { model, model_dir, tok, chat, lines, max_len: positive(cfg, "max_seq_len")?, overlong })
+    }
+
+    /// The `{"prompt", "answer"}` problems of `lines` (GRPO, RFT, held-out
+    /// evaluation): prompts tokenized (through the chat template when the
+    /// run uses one), answers as text.
+    pub fn problems(&self, lines: &[Line]) -> Result<Vec<Problem>> {
+        let mut out = Vec::with_capacity(lines.len());
+        for line in lines {
+            let at = &line.at;
+            let (Some(Value::String(p)), Some(answer)) = (line.fields.get("prompt"), line.fields.get("answer")) else {
+                bail!("{at}: expected a string \"prompt\" and an \"answer\"");
+            };
+            let answer = match answer {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => bail!("{at}: \"answer\" should be a string or a number"),
+            };
+            let ids = match &self.chat {
+                Some(chat) => {
+                    self.tok.encode(&chat.render(&[Message { role: "user".into(), content: p.clone() }], true)?, false)?
+                }
+                None => self.tok.encode(p, true)?,
+            };
+            if ids.is_empty() || ids.len() >= self.max_len {
+                bail!("{at}: the prompt has {} tokens (max_seq_len {})", ids.len(), self.max_len);
+            }
+            out.push((ids, answer));
+        }
+        self.check_vocab(out.iter().flat_map(|(p, _)| p))?;
+        Ok(out)
+    }
+
+    /// The tokenizer's end-of-sequence ids that the model can produce.
+    pub fn eos(&self) -> Vec<u32> {
+        let mut eos = self.tok.eos_ids.clone();
+        eos.retain(|&e| (e as usize) < self.model.cfg.vocab_size);
+        eos
     }
 
     /// Fails if a token id is outside the model's vocabulary.
@@ -208,7 +270,18 @@ pub fn plan(n: usize, epochs: usize, per_step: usize, seed: u64, size: impl Fn(u
     steps
 }
 
-/// The optimizer, schedule, metrics file and checkpointing of a run.
+/// Held-out evaluation every `every` steps, and early stopping on it.
+struct HeldOut {
+    problems: Vec<Problem>,
+    spec: EvalSpec,
+    every: u64,
+    patience: u64,
+    best: Option<(f64, u64, Vec<f32>)>,
+    since_best: u64,
+}
+
+/// The optimizer, schedule, metrics file, held-out evaluation and
+/// checkpointing of a run.
 pub struct Loop {
     pub trainer: &'static str,
     pub run_dir: PathBuf,
@@ -220,6 +293,7 @@ pub struct Loop {
     save_every: u64,
     keep_last: usize,
     metrics: std::fs::File,
+    eval: Option<HeldOut>,
     /// First step to run (after a resume).
     pub start: u64,
     pub total: u64,
@@ -266,6 +340,7 @@ impl Loop {
         let run_dir = PathBuf::from(cfg.str("output_dir"));
         std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
         write_atomic(&run_dir.join("run_config.json"), serde_json::to_string_pretty(&cfg.to_json())?.as_bytes())?;
+        let eval = HeldOut::load(cfg, setup)?;
         let metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -282,6 +357,7 @@ impl Loop {
             save_every: cfg.int("save_every").max(0) as u64,
             keep_last: cfg.int("keep_last").max(0) as usize,
             metrics,
+            eval,
             start,
             total,
             clock: std::time::Instant::now(),
@@ -301,16 +377,53 @@ impl Loop {
         Ok((lr, norm))
     }
 
-    /// Writes the step's metrics line (with `step` 1-based and the elapsed
-    /// time added) and saves a checkpoint when one is due.
-    pub fn end_step(&mut self, model: &Model<Cpu>, step: u64, mut line: serde_json::Value) -> Result<()> {
+    /// Evaluates on the held-out set now (whatever `eval.every` says);
+    /// `None` when the run has no held-out set.
+    pub fn evaluate(&self, model: &Model<Cpu>, tok: &crate::data::tokenizer::Tokenizer) -> Result<Option<EvalResult>> {
+        self.eval.as_ref().map(|h| evaluate(model, tok, &h.problems, &h.spec)).transpose()
+    }
+
+    /// Writes the step's metrics line (with `step` 1-based, the elapsed
+    /// time and any held-out evaluation added) and saves a checkpoint when
+    /// one is due. Returns true when early stopping ends the run: the best
+    /// weights are then back in `model` and saved as the last checkpoint.
+    pub fn end_step(
+        &mut self,
+        model: &mut Model<Cpu>,
+        tok: &crate::data::tokenizer::Tokenizer,
+        step: u64,
+        mut line: Value,
+    ) -> Result<bool> {
         let done = step + 1;
+        let mut stop = false;
+        if let Some(h) = self.eval.as_mut().filter(|h| h.every > 0 && (done.is_multiple_of(h.every) || done == self.total)) {
+            let r = evaluate(model, tok, &h.problems, &h.spec)?;
+            line["eval_pass@1"] = r.pass1.into();
+            if let Some(m) = r.maj {
+                line[format!("eval_maj@{}", r.k)] = m.into();
+            }
+            line["eval_response_length"] = r.response_length.into();
+            if h.best.as_ref().is_none_or(|(b, _, _)| r.pass1 > *b) {
+                let keep = if h.patience > 0 { model.params.clone() } else { Vec::new() };
+                h.best = Some((r.pass1, done, keep));
+                h.since_best = 0;
+            } else {
+                h.since_best += 1;
+                stop = h.patience > 0 && h.since_best >= h.patience;
+            }
+            if stop {
+                let (best, at, params) = h.best.take().expect("a best evaluation exists");
+                model.params = params;
+                line["early_stop"] = serde_json::json!({ "best_step": at, "best_pass@1": best });
+                eprintln!("{}: held-out pass@1 has not improved on {best:.4} (step {at}) for {} evaluations; stopping with those weights", self.trainer, h.patience);
+            }
+        }
         line["step"] = done.into();
         line["elapsed_s"] = self.clock.elapsed().as_secs_f64().into();
         writeln!(self.metrics, "{line}")
             .with_context(|| format!("{}: cannot write metrics", self.run_dir.display()))?;
-        if done == self.total || (self.save_every > 0 && done.is_multiple_of(self.save_every)) {
-            let state = serde_json::json!({ "trainer": self.trainer, "total_steps": self.total });
+        if stop || done == self.total || (self.save_every > 0 && done.is_multiple_of(self.save_every)) {
+            let state = serde_json::json!({ "trainer": self.trainer, "total_steps": self.total, "early_stop": stop });
             save_checkpoint(
                 &self.run_dir,
                 &self.model_dir,
@@ -322,6 +435,35 @@ impl Loop {
                 self.keep_last,
             )?;
         }
-        Ok(())
+        Ok(stop)
+    }
+}
+
+impl HeldOut {
+    fn load(cfg: &Config, setup: &Setup) -> Result<Option<Self>> {
+        let path = cfg.str("eval.data");
+        let every = cfg.int("eval.every").max(0) as u64;
+        let patience = cfg.int("early_stop.patience").max(0) as u64;
+        if path.is_empty() {
+            if every > 0 || patience > 0 {
+                bail!("keys `eval.every` and `early_stop.patience` need `eval.data`, a held-out {{prompt, answer}} file");
+            }
+            return Ok(None);
+        }
+        if patience > 0 && every == 0 {
+            bail!("key `early_stop.patience` needs `eval.every` > 0");
+        }
+        let mut lines = read_objects(Path::new(&path))?;
+        if cfg.int("eval.limit") > 0 {
+            lines.truncate(cfg.int("eval.limit") as usize);
+        }
+        let spec = EvalSpec {
+            max_new_tokens: positive(cfg, "eval.max_new_tokens")?,
+            k: positive(cfg, "eval.samples")?,
+            temperature: cfg.float("eval.temperature") as f32,
+            seed: cfg.int("seed") as u64 ^ 0xE7A1,
+            eos: setup.eos(),
+        };
+        Ok(Some(HeldOut { problems: setup.problems(&lines)?, spec, every, patience, best: None, since_best: 0 }))
     }
 }

@@ -109,11 +109,10 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             });
         }
         let (lr, grad_norm) = lp.update(model, &mut grads, step, loss)?;
-        lp.end_step(
-            model,
-            step,
-            serde_json::json!({ "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_tokens": step_tokens }),
-        )?;
+        let line = serde_json::json!({ "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_tokens": step_tokens });
+        if lp.end_step(model, &setup.tok, step, line)? {
+            break;
+        }
     }
     Ok(lp.run_dir)
 }

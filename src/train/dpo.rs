@@ -163,7 +163,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "reward_chosen": chosen, "reward_rejected": rejected,
             "reward_accuracy": accuracy, "reward_margin": margin,
         });
-        lp.end_step(model, step, line)?;
+        if lp.end_step(model, &setup.tok, step, line)? {
+            break;
+        }
     }
     Ok(lp.run_dir)
 }

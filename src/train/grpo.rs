@@ -13,7 +13,6 @@ use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
 use crate::backend::cpu::Cpu;
 use crate::backend::IGNORE;
-use crate::data::chat::Message;
 use crate::loss::advantages::{grpo_advantages, ScaleRewards};
 use crate::loss::{
     policy_loss, Aggregation, KlKind, KlPenalty, PolicyBatch, PolicyConfig, PolicyKind, PolicyStats, StepCounts,
@@ -24,7 +23,7 @@ use crate::model::{Activations, Model};
 use crate::reward::{format_reward, math_reward, overlong_penalty};
 use crate::rollout::{GenerateConfig, Generator, SamplingParams};
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -151,30 +150,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         "none" => ScaleRewards::None,
         other => bail!("key `grpo.scale_rewards`: `{other}` is not group, batch or none"),
     };
-    // Prompts and reference answers.
-    let mut prompts: Vec<(Vec<u32>, String)> = Vec::new();
-    for line in &setup.lines {
-        let at = &line.at;
-        let (Some(Value::String(p)), Some(answer)) = (line.fields.get("prompt"), line.fields.get("answer")) else {
-            bail!("{at}: expected a string \"prompt\" and an \"answer\"");
-        };
-        let answer = match answer {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => bail!("{at}: \"answer\" should be a string or a number"),
-        };
-        let ids = match &setup.chat {
-            Some(chat) => {
-                setup.tok.encode(&chat.render(&[Message { role: "user".into(), content: p.clone() }], true)?, false)?
-            }
-            None => setup.tok.encode(p, true)?,
-        };
-        if ids.is_empty() || ids.len() >= setup.max_len {
-            bail!("{at}: the prompt has {} tokens (max_seq_len {})", ids.len(), setup.max_len);
-        }
-        prompts.push((ids, answer));
-    }
-    setup.check_vocab(prompts.iter().flat_map(|(p, _)| p))?;
+    let prompts = setup.problems(&setup.lines)?;
     let g = positive(cfg, "grpo.group_size")?;
     let max_new = positive(cfg, "grpo.max_new_tokens")?;
     let t = cfg.float("grpo.temperature") as f32;
@@ -185,6 +161,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     // The KL reference is the starting model, kept only when it is used.
     let reference = pcfg.kl.map(|_| Model::<Cpu>::from_host(&Cpu, setup.model.cfg.clone(), setup.model.params.clone()));
     let mut lp = Loop::start("grpo", cfg, &mut setup, steps.len() as u64, resume)?;
+    let eos = setup.eos();
     let model = &mut setup.model;
     let tok = &setup.tok;
     let longest = prompts.iter().map(|(p, _)| p.len()).max().unwrap_or(1) + max_new;
@@ -196,8 +173,6 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         .append(true)
         .open(lp.run_dir.join("rollouts.jsonl"))
         .with_context(|| format!("{}: cannot open rollouts.jsonl", lp.run_dir.display()))?;
-    let mut eos = tok.eos_ids.clone();
-    eos.retain(|&e| (e as usize) < model.cfg.vocab_size);
     let (w_math, w_format) = (cfg.float("reward.math"), cfg.float("reward.format"));
     let (ol_buffer, ol_penalty) =
         (cfg.int("reward.overlong_buffer").max(0) as usize, cfg.float("reward.overlong_penalty"));
@@ -218,6 +193,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         };
         let longest_prompt = step_prompts.iter().map(Vec::len).max().unwrap_or(1);
         let samples = Generator::new(&Cpu, model, gen_cfg, longest_prompt)?.generate(&step_prompts, None, |_| {})?;
+        let rollout_s = t0.elapsed().as_secs_f64();
 
         // Rewards, then advantages per group.
         let mut rollouts: Vec<Rollout> = Vec::with_capacity(samples.len());
@@ -351,9 +327,13 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             "ratio_mean": m.ratio_mean, "ppo_kl": m.ppo_kl, "kl": m.kl_mean, "entropy": m.entropy_mean,
             "sampler_abs_diff_mean": m.sampler_abs_diff_mean, "sampler_abs_diff_max": m.sampler_abs_diff_max,
             "groups_flat_frac": flat_groups as f64 / chosen.len() as f64, "updates": update,
-            "seconds": t0.elapsed().as_secs_f64(),
+            "tokens_generated": samples.iter().map(|s| s.tokens.len()).sum::<usize>(),
+            "tokens_trained": rollouts.iter().map(|r| r.seq.tokens.len()).sum::<usize>(),
+            "rollout_s": rollout_s, "seconds": t0.elapsed().as_secs_f64(),
         });
-        lp.end_step(model, step, line)?;
+        if lp.end_step(model, tok, step, line)? {
+            break;
+        }
     }
     Ok(lp.run_dir)
 }

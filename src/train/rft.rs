@@ -10,13 +10,11 @@ use super::common::{keys, plan, positive, sft_accumulate, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{micro_batches, Example, MicroBatch};
 use crate::backend::cpu::Cpu;
-use crate::data::chat::Message;
 use crate::model::activations::default_chunk;
 use crate::model::{Activations, Model};
 use crate::reward::math_reward;
 use crate::rollout::{GenerateConfig, Generator, Sample, SamplingParams};
-use anyhow::{bail, Result};
-use serde_json::Value;
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 const OWN_KEYS: &[KeySpec] = &[
@@ -70,34 +68,11 @@ pub fn round_samples(model: &Model<Cpu>, prompts: &[Vec<u32>], r: &RoundSampling
 
 pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let mut setup = Setup::load(cfg)?;
-    let mut prompts: Vec<Vec<u32>> = Vec::new();
-    let mut answers: Vec<String> = Vec::new();
-    for line in &setup.lines {
-        let at = &line.at;
-        let (Some(Value::String(p)), Some(a)) = (line.fields.get("prompt"), line.fields.get("answer")) else {
-            bail!("{at}: expected a string \"prompt\" and an \"answer\"");
-        };
-        answers.push(match a {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => bail!("{at}: \"answer\" should be a string or a number"),
-        });
-        prompts.push(match &setup.chat {
-            Some(chat) => {
-                setup.tok.encode(&chat.render(&[Message { role: "user".into(), content: p.clone() }], true)?, false)?
-            }
-            None => setup.tok.encode(p, true)?,
-        });
-        if prompts.last().is_some_and(|p| p.is_empty() || p.len() >= setup.max_len) {
-            bail!("{at}: the prompt does not fit max_seq_len {}", setup.max_len);
-        }
-    }
-    setup.check_vocab(prompts.iter().flatten())?;
+    let (prompts, answers): (Vec<Vec<u32>>, Vec<String>) = setup.problems(&setup.lines)?.into_iter().unzip();
     let (rounds, per_round) = (positive(cfg, "rft.rounds")? as u64, positive(cfg, "rft.steps_per_round")? as u64);
     let mut lp = Loop::start("rft", cfg, &mut setup, rounds * per_round, resume)?;
+    let eos_ids = setup.eos();
     let model = &mut setup.model;
-    let mut eos_ids = setup.tok.eos_ids.clone();
-    eos_ids.retain(|&e| (e as usize) < model.cfg.vocab_size);
     let seed = cfg.int("seed") as u64;
     let sampling = RoundSampling {
         k: positive(cfg, "rft.samples")?,
@@ -152,7 +127,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             let base = serde_json::json!({ "round": round + 1, "sampled": samples.len(), "kept": kept.len() });
             let Some(chosen) = steps.get(i) else {
                 // Nothing (more) to learn from this round: record the step, no update.
-                lp.end_step(model, step_idx, base)?;
+                if lp.end_step(model, &setup.tok, step_idx, base)? {
+                    return Ok(lp.run_dir);
+                }
                 continue;
             };
             let ex: Vec<&Example> = chosen.iter().map(|&j| &kept[j]).collect();
@@ -164,7 +141,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             line["loss"] = loss.into();
             line["lr"] = lr.into();
             line["grad_norm"] = grad_norm.into();
-            lp.end_step(model, step_idx, line)?;
+            if lp.end_step(model, &setup.tok, step_idx, line)? {
+                return Ok(lp.run_dir);
+            }
         }
         step = round_end;
     }

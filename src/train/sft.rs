@@ -52,7 +52,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "loss_tokens": step_tokens,
             "tokens_per_s": tokens as f64 / t0.elapsed().as_secs_f64(),
         });
-        lp.end_step(model, step, line)?;
+        if lp.end_step(model, &setup.tok, step, line)? {
+            break;
+        }
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
     }
