@@ -6,15 +6,16 @@
 use super::checkpoint::{load_checkpoint, save_checkpoint};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{MicroBatch, Overlong};
+use super::eval::{evaluate, EvalResult, EvalSpec, Problem};
+use super::plot::{Chart, Series};
 use crate::backend::cpu::Cpu;
 use crate::data::chat::ChatTemplate;
+use crate::data::chat::Message;
 use crate::data::jsonl::{read_objects, Line};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::{write_atomic, SaveDtype};
 use crate::model::{Activations, Model};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind};
-use super::eval::{evaluate, EvalResult, EvalSpec, Problem};
-use crate::data::chat::Message;
 use crate::rollout::Stream;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -150,9 +151,9 @@ impl Setup {
                 _ => bail!("{at}: \"answer\" should be a string or a number"),
             };
             let ids = match &self.chat {
-                Some(chat) => {
-                    self.tok.encode(&chat.render(&[Message { role: "user".into(), content: p.clone() }], true)?, false)?
-                }
+                Some(chat) => self
+                    .tok
+                    .encode(&chat.render(&[Message { role: "user".into(), content: p.clone() }], true)?, false)?,
                 None => self.tok.encode(p, true)?,
             };
             if ids.is_empty() || ids.len() >= self.max_len {
@@ -377,6 +378,14 @@ impl Loop {
         Ok((lr, norm))
     }
 
+    /// Ends the run: plots the main curves of `metrics.jsonl` into
+    /// `curves.png` beside it; returns the run folder.
+    pub fn finish(self) -> Result<PathBuf> {
+        let lines = read_metrics(&self.run_dir)?;
+        super::plot::write_png(&self.run_dir.join("curves.png"), &curves(&lines, self.trainer))?;
+        Ok(self.run_dir)
+    }
+
     /// Evaluates on the held-out set now (whatever `eval.every` says);
     /// `None` when the run has no held-out set.
     pub fn evaluate(&self, model: &Model<Cpu>, tok: &crate::data::tokenizer::Tokenizer) -> Result<Option<EvalResult>> {
@@ -396,7 +405,9 @@ impl Loop {
     ) -> Result<bool> {
         let done = step + 1;
         let mut stop = false;
-        if let Some(h) = self.eval.as_mut().filter(|h| h.every > 0 && (done.is_multiple_of(h.every) || done == self.total)) {
+        if let Some(h) =
+            self.eval.as_mut().filter(|h| h.every > 0 && (done.is_multiple_of(h.every) || done == self.total))
+        {
             let r = evaluate(model, tok, &h.problems, &h.spec)?;
             line["eval_pass@1"] = r.pass1.into();
             if let Some(m) = r.maj {
@@ -439,6 +450,41 @@ impl Loop {
     }
 }
 
+/// The metrics lines of a run folder.
+pub fn read_metrics(run_dir: &Path) -> Result<Vec<Value>> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1)))
+        .collect()
+}
+
+/// `key` against `x_key` over the lines that have both.
+pub fn series(lines: &[Value], x_key: &str, key: &str, label: &str) -> Series {
+    let points = lines.iter().filter_map(|l| Some((l[x_key].as_f64()?, l[key].as_f64()?))).collect();
+    Series { label: label.to_string(), points }
+}
+
+/// One panel per group of metrics that the run logged, against the step.
+fn curves(lines: &[Value], trainer: &str) -> Vec<Chart> {
+    let groups: &[(&str, &[&str])] = &[
+        ("training loss", &["loss"]),
+        ("reward and accuracy of the rollouts", &["reward_mean", "accuracy"]),
+        ("held-out evaluation", &["eval_pass@1", "eval_maj@2", "eval_maj@4", "eval_maj@8", "eval_maj@16"]),
+        ("gradient norm (before clipping)", &["grad_norm"]),
+    ];
+    groups
+        .iter()
+        .map(|(title, keys)| Chart {
+            title: format!("{trainer}: {title}"),
+            x_label: "step".into(),
+            series: keys.iter().map(|k| series(lines, "step", k, k)).filter(|s| !s.points.is_empty()).collect(),
+        })
+        .filter(|c| !c.series.is_empty())
+        .collect()
+}
+
 impl HeldOut {
     fn load(cfg: &Config, setup: &Setup) -> Result<Option<Self>> {
         let path = cfg.str("eval.data");
@@ -446,7 +492,9 @@ impl HeldOut {
         let patience = cfg.int("early_stop.patience").max(0) as u64;
         if path.is_empty() {
             if every > 0 || patience > 0 {
-                bail!("keys `eval.every` and `early_stop.patience` need `eval.data`, a held-out {{prompt, answer}} file");
+                bail!(
+                    "keys `eval.every` and `early_stop.patience` need `eval.data`, a held-out {{prompt, answer}} file"
+                );
             }
             return Ok(None);
         }

@@ -335,5 +335,5 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             break;
         }
     }
-    Ok(lp.run_dir)
+    lp.finish()
 }

@@ -10,5 +10,6 @@ pub mod distill;
 pub mod dpo;
 pub mod eval;
 pub mod grpo;
+pub mod plot;
 pub mod rft;
 pub mod sft;

@@ -128,7 +128,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             let Some(chosen) = steps.get(i) else {
                 // Nothing (more) to learn from this round: record the step, no update.
                 if lp.end_step(model, &setup.tok, step_idx, base)? {
-                    return Ok(lp.run_dir);
+                    return lp.finish();
                 }
                 continue;
             };
@@ -142,10 +142,10 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             line["lr"] = lr.into();
             line["grad_norm"] = grad_norm.into();
             if lp.end_step(model, &setup.tok, step_idx, line)? {
-                return Ok(lp.run_dir);
+                return lp.finish();
             }
         }
         step = round_end;
     }
-    Ok(lp.run_dir)
+    lp.finish()
 }

@@ -59,5 +59,5 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(lp.run_dir)
+    lp.finish()
 }

@@ -22,8 +22,10 @@
 pub mod task;
 
 use super::checkpoint::checkpoints;
+use super::common::{read_metrics as metrics, series};
 use super::config::{Config, KeySpec, Kind};
 use super::eval::{evaluate, EvalSpec};
+use super::plot::{write_png, Chart};
 use crate::backend::cpu::Cpu;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::write_atomic;
@@ -86,13 +88,6 @@ fn write_jsonl(path: &Path, rows: impl Iterator<Item = Value>) -> Result<()> {
 /// The newest checkpoint of a trainer's run folder.
 fn last_checkpoint(run: &Path) -> Result<PathBuf> {
     checkpoints(run)?.pop().map(|(_, p)| p).with_context(|| format!("{}: the run saved no checkpoint", run.display()))
-}
-
-/// Metrics lines of a run folder.
-fn metrics(run: &Path) -> Result<Vec<Value>> {
-    let path = run.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("{}: bad line", path.display()))).collect()
 }
 
 /// A trainer's config from `key=value` settings.
@@ -158,7 +153,9 @@ pub fn run(cfg: &Config) -> Result<Value> {
     let (sft_data, pool_data, dev_data) =
         (data.join("rationales.jsonl"), data.join("pool.jsonl"), data.join("dev.jsonl"));
     write_jsonl(&sft_data, rationales.iter().map(|p| json!({"prompt": p.prompt(), "completion": p.rationale()})))?;
-    let answers = |ps: &[Problem]| ps.iter().map(|p| json!({"prompt": p.prompt(), "answer": p.answer().to_string()})).collect::<Vec<_>>();
+    let answers = |ps: &[Problem]| {
+        ps.iter().map(|p| json!({"prompt": p.prompt(), "answer": p.answer().to_string()})).collect::<Vec<_>>()
+    };
     write_jsonl(&pool_data, answers(&pool).into_iter())?;
     write_jsonl(&dev_data, answers(&dev).into_iter())?;
     write_jsonl(&data.join("test.jsonl"), answers(&test).into_iter())?;
@@ -205,7 +202,8 @@ pub fn run(cfg: &Config) -> Result<Value> {
 
     // 1. SFT to its plateau.
     let sft = phase("SFT on the worked rationales until held-out accuracy stops improving", || {
-        let mut sets = sft_sets(&init, &root.join("sft"), seed, size("sft.max_steps", 30)?, size("sft.eval_every", 5)?)?;
+        let mut sets =
+            sft_sets(&init, &root.join("sft"), seed, size("sft.max_steps", 30)?, size("sft.eval_every", 5)?)?;
         sets.push(format!("early_stop.patience={}", size("sft.patience", 2)?));
         sets.push("optim.warmup_steps=20".into());
         super::sft::run(&trainer_config(&super::sft::config_keys(), sets)?, None)
@@ -243,7 +241,8 @@ pub fn run(cfg: &Config) -> Result<Value> {
     let sft_step_tokens = int("sft.tokens_per_step")? as f64;
     let control_steps = ((rl_cost / sft_step_tokens).ceil() as usize).max(1);
     let control = phase("control: SFT continued from the same point for the same compute", || {
-        let sets = sft_sets(&start, &root.join("control"), seed.wrapping_add(12), control_steps, size("rl.eval_every", 3)?)?;
+        let sets =
+            sft_sets(&start, &root.join("control"), seed.wrapping_add(12), control_steps, size("rl.eval_every", 3)?)?;
         super::sft::run(&trainer_config(&super::sft::config_keys(), sets)?, None)
     })?;
 
@@ -272,6 +271,31 @@ pub fn run(cfg: &Config) -> Result<Value> {
         "control_seconds": control.seconds,
         "checkpoint": p(&last_checkpoint(&rl.dir)?),
     });
+    // Both curves on one clock: RL and the control start where SFT stopped.
+    let control_lines = metrics(&control.dir)?;
+    let sft_end = sft_lines.last().and_then(|l| l["elapsed_s"].as_f64()).unwrap_or(0.0);
+    let after_sft = |lines: &[Value], label: &str| {
+        let mut s = series(lines, "elapsed_s", "eval_pass@1", label);
+        s.points.iter_mut().for_each(|(x, _)| *x += sft_end);
+        s
+    };
+    let charts = [
+        Chart {
+            title: format!("held-out pass@1 ({} dev problems)", dev.len()),
+            x_label: "seconds".into(),
+            series: vec![
+                series(&sft_lines, "elapsed_s", "eval_pass@1", "SFT on the rationales"),
+                after_sft(&rl_lines, "GRPO (gppo) from the SFT plateau"),
+                after_sft(&control_lines, "control: SFT continued"),
+            ],
+        },
+        Chart {
+            title: "GRPO: rollout accuracy".into(),
+            x_label: "step".into(),
+            series: vec![series(&rl_lines, "step", "accuracy", "accuracy of the sampled answers")],
+        },
+    ];
+    write_png(&root.join("curves.png"), &charts)?;
     let mut f = std::fs::File::create(root.join("summary.json"))?;
     writeln!(f, "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(summary)
