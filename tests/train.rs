@@ -411,3 +411,91 @@ fn rft_keeps_verified_samples_and_learns_them() {
     let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
     assert!(losses.len() >= 2 && losses[losses.len() - 1] < losses[0], "{losses:?}");
 }
+
+/// Held-out evaluation and early stopping: pass@1 is logged every step, and
+/// when it stops improving the run ends with the best step's weights saved
+/// as its last checkpoint (bitwise the checkpoint written at that step).
+#[test]
+fn sft_early_stopping_keeps_the_best_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sft_data(tmp.path());
+    let heldout = tmp.path().join("heldout.jsonl");
+    std::fs::write(
+        &heldout,
+        "{\"prompt\": \"What is 2 plus 2?\", \"answer\": \"4\"}\n{\"prompt\": \"What is 1 plus 5?\", \"answer\": 6}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let sets: Vec<String> = vec![
+        format!("model={}", fixtures().join("qwen3").display()),
+        format!("data={}", data.display()),
+        format!("output_dir={}", out.display()),
+        "tokens_per_step=64".into(),
+        "max_steps=8".into(),
+        "save_every=1".into(),
+        "keep_last=0".into(),
+        "save_dtype=\"f32\"".into(),
+        "optim.lr=1e-2".into(),
+        format!("eval.data={}", heldout.display()),
+        "eval.every=1".into(),
+        "eval.max_new_tokens=4".into(),
+        "early_stop.patience=2".into(),
+    ];
+    let (code, err) = sft(&sets, None);
+    assert_eq!(code, 0, "{err}");
+    let m = metrics(&out);
+    assert!(m.iter().all(|l| l["eval_pass@1"].is_f64()), "{m:?}");
+    let last = m.last().unwrap();
+    let stop = last["step"].as_u64().unwrap();
+    let best = last["early_stop"]["best_step"].as_u64().expect("the run stopped early");
+    assert!(stop < 8 && best + 2 == stop, "best {best}, stopped at {stop}");
+    let weights = |s: u64| std::fs::read(out.join(format!("checkpoint-{s}/model.safetensors"))).unwrap();
+    assert_eq!(weights(stop), weights(best));
+    assert_ne!(weights(stop - 1), weights(best), "the steps after the best changed the weights");
+    assert!(out.join("curves.png").is_file());
+}
+
+/// `engine train demo --set quick=true`: every phase of the built-in demo in
+/// seconds. Its last stdout line is the summary; two runs give the same
+/// numbers and bitwise the same final weights; the checkpoint is a model
+/// folder `engine` loads, with the character tokenizer.
+#[test]
+fn demo_pipeline_runs_and_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str| -> serde_json::Value {
+        let dir = tmp.path().join(name);
+        let (code, out, err) =
+            engine(&["train", "demo", "--set", "quick=true", "--set", &format!("output_dir={}", dir.display())]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(out.lines().last().expect("a summary line")).unwrap()
+    };
+    let (a, b) = (run("a"), run("b"));
+    for key in ["sft_accuracy", "control_accuracy", "rl_accuracy", "sft_steps", "rl_steps", "control_steps"] {
+        assert!(a[key].is_number(), "{key} missing: {a}");
+        assert_eq!(a[key], b[key], "{key}");
+    }
+    assert!(a["seconds"].as_f64().unwrap() > 0.0 && a["test_problems"] == 60);
+    let ckpt = std::path::PathBuf::from(a["checkpoint"].as_str().unwrap());
+    let other = std::path::PathBuf::from(b["checkpoint"].as_str().unwrap());
+    let bytes = |p: &std::path::Path| std::fs::read(p.join("model.safetensors")).unwrap();
+    assert_eq!(bytes(&ckpt), bytes(&other));
+    let root = std::path::PathBuf::from(a["run_dir"].as_str().unwrap());
+    for f in ["curves.png", "summary.json", "data/test.jsonl", "sft/metrics.jsonl", "control/metrics.jsonl"] {
+        assert!(root.join(f).is_file(), "{f}");
+    }
+    let (model, _) = Model::<Cpu>::load(&Cpu, &ckpt).unwrap();
+    assert_eq!(model.cfg.vocab_size, 15);
+    let tok = engine::data::tokenizer::Tokenizer::load(&ckpt).unwrap();
+    let ids = tok.encode("47+38-19=", false).unwrap();
+    assert_eq!(ids.len(), 9);
+    assert_eq!(tok.decode(&ids, true).unwrap(), "47+38-19=");
+    assert_eq!(tok.eos_ids, vec![0]);
+    // A second run over the same folder replaces it; a foreign folder is refused.
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), "keep").unwrap();
+    let (code, _, err) =
+        engine(&["train", "demo", "--set", "quick=true", "--set", &format!("output_dir={}", foreign.display())]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not an earlier demo") && foreign.join("precious.txt").is_file(), "{err}");
+}
