@@ -499,3 +499,50 @@ fn demo_pipeline_runs_and_is_deterministic() {
     assert_eq!(code, 2);
     assert!(err.contains("not an earlier demo") && foreign.join("precious.txt").is_file(), "{err}");
 }
+
+/// Ctrl-C (SIGINT) during `engine train sft`: the step in progress ends, its
+/// checkpoint is saved, the exit code is 130, and `--resume` continues.
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sft_data(tmp.path());
+    let out = tmp.path().join("run");
+    let mut sets: Vec<String> = vec![
+        format!("model={}", fixtures().join("qwen3").display()),
+        format!("data={}", data.display()),
+        format!("output_dir={}", out.display()),
+        "tokens_per_step=64".into(),
+        "epochs=100000".into(),
+        "save_dtype=\"f32\"".into(),
+    ];
+    let mut args = vec!["train".to_string(), "sft".into()];
+    for s in &sets {
+        args.extend(["--set".to_string(), s.clone()]);
+    }
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no training steps within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{err}");
+    let m = metrics(&out);
+    let last = m.last().unwrap();
+    assert_eq!(last["interrupted"], true, "{last}");
+    let step = last["step"].as_u64().unwrap();
+    let ckpt = out.join(format!("checkpoint-{step}"));
+    assert!(ckpt.join("model.safetensors").is_file() && err.contains("--resume"), "{err}");
+    sets.push(format!("max_steps={}", step + 1));
+    let (code, err) = sft(&sets, Some(&ckpt));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.join(format!("checkpoint-{}", step + 1)).is_dir());
+}

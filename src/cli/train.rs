@@ -80,5 +80,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
     };
     println!("{}", serde_json::json!({ "run_dir": dir }));
+    if crate::train::common::interrupted() {
+        std::process::exit(130);
+    }
     Ok(())
 }

@@ -21,6 +21,34 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static CATCH: Once = Once::new();
+
+/// From the first call on, Ctrl-C (SIGINT) asks the running trainer to save a
+/// checkpoint at the end of its current step and stop; a second Ctrl-C exits
+/// at once (every checkpoint file is written under a temporary name, so
+/// nothing half-written is left behind).
+fn catch_interrupt() {
+    CATCH.call_once(|| {
+        let handler = ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: saving a checkpoint at the end of this step (Ctrl-C again to quit now)");
+        });
+        if let Err(e) = handler {
+            eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted run keeps only its last checkpoint");
+        }
+    });
+}
+
+/// Whether Ctrl-C has stopped a run in this process.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 /// Keys every trainer has.
 pub const COMMON_KEYS: &[KeySpec] = &[
@@ -342,6 +370,7 @@ impl Loop {
         std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
         write_atomic(&run_dir.join("run_config.json"), serde_json::to_string_pretty(&cfg.to_json())?.as_bytes())?;
         let eval = HeldOut::load(cfg, setup)?;
+        catch_interrupt();
         let metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -394,8 +423,9 @@ impl Loop {
 
     /// Writes the step's metrics line (with `step` 1-based, the elapsed
     /// time and any held-out evaluation added) and saves a checkpoint when
-    /// one is due. Returns true when early stopping ends the run: the best
-    /// weights are then back in `model` and saved as the last checkpoint.
+    /// one is due. Returns true when the run must end: early stopping (the
+    /// best weights are then back in `model` and saved as the last
+    /// checkpoint) or Ctrl-C (this step's weights are saved).
     pub fn end_step(
         &mut self,
         model: &mut Model<Cpu>,
@@ -429,6 +459,10 @@ impl Loop {
                 eprintln!("{}: held-out pass@1 has not improved on {best:.4} (step {at}) for {} evaluations; stopping with those weights", self.trainer, h.patience);
             }
         }
+        if interrupted() {
+            stop = true;
+            line["interrupted"] = true.into();
+        }
         line["step"] = done.into();
         line["elapsed_s"] = self.clock.elapsed().as_secs_f64().into();
         writeln!(self.metrics, "{line}")
@@ -445,6 +479,13 @@ impl Loop {
                 self.save_dtype,
                 self.keep_last,
             )?;
+            if interrupted() {
+                eprintln!(
+                    "{}: stopped at step {done}; continue with --resume {}",
+                    self.trainer,
+                    self.run_dir.join(format!("checkpoint-{done}")).display()
+                );
+            }
         }
         Ok(stop)
     }

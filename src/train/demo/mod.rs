@@ -104,6 +104,9 @@ fn phase(name: &str, f: impl FnOnce() -> Result<PathBuf>) -> Result<Phase> {
     eprintln!("demo: {name}");
     let t = Instant::now();
     let dir = f()?;
+    if super::common::interrupted() {
+        bail!("interrupted during {name}; the phase's last checkpoint is in {}", dir.display());
+    }
     Ok(Phase { dir, seconds: t.elapsed().as_secs_f64() })
 }
 
