@@ -546,3 +546,35 @@ fn ctrl_c_saves_a_checkpoint_and_exits() {
     assert_eq!(code, 0, "{err}");
     assert!(out.join(format!("checkpoint-{}", step + 1)).is_dir());
 }
+
+/// A model too large for the machine is refused before any weight is read,
+/// with the memory it needs.
+#[test]
+fn a_model_too_large_is_refused_with_its_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("huge");
+    std::fs::create_dir_all(&model).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("qwen3/config.json")).unwrap()).unwrap();
+    // About 8e11 parameters: 12 TiB of f32 weights, gradients and moments.
+    config["hidden_size"] = 16384.into();
+    config["intermediate_size"] = 65536.into();
+    config["num_hidden_layers"] = 200.into();
+    config["num_attention_heads"] = 128.into();
+    config["num_key_value_heads"] = 8.into();
+    config["head_dim"] = 128.into();
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let data = sft_data(tmp.path());
+    let out = tmp.path().join("run");
+    let (code, err) = sft(
+        &[
+            format!("model={}", model.display()),
+            format!("data={}", data.display()),
+            format!("output_dir={}", out.display()),
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs") && err.contains("TiB") && err.contains("is available"), "{err}");
+    assert!(!out.exists(), "nothing is written for a run that cannot start");
+}

@@ -53,7 +53,7 @@ pub fn cpu_memory(cfg: &ModelConfig, params: usize, tokens: usize) -> Memory {
 }
 
 /// Bytes in the largest binary unit that keeps the number at least 1.
-fn human(b: u64) -> String {
+pub fn human(b: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut x = b as f64;
     let mut u = 0;

@@ -151,6 +151,7 @@ impl Setup {
     pub fn load(cfg: &Config) -> Result<Self> {
         crate::cli::resolve_device(crate::cli::Device::Auto)?;
         let model_dir = PathBuf::from(cfg.str("model"));
+        check_memory(&model_dir, positive(cfg, "micro_batch_tokens")?.max(positive(cfg, "max_seq_len")?))?;
         let (model, _) = Model::load(&Cpu, &model_dir)?;
         let tok = Tokenizer::load(&model_dir)?;
         let chat = if cfg.bool("chat") { Some(ChatTemplate::load(&model_dir)?) } else { None };
@@ -207,6 +208,41 @@ impl Setup {
             Some(t) => bail!("the tokenizer gave id {t}, outside the model's vocabulary ({v})"),
             None => Ok(()),
         }
+    }
+}
+
+/// Bytes of memory available to a new allocation (Linux's `MemAvailable`);
+/// `None` where that is not known.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Fails, before any weight is read, when a full fine-tune of the model in
+/// `dir` (weights, gradients, AdamW moments and one micro-batch of
+/// activations, as `engine info` counts them) needs more memory than the
+/// machine has available.
+fn check_memory(dir: &Path, tokens: usize) -> Result<()> {
+    let cfg = crate::model::ModelConfig::from_file(&dir.join("config.json"))?;
+    let params = crate::model::ParamLayout::new(&cfg).total;
+    let need = crate::cli::info::cpu_memory(&cfg, params, tokens);
+    match available_memory() {
+        Some(have) if need.total() > have => {
+            let h = crate::cli::info::human;
+            bail!(
+                "{}: training this model ({params} parameters) needs {} on the CPU (weights {}, gradients {}, AdamW {}, activations for {tokens} tokens {}) but {} is available",
+                dir.display(),
+                h(need.total()),
+                h(need.weights),
+                h(need.grads),
+                h(need.adam),
+                h(need.activations),
+                h(have)
+            )
+        }
+        _ => Ok(()),
     }
 }
 
