@@ -314,6 +314,51 @@ fn distill_moves_the_student_towards_the_teacher() {
     let t = std::fs::read_to_string(changed.join("tokenizer.json")).unwrap().replace("<|im_end|>", "<|im_stop|>");
     std::fs::write(changed.join("tokenizer.json"), t).unwrap();
     bad(&changed, "tokenizer differs");
+
+    // On-policy (GKD): prompts only, every completion sampled by the student;
+    // the divergence on the student's own samples falls as it learns.
+    let prompts = tmp.path().join("prompts.jsonl");
+    let text: String = (0..6).map(|a| format!("{{\"prompt\": \"What is {a} plus {}?\"}}\n", 5 - a)).collect();
+    std::fs::write(&prompts, text).unwrap();
+    let out = tmp.path().join("on_policy");
+    let sets: Vec<String> = vec![
+        format!("model={}", model.display()),
+        format!("data={}", prompts.display()),
+        format!("output_dir={}", out.display()),
+        format!("teacher={}", teacher.display()),
+        "tokens_per_step=60".into(),
+        "max_steps=12".into(),
+        "epochs=20".into(),
+        "optim.lr=3e-3".into(),
+        "optim.schedule=constant".into(),
+        "distill.max_new_tokens=6".into(),
+    ];
+    let (code, err) = train("distill", &sets, None);
+    assert_eq!(code, 0, "{err}");
+    let m = metrics(&out);
+    assert_eq!(m.len(), 12);
+    let mean = |ls: &[serde_json::Value]| ls.iter().map(|l| l["loss"].as_f64().unwrap()).sum::<f64>() / ls.len() as f64;
+    let (first, last) = (mean(&m[..3]), mean(&m[9..]));
+    println!("on-policy distillation KL {first} → {last}");
+    assert!(first > 0.05 && last < 0.5 * first, "on-policy distillation KL {first} → {last}");
+    for l in &m {
+        // Every example of a step was sampled: ~60 tokens of prompts + samples per step.
+        assert!(l["on_policy"].as_u64().unwrap() >= 2 && l["loss_tokens"].as_u64().unwrap() > 0, "{l}");
+    }
+    // λ between 0 and 1 on data with completions mixes the two.
+    let mut mixed = common(&tmp.path().join("mixed"));
+    mixed.extend([
+        format!("teacher={}", teacher.display()),
+        "tokens_per_step=150".into(),
+        "max_steps=4".into(),
+        "distill.on_policy_fraction=0.5".into(),
+        "distill.max_new_tokens=6".into(),
+    ]);
+    let (code, err) = train("distill", &mixed, None);
+    assert_eq!(code, 0, "{err}");
+    let sum = |k: &str| metrics(&tmp.path().join("mixed")).iter().map(|l| l[k].as_u64().unwrap()).sum::<u64>();
+    let (own, all) = (sum("on_policy"), sum("examples"));
+    assert!(own > 0 && own < all, "{own} of {all} examples sampled on-policy");
 }
 
 /// A non-finite loss stops training before the weights change, naming the

@@ -257,11 +257,23 @@ pub fn plan_steps(cfg: &Config, n: usize, per_step: usize, size: impl Fn(usize) 
 }
 
 /// Prompt / completion examples of the run's data (SFT, distillation):
-/// at least one, every id inside the vocabulary.
-pub fn completion_examples(cfg: &Config, setup: &Setup) -> Result<(Vec<super::data::Example>, super::data::DataStats)> {
+/// at least one, every id inside the vocabulary. `prompt_only`: lines
+/// without a completion are allowed (see [`super::data::sft_examples`]).
+pub fn completion_examples(
+    cfg: &Config,
+    setup: &Setup,
+    prompt_only: bool,
+) -> Result<(Vec<super::data::Example>, super::data::DataStats)> {
     let eos = setup.tok.eos_ids.first().copied();
-    let (examples, stats) =
-        super::data::sft_examples(&setup.lines, &setup.tok, setup.chat.as_ref(), eos, setup.max_len, setup.overlong)?;
+    let (examples, stats) = super::data::sft_examples(
+        &setup.lines,
+        &setup.tok,
+        setup.chat.as_ref(),
+        eos,
+        setup.max_len,
+        setup.overlong,
+        prompt_only,
+    )?;
     if examples.is_empty() {
         bail!(
             "{}: no usable example ({} skipped as longer than max_seq_len {})",

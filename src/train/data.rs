@@ -42,7 +42,9 @@ fn text_field<'a>(line: &'a Line, key: &str) -> Result<Option<&'a str>> {
 /// SFT examples from `{"prompt", "completion"}` or `{"messages": [...]}`
 /// lines (the last message, the assistant's, is the completion). With a chat
 /// template the prompt is rendered with the generation prompt opened; the
-/// completion ends with `eos`.
+/// completion ends with `eos`. With `prompt_only`, a line with a prompt and
+/// no completion gives an example of the prompt alone (`n_prompt` equal to
+/// its length), for a trainer that samples the completion itself.
 pub fn sft_examples(
     lines: &[Line],
     tok: &Tokenizer,
@@ -50,6 +52,7 @@ pub fn sft_examples(
     eos: Option<u32>,
     max_len: usize,
     overlong: Overlong,
+    prompt_only: bool,
 ) -> Result<(Vec<Example>, DataStats)> {
     let mut out = Vec::new();
     let mut stats = DataStats::default();
@@ -69,7 +72,7 @@ pub fn sft_examples(
                     let text = chat.render(&messages, true).map_err(|e| anyhow!("{at}: {e}"))?;
                     (tok.encode(&text, false)?, last.content)
                 }
-                (None, Some(p), Some(c)) => {
+                (None, Some(p), c) if c.is_some() || prompt_only => {
                     let ids = match chat {
                         Some(chat) => {
                             let text = chat
@@ -79,8 +82,19 @@ pub fn sft_examples(
                         }
                         None => tok.encode(p, true)?,
                     };
-                    (ids, c.to_string())
+                    match c {
+                        Some(c) => (ids, c.to_string()),
+                        None if ids.is_empty() || ids.len() >= max_len => {
+                            bail!("{at}: the prompt has {} tokens (max_seq_len {max_len})", ids.len())
+                        }
+                        None => {
+                            stats.examples += 1;
+                            out.push(Example { n_prompt: ids.len(), tokens: ids });
+                            continue;
+                        }
+                    }
                 }
+                _ if prompt_only => bail!("{at}: expected \"prompt\" (and \"completion\"), or \"messages\""),
                 _ => bail!("{at}: expected \"prompt\" and \"completion\", or \"messages\""),
             };
         let mut tokens = prompt_ids;

@@ -4,8 +4,11 @@
 //! (same tokenizer, same vocabulary) runs a forward on each micro-batch, and
 //! the fused one-pass head computes the divergence and the student's logit
 //! gradient chunk by chunk, with the teacher's logits beside the student's.
-//! Distilling on the student's own samples (on-policy, GKD-style) is not
-//! implemented yet.
+//! On-policy (GKD, Agarwal et al. 2024): with probability
+//! `distill.on_policy_fraction` (λ) an example's completion is replaced by
+//! the student's own sample from its prompt, drawn with the rollout engine
+//! at the start of the step; `{"prompt"}` lines without a completion are
+//! always sampled.
 
 use super::common::{completion_examples, keys, plan_steps, positive, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
@@ -17,6 +20,7 @@ use crate::loss::DistillMode;
 use crate::model::activations::default_chunk;
 use crate::model::head::{self, Teacher};
 use crate::model::{Activations, Model};
+use crate::rollout::{GenerateConfig, Generator, SamplingParams, Stream};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +33,19 @@ const OWN_KEYS: &[KeySpec] = &[
         kind: Kind::Float,
         default: Some("0.5"),
         help: "JSD mixing β (0: forward KL, 1: reverse)",
+    },
+    KeySpec {
+        key: "distill.on_policy_fraction",
+        kind: Kind::Float,
+        default: Some("0.0"),
+        help: "share of examples whose completion the student samples (GKD's λ)",
+    },
+    KeySpec { key: "distill.max_new_tokens", kind: Kind::Int, default: Some("512"), help: "longest on-policy sample" },
+    KeySpec {
+        key: "distill.sample_temperature",
+        kind: Kind::Float,
+        default: Some("1.0"),
+        help: "temperature of the student's samples",
     },
     KeySpec {
         key: "distill.temperature",
@@ -67,6 +84,47 @@ fn check_teacher(student: &Setup, teacher: &Model<Cpu>, dir: &Path) -> Result<()
     Ok(())
 }
 
+/// The student's own completions of the prompts of `examples[idx[k]]` for
+/// each `k` in `own`, as examples (prompt, sample); a sample with no token
+/// left under `max_len` is dropped from the loss by being empty.
+#[allow(clippy::too_many_arguments)]
+fn student_samples(
+    model: &Model<Cpu>,
+    examples: &[Example],
+    idx: &[usize],
+    own: &[usize],
+    max_new: usize,
+    max_len: usize,
+    sampling: SamplingParams,
+    eos: &[u32],
+    seed: u64,
+    step: u64,
+) -> Result<Vec<Example>> {
+    if own.is_empty() {
+        return Ok(vec![]);
+    }
+    let prompts: Vec<Vec<u32>> =
+        own.iter().map(|&k| examples[idx[k]].tokens[..examples[idx[k]].n_prompt].to_vec()).collect();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    let cfg = GenerateConfig {
+        n: 1,
+        max_new_tokens: max_new.min(max_len.saturating_sub(longest)).max(1),
+        sampling,
+        seed: seed.wrapping_mul(0x9E37_79B9).wrapping_add(step),
+        eos_ids: eos.to_vec(),
+        ..Default::default()
+    };
+    let mut samples = Generator::new(&Cpu, model, cfg, longest)?.generate(&prompts, None, |_| {})?;
+    samples.sort_by_key(|s| s.prompt_index);
+    Ok(samples
+        .into_iter()
+        .map(|s| {
+            let p = &prompts[s.prompt_index];
+            Example { tokens: [p.as_slice(), &s.tokens].concat(), n_prompt: p.len() }
+        })
+        .collect())
+}
+
 pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let mut setup = Setup::load(cfg)?;
     let teacher_dir = PathBuf::from(cfg.str("teacher"));
@@ -79,10 +137,11 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         other => bail!("key `distill.mode`: `{other}` is not forward, reverse or jsd"),
     };
     let t = cfg.float("distill.temperature") as f32;
-    let (examples, stats) = completion_examples(cfg, &setup)?;
+    let (examples, stats) = completion_examples(cfg, &setup, true)?;
     let budget = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
     let steps = plan_steps(cfg, examples.len(), positive(cfg, "tokens_per_step")?, |i| examples[i].tokens.len())?;
     let mut lp = Loop::start("distill", cfg, &mut setup, steps.len() as u64, resume)?;
+    let eos = setup.eos();
     let model = &mut setup.model;
     eprintln!("distill: {} examples, {} steps, teacher {}", stats.examples, lp.total, teacher_dir.display());
     let be = Cpu;
@@ -91,8 +150,27 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let mut tacts = Activations::new(&be, &teacher.cfg, budget, chunk, false);
     let mut teacher_logits = be.alloc(chunk * model.cfg.vocab_size);
     let mut grads = model.zero_grads(&be);
+    let lambda = cfg.float("distill.on_policy_fraction");
+    if !(0.0..=1.0).contains(&lambda) {
+        bail!("key `distill.on_policy_fraction` must be in [0, 1], got {lambda}");
+    }
+    let sampling = SamplingParams { temperature: cfg.float("distill.sample_temperature") as f32, ..Default::default() };
+    let max_new = positive(cfg, "distill.max_new_tokens")?;
+    let seed = cfg.int("seed") as u64;
     for step in lp.start..lp.total {
-        let chosen: Vec<&Example> = steps[step as usize].iter().map(|&i| &examples[i]).collect();
+        // Which examples the student completes itself this step.
+        let idx = &steps[step as usize];
+        let own: Vec<usize> = (0..idx.len())
+            .filter(|&k| {
+                let e = &examples[idx[k]];
+                e.n_prompt == e.tokens.len() || Stream::new(seed ^ 0x6B0, step, k as u64).uniform(0) < lambda
+            })
+            .collect();
+        let sampled = student_samples(model, &examples, idx, &own, max_new, setup.max_len, sampling, &eos, seed, step)?;
+        let mut sampled = sampled.iter();
+        let chosen: Vec<&Example> = (0..idx.len())
+            .map(|k| if own.contains(&k) { sampled.next().expect("one sample each") } else { &examples[idx[k]] })
+            .collect();
         let mbs: Vec<MicroBatch> = micro_batches(&chosen, budget).iter().map(|mb| MicroBatch::pack(mb)).collect();
         let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
         grads.fill(0.0);
@@ -109,7 +187,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             });
         }
         let (lr, grad_norm) = lp.update(model, &mut grads, step, loss)?;
-        let line = serde_json::json!({ "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_tokens": step_tokens });
+        let line = serde_json::json!({
+            "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_tokens": step_tokens, "examples": idx.len(), "on_policy": own.len(),
+        });
         if lp.end_step(model, &setup.tok, step, line)? {
             break;
         }

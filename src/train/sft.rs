@@ -21,7 +21,7 @@ pub fn config_keys() -> Vec<KeySpec> {
 /// Runs SFT; returns the run folder.
 pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let mut setup = Setup::load(cfg)?;
-    let (examples, stats) = completion_examples(cfg, &setup)?;
+    let (examples, stats) = completion_examples(cfg, &setup, false)?;
     let mb_tokens = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
     let steps = plan_steps(cfg, examples.len(), positive(cfg, "tokens_per_step")?, |i| examples[i].tokens.len())?;
     let mut lp = Loop::start("sft", cfg, &mut setup, steps.len() as u64, resume)?;
