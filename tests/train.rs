@@ -623,3 +623,43 @@ fn a_model_too_large_is_refused_with_its_memory() {
     assert!(err.contains("needs") && err.contains("TiB") && err.contains("is available"), "{err}");
     assert!(!out.exists(), "nothing is written for a run that cannot start");
 }
+
+/// A disk that fills up while a checkpoint is written (here: a file-size
+/// limit, `ulimit -f`, which fails writes the same way): a clear error
+/// naming the checkpoint and the file, exit code 2, the partial folder
+/// removed, and the earlier checkpoint intact and loadable.
+#[test]
+fn a_failed_save_keeps_the_earlier_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sft_data(tmp.path());
+    let out = tmp.path().join("run");
+    let mut sets: Vec<String> = vec![
+        format!("model={}", fixtures().join("qwen3").display()),
+        format!("data={}", data.display()),
+        format!("output_dir={}", out.display()),
+        "tokens_per_step=64".into(),
+        "keep_last=1".into(),
+        "save_every=1".into(),
+        "max_steps=1".into(),
+    ];
+    let (code, err) = sft(&sets, None);
+    assert_eq!(code, 0, "{err}");
+    let first = out.join("checkpoint-1");
+    let before = std::fs::read(first.join("model.safetensors")).unwrap();
+    *sets.last_mut().unwrap() = "max_steps=3".into();
+    // Files above 2 MiB cannot be written: the weights (bf16) fit, the
+    // optimizer state (three f32 copies) does not. SIGXFSZ is ignored so the
+    // write fails with an error instead of killing the process.
+    let mut cmd = format!("ulimit -f 2048; trap '' XFSZ; exec {} train sft", env!("CARGO_BIN_EXE_engine"));
+    for s in &sets {
+        cmd.push_str(&format!(" --set '{s}'"));
+    }
+    cmd.push_str(&format!(" --resume '{}'", first.display()));
+    let done = std::process::Command::new("bash").args(["-c", &cmd]).output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(2), "{err}");
+    assert!(err.contains("saving checkpoint-2 failed") && err.contains("optimizer.safetensors"), "{err}");
+    assert!(!out.join("checkpoint-2").exists() && !out.join(".checkpoint-2.tmp").exists());
+    assert_eq!(std::fs::read(first.join("model.safetensors")).unwrap(), before);
+    Model::<Cpu>::load(&Cpu, &first).unwrap();
+}

@@ -181,8 +181,13 @@ fn encode(values: &[f32], dtype: SaveDtype) -> Vec<u8> {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp-write");
+    let tmp = path.with_file_name(name);
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: cannot write", path.display()));
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
 }
 

@@ -21,6 +21,37 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// The files of a checkpoint, written into `tmp`.
+fn write_checkpoint_files(
+    tmp: &Path,
+    model_src: &Path,
+    model: &Model<Cpu>,
+    opt: &AdamW<Cpu>,
+    state: &serde_json::Value,
+    step: u64,
+    dtype: SaveDtype,
+) -> Result<()> {
+    save(tmp, model_src, &model.layout, &model.params, dtype, 4 << 30)?;
+    // Parameters and moments under the parameters' names.
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for e in &model.layout.entries {
+        let s = e.span.off..e.span.end();
+        tensors.push((format!("param.{}", e.name), e.shape.clone(), f32_bytes(&model.params[s.clone()])));
+        tensors.push((format!("m.{}", e.name), e.shape.clone(), f32_bytes(&opt.m[s.clone()])));
+        tensors.push((format!("v.{}", e.name), e.shape.clone(), f32_bytes(&opt.v[s])));
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, shape, b)| Ok((n.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    write_atomic(&tmp.join(OPTIMIZER_FILE), &safetensors::serialize(views, None)?)?;
+    let mut state = state.clone();
+    state["step"] = step.into();
+    state["adam_step"] = opt.step.into();
+    write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    Ok(())
+}
+
 /// Saves `checkpoint-{step}` in `run_dir`; returns its path.
 #[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint(
@@ -39,24 +70,11 @@ pub fn save_checkpoint(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove", tmp.display()))?;
     }
-    save(&tmp, model_src, &model.layout, &model.params, dtype, 4 << 30)?;
-    // Parameters and moments under the parameters' names.
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for e in &model.layout.entries {
-        let s = e.span.off..e.span.end();
-        tensors.push((format!("param.{}", e.name), e.shape.clone(), f32_bytes(&model.params[s.clone()])));
-        tensors.push((format!("m.{}", e.name), e.shape.clone(), f32_bytes(&opt.m[s.clone()])));
-        tensors.push((format!("v.{}", e.name), e.shape.clone(), f32_bytes(&opt.v[s])));
+    // On failure (a full disk, say) the partial folder goes; nothing else was touched.
+    if let Err(e) = write_checkpoint_files(&tmp, model_src, model, opt, state, step, dtype) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    let views = tensors
-        .iter()
-        .map(|(n, shape, b)| Ok((n.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
-        .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    write_atomic(&tmp.join(OPTIMIZER_FILE), &safetensors::serialize(views, None)?)?;
-    let mut state = state.clone();
-    state["step"] = step.into();
-    state["adam_step"] = opt.step.into();
-    write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(&state)?.as_bytes())?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).with_context(|| format!("{}: cannot replace", final_dir.display()))?;
     }

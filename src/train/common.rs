@@ -526,7 +526,8 @@ impl Loop {
                 done,
                 self.save_dtype,
                 self.keep_last,
-            )?;
+            )
+            .with_context(|| format!("step {done}: saving checkpoint-{done} failed (earlier checkpoints are kept)"))?;
             if interrupted() {
                 eprintln!(
                     "{}: stopped at step {done}; continue with --resume {}",
