@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Generate tests/fixtures/train/step.{safetensors,json}: one whole GRPO (GPPO
 loss) optimizer step and one SFT step through the tiny Qwen3 checkpoint
-tests/fixtures/qwen3, in float64, per DESIGN.md §4.2 / §4.4 / §4.8.
+tests/fixtures/qwen3, in float64, per DESIGN.md §4.2 / §4.4 / §4.8; and
+dpo.{safetensors,json} (§4.7) and distill.{safetensors,json} (§4.6), described
+after the step case below.
 
-Run from the repository root (CPU, a few seconds):
+Run from the repository root (CPU, under a minute):
 
     python tools/make_train_fixtures.py            # writes tests/fixtures/train/
     python tools/make_train_fixtures.py --out DIR
+    python tools/make_train_fixtures.py --cases dpo,distill   # only those files
 
 The float64 patches of tools/make_fixtures.py (RMSNorm, rope cos/sin and the
 eager softmax kept in float64 for float64 models) are imported and installed,
@@ -45,6 +48,39 @@ consumer using the stored values reproduces the reference exactly.
 The SGD losses list holds the loss at the weights BEFORE each of the 3 updates
 (element 0 == grpo_loss / sft_loss); `*_loss_after_sgd3` is the loss at the
 final weights. old_logp and advantages are FIXED during the 3 steps.
+
+DPO (dpo.*, seed 20240612): 5 preference pairs, each a prompt (4, 6, 3, 5, 2
+tokens) with a chosen (5, 3, 7, 4, 6 tokens) and a rejected (3, 6, 4, 8, 2)
+completion, EOS (401) last in each completion; sequence 2k is pair k's chosen,
+2k+1 its rejected, each run alone. Micro-batches as `engine train dpo` groups
+pairs (in order, at most micro_batch_tokens = 40 tokens): pairs [0,2), [2,4),
+[4,5) = 37, 39, 12 tokens. π = summed log-probs (T = 1) of the completion
+tokens (mask as above); the reference is the starting model, its π computed
+once and fixed; the sigmoid loss with label smoothing ε (TRL):
+  L_k = −(1−ε) log σ(h_k) − ε log σ(−h_k),  h_k = β((π_c − ref_c) − (π_r − ref_r)),
+β = 0.1, ε = 0.1, averaged over the 5 pairs (at the start h = 0, L = log 2).
+Stored: input_ids, cu_seqlens, n_prompt, micro_batches (pair-index bounds),
+mask, ref_seq_logp (f32 of the f64 reference π per sequence), embed_rows,
+dpo_grad.<p>, dpo_sgd3.<p> (SGD lr 2.0).
+
+Distillation (distill.*, seed 20240613): 5 sequences, prompts of 3, 5, 2, 6,
+4 tokens and completions of 6, 7, 5, 9, 6 (EOS last); micro-batches as the
+engine's `micro_batches` with 24 tokens: sequences [0,2), [2,4), [4,5) = 21,
+22, 10 tokens. Teacher: the fixture model with N(0, 0.02²) noise added to
+every tensor (same generator, after the data), rounded to f32 and stored:
+teacher.<p>, and for the embedding only the rows embed_rows the data reads
+(teacher_rows.<p>). Per completion token, student logits z_s (with grad),
+teacher logits z_t (fixed), both divided by T before log-softmax:
+  jsd (β = 0.5, T = 0.8): β·KL(p_t‖m) + (1−β)·KL(p_s‖m), m = β p_t + (1−β) p_s
+  forward (T = 1.0):      KL(p_t‖p_s)
+token-mean over the step's 33 completion tokens. Stored: jsd_grad.<p>,
+jsd_sgd3.<p>, forward_grad.<p> (forward KL's sgd3 weights are not stored, to
+keep the file small; its 3 SGD losses are in the json), SGD lr 0.5.
+
+In dpo.* and distill.*, model.embed_tokens.weight's gradient and sgd3 weights
+are stored as `*_grad_rows.*` / `*_sgd3_rows.*` at rows embed_rows (every
+other row's gradient is exactly zero, asserted). Every loss is also checked
+against central differences at a few entries.
 """
 
 from __future__ import annotations
@@ -179,14 +215,7 @@ def load(d):
     return m
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="tests/fixtures/train")
-    ap.add_argument("--model", default="tests/fixtures/qwen3")
-    args = ap.parse_args()
-    torch.use_deterministic_algorithms(True)
-    mf.install_f64_patches()
-
+def make_step(args):
     input_ids, cu, n_prompt, mask, g = make_data()
     adv32 = torch.tensor(ADVANTAGES, dtype=torch.float32)
     lens = (cu[1:] - cu[:-1])
@@ -346,7 +375,394 @@ def main():
     with open(os.path.join(args.out, "step.json"), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
-    print("wrote", args.out)
+    print("wrote", os.path.join(args.out, "step.*"))
+
+
+# ---------------------------------------------------------------------------
+# Shared by the DPO and distillation cases
+# ---------------------------------------------------------------------------
+
+EOS = 401  # eos_token_id of the fixture's config; the trainers end every completion with it
+
+
+def versions():
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def pack_seqs(seqs):
+    cu = [0]
+    for s in seqs:
+        cu.append(cu[-1] + len(s))
+    return torch.cat(seqs).to(torch.int64), torch.tensor(cu, dtype=torch.int64)
+
+
+def loss_mask(cu, n_prompt):
+    """1 at positions P-1 .. L-2 of each sequence (they predict the completion's tokens)."""
+    mask = torch.zeros(int(cu[-1]), dtype=torch.float64)
+    for i, P in enumerate(n_prompt):
+        s, e = int(cu[i]), int(cu[i + 1])
+        mask[s + P - 1: e - 1] = 1.0
+    return mask
+
+
+def token_groups(sizes, budget):
+    """Boundaries of consecutive items grouped into at most `budget` tokens (a
+    longer item goes alone): the grouping of the engine's `micro_batches` and
+    of `engine train dpo`'s pair groups."""
+    bounds, tokens = [0], None
+    for i, n in enumerate(sizes):
+        if tokens is not None and tokens + n > budget:
+            bounds.append(i)
+            tokens = 0
+        tokens = (tokens or 0) + n
+    bounds.append(len(sizes))
+    return bounds
+
+
+def restore(model, w0):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(w0[n])
+
+
+def fd_check(model, fn, gs, entries, tol=1e-6):
+    """Central differences of the loss against autograd at a few entries."""
+    params = dict(model.named_parameters())
+    for pn, idx in entries:
+        p = params[pn]
+        h = 1e-6
+        with torch.no_grad():
+            p[idx] += h
+            lp_ = fn(model).item()
+            p[idx] -= 2 * h
+            lm_ = fn(model).item()
+            p[idx] += h
+        fd = (lp_ - lm_) / (2 * h)
+        an = gs[pn][idx].item()
+        assert abs(fd - an) <= tol * max(1.0, abs(an)), (pn, idx, fd, an)
+        print(f"  fd {pn}{list(idx)}: autograd {an:+.6e}, central difference {fd:+.6e}")
+
+
+def store_grads_and_sgd(tensors, name, model, fn, w0, embed_rows, lr, with_sgd3=True):
+    """Gradients (and the weights after SGD_STEPS plain SGD steps) of `fn` at
+    `w0`, into `tensors`; the embedding as the rows `embed_rows` only (every
+    other row's gradient is exactly zero, checked here)."""
+    restore(model, w0)
+    loss, gs = grads(model, fn)
+    other = torch.ones(gs[EMBED].shape[0], dtype=torch.bool)
+    other[embed_rows] = False
+    assert (gs[EMBED][other] == 0).all()
+    for n, gr in gs.items():
+        if n == EMBED:
+            tensors[f"{name}_grad_rows.{n}"] = gr[embed_rows].to(torch.float32).contiguous()
+        else:
+            tensors[f"{name}_grad.{n}"] = gr.to(torch.float32).contiguous()
+    losses = []
+    for _ in range(SGD_STEPS):
+        l, g = grads(model, fn)
+        losses.append(l)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.sub_(lr * g[n])
+    with torch.no_grad():
+        after = fn(model).item()
+    assert losses[0] == loss
+    w3 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert torch.equal(w3[EMBED][other], w0[EMBED][other])
+    if with_sgd3:
+        for n, w in w3.items():
+            if n == EMBED:
+                tensors[f"{name}_sgd3_rows.{n}"] = w[embed_rows].to(torch.float32).contiguous()
+            else:
+                tensors[f"{name}_sgd3.{n}"] = w.to(torch.float32).contiguous()
+    restore(model, w0)
+    print(f"{name}: loss {loss!r}; sgd losses {losses}; after sgd3 {after!r}")
+    return loss, gs, losses, after
+
+
+def write(args, stem, tensors, meta):
+    path = os.path.join(args.out, f"{stem}.safetensors")
+    safetensors.torch.save_file(tensors, path)
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print(f"wrote {args.out}/{stem}.* ({os.path.getsize(path)} bytes of tensors)")
+
+
+# ---------------------------------------------------------------------------
+# DPO (DESIGN.md §4.7): tests/fixtures/train/dpo.{safetensors,json}
+# ---------------------------------------------------------------------------
+
+DPO_SEED = 20240612
+DPO_PROMPT_LENS = [4, 6, 3, 5, 2]
+DPO_CHOSEN_LENS = [5, 3, 7, 4, 6]    # completion tokens, EOS included
+DPO_REJECTED_LENS = [3, 6, 4, 8, 2]  # idem
+DPO_BUDGET = 40                      # micro-batch token budget
+DPO_MICRO = [0, 2, 4, 5]             # pair-index boundaries the budget gives (asserted)
+DPO_BETA = 0.1
+DPO_LABEL_SMOOTHING = 0.1
+DPO_LR = 2.0
+
+
+def make_dpo_data():
+    g = torch.Generator().manual_seed(DPO_SEED)
+    seqs, n_prompt = [], []
+    for P, C, R in zip(DPO_PROMPT_LENS, DPO_CHOSEN_LENS, DPO_REJECTED_LENS):
+        prompt = torch.randint(0, TOKEN_HI, (P,), generator=g)
+        for n in (C, R):
+            resp = torch.randint(0, TOKEN_HI, (n - 1,), generator=g)
+            seqs.append(torch.cat([prompt, resp, torch.tensor([EOS])]))
+            n_prompt.append(P)
+    input_ids, cu = pack_seqs(seqs)
+    return input_ids, cu, n_prompt
+
+
+class Dpo:
+    """The sigmoid DPO loss with label smoothing (TRL's), on summed response
+    log-probs (T = 1), averaged over the step's pairs; sequences 2k / 2k+1
+    are pair k's chosen / rejected."""
+
+    def __init__(self, input_ids, cu, mask, ref_seq):
+        self.input_ids, self.cu, self.m = input_ids, cu, mask
+        self.ref = ref_seq
+
+    def seq_logps(self, model):
+        lp = all_logp(model, self.input_ids, self.cu, 1.0) * self.m
+        return torch.stack([lp[int(self.cu[i]): int(self.cu[i + 1])].sum() for i in range(len(self.cu) - 1)])
+
+    def __call__(self, model):
+        d = self.seq_logps(model) - self.ref
+        h = DPO_BETA * (d[0::2] - d[1::2])
+        ls = DPO_LABEL_SMOOTHING
+        L = -(1 - ls) * torch.nn.functional.logsigmoid(h) - ls * torch.nn.functional.logsigmoid(-h)
+        return L.mean()
+
+
+def make_dpo(args):
+    input_ids, cu, n_prompt = make_dpo_data()
+    n_pairs = len(DPO_PROMPT_LENS)
+    lens = (cu[1:] - cu[:-1]).tolist()
+    assert token_groups([lens[2 * k] + lens[2 * k + 1] for k in range(n_pairs)], DPO_BUDGET) == DPO_MICRO
+    mask = loss_mask(cu, n_prompt)
+    model = load(args.model)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    embed_rows = torch.unique(input_ids)
+    # The reference: the starting model's summed log-probs, computed once.
+    with torch.no_grad():
+        ref = Dpo(input_ids, cu, mask, None).seq_logps(model)
+    fn = Dpo(input_ids, cu, mask, ref)
+    tensors = {
+        "input_ids": input_ids,
+        "cu_seqlens": cu,
+        "n_prompt": torch.tensor(n_prompt, dtype=torch.int64),
+        "micro_batches": torch.tensor(DPO_MICRO, dtype=torch.int64),
+        "mask": mask.to(torch.float32),
+        "ref_seq_logp": ref.to(torch.float32),
+        "embed_rows": embed_rows.to(torch.int64),
+    }
+    loss, gs, losses, after = store_grads_and_sgd(tensors, "dpo", model, fn, w0, embed_rows, DPO_LR)
+    assert abs(loss - np.log(2.0)) < 1e-15  # the policy is the reference at the start
+    restore(model, w0)
+    fd_check(model, fn, gs, [("model.norm.weight", (3,)), ("model.layers.1.self_attn.q_proj.weight", (5, 7)),
+                             ("lm_head.weight", (int(input_ids[9]), 2))])
+    # Margins h_k = β((π_c − ref_c) − (π_r − ref_r)) at the final weights (info).
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(tensors[f"dpo_sgd3.{n}"].double() if n != EMBED else p)
+        d = fn.seq_logps(model) - ref
+    restore(model, w0)
+    meta = {
+        "generator": "tools/make_train_fixtures.py",
+        "model": args.model,
+        "reference_dtype": "float64 (f64 patches of tools/make_fixtures.py installed)",
+        "seed": DPO_SEED,
+        "prompt_lens": DPO_PROMPT_LENS,
+        "chosen_lens": DPO_CHOSEN_LENS,
+        "rejected_lens": DPO_REJECTED_LENS,
+        "eos": EOS,
+        "token_id_range": [0, TOKEN_HI],
+        "layout": "sequence 2k is pair k's chosen, 2k+1 its rejected (prompt + completion + EOS)",
+        "n_tokens": int(len(input_ids)),
+        "n_loss_tokens": int(mask.sum()),
+        "micro_batch_tokens": DPO_BUDGET,
+        "micro_batches": DPO_MICRO,
+        "micro_batches_note": "pair-index boundaries: pairs grouped in order into at most micro_batch_tokens "
+                              "tokens, as engine train dpo groups them",
+        "loss_type": "sigmoid",
+        "beta": DPO_BETA,
+        "label_smoothing": DPO_LABEL_SMOOTHING,
+        "temperature": 1.0,
+        "aggregation": "mean over the step's pairs",
+        "reference": "the starting model (its summed log-probs computed once, fixed during the SGD steps)",
+        "lr": DPO_LR,
+        "sgd_steps": SGD_STEPS,
+        "optimizer": "plain SGD p <- p - lr*grad, no momentum/weight decay",
+        "dpo_loss": loss,
+        "dpo_sgd_losses": losses,
+        "dpo_loss_after_sgd3": after,
+        "margins_after_sgd3": (DPO_BETA * (d[0::2] - d[1::2])).tolist(),
+        "sgd_losses_note": "loss at the weights before each update; element 0 equals dpo_loss",
+        "embed_note": "model.embed_tokens.weight's gradient and sgd3 weights are stored as *_rows.* at rows "
+                      "embed_rows; every other row's gradient is exactly zero",
+        "versions": versions(),
+    }
+    write(args, "dpo", tensors, meta)
+
+
+# ---------------------------------------------------------------------------
+# Distillation (DESIGN.md §4.6): tests/fixtures/train/distill.{safetensors,json}
+# ---------------------------------------------------------------------------
+
+DIST_SEED = 20240613
+DIST_PROMPT_LENS = [3, 5, 2, 6, 4]
+DIST_COMPLETION_LENS = [6, 7, 5, 9, 6]  # EOS included
+DIST_BUDGET = 24                        # micro-batch token budget
+DIST_MICRO = [0, 2, 4, 5]               # sequence-index boundaries the budget gives (asserted)
+TEACHER_NOISE_STD = 0.02
+# (name, mode, JSD β, temperature, store the sgd3 weights)
+DIST_CASES = [("jsd", "jsd", 0.5, 0.8, True), ("forward", "forward", None, 1.0, False)]
+DIST_LR = 0.5
+
+
+def make_distill_data():
+    g = torch.Generator().manual_seed(DIST_SEED)
+    seqs = []
+    for P, C in zip(DIST_PROMPT_LENS, DIST_COMPLETION_LENS):
+        prompt = torch.randint(0, TOKEN_HI, (P,), generator=g)
+        resp = torch.randint(0, TOKEN_HI, (C - 1,), generator=g)
+        seqs.append(torch.cat([prompt, resp, torch.tensor([EOS])]))
+    input_ids, cu = pack_seqs(seqs)
+    return input_ids, cu, list(DIST_PROMPT_LENS), g
+
+
+def all_logits(model, input_ids, cu):
+    """[N, V]: the logits of every position, each sequence run alone."""
+    out = []
+    for i in range(len(cu) - 1):
+        s, e = int(cu[i]), int(cu[i + 1])
+        pos = torch.arange(e - s, dtype=torch.int64)[None]
+        out.append(model(input_ids=input_ids[s:e][None], position_ids=pos).logits[0])
+    return torch.cat(out)
+
+
+def divergence(zs, zt, mode, beta, T):
+    """Per row: DESIGN.md §4.6 at temperature T (both logits divided by T)."""
+    ls = torch.log_softmax(zs / T, dim=-1)
+    lt = torch.log_softmax(zt / T, dim=-1)
+    ps, pt = ls.exp(), lt.exp()
+    if mode == "forward":  # KL(p_t ‖ p_s)
+        return (pt * (lt - ls)).sum(-1)
+    assert mode == "jsd" and 0 < beta < 1
+    # m = β p_t + (1−β) p_s;  β KL(p_t ‖ m) + (1−β) KL(p_s ‖ m)
+    lm = torch.logsumexp(torch.stack([lt + np.log(beta), ls + np.log(1 - beta)]), dim=0)
+    return beta * (pt * (lt - lm)).sum(-1) + (1 - beta) * (ps * (ls - lm)).sum(-1)
+
+
+class Distill:
+    def __init__(self, input_ids, cu, mask, teacher_logits, mode, beta, T):
+        self.input_ids, self.cu, self.m = input_ids, cu, mask
+        self.zt = teacher_logits
+        self.mode, self.beta, self.T = mode, beta, T
+
+    def __call__(self, model):
+        zs = all_logits(model, self.input_ids, self.cu)
+        D = divergence(zs, self.zt, self.mode, self.beta, self.T)
+        return (D * self.m).sum() / self.m.sum()
+
+
+def make_distill(args):
+    input_ids, cu, n_prompt, g = make_distill_data()
+    lens = (cu[1:] - cu[:-1]).tolist()
+    assert token_groups(lens, DIST_BUDGET) == DIST_MICRO
+    mask = loss_mask(cu, n_prompt)
+    model = load(args.model)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    embed_rows = torch.unique(input_ids)
+    tensors = {
+        "input_ids": input_ids,
+        "cu_seqlens": cu,
+        "n_prompt": torch.tensor(n_prompt, dtype=torch.int64),
+        "micro_batches": torch.tensor(DIST_MICRO, dtype=torch.int64),
+        "mask": mask.to(torch.float32),
+        "embed_rows": embed_rows.to(torch.int64),
+    }
+    # The teacher: every tensor plus N(0, 0.02²) noise, rounded to f32 (what is
+    # stored is exactly what both sides run).
+    teacher = load(args.model)
+    with torch.no_grad():
+        for n, p in teacher.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64) * TEACHER_NOISE_STD
+            p.copy_((p + noise).to(torch.float32).to(torch.float64))
+            if n == EMBED:
+                # Only the rows of the data's ids are ever read.
+                tensors[f"teacher_rows.{n}"] = p[embed_rows].to(torch.float32).contiguous()
+            else:
+                tensors[f"teacher.{n}"] = p.to(torch.float32).contiguous()
+        zt = all_logits(teacher, input_ids, cu)
+    del teacher
+    meta_cases = {}
+    for name, mode, beta, T, with_sgd3 in DIST_CASES:
+        fn = Distill(input_ids, cu, mask, zt, mode, beta, T)
+        loss, gs, losses, after = store_grads_and_sgd(tensors, name, model, fn, w0, embed_rows, DIST_LR, with_sgd3)
+        fd_check(model, fn, gs, [("model.norm.weight", (3,)), ("model.layers.1.self_attn.q_proj.weight", (5, 7)),
+                                 ("lm_head.weight", (int(input_ids[7]), 2))])
+        meta_cases[name] = {"mode": mode, "beta": beta, "temperature": T, "sgd3_weights_stored": with_sgd3}
+        meta_cases[name].update({"loss": loss, "sgd_losses": losses, "loss_after_sgd3": after})
+    meta = {
+        "generator": "tools/make_train_fixtures.py",
+        "model": args.model,
+        "reference_dtype": "float64 (f64 patches of tools/make_fixtures.py installed)",
+        "seed": DIST_SEED,
+        "prompt_lens": DIST_PROMPT_LENS,
+        "completion_lens": DIST_COMPLETION_LENS,
+        "eos": EOS,
+        "token_id_range": [0, TOKEN_HI],
+        "n_tokens": int(len(input_ids)),
+        "n_loss_tokens": int(mask.sum()),
+        "micro_batch_tokens": DIST_BUDGET,
+        "micro_batches": DIST_MICRO,
+        "micro_batches_note": "sequence-index boundaries: sequences grouped in order into at most "
+                              "micro_batch_tokens tokens (the engine's micro_batches)",
+        "teacher": "the fixture model with N(0, teacher_noise_std^2) noise added to every tensor (seeded, after "
+                   "the data), rounded to f32: teacher.<p>, and teacher_rows.<embed> at rows embed_rows (no "
+                   "other embedding row is read)",
+        "teacher_noise_std": TEACHER_NOISE_STD,
+        "cases": meta_cases,
+        "aggregation": "token-mean over the step's completion tokens (all micro-batches)",
+        "lr": DIST_LR,
+        "sgd_steps": SGD_STEPS,
+        "optimizer": "plain SGD p <- p - lr*grad, no momentum/weight decay; the teacher fixed",
+        "sgd_losses_note": "loss at the weights before each update; element 0 equals the case's loss",
+        "embed_note": "model.embed_tokens.weight's gradient and sgd3 weights are stored as *_rows.* at rows "
+                      "embed_rows; every other row's gradient is exactly zero",
+        "versions": versions(),
+    }
+    write(args, "distill", tensors, meta)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="tests/fixtures/train")
+    ap.add_argument("--model", default="tests/fixtures/qwen3")
+    ap.add_argument("--cases", default="step,dpo,distill",
+                    help="comma-separated subset of step, dpo, distill (each writes its own files)")
+    args = ap.parse_args()
+    torch.use_deterministic_algorithms(True)
+    mf.install_f64_patches()
+    makers = {"step": make_step, "dpo": make_dpo, "distill": make_distill}
+    cases = [c for c in args.cases.split(",") if c]
+    for c in cases:
+        if c not in makers:
+            raise SystemExit(f"unknown case {c!r} (step, dpo, distill)")
+    os.makedirs(args.out, exist_ok=True)
+    for c in cases:
+        makers[c](args)
 
 
 if __name__ == "__main__":
