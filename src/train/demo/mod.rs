@@ -67,7 +67,7 @@ const KEYS: &[KeySpec] = &[
     key!("rl.group_size", Int, "8", "GRPO samples per prompt"),
     key!("rl.mini_batches", Int, "4", "GRPO optimizer updates per step"),
     key!("rl.eval_every", Int, "25", "GRPO and control steps between dev evaluations"),
-    key!("cost.generated_token", Float, "1.5", "cost of a sampled token, in SFT training tokens (control budget)"),
+    key!("cost.generated_token", Float, "2.0", "cost of a sampled token, in SFT training tokens (control budget)"),
 ];
 
 pub fn config_keys() -> Vec<KeySpec> {
@@ -246,9 +246,10 @@ pub fn run(cfg: &Config) -> Result<Value> {
         .sum();
     let sft_step_tokens = int("sft.tokens_per_step")? as f64;
     let control_steps = ((rl_cost / sft_step_tokens).ceil() as usize).max(1);
+    // As many dev evaluations as the RL phase had, so that they cost both the same.
+    let control_eval_every = (control_steps * size("rl.eval_every", 3)?).div_ceil(rl_steps).max(1);
     let control = phase("control: SFT continued from the same point for the same compute", || {
-        let sets =
-            sft_sets(&start, &root.join("control"), seed.wrapping_add(12), control_steps, size("rl.eval_every", 3)?)?;
+        let sets = sft_sets(&start, &root.join("control"), seed.wrapping_add(12), control_steps, control_eval_every)?;
         super::sft::run(&trainer_config(&super::sft::config_keys(), sets)?, None)
     })?;
 
