@@ -663,3 +663,50 @@ fn a_failed_save_keeps_the_earlier_checkpoint() {
     assert_eq!(std::fs::read(first.join("model.safetensors")).unwrap(), before);
     Model::<Cpu>::load(&Cpu, &first).unwrap();
 }
+
+/// GRPO with a custom reward program: its numbers reach the rewards with
+/// their weight; a program that fails or prints garbage stops the run with
+/// an error that names it, exit code 2.
+#[test]
+fn grpo_custom_reward_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rl.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"What is 1 + 1?\", \"answer\": \"2\"}\n{\"prompt\": \"What is 2 + 2?\", \"answer\": 4}\n",
+    )
+    .unwrap();
+    let run = |name: &str, command: &str| -> (i32, String, std::path::PathBuf) {
+        let out = tmp.path().join(name);
+        let sets: Vec<String> = vec![
+            format!("model={}", fixtures().join("qwen3").display()),
+            format!("data={}", data.display()),
+            format!("output_dir={}", out.display()),
+            "max_steps=1".into(),
+            "grpo.prompts_per_step=2".into(),
+            "grpo.group_size=2".into(),
+            "grpo.max_new_tokens=4".into(),
+            "reward.math=0.0".into(),
+            "reward.command_weight=0.5".into(),
+            format!("reward.command={command}"),
+        ];
+        let (code, err) = train("grpo", &sets, None);
+        (code, err, out)
+    };
+    // The program checks each line is JSON with the three fields, then scores 0.25.
+    let script = "while read -r l; do case $l in *'\"prompt\":'*'\"response\":'*'\"answer\":'*) echo 0.25;; *) echo bad;; esac; done";
+    let (code, err, out) = run("ok", &format!("\"{}\"", script.replace('"', "\\\"")));
+    assert_eq!(code, 0, "{err}");
+    let rewards: Vec<f64> = std::fs::read_to_string(out.join("rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reward"].as_f64().unwrap())
+        .collect();
+    assert_eq!(rewards, vec![0.125; 4]);
+    let (code, err, _) = run("garbage", "\"while read -r l; do echo banana; done\"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("reward.command") && err.contains("banana"), "{err}");
+    let (code, err, _) = run("fails", "\"echo broken >&2; exit 3\"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("reward.command") && err.contains("broken"), "{err}");
+}

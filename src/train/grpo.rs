@@ -1,7 +1,8 @@
 //! `engine train grpo`: GRPO-family RL with verifiable rewards on
 //! `{"prompt", "answer"}` lines. Per step: sample prompts, `G` rollouts each
 //! with the rollout engine (same weights, same kernels), rewards (math
-//! verifier, format, DAPO overlong shaping; weights configurable),
+//! verifier, format, DAPO overlong shaping, a length penalty, a custom
+//! command; weights configurable),
 //! group advantages (DESIGN.md §4.5), optional dynamic sampling (groups with
 //! equal rewards dropped), old log-probs from the trainer's own forward
 //! (DESIGN.md §4), then μ epochs over mini-batches with the configured policy
@@ -20,10 +21,12 @@ use crate::loss::{
 };
 use crate::model::activations::default_chunk;
 use crate::model::{Activations, Model};
+use crate::reward::command::CommandReward;
+use crate::reward::shaping::length_penalty;
 use crate::reward::{format_reward, math_reward, overlong_penalty};
 use crate::rollout::{GenerateConfig, Generator, SamplingParams};
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -94,6 +97,31 @@ const OWN_KEYS: &[KeySpec] = &[
         kind: Kind::Float,
         default: Some("1.0"),
         help: "DAPO overlong penalty factor",
+    },
+    KeySpec {
+        key: "reward.length_target",
+        kind: Kind::Int,
+        default: Some("0"),
+        help: "length penalty past this many tokens (0: off)",
+    },
+    KeySpec {
+        key: "reward.length_coef",
+        kind: Kind::Float,
+        default: Some("0.0"),
+        help: "length penalty per target length",
+    },
+    KeySpec {
+        key: "reward.command",
+        kind: Kind::Str,
+        default: Some("\"\""),
+        help: "custom reward program (run by sh -c): JSON lines in, one number per line out (\"\": none)",
+    },
+    KeySpec { key: "reward.command_weight", kind: Kind::Float, default: Some("1.0"), help: "weight of its reward" },
+    KeySpec {
+        key: "reward.command_timeout_s",
+        kind: Kind::Float,
+        default: Some("600"),
+        help: "time limit of one call, for a step's rollouts",
     },
 ];
 
@@ -176,6 +204,13 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let (w_math, w_format) = (cfg.float("reward.math"), cfg.float("reward.format"));
     let (ol_buffer, ol_penalty) =
         (cfg.int("reward.overlong_buffer").max(0) as usize, cfg.float("reward.overlong_penalty"));
+    let (len_target, len_coef) = (cfg.int("reward.length_target").max(0) as usize, cfg.float("reward.length_coef"));
+    let command = Some(cfg.str("reward.command")).filter(|c| !c.trim().is_empty()).map(|c| CommandReward {
+        program: "sh".into(),
+        args: vec!["-c".into(), c],
+        timeout: std::time::Duration::from_secs_f64(cfg.float("reward.command_timeout_s").max(0.0)),
+    });
+    let w_command = cfg.float("reward.command_weight");
     let (epochs, n_mini) = (positive(cfg, "grpo.epochs")?, positive(cfg, "grpo.mini_batches")?);
     eprintln!("grpo: {} prompts, {} steps, G = {g}", prompts.len(), lp.total);
 
@@ -198,15 +233,30 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         // Rewards, then advantages per group.
         let mut rollouts: Vec<Rollout> = Vec::with_capacity(samples.len());
         let mut n_correct = 0usize;
-        for s in &samples {
+        let texts: Vec<String> = samples.iter().map(|s| tok.decode(&s.tokens, true).unwrap_or_default()).collect();
+        let custom = match &command {
+            Some(c) => {
+                let items: Vec<Value> = samples
+                    .iter()
+                    .zip(&texts)
+                    .map(|(s, text)| {
+                        let (prompt, answer) = &prompts[chosen[s.prompt_index]];
+                        json!({"prompt": tok.decode(prompt, false).unwrap_or_default(), "response": text, "answer": answer})
+                    })
+                    .collect();
+                c.score(&items).with_context(|| format!("step {}: reward.command", step + 1))?
+            }
+            None => vec![0.0; samples.len()],
+        };
+        for ((s, text), custom) in samples.iter().zip(texts).zip(custom) {
             let (prompt, answer) = &prompts[chosen[s.prompt_index]];
-            let text = tok.decode(&s.tokens, true).unwrap_or_default();
             let correct = math_reward(&text, answer) > 0.0;
             n_correct += correct as usize;
             let mut reward = w_math * correct as u8 as f64 + w_format * format_reward(&text);
             if ol_buffer > 0 {
                 reward += overlong_penalty(s.tokens.len(), max_new, ol_buffer, ol_penalty);
             }
+            reward += length_penalty(s.tokens.len(), len_target, len_coef) + w_command * custom;
             writeln!(rollout_log, "{}", json!({"step": step + 1, "prompt_index": chosen[s.prompt_index], "text": text, "reward": reward, "correct": correct}))
                 .with_context(|| format!("{}: cannot write rollouts.jsonl", lp.run_dir.display()))?;
             let seq = Example { tokens: [prompt.as_slice(), &s.tokens].concat(), n_prompt: prompt.len() };
