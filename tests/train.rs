@@ -490,6 +490,9 @@ fn sft_early_stopping_keeps_the_best_weights() {
     assert_eq!(code, 0, "{err}");
     let m = metrics(&out);
     assert!(m.iter().all(|l| l["eval_pass@1"].is_f64()), "{m:?}");
+    // Throughput and memory on every line: tokens/s from the step's tokens, peak RSS above the model's size.
+    assert!(m.iter().all(|l| l["tokens_per_s"].as_f64().unwrap() > 0.0 && l["model_tflops"].as_f64().unwrap() > 0.0));
+    assert!(m.iter().all(|l| l["peak_rss_bytes"].as_u64().unwrap() > 210_496 * 4), "{}", m[0]);
     let last = m.last().unwrap();
     let stop = last["step"].as_u64().unwrap();
     let best = last["early_stop"]["best_step"].as_u64().expect("the run stopped early");

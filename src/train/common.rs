@@ -375,6 +375,9 @@ pub struct Loop {
     pub start: u64,
     pub total: u64,
     clock: std::time::Instant,
+    /// When the previous step ended (or the run started).
+    step_clock: std::time::Instant,
+    params: usize,
 }
 
 impl Loop {
@@ -439,6 +442,8 @@ impl Loop {
             start,
             total,
             clock: std::time::Instant::now(),
+            step_clock: std::time::Instant::now(),
+            params: setup.model.layout.total,
         })
     }
 
@@ -513,6 +518,18 @@ impl Loop {
         }
         line["step"] = done.into();
         line["elapsed_s"] = self.clock.elapsed().as_secs_f64().into();
+        let step_s = self.step_clock.elapsed().as_secs_f64();
+        line["step_s"] = step_s.into();
+        // Throughput of the tokens that went through forward and backward:
+        // model FLOPs as 6 · parameters · tokens (attention not counted). MFU
+        // needs the device's peak and comes with the CUDA backend.
+        if let Some(tokens) = line.get("tokens").and_then(Value::as_f64) {
+            line["tokens_per_s"] = (tokens / step_s).into();
+            line["model_tflops"] = (6.0 * self.params as f64 * tokens / step_s / 1e12).into();
+        }
+        if let Some(peak) = peak_rss() {
+            line["peak_rss_bytes"] = peak.into();
+        }
         writeln!(self.metrics, "{line}")
             .with_context(|| format!("{}: cannot write metrics", self.run_dir.display()))?;
         if stop || done == self.total || (self.save_every > 0 && done.is_multiple_of(self.save_every)) {
@@ -536,8 +553,16 @@ impl Loop {
                 );
             }
         }
+        self.step_clock = std::time::Instant::now();
         Ok(stop)
     }
+}
+
+/// The process's peak resident memory (Linux's `VmHWM`), in bytes.
+fn peak_rss() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 /// The metrics lines of a run folder.

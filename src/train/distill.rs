@@ -189,6 +189,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let (lr, grad_norm) = lp.update(model, &mut grads, step, loss)?;
         let line = serde_json::json!({
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_tokens": step_tokens, "examples": idx.len(), "on_policy": own.len(),
+            "tokens": mbs.iter().map(|m| m.batch.len()).sum::<usize>(),
         });
         if lp.end_step(model, &setup.tok, step, line)? {
             break;

@@ -379,6 +379,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             "groups_flat_frac": flat_groups as f64 / chosen.len() as f64, "updates": update,
             "tokens_generated": samples.iter().map(|s| s.tokens.len()).sum::<usize>(),
             "tokens_trained": rollouts.iter().map(|r| r.seq.tokens.len()).sum::<usize>(),
+            "tokens": epochs * rollouts.iter().map(|r| r.seq.tokens.len()).sum::<usize>(),
             "rollout_s": rollout_s, "seconds": t0.elapsed().as_secs_f64(),
         });
         if lp.end_step(model, tok, step, line)? {

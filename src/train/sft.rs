@@ -40,7 +40,6 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     );
     bar.set_position(lp.start);
     for step in lp.start..lp.total {
-        let t0 = std::time::Instant::now();
         let chosen: Vec<&Example> = steps[step as usize].iter().map(|&i| &examples[i]).collect();
         let mbs: Vec<MicroBatch> = micro_batches(&chosen, mb_tokens).iter().map(|mb| MicroBatch::pack(mb)).collect();
         let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
@@ -50,7 +49,6 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let tokens: usize = mbs.iter().map(|m| m.batch.len()).sum();
         let line = serde_json::json!({
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "loss_tokens": step_tokens,
-            "tokens_per_s": tokens as f64 / t0.elapsed().as_secs_f64(),
         });
         if lp.end_step(model, &setup.tok, step, line)? {
             break;
