@@ -25,7 +25,7 @@ use super::checkpoint::checkpoints;
 use super::common::{read_metrics as metrics, series};
 use super::config::{Config, KeySpec, Kind};
 use super::eval::{evaluate, EvalSpec};
-use super::plot::{write_png, Chart};
+use super::plot::{write_png, Chart, Series};
 use crate::backend::cpu::Cpu;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::write_atomic;
@@ -281,10 +281,24 @@ pub fn run(cfg: &Config) -> Result<Value> {
     // Both curves on one clock: RL and the control start where SFT stopped.
     let control_lines = metrics(&control.dir)?;
     let sft_end = sft_lines.last().and_then(|l| l["elapsed_s"].as_f64()).unwrap_or(0.0);
+    // Both start from the weights SFT stopped with (its best dev evaluation).
+    let start_point = sft_lines.iter().rev().find_map(|l| l["early_stop"]["best_pass@1"].as_f64());
     let after_sft = |lines: &[Value], label: &str| {
         let mut s = series(lines, "elapsed_s", "eval_pass@1", label);
         s.points.iter_mut().for_each(|(x, _)| *x += sft_end);
+        s.points.splice(0..0, start_point.map(|y| (sft_end, y)));
         s
+    };
+    let accuracy_curve = series(&rl_lines, "step", "accuracy", "accuracy of the sampled answers");
+    let window = 20;
+    let smoothed = Series {
+        label: format!("mean of the last {window} steps"),
+        points: (0..accuracy_curve.points.len())
+            .map(|i| {
+                let w = &accuracy_curve.points[i.saturating_sub(window - 1)..=i];
+                (accuracy_curve.points[i].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+            })
+            .collect(),
     };
     let charts = [
         Chart {
@@ -299,7 +313,7 @@ pub fn run(cfg: &Config) -> Result<Value> {
         Chart {
             title: "GRPO: rollout accuracy".into(),
             x_label: "step".into(),
-            series: vec![series(&rl_lines, "step", "accuracy", "accuracy of the sampled answers")],
+            series: vec![accuracy_curve, smoothed],
         },
     ];
     write_png(&root.join("curves.png"), &charts)?;
