@@ -1,4 +1,4 @@
-//! The command line: `engine score`, `engine info`.
+//! The command line: `engine score`, `info`, `generate`, `eval`, `train`.
 
 pub mod eval;
 pub mod generate;
@@ -29,7 +29,7 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// pass@1, pass@k and maj@k of sampled answers to math prompts.
     Eval(eval::EvalArgs),
-    /// Train a model (today: `sft`).
+    /// Train a model: sft, distill, dpo, grpo, rft; alone, the built-in demo.
     Train(train::TrainArgs),
 }
 

@@ -2,6 +2,7 @@
 //! Trainers: `sft`, `distill`, `dpo`, `grpo`, `rft`. `engine train` alone
 //! runs the built-in demo (`engine train demo --set key=value` tunes it).
 
+use super::{resolve_device, Device};
 use crate::train::config::Config;
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -12,6 +13,9 @@ pub struct TrainArgs {
     /// Without a trainer: the built-in demo.
     #[command(subcommand)]
     pub trainer: Option<Trainer>,
+    /// Where to train (the same loops run on either).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub device: Device,
 }
 
 #[derive(Args, Debug)]
@@ -51,6 +55,7 @@ pub enum Trainer {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    resolve_device(a.device)?;
     let dir = match a.trainer.unwrap_or(Trainer::Demo(DemoArgs { set: vec![] })) {
         Trainer::Demo(d) => {
             let cfg = Config::load(None, &d.set, &crate::train::demo::config_keys())?;
