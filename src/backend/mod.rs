@@ -15,6 +15,8 @@
 //!   number of threads (DESIGN.md §6), so results are bitwise reproducible.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// Target id meaning "this position has no target" (masked / end of sequence).
 pub const IGNORE: u32 = u32::MAX;
