@@ -1,5 +1,6 @@
 // Casts between fp32 and bf16 (uploads, reads, master → working copy).
 #include "common.cuh"
+#include "cast.h"
 
 extern "C" __global__ void cast_f32_bf16(CastParams p) {
   const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -2,6 +2,7 @@
 // One block per row; fp32 arithmetic; the weight gradient is summed per
 // block of rows, then across blocks in a fixed order (deterministic).
 #include "common.cuh"
+#include "rmsnorm.h"
 
 extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) rmsnorm_fwd(RmsNormFwdParams p) {
   __shared__ float scratch[33];

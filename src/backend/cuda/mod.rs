@@ -6,8 +6,15 @@
 //! The driver is loaded at run time (cudarc's dynamic loading), so the binary
 //! starts on a machine without one and [`Gpu::new`] says so as an error.
 
-mod norm;
+mod adamw;
+mod attention;
+mod cast;
+mod elementwise;
+mod embedding;
 pub mod params;
+mod rmsnorm;
+mod rope;
+mod swiglu;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
@@ -21,13 +28,33 @@ mod modules {
 /// bf16 as the device stores it.
 pub type Bf16 = half::bf16;
 
-/// Every kernel function, resolved once when the device starts.
+/// Every kernel function, resolved once when the device starts, by the
+/// kernel file that holds it.
 pub struct Kernels {
-    pub cast_f32_bf16: CudaFunction,
-    pub cast_bf16_f32: CudaFunction,
-    pub rmsnorm_fwd: CudaFunction,
-    pub rmsnorm_bwd: CudaFunction,
-    pub rmsnorm_dw_reduce: CudaFunction,
+    pub adamw: adamw::Fns,
+    pub attention: attention::Fns,
+    pub cast: cast::Fns,
+    pub elementwise: elementwise::Fns,
+    pub embedding: embedding::Fns,
+    pub rmsnorm: rmsnorm::Fns,
+    pub rope: rope::Fns,
+    pub swiglu: swiglu::Fns,
+}
+
+/// The loaded modules, by kernel file stem.
+pub(crate) struct Modules {
+    by_file: HashMap<&'static str, Arc<CudaModule>>,
+}
+
+impl Modules {
+    /// Function `function` of `kernels/{file}.cu`.
+    pub(crate) fn get(&self, file: &str, function: &str) -> Result<CudaFunction> {
+        self.by_file
+            .get(file)
+            .with_context(|| format!("kernels/{file}.cu was not built"))?
+            .load_function(function)
+            .map_err(|e| anyhow!("kernels/{file}.cu: kernel {function}: {e}"))
+    }
 }
 
 /// One GPU: its context, the stream every kernel runs on, and the kernels.
@@ -50,25 +77,23 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("CUDA device {ordinal}: {e}"))?;
         let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
-        let mut mods: HashMap<&str, Arc<CudaModule>> = HashMap::new();
+        let mut by_file = HashMap::new();
         for (file, image) in modules::MODULES {
             let m = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
                 .map_err(|e| anyhow!("{name}: cannot load kernels/{file}.cu's fatbin: {e}"))?;
-            mods.insert(file, m);
+            by_file.insert(*file, m);
         }
-        let f = |file: &str, function: &str| -> Result<CudaFunction> {
-            mods.get(file)
-                .with_context(|| format!("kernels/{file}.cu was not built"))?
-                .load_function(function)
-                .map_err(|e| anyhow!("kernels/{file}.cu: kernel {function}: {e}"))
-        };
+        let m = Modules { by_file };
         let k = Kernels {
-            cast_f32_bf16: f("cast", "cast_f32_bf16")?,
-            cast_bf16_f32: f("cast", "cast_bf16_f32")?,
-            rmsnorm_fwd: f("rmsnorm", "rmsnorm_fwd")?,
-            rmsnorm_bwd: f("rmsnorm", "rmsnorm_bwd")?,
-            rmsnorm_dw_reduce: f("rmsnorm", "rmsnorm_dw_reduce")?,
+            adamw: adamw::load(&m)?,
+            attention: attention::load(&m)?,
+            cast: cast::load(&m)?,
+            elementwise: elementwise::load(&m)?,
+            embedding: embedding::load(&m)?,
+            rmsnorm: rmsnorm::load(&m)?,
+            rope: rope::load(&m)?,
+            swiglu: swiglu::load(&m)?,
         };
         Ok(Gpu { stream: ctx.default_stream(), ctx, k, name })
     }

@@ -6,6 +6,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/params.rs"));
 
+/// Lets cudarc pass parameter structs by value; each kernel module names its own.
 macro_rules! device_repr {
     ($($t:ty),*) => {
         // SAFETY: plain C structs of integers and floats, laid out as the
@@ -13,8 +14,7 @@ macro_rules! device_repr {
         $(unsafe impl cudarc::driver::DeviceRepr for $t {})*
     };
 }
-
-device_repr!(CastParams, RmsNormFwdParams, RmsNormBwdParams);
+pub(crate) use device_repr;
 
 /// The row kernels' block size.
 pub const ROW_THREADS: u32 = ENGINE_ROW_THREADS;

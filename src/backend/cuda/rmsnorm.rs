@@ -1,35 +1,28 @@
-//! RMSNorm on the GPU (kernels/rmsnorm.cu) and the fp32 ↔ bf16 casts.
+//! RMSNorm on the GPU (kernels/rmsnorm.cu): the forward with the fused
+//! residual add, the backward with a deterministic weight gradient.
 
-use super::params::{CastParams, RmsNormBwdParams, RmsNormFwdParams, ROW_THREADS};
-use super::{check_len, grid_1d, grid_rows, Bf16, Gpu};
+use super::params::{RmsNormBwdParams, RmsNormFwdParams, ROW_THREADS};
+use super::{check_len, grid_1d, grid_rows, Bf16, Gpu, Modules};
 use anyhow::{anyhow, Result};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+
+super::params::device_repr!(RmsNormFwdParams, RmsNormBwdParams);
+
+pub struct Fns {
+    fwd: CudaFunction,
+    bwd: CudaFunction,
+    dw_reduce: CudaFunction,
+}
+
+pub(super) fn load(m: &Modules) -> Result<Fns> {
+    Ok(Fns {
+        fwd: m.get("rmsnorm", "rmsnorm_fwd")?,
+        bwd: m.get("rmsnorm", "rmsnorm_bwd")?,
+        dw_reduce: m.get("rmsnorm", "rmsnorm_dw_reduce")?,
+    })
+}
 
 impl Gpu {
-    /// `dst = bf16(src)`.
-    pub fn cast_to_bf16(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<Bf16>) -> Result<()> {
-        check_len("cast: dst", dst.len(), src.len())?;
-        let (s, _g1) = src.device_ptr(&self.stream);
-        let (d, _g2) = dst.device_ptr_mut(&self.stream);
-        let p = CastParams { src: s, dst: d, n: src.len() as u32 };
-        // SAFETY: both buffers hold n elements of the kernel's types.
-        unsafe { self.stream.launch_builder(&self.k.cast_f32_bf16).arg(&p).launch(grid_1d(src.len())) }
-            .map_err(|e| anyhow!("cast_f32_bf16: {e}"))?;
-        Ok(())
-    }
-
-    /// `dst = f32(src)`.
-    pub fn cast_to_f32(&self, src: &CudaSlice<Bf16>, dst: &mut CudaSlice<f32>) -> Result<()> {
-        check_len("cast: dst", dst.len(), src.len())?;
-        let (s, _g1) = src.device_ptr(&self.stream);
-        let (d, _g2) = dst.device_ptr_mut(&self.stream);
-        let p = CastParams { src: s, dst: d, n: src.len() as u32 };
-        // SAFETY: both buffers hold n elements of the kernel's types.
-        unsafe { self.stream.launch_builder(&self.k.cast_bf16_f32).arg(&p).launch(grid_1d(src.len())) }
-            .map_err(|e| anyhow!("cast_bf16_f32: {e}"))?;
-        Ok(())
-    }
-
     /// `y = rmsnorm(x) · w` per row of `w.len()`, with the row's `rstd`.
     /// With `residual = Some((r, h))`: `h = x + r` first, and `h` is normalised.
     pub fn rmsnorm_fwd(
@@ -72,7 +65,7 @@ impl Gpu {
             None => None,
         };
         // SAFETY: every pointer covers rows × dim elements (checked above).
-        unsafe { self.stream.launch_builder(&self.k.rmsnorm_fwd).arg(&p).launch(grid_rows(rows, ROW_THREADS)) }
+        unsafe { self.stream.launch_builder(&self.k.rmsnorm.fwd).arg(&p).launch(grid_rows(rows, ROW_THREADS)) }
             .map_err(|e| anyhow!("rmsnorm_fwd: {e}"))?;
         drop(guards);
         Ok(())
@@ -125,10 +118,10 @@ impl Gpu {
         };
         let cfg = grid_rows(blocks, ROW_THREADS);
         // SAFETY: sizes checked above; dw_partial covers blocks × dim.
-        unsafe { self.stream.launch_builder(&self.k.rmsnorm_bwd).arg(&p).launch(cfg) }
+        unsafe { self.stream.launch_builder(&self.k.rmsnorm.bwd).arg(&p).launch(cfg) }
             .map_err(|e| anyhow!("rmsnorm_bwd: {e}"))?;
         // SAFETY: as above; one thread per column of dw.
-        unsafe { self.stream.launch_builder(&self.k.rmsnorm_dw_reduce).arg(&p).launch(grid_1d(dim)) }
+        unsafe { self.stream.launch_builder(&self.k.rmsnorm.dw_reduce).arg(&p).launch(grid_1d(dim)) }
             .map_err(|e| anyhow!("rmsnorm_dw_reduce: {e}"))?;
         Ok(())
     }

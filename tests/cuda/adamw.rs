@@ -1,0 +1,1 @@
+//! kernels/adamw.cu (not written yet).

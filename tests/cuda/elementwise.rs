@@ -1,0 +1,1 @@
+//! kernels/elementwise.cu (not written yet).

@@ -1,0 +1,1 @@
+//! kernels/embedding.cu (not written yet).

@@ -1,0 +1,1 @@
+//! kernels/rope.cu (not written yet).

@@ -1,0 +1,1 @@
+//! kernels/swiglu.cu (not written yet).
