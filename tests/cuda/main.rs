@@ -14,5 +14,6 @@ mod elementwise;
 mod embedding;
 mod rmsnorm;
 mod rope;
+mod rows;
 mod swiglu;
 mod util;

@@ -14,6 +14,7 @@ mod embedding;
 pub mod params;
 mod rmsnorm;
 mod rope;
+mod rows;
 mod swiglu;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -38,6 +39,7 @@ pub struct Kernels {
     pub embedding: embedding::Fns,
     pub rmsnorm: rmsnorm::Fns,
     pub rope: rope::Fns,
+    pub rows: rows::Fns,
     pub swiglu: swiglu::Fns,
 }
 
@@ -93,6 +95,7 @@ impl Gpu {
             embedding: embedding::load(&m)?,
             rmsnorm: rmsnorm::load(&m)?,
             rope: rope::load(&m)?,
+            rows: rows::load(&m)?,
             swiglu: swiglu::load(&m)?,
         };
         Ok(Gpu { stream: ctx.default_stream(), ctx, k, name })

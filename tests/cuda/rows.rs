@@ -1,0 +1,1 @@
+//! kernels/rows.cu (not written yet).
