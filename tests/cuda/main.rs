@@ -12,6 +12,7 @@ mod attention;
 mod cast;
 mod elementwise;
 mod embedding;
+mod gemm;
 mod rmsnorm;
 mod rope;
 mod rows;

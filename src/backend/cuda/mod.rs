@@ -11,6 +11,7 @@ mod attention;
 mod cast;
 mod elementwise;
 mod embedding;
+mod gemm;
 pub mod params;
 mod rmsnorm;
 mod rope;
@@ -64,6 +65,8 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub k: Kernels,
+    /// cuBLASLt, on the same stream, for every matrix product.
+    pub blas: cudarc::cublaslt::CudaBlasLT,
     /// The device's name, as the driver reports it.
     pub name: String,
 }
@@ -98,7 +101,13 @@ impl Gpu {
             rows: rows::load(&m)?,
             swiglu: swiglu::load(&m)?,
         };
-        Ok(Gpu { stream: ctx.default_stream(), ctx, k, name })
+        let stream = ctx.default_stream();
+        // SAFETY: only tries to open the library (cudarc panics on use without it).
+        if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+            bail!("{name}: cuBLASLt (libcublasLt.so) could not be loaded");
+        }
+        let blas = cudarc::cublaslt::CudaBlasLT::new(stream.clone()).map_err(|e| anyhow!("{name}: cuBLASLt: {e:?}"))?;
+        Ok(Gpu { stream, ctx, k, blas, name })
     }
 
     /// Waits for every launched kernel; a kernel's fault surfaces here.
