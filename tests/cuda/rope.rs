@@ -1,1 +1,132 @@
-//! kernels/rope.cu (not written yet).
+//! kernels/rope.cu against the CPU's rotation.
+
+use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
+use engine::backend::cpu::rope::rope;
+
+/// Tables as transformers computes them: `inv_freq = θ^(−2i/d)`, the angle
+/// `p · inv_freq` in f32; `[max_pos, head_dim/2]` each.
+fn tables(max_pos: usize, head_dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / head_dim as f64) as f32).collect();
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in 0..max_pos {
+        for &f in &inv {
+            let angle = (p as f32 * f) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+const MAX_POS: usize = 4099;
+
+/// 37 tokens: packed sequences of 13, 1 and 16 tokens from position 0,
+/// then 7 scattered, non-monotonic positions up to the table's last row.
+fn positions() -> Vec<u32> {
+    let mut pos: Vec<u32> = (0..13).chain(0..1).chain(0..16).collect();
+    pos.extend([4098, 17, 3000, 5, 2047, 2046, 999]);
+    assert_eq!(pos.len(), 37);
+    pos
+}
+
+const SHAPES: [(usize, usize); 5] = [(3, 64), (5, 128), (3, 96), (5, 96), (1, 6)];
+
+#[test]
+fn rope_matches_the_cpu() {
+    let Some(g) = gpu("rope_matches_the_cpu") else { return };
+    let pos = positions();
+    let tokens = pos.len();
+    let posd = g.stream.clone_htod(&pos).unwrap();
+    let mut bad = g.stream.alloc_zeros::<u32>(1).unwrap();
+    for (heads, head_dim) in SHAPES {
+        let (cos, sin) = tables(MAX_POS, head_dim);
+        let (cd, sd) = (g.stream.clone_htod(&cos).unwrap(), g.stream.clone_htod(&sin).unwrap());
+        let x = random_bf16(tokens * heads * head_dim, 7 + head_dim as u64);
+        for inverse in [false, true] {
+            let mut want = x.clone();
+            rope(&mut want, &pos, heads, head_dim, &cos, &sin, inverse);
+            let mut xd = up(&g, &x);
+            g.rope(&mut xd, &posd, heads, head_dim, &cd, &sd, inverse, &mut bad).unwrap();
+            let got = down(&g, &xd);
+            let e = rel_err(&got, &want);
+            println!("rope {tokens}×{heads}×{head_dim} inverse={inverse}: {e:.2e}");
+            assert!(e < BF16_TOL, "rope {heads}×{head_dim} inverse={inverse}: {e:.2e}");
+            // Determinism: the same input gives the same bits.
+            let mut xd2 = up(&g, &x);
+            g.rope(&mut xd2, &posd, heads, head_dim, &cd, &sd, inverse, &mut bad).unwrap();
+            assert_eq!(down(&g, &xd2), got, "rope is deterministic");
+        }
+        assert_eq!(g.take_bad_index(&mut bad).unwrap(), None, "every position is inside the table");
+    }
+}
+
+#[test]
+fn rope_inverse_undoes_the_forward() {
+    let Some(g) = gpu("rope_inverse_undoes_the_forward") else { return };
+    let pos = positions();
+    let tokens = pos.len();
+    let posd = g.stream.clone_htod(&pos).unwrap();
+    let mut bad = g.stream.alloc_zeros::<u32>(1).unwrap();
+    for (heads, head_dim) in SHAPES {
+        let (cos, sin) = tables(MAX_POS, head_dim);
+        let (cd, sd) = (g.stream.clone_htod(&cos).unwrap(), g.stream.clone_htod(&sin).unwrap());
+        let x = random_bf16(tokens * heads * head_dim, 11 + head_dim as u64);
+        let mut xd = up(&g, &x);
+        g.rope(&mut xd, &posd, heads, head_dim, &cd, &sd, false, &mut bad).unwrap();
+        g.rope(&mut xd, &posd, heads, head_dim, &cd, &sd, true, &mut bad).unwrap();
+        // Two bf16 roundings (after each rotation) are all that separates them.
+        let e = rel_err(&down(&g, &xd), &x);
+        println!("rope {tokens}×{heads}×{head_dim}: forward then inverse {e:.2e}");
+        assert!(e < BF16_TOL, "rope round trip {heads}×{head_dim}: {e:.2e}");
+        assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
+    }
+}
+
+#[test]
+fn rope_flags_positions_outside_the_table() {
+    let Some(g) = gpu("rope_flags_positions_outside_the_table") else { return };
+    let (heads, head_dim, max_pos) = (3usize, 64usize, 100usize);
+    let (cos, sin) = tables(max_pos, head_dim);
+    let (cd, sd) = (g.stream.clone_htod(&cos).unwrap(), g.stream.clone_htod(&sin).unwrap());
+    let mut pos: Vec<u32> = (0..37).map(|t| (t * 13 % max_pos) as u32).collect();
+    pos[3] = max_pos as u32; // the first row past the table
+    pos[20] = 1_000_000;
+    let x = random_bf16(pos.len() * heads * head_dim, 5);
+    let mut bad = g.stream.alloc_zeros::<u32>(1).unwrap();
+    let mut xd = up(&g, &x);
+    g.rope(&mut xd, &g.stream.clone_htod(&pos).unwrap(), heads, head_dim, &cd, &sd, false, &mut bad).unwrap();
+    let got = down(&g, &xd);
+    assert_eq!(g.take_bad_index(&mut bad).unwrap(), Some(1_000_000), "the largest position outside the table");
+    assert_eq!(g.take_bad_index(&mut bad).unwrap(), None, "taking the flag clears it");
+    // The two bad tokens are left as they were; the others are rotated.
+    let row = heads * head_dim;
+    let mut want = x.clone();
+    let mut ok_pos = pos.clone();
+    (ok_pos[3], ok_pos[20]) = (0, 0);
+    rope(&mut want, &ok_pos, heads, head_dim, &cos, &sin, false);
+    for t in [3, 20] {
+        want[t * row..(t + 1) * row].copy_from_slice(&x[t * row..(t + 1) * row]);
+        assert_eq!(got[t * row..(t + 1) * row], x[t * row..(t + 1) * row], "token {t} is untouched");
+    }
+    let e = rel_err(&got, &want);
+    assert!(e < BF16_TOL, "rope with bad positions: {e:.2e}");
+}
+
+#[test]
+fn rope_rejects_bad_shapes() {
+    let Some(g) = gpu("rope_rejects_bad_shapes") else { return };
+    let (cos, sin) = tables(8, 64);
+    let (cd, sd) = (g.stream.clone_htod(&cos).unwrap(), g.stream.clone_htod(&sin).unwrap());
+    let posd = g.stream.clone_htod(&[0u32, 1, 2]).unwrap();
+    let mut bad = g.stream.alloc_zeros::<u32>(1).unwrap();
+    let mut xd = up(&g, &random_bf16(3 * 2 * 64, 1));
+    assert!(g.rope(&mut xd, &posd, 3, 64, &cd, &sd, false, &mut bad).is_err(), "x is 2 heads, not 3");
+    assert!(g.rope(&mut xd, &posd, 6, 63, &cd, &sd, false, &mut bad).is_err(), "odd head_dim");
+    let sd_short = g.stream.clone_htod(&sin[..sin.len() - 1]).unwrap();
+    assert!(g.rope(&mut xd, &posd, 2, 64, &cd, &sd_short, false, &mut bad).is_err(), "sin shorter than cos");
+    let (c100, s100) = (g.stream.clone_htod(&cos[..100]).unwrap(), g.stream.clone_htod(&sin[..100]).unwrap());
+    assert!(g.rope(&mut xd, &posd, 2, 64, &c100, &s100, false, &mut bad).is_err(), "tables not rows of 32");
+    g.rope(&mut xd, &posd, 2, 64, &cd, &sd, false, &mut bad).unwrap();
+    assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
+}

@@ -1,1 +1,73 @@
-//! kernels/swiglu.cu (not written yet).
+//! kernels/swiglu.cu against the CPU's SwiGLU.
+
+use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
+use engine::backend::cpu::elementwise::{swiglu_bwd, swiglu_fwd};
+
+/// Gates over [−8, 8) (both tails of the sigmoid), exact in bf16.
+fn gates(n: usize, seed: u64) -> Vec<f32> {
+    random_bf16(n, seed).iter().map(|v| v * 8.0).collect()
+}
+
+#[test]
+fn swiglu_matches_the_cpu() {
+    let Some(g) = gpu("swiglu_matches_the_cpu") else { return };
+    for n in [1usize, 1000 + 7, 37 * 5 * 96, 37 * 4864 + 3] {
+        let (gt, u, dout) = (gates(n, 1), random_bf16(n, 2), random_bf16(n, 3));
+        let mut out = vec![0.0; n];
+        swiglu_fwd(&gt, &u, &mut out);
+        let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+        swiglu_bwd(&dout, &gt, &u, &mut dg, &mut du);
+
+        let (gd, ud, dd) = (up(&g, &gt), up(&g, &u), up(&g, &dout));
+        let mut od = g.stream.alloc_zeros(n).unwrap();
+        g.swiglu_fwd(&gd, &ud, &mut od).unwrap();
+        // dg and du are overwritten, whatever they held.
+        let (mut dgd, mut dud) = (up(&g, &random_bf16(n, 4)), up(&g, &random_bf16(n, 5)));
+        g.swiglu_bwd(&dd, &gd, &ud, &mut dgd, &mut dud).unwrap();
+        let (o1, dg1, du1) = (down(&g, &od), down(&g, &dgd), down(&g, &dud));
+        let (e_o, e_dg, e_du) = (rel_err(&o1, &out), rel_err(&dg1, &dg), rel_err(&du1, &du));
+        println!("swiglu {n}: out {e_o:.2e} dg {e_dg:.2e} du {e_du:.2e}");
+        assert!(e_o < BF16_TOL && e_dg < BF16_TOL && e_du < BF16_TOL, "swiglu {n}");
+
+        // Determinism: a second run gives the same bits.
+        g.swiglu_fwd(&gd, &ud, &mut od).unwrap();
+        g.swiglu_bwd(&dd, &gd, &ud, &mut dgd, &mut dud).unwrap();
+        assert_eq!(down(&g, &od), o1);
+        assert_eq!(down(&g, &dgd), dg1);
+        assert_eq!(down(&g, &dud), du1);
+    }
+}
+
+#[test]
+fn swiglu_extreme_gates_stay_finite() {
+    let Some(g) = gpu("swiglu_extreme_gates_stay_finite") else { return };
+    let gt = [-200.0f32, -90.0, -88.0, -30.0, 0.0, 30.0, 88.0, 90.0, 200.0];
+    let n = gt.len();
+    let (u, dout) = (vec![1.0f32; n], vec![1.0f32; n]);
+    let mut out = vec![0.0; n];
+    swiglu_fwd(&gt, &u, &mut out);
+    let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+    swiglu_bwd(&dout, &gt, &u, &mut dg, &mut du);
+    let (gd, ud, dd) = (up(&g, &gt), up(&g, &u), up(&g, &dout));
+    let mut od = g.stream.alloc_zeros(n).unwrap();
+    let (mut dgd, mut dud) = (g.stream.alloc_zeros(n).unwrap(), g.stream.alloc_zeros(n).unwrap());
+    g.swiglu_fwd(&gd, &ud, &mut od).unwrap();
+    g.swiglu_bwd(&dd, &gd, &ud, &mut dgd, &mut dud).unwrap();
+    for (what, got, want) in [("out", down(&g, &od), out), ("dg", down(&g, &dgd), dg), ("du", down(&g, &dud), du)] {
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(a.is_finite(), "{what}[{i}] (g = {}) is {a}", gt[i]);
+            assert!((a - b).abs() <= 1e-2 * b.abs().max(1.0), "{what}[{i}] (g = {}): {a} vs {b}", gt[i]);
+        }
+    }
+}
+
+#[test]
+fn swiglu_rejects_mismatched_lengths() {
+    let Some(g) = gpu("swiglu_rejects_mismatched_lengths") else { return };
+    let (a, b) = (up(&g, &random_bf16(10, 1)), up(&g, &random_bf16(11, 2)));
+    let mut o = g.stream.alloc_zeros(10).unwrap();
+    assert!(g.swiglu_fwd(&a, &b, &mut o).is_err());
+    let mut o2 = g.stream.alloc_zeros(10).unwrap();
+    assert!(g.swiglu_bwd(&a, &a, &b, &mut o, &mut o2).is_err());
+    g.sync().unwrap();
+}

@@ -1,10 +1,80 @@
-//! (kernels/rope.cu: not written yet.)
+//! Rotary position embedding on the GPU (kernels/rope.cu): the in-place
+//! rotation of q or k by each token's position, and its inverse (the
+//! backward).
 
-use super::Modules;
-use anyhow::Result;
+use super::params::RopeParams;
+use super::{check_len, grid_1d, Bf16, Gpu, Modules};
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, PushKernelArg};
 
-pub struct Fns {}
+super::params::device_repr!(RopeParams);
 
-pub(super) fn load(_m: &Modules) -> Result<Fns> {
-    Ok(Fns {})
+pub struct Fns {
+    rope: CudaFunction,
+}
+
+pub(super) fn load(m: &Modules) -> Result<Fns> {
+    Ok(Fns { rope: m.get("rope", "rope")? })
+}
+
+impl Gpu {
+    /// Rotates `x [tokens, heads, head_dim]` in place by the angle of each
+    /// token's position `pos[t]` (HF rotate-half layout); `cos`/`sin` are
+    /// fp32 tables `[max_pos, head_dim/2]`; `inverse` rotates by the opposite
+    /// angle (the backward). Positions live on the device, so they are
+    /// checked there: a position ≥ `max_pos` leaves its token unrotated and
+    /// sets `bad` (one u32) to at least `1 + position`. The kernel never
+    /// clears `bad`: zero it once, launch any number of kernels, then read
+    /// it with [`Gpu::take_bad_index`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        x: &mut impl DevicePtrMut<Bf16>,
+        pos: &impl DevicePtr<u32>,
+        heads: usize,
+        head_dim: usize,
+        cos: &impl DevicePtr<f32>,
+        sin: &impl DevicePtr<f32>,
+        inverse: bool,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        if heads == 0 || head_dim == 0 || !head_dim.is_multiple_of(2) {
+            bail!("rope: {heads} heads of dimension {head_dim} (needs heads ≥ 1 and an even head_dim ≥ 2)");
+        }
+        let half = head_dim / 2;
+        let tokens = pos.len();
+        check_len("rope: x", x.len(), tokens * heads * head_dim)?;
+        check_len("rope: sin", sin.len(), cos.len())?;
+        if !cos.len().is_multiple_of(half) {
+            bail!("rope: cos/sin tables of {} values are not rows of head_dim/2 = {half}", cos.len());
+        }
+        let max_pos = cos.len() / half;
+        check_len("rope: cos", cos.len(), max_pos * half)?; // fits 32-bit counts
+        check_len("rope: bad", bad.len(), 1)?;
+        let (xp, _g1) = x.device_ptr_mut(&self.stream);
+        let (pp, _g2) = pos.device_ptr(&self.stream);
+        let (cp, _g3) = cos.device_ptr(&self.stream);
+        let (sp, _g4) = sin.device_ptr(&self.stream);
+        let (bp, _g5) = bad.device_ptr_mut(&self.stream);
+        let p = RopeParams {
+            x: xp,
+            pos: pp,
+            cos: cp,
+            sin: sp,
+            bad: bp,
+            tokens: tokens as u32,
+            heads: heads as u32,
+            head_dim: head_dim as u32,
+            max_pos: max_pos as u32,
+            inverse: inverse as u32,
+        };
+        // One thread per rotated pair: tokens · heads · half ≤ 2^31 (x was checked to fit u32).
+        let cfg = grid_1d(tokens * heads * half);
+        // SAFETY: x holds tokens × heads × head_dim, pos tokens, cos and sin
+        // max_pos × half, bad one element (all checked above); the kernel
+        // checks every position against max_pos before reading the tables.
+        unsafe { self.stream.launch_builder(&self.k.rope.rope).arg(&p).launch(cfg) }
+            .map_err(|e| anyhow!("rope: {e}"))?;
+        Ok(())
+    }
 }

@@ -1,10 +1,153 @@
-//! (kernels/rows.cu: not written yet.)
+//! Row moves and row sums on the GPU (kernels/rows.cu): `copy_rows` (writes
+//! keys and values into a KV cache, gathers rows) and the bias gradient.
+//! Also the reading of the device-side index flag that `copy_rows` and
+//! `rope` set when an index is outside its buffer.
 
-use super::Modules;
-use anyhow::Result;
+use super::params::{BiasGradParams, CopyRowsParams, ROW_THREADS};
+use super::{check_len, grid_1d, grid_rows, Bf16, Gpu, Modules};
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
-pub struct Fns {}
+super::params::device_repr!(CopyRowsParams, BiasGradParams);
 
-pub(super) fn load(_m: &Modules) -> Result<Fns> {
-    Ok(Fns {})
+pub struct Fns {
+    copy_rows: CudaFunction,
+    bias_grad: CudaFunction,
+}
+
+pub(super) fn load(m: &Modules) -> Result<Fns> {
+    Ok(Fns { copy_rows: m.get("rows", "copy_rows")?, bias_grad: m.get("rows", "bias_grad")? })
+}
+
+impl Gpu {
+    /// `dst[dst_rows[i]] = src[src_rows[i]]` for rows of `width` bf16 (bits
+    /// moved as they are). Row indices live on the device and are checked
+    /// there: a copy with a row outside its buffer is skipped and sets `bad`
+    /// (one u32) to at least `1 + index`; read it with
+    /// [`Gpu::take_bad_index`]. Where several valid copies name the same
+    /// destination row, the last wins: the CPU's sequential loop. One block
+    /// per copy; each scans the later destination indices (O(n²) index
+    /// reads, fine for the KV-cache writes and gathers it serves).
+    pub fn copy_rows(
+        &self,
+        src: &impl DevicePtr<Bf16>,
+        dst: &mut impl DevicePtrMut<Bf16>,
+        width: usize,
+        src_rows: &impl DevicePtr<u32>,
+        dst_rows: &impl DevicePtr<u32>,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        self.copy_rows_units("copy_rows", 1, src, dst, width, src_rows, dst_rows, bad)
+    }
+
+    /// [`Gpu::copy_rows`] for rows of fp32.
+    pub fn copy_rows_f32(
+        &self,
+        src: &impl DevicePtr<f32>,
+        dst: &mut impl DevicePtrMut<f32>,
+        width: usize,
+        src_rows: &impl DevicePtr<u32>,
+        dst_rows: &impl DevicePtr<u32>,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        self.copy_rows_units("copy_rows_f32", 2, src, dst, width, src_rows, dst_rows, bad)
+    }
+
+    /// The launch of both: rows of `width` elements of `units` 16-bit units each.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows_units<T>(
+        &self,
+        what: &str,
+        units: usize,
+        src: &impl DevicePtr<T>,
+        dst: &mut impl DevicePtrMut<T>,
+        width: usize,
+        src_rows: &impl DevicePtr<u32>,
+        dst_rows: &impl DevicePtr<u32>,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        debug_assert_eq!(std::mem::size_of::<T>(), 2 * units);
+        if width == 0 {
+            bail!("{what}: rows of width 0");
+        }
+        if !src.len().is_multiple_of(width) || !dst.len().is_multiple_of(width) {
+            bail!("{what}: src ({}) or dst ({}) is not made of rows of {width}", src.len(), dst.len());
+        }
+        let (src_count, dst_count) = (src.len() / width, dst.len() / width);
+        let n = src_rows.len();
+        check_len(&format!("{what}: dst_rows"), dst_rows.len(), n)?;
+        check_len(&format!("{what}: bad"), bad.len(), 1)?;
+        // Row counts and the row width in units are 32-bit in the kernel; one
+        // block per copy (grid x ≤ 2^31 − 1).
+        if src_count > u32::MAX as usize || dst_count > u32::MAX as usize || width * units > u32::MAX as usize {
+            bail!("{what}: {src_count} / {dst_count} rows of {width} do not fit one launch");
+        }
+        if n > i32::MAX as usize {
+            bail!("{what}: {n} rows to copy do not fit one launch");
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (sp, _g1) = src.device_ptr(&self.stream);
+        let (dp, _g2) = dst.device_ptr_mut(&self.stream);
+        let (srp, _g3) = src_rows.device_ptr(&self.stream);
+        let (drp, _g4) = dst_rows.device_ptr(&self.stream);
+        let (bp, _g5) = bad.device_ptr_mut(&self.stream);
+        let p = CopyRowsParams {
+            src: sp,
+            dst: dp,
+            src_rows: srp,
+            dst_rows: drp,
+            bad: bp,
+            n: n as u32,
+            width: (width * units) as u32,
+            src_count: src_count as u32,
+            dst_count: dst_count as u32,
+        };
+        // SAFETY: src holds src_count rows and dst dst_count rows of `width`
+        // elements (width·units 16-bit units), src_rows and dst_rows n
+        // indices, bad one (checked above); the kernel checks every row index
+        // against its buffer's row count before touching the row.
+        unsafe { self.stream.launch_builder(&self.k.rows.copy_rows).arg(&p).launch(grid_rows(n, ROW_THREADS)) }
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        Ok(())
+    }
+
+    /// Accumulates a bias gradient: `db[j] += Σ_rows dy[r, j]`, with
+    /// `dy [rows, db.len()]`. Deterministic: one thread per column adds the
+    /// rows in order, in fp32, starting from `db[j]` (the CPU's order).
+    pub fn bias_grad(&self, dy: &impl DevicePtr<Bf16>, db: &mut impl DevicePtrMut<Bf16>) -> Result<()> {
+        let cols = db.len();
+        if cols == 0 {
+            bail!("bias_grad: db is empty");
+        }
+        if !dy.len().is_multiple_of(cols) {
+            bail!("bias_grad: dy ({} elements) is not made of rows of {cols}", dy.len());
+        }
+        let rows = dy.len() / cols;
+        check_len("bias_grad: dy", dy.len(), rows * cols)?;
+        let (a, _g1) = dy.device_ptr(&self.stream);
+        let (b, _g2) = db.device_ptr_mut(&self.stream);
+        let p = BiasGradParams { dy: a, db: b, rows: rows as u32, cols: cols as u32 };
+        // SAFETY: dy holds rows × cols elements, db cols (checked above); one thread per column.
+        unsafe { self.stream.launch_builder(&self.k.rows.bias_grad).arg(&p).launch(grid_1d(cols)) }
+            .map_err(|e| anyhow!("bias_grad: {e}"))?;
+        Ok(())
+    }
+
+    /// Reads the index flag that [`Gpu::rope`] and [`Gpu::copy_rows`] set
+    /// (waiting for the stream), and zeroes it. `Some(i)`: some launch since
+    /// the flag was last zeroed met index `i` (the largest such) outside its
+    /// buffer and skipped that work; `None`: every index was in bounds. Any
+    /// non-zero flag is an error, so one flag may be shared with kernels that
+    /// only set it to 1 (the index then reads as 0 or as a mix).
+    pub fn take_bad_index(&self, bad: &mut CudaSlice<u32>) -> Result<Option<u32>> {
+        check_len("take_bad_index: bad", bad.len(), 1)?;
+        let v = self.stream.clone_dtoh(bad).map_err(|e| anyhow!("take_bad_index: {e}"))?[0];
+        if v == 0 {
+            return Ok(None);
+        }
+        self.stream.memset_zeros(bad).map_err(|e| anyhow!("take_bad_index: {e}"))?;
+        Ok(Some(v - 1))
+    }
 }
