@@ -1,1 +1,246 @@
-//! kernels/attention.cu (not written yet).
+//! kernels/attention.cu (the simple causal attention) against the CPU's
+//! attention: forward, backward, decode, determinism and input checks.
+
+use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
+use cudarc::driver::CudaSlice;
+use engine::backend::cpu::attention::{attention_bwd, attention_decode, attention_fwd};
+use engine::backend::cuda::{Bf16, Gpu};
+use engine::backend::AttnShape;
+
+/// One packed problem with random inputs already representable in bf16.
+struct Case {
+    s: AttnShape,
+    cu: Vec<u32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    dout: Vec<f32>,
+}
+
+impl Case {
+    fn new(lens: &[u32], n_heads: usize, n_kv_heads: usize, head_dim: usize, seed: u64) -> Case {
+        let mut cu = vec![0u32];
+        for &l in lens {
+            cu.push(cu.last().unwrap() + l);
+        }
+        let n = *cu.last().unwrap() as usize;
+        let s = AttnShape { n_heads, n_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt() };
+        let (q_len, kv_len) = (n * n_heads * head_dim, n * n_kv_heads * head_dim);
+        // q doubled (exact in bf16) for a softmax sharper than uniform.
+        let q = random_bf16(q_len, 10 * seed).iter().map(|x| 2.0 * x).collect();
+        Case {
+            s,
+            cu,
+            q,
+            k: random_bf16(kv_len, 10 * seed + 1),
+            v: random_bf16(kv_len, 10 * seed + 2),
+            dout: random_bf16(q_len, 10 * seed + 3),
+        }
+    }
+
+    fn tokens(&self) -> usize {
+        *self.cu.last().unwrap() as usize
+    }
+
+    /// The CPU forward: (out, lse).
+    fn cpu_fwd(&self) -> (Vec<f32>, Vec<f32>) {
+        let mut out = vec![0.0; self.q.len()];
+        let mut lse = vec![0.0; self.tokens() * self.s.n_heads];
+        attention_fwd(&self.s, &self.cu, &self.q, &self.k, &self.v, &mut out, &mut lse);
+        (out, lse)
+    }
+}
+
+/// GQA 3:1 and 2:1, head_dim 64, 128, 256 and odd ones, odd sequence lengths,
+/// an empty sequence, and sequences longer than a chunk of 128 keys.
+fn cases() -> Vec<Case> {
+    vec![
+        Case::new(&[1, 17, 50], 6, 2, 64, 1),
+        Case::new(&[1, 17, 50], 6, 3, 128, 2),
+        Case::new(&[50, 0, 17, 1], 6, 2, 40, 3),
+        Case::new(&[200, 3], 6, 3, 256, 4),
+        Case::new(&[9, 30], 4, 4, 33, 5),
+    ]
+}
+
+fn bf16_round(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| Bf16::from_f32(v).to_f32()).collect()
+}
+
+fn nan_bf16(g: &Gpu, n: usize) -> CudaSlice<Bf16> {
+    up(g, &vec![f32::NAN; n])
+}
+
+/// The GPU forward: (out, lse) on the device.
+fn gpu_fwd(g: &Gpu, c: &Case) -> (CudaSlice<Bf16>, CudaSlice<f32>) {
+    let cu = g.stream.clone_htod(&c.cu).unwrap();
+    let (q, k, v) = (up(g, &c.q), up(g, &c.k), up(g, &c.v));
+    let mut out = nan_bf16(g, c.q.len());
+    let mut lse = g.stream.clone_htod(&vec![f32::NAN; c.tokens() * c.s.n_heads]).unwrap();
+    g.attention_fwd(&c.s, &cu, &q, &k, &v, &mut out, &mut lse).unwrap();
+    (out, lse)
+}
+
+/// The GPU backward from the given out (bf16) and lse: (dq, dk, dv) on the host.
+fn gpu_bwd(g: &Gpu, c: &Case, out: &[f32], lse: &[f32]) -> [Vec<f32>; 3] {
+    let cu = g.stream.clone_htod(&c.cu).unwrap();
+    let (q, k, v, o, dout) = (up(g, &c.q), up(g, &c.k), up(g, &c.v), up(g, out), up(g, &c.dout));
+    let lse = g.stream.clone_htod(lse).unwrap();
+    // NaN first: the backward must overwrite every element.
+    let (mut dq, mut dk, mut dv) = (nan_bf16(g, c.q.len()), nan_bf16(g, c.k.len()), nan_bf16(g, c.v.len()));
+    g.attention_bwd(&c.s, &cu, &q, &k, &v, &o, &lse, &dout, &mut dq, &mut dk, &mut dv).unwrap();
+    g.sync().unwrap();
+    [down(g, &dq), down(g, &dk), down(g, &dv)]
+}
+
+#[test]
+fn attention_fwd_matches_the_cpu() {
+    let Some(g) = gpu("attention_fwd_matches_the_cpu") else { return };
+    for c in cases() {
+        let (out, lse) = c.cpu_fwd();
+        let (out_d, lse_d) = gpu_fwd(&g, &c);
+        g.sync().unwrap();
+        let e_out = rel_err(&down(&g, &out_d), &out);
+        let e_lse = rel_err(&g.stream.clone_dtoh(&lse_d).unwrap(), &lse);
+        println!("attention fwd {:?} cu_seqlens {:?}: out {e_out:.2e} lse {e_lse:.2e}", c.s, c.cu);
+        assert!(e_out < BF16_TOL && e_lse < 1e-4, "out {e_out:e}, lse {e_lse:e}");
+    }
+}
+
+#[test]
+fn attention_bwd_matches_the_cpu() {
+    let Some(g) = gpu("attention_bwd_matches_the_cpu") else { return };
+    for c in cases() {
+        // Both backwards get the same out (rounded to bf16, as the GPU stores it) and lse.
+        let (out, lse) = c.cpu_fwd();
+        let out = bf16_round(&out);
+        let (mut dq, mut dk, mut dv) = (vec![0.0; c.q.len()], vec![0.0; c.k.len()], vec![0.0; c.v.len()]);
+        attention_bwd(&c.s, &c.cu, &c.q, &c.k, &c.v, &out, &lse, &c.dout, &mut dq, &mut dk, &mut dv);
+        let [dq_d, dk_d, dv_d] = gpu_bwd(&g, &c, &out, &lse);
+        let (e_dq, e_dk, e_dv) = (rel_err(&dq_d, &dq), rel_err(&dk_d, &dk), rel_err(&dv_d, &dv));
+        println!("attention bwd {:?} cu_seqlens {:?}: dq {e_dq:.2e} dk {e_dk:.2e} dv {e_dv:.2e}", c.s, c.cu);
+        assert!(e_dq < BF16_TOL && e_dk < BF16_TOL && e_dv < BF16_TOL, "dq {e_dq:e}, dk {e_dk:e}, dv {e_dv:e}");
+    }
+}
+
+/// The GPU backward after the GPU forward, against the CPU's chain.
+#[test]
+fn attention_fwd_then_bwd_matches_the_cpu() {
+    let Some(g) = gpu("attention_fwd_then_bwd_matches_the_cpu") else { return };
+    let c = Case::new(&[1, 17, 50], 6, 2, 64, 6);
+    let (out, lse) = c.cpu_fwd();
+    let (mut dq, mut dk, mut dv) = (vec![0.0; c.q.len()], vec![0.0; c.k.len()], vec![0.0; c.v.len()]);
+    attention_bwd(&c.s, &c.cu, &c.q, &c.k, &c.v, &out, &lse, &c.dout, &mut dq, &mut dk, &mut dv);
+    let (out_d, lse_d) = gpu_fwd(&g, &c);
+    g.sync().unwrap();
+    let [dq_d, dk_d, dv_d] = gpu_bwd(&g, &c, &down(&g, &out_d), &g.stream.clone_dtoh(&lse_d).unwrap());
+    let (e_dq, e_dk, e_dv) = (rel_err(&dq_d, &dq), rel_err(&dk_d, &dk), rel_err(&dv_d, &dv));
+    println!("attention fwd+bwd: dq {e_dq:.2e} dk {e_dk:.2e} dv {e_dv:.2e}");
+    assert!(e_dq < BF16_TOL && e_dk < BF16_TOL && e_dv < BF16_TOL, "dq {e_dq:e}, dk {e_dk:e}, dv {e_dv:e}");
+}
+
+#[test]
+fn attention_is_deterministic() {
+    let Some(g) = gpu("attention_is_deterministic") else { return };
+    let c = Case::new(&[200, 1, 37], 6, 2, 40, 7);
+    let run = || {
+        let (out_d, lse_d) = gpu_fwd(&g, &c);
+        g.sync().unwrap();
+        let (out, lse) = (down(&g, &out_d), g.stream.clone_dtoh(&lse_d).unwrap());
+        let [dq, dk, dv] = gpu_bwd(&g, &c, &out, &lse);
+        [out, lse, dq, dk, dv]
+    };
+    let (a, b) = (run(), run());
+    for (name, (x, y)) in ["out", "lse", "dq", "dk", "dv"].iter().zip(a.iter().zip(&b)) {
+        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs between two runs");
+    }
+}
+
+#[test]
+fn attention_decode_matches_the_cpu() {
+    let Some(g) = gpu("attention_decode_matches_the_cpu") else { return };
+    for (n_heads, n_kv_heads, head_dim) in [(6, 2, 64), (6, 3, 40)] {
+        // Sequences in scattered slots of a larger cache; every position not
+        // in use is NaN, so a read past lens[b] or of a wrong slot shows.
+        let lens = [1u32, 5, 17, 130, 23];
+        let slots = [3u32, 0, 6, 1, 4];
+        let (capacity, n_slots) = (144usize, 7usize);
+        let c = Case::new(&lens, n_heads, n_kv_heads, head_dim, 8);
+        let (q_row, kv_row) = (n_heads * head_dim, n_kv_heads * head_dim);
+        let mut k_cache = vec![f32::NAN; n_slots * capacity * kv_row];
+        let mut v_cache = k_cache.clone();
+        let mut q_last = vec![0.0; lens.len() * q_row];
+        for (b, (&len, &slot)) in lens.iter().zip(&slots).enumerate() {
+            let (start, len, at) = (c.cu[b] as usize, len as usize, slot as usize * capacity * kv_row);
+            k_cache[at..at + len * kv_row].copy_from_slice(&c.k[start * kv_row..(start + len) * kv_row]);
+            v_cache[at..at + len * kv_row].copy_from_slice(&c.v[start * kv_row..(start + len) * kv_row]);
+            let last = start + len - 1;
+            q_last[b * q_row..(b + 1) * q_row].copy_from_slice(&c.q[last * q_row..(last + 1) * q_row]);
+        }
+        let mut want = vec![0.0; q_last.len()];
+        attention_decode(&c.s, capacity, &slots, &lens, &q_last, &k_cache, &v_cache, &mut want);
+
+        let (slots_d, lens_d) = (g.stream.clone_htod(&slots).unwrap(), g.stream.clone_htod(&lens).unwrap());
+        let (q_d, k_d, v_d) = (up(&g, &q_last), up(&g, &k_cache), up(&g, &v_cache));
+        let mut out_d = nan_bf16(&g, q_last.len());
+        g.attention_decode(&c.s, capacity, &slots_d, &lens_d, &q_d, &k_d, &v_d, &mut out_d).unwrap();
+        g.sync().unwrap();
+        let got = down(&g, &out_d);
+        let e = rel_err(&got, &want);
+
+        // The GPU forward's output at each sequence's last token computes the same.
+        let (fwd_d, _) = gpu_fwd(&g, &c);
+        g.sync().unwrap();
+        let fwd = down(&g, &fwd_d);
+        let fwd_last: Vec<f32> = (0..lens.len())
+            .flat_map(|b| {
+                let last = c.cu[b + 1] as usize - 1;
+                fwd[last * q_row..(last + 1) * q_row].to_vec()
+            })
+            .collect();
+        let e_fwd = rel_err(&got, &fwd_last);
+        println!("attention decode {:?}: vs cpu {e:.2e}, vs gpu forward {e_fwd:.2e}", c.s);
+        assert!(e < BF16_TOL && e_fwd < BF16_TOL, "vs cpu {e:e}, vs forward {e_fwd:e}");
+    }
+}
+
+#[test]
+fn attention_rejects_bad_inputs() {
+    let Some(g) = gpu("attention_rejects_bad_inputs") else { return };
+    let s = AttnShape { n_heads: 2, n_kv_heads: 1, head_dim: 8, scale: 0.5 };
+    let tokens = 5;
+    let q = up(&g, &vec![0.0; tokens * 16]);
+    let kv = up(&g, &vec![0.0; tokens * 8]);
+    let mut out = up(&g, &vec![0.0; tokens * 16]);
+    let mut lse = g.stream.alloc_zeros::<f32>(tokens * 2).unwrap();
+    let mut fwd = |s: &AttnShape, cu: &[u32]| {
+        let cu = g.stream.clone_htod(cu).unwrap();
+        g.attention_fwd(s, &cu, &q, &kv, &kv, &mut out, &mut lse)
+    };
+    assert!(fwd(&s, &[0, 2, 5]).is_ok());
+    for cu in [&[1u32, 2, 5][..], &[0, 3, 2, 5], &[0, 2, 4], &[0, 2, 6], &[5]] {
+        assert!(fwd(&s, cu).is_err(), "cu_seqlens {cu:?} accepted");
+    }
+    assert!(fwd(&AttnShape { n_heads: 3, ..s }, &[0, 5]).is_err(), "ungrouped heads accepted");
+    let wide = AttnShape { n_heads: 1, n_kv_heads: 1, head_dim: 257, scale: 0.5 };
+    let (q1, kv1) = (up(&g, &vec![0.0; 257]), up(&g, &vec![0.0; 257]));
+    let (mut o1, mut l1) = (up(&g, &vec![0.0; 257]), g.stream.alloc_zeros::<f32>(1).unwrap());
+    let cu1 = g.stream.clone_htod(&[0u32, 1]).unwrap();
+    assert!(g.attention_fwd(&wide, &cu1, &q1, &kv1, &kv1, &mut o1, &mut l1).is_err(), "head_dim 257 accepted");
+
+    // Decode: 2 sequences, a cache of 3 slots of capacity 4.
+    let (capacity, batch) = (4usize, 2usize);
+    let cache = up(&g, &vec![0.0; 3 * capacity * 8]);
+    let qd = up(&g, &vec![0.0; batch * 16]);
+    let mut od = up(&g, &vec![0.0; batch * 16]);
+    let mut dec = |slots: &[u32], lens: &[u32]| {
+        let (slots, lens) = (g.stream.clone_htod(slots).unwrap(), g.stream.clone_htod(lens).unwrap());
+        g.attention_decode(&s, capacity, &slots, &lens, &qd, &cache, &cache, &mut od)
+    };
+    assert!(dec(&[2, 0], &[4, 1]).is_ok());
+    assert!(dec(&[2, 0], &[5, 1]).is_err(), "lens above capacity accepted");
+    assert!(dec(&[2, 0], &[0, 1]).is_err(), "lens 0 accepted");
+    assert!(dec(&[3, 0], &[1, 1]).is_err(), "slot out of range accepted");
+    assert!(dec(&[0], &[1, 1]).is_err(), "slots shorter than lens accepted");
+    g.sync().unwrap();
+}

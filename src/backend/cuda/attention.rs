@@ -1,10 +1,314 @@
-//! (kernels/attention.cu: not written yet.)
+//! The simple causal attention on the GPU (kernels/attention.cu): forward,
+//! backward and decode against a KV cache, with the semantics of
+//! [`cpu::attention`](crate::backend::cpu::attention). Not fast; it is the
+//! reference the flash kernel is tested against, and the path for head
+//! dimensions the flash kernel does not take (up to [`MAX_HEAD_DIM`]).
+//!
+//! Every size is checked before a launch. `cu_seqlens`, `slots` and `lens`
+//! are small index arrays: each call copies them to the host and checks them
+//! (a synchronising copy), so a bad index is an error here rather than an
+//! out-of-bounds read on the device.
 
-use super::Modules;
-use anyhow::Result;
+use super::params::{AttnBwdParams, AttnDecodeParams, AttnFwdParams, ENGINE_ATTN_MAX_HEAD_DIM, ENGINE_ATTN_THREADS};
+use super::{check_len, Bf16, Gpu, Modules};
+use crate::backend::AttnShape;
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-pub struct Fns {}
+super::params::device_repr!(AttnFwdParams, AttnBwdParams, AttnDecodeParams);
 
-pub(super) fn load(_m: &Modules) -> Result<Fns> {
-    Ok(Fns {})
+/// The largest `head_dim` the simple kernels take.
+pub const MAX_HEAD_DIM: usize = ENGINE_ATTN_MAX_HEAD_DIM as usize;
+
+pub struct Fns {
+    fwd: CudaFunction,
+    bwd_dq: CudaFunction,
+    bwd_dkdv: CudaFunction,
+    decode: CudaFunction,
+}
+
+pub(super) fn load(m: &Modules) -> Result<Fns> {
+    Ok(Fns {
+        fwd: m.get("attention", "attention_fwd")?,
+        bwd_dq: m.get("attention", "attention_bwd_dq")?,
+        bwd_dkdv: m.get("attention", "attention_bwd_dkdv")?,
+        decode: m.get("attention", "attention_decode")?,
+    })
+}
+
+/// The CPU's shape checks, plus what the kernels need: `head_dim` at most
+/// [`MAX_HEAD_DIM`], head counts that fit 32 bits.
+fn check_shape(what: &str, s: &AttnShape) -> Result<()> {
+    if s.n_heads == 0 || s.n_kv_heads == 0 || s.head_dim == 0 {
+        bail!("{what}: n_heads, n_kv_heads and head_dim must be > 0, got {s:?}");
+    }
+    if !s.n_heads.is_multiple_of(s.n_kv_heads) {
+        bail!("{what}: n_heads ({}) must be a multiple of n_kv_heads ({})", s.n_heads, s.n_kv_heads);
+    }
+    if s.head_dim > MAX_HEAD_DIM {
+        bail!("{what}: head_dim {} is above the simple kernel's maximum {MAX_HEAD_DIM}", s.head_dim);
+    }
+    if s.n_heads > u32::MAX as usize {
+        bail!("{what}: {} heads do not fit one launch", s.n_heads);
+    }
+    if !s.scale.is_finite() {
+        bail!("{what}: scale must be finite, got {}", s.scale);
+    }
+    Ok(())
+}
+
+/// `a · b · c`, or an error where it overflows.
+fn elems(what: &str, a: usize, b: usize, c: usize) -> Result<usize> {
+    a.checked_mul(b).and_then(|x| x.checked_mul(c)).ok_or_else(|| anyhow!("{what}: {a}·{b}·{c} elements overflow"))
+}
+
+/// One block of [`ENGINE_ATTN_THREADS`] per row; `rows` also bounds the
+/// kernels' 32-bit row indices (below 2^31).
+fn grid(what: &str, rows: usize) -> Result<LaunchConfig> {
+    if rows == 0 || rows > i32::MAX as usize {
+        bail!("{what}: {rows} blocks (token·head rows) do not fit one launch");
+    }
+    Ok(LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (ENGINE_ATTN_THREADS, 1, 1), shared_mem_bytes: 0 })
+}
+
+impl Gpu {
+    /// Copies a small u32 index array to the host.
+    fn host_u32(&self, what: &str, x: &CudaSlice<u32>) -> Result<Vec<u32>> {
+        if x.is_empty() {
+            return Ok(Vec::new());
+        }
+        let h = self.stream.clone_dtoh(x).map_err(|e| anyhow!("{what}: copy to the host: {e}"))?;
+        self.sync()?;
+        Ok(h)
+    }
+
+    /// Checks `cu_seqlens` as the CPU does (starts at 0, non-decreasing);
+    /// returns (number of sequences, tokens = its last entry).
+    fn check_cu_seqlens(&self, what: &str, cu_seqlens: &CudaSlice<u32>) -> Result<(usize, usize)> {
+        let cu = self.host_u32(&format!("{what}: cu_seqlens"), cu_seqlens)?;
+        let Some(&last) = cu.last() else { bail!("{what}: cu_seqlens must have n_seqs + 1 >= 1 entries") };
+        if cu[0] != 0 {
+            bail!("{what}: cu_seqlens[0] must be 0, got {}", cu[0]);
+        }
+        if let Some(w) = cu.windows(2).find(|w| w[0] > w[1]) {
+            bail!("{what}: cu_seqlens must be non-decreasing, got {} before {}", w[0], w[1]);
+        }
+        Ok((cu.len() - 1, last as usize))
+    }
+
+    /// Causal attention over packed sequences: `out` (bf16 `[tokens, n_heads,
+    /// head_dim]`) and `lse` (fp32 `[tokens, n_heads]`, the natural-log
+    /// logsumexp of the scaled scores). q: `[tokens, n_heads, head_dim]`;
+    /// k, v: `[tokens, n_kv_heads, head_dim]`; `cu_seqlens`: n_seqs + 1
+    /// entries from 0 to tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_fwd(
+        &self,
+        s: &AttnShape,
+        cu_seqlens: &CudaSlice<u32>,
+        q: &CudaSlice<Bf16>,
+        k: &CudaSlice<Bf16>,
+        v: &CudaSlice<Bf16>,
+        out: &mut CudaSlice<Bf16>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let what = "attention_fwd";
+        check_shape(what, s)?;
+        let (n_seqs, tokens) = self.check_cu_seqlens(what, cu_seqlens)?;
+        let q_len = elems(what, tokens, s.n_heads, s.head_dim)?;
+        let kv_len = elems(what, tokens, s.n_kv_heads, s.head_dim)?;
+        check_len("attention_fwd: q", q.len(), q_len)?;
+        check_len("attention_fwd: k", k.len(), kv_len)?;
+        check_len("attention_fwd: v", v.len(), kv_len)?;
+        check_len("attention_fwd: out", out.len(), q_len)?;
+        check_len("attention_fwd: lse", lse.len(), elems(what, tokens, s.n_heads, 1)?)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let cfg = grid(what, tokens * s.n_heads)?;
+        let (cu, _g0) = cu_seqlens.device_ptr(&self.stream);
+        let (qp, _g1) = q.device_ptr(&self.stream);
+        let (kp, _g2) = k.device_ptr(&self.stream);
+        let (vp, _g3) = v.device_ptr(&self.stream);
+        let (op, _g4) = out.device_ptr_mut(&self.stream);
+        let (lp, _g5) = lse.device_ptr_mut(&self.stream);
+        let p = AttnFwdParams {
+            q: qp,
+            k: kp,
+            v: vp,
+            out: op,
+            lse: lp,
+            cu_seqlens: cu,
+            tokens: tokens as u32,
+            n_seqs: n_seqs as u32,
+            n_heads: s.n_heads as u32,
+            n_kv_heads: s.n_kv_heads as u32,
+            head_dim: s.head_dim as u32,
+            scale: s.scale,
+        };
+        // SAFETY: every buffer has the length checked above; cu_seqlens was
+        // checked on the host (0 .. tokens, non-decreasing); head_dim <= MAX.
+        unsafe { self.stream.launch_builder(&self.k.attention.fwd).arg(&p).launch(cfg) }
+            .map_err(|e| anyhow!("attention_fwd: {e}"))?;
+        Ok(())
+    }
+
+    /// Backward of [`attention_fwd`](Self::attention_fwd) from `dout` and the
+    /// forward's `out` and `lse`: overwrites `dq` (shape of q), `dk`, `dv`
+    /// (shape of k, v). Deterministic: each output row has one owner and sums
+    /// in a fixed order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_bwd(
+        &self,
+        s: &AttnShape,
+        cu_seqlens: &CudaSlice<u32>,
+        q: &CudaSlice<Bf16>,
+        k: &CudaSlice<Bf16>,
+        v: &CudaSlice<Bf16>,
+        out: &CudaSlice<Bf16>,
+        lse: &CudaSlice<f32>,
+        dout: &CudaSlice<Bf16>,
+        dq: &mut CudaSlice<Bf16>,
+        dk: &mut CudaSlice<Bf16>,
+        dv: &mut CudaSlice<Bf16>,
+    ) -> Result<()> {
+        let what = "attention_bwd";
+        check_shape(what, s)?;
+        let (n_seqs, tokens) = self.check_cu_seqlens(what, cu_seqlens)?;
+        let q_len = elems(what, tokens, s.n_heads, s.head_dim)?;
+        let kv_len = elems(what, tokens, s.n_kv_heads, s.head_dim)?;
+        for (name, len) in [("q", q.len()), ("out", out.len()), ("dout", dout.len()), ("dq", dq.len())] {
+            check_len(&format!("attention_bwd: {name}"), len, q_len)?;
+        }
+        for (name, len) in [("k", k.len()), ("v", v.len()), ("dk", dk.len()), ("dv", dv.len())] {
+            check_len(&format!("attention_bwd: {name}"), len, kv_len)?;
+        }
+        check_len("attention_bwd: lse", lse.len(), elems(what, tokens, s.n_heads, 1)?)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        // The dk/dv kernel counts (query, head) pairs up to tokens·n_heads in
+        // 32 bits: the dq grid's check bounds that too.
+        let cfg_dq = grid("attention_bwd_dq", tokens * s.n_heads)?;
+        let cfg_dkdv = grid("attention_bwd_dkdv", tokens * s.n_kv_heads)?;
+        let (cu, _g0) = cu_seqlens.device_ptr(&self.stream);
+        let (qp, _g1) = q.device_ptr(&self.stream);
+        let (kp, _g2) = k.device_ptr(&self.stream);
+        let (vp, _g3) = v.device_ptr(&self.stream);
+        let (op, _g4) = out.device_ptr(&self.stream);
+        let (lp, _g5) = lse.device_ptr(&self.stream);
+        let (dop, _g6) = dout.device_ptr(&self.stream);
+        let (dqp, _g7) = dq.device_ptr_mut(&self.stream);
+        let (dkp, _g8) = dk.device_ptr_mut(&self.stream);
+        let (dvp, _g9) = dv.device_ptr_mut(&self.stream);
+        let p = AttnBwdParams {
+            q: qp,
+            k: kp,
+            v: vp,
+            out: op,
+            lse: lp,
+            dout: dop,
+            dq: dqp,
+            dk: dkp,
+            dv: dvp,
+            cu_seqlens: cu,
+            tokens: tokens as u32,
+            n_seqs: n_seqs as u32,
+            n_heads: s.n_heads as u32,
+            n_kv_heads: s.n_kv_heads as u32,
+            head_dim: s.head_dim as u32,
+            scale: s.scale,
+        };
+        // SAFETY: as in attention_fwd; dq, dk, dv have the lengths of q, k, v.
+        unsafe { self.stream.launch_builder(&self.k.attention.bwd_dq).arg(&p).launch(cfg_dq) }
+            .map_err(|e| anyhow!("attention_bwd_dq: {e}"))?;
+        // SAFETY: as above.
+        unsafe { self.stream.launch_builder(&self.k.attention.bwd_dkdv).arg(&p).launch(cfg_dkdv) }
+            .map_err(|e| anyhow!("attention_bwd_dkdv: {e}"))?;
+        Ok(())
+    }
+
+    /// One query per sequence against a KV cache (rollouts): q, out: bf16
+    /// `[batch, n_heads, head_dim]`; k_cache, v_cache: bf16 `[n_slots,
+    /// capacity, n_kv_heads, head_dim]`; sequence `b` attends to positions
+    /// `0..lens[b]` of slot `slots[b]` (its own new key and value included),
+    /// `1 <= lens[b] <= capacity`, `slots[b] < n_slots`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode(
+        &self,
+        s: &AttnShape,
+        capacity: usize,
+        slots: &CudaSlice<u32>,
+        lens: &CudaSlice<u32>,
+        q: &CudaSlice<Bf16>,
+        k_cache: &CudaSlice<Bf16>,
+        v_cache: &CudaSlice<Bf16>,
+        out: &mut CudaSlice<Bf16>,
+    ) -> Result<()> {
+        let what = "attention_decode";
+        check_shape(what, s)?;
+        let batch = lens.len();
+        check_len("attention_decode: slots", slots.len(), batch)?;
+        let q_len = elems(what, batch, s.n_heads, s.head_dim)?;
+        check_len("attention_decode: q", q.len(), q_len)?;
+        check_len("attention_decode: out", out.len(), q_len)?;
+        if capacity == 0 || capacity > u32::MAX as usize {
+            bail!("{what}: capacity {capacity} must be in 1..2^32");
+        }
+        // The caches may hold more than 2^32 elements: the kernel indexes them in 64 bits.
+        let slot_len = elems(what, capacity, s.n_kv_heads, s.head_dim)?;
+        if k_cache.len() != v_cache.len() || !k_cache.len().is_multiple_of(slot_len) {
+            bail!(
+                "{what}: k_cache/v_cache have {}/{} elements, expected the same multiple of \
+                 capacity·n_kv_heads·head_dim = {capacity}·{}·{}",
+                k_cache.len(),
+                v_cache.len(),
+                s.n_kv_heads,
+                s.head_dim
+            );
+        }
+        let n_slots = k_cache.len() / slot_len;
+        if n_slots > u32::MAX as usize {
+            bail!("{what}: {n_slots} cache slots do not fit 32 bits");
+        }
+        let lens_h = self.host_u32("attention_decode: lens", lens)?;
+        if let Some(l) = lens_h.iter().find(|&&l| l == 0 || l as usize > capacity) {
+            bail!("{what}: every lens[b] must be in 1..=capacity ({capacity}), got {l}");
+        }
+        let slots_h = self.host_u32("attention_decode: slots", slots)?;
+        if let Some(x) = slots_h.iter().find(|&&x| x as usize >= n_slots) {
+            bail!("{what}: slot {x} is not below the cache's {n_slots} slots");
+        }
+        if batch == 0 {
+            return Ok(());
+        }
+        let cfg = grid(what, batch * s.n_heads)?;
+        let (qp, _g0) = q.device_ptr(&self.stream);
+        let (kp, _g1) = k_cache.device_ptr(&self.stream);
+        let (vp, _g2) = v_cache.device_ptr(&self.stream);
+        let (sp, _g3) = slots.device_ptr(&self.stream);
+        let (lp, _g4) = lens.device_ptr(&self.stream);
+        let (op, _g5) = out.device_ptr_mut(&self.stream);
+        let p = AttnDecodeParams {
+            q: qp,
+            k_cache: kp,
+            v_cache: vp,
+            slots: sp,
+            lens: lp,
+            out: op,
+            batch: batch as u32,
+            n_slots: n_slots as u32,
+            capacity: capacity as u32,
+            n_heads: s.n_heads as u32,
+            n_kv_heads: s.n_kv_heads as u32,
+            head_dim: s.head_dim as u32,
+            scale: s.scale,
+        };
+        // SAFETY: q and out hold batch rows; every slots[b] < n_slots and
+        // lens[b] <= capacity (checked on the host), so every cache read lies
+        // inside the caches; head_dim <= MAX.
+        unsafe { self.stream.launch_builder(&self.k.attention.decode).arg(&p).launch(cfg) }
+            .map_err(|e| anyhow!("attention_decode: {e}"))?;
+        Ok(())
+    }
 }
