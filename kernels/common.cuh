@@ -16,11 +16,12 @@ __device__ __forceinline__ T* ptr(dptr p) {
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 to_bf(float x) { return __float2bfloat16_rn(x); }
 
-// Sum over the block: each warp reduces by shuffles in a fixed pattern, then
-// warp 0 reduces the warp sums. Every thread gets the result. `scratch`
-// holds at least 32 floats. The order is fixed by thread index, so the same
-// inputs give the same bits on every run.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Sum over the block (float or double): each warp reduces by shuffles in a
+// fixed pattern, then warp 0 reduces the warp sums. Every thread gets the
+// result. `scratch` holds at least 33 values. The order is fixed by thread
+// index, so the same inputs give the same bits on every run.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int warps = (blockDim.x + 31) >> 5;
 #pragma unroll
@@ -28,7 +29,7 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();  // scratch may still be read by a previous call
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float s = lane < warps ? scratch[lane] : 0.0f;
+  T s = lane < warps ? scratch[lane] : T(0);
   if (warp == 0) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);

@@ -33,27 +33,6 @@ extern "C" __global__ void scale_bf16(ElementwiseParams p) {
   }
 }
 
-// block_sum in fp64: shuffles in a fixed pattern within each warp, then warp
-// 0 over the warp sums. Every thread gets the result; `scratch` holds 33
-// doubles. blockDim.x must be a multiple of 32 (it is ENGINE_SUMSQ_THREADS).
-__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int warps = (blockDim.x + 31) >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  double s = lane < warps ? scratch[lane] : 0.0;
-  if (warp == 0) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) scratch[32] = s;
-  }
-  __syncthreads();
-  return scratch[32];
-}
-
 // Stage 1: block b sums the squares of its fixed chunk into partial[b].
 // Squares and sums in fp64: a bf16 squared is exact there, and neither
 // underflows nor overflows (in fp32, a square of 1e-30 or 1e30 would).
@@ -69,7 +48,7 @@ extern "C" __global__ void __launch_bounds__(ENGINE_SUMSQ_THREADS) sum_squares_p
     const double v = (double)to_f(x[i]);
     s += v * v;
   }
-  s = block_sum_f64(s, scratch);
+  s = block_sum<double>(s, scratch);
   if (threadIdx.x == 0) ptr<double>(p.partial)[b] = s;
 }
 
@@ -80,6 +59,6 @@ extern "C" __global__ void __launch_bounds__(ENGINE_SUMSQ_THREADS) sum_squares_f
   const double* part = ptr<const double>(p.partial);
   double s = 0.0;
   for (uint32_t b = threadIdx.x; b < p.chunks; b += blockDim.x) s += part[b];
-  s = block_sum_f64(s, scratch);
+  s = block_sum<double>(s, scratch);
   if (threadIdx.x == 0 && blockIdx.x == 0) *ptr<double>(p.out) = s;
 }

@@ -63,6 +63,15 @@ fn sft(sets: &[String], resume: Option<&std::path::Path>) -> (i32, String) {
     train("sft", sets, resume)
 }
 
+/// The keys every test run on the qwen3 fixture sets: model, data, run folder.
+fn qwen3_sets(data: &std::path::Path, out: &std::path::Path) -> Vec<String> {
+    vec![
+        format!("model={}", fixtures().join("qwen3").display()),
+        format!("data={}", data.display()),
+        format!("output_dir={}", out.display()),
+    ]
+}
+
 /// `engine train <trainer> --set … [--resume …]`: (exit code, stderr).
 fn train(trainer: &str, sets: &[String], resume: Option<&std::path::Path>) -> (i32, String) {
     let mut args: Vec<String> = vec!["train".into(), trainer.into()];
@@ -471,10 +480,8 @@ fn sft_early_stopping_keeps_the_best_weights() {
     )
     .unwrap();
     let out = tmp.path().join("run");
-    let sets: Vec<String> = vec![
-        format!("model={}", fixtures().join("qwen3").display()),
-        format!("data={}", data.display()),
-        format!("output_dir={}", out.display()),
+    let mut sets = qwen3_sets(&data, &out);
+    sets.extend([
         "tokens_per_step=64".into(),
         "max_steps=8".into(),
         "save_every=1".into(),
@@ -485,7 +492,7 @@ fn sft_early_stopping_keeps_the_best_weights() {
         "eval.every=1".into(),
         "eval.max_new_tokens=4".into(),
         "early_stop.patience=2".into(),
-    ];
+    ]);
     let (code, err) = sft(&sets, None);
     assert_eq!(code, 0, "{err}");
     let m = metrics(&out);
@@ -555,14 +562,8 @@ fn ctrl_c_saves_a_checkpoint_and_exits() {
     let tmp = tempfile::tempdir().unwrap();
     let data = sft_data(tmp.path());
     let out = tmp.path().join("run");
-    let mut sets: Vec<String> = vec![
-        format!("model={}", fixtures().join("qwen3").display()),
-        format!("data={}", data.display()),
-        format!("output_dir={}", out.display()),
-        "tokens_per_step=64".into(),
-        "epochs=100000".into(),
-        "save_dtype=\"f32\"".into(),
-    ];
+    let mut sets = qwen3_sets(&data, &out);
+    sets.extend(["tokens_per_step=64".into(), "epochs=100000".into(), "save_dtype=\"f32\"".into()]);
     let mut args = vec!["train".to_string(), "sft".into()];
     for s in &sets {
         args.extend(["--set".to_string(), s.clone()]);
@@ -636,15 +637,8 @@ fn a_failed_save_keeps_the_earlier_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let data = sft_data(tmp.path());
     let out = tmp.path().join("run");
-    let mut sets: Vec<String> = vec![
-        format!("model={}", fixtures().join("qwen3").display()),
-        format!("data={}", data.display()),
-        format!("output_dir={}", out.display()),
-        "tokens_per_step=64".into(),
-        "keep_last=1".into(),
-        "save_every=1".into(),
-        "max_steps=1".into(),
-    ];
+    let mut sets = qwen3_sets(&data, &out);
+    sets.extend(["tokens_per_step=64".into(), "keep_last=1".into(), "save_every=1".into(), "max_steps=1".into()]);
     let (code, err) = sft(&sets, None);
     assert_eq!(code, 0, "{err}");
     let first = out.join("checkpoint-1");

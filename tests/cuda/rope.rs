@@ -6,17 +6,9 @@ use engine::backend::cpu::rope::rope;
 /// Tables as transformers computes them: `inv_freq = θ^(−2i/d)`, the angle
 /// `p · inv_freq` in f32; `[max_pos, head_dim/2]` each.
 fn tables(max_pos: usize, head_dim: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
-    let inv: Vec<f32> = (0..half).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / head_dim as f64) as f32).collect();
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for p in 0..max_pos {
-        for &f in &inv {
-            let angle = (p as f32 * f) as f64;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    (cos, sin)
+    let inv: Vec<f32> =
+        (0..head_dim / 2).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / head_dim as f64) as f32).collect();
+    engine::model::rope::tables_from(&inv, max_pos)
 }
 
 const MAX_POS: usize = 4099;
