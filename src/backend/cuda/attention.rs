@@ -96,6 +96,19 @@ impl Gpu {
         Ok((cu.len() - 1, last as usize))
     }
 
+    /// The checked shape of a packed batch: `(n_seqs, tokens, q elements,
+    /// k/v elements)`.
+    fn packed(&self, what: &str, s: &AttnShape, cu_seqlens: &CudaSlice<u32>) -> Result<(usize, usize, usize, usize)> {
+        check_shape(what, s)?;
+        let (n_seqs, tokens) = self.check_cu_seqlens(what, cu_seqlens)?;
+        Ok((
+            n_seqs,
+            tokens,
+            elems(what, tokens, s.n_heads, s.head_dim)?,
+            elems(what, tokens, s.n_kv_heads, s.head_dim)?,
+        ))
+    }
+
     /// Causal attention over packed sequences: `out` (bf16 `[tokens, n_heads,
     /// head_dim]`) and `lse` (fp32 `[tokens, n_heads]`, the natural-log
     /// logsumexp of the scaled scores). q: `[tokens, n_heads, head_dim]`;
@@ -113,10 +126,7 @@ impl Gpu {
         lse: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let what = "attention_fwd";
-        check_shape(what, s)?;
-        let (n_seqs, tokens) = self.check_cu_seqlens(what, cu_seqlens)?;
-        let q_len = elems(what, tokens, s.n_heads, s.head_dim)?;
-        let kv_len = elems(what, tokens, s.n_kv_heads, s.head_dim)?;
+        let (n_seqs, tokens, q_len, kv_len) = self.packed(what, s, cu_seqlens)?;
         check_len("attention_fwd: q", q.len(), q_len)?;
         check_len("attention_fwd: k", k.len(), kv_len)?;
         check_len("attention_fwd: v", v.len(), kv_len)?;
@@ -173,10 +183,7 @@ impl Gpu {
         dv: &mut CudaSlice<Bf16>,
     ) -> Result<()> {
         let what = "attention_bwd";
-        check_shape(what, s)?;
-        let (n_seqs, tokens) = self.check_cu_seqlens(what, cu_seqlens)?;
-        let q_len = elems(what, tokens, s.n_heads, s.head_dim)?;
-        let kv_len = elems(what, tokens, s.n_kv_heads, s.head_dim)?;
+        let (n_seqs, tokens, q_len, kv_len) = self.packed(what, s, cu_seqlens)?;
         for (name, len) in [("q", q.len()), ("out", out.len()), ("dout", dout.len()), ("dq", dq.len())] {
             check_len(&format!("attention_bwd: {name}"), len, q_len)?;
         }
