@@ -707,3 +707,26 @@ fn grpo_custom_reward_command() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("reward.command") && err.contains("broken"), "{err}");
 }
+
+/// `--print-config` prints a complete config every trainer reads back: for
+/// SFT, the printed file with the three required keys set trains a step.
+#[test]
+fn printed_configs_are_complete_and_valid() {
+    for trainer in ["sft", "dpo", "grpo", "distill", "rft"] {
+        let (code, out, err) = engine(&["train", trainer, "--print-config"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("model = \"...\"") && out.contains("[optim]\nlr = 1e-5"), "{trainer}: {out}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, printed, _) = engine(&["train", "sft", "--print-config"]);
+    let config = tmp.path().join("run.toml");
+    std::fs::write(&config, printed).unwrap();
+    let (data, out) = (sft_data(tmp.path()), tmp.path().join("run"));
+    let mut args: Vec<String> = vec!["train".into(), "sft".into(), "--config".into(), config.display().to_string()];
+    for s in qwen3_sets(&data, &out).into_iter().chain(["max_steps=1".to_string()]) {
+        args.extend(["--set".to_string(), s]);
+    }
+    let (code, _, err) = engine(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(metrics(&out).len(), 1);
+}

@@ -3,7 +3,7 @@
 //! runs the built-in demo (`engine train demo --set key=value` tunes it).
 
 use super::{resolve_device, Device};
-use crate::train::config::Config;
+use crate::train::config::{template, Config};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// Continue exactly from a checkpoint folder of an earlier run.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Print a complete, commented config with every key's default, and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,22 +67,42 @@ pub fn run(a: TrainArgs) -> Result<()> {
             return Ok(());
         }
         Trainer::Sft(r) => {
+            if r.print_config {
+                print!("{}", template(&crate::train::sft::config_keys()));
+                return Ok(());
+            }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::sft::config_keys())?;
             crate::train::sft::run(&cfg, r.resume.as_deref())?
         }
         Trainer::Dpo(r) => {
+            if r.print_config {
+                print!("{}", template(&crate::train::dpo::config_keys()));
+                return Ok(());
+            }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::dpo::config_keys())?;
             crate::train::dpo::run(&cfg, r.resume.as_deref())?
         }
         Trainer::Distill(r) => {
+            if r.print_config {
+                print!("{}", template(&crate::train::distill::config_keys()));
+                return Ok(());
+            }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::distill::config_keys())?;
             crate::train::distill::run(&cfg, r.resume.as_deref())?
         }
         Trainer::Rft(r) => {
+            if r.print_config {
+                print!("{}", template(&crate::train::rft::config_keys()));
+                return Ok(());
+            }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::rft::config_keys())?;
             crate::train::rft::run(&cfg, r.resume.as_deref())?
         }
         Trainer::Grpo(r) => {
+            if r.print_config {
+                print!("{}", template(&crate::train::grpo::config_keys()));
+                return Ok(());
+            }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::grpo::config_keys())?;
             crate::train::grpo::run(&cfg, r.resume.as_deref())?
         }

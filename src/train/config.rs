@@ -166,6 +166,38 @@ impl Config {
     }
 }
 
+/// A complete, commented TOML config of `known`: every key with its default
+/// (a required key with a placeholder to replace), top-level keys first,
+/// then one `[section]` per dotted prefix, in the order the keys are listed.
+pub fn template(known: &[KeySpec]) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, name: &str, k: &KeySpec| {
+        let (value, note) = match k.default {
+            Some(d) => (d.to_string(), String::new()),
+            None => ("\"...\"".to_string(), "required: ".to_string()),
+        };
+        out.push_str(&format!("{:<36}# {note}{}\n", format!("{name} = {value}"), k.help));
+    };
+    for k in known.iter().filter(|k| !k.key.contains('.')) {
+        line(&mut out, k.key, k);
+    }
+    let mut sections: Vec<&str> = Vec::new();
+    for k in known {
+        if let Some((s, _)) = k.key.split_once('.') {
+            if !sections.contains(&s) {
+                sections.push(s);
+            }
+        }
+    }
+    for s in sections {
+        out.push_str(&format!("\n[{s}]\n"));
+        for k in known.iter().filter(|k| k.key.split_once('.').is_some_and(|(p, _)| p == s)) {
+            line(&mut out, &k.key[s.len() + 1..], k);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +226,14 @@ mod tests {
         );
         let c = Config::load(None, &["model=./dir".into(), "optim.lr=1".into()], KEYS).unwrap();
         assert_eq!((c.str("model"), c.float("optim.lr"), c.int("optim.warmup_steps")), ("./dir".into(), 1.0, 0));
+    }
+
+    #[test]
+    fn the_template_parses_back_to_the_defaults() {
+        let f = write(&template(KEYS));
+        let c = Config::load(Some(f.path()), &[], KEYS).unwrap();
+        assert_eq!((c.str("model"), c.float("optim.lr"), c.int("optim.warmup_steps")), ("...".into(), 1e-5, 0));
+        assert!(template(KEYS).contains("[optim]\nlr = 1e-5"), "{}", template(KEYS));
     }
 
     #[test]
