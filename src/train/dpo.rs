@@ -143,9 +143,10 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     for step in lp.start..lp.total {
         let idx = &steps[step as usize];
         grads.fill(0.0);
-        let (mut loss, mut stats) = (0.0, DpoStats::default());
+        let (mut loss, mut stats, mut tokens) = (0.0, DpoStats::default(), 0usize);
         for g in groups(&all, idx, budget) {
             let mb = pack(&all, &g);
+            tokens += mb.batch.len();
             let logp = token_logps(model, &mut acts, &mb, 1.0, false)?.0;
             let ref_logp: Vec<f32> = g.iter().flat_map(|&i| reference[i].iter().copied()).collect();
             let mask: Vec<bool> = mb.targets.iter().map(|&t| t != crate::backend::IGNORE).collect();
@@ -161,7 +162,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let (chosen, rejected, accuracy, margin) = stats.finish();
         let line = serde_json::json!({
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "reward_chosen": chosen, "reward_rejected": rejected,
-            "reward_accuracy": accuracy, "reward_margin": margin,
+            "reward_accuracy": accuracy, "reward_margin": margin, "tokens": tokens,
         });
         if lp.end_step(model, &setup.tok, step, line)? {
             break;
