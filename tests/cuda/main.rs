@@ -9,6 +9,7 @@
 
 mod adamw;
 mod attention;
+mod bench;
 mod cast;
 mod elementwise;
 mod embedding;
