@@ -1,6 +1,7 @@
 //! What every CUDA test shares: the GPU or a printed skip, bf16 data, error norms.
 
 use engine::backend::cuda::{Bf16, Gpu};
+use std::io::Write;
 
 /// The GPU, or `None` after printing why the test skips.
 pub fn gpu(test: &str) -> Option<Gpu> {
@@ -10,7 +11,8 @@ pub fn gpu(test: &str) -> Option<Gpu> {
             panic!("{test}: ENGINE_REQUIRE_CUDA=1 but {e}")
         }
         Err(e) => {
-            println!("skip {test}: {e}");
+            // Straight to stderr: libtest captures println!, and a skip must be seen.
+            let _ = writeln!(std::io::stderr(), "skip {test}: {e}");
             None
         }
     }
