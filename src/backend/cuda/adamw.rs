@@ -6,7 +6,7 @@ use super::params::AdamWParams;
 use super::{check_len, grid_1d, Bf16, Gpu, Modules};
 use crate::backend::AdamWStep;
 use anyhow::{anyhow, bail, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, PushKernelArg};
 
 super::params::device_repr!(AdamWParams);
 
@@ -28,11 +28,11 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn adamw(
         &self,
-        p32: &mut CudaSlice<f32>,
-        p16: &mut CudaSlice<Bf16>,
-        g: &CudaSlice<Bf16>,
-        m: &mut CudaSlice<f32>,
-        v: &mut CudaSlice<f32>,
+        p32: &mut impl DevicePtrMut<f32>,
+        p16: &mut impl DevicePtrMut<Bf16>,
+        g: &impl DevicePtr<Bf16>,
+        m: &mut impl DevicePtrMut<f32>,
+        v: &mut impl DevicePtrMut<f32>,
         h: &AdamWStep,
         grad_scale: f32,
     ) -> Result<()> {

@@ -13,7 +13,7 @@ use super::params::{AttnBwdParams, AttnDecodeParams, AttnFwdParams, ENGINE_ATTN_
 use super::{check_len, Bf16, Gpu, Modules};
 use crate::backend::AttnShape;
 use anyhow::{anyhow, bail, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 super::params::device_repr!(AttnFwdParams, AttnBwdParams, AttnDecodeParams);
 
@@ -73,7 +73,7 @@ fn grid(what: &str, rows: usize) -> Result<LaunchConfig> {
 
 impl Gpu {
     /// Copies a small u32 index array to the host.
-    fn host_u32(&self, what: &str, x: &CudaSlice<u32>) -> Result<Vec<u32>> {
+    fn host_u32(&self, what: &str, x: &impl DevicePtr<u32>) -> Result<Vec<u32>> {
         if x.is_empty() {
             return Ok(Vec::new());
         }
@@ -84,7 +84,7 @@ impl Gpu {
 
     /// Checks `cu_seqlens` as the CPU does (starts at 0, non-decreasing);
     /// returns (number of sequences, tokens = its last entry).
-    fn check_cu_seqlens(&self, what: &str, cu_seqlens: &CudaSlice<u32>) -> Result<(usize, usize)> {
+    fn check_cu_seqlens(&self, what: &str, cu_seqlens: &impl DevicePtr<u32>) -> Result<(usize, usize)> {
         let cu = self.host_u32(&format!("{what}: cu_seqlens"), cu_seqlens)?;
         let Some(&last) = cu.last() else { bail!("{what}: cu_seqlens must have n_seqs + 1 >= 1 entries") };
         if cu[0] != 0 {
@@ -98,7 +98,12 @@ impl Gpu {
 
     /// The checked shape of a packed batch: `(n_seqs, tokens, q elements,
     /// k/v elements)`.
-    fn packed(&self, what: &str, s: &AttnShape, cu_seqlens: &CudaSlice<u32>) -> Result<(usize, usize, usize, usize)> {
+    fn packed(
+        &self,
+        what: &str,
+        s: &AttnShape,
+        cu_seqlens: &impl DevicePtr<u32>,
+    ) -> Result<(usize, usize, usize, usize)> {
         check_shape(what, s)?;
         let (n_seqs, tokens) = self.check_cu_seqlens(what, cu_seqlens)?;
         Ok((
@@ -118,12 +123,12 @@ impl Gpu {
     pub fn attention_fwd(
         &self,
         s: &AttnShape,
-        cu_seqlens: &CudaSlice<u32>,
-        q: &CudaSlice<Bf16>,
-        k: &CudaSlice<Bf16>,
-        v: &CudaSlice<Bf16>,
-        out: &mut CudaSlice<Bf16>,
-        lse: &mut CudaSlice<f32>,
+        cu_seqlens: &impl DevicePtr<u32>,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+        lse: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         let what = "attention_fwd";
         let (n_seqs, tokens, q_len, kv_len) = self.packed(what, s, cu_seqlens)?;
@@ -171,16 +176,16 @@ impl Gpu {
     pub fn attention_bwd(
         &self,
         s: &AttnShape,
-        cu_seqlens: &CudaSlice<u32>,
-        q: &CudaSlice<Bf16>,
-        k: &CudaSlice<Bf16>,
-        v: &CudaSlice<Bf16>,
-        out: &CudaSlice<Bf16>,
-        lse: &CudaSlice<f32>,
-        dout: &CudaSlice<Bf16>,
-        dq: &mut CudaSlice<Bf16>,
-        dk: &mut CudaSlice<Bf16>,
-        dv: &mut CudaSlice<Bf16>,
+        cu_seqlens: &impl DevicePtr<u32>,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &impl DevicePtr<Bf16>,
+        lse: &impl DevicePtr<f32>,
+        dout: &impl DevicePtr<Bf16>,
+        dq: &mut impl DevicePtrMut<Bf16>,
+        dk: &mut impl DevicePtrMut<Bf16>,
+        dv: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
         let what = "attention_bwd";
         let (n_seqs, tokens, q_len, kv_len) = self.packed(what, s, cu_seqlens)?;
@@ -245,12 +250,12 @@ impl Gpu {
         &self,
         s: &AttnShape,
         capacity: usize,
-        slots: &CudaSlice<u32>,
-        lens: &CudaSlice<u32>,
-        q: &CudaSlice<Bf16>,
-        k_cache: &CudaSlice<Bf16>,
-        v_cache: &CudaSlice<Bf16>,
-        out: &mut CudaSlice<Bf16>,
+        slots: &impl DevicePtr<u32>,
+        lens: &impl DevicePtr<u32>,
+        q: &impl DevicePtr<Bf16>,
+        k_cache: &impl DevicePtr<Bf16>,
+        v_cache: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
         let what = "attention_decode";
         check_shape(what, s)?;

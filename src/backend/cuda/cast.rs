@@ -3,7 +3,7 @@
 use super::params::CastParams;
 use super::{check_len, grid_1d, Bf16, Gpu, Modules};
 use anyhow::{anyhow, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, PushKernelArg};
 
 super::params::device_repr!(CastParams);
 
@@ -18,7 +18,7 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
 
 impl Gpu {
     /// `dst = bf16(src)`.
-    pub fn cast_to_bf16(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<Bf16>) -> Result<()> {
+    pub fn cast_to_bf16(&self, src: &impl DevicePtr<f32>, dst: &mut impl DevicePtrMut<Bf16>) -> Result<()> {
         check_len("cast: dst", dst.len(), src.len())?;
         let (s, _g1) = src.device_ptr(&self.stream);
         let (d, _g2) = dst.device_ptr_mut(&self.stream);
@@ -30,7 +30,7 @@ impl Gpu {
     }
 
     /// `dst = f32(src)`.
-    pub fn cast_to_f32(&self, src: &CudaSlice<Bf16>, dst: &mut CudaSlice<f32>) -> Result<()> {
+    pub fn cast_to_f32(&self, src: &impl DevicePtr<Bf16>, dst: &mut impl DevicePtrMut<f32>) -> Result<()> {
         check_len("cast: dst", dst.len(), src.len())?;
         let (s, _g1) = src.device_ptr(&self.stream);
         let (d, _g2) = dst.device_ptr_mut(&self.stream);

@@ -50,7 +50,7 @@ impl Gpu {
     }
 
     /// `dst[i] = bf16(value)`.
-    pub fn fill(&self, dst: &mut CudaSlice<Bf16>, value: f32) -> Result<()> {
+    pub fn fill(&self, dst: &mut impl DevicePtrMut<Bf16>, value: f32) -> Result<()> {
         let n = dst.len();
         check_len("fill: dst", n, n)?;
         let (d, _g) = dst.device_ptr_mut(&self.stream);
@@ -62,7 +62,7 @@ impl Gpu {
     }
 
     /// `dst = src`.
-    pub fn copy(&self, src: &CudaSlice<Bf16>, dst: &mut CudaSlice<Bf16>) -> Result<()> {
+    pub fn copy(&self, src: &impl DevicePtr<Bf16>, dst: &mut impl DevicePtrMut<Bf16>) -> Result<()> {
         let n = src.len();
         check_len("copy: dst", dst.len(), n)?;
         let (s, _g1) = src.device_ptr(&self.stream);
@@ -75,7 +75,7 @@ impl Gpu {
     }
 
     /// `dst += src` (fp32 sum, rounded to bf16 once).
-    pub fn add_assign(&self, dst: &mut CudaSlice<Bf16>, src: &CudaSlice<Bf16>) -> Result<()> {
+    pub fn add_assign(&self, dst: &mut impl DevicePtrMut<Bf16>, src: &impl DevicePtr<Bf16>) -> Result<()> {
         let n = src.len();
         check_len("add_assign: dst", dst.len(), n)?;
         let (s, _g1) = src.device_ptr(&self.stream);
@@ -89,7 +89,7 @@ impl Gpu {
 
     /// `x *= s` (fp32 product, rounded to bf16 once). Gradient clipping is
     /// this with `s` the clip factor.
-    pub fn scale(&self, x: &mut CudaSlice<Bf16>, s: f32) -> Result<()> {
+    pub fn scale(&self, x: &mut impl DevicePtrMut<Bf16>, s: f32) -> Result<()> {
         let n = x.len();
         check_len("scale: x", n, n)?;
         let (d, _g) = x.device_ptr_mut(&self.stream);
@@ -104,7 +104,7 @@ impl Gpu {
     /// one block each, then the partials summed by one block in a fixed
     /// order. `scratch` holds at least [`Gpu::sum_squares_scratch_len`]`(x.len())`
     /// f64. Reads the result back, so it waits for the stream.
-    pub fn sum_squares(&self, x: &CudaSlice<Bf16>, scratch: &mut CudaSlice<f64>) -> Result<f64> {
+    pub fn sum_squares(&self, x: &impl DevicePtr<Bf16>, scratch: &mut CudaSlice<f64>) -> Result<f64> {
         let n = x.len();
         check_len("sum_squares: x", n, n)?;
         let chunks = n.div_ceil(SUMSQ_CHUNK);

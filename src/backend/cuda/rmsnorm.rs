@@ -27,12 +27,12 @@ impl Gpu {
     /// With `residual = Some((r, h))`: `h = x + r` first, and `h` is normalised.
     pub fn rmsnorm_fwd(
         &self,
-        x: &CudaSlice<Bf16>,
+        x: &impl DevicePtr<Bf16>,
         residual: Option<(&CudaSlice<Bf16>, &mut CudaSlice<Bf16>)>,
-        w: &CudaSlice<Bf16>,
+        w: &impl DevicePtr<Bf16>,
         eps: f32,
-        y: &mut CudaSlice<Bf16>,
-        rstd: &mut CudaSlice<f32>,
+        y: &mut impl DevicePtrMut<Bf16>,
+        rstd: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         let dim = w.len();
         let rows = rstd.len();
@@ -76,14 +76,14 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_bwd(
         &self,
-        dy: &CudaSlice<Bf16>,
-        x: &CudaSlice<Bf16>,
-        w: &CudaSlice<Bf16>,
-        rstd: &CudaSlice<f32>,
-        dx: &mut CudaSlice<Bf16>,
+        dy: &impl DevicePtr<Bf16>,
+        x: &impl DevicePtr<Bf16>,
+        w: &impl DevicePtr<Bf16>,
+        rstd: &impl DevicePtr<f32>,
+        dx: &mut impl DevicePtrMut<Bf16>,
         accumulate_dx: bool,
-        dw: &mut CudaSlice<Bf16>,
-        scratch: &mut CudaSlice<f32>,
+        dw: &mut impl DevicePtrMut<Bf16>,
+        scratch: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         let (dim, rows) = (w.len(), rstd.len());
         for (what, len) in [("dy", dy.len()), ("x", x.len()), ("dx", dx.len())] {
