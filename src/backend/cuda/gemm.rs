@@ -9,7 +9,7 @@ use super::{Bf16, Gpu};
 use crate::backend::MatShape;
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublaslt::{Matmul, MatmulConfig};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 fn check(what: &str, len: usize, want: usize) -> Result<()> {
     if len != want {
@@ -54,13 +54,13 @@ fn config(
 impl Gpu {
     /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`; with `accumulate`, `y +=`.
     /// Column-major: `yᵀ[n,m] = w (as op(A) = (wᵀ)ᵀ, lda = k) · xᵀ (ldb = k)`.
-    pub fn matmul(
+    pub fn matmul<I: DevicePtr<Bf16>, O: DevicePtrMut<Bf16>>(
         &self,
         s: MatShape,
-        x: &CudaSlice<Bf16>,
-        w: &CudaSlice<Bf16>,
-        bias: Option<&CudaSlice<Bf16>>,
-        y: &mut CudaSlice<Bf16>,
+        x: &I,
+        w: &I,
+        bias: Option<&I>,
+        y: &mut O,
         accumulate: bool,
     ) -> Result<()> {
         check("matmul: x", x.len(), s.m * s.k)?;
@@ -76,12 +76,12 @@ impl Gpu {
 
     /// `dx[m,k] = dy[m,n] · w[n,k]` (or `+=`). Column-major:
     /// `dxᵀ[k,m] = wᵀ (lda = k) · dyᵀ (ldb = n)`.
-    pub fn matmul_dx(
+    pub fn matmul_dx<I: DevicePtr<Bf16>, O: DevicePtrMut<Bf16>>(
         &self,
         s: MatShape,
-        dy: &CudaSlice<Bf16>,
-        w: &CudaSlice<Bf16>,
-        dx: &mut CudaSlice<Bf16>,
+        dy: &I,
+        w: &I,
+        dx: &mut O,
         accumulate: bool,
     ) -> Result<()> {
         check("matmul_dx: dy", dy.len(), s.m * s.n)?;
@@ -94,12 +94,12 @@ impl Gpu {
 
     /// `dw[n,k] += dy[m,n]ᵀ · x[m,k]`. Column-major:
     /// `dwᵀ[k,n] += xᵀ (lda = k) · dy (op(B) = (dyᵀ)ᵀ, ldb = n)`.
-    pub fn matmul_dw(
+    pub fn matmul_dw<I: DevicePtr<Bf16>, O: DevicePtrMut<Bf16>>(
         &self,
         s: MatShape,
-        dy: &CudaSlice<Bf16>,
-        x: &CudaSlice<Bf16>,
-        dw: &mut CudaSlice<Bf16>,
+        dy: &I,
+        x: &I,
+        dw: &mut O,
     ) -> Result<()> {
         check("matmul_dw: dy", dy.len(), s.m * s.n)?;
         check("matmul_dw: x", x.len(), s.m * s.k)?;
