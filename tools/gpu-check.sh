@@ -6,16 +6,21 @@
 #       `engine` and the one CUDA test binary (tests/cuda) with
 #       --features cuda, strips them, and packs them with the ptxas report into
 #       DIR (default gpu-bundle/, ignored by git). Carry DIR to the GPU machine.
-#   tools/gpu-check.sh run [DIR] [OUT] [--no-bench] [--no-torch]   on the GPU
-#       machine: finds the driver (and cuBLASLt) libraries, runs every CUDA
-#       test with ENGINE_REQUIRE_CUDA=1, then the kernel benchmarks
+#   tools/gpu-check.sh run [DIR] [OUT] [--no-bench] [--no-torch] [--no-train]
+#       on the GPU machine: finds the driver (and cuBLASLt) libraries, runs
+#       every CUDA test with ENGINE_REQUIRE_CUDA=1, then the kernel benchmarks
 #       (cuda-tests --ignored bench_kernels, tests/cuda/bench.rs) into
 #       OUT/bench.jsonl, then the same ops in PyTorch
-#       (tools/gpu_bench_torch.py) into OUT/torch.jsonl; writes OUT/report.md
-#       and OUT/report.json after each section, and prints a short table
-#       last. Every section runs under a timeout; the whole run ends within
-#       4 minutes (GPU_CHECK_BUDGET_S, default 225 s, plus up to 5 s).
-#       ENGINE_BENCH_SKIP=attention,gemm,... skips benchmark sections in both.
+#       (tools/gpu_bench_torch.py) into OUT/torch.jsonl, then one training
+#       step of a Qwen2-0.5B-shaped model in the engine (cuda-tests --ignored
+#       bench_train_step) into OUT/train.jsonl and in HF transformers
+#       (tools/gpu_bench_train_torch.py) into OUT/train_torch.jsonl; writes
+#       OUT/report.md and OUT/report.json after each section, and prints a
+#       short table last. Every section runs under a timeout; the whole run
+#       ends within 4 minutes (GPU_CHECK_BUDGET_S, default 225 s, plus up to
+#       5 s). ENGINE_BENCH_SKIP=attention,gemm,... skips benchmark sections in
+#       both; "train" in it skips the train-step section, as --no-train does
+#       (--no-torch skips only the PyTorch kernel benchmarks).
 #   tools/gpu-check.sh report [DIR] [OUT]   rewrites OUT/report.md and
 #       OUT/report.json from the files a run left in OUT; runs nothing.
 set -euo pipefail
@@ -42,6 +47,7 @@ for l in sys.stdin:
   cp "$test_bin" "$dir/bin/cuda-tests"
   # The PyTorch side of the benchmarks (run prefers the tree's copy).
   cp tools/gpu_bench_torch.py "$dir/gpu_bench_torch.py"
+  cp tools/gpu_bench_train_torch.py "$dir/gpu_bench_train_torch.py"
   strip "$dir/bin/engine" "$dir/bin/cuda-tests"
   local report
   report="$(ls -t target/release/build/engine-*/out/ptxas-report.txt | head -1)"
@@ -72,7 +78,8 @@ PY
 }
 
 # Writes OUT/report.json and OUT/report.md from what the sections left in OUT
-# (tests.log, sections.tsv, bench.jsonl / bench.log, torch.jsonl / torch.log);
+# (tests.log, sections.tsv, bench.jsonl / bench.log, torch.jsonl / torch.log,
+# train.jsonl / train.log, train_torch.jsonl / train_torch.log);
 # run after every section, so a run cut short still reports what it found.
 # $1: what to print (tests: the tests table; final: the short summary and the
 # benchmark table; none).
@@ -156,11 +163,56 @@ bench = {
     "torch_version": meta and meta.get("torch"), "torch_cuda": meta and meta.get("cuda"),
     "table": table, "torch_only": torch_only,
 }
+# The train step (SFT, GRPO update): the engine's rows and each PyTorch variant's.
+PEAK_TFLOPS = 989.4  # H100/H200 SXM dense bf16, as both sides count MFU
+tr_eng_all, tr_tor_all = jsonl("train.jsonl"), jsonl("train_torch.jsonl")
+tr_meta = next((r for r in tr_tor_all if r["kernel"] == "_meta"), None)
+
+def tr_ok(r):
+    return "error" not in r and isinstance(r.get("ms"), (int, float)) and r["ms"] > 0 and not str(r["kernel"]).startswith("_")
+
+def tr_fill(r):
+    # Whatever a side left out and can be worked out from what it wrote.
+    r = dict(r)
+    ms = r["ms"]
+    if r.get("tokens_per_s") is None and r.get("tokens"):
+        r["tokens_per_s"] = r["tokens"] / (ms * 1e-3)
+    if r.get("tflops") is None and r.get("flops"):
+        r["tflops"] = r["flops"] / (ms * 1e-3) / 1e12
+    if r.get("mfu") is None and r.get("tflops") is not None:
+        r["mfu"] = r["tflops"] / PEAK_TFLOPS
+    return r
+
+tr_eng = [tr_fill(r) for r in tr_eng_all if tr_ok(r)]
+tr_tor = [tr_fill(r) for r in tr_tor_all if tr_ok(r)]
+tr_errors = [dict(r, source=r.get("source", s)) for s, rs in (("engine", tr_eng_all), ("torch", tr_tor_all)) for r in rs if "error" in r]
+train_log, train_torch_log = read("train.log"), read("train_torch.log")
+tr_notes = []
+if train_log is not None and re.search(r"^running 0 tests", train_log, re.M):
+    tr_notes.append("engine: cuda-tests has no test bench_train_step (not measured)")
+for name, text, pat in (("engine", train_log, r"skip bench_train_step: .*"), ("PyTorch", train_torch_log, r"skip gpu_bench_train_torch: .*")):
+    m = re.search(pat, text or "")
+    if m:
+        tr_notes.append(f"{name}: {m.group(0).strip()}")
+tr_table = []
+for k in dict.fromkeys(r["kernel"] for r in tr_eng + tr_tor):
+    engs = [r for r in tr_eng if r["kernel"] == k]
+    for r in engs:
+        tr_table.append(dict(r, side="engine", torch_over_engine=None, vs_shape=None))
+    for r in (r for r in tr_tor if r["kernel"] == k):
+        # The engine's row of the same shape, else its only row for that step (its shape then noted).
+        base = next((e for e in engs if e.get("shape") == r.get("shape")), engs[0] if len(engs) == 1 else None)
+        tr_table.append(dict(r, side="torch", torch_over_engine=r["ms"] / base["ms"] if base else None,
+                             vs_shape=base.get("shape") if base and base.get("shape") != r.get("shape") else None))
+train = {"engine": tr_eng, "torch": tr_tor, "errors": tr_errors, "notes": tr_notes, "table": tr_table,
+         "peak_tflops": PEAK_TFLOPS, "torch_version": tr_meta and tr_meta.get("torch"),
+         "transformers_version": tr_meta and tr_meta.get("transformers")}
+
 rep = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
        "card": card, "cuda": cuda, "commit": commit, "ld_library_path": ldpath, "seconds": int(secs),
        "sections": sections, "tests": tests,
        "passed": sum(t["result"] == "ok" for t in tests), "failed": sum(t["result"] == "FAILED" for t in tests),
-       "benchmarks": bench}
+       "benchmarks": bench, "train": train}
 tmp = f"{out}/report.json.tmp"
 json.dump(rep, open(tmp, "w"), indent=2)
 os.replace(tmp, f"{out}/report.json")
@@ -216,8 +268,40 @@ if tor:
     md += ["", "PyTorch implementations: " + "; ".join(f"{r['kernel']}: {r.get('impl', '')}" for r in tor if r["kernel"] in seen)]
 if errors:
     md += ["", "### Errors", ""] + [f"- {e['source']}: {e['kernel']}: {e['error']}" for e in errors]
+
+def kilo(x):
+    return "-" if x is None else f"{x / 1e3:.1f}k"
+
+md += ["", "## Train step", "",
+       "One training step of a Qwen2-0.5B-shaped model (hidden 896, 24 layers, 14 query / 2 KV heads of 64, "
+       "intermediate 4864, vocab 151936, tied embeddings, q/k/v biases), random weights, 16 sequences × 1024 random "
+       "tokens, causal. `train_sft_step`: forward, masked mean cross-entropy, backward, grad-norm clip 1.0, AdamW; "
+       "`train_grpo_update`: a no-grad forward for the old log-probs, then forward, PPO-clip loss (ε 0.2), backward, "
+       "clip, AdamW. FLOPs: SFT tokens·(6·N_mm + 6·L·q·S), GRPO tokens·(8·N_mm + 8·L·q·S), with "
+       "N_mm = L·(d·q + 2·d·kv + q·d + 3·d·i) + V·d; MFU = TFLOP/s / 989.4 (H100/H200 SXM dense bf16). "
+       "`ms`: wall time per step after warm-up; `peak GiB`: the most device memory allocated over the steps "
+       "(PyTorch: `torch.cuda.max_memory_allocated`). `torch / engine`: PyTorch's time over the engine's "
+       "(above 1: the engine is faster)."
+       + (f" PyTorch {tr_meta.get('torch')}, transformers {tr_meta.get('transformers')}." if tr_meta else ""), ""]
+if tr_notes:
+    md += [f"- {n}" for n in tr_notes] + [""]
+if tr_table:
+    md += ["| step | shape | side | impl | ms | tokens/s | TFLOP/s | MFU | peak GiB | torch / engine |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['kernel']} | {r.get('shape')} | {r['side']} | {r.get('impl', '')} | {r['ms']:.1f} | {kilo(r.get('tokens_per_s'))} | "
+           f"{num(r.get('tflops'), '.1f')} | {pct(r.get('mfu'))} | {num(r.get('peak_mem_gib'), '.1f')} | "
+           f"{num(r['torch_over_engine'], '.2f')}{' (engine: ' + r['vs_shape'] + ')' if r['vs_shape'] else ''} |" for r in tr_table]
+    if not tr_eng:
+        md += ["", "Engine: not measured."]
+    if not tr_tor:
+        md += ["", "PyTorch: not measured."]
+else:
+    md += ["No train-step results (not measured)."]
+if tr_errors:
+    md += ["", "### Train step errors", ""] + [f"- {e['source']}: {e['kernel']}{' (' + e['impl'] + ')' if e.get('impl') else ''}: {e['error']}" for e in tr_errors]
 md += ["", "## What the tests printed", "", "```"] + printed[-200:] + ["```"]
-for name, text in (("engine benchmark", bench_log), ("PyTorch benchmark", torch_log)):
+for name, text in (("engine benchmark", bench_log), ("PyTorch benchmark", torch_log),
+                   ("engine train step", train_log), ("PyTorch train step", train_torch_log)):
     if text is not None:
         md += ["", f"## What the {name} printed (last 80 lines)", "", "```"] + text.splitlines()[-80:] + ["```"]
 tmp = f"{out}/report.md.tmp"
@@ -232,11 +316,15 @@ if show == "tests":
 elif show == "final":
     print(f"\n== GPU check: {card or 'no card found'}; {rep['seconds']} s; report in {out}/report.md")
     for s in sections:
-        print(f"   {s['section']:8} {s['status']:10} {str(s['seconds']):>4} s  {s['note']}")
+        print(f"   {s['section']:11} {s['status']:10} {str(s['seconds']):>4} s  {s['note']}")
     failed = [t["test"] for t in tests if t["result"] == "FAILED"]
     print(f"   tests: {rep['passed']} passed, {rep['failed']} failed" + (f" ({', '.join(failed[:8])})" if failed else ""))
     for e in errors:
         print(f"   error: {e['source']}: {e['kernel']}: {str(e['error'])[:100]}")
+    for e in tr_errors:
+        print(f"   error: {e['source']}: {e['kernel']}{' (' + e['impl'] + ')' if e.get('impl') else ''}: {str(e['error'])[:100]}")
+    for n in tr_notes:
+        print(f"   {n}")
     if table or torch_only:
         print(f"   copy: engine {num(cb['engine'], '.0f')} GB/s, torch {num(cb['torch'], '.0f')} GB/s")
         print(f"\n{'kernel':22} {'ms':>9} {'rate':>14} {'%copy':>6} {'torch ms':>9} {'torch/eng':>9}")
@@ -247,6 +335,13 @@ elif show == "final":
             print(f"{r['kernel']:22} {'-':>9} {'':>14} {'':>6} {r['ms']:9.4f} {'-':>9} {rate(r)}")
     else:
         print("   no benchmark results")
+    if tr_table:
+        print(f"\n{'train step':18} {'side':6} {'ms':>8} {'tok/s':>8} {'TFLOP/s':>7} {'MFU':>4} {'GiB':>5} {'torch/eng':>9}  impl")
+        for r in tr_table:
+            print(f"{r['kernel']:18} {r['side']:6} {r['ms']:8.1f} {kilo(r.get('tokens_per_s')):>8} {num(r.get('tflops'), '7.1f'):>7} "
+                  f"{pct(r.get('mfu')):>4} {num(r.get('peak_mem_gib'), '5.1f'):>5} {num(r['torch_over_engine'], '9.2f'):>9}  {r.get('impl', '')}")
+    else:
+        print("   no train-step results")
 PY
 }
 
@@ -265,28 +360,38 @@ status_of() {
 }
 
 run() {
-  local bench=1 torch=1 pos=()
+  local bench=1 torch=1 train=1 pos=()
   while (($#)); do
     case "$1" in
       --no-bench) bench=0 ;;
       --no-torch) torch=0 ;;
-      -*) echo "gpu-check run: unknown flag $1 (flags: --no-bench --no-torch)" >&2; exit 2 ;;
+      --no-train) train=0 ;;
+      -*) echo "gpu-check run: unknown flag $1 (flags: --no-bench --no-torch --no-train)" >&2; exit 2 ;;
       *) pos+=("$1") ;;
     esac
     shift
   done
+  local train_why="--no-train"
+  local skip_list="${ENGINE_BENCH_SKIP:-}"
+  skip_list="${skip_list// /}"
+  if [[ ",${skip_list,,}," == *",train,"* ]]; then
+    train=0 train_why="ENGINE_BENCH_SKIP"
+  fi
   dir="${pos[0]:-$ROOT/gpu-bundle}" out="${pos[1]:-$ROOT/gpu-report}"
   dir="$(cd "$dir" && pwd)"
   mkdir -p "$out"
   out="$(cd "$out" && pwd)"
-  rm -f "$out/sections.tsv" "$out/bench.jsonl" "$out/torch.jsonl" "$out/bench.log" "$out/torch.log"
+  rm -f "$out/sections.tsv" "$out/bench.jsonl" "$out/torch.jsonl" "$out/bench.log" "$out/torch.log" \
+    "$out/train.jsonl" "$out/train.log" "$out/train_torch.jsonl" "$out/train_torch.log"
   start=$SECONDS
   # The whole run ends within 4 minutes: every section gets what is left of
   # this budget, less what the later sections need at least, less the 5 s
-  # that `timeout -k` may add.
-  local budget="${GPU_CHECK_BUDGET_S:-225}" min_bench=40 min_torch=40
+  # that `timeout -k` may add. Typical times on an H100: tests 2 s, bench 5 s,
+  # torch 14 s, the PyTorch train step about 30 s.
+  local budget="${GPU_CHECK_BUDGET_S:-225}" min_bench=30 min_torch=30 min_train=25 min_train_torch=45
   ((bench)) || min_bench=0
   ((torch)) || min_torch=0
+  ((train)) || min_train=0 min_train_torch=0
   LD_LIBRARY_PATH="$(lib_dirs | awk '!seen[$0]++' | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export LD_LIBRARY_PATH
   card="$(timeout 15 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || true)"
@@ -294,7 +399,7 @@ run() {
   local t rc t0
 
   # Section 1: the CUDA tests, each kernel against the CPU reference.
-  t=$((budget - (SECONDS - start) - min_bench - min_torch - 5))
+  t=$((budget - (SECONDS - start) - min_bench - min_torch - min_train - min_train_torch - 5))
   t=$((t > 180 ? 180 : t))
   t0=$SECONDS rc=0
   if ((t >= 15)); then
@@ -308,8 +413,8 @@ run() {
 
   # Section 2: the kernel benchmarks (tests/cuda/bench.rs).
   if ((bench)); then
-    t=$((budget - (SECONDS - start) - min_torch - 5))
-    t=$((t > 120 ? 120 : t))
+    t=$((budget - (SECONDS - start) - min_torch - min_train - min_train_torch - 5))
+    t=$((t > 90 ? 90 : t))
     t0=$SECONDS rc=0
     if ((t >= 15)); then
       echo "gpu-check: kernel benchmarks (limit ${t} s)"
@@ -333,8 +438,8 @@ run() {
   if ((torch)); then
     local script="$ROOT/tools/gpu_bench_torch.py"
     [[ -f "$script" ]] || script="$dir/gpu_bench_torch.py"
-    t=$((budget - (SECONDS - start) - 5))
-    t=$((t > 90 ? 90 : t))
+    t=$((budget - (SECONDS - start) - min_train - min_train_torch - 5))
+    t=$((t > 75 ? 75 : t))
     t0=$SECONDS rc=0
     if ((t >= 15)); then
       echo "gpu-check: PyTorch benchmarks (limit ${t} s)"
@@ -350,6 +455,54 @@ run() {
     fi
   else
     section_done torch skipped 0 "--no-torch"
+  fi
+  write_report none
+
+  # Section 4: one training step (SFT, GRPO update) of a Qwen2-0.5B-shaped
+  # model, first in the engine, then in HF transformers on the same card.
+  if ((train)); then
+    t=$((budget - (SECONDS - start) - min_train_torch - 5))
+    t=$((t > 90 ? 90 : t))
+    t0=$SECONDS rc=0
+    if ((t >= 15)); then
+      echo "gpu-check: engine train step (limit ${t} s)"
+      ENGINE_BENCH_OUT="$out/train.jsonl" ENGINE_BENCH_BUDGET_S="$((t > 45 ? t - 30 : t / 2))" \
+        timeout -k 5 "$t" "$dir/bin/cuda-tests" --ignored bench_train_step --test-threads=1 --nocapture \
+        >"$out/train.log" 2>&1 || rc=$?
+      if ((rc == 0)) && grep -q '^running 0 tests' "$out/train.log"; then
+        section_done train missing $((SECONDS - t0)) "cuda-tests has no test bench_train_step"
+      elif ((rc == 0)) && grep -q 'skip bench_train_step:' "$out/train.log"; then
+        section_done train "no GPU" $((SECONDS - t0)) "$(grep -o 'skip bench_train_step:.*' "$out/train.log" | head -1)"
+      else
+        section_done train "$(status_of $rc)" $((SECONDS - t0)) "limit ${t} s"
+      fi
+    else
+      section_done train "not run" 0 "no time left"
+    fi
+    write_report none
+
+    local tscript="$ROOT/tools/gpu_bench_train_torch.py"
+    [[ -f "$tscript" ]] || tscript="$dir/gpu_bench_train_torch.py"
+    t=$((budget - (SECONDS - start) - 5))
+    t=$((t > 90 ? 90 : t))
+    t0=$SECONDS rc=0
+    if [[ ! -f "$tscript" ]]; then
+      section_done train-torch missing 0 "no gpu_bench_train_torch.py in the tree or the bundle"
+    elif ((t >= 15)); then
+      echo "gpu-check: PyTorch train step (limit ${t} s)"
+      TORCH_TRAIN_BUDGET_S="$((t > 45 ? t - 30 : t / 3))" \
+        timeout -k 5 "$t" python3 "$tscript" "$out/train_torch.jsonl" >"$out/train_torch.log" 2>&1 || rc=$?
+      if ((rc == 0)) && grep -q '^skip gpu_bench_train_torch:' "$out/train_torch.log"; then
+        section_done train-torch skipped $((SECONDS - t0)) "$(grep -o '^skip gpu_bench_train_torch:.*' "$out/train_torch.log" | head -1)"
+      else
+        section_done train-torch "$(status_of $rc)" $((SECONDS - t0)) "limit ${t} s"
+      fi
+    else
+      section_done train-torch "not run" 0 "no time left"
+    fi
+  else
+    section_done train skipped 0 "$train_why"
+    section_done train-torch skipped 0 "$train_why"
   fi
   write_report final
 }
@@ -367,5 +520,5 @@ case "$cmd" in
   bundle) shift; bundle "$@" ;;
   run) shift; run "$@" ;;
   report) shift; rereport "$@" ;;
-  *) echo "usage: tools/gpu-check.sh bundle [DIR] | run [DIR] [OUT] [--no-bench] [--no-torch] | report [DIR] [OUT]" >&2; exit 2 ;;
+  *) echo "usage: tools/gpu-check.sh bundle [DIR] | run [DIR] [OUT] [--no-bench] [--no-torch] [--no-train] | report [DIR] [OUT]" >&2; exit 2 ;;
 esac

@@ -85,6 +85,12 @@ pub trait Backend: Sync {
     /// A zero-filled buffer of `len` elements (called when arenas are built,
     /// never in the hot loop).
     fn alloc(&self, len: usize) -> Self::Buf;
+    /// A zero-filled buffer that holds fp32 on every backend: per-row
+    /// statistics (rstd, lse, log-probs), RoPE tables, optimizer state. On
+    /// CUDA `alloc` gives bf16 (parameters, activations, gradients).
+    fn alloc_f32(&self, len: usize) -> Self::Buf {
+        self.alloc(len)
+    }
     fn alloc_idx(&self, len: usize) -> Self::Idx;
     fn len(buf: &Self::Buf) -> usize;
     fn view(buf: &Self::Buf, span: Span) -> Self::Ref<'_>;
@@ -100,6 +106,8 @@ pub trait Backend: Sync {
 
     // ---- elementwise ------------------------------------------------------
     fn fill(&self, dst: Self::Mut<'_>, value: f32);
+    /// `dst = src`, converting between the storage types where they differ
+    /// (bf16 ↔ fp32 on CUDA).
     fn copy(&self, src: Self::Ref<'_>, dst: Self::Mut<'_>);
     /// `dst += src`.
     fn add_assign(&self, dst: Self::Mut<'_>, src: Self::Ref<'_>);
@@ -111,7 +119,24 @@ pub trait Backend: Sync {
     /// One AdamW step on a tensor (PyTorch's `torch.optim.AdamW`): decoupled
     /// weight decay `p −= lr·wd·p`, then `m = β1·m + (1−β1)·g`,
     /// `v = β2·v + (1−β2)·g²`, `p −= lr · (m/(1−β1^t)) / (sqrt(v/(1−β2^t)) + eps)`.
-    fn adamw(&self, p: Self::Mut<'_>, g: Self::Ref<'_>, m: Self::Mut<'_>, v: Self::Mut<'_>, h: &AdamWStep);
+    /// `m`, `v` come from [`Backend::alloc_f32`]. Where the backend keeps
+    /// master weights ([`Backend::keeps_master`]) the step updates `master`
+    /// (fp32) and writes `p` as its rounded copy; otherwise `master` is `None`
+    /// and `p` is updated itself.
+    fn adamw(
+        &self,
+        p: Self::Mut<'_>,
+        master: Option<Self::Mut<'_>>,
+        g: Self::Ref<'_>,
+        m: Self::Mut<'_>,
+        v: Self::Mut<'_>,
+        h: &AdamWStep,
+    );
+    /// True when parameters are stored narrower than fp32 (bf16 on CUDA), so
+    /// the optimizer keeps fp32 master weights beside them.
+    fn keeps_master(&self) -> bool {
+        false
+    }
 
     // ---- embedding --------------------------------------------------------
     /// `out[t] = table[ids[t]]`, rows of `dim`.

@@ -7,7 +7,7 @@
 //! `logprobs`, `text`, `finish_reason`.
 
 use super::score::shortest;
-use super::{resolve_device, Device};
+use super::{cpu_only, Device};
 use crate::backend::cpu::Cpu;
 use crate::data::chat::{ChatTemplate, Message};
 use crate::data::jsonl::{read_objects, token_ids, LazyTokenizer, Line};
@@ -116,7 +116,7 @@ pub struct Generation {
 /// Loads the model and generates for the prompt lines (shared by
 /// `generate` and `eval`).
 pub fn run_generation(model_dir: &Path, lines: &[Line], s: &SamplingArgs) -> Result<Generation> {
-    resolve_device(s.device)?;
+    cpu_only(s.device, "generate")?;
     let be = Cpu;
     let (model, _) = Model::load(&be, model_dir)?;
     let chat = if s.chat { Some(ChatTemplate::load(model_dir)?) } else { None };

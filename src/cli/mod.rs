@@ -40,16 +40,48 @@ pub enum Device {
     Auto,
 }
 
-/// Resolves `--device` to a backend that exists in this build.
-pub fn resolve_device(d: Device) -> anyhow::Result<Device> {
+/// The backend `--device` picked.
+pub enum Picked {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(Box<crate::backend::cuda::Cuda>),
+}
+
+/// Starts the backend `--device` names. `auto` takes the GPU when the build
+/// has CUDA and a GPU starts, else the CPU, and says on stderr which.
+pub fn pick_backend(d: Device) -> anyhow::Result<Picked> {
     match d {
-        Device::Cpu | Device::Auto => Ok(Device::Cpu),
-        Device::Cuda if cfg!(feature = "cuda") => {
-            anyhow::bail!("--device cuda: the CUDA backend is not implemented yet (issue 6); use --device cpu")
-        }
-        Device::Cuda => {
-            anyhow::bail!("--device cuda: this binary was built without the `cuda` feature")
-        }
+        Device::Cpu => Ok(Picked::Cpu),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => Ok(Picked::Cuda(Box::new(crate::backend::cuda::Cuda::new(0)?))),
+        #[cfg(feature = "cuda")]
+        Device::Auto => match crate::backend::cuda::Cuda::new(0) {
+            Ok(c) => {
+                eprintln!("device: {} (cuda; --device cpu for the CPU)", c.gpu.name);
+                Ok(Picked::Cuda(Box::new(c)))
+            }
+            Err(e) => {
+                eprintln!("device: cpu ({e:#})");
+                Ok(Picked::Cpu)
+            }
+        },
+        #[cfg(not(feature = "cuda"))]
+        Device::Auto => Ok(Picked::Cpu),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => anyhow::bail!("--device cuda: this binary was built without the `cuda` feature"),
+    }
+}
+
+/// For commands that run on the CPU backend only so far: `cuda` is an
+/// error that says so, `auto` is the CPU.
+pub fn cpu_only(d: Device, command: &str) -> anyhow::Result<()> {
+    match d {
+        Device::Cpu | Device::Auto => Ok(()),
+        Device::Cuda if cfg!(feature = "cuda") => anyhow::bail!(
+            "--device cuda: `engine {command}` runs on the CPU backend only so far (`engine score` runs on \
+             the GPU); use --device cpu"
+        ),
+        Device::Cuda => anyhow::bail!("--device cuda: this binary was built without the `cuda` feature"),
     }
 }
 

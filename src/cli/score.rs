@@ -5,7 +5,7 @@
 //! `logprobs` (`logprobs[i] = log p(tokens[i+1] | tokens[..=i])`) and
 //! `sum_logprob`. Lines are packed into batches of about `--batch-tokens`.
 
-use super::{resolve_device, Device};
+use super::{pick_backend, Device, Picked};
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::data::jsonl::{read_objects, token_ids, LazyTokenizer, Line};
@@ -111,19 +111,25 @@ pub(crate) fn shortest(x: f32) -> Value {
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
-    resolve_device(a.device)?;
     if !(a.temperature > 0.0 && a.temperature.is_finite()) {
         bail!("--temperature must be a positive number, got {}", a.temperature);
     }
     if a.batch_tokens == 0 {
         bail!("--batch-tokens must be positive");
     }
-    let be = Cpu;
-    let (model, _) = Model::load(&be, &a.model)?;
+    match pick_backend(a.device)? {
+        Picked::Cpu => score_file(&Cpu, &a),
+        #[cfg(feature = "cuda")]
+        Picked::Cuda(be) => score_file(&*be, &a),
+    }
+}
+
+fn score_file<B: Backend>(be: &B, a: &ScoreArgs) -> Result<()> {
+    let (model, _) = Model::load(be, &a.model)?;
     let items = parse_lines(&a.input, &a.model, model.cfg.vocab_size, a.add_special_tokens)?;
     let longest = items.iter().map(|i| i.tokens.len()).max().unwrap_or(1);
     let cap = a.batch_tokens.max(longest);
-    let mut acts = Activations::new(&be, &model.cfg, cap, default_chunk(&model.cfg, cap), false);
+    let mut acts = Activations::new(be, &model.cfg, cap, default_chunk(&model.cfg, cap), false);
 
     let total: usize = items.iter().map(|i| i.tokens.len()).sum();
     let bar = indicatif::ProgressBar::new(total as u64);
@@ -135,7 +141,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     for range in batches(&items, a.batch_tokens) {
         let group = &items[range];
         let seqs: Vec<&[u32]> = group.iter().map(|i| i.tokens.as_slice()).collect();
-        let scored = score_sequences(&be, &model, &mut acts, &seqs, a.temperature)?;
+        let scored = score_sequences(be, &model, &mut acts, &seqs, a.temperature)?;
         for (item, logprobs) in group.iter().zip(scored) {
             let mut obj = item.fields.clone();
             let sum: f64 = logprobs.iter().map(|&l| l as f64).sum();

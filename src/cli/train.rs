@@ -2,7 +2,7 @@
 //! Trainers: `sft`, `distill`, `dpo`, `grpo`, `rft`. `engine train` alone
 //! runs the built-in demo (`engine train demo --set key=value` tunes it).
 
-use super::{resolve_device, Device};
+use super::{cpu_only, Device};
 use crate::train::config::{template, Config};
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -58,7 +58,7 @@ pub enum Trainer {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    resolve_device(a.device)?;
+    cpu_only(a.device, "train")?;
     let dir = match a.trainer.unwrap_or(Trainer::Demo(DemoArgs { set: vec![] })) {
         Trainer::Demo(d) => {
             let cfg = Config::load(None, &d.set, &crate::train::demo::config_keys())?;

@@ -162,8 +162,16 @@ impl<B: Backend> Activations<B> {
         assert!(cap > 0 && chunk > 0, "activations: capacity and chunk must be positive");
         let max_pos = max_pos.max(cap);
         let s = sizes(c, cap, chunk, train, max_pos);
+        // Per-row statistics stay fp32 on every backend (bf16 elsewhere on CUDA).
+        const F32_PER_LAYER: [usize; 5] = [1, 4, 5, 10, 13]; // rstd1, rstd_q, rstd_k, lse, rstd2
         let layer = || {
-            let mut b = s.per_layer.iter().map(|&n| be.alloc(n));
+            let mut b = s.per_layer.iter().enumerate().map(|(i, &n)| {
+                if F32_PER_LAYER.contains(&i) {
+                    be.alloc_f32(n)
+                } else {
+                    be.alloc(n)
+                }
+            });
             let mut next = || b.next().unwrap();
             LayerActs {
                 ln1: next(),
@@ -185,7 +193,8 @@ impl<B: Backend> Activations<B> {
                 act: next(),
             }
         };
-        let mut rest = s.rest.iter().map(|&n| be.alloc(n));
+        // rope cos, sin and rstd_f are fp32; h has the activations' type.
+        let mut rest = s.rest.iter().enumerate().map(|(i, &n)| if i == 2 { be.alloc(n) } else { be.alloc_f32(n) });
         let mut r = || rest.next().unwrap();
         let (mut rope_cos, mut rope_sin) = (r(), r());
         let (h, rstd_f) = (r(), r());

@@ -47,11 +47,11 @@ impl<B: Backend> HeadBuffers<B> {
             logits: be.alloc(chunk * vocab),
             logits_hold_all: false,
             has_entropy: false,
-            logp: be.alloc(cap),
-            lse: be.alloc(cap),
-            entropy: be.alloc(cap),
-            coef: be.alloc(cap),
-            ent_coef: be.alloc(cap),
+            logp: be.alloc_f32(cap),
+            lse: be.alloc_f32(cap),
+            entropy: be.alloc_f32(cap),
+            coef: be.alloc_f32(cap),
+            ent_coef: be.alloc_f32(cap),
         }
     }
 

@@ -25,23 +25,34 @@ impl Default for AdamWConfig {
     }
 }
 
-/// AdamW state: first and second moments laid out as the parameters.
+/// AdamW state: first and second moments laid out as the parameters (fp32
+/// on every backend), and fp32 master weights where the backend stores
+/// parameters narrower ([`Backend::keeps_master`]).
 pub struct AdamW<B: Backend> {
     pub cfg: AdamWConfig,
     pub m: B::Buf,
     pub v: B::Buf,
+    /// Made from the parameters at the first step (so a model loaded or
+    /// resumed after the optimizer was built is picked up).
+    pub master: Option<B::Buf>,
     /// Steps taken.
     pub step: u64,
 }
 
 impl<B: Backend> AdamW<B> {
     pub fn new(be: &B, layout: &ParamLayout, cfg: AdamWConfig) -> Self {
-        AdamW { cfg, m: be.alloc(layout.total), v: be.alloc(layout.total), step: 0 }
+        AdamW { cfg, m: be.alloc_f32(layout.total), v: be.alloc_f32(layout.total), master: None, step: 0 }
     }
 
     /// One step at learning rate `lr` on every tensor of `layout`.
     pub fn step(&mut self, be: &B, layout: &ParamLayout, params: &mut B::Buf, grads: &B::Buf, lr: f32) {
         self.step += 1;
+        if be.keeps_master() && self.master.is_none() {
+            let all = Span::new(0, layout.total);
+            let mut master = be.alloc_f32(layout.total);
+            be.copy(B::view(params, all), B::view_mut(&mut master, all));
+            self.master = Some(master);
+        }
         for e in &layout.entries {
             let h = AdamWStep {
                 lr,
@@ -54,6 +65,7 @@ impl<B: Backend> AdamW<B> {
             let s = e.span;
             be.adamw(
                 B::view_mut(params, s),
+                self.master.as_mut().map(|m| B::view_mut(m, s)),
                 B::view(grads, s),
                 B::view_mut(&mut self.m, s),
                 B::view_mut(&mut self.v, s),

@@ -149,7 +149,6 @@ pub struct Setup {
 
 impl Setup {
     pub fn load(cfg: &Config) -> Result<Self> {
-        crate::cli::resolve_device(crate::cli::Device::Auto)?;
         let model_dir = PathBuf::from(cfg.str("model"));
         check_memory(&model_dir, positive(cfg, "micro_batch_tokens")?.max(positive(cfg, "max_seq_len")?))?;
         let (model, _) = Model::load(&Cpu, &model_dir)?;

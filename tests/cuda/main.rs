@@ -11,9 +11,13 @@ mod adamw;
 mod attention;
 mod bench;
 mod cast;
+#[path = "../common/mod.rs"]
+mod common;
 mod elementwise;
 mod embedding;
 mod gemm;
+mod logprob;
+mod model;
 mod rmsnorm;
 mod rope;
 mod rows;

@@ -78,7 +78,8 @@ impl Backend for Cpu {
     fn sum_squares(&self, x: &[f32]) -> f64 {
         optim::sum_squares(x)
     }
-    fn adamw(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamWStep) {
+    fn adamw(&self, p: &mut [f32], master: Option<&mut [f32]>, g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamWStep) {
+        assert!(master.is_none(), "adamw: the CPU's f32 parameters are their own master weights");
         optim::adamw(p, g, m, v, h);
     }
 

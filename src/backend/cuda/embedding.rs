@@ -82,10 +82,10 @@ impl Gpu {
     /// [`Gpu::embedding_check`]); the launch does not wait for the stream.
     pub fn embedding_fwd(
         &self,
-        table: &CudaSlice<Bf16>,
-        ids: &CudaSlice<u32>,
+        table: &impl DevicePtr<Bf16>,
+        ids: &impl DevicePtr<u32>,
         dim: usize,
-        out: &mut CudaSlice<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
         error: &mut CudaSlice<u32>,
     ) -> Result<()> {
         let vocab = table_rows("embedding_fwd: table", table.len(), dim)?;
@@ -124,10 +124,10 @@ impl Gpu {
     /// outside the table; `error` catches a bad plan (it cannot happen).
     pub fn embedding_bwd(
         &self,
-        dout: &CudaSlice<Bf16>,
+        dout: &impl DevicePtr<Bf16>,
         ids: &[u32],
         dim: usize,
-        dtable: &mut CudaSlice<Bf16>,
+        dtable: &mut impl DevicePtrMut<Bf16>,
         plan: &mut CudaSlice<u32>,
         error: &mut CudaSlice<u32>,
     ) -> Result<()> {
@@ -181,10 +181,10 @@ impl Gpu {
     /// tests. Ids outside the table are skipped and set `error[0]`.
     pub fn embedding_bwd_reference(
         &self,
-        dout: &CudaSlice<Bf16>,
-        ids: &CudaSlice<u32>,
+        dout: &impl DevicePtr<Bf16>,
+        ids: &impl DevicePtr<u32>,
         dim: usize,
-        dtable: &mut CudaSlice<Bf16>,
+        dtable: &mut impl DevicePtrMut<Bf16>,
         error: &mut CudaSlice<u32>,
     ) -> Result<()> {
         let vocab = table_rows("embedding_bwd_reference: dtable", dtable.len(), dim)?;

@@ -8,15 +8,20 @@
 
 mod adamw;
 mod attention;
+mod backend;
+pub mod buf;
 mod cast;
 mod elementwise;
 mod embedding;
 mod gemm;
+mod logprob;
 pub mod params;
 mod rmsnorm;
 mod rope;
 mod rows;
 mod swiglu;
+
+pub use backend::Cuda;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
@@ -38,6 +43,7 @@ pub struct Kernels {
     pub cast: cast::Fns,
     pub elementwise: elementwise::Fns,
     pub embedding: embedding::Fns,
+    pub logprob: logprob::Fns,
     pub rmsnorm: rmsnorm::Fns,
     pub rope: rope::Fns,
     pub rows: rows::Fns,
@@ -96,6 +102,7 @@ impl Gpu {
             cast: cast::load(&m)?,
             elementwise: elementwise::load(&m)?,
             embedding: embedding::load(&m)?,
+            logprob: logprob::load(&m)?,
             rmsnorm: rmsnorm::load(&m)?,
             rope: rope::load(&m)?,
             rows: rows::load(&m)?,

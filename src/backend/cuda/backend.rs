@@ -1,0 +1,503 @@
+//! The CUDA backend: the [`Backend`] op set over [`Gpu`]'s kernels, so the
+//! model code runs on the GPU unchanged (DESIGN.md §3): bf16 parameters,
+//! activations and gradients, fp32 statistics and optimizer state with fp32
+//! master weights, cuBLASLt for every product.
+//!
+//! The trait's ops return nothing: a failed launch is a device fault or a
+//! bug, not bad input (the model checks its inputs before they reach the
+//! device), so it panics with the op's name. Indices read on the device
+//! (RoPE positions, row copies, embedding ids) set one shared flag instead
+//! of faulting; [`Cuda::check`] and every [`Backend::read`] report it.
+
+use super::buf::{DBuf, DMut, DRef, DType, IdxRef};
+use super::{Bf16, Gpu};
+use crate::backend::cpu::distill::distill_row;
+use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, Span};
+use crate::loss::DistillMode;
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
+use std::sync::{Mutex, MutexGuard};
+
+/// Scratch the ops need beside their operands, grown on first use (the
+/// first training step), so later steps allocate nothing.
+struct Scratch {
+    /// sum_squares' partial sums.
+    f64: CudaSlice<f64>,
+    /// rmsnorm_bwd's per-block weight-gradient shares.
+    f32: CudaSlice<f32>,
+    /// embedding_bwd's plan.
+    plan: CudaSlice<u32>,
+    /// One u32 set by kernels that meet an index outside their buffer.
+    flag: CudaSlice<u32>,
+}
+
+/// The CUDA backend: one GPU, one stream.
+pub struct Cuda {
+    pub gpu: Gpu,
+    scratch: Mutex<Scratch>,
+}
+
+/// The result of a launch, or a panic naming it (see the module docs).
+fn must<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("CUDA: {e:#}"))
+}
+
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, len: usize) -> Result<CudaSlice<T>> {
+    if len == 0 {
+        return gpu.stream.null().map_err(|e| anyhow!("{}: allocation: {e}", gpu.name));
+    }
+    gpu.stream
+        .alloc_zeros(len)
+        .map_err(|e| anyhow!("{}: cannot allocate {} MiB: {e}", gpu.name, (len * std::mem::size_of::<T>()) >> 20))
+}
+
+/// Grows `s` to at least `len` elements (its contents are not kept).
+fn grow<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, s: &mut CudaSlice<T>, len: usize) {
+    if s.len() < len {
+        *s = must(zeros(gpu, len));
+    }
+}
+
+impl Cuda {
+    /// Starts GPU `ordinal` (see [`Gpu::new`]).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let gpu = Gpu::new(ordinal)?;
+        // One stream: cudarc's per-buffer events guard cross-stream use only
+        // and would cost two event records per operand per launch.
+        // SAFETY: every buffer of this backend lives on `gpu.stream` alone.
+        unsafe { gpu.ctx.disable_event_tracking() };
+        let scratch =
+            Scratch { f64: zeros(&gpu, 1)?, f32: zeros(&gpu, 1)?, plan: zeros(&gpu, 1)?, flag: zeros(&gpu, 1)? };
+        Ok(Cuda { gpu, scratch: Mutex::new(scratch) })
+    }
+
+    fn scratch(&self) -> MutexGuard<'_, Scratch> {
+        self.scratch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for every launched op; fails on a device fault or on an index
+    /// a kernel found outside its buffer since the last check.
+    pub fn check(&self) -> Result<()> {
+        self.gpu.sync()?;
+        let mut s = self.scratch();
+        if let Some(i) = self.gpu.take_bad_index(&mut s.flag)? {
+            bail!("{}: a kernel met index {i} outside its buffer (RoPE position, row copy or token id)", self.gpu.name);
+        }
+        Ok(())
+    }
+
+    /// Free and total device memory, in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.gpu.ctx.mem_get_info().map_err(|e| anyhow!("{}: memory info: {e}", self.gpu.name))
+    }
+
+    fn host_idx(&self, idx: IdxRef<'_>) -> Vec<u32> {
+        if idx.is_empty() {
+            return Vec::new();
+        }
+        must(self.gpu.stream.clone_dtoh(&idx.view()).map_err(|e| anyhow!("index read-back: {e}")))
+    }
+}
+
+impl Backend for Cuda {
+    type Buf = DBuf;
+    type Idx = CudaSlice<u32>;
+    type Ref<'a> = DRef<'a>;
+    type Mut<'a> = DMut<'a>;
+    type IdxRef<'a> = IdxRef<'a>;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn alloc(&self, len: usize) -> DBuf {
+        DBuf::Bf16(must(zeros(&self.gpu, len)))
+    }
+    fn alloc_f32(&self, len: usize) -> DBuf {
+        DBuf::F32(must(zeros(&self.gpu, len)))
+    }
+    fn alloc_idx(&self, len: usize) -> CudaSlice<u32> {
+        must(zeros(&self.gpu, len))
+    }
+    fn len(buf: &DBuf) -> usize {
+        buf.len()
+    }
+    fn view(buf: &DBuf, span: Span) -> DRef<'_> {
+        DRef::new(buf, span)
+    }
+    fn view_mut(buf: &mut DBuf, span: Span) -> DMut<'_> {
+        DMut::new(buf, span)
+    }
+    fn idx_view(idx: &CudaSlice<u32>, span: Span) -> IdxRef<'_> {
+        IdxRef::new(idx, span)
+    }
+    /// Parameters: rounded to bf16 (the optimizer's master copy is made from
+    /// them at its first step).
+    fn upload(&self, host: Vec<f32>) -> DBuf {
+        let h: Vec<Bf16> = host.iter().map(|&v| Bf16::from_f32(v)).collect();
+        if h.is_empty() {
+            return self.alloc(0);
+        }
+        DBuf::Bf16(must(self.gpu.stream.clone_htod(&h).map_err(|e| anyhow!("upload: {e}"))))
+    }
+    fn write(&self, src: &[f32], dst: DMut<'_>) {
+        assert_eq!(src.len(), dst.len(), "write: {} values into a view of {}", src.len(), dst.len());
+        if src.is_empty() {
+            return;
+        }
+        let r = match dst.dtype() {
+            DType::F32 => self.gpu.stream.memcpy_htod(src, &mut dst.f32("write")),
+            DType::Bf16 => {
+                let h: Vec<Bf16> = src.iter().map(|&v| Bf16::from_f32(v)).collect();
+                self.gpu.stream.memcpy_htod(&h, &mut dst.bf16("write"))
+            }
+        };
+        must(r.map_err(|e| anyhow!("write: {e}")));
+    }
+    fn write_idx(&self, src: &[u32], dst: &mut CudaSlice<u32>) {
+        assert!(src.len() <= dst.len(), "write_idx: {} indices into a buffer of {}", src.len(), dst.len());
+        if src.is_empty() {
+            return;
+        }
+        must(self.gpu.stream.memcpy_htod(src, &mut dst.slice_mut(0..src.len())).map_err(|e| anyhow!("write_idx: {e}")));
+    }
+    /// Waits for the stream; panics on a flagged bad index (see [`Cuda::check`]).
+    fn read(&self, src: DRef<'_>) -> Vec<f32> {
+        let out = if src.is_empty() {
+            Vec::new()
+        } else {
+            match src.dtype() {
+                DType::F32 => must(self.gpu.stream.clone_dtoh(&src.f32("read")).map_err(|e| anyhow!("read: {e}"))),
+                DType::Bf16 => must(self.gpu.stream.clone_dtoh(&src.bf16("read")).map_err(|e| anyhow!("read: {e}")))
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect(),
+            }
+        };
+        must(self.check());
+        out
+    }
+
+    fn fill(&self, dst: DMut<'_>, value: f32) {
+        match dst.dtype() {
+            DType::Bf16 => must(self.gpu.fill(&mut dst.bf16("fill"), value)),
+            DType::F32 if value == 0.0 => {
+                must(self.gpu.stream.memset_zeros(&mut dst.f32("fill")).map_err(|e| anyhow!("fill: {e}")))
+            }
+            // Rare (never in the step): from the host.
+            DType::F32 => {
+                let host = vec![value; dst.len()];
+                self.write(&host, dst)
+            }
+        }
+    }
+    fn copy(&self, src: DRef<'_>, dst: DMut<'_>) {
+        assert_eq!(src.len(), dst.len(), "copy: {} elements into {}", src.len(), dst.len());
+        let r = match (src.dtype(), dst.dtype()) {
+            (DType::Bf16, DType::Bf16) => self.gpu.copy(&src.bf16("copy"), &mut dst.bf16("copy")),
+            (DType::F32, DType::F32) => {
+                self.gpu.stream.memcpy_dtod(&src.f32("copy"), &mut dst.f32("copy")).map_err(|e| anyhow!("copy: {e}"))
+            }
+            (DType::Bf16, DType::F32) => self.gpu.cast_to_f32(&src.bf16("copy"), &mut dst.f32("copy")),
+            (DType::F32, DType::Bf16) => self.gpu.cast_to_bf16(&src.f32("copy"), &mut dst.bf16("copy")),
+        };
+        must(r);
+    }
+    fn add_assign(&self, dst: DMut<'_>, src: DRef<'_>) {
+        must(self.gpu.add_assign(&mut dst.bf16("add_assign"), &src.bf16("add_assign")));
+    }
+    fn scale(&self, x: DMut<'_>, s: f32) {
+        must(self.gpu.scale(&mut x.bf16("scale"), s));
+    }
+    fn sum_squares(&self, x: DRef<'_>) -> f64 {
+        let mut sc = self.scratch();
+        grow(&self.gpu, &mut sc.f64, Gpu::sum_squares_scratch_len(x.len()));
+        must(self.gpu.sum_squares(&x.bf16("sum_squares"), &mut sc.f64))
+    }
+    fn adamw(&self, p: DMut<'_>, master: Option<DMut<'_>>, g: DRef<'_>, m: DMut<'_>, v: DMut<'_>, h: &AdamWStep) {
+        let master = master.expect("adamw: the CUDA backend steps fp32 master weights (keeps_master)");
+        must(self.gpu.adamw(
+            &mut master.f32("adamw master"),
+            &mut p.bf16("adamw p"),
+            &g.bf16("adamw g"),
+            &mut m.f32("adamw m"),
+            &mut v.f32("adamw v"),
+            h,
+            1.0,
+        ));
+    }
+    fn keeps_master(&self) -> bool {
+        true
+    }
+
+    fn embedding_fwd(&self, table: DRef<'_>, ids: IdxRef<'_>, dim: usize, out: DMut<'_>) {
+        let mut sc = self.scratch();
+        must(self.gpu.embedding_fwd(
+            &table.bf16("embedding_fwd"),
+            &ids.view(),
+            dim,
+            &mut out.bf16("embedding_fwd"),
+            &mut sc.flag,
+        ));
+    }
+    fn embedding_bwd(&self, dout: DRef<'_>, ids: IdxRef<'_>, dim: usize, dtable: DMut<'_>) {
+        // The deterministic plan is built on the host from the ids.
+        let host_ids = self.host_idx(ids);
+        let mut sc = self.scratch();
+        let Scratch { plan, flag, .. } = &mut *sc;
+        grow(&self.gpu, plan, Gpu::embedding_bwd_plan_len(host_ids.len()));
+        must(self.gpu.embedding_bwd(
+            &dout.bf16("embedding_bwd"),
+            &host_ids,
+            dim,
+            &mut dtable.bf16("embedding_bwd"),
+            plan,
+            flag,
+        ));
+    }
+
+    fn rmsnorm_fwd(&self, x: DRef<'_>, w: DRef<'_>, dim: usize, eps: f32, y: DMut<'_>, rstd: DMut<'_>) {
+        assert_eq!(w.len(), dim, "rmsnorm_fwd: weight of {} for rows of {dim}", w.len());
+        must(self.gpu.rmsnorm_fwd(
+            &x.bf16("rmsnorm_fwd"),
+            None,
+            &w.bf16("rmsnorm_fwd"),
+            eps,
+            &mut y.bf16("rmsnorm_fwd"),
+            &mut rstd.f32("rmsnorm_fwd rstd"),
+        ));
+    }
+    fn rmsnorm_bwd(
+        &self,
+        dy: DRef<'_>,
+        x: DRef<'_>,
+        w: DRef<'_>,
+        rstd: DRef<'_>,
+        dim: usize,
+        dx: DMut<'_>,
+        dw: DMut<'_>,
+    ) {
+        assert_eq!(w.len(), dim, "rmsnorm_bwd: weight of {} for rows of {dim}", w.len());
+        let mut sc = self.scratch();
+        // The launcher splits rows into blocks of 32 (one fp32 share of dw each).
+        grow(&self.gpu, &mut sc.f32, rstd.len().div_ceil(32).max(1) * dim);
+        must(self.gpu.rmsnorm_bwd(
+            &dy.bf16("rmsnorm_bwd"),
+            &x.bf16("rmsnorm_bwd"),
+            &w.bf16("rmsnorm_bwd"),
+            &rstd.f32("rmsnorm_bwd rstd"),
+            &mut dx.bf16("rmsnorm_bwd"),
+            true,
+            &mut dw.bf16("rmsnorm_bwd dw"),
+            &mut sc.f32,
+        ));
+    }
+
+    fn matmul(&self, s: MatShape, x: DRef<'_>, w: DRef<'_>, bias: Option<DRef<'_>>, y: DMut<'_>, accumulate: bool) {
+        let b = bias.map(|b| b.bf16("matmul bias"));
+        must(self.gpu.matmul(s, &x.bf16("matmul"), &w.bf16("matmul"), b.as_ref(), &mut y.bf16("matmul"), accumulate));
+    }
+    fn matmul_dx(&self, s: MatShape, dy: DRef<'_>, w: DRef<'_>, dx: DMut<'_>, accumulate: bool) {
+        must(self.gpu.matmul_dx(s, &dy.bf16("matmul_dx"), &w.bf16("matmul_dx"), &mut dx.bf16("matmul_dx"), accumulate));
+    }
+    fn matmul_dw(&self, s: MatShape, dy: DRef<'_>, x: DRef<'_>, dw: DMut<'_>) {
+        must(self.gpu.matmul_dw(s, &dy.bf16("matmul_dw"), &x.bf16("matmul_dw"), &mut dw.bf16("matmul_dw")));
+    }
+    fn bias_grad(&self, dy: DRef<'_>, db: DMut<'_>) {
+        must(self.gpu.bias_grad(&dy.bf16("bias_grad"), &mut db.bf16("bias_grad")));
+    }
+
+    fn rope(
+        &self,
+        x: DMut<'_>,
+        pos: IdxRef<'_>,
+        heads: usize,
+        head_dim: usize,
+        cos: DRef<'_>,
+        sin: DRef<'_>,
+        inverse: bool,
+    ) {
+        let mut sc = self.scratch();
+        must(self.gpu.rope(
+            &mut x.bf16("rope"),
+            &pos.view(),
+            heads,
+            head_dim,
+            &cos.f32("rope cos"),
+            &sin.f32("rope sin"),
+            inverse,
+            &mut sc.flag,
+        ));
+    }
+
+    fn attention_fwd(
+        &self,
+        s: &AttnShape,
+        cu: IdxRef<'_>,
+        q: DRef<'_>,
+        k: DRef<'_>,
+        v: DRef<'_>,
+        out: DMut<'_>,
+        lse: DMut<'_>,
+    ) {
+        must(self.gpu.attention_fwd(
+            s,
+            &cu.view(),
+            &q.bf16("attention_fwd q"),
+            &k.bf16("attention_fwd k"),
+            &v.bf16("attention_fwd v"),
+            &mut out.bf16("attention_fwd out"),
+            &mut lse.f32("attention_fwd lse"),
+        ));
+    }
+    fn attention_bwd(
+        &self,
+        s: &AttnShape,
+        cu: IdxRef<'_>,
+        q: DRef<'_>,
+        k: DRef<'_>,
+        v: DRef<'_>,
+        out: DRef<'_>,
+        lse: DRef<'_>,
+        dout: DRef<'_>,
+        dq: DMut<'_>,
+        dk: DMut<'_>,
+        dv: DMut<'_>,
+    ) {
+        let op = "attention_bwd";
+        must(self.gpu.attention_bwd(
+            s,
+            &cu.view(),
+            &q.bf16(op),
+            &k.bf16(op),
+            &v.bf16(op),
+            &out.bf16(op),
+            &lse.f32(op),
+            &dout.bf16(op),
+            &mut dq.bf16(op),
+            &mut dk.bf16(op),
+            &mut dv.bf16(op),
+        ));
+    }
+    fn attention_decode(
+        &self,
+        s: &AttnShape,
+        capacity: usize,
+        slots: IdxRef<'_>,
+        lens: IdxRef<'_>,
+        q: DRef<'_>,
+        kc: DRef<'_>,
+        vc: DRef<'_>,
+        out: DMut<'_>,
+    ) {
+        let op = "attention_decode";
+        must(self.gpu.attention_decode(
+            s,
+            capacity,
+            &slots.view(),
+            &lens.view(),
+            &q.bf16(op),
+            &kc.bf16(op),
+            &vc.bf16(op),
+            &mut out.bf16(op),
+        ));
+    }
+    fn copy_rows(&self, src: DRef<'_>, dst: DMut<'_>, width: usize, src_rows: IdxRef<'_>, dst_rows: IdxRef<'_>) {
+        let mut sc = self.scratch();
+        let (sr, dr) = (src_rows.view(), dst_rows.view());
+        let r = match (src.dtype(), dst.dtype()) {
+            (DType::Bf16, DType::Bf16) => {
+                self.gpu.copy_rows(&src.bf16("copy_rows"), &mut dst.bf16("copy_rows"), width, &sr, &dr, &mut sc.flag)
+            }
+            (DType::F32, DType::F32) => {
+                self.gpu.copy_rows_f32(&src.f32("copy_rows"), &mut dst.f32("copy_rows"), width, &sr, &dr, &mut sc.flag)
+            }
+            (a, b) => panic!("copy_rows: from {a:?} rows into {b:?} rows"),
+        };
+        must(r);
+    }
+    fn swiglu_fwd(&self, g: DRef<'_>, u: DRef<'_>, out: DMut<'_>) {
+        must(self.gpu.swiglu_fwd(&g.bf16("swiglu_fwd"), &u.bf16("swiglu_fwd"), &mut out.bf16("swiglu_fwd")));
+    }
+    fn swiglu_bwd(&self, dout: DRef<'_>, g: DRef<'_>, u: DRef<'_>, dg: DMut<'_>, du: DMut<'_>) {
+        let op = "swiglu_bwd";
+        must(self.gpu.swiglu_bwd(&dout.bf16(op), &g.bf16(op), &u.bf16(op), &mut dg.bf16(op), &mut du.bf16(op)));
+    }
+
+    fn logprob_fwd(
+        &self,
+        logits: DRef<'_>,
+        targets: IdxRef<'_>,
+        vocab: usize,
+        inv_temp: f32,
+        logp: DMut<'_>,
+        lse: DMut<'_>,
+        entropy: Option<DMut<'_>>,
+    ) {
+        let op = "logprob_fwd";
+        let mut ent: Option<CudaViewMut<'_, f32>> = entropy.map(|e| e.f32(op));
+        must(self.gpu.logprob_fwd(
+            &logits.bf16(op),
+            &targets.view(),
+            vocab,
+            inv_temp,
+            &mut logp.f32(op),
+            &mut lse.f32(op),
+            ent.as_mut(),
+        ));
+    }
+    fn logprob_bwd(
+        &self,
+        logits: DMut<'_>,
+        targets: IdxRef<'_>,
+        vocab: usize,
+        inv_temp: f32,
+        lse: DRef<'_>,
+        coef: DRef<'_>,
+        entropy: Option<(DRef<'_>, DRef<'_>)>,
+    ) {
+        let op = "logprob_bwd";
+        let ent: Option<(CudaView<'_, f32>, CudaView<'_, f32>)> = entropy.map(|(c, h)| (c.f32(op), h.f32(op)));
+        must(self.gpu.logprob_bwd(
+            &mut logits.bf16(op),
+            &targets.view(),
+            vocab,
+            inv_temp,
+            &lse.f32(op),
+            &coef.f32(op),
+            ent.as_ref().map(|(c, h)| (c, h)),
+        ));
+    }
+
+    /// Through the host, one chunk at a time, with the CPU's row function:
+    /// correct and slow, until the distillation kernel (issue 7) exists.
+    fn distill(
+        &self,
+        student: DMut<'_>,
+        teacher: DRef<'_>,
+        vocab: usize,
+        mode: DistillMode,
+        inv_temp: f32,
+        weight: DRef<'_>,
+        loss: DMut<'_>,
+    ) {
+        assert_eq!(student.len(), teacher.len(), "distill: student and teacher chunks differ");
+        assert!(weight.len() * vocab == student.len() && loss.len() == weight.len(), "distill: rows");
+        let mut zs = {
+            // A read-only look at the student's chunk, then the gradient written back.
+            let view = student.bf16("distill student");
+            let h = must(self.gpu.stream.clone_dtoh(&view).map_err(|e| anyhow!("distill: {e}")));
+            (h.iter().map(|v| v.to_f32()).collect::<Vec<f32>>(), view)
+        };
+        let zt = self.read(teacher);
+        let w = self.read(weight);
+        let mut per_row = vec![0f32; w.len()];
+        for (r, l) in per_row.iter_mut().enumerate() {
+            let span = r * vocab..(r + 1) * vocab;
+            *l = distill_row(&mut zs.0[span.clone()], &zt[span], mode, inv_temp, w[r]) as f32;
+        }
+        let grad: Vec<Bf16> = zs.0.iter().map(|&v| Bf16::from_f32(v)).collect();
+        must(self.gpu.stream.memcpy_htod(&grad, &mut zs.1).map_err(|e| anyhow!("distill: {e}")));
+        self.write(&per_row, loss);
+    }
+}

@@ -1,0 +1,151 @@
+//! Log-probabilities on the GPU (kernels/logprob.cu), the twins of
+//! `cpu::logprob`: the forward (`logp`, `lse`, optional entropy) in one
+//! online pass over each row of bf16 logits, and the backward that writes
+//! `dz` over the logits in place (DESIGN.md §4.1, §3's two phases).
+//!
+//! A target outside the vocabulary that is not [`IGNORE`](crate::backend::IGNORE)
+//! is not an error flag here: the forward writes `logp = NaN` for its row and
+//! the backward writes NaN over the row's `dz`, so the loss and the gradient
+//! norm show it.
+
+use super::params::{LogprobBwdParams, LogprobFwdParams, ROW_THREADS};
+use super::{check_len, grid_rows, Bf16, Gpu, Modules};
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
+
+super::params::device_repr!(LogprobFwdParams, LogprobBwdParams);
+
+pub struct Fns {
+    fwd: CudaFunction,
+    bwd: CudaFunction,
+}
+
+pub(super) fn load(m: &Modules) -> Result<Fns> {
+    Ok(Fns { fwd: m.get("logprob", "logprob_fwd")?, bwd: m.get("logprob", "logprob_bwd")? })
+}
+
+/// `rows` (one block each) and `vocab` fit one launch.
+fn check_shape(what: &str, rows: usize, vocab: usize) -> Result<()> {
+    if vocab == 0 {
+        bail!("{what}: vocab is 0");
+    }
+    if rows > i32::MAX as usize {
+        bail!("{what}: {rows} rows do not fit one launch");
+    }
+    Ok(())
+}
+
+impl Gpu {
+    /// Per row of `vocab` logits (`rows = targets.len()`), with `s = z·inv_temp`:
+    /// `lse = log Σ exp(s)`, `logp = s[y] − lse` (0 where the target is
+    /// `IGNORE`, NaN where it is outside the vocabulary), and with `entropy`
+    /// `H = lse − Σ softmax(s)·s`. `logp`, `lse`, `entropy`: fp32 `[rows]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn logprob_fwd(
+        &self,
+        logits: &impl DevicePtr<Bf16>,
+        targets: &impl DevicePtr<u32>,
+        vocab: usize,
+        inv_temp: f32,
+        logp: &mut impl DevicePtrMut<f32>,
+        lse: &mut impl DevicePtrMut<f32>,
+        entropy: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        let rows = targets.len();
+        check_shape("logprob_fwd", rows, vocab)?;
+        check_len("logprob_fwd: logits", logits.len(), rows * vocab)?;
+        check_len("logprob_fwd: logp", logp.len(), rows)?;
+        check_len("logprob_fwd: lse", lse.len(), rows)?;
+        if let Some(h) = &entropy {
+            check_len("logprob_fwd: entropy", h.len(), rows)?;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let (zp, _g1) = logits.device_ptr(&self.stream);
+        let (tp, _g2) = targets.device_ptr(&self.stream);
+        let (lpp, _g3) = logp.device_ptr_mut(&self.stream);
+        let (lsp, _g4) = lse.device_ptr_mut(&self.stream);
+        let (hp, _g5) = match entropy {
+            Some(h) => {
+                let (a, g) = h.device_ptr_mut(&self.stream);
+                (a, Some(g))
+            }
+            None => (0, None),
+        };
+        let p = LogprobFwdParams {
+            logits: zp,
+            targets: tp,
+            logp: lpp,
+            lse: lsp,
+            entropy: hp,
+            rows: rows as u32,
+            vocab: vocab as u32,
+            inv_temp,
+        };
+        // SAFETY: logits hold rows × vocab elements, targets, logp, lse and
+        // entropy (when non-zero) rows (checked above); the kernel reads a
+        // target's logit only when the target is below vocab.
+        unsafe { self.stream.launch_builder(&self.k.logprob.fwd).arg(&p).launch(grid_rows(rows, ROW_THREADS)) }
+            .map_err(|e| anyhow!("logprob_fwd: {e}"))?;
+        Ok(())
+    }
+
+    /// Overwrites the logits with `dz = coef·(onehot(y) − p)/T` per row
+    /// (`rows = targets.len()`, `p = softmax(z·inv_temp)`, `lse` from
+    /// [`Gpu::logprob_fwd`]; an `IGNORE` row has no one-hot term), plus with
+    /// `entropy = Some((ent_coef, h))` the term `−ent_coef·p∘(z/T − lse + h)/T`.
+    /// A row whose target is outside the vocabulary is written with NaN.
+    #[allow(clippy::too_many_arguments)]
+    pub fn logprob_bwd(
+        &self,
+        logits: &mut impl DevicePtrMut<Bf16>,
+        targets: &impl DevicePtr<u32>,
+        vocab: usize,
+        inv_temp: f32,
+        lse: &impl DevicePtr<f32>,
+        coef: &impl DevicePtr<f32>,
+        entropy: Option<(&CudaView<'_, f32>, &CudaView<'_, f32>)>,
+    ) -> Result<()> {
+        let rows = targets.len();
+        check_shape("logprob_bwd", rows, vocab)?;
+        check_len("logprob_bwd: logits", logits.len(), rows * vocab)?;
+        check_len("logprob_bwd: lse", lse.len(), rows)?;
+        check_len("logprob_bwd: coef", coef.len(), rows)?;
+        if let Some((e, h)) = entropy {
+            check_len("logprob_bwd: ent_coef", e.len(), rows)?;
+            check_len("logprob_bwd: entropy", h.len(), rows)?;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let (zp, _g1) = logits.device_ptr_mut(&self.stream);
+        let (tp, _g2) = targets.device_ptr(&self.stream);
+        let (lp, _g3) = lse.device_ptr(&self.stream);
+        let (cp, _g4) = coef.device_ptr(&self.stream);
+        let (ep, hp, _g5) = match entropy {
+            Some((e, h)) => {
+                let (a, ga) = e.device_ptr(&self.stream);
+                let (b, gb) = h.device_ptr(&self.stream);
+                (a, b, Some((ga, gb)))
+            }
+            None => (0, 0, None),
+        };
+        let p = LogprobBwdParams {
+            logits: zp,
+            targets: tp,
+            lse: lp,
+            coef: cp,
+            ent_coef: ep,
+            entropy: hp,
+            rows: rows as u32,
+            vocab: vocab as u32,
+            inv_temp,
+        };
+        // SAFETY: logits hold rows × vocab elements, targets, lse, coef and
+        // (both or neither) ent_coef and entropy rows (checked above).
+        unsafe { self.stream.launch_builder(&self.k.logprob.bwd).arg(&p).launch(grid_rows(rows, ROW_THREADS)) }
+            .map_err(|e| anyhow!("logprob_bwd: {e}"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,279 @@
+//! kernels/logprob.cu against the CPU's log-probabilities (cpu::logprob) on
+//! the same bf16 logits: logp, lse and entropy to fp32 precision, dz to bf16
+//! precision; IGNORE targets, temperatures ≠ 1, the entropy on and off, odd
+//! and Qwen-sized vocabularies; targets outside the vocabulary give NaN.
+
+use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
+use engine::backend::cpu::logprob::{logprob_bwd, logprob_fwd};
+use engine::backend::cuda::Gpu;
+use engine::backend::IGNORE;
+
+/// fp32 outputs (logp, lse, entropy) against the CPU's f64-summed ones.
+const F32_TOL: f64 = 1e-5;
+
+/// Logits in [-8, 8), bf16 values (times 8 is exact), so rows are peaked
+/// enough that the entropy is well below log(vocab).
+fn logits(rows: usize, vocab: usize, seed: u64) -> Vec<f32> {
+    random_bf16(rows * vocab, seed).iter().map(|v| v * 8.0).collect()
+}
+
+/// Targets spread over the vocabulary, the first and last ids among them,
+/// every fifth row IGNORE.
+fn targets(rows: usize, vocab: usize) -> Vec<u32> {
+    (0..rows)
+        .map(|r| match r {
+            _ if r % 5 == 4 => IGNORE,
+            0 => 0,
+            _ if r == rows - 1 => vocab as u32 - 1,
+            _ => ((r * 7919 + 3) % vocab) as u32,
+        })
+        .collect()
+}
+
+/// Per-row coefficients in [-1, 1) with some zeros (every seventh row).
+fn coefs(rows: usize, seed: u64) -> Vec<f32> {
+    random_bf16(rows, seed).iter().enumerate().map(|(r, &v)| if r % 7 == 3 { 0.0 } else { v }).collect()
+}
+
+struct Fwd {
+    logp: Vec<f32>,
+    lse: Vec<f32>,
+    entropy: Option<Vec<f32>>,
+}
+
+fn cpu_fwd(z: &[f32], y: &[u32], vocab: usize, inv_temp: f32, entropy: bool) -> Fwd {
+    let rows = y.len();
+    let (mut logp, mut lse, mut h) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows]);
+    logprob_fwd(z, y, vocab, inv_temp, &mut logp, &mut lse, entropy.then_some(&mut h[..]));
+    Fwd { logp, lse, entropy: entropy.then_some(h) }
+}
+
+fn gpu_fwd(g: &Gpu, z: &[f32], y: &[u32], vocab: usize, inv_temp: f32, entropy: bool) -> Fwd {
+    let rows = y.len();
+    let zd = up(g, z);
+    let yd = g.stream.clone_htod(y).unwrap();
+    let mut logp = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut lse = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut h = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut hv = entropy.then(|| h.as_view_mut());
+    g.logprob_fwd(&zd, &yd, vocab, inv_temp, &mut logp, &mut lse, hv.as_mut()).unwrap();
+    g.sync().unwrap();
+    let get = |x: &cudarc::driver::CudaSlice<f32>| g.stream.clone_dtoh(x).unwrap();
+    Fwd { logp: get(&logp), lse: get(&lse), entropy: entropy.then(|| get(&h)) }
+}
+
+/// dz from the GPU, on the CPU's lse and entropy (the backward's own error only).
+#[allow(clippy::too_many_arguments)]
+fn gpu_bwd(
+    g: &Gpu,
+    z: &[f32],
+    y: &[u32],
+    vocab: usize,
+    inv_temp: f32,
+    lse: &[f32],
+    coef: &[f32],
+    entropy: Option<(&[f32], &[f32])>,
+) -> Vec<f32> {
+    let mut zd = up(g, z);
+    let yd = g.stream.clone_htod(y).unwrap();
+    let (ld, cd) = (g.stream.clone_htod(lse).unwrap(), g.stream.clone_htod(coef).unwrap());
+    match entropy {
+        Some((e, h)) => {
+            let (ed, hd) = (g.stream.clone_htod(e).unwrap(), g.stream.clone_htod(h).unwrap());
+            g.logprob_bwd(&mut zd, &yd, vocab, inv_temp, &ld, &cd, Some((&ed.as_view(), &hd.as_view()))).unwrap();
+        }
+        None => g.logprob_bwd(&mut zd, &yd, vocab, inv_temp, &ld, &cd, None).unwrap(),
+    }
+    g.sync().unwrap();
+    down(g, &zd)
+}
+
+#[test]
+fn logprob_fwd_matches_the_cpu() {
+    let Some(g) = gpu("logprob_fwd_matches_the_cpu") else { return };
+    let cases =
+        [(37usize, 1000 + 7, 1.0 / 0.7), (5, 151_936, 1.0), (3, 151_936, 1.0 / 0.6), (9, 100, 2.0), (2, 1, 1.0)];
+    for (rows, vocab, inv_temp) in cases {
+        let z = logits(rows, vocab, 1 + vocab as u64);
+        let y = targets(rows, vocab);
+        for entropy in [true, false] {
+            let want = cpu_fwd(&z, &y, vocab, inv_temp, entropy);
+            let got = gpu_fwd(&g, &z, &y, vocab, inv_temp, entropy);
+            let (e_lp, e_lse) = (rel_err(&got.logp, &want.logp), rel_err(&got.lse, &want.lse));
+            let e_h = got.entropy.as_ref().map_or(0.0, |h| rel_err(h, want.entropy.as_ref().unwrap()));
+            println!("logprob_fwd {rows}×{vocab} 1/T {inv_temp:.3} entropy {entropy}: logp {e_lp:.2e} lse {e_lse:.2e} H {e_h:.2e}");
+            assert!(e_lp < F32_TOL && e_lse < F32_TOL && e_h < F32_TOL, "logprob_fwd {rows}×{vocab} entropy {entropy}");
+            for (r, &t) in y.iter().enumerate() {
+                if t == IGNORE {
+                    assert_eq!(got.logp[r], 0.0, "row {r}: an IGNORE target has logp 0");
+                }
+            }
+            // Each value on its own, not only the norm: lse to 1e-5 of its
+            // size (at least 1), entropy to 1e-5 of log(vocab).
+            for r in 0..rows {
+                assert!((got.lse[r] - want.lse[r]).abs() <= 1e-5 * want.lse[r].abs().max(1.0), "lse row {r}");
+                if let (Some(a), Some(b)) = (&got.entropy, &want.entropy) {
+                    assert!(
+                        (a[r] - b[r]).abs() <= 1e-5 * (vocab as f32).ln().max(1.0),
+                        "entropy row {r}: {} vs {}",
+                        a[r],
+                        b[r]
+                    );
+                }
+            }
+            // Determinism: the same bits again.
+            let again = gpu_fwd(&g, &z, &y, vocab, inv_temp, entropy);
+            assert_eq!(again.logp, got.logp);
+            assert_eq!(again.lse, got.lse);
+            assert_eq!(again.entropy, got.entropy);
+        }
+    }
+}
+
+#[test]
+fn logprob_bwd_matches_the_cpu() {
+    let Some(g) = gpu("logprob_bwd_matches_the_cpu") else { return };
+    let cases = [(37usize, 1000 + 7, 1.0 / 0.7), (5, 151_936, 1.0 / 0.6), (9, 100, 2.0), (2, 1, 1.0)];
+    for (rows, vocab, inv_temp) in cases {
+        let z = logits(rows, vocab, 2 + vocab as u64);
+        let y = targets(rows, vocab);
+        let fwd = cpu_fwd(&z, &y, vocab, inv_temp, true);
+        let h = fwd.entropy.unwrap();
+        let coef = coefs(rows, 3);
+        // coef and ent_coef are 0 together every seventh row (the row is
+        // zeroed), ent_coef alone every third; an IGNORE row keeps only the
+        // entropy term (zeroed too where ent_coef is 0).
+        let ent_coef: Vec<f32> =
+            coefs(rows, 4).iter().enumerate().map(|(r, &v)| if r % 3 == 0 { 0.0 } else { v }).collect();
+        for with_entropy in [false, true] {
+            let ent = with_entropy.then_some((&ent_coef[..], &h[..]));
+            let mut want = z.clone();
+            logprob_bwd(&mut want, &y, vocab, inv_temp, &fwd.lse, &coef, ent);
+            let got = gpu_bwd(&g, &z, &y, vocab, inv_temp, &fwd.lse, &coef, ent);
+            let e = rel_err(&got, &want);
+            println!("logprob_bwd {rows}×{vocab} 1/T {inv_temp:.3} entropy {with_entropy}: dz {e:.2e}");
+            assert!(e < BF16_TOL, "logprob_bwd {rows}×{vocab} entropy {with_entropy}: {e:.2e}");
+            // Row by row: the one-hot entry dominates the norm, so check the
+            // softmax part of each row too (the row without its target entry).
+            for r in 0..rows {
+                let (a, b) = (&got[r * vocab..(r + 1) * vocab], &want[r * vocab..(r + 1) * vocab]);
+                let er = rel_err(a, b);
+                assert!(er < BF16_TOL, "logprob_bwd {rows}×{vocab} entropy {with_entropy} row {r}: {er:.2e}");
+                let keep = |x: &[f32]| -> Vec<f32> {
+                    x.iter().enumerate().filter(|&(i, _)| i as u32 != y[r]).map(|(_, &v)| v).collect()
+                };
+                if vocab > 1 {
+                    let es = rel_err(&keep(a), &keep(b));
+                    assert!(
+                        es < BF16_TOL,
+                        "logprob_bwd {rows}×{vocab} entropy {with_entropy} row {r}, softmax part: {es:.2e}"
+                    );
+                }
+                let e_r = if with_entropy { ent_coef[r] } else { 0.0 };
+                if (coef[r] == 0.0 || y[r] == IGNORE) && e_r == 0.0 {
+                    assert!(a.iter().all(|&v| v == 0.0), "row {r}: no coefficient, dz = 0");
+                }
+            }
+            // Determinism: the same bits again.
+            assert_eq!(gpu_bwd(&g, &z, &y, vocab, inv_temp, &fwd.lse, &coef, ent), got);
+        }
+    }
+}
+
+/// The forward then the backward on the GPU's own lse and entropy (the
+/// chain the trainer runs) against the CPU's chain.
+#[test]
+fn logprob_gpu_chain_matches_the_cpu() {
+    let Some(g) = gpu("logprob_gpu_chain_matches_the_cpu") else { return };
+    let (rows, vocab, inv_temp) = (19usize, 1000 + 7, 1.0 / 0.8);
+    let z = logits(rows, vocab, 5);
+    let y = targets(rows, vocab);
+    let coef = coefs(rows, 6);
+    let ent_coef = coefs(rows, 7);
+    let want_fwd = cpu_fwd(&z, &y, vocab, inv_temp, true);
+    let mut want = z.clone();
+    let h_cpu = want_fwd.entropy.unwrap();
+    logprob_bwd(&mut want, &y, vocab, inv_temp, &want_fwd.lse, &coef, Some((&ent_coef, &h_cpu)));
+
+    let mut zd = up(&g, &z);
+    let yd = g.stream.clone_htod(&y).unwrap();
+    let mut logp = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut lse = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut h = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    g.logprob_fwd(&zd, &yd, vocab, inv_temp, &mut logp, &mut lse, Some(&mut h.as_view_mut())).unwrap();
+    let (cd, ed) = (g.stream.clone_htod(&coef).unwrap(), g.stream.clone_htod(&ent_coef).unwrap());
+    g.logprob_bwd(&mut zd, &yd, vocab, inv_temp, &lse, &cd, Some((&ed.as_view(), &h.as_view()))).unwrap();
+    g.sync().unwrap();
+    let e_lp = rel_err(&g.stream.clone_dtoh(&logp).unwrap(), &want_fwd.logp);
+    let e = rel_err(&down(&g, &zd), &want);
+    println!("logprob chain {rows}×{vocab}: logp {e_lp:.2e} dz {e:.2e}");
+    assert!(e_lp < F32_TOL && e < BF16_TOL);
+}
+
+#[test]
+fn logprob_targets_outside_the_vocabulary_give_nan() {
+    let Some(g) = gpu("logprob_targets_outside_the_vocabulary_give_nan") else { return };
+    let (rows, vocab, inv_temp) = (6usize, 1000 + 7, 1.0);
+    let z = logits(rows, vocab, 8);
+    let y: Vec<u32> = vec![5, vocab as u32, IGNORE, 12_345_678, vocab as u32 - 1, IGNORE - 1];
+    let bad = [false, true, false, true, false, true];
+    // The CPU panics on a bad target: its reference has those rows IGNOREd.
+    let y_ok: Vec<u32> = y.iter().zip(bad).map(|(&t, b)| if b { IGNORE } else { t }).collect();
+    let want = cpu_fwd(&z, &y_ok, vocab, inv_temp, true);
+    let got = gpu_fwd(&g, &z, &y, vocab, inv_temp, true);
+    for r in 0..rows {
+        if bad[r] {
+            assert!(got.logp[r].is_nan(), "row {r}: target {} outside the vocabulary, logp {}", y[r], got.logp[r]);
+        } else {
+            assert!((got.logp[r] - want.logp[r]).abs() <= 1e-5 * want.logp[r].abs().max(1.0), "row {r}");
+        }
+    }
+    assert!(rel_err(&got.lse, &want.lse) < F32_TOL, "lse is written for every row");
+    assert!(rel_err(got.entropy.as_ref().unwrap(), want.entropy.as_ref().unwrap()) < F32_TOL);
+
+    let coef = vec![0.5f32; rows];
+    let mut dz_want = z.clone();
+    logprob_bwd(&mut dz_want, &y_ok, vocab, inv_temp, &want.lse, &coef, None);
+    let dz = gpu_bwd(&g, &z, &y, vocab, inv_temp, &want.lse, &coef, None);
+    for r in 0..rows {
+        let (a, b) = (&dz[r * vocab..(r + 1) * vocab], &dz_want[r * vocab..(r + 1) * vocab]);
+        if bad[r] {
+            assert!(a.iter().all(|v| v.is_nan()), "row {r}: dz is NaN");
+        } else {
+            assert!(rel_err(a, b) < BF16_TOL, "row {r}");
+        }
+    }
+}
+
+#[test]
+fn logprob_rejects_bad_shapes() {
+    let Some(g) = gpu("logprob_rejects_bad_shapes") else { return };
+    let (rows, vocab) = (4usize, 33usize);
+    let zd = up(&g, &logits(rows, vocab, 9));
+    let mut zm = up(&g, &logits(rows, vocab, 9));
+    let yd = g.stream.clone_htod(&targets(rows, vocab)).unwrap();
+    let mut lp = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut ls = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut short = g.stream.alloc_zeros::<f32>(rows - 1).unwrap();
+    let c = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    assert!(g.logprob_fwd(&zd, &yd, vocab + 1, 1.0, &mut lp, &mut ls, None).is_err(), "logits are not rows × vocab");
+    assert!(g.logprob_fwd(&zd, &yd, 0, 1.0, &mut lp, &mut ls, None).is_err(), "vocab 0");
+    assert!(g.logprob_fwd(&zd, &yd, vocab, 1.0, &mut short, &mut ls, None).is_err(), "short logp");
+    assert!(g.logprob_fwd(&zd, &yd, vocab, 1.0, &mut lp, &mut short, None).is_err(), "short lse");
+    assert!(
+        g.logprob_fwd(&zd, &yd, vocab, 1.0, &mut lp, &mut ls, Some(&mut short.as_view_mut())).is_err(),
+        "short entropy"
+    );
+    assert!(g.logprob_bwd(&mut zm, &yd, vocab - 1, 1.0, &ls, &c, None).is_err(), "logits are not rows × vocab");
+    assert!(g.logprob_bwd(&mut zm, &yd, vocab, 1.0, &short, &c, None).is_err(), "short lse");
+    assert!(g.logprob_bwd(&mut zm, &yd, vocab, 1.0, &ls, &short, None).is_err(), "short coef");
+    assert!(
+        g.logprob_bwd(&mut zm, &yd, vocab, 1.0, &ls, &c, Some((&short.as_view(), &c.as_view()))).is_err(),
+        "short ent_coef"
+    );
+    assert!(
+        g.logprob_bwd(&mut zm, &yd, vocab, 1.0, &ls, &c, Some((&c.as_view(), &short.as_view()))).is_err(),
+        "short entropy"
+    );
+    g.sync().unwrap();
+}

@@ -1,0 +1,137 @@
+//! The whole model on the CUDA backend against PyTorch (DESIGN.md §6, the
+//! bf16 rule): for the Llama, Qwen2 and Qwen3 fixtures, the per-token
+//! log-probabilities, the SFT loss and every parameter's gradient, each
+//! compared with the float64 reference; the engine's error may be at most
+//! twice the error PyTorch makes running the same model in bf16
+//! (`<name>.bf16.safetensors`, tools/make_bf16_fixtures.py), and never above
+//! 2e-2. Then one AdamW step from those gradients against the CPU's.
+
+use super::common::{fixtures, max_abs, rel_err, to_f64, Reference, FAMILIES};
+use super::util::gpu;
+use engine::backend::cpu::Cpu;
+use engine::backend::cuda::Cuda;
+use engine::backend::{Backend, Span};
+use engine::loss::masked_mean_ce;
+use engine::model::{Activations, Model};
+use engine::optim::{AdamW, AdamWConfig};
+
+/// The outer bound of the bf16 rule.
+const OUTER: f64 = 2e-2;
+
+fn cuda(test: &str) -> Option<Cuda> {
+    // `gpu` prints the skip line (or fails under ENGINE_REQUIRE_CUDA=1).
+    gpu(test)?;
+    Some(Cuda::new(0).expect("a GPU that started once starts again"))
+}
+
+struct Run {
+    logp: Vec<f32>,
+    loss: f64,
+    grads: Vec<f32>,
+}
+
+/// Forward, the SFT loss on the reference's labels, backward; the lm_head
+/// runs in chunks of `chunk` rows.
+fn run(be: &Cuda, model: &Model<Cuda>, r: &Reference, chunk: usize) -> Run {
+    let batch = r.batch();
+    let n = batch.len();
+    let mut acts = Activations::new(be, &model.cfg, n, chunk, true);
+    model.forward(be, &mut acts, &batch).unwrap();
+    model.head_fwd(be, &mut acts, &batch.next_tokens, 1.0, false);
+    let logp = acts.head.read_logp(be, n);
+    let targets = r.loss_targets();
+    model.head_fwd(be, &mut acts, &targets, 1.0, false);
+    let (loss, coef) = masked_mean_ce(&acts.head.read_logp(be, n), &targets);
+    let mut grads = model.zero_grads(be);
+    model.backward(be, &mut acts, &coef.into(), 1.0, &mut grads);
+    let grads = be.read(Cuda::view(&grads, Span::new(0, model.layout.total)));
+    Run { logp, loss, grads }
+}
+
+/// One comparison under the bf16 rule; returns (engine error, PyTorch bf16 error).
+fn judge(what: &str, engine: &[f64], torch_bf16: &[f64], reference: &[f64], strict: bool) -> (f64, f64) {
+    let (e, t) = (rel_err(engine, reference), rel_err(torch_bf16, reference));
+    let ok = e <= OUTER && (!strict || e <= 2.0 * t);
+    assert!(ok, "{what}: engine error {e:.2e} vs PyTorch bf16 {t:.2e} (rule: ≤ 2× and ≤ {OUTER:.0e})");
+    (e, t)
+}
+
+/// `strict`: the full rule; otherwise only the outer bound (a configuration
+/// whose rounding differs from PyTorch's by design, reported for the record).
+fn check_family(be: &Cuda, name: &str, chunk: Option<usize>, strict: bool) {
+    let (model, _) = Model::load(be, &fixtures().join(name)).unwrap();
+    let r = Reference::open(name);
+    let t = Reference::open_path(&fixtures().join(format!("{name}.bf16.safetensors")));
+    let chunk = chunk.unwrap_or(r.batch().len());
+    let out = run(be, &model, &r, chunk);
+    let tag = format!("{name} (chunk {chunk})");
+
+    let (e, p) = judge(&format!("{tag}: logprobs"), &to_f64(&out.logp), &t.f64("logprobs"), &r.f64("logprobs"), strict);
+    let abs = max_abs(&to_f64(&out.logp), &r.f64("logprobs"));
+    println!("{tag}: logprobs rel {e:.2e} (PyTorch bf16 {p:.2e}), max-abs {abs:.2e}");
+    let (want, torch) = (r.f64("loss")[0], t.f64("loss")[0]);
+    let (e, p) = ((out.loss - want).abs() / want.abs(), (torch - want).abs() / want.abs());
+    println!("{tag}: loss {:.6} vs {want:.6} (rel {e:.2e}; PyTorch bf16 {p:.2e})", out.loss);
+    assert!(e <= OUTER && (!strict || e <= 2.0 * p.max(1e-4)), "{tag}: loss rel {e:.2e} vs PyTorch {p:.2e}");
+
+    let mut worst = (0.0f64, 0.0f64, String::new());
+    for en in &model.layout.entries {
+        let got = to_f64(&out.grads[en.span.off..en.span.end()]);
+        let key = format!("grad.{}", en.name);
+        let (e, p) = judge(&format!("{tag}: gradient of {}", en.name), &got, &t.f64(&key), &r.f64(&key), strict);
+        if e / p.max(1e-12) > worst.0 / worst.1.max(1e-12) {
+            worst = (e, p, en.name.clone());
+        }
+    }
+    println!("{tag}: worst gradient ratio to PyTorch bf16: {:.2e} vs {:.2e} ({})", worst.0, worst.1, worst.2);
+}
+
+#[test]
+fn model_matches_pytorch_under_the_bf16_rule() {
+    let Some(be) = cuda("model_matches_pytorch_under_the_bf16_rule") else { return };
+    for name in FAMILIES {
+        check_family(&be, name, None, true);
+    }
+}
+
+/// The lm_head in chunks of 7 rows: its weight gradient is then summed in
+/// bf16 over the chunks (7 roundings here), which PyTorch never does.
+/// Reported, and held to the outer bound only.
+#[test]
+fn model_with_a_chunked_lm_head_stays_within_the_outer_bound() {
+    let Some(be) = cuda("model_with_a_chunked_lm_head_stays_within_the_outer_bound") else { return };
+    for name in FAMILIES {
+        check_family(&be, name, Some(7), false);
+    }
+}
+
+/// One AdamW step on the GPU's gradients (fp32 master weights, bf16 copy)
+/// against the CPU's AdamW on the same gradients and start weights.
+#[test]
+fn adamw_step_on_the_model_matches_the_cpu() {
+    let Some(be) = cuda("adamw_step_on_the_model_matches_the_cpu") else { return };
+    let (mut model, _) = Model::load(&be, &fixtures().join("qwen2")).unwrap();
+    let r = Reference::open("qwen2");
+    let out = run(&be, &model, &r, r.batch().len());
+    let total = model.layout.total;
+    let start = model.params_to_host(&be);
+    let cfg = AdamWConfig::default();
+    let mut grads = be.alloc(total);
+    be.write(&out.grads, Cuda::view_mut(&mut grads, Span::new(0, total)));
+    let mut opt = AdamW::new(&be, &model.layout, cfg);
+    opt.step(&be, &model.layout, &mut model.params, &grads, 1e-3);
+    let got = model.params_to_host(&be);
+    let master = be.read(Cuda::view(opt.master.as_ref().expect("CUDA keeps master weights"), Span::new(0, total)));
+
+    let mut want = start.clone();
+    let mut cpu_opt = AdamW::new(&Cpu, &model.layout, cfg);
+    cpu_opt.step(&Cpu, &model.layout, &mut want, &out.grads, 1e-3);
+    let master_err = rel_err(&to_f64(&master), &to_f64(&want));
+    let bf16_err = rel_err(&to_f64(&got), &to_f64(&want));
+    println!("adamw on qwen2: master rel {master_err:.2e}, bf16 copy rel {bf16_err:.2e}");
+    assert!(master_err < 1e-6, "master weights rel {master_err:.2e}");
+    assert!(bf16_err < 4e-3, "bf16 weights rel {bf16_err:.2e}");
+    // The step moved the weights (lr 1e-3 moves each by about 1e-3).
+    let moved = rel_err(&to_f64(&master), &to_f64(&start));
+    assert!(moved > 1e-4, "the step barely moved the weights: {moved:.2e}");
+}
