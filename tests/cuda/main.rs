@@ -22,4 +22,5 @@ mod rmsnorm;
 mod rope;
 mod rows;
 mod swiglu;
+mod train_bench;
 mod util;

@@ -135,3 +135,30 @@ fn adamw_step_on_the_model_matches_the_cpu() {
     let moved = rel_err(&to_f64(&master), &to_f64(&start));
     assert!(moved > 1e-4, "the step barely moved the weights: {moved:.2e}");
 }
+
+/// `engine score`'s path (`score_sequences`) on the GPU against the float64
+/// log-probabilities of `<name>.score.json`: bf16 weights and activations
+/// keep them within the outer bound of the bf16 rule.
+#[test]
+fn scoring_on_the_gpu_matches_the_reference() {
+    let Some(be) = cuda("scoring_on_the_gpu_matches_the_reference") else { return };
+    for name in FAMILIES {
+        let (model, _) = Model::load(&be, &fixtures().join(name)).unwrap();
+        let text = std::fs::read_to_string(fixtures().join(format!("{name}.score.json"))).unwrap();
+        let lines: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let seqs: Vec<Vec<u32>> = lines
+            .iter()
+            .map(|l| l["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
+            .collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let cap: usize = seqs.iter().map(|s| s.len()).sum();
+        let mut acts = Activations::new(&be, &model.cfg, cap, 16, false);
+        let got = engine::cli::score::score_sequences(&be, &model, &mut acts, &refs, 1.0).unwrap();
+        let got: Vec<f64> = got.iter().flatten().map(|&x| x as f64).collect();
+        let want: Vec<f64> =
+            lines.iter().flat_map(|l| l["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect();
+        let e = rel_err(&got, &want);
+        println!("{name}: score logprobs rel {e:.2e} over {} tokens", want.len());
+        assert!(e <= OUTER, "{name}: score logprobs rel {e:.2e}");
+    }
+}
