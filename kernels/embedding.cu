@@ -4,10 +4,12 @@
 // host reads back (src/backend/cuda/embedding.rs).
 #include "common.cuh"
 #include "embedding.h"
+#include "vec.cuh"
 
 __device__ __forceinline__ void raise_error(dptr error) { atomicOr(ptr<unsigned int>(error), 1u); }
 
-// One thread per element of out: t = i / dim, j = i % dim.
+// The simple gather (for tests): one thread per element of out,
+// t = i / dim, j = i % dim.
 extern "C" __global__ void embedding_fwd(EmbeddingFwdParams p) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   const size_t total = (size_t)p.tokens * p.dim;
@@ -21,6 +23,34 @@ extern "C" __global__ void embedding_fwd(EmbeddingFwdParams p) {
     return;
   }
   out[i] = ptr<const bf16>(p.table)[(size_t)id * p.dim + j];
+}
+
+// The fast gather: one thread per 8 columns j0 … j0+7 of a row of out, a
+// 16-byte copy when dim % 8 = 0 and table and out are 16-byte aligned,
+// scalar copies of the same columns otherwise.
+extern "C" __global__ void embedding_fwd8(EmbeddingFwdParams p) {
+  const uint32_t groups = (p.dim + 7) / 8;  // per row; tokens · groups ≤ tokens · dim < 2^32
+  const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.tokens * groups) return;
+  const uint32_t t = i / groups, j0 = 8 * (i % groups);
+  const uint32_t id = ptr<const uint32_t>(p.ids)[t];
+  bf16* out = ptr<bf16>(p.out) + (size_t)t * p.dim;
+  const bool vec = p.dim % 8 == 0 && ((p.table | p.out) & 15u) == 0;
+  if (id >= p.vocab) {
+    if (vec) {
+      st16(out + j0, make_uint4(0, 0, 0, 0));
+    } else {
+      for (uint32_t j = j0; j < j0 + 8 && j < p.dim; ++j) out[j] = to_bf(0.0f);
+    }
+    if (j0 == 0) raise_error(p.error);
+    return;
+  }
+  const bf16* row = ptr<const bf16>(p.table) + (size_t)id * p.dim;
+  if (vec) {
+    st16(out + j0, ld16(row + j0));
+  } else {
+    for (uint32_t j = j0; j < j0 + 8 && j < p.dim; ++j) out[j] = row[j];
+  }
 }
 
 // The reference backward: one thread per column j, which it owns in every

@@ -1,8 +1,18 @@
-// RMSNorm, forward (with the fused residual add) beside its backward.
-// One block per row; fp32 arithmetic; the weight gradient is summed per
-// block of rows, then across blocks in a fixed order (deterministic).
+// RMSNorm, forward (with the fused residual add) beside its backward, fp32
+// arithmetic. Two versions of each:
+// - the simple ones (rmsnorm_fwd, rmsnorm_bwd + rmsnorm_dw_reduce): one
+//   block per row (per 32 rows in the backward), scalar accesses; for tests,
+//   and for rows wider than the fast kernels hold;
+// - the fast ones: a row is held in registers by one warp (W = 1, rows up to
+//   2048) or one block of 8 warps (W = 8, up to 8192), K groups of 8
+//   elements per thread, 16-byte accesses when every row starts 16-byte
+//   aligned (else scalar accesses of the same elements: the same bits), and
+//   the weight gradient as a fixed-order column sum (colsum.cuh) of
+//   dy · x · rstd.
+#include "colsum.cuh"
 #include "common.cuh"
 #include "rmsnorm.h"
+#include "vec.cuh"
 
 extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) rmsnorm_fwd(RmsNormFwdParams p) {
   __shared__ float scratch[33];
@@ -75,4 +85,250 @@ extern "C" __global__ void rmsnorm_dw_reduce(RmsNormBwdParams p) {
   for (uint32_t b = 0; b < blocks; ++b) s += ptr<const float>(p.dw_partial)[(size_t)b * p.dim + i];
   bf16* dw = ptr<bf16>(p.dw);
   dw[i] = to_bf(to_f(dw[i]) + s);
+}
+
+// ---- The fast kernels ----
+
+// Group k of thread t of a row: elements 8·(t + k·32W) … + 7.
+template <int W>
+__device__ __forceinline__ uint32_t group_start(uint32_t t, int k) {
+  return 8u * (t + (uint32_t)k * 32u * W);
+}
+
+// Stores the 8 bf16 of v at row + e0 (all of them when vec; else those < dim).
+__device__ __forceinline__ void store_row8(bf16* row, uint32_t e0, uint32_t dim, bool vec, uint4 v) {
+  if (vec) {
+    st16(row + e0, v);
+    return;
+  }
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  unsigned short* u = reinterpret_cast<unsigned short*>(row);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    if (e0 + e < dim) u[e0 + e] = (unsigned short)(w[e / 2] >> (16 * (e % 2)));
+  }
+}
+
+// Σ over the row's threads (a warp, or the block's 8 warps): the warp's
+// butterfly (every lane gets the same bits), then the 8 warp sums in order.
+template <int W>
+__device__ __forceinline__ float row_sum(float v, float* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (W == 1) return v;
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < W; ++i) s += red[i];
+  return s;
+}
+
+// The fast forward: rows of up to 32·W·K·8 elements (the launcher checks).
+// W = 1: 8 rows per block, one per warp; W = 8: one row per block.
+template <int W, int K>
+__device__ __forceinline__ void rmsnorm_fwd_rows(const RmsNormFwdParams& p) {
+  __shared__ float red[8];
+  const uint32_t row = blockIdx.x * (8 / W) + (threadIdx.x >> 5) / W;
+  const uint32_t t = threadIdx.x % (32 * W);
+  if (row >= p.rows) return;  // a whole warp (W = 1) or the whole block (W = 8)
+  const uint32_t dim = p.dim;
+  const bool res = p.residual != 0;
+  const bool vec = dim % 8 == 0 && ((p.x | p.w | p.y | (res ? (p.residual | p.h) : 0)) & 15u) == 0;
+  const size_t base = (size_t)row * dim;
+  const bf16* x = ptr<const bf16>(p.x) + base;
+  uint4 hv[K];  // the normalised row (h, or x), as bf16
+  float ss = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const uint32_t e0 = group_start<W>(t, k);
+    hv[k] = make_uint4(0, 0, 0, 0);
+    if (e0 < dim) hv[k] = load_row8(x, e0, dim, vec);
+  }
+  if (res) {
+    const bf16* r = ptr<const bf16>(p.residual) + base;
+    uint4 rv[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const uint32_t e0 = group_start<W>(t, k);
+      rv[k] = make_uint4(0, 0, 0, 0);
+      if (e0 < dim) rv[k] = load_row8(r, e0, dim, vec);
+    }
+    bf16* h = ptr<bf16>(p.h) + base;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      // The sum is rounded to bf16 first: the normalised value is the stored h.
+      float a[8], b[8];
+      unpack8(hv[k], a);
+      unpack8(rv[k], b);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) a[e] += b[e];
+      hv[k] = pack8(a);
+      const uint32_t e0 = group_start<W>(t, k);
+      if (e0 < dim) store_row8(h, e0, dim, vec, hv[k]);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    float a[8];
+    unpack8(hv[k], a);  // 0 past the row's end
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss += a[e] * a[e];
+  }
+  const float rstd = rsqrtf(row_sum<W>(ss, red) / (float)dim + p.eps);
+  if (t == 0) ptr<float>(p.rstd)[row] = rstd;
+  const bf16* w = ptr<const bf16>(p.w);
+  bf16* y = ptr<bf16>(p.y) + base;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const uint32_t e0 = group_start<W>(t, k);
+    if (e0 >= dim) continue;
+    float a[8], b[8];
+    unpack8(hv[k], a);
+    unpack8(load_row8(w, e0, dim, vec), b);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) a[e] = a[e] * rstd * b[e];
+    store_row8(y, e0, dim, vec, pack8(a));
+  }
+}
+
+// The fast backward's dx: dot and dx as rmsnorm_bwd computes them, the row
+// (dy, x) in registers, w read twice (it stays in L1/L2).
+template <int W, int K>
+__device__ __forceinline__ void rmsnorm_dx_rows(const RmsNormBwdParams& p) {
+  __shared__ float red[8];
+  const uint32_t row = blockIdx.x * (8 / W) + (threadIdx.x >> 5) / W;
+  const uint32_t t = threadIdx.x % (32 * W);
+  if (row >= p.rows) return;  // a whole warp (W = 1) or the whole block (W = 8)
+  const uint32_t dim = p.dim;
+  const bool vec = dim % 8 == 0 && ((p.dy | p.x | p.w | p.dx) & 15u) == 0;
+  const size_t base = (size_t)row * dim;
+  const bf16* x = ptr<const bf16>(p.x) + base;
+  const bf16* dy = ptr<const bf16>(p.dy) + base;
+  const bf16* w = ptr<const bf16>(p.w);
+  bf16* dx = ptr<bf16>(p.dx) + base;
+  const float rstd = ptr<const float>(p.rstd)[row];
+  uint4 xv[K], gv[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const uint32_t e0 = group_start<W>(t, k);
+    xv[k] = gv[k] = make_uint4(0, 0, 0, 0);
+    if (e0 < dim) {
+      xv[k] = load_row8(x, e0, dim, vec);
+      gv[k] = load_row8(dy, e0, dim, vec);
+    }
+  }
+  float dot = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const uint32_t e0 = group_start<W>(t, k);
+    if (e0 >= dim) continue;
+    float a[8], g[8], ww[8];
+    unpack8(xv[k], a);
+    unpack8(gv[k], g);
+    unpack8(load_row8(w, e0, dim, vec), ww);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dot += g[e] * ww[e] * (a[e] * rstd);
+  }
+  const float mean = row_sum<W>(dot, red) / (float)dim;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const uint32_t e0 = group_start<W>(t, k);
+    if (e0 >= dim) continue;
+    float a[8], g[8], ww[8], old[8];
+    unpack8(xv[k], a);
+    unpack8(gv[k], g);
+    unpack8(load_row8(w, e0, dim, vec), ww);
+    if (p.accumulate_dx) unpack8(load_row8(dx, e0, dim, vec), old);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float xh = a[e] * rstd;
+      float d = rstd * (g[e] * ww[e] - xh * mean);
+      if (p.accumulate_dx) d += old[e];
+      a[e] = d;
+    }
+    store_row8(dx, e0, dim, vec, pack8(a));
+  }
+}
+
+#define RMSNORM_ROWS(W, K)                                                                                      \
+  extern "C" __global__ void __launch_bounds__(256) rmsnorm_fwd_w##W##_k##K(RmsNormFwdParams p) {               \
+    rmsnorm_fwd_rows<W, K>(p);                                                                                  \
+  }                                                                                                             \
+  extern "C" __global__ void __launch_bounds__(256) rmsnorm_dx_w##W##_k##K(RmsNormBwdParams p) {                \
+    rmsnorm_dx_rows<W, K>(p);                                                                                   \
+  }
+RMSNORM_ROWS(1, 1)
+RMSNORM_ROWS(1, 2)
+RMSNORM_ROWS(1, 4)
+RMSNORM_ROWS(1, 8)
+RMSNORM_ROWS(8, 2)
+RMSNORM_ROWS(8, 4)
+
+// dy · (x · rstd) of one row for the 8 columns j0 … j0+7 (colsum.cuh).
+struct DwRows {
+  struct Raw {
+    uint4 g, x;
+    float rstd;
+  };
+  const bf16 *dy, *x;
+  const float* rstd;
+  uint32_t dim, j0;
+  bool vec;
+  __device__ Raw load(uint32_t r) const {
+    const size_t base = (size_t)r * dim;
+    return Raw{load_row8(dy + base, j0, dim, vec), load_row8(x + base, j0, dim, vec), rstd[r]};
+  }
+  __device__ void add(const Raw& v, float c[8]) const {
+    float g[8], a[8];
+    unpack8(v.g, g);
+    unpack8(v.x, a);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) c[e] += g[e] * (a[e] * v.rstd);
+  }
+};
+
+__device__ __forceinline__ DwRows dw_rows(const RmsNormBwdParams& p, uint32_t j0) {
+  return DwRows{ptr<const bf16>(p.dy), ptr<const bf16>(p.x), ptr<const float>(p.rstd), p.dim, j0,
+                p.dim % 8 == 0 && ((p.dy | p.x) & 15u) == 0};
+}
+
+// dw = bf16(dw + Σ_r dy·x·rstd) in the ENGINE_COLSUM order, block x owning
+// columns 8x … 8x+7. gridDim.y = 1: the block walks every span and writes
+// dw. gridDim.y > 1: block (x, s) writes span s's sums to dw_partial[s]
+// (rows of dim), and rmsnorm_dw_spans adds them into dw in span order (the
+// same bits).
+extern "C" __global__ void __launch_bounds__(ENGINE_COLSUM_CHUNKS) rmsnorm_dw_colsum(RmsNormBwdParams p) {
+  __shared__ float sh[COLSUM_SMEM];
+  const uint32_t j0 = blockIdx.x * 8;
+  if (j0 >= p.dim) return;  // the whole block leaves together
+  const uint32_t t = threadIdx.x;
+  const DwRows src = dw_rows(p, j0);
+  const bool mine = t < 8 && j0 + t < p.dim;
+  if (gridDim.y > 1) {
+    const float sum = colsum_span(src, p.rows, blockIdx.y, sh);
+    if (mine) ptr<float>(p.dw_partial)[(size_t)blockIdx.y * p.dim + j0 + t] = sum;
+    return;
+  }
+  bf16* dw = ptr<bf16>(p.dw);
+  float acc = mine ? to_f(dw[j0 + t]) : 0.0f;
+  const uint32_t span = ENGINE_COLSUM_CHUNK * ENGINE_COLSUM_CHUNKS;
+  const uint32_t spans = p.rows / span + (p.rows % span != 0);
+  for (uint32_t s = 0; s < spans; ++s) {
+    const float sum = colsum_span(src, p.rows, s, sh);
+    if (t < 8) acc += sum;
+  }
+  if (mine) dw[j0 + t] = to_bf(acc);
+}
+
+// dw[i] = bf16(dw[i] + span 0 + span 1 + …) from dw_partial, in order.
+extern "C" __global__ void rmsnorm_dw_spans(RmsNormBwdParams p) {
+  const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.dim) return;
+  const uint32_t span = ENGINE_COLSUM_CHUNK * ENGINE_COLSUM_CHUNKS;
+  const uint32_t spans = p.rows / span + (p.rows % span != 0);
+  bf16* dw = ptr<bf16>(p.dw);
+  float acc = to_f(dw[i]);
+  for (uint32_t s = 0; s < spans; ++s) acc += ptr<const float>(p.dw_partial)[(size_t)s * p.dim + i];
+  dw[i] = to_bf(acc);
 }

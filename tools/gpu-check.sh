@@ -394,6 +394,8 @@ run() {
   ((train)) || min_train=0 min_train_torch=0
   LD_LIBRARY_PATH="$(lib_dirs | awk '!seen[$0]++' | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export LD_LIBRARY_PATH
+  # The test binary was built elsewhere: point it at this tree's fixtures.
+  export ENGINE_FIXTURES="${ENGINE_FIXTURES:-$ROOT/tests/fixtures}"
   card="$(timeout 15 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || true)"
   cuda_ver="$(timeout 15 nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' | head -1 || true)"
   local t rc t0

@@ -35,8 +35,10 @@ typedef struct EmbeddingBwdParams {
  *   plan[0 .. tokens)                          order: token indices stably sorted by id
  *   plan[tokens .. tokens+segments+1)          starts: segment s is order[starts[s] .. starts[s+1])
  *   plan[tokens+segments+1 .. tokens+2·segments+1)  seg_ids: the id of segment s
- * Block (s, y) handles segment s, columns y·blockDim + threadIdx. An index
- * out of range (a bad plan) is skipped and sets *error. */
+ * Block (s, y) handles segment s, columns y·blockDim + threadIdx.
+ * An index out of range (a bad plan) is skipped and sets *error.
+ * embedding_fwd8 is the gather with one thread per 8 columns of a row
+ * (embedding_fwd, one thread per element, is the simple version). */
 typedef struct EmbeddingBwdSortedParams {
   dptr dout;
   dptr plan;

@@ -23,8 +23,21 @@ typedef struct CopyRowsParams {
   uint32_t dst_count;
 } CopyRowsParams;
 
-/* db[j] += Σ_r dy[r, j], the sum in fp32 starting from db[j] and adding rows
- * in order (one thread per column: deterministic, the CPU's order).
+/* The fixed order of the column sums of bias_grad and of RMSNorm's weight
+ * gradient (kernels/colsum.cuh), for column j of rows [0, rows):
+ *   chunk k = rows [CHUNK·k, CHUNK·k + CHUNK), added in row order to 0 (fp32);
+ *   run q of span s = chunks CHUNKS·s + RUN·q … + RUN − 1, added in order to 0;
+ *   span s = its CHUNKS/RUN runs added in order to 0;
+ *   result = init + span 0 + span 1 + … in order (init: db[j], or dw[j]).
+ * Fixed by these constants alone: the same bits on every GPU and every run. */
+#define ENGINE_COLSUM_CHUNK 16
+#define ENGINE_COLSUM_CHUNKS 256
+#define ENGINE_COLSUM_RUN 32
+
+/* bias_grad: db[j] = bf16(db[j] + Σ_r dy[r, j]), the sum in fp32 in the
+ * ENGINE_COLSUM order; one block of 256 threads per 8 columns walks every span.
+ * bias_grad_reference: the same with one thread per column adding the rows
+ * in order from db[j] (the CPU's order; for tests).
  * dy: bf16 [rows, cols]; db: bf16 [cols]. */
 typedef struct BiasGradParams {
   dptr dy;

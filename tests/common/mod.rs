@@ -9,8 +9,13 @@ use std::path::PathBuf;
 
 pub const FAMILIES: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
+/// `tests/fixtures`, or `ENGINE_FIXTURES` where set (a test binary carried
+/// to another machine, as the GPU check does, finds them there).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    match std::env::var_os("ENGINE_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
 }
 
 /// A reference file (`<name>.ref.safetensors`) read whole into memory.

@@ -37,6 +37,14 @@ fn check(g: &Gpu, vocab: usize, dim: usize, tokens: usize, hot: usize) {
     let mut od = g.stream.alloc_zeros::<Bf16>(tokens * dim).unwrap();
     g.embedding_fwd(&td, &idsd, dim, &mut od, &mut err).unwrap();
     assert_eq!(down(g, &od), out, "embedding_fwd {vocab}×{dim}, {tokens} tokens");
+    let mut o2 = g.stream.alloc_zeros::<Bf16>(tokens * dim).unwrap();
+    g.embedding_fwd_reference(&td, &idsd, dim, &mut o2, &mut err).unwrap();
+    assert_eq!(down(g, &o2), out, "embedding_fwd_reference {vocab}×{dim}");
+    // Into a view at an odd offset (scalar copies in the fast kernel).
+    let mut o3 = g.stream.alloc_zeros::<Bf16>(tokens * dim + 1).unwrap();
+    g.embedding_fwd(&td, &idsd, dim, &mut o3.slice_mut(1..tokens * dim + 1), &mut err).unwrap();
+    let got = down(g, &o3);
+    assert_eq!((got[0], &got[1..]), (0.0, &out[..]), "embedding_fwd into a view at offset 1");
 
     let mut plan = g.stream.alloc_zeros::<u32>(Gpu::embedding_bwd_plan_len(tokens)).unwrap();
     let mut sorted = up(g, &dtable0);
@@ -56,6 +64,21 @@ fn check(g: &Gpu, vocab: usize, dim: usize, tokens: usize, hot: usize) {
     assert_eq!(got_ref, want, "embedding_bwd_reference = bf16(CPU f32 sums)");
     assert_eq!(got_sorted, want, "embedding_bwd (sorted) = bf16(CPU f32 sums)");
     assert_eq!(down(g, &again), got_sorted, "two runs of embedding_bwd differ");
+    // dout and dtable in views at odd offsets (scalar loads, the same sums).
+    let mut dtv = up(g, &[vec![0.5], dtable0.clone()].concat());
+    let ddv = up(g, &[vec![0.25], dout.clone()].concat());
+    g.embedding_bwd(
+        &ddv.slice(1..tokens * dim + 1),
+        &ids,
+        dim,
+        &mut dtv.slice_mut(1..vocab * dim + 1),
+        &mut plan,
+        &mut err,
+    )
+    .unwrap();
+    g.embedding_check(&mut err).unwrap();
+    let got_view = down(g, &dtv);
+    assert_eq!((got_view[0], &got_view[1..]), (0.5, &want[..]), "embedding_bwd on views at offset 1");
 }
 
 #[test]

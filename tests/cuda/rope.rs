@@ -53,6 +53,41 @@ fn rope_matches_the_cpu() {
     }
 }
 
+/// The fast kernel against the simple one, and on a view at an odd element
+/// offset (scalar accesses in the fast kernel).
+#[test]
+fn rope_fast_matches_the_reference_and_views() {
+    let Some(g) = gpu("rope_fast_matches_the_reference_and_views") else { return };
+    let pos = positions();
+    let tokens = pos.len();
+    let posd = g.stream.clone_htod(&pos).unwrap();
+    let mut bad = g.stream.alloc_zeros::<u32>(1).unwrap();
+    for (heads, head_dim) in SHAPES {
+        let (cos, sin) = tables(MAX_POS, head_dim);
+        let (cd, sd) = (g.stream.clone_htod(&cos).unwrap(), g.stream.clone_htod(&sin).unwrap());
+        let n = tokens * heads * head_dim;
+        let x = random_bf16(n + 1, 3 + head_dim as u64);
+        for inverse in [false, true] {
+            let mut fast = up(&g, &x[1..]);
+            g.rope(&mut fast, &posd, heads, head_dim, &cd, &sd, inverse, &mut bad).unwrap();
+            let mut reference = up(&g, &x[1..]);
+            g.rope_reference(&mut reference, &posd, heads, head_dim, &cd, &sd, inverse, &mut bad).unwrap();
+            let (f, r) = (down(&g, &fast), down(&g, &reference));
+            assert!(rel_err(&f, &r) < BF16_TOL, "rope fast vs reference {heads}×{head_dim}");
+            let mut want = x[1..].to_vec();
+            rope(&mut want, &pos, heads, head_dim, &cos, &sin, inverse);
+            let mut xd = up(&g, &x);
+            g.rope(&mut xd.slice_mut(1..n + 1), &posd, heads, head_dim, &cd, &sd, inverse, &mut bad).unwrap();
+            let got = down(&g, &xd);
+            assert_eq!(got[0], x[0], "the element before the view is untouched");
+            let e = rel_err(&got[1..], &want);
+            println!("rope {tokens}×{heads}×{head_dim} inverse={inverse} at offset 1: {e:.2e}");
+            assert!(e < BF16_TOL, "rope at offset 1 {heads}×{head_dim}: {e:.2e}");
+        }
+        assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
+    }
+}
+
 #[test]
 fn rope_inverse_undoes_the_forward() {
     let Some(g) = gpu("rope_inverse_undoes_the_forward") else { return };

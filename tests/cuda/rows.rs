@@ -4,6 +4,36 @@
 use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
 use engine::backend::cpu::elementwise::copy_rows;
 use engine::backend::cpu::reduce::add_column_sums;
+use engine::backend::cuda::params::{ENGINE_COLSUM_CHUNK, ENGINE_COLSUM_CHUNKS, ENGINE_COLSUM_RUN};
+use engine::backend::cuda::Bf16;
+
+/// `db[j] += Σ_r dy[r, j]` in the ENGINE_COLSUM order (kernels/include/rows.h),
+/// in f32 on the host: what bias_grad must give bit for bit.
+fn colsum_order(dy: &[f32], db: &mut [f32]) {
+    let cols = db.len();
+    let rows = dy.len() / cols;
+    let (chunk, chunks, run) =
+        (ENGINE_COLSUM_CHUNK as usize, ENGINE_COLSUM_CHUNKS as usize, ENGINE_COLSUM_RUN as usize);
+    let span = chunk * chunks;
+    for (j, acc) in db.iter_mut().enumerate() {
+        for s in 0..rows.div_ceil(span) {
+            let mut total = 0.0f32;
+            for q in 0..chunks / run {
+                let mut r = 0.0f32;
+                for i in 0..run {
+                    let k = s * chunks + q * run + i;
+                    let mut c = 0.0f32;
+                    for row in (k * chunk).min(rows)..(k * chunk + chunk).min(rows) {
+                        c += dy[row * cols + j];
+                    }
+                    r += c;
+                }
+                total += r;
+            }
+            *acc += total;
+        }
+    }
+}
 
 #[test]
 fn copy_rows_moves_the_bits_the_cpu_moves() {
@@ -11,7 +41,7 @@ fn copy_rows_moves_the_bits_the_cpu_moves() {
     // 37 source rows into a 50-row buffer (a KV cache of 2 slots × 25), in a
     // scattered order, with repeated sources and repeated destinations (the
     // last copy into a row wins).
-    for width in [1usize, 5 * 64, 200 + 3, 3 * 96] {
+    for width in [1usize, 5 * 64, 200 + 3, 3 * 96, 128] {
         let (src_n, dst_n) = (37usize, 50usize);
         let src = random_bf16(src_n * width, 1);
         let dst0 = random_bf16(dst_n * width, 2);
@@ -46,6 +76,39 @@ fn copy_rows_moves_the_bits_the_cpu_moves() {
         assert_eq!(g.stream.clone_dtoh(&d32).unwrap(), want32, "copy_rows_f32 width {width}");
         assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
     }
+}
+
+/// Buffers in views at element offsets: the same phase mod 16 bytes (a
+/// scalar head, then 16-byte vectors) and different phases (all scalar).
+#[test]
+fn copy_rows_on_views_at_offsets() {
+    let Some(g) = gpu("copy_rows_on_views_at_offsets") else { return };
+    let (width, src_n, dst_n) = (128usize, 9usize, 12usize);
+    let src_rows: Vec<u32> = vec![0, 8, 3, 3, 5];
+    let dst_rows: Vec<u32> = vec![11, 0, 4, 7, 4];
+    let (srd, drd) = (g.stream.clone_htod(&src_rows).unwrap(), g.stream.clone_htod(&dst_rows).unwrap());
+    let mut bad = g.stream.alloc_zeros::<u32>(1).unwrap();
+    for (os, od) in [(1usize, 1usize), (8, 0), (1, 0), (0, 3)] {
+        let src = random_bf16(src_n * width + os, 5);
+        let dst0 = random_bf16(dst_n * width + od, 6);
+        let mut want = dst0[od..].to_vec();
+        copy_rows(&src[os..], &mut want, width, &src_rows, &dst_rows);
+        let sd = up(&g, &src);
+        let mut dd = up(&g, &dst0);
+        g.copy_rows(
+            &sd.slice(os..os + src_n * width),
+            &mut dd.slice_mut(od..od + dst_n * width),
+            width,
+            &srd,
+            &drd,
+            &mut bad,
+        )
+        .unwrap();
+        let got = down(&g, &dd);
+        assert_eq!(got[..od], dst0[..od], "nothing before the view");
+        assert_eq!(got[od..], want[..], "copy_rows at offsets {os}, {od}");
+    }
+    assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
 }
 
 #[test]
@@ -91,25 +154,45 @@ fn copy_rows_rejects_bad_shapes() {
 #[test]
 fn bias_grad_matches_the_cpu() {
     let Some(g) = gpu("bias_grad_matches_the_cpu") else { return };
-    for (rows, cols) in [(37usize, 200 + 3), (1, 96), (1000 + 7, 3 * 128 + 2 * 64), (4096 + 5, 37)] {
-        let dy = random_bf16(rows * cols, 1);
-        let db0 = random_bf16(cols, 2);
-        let mut want = db0.clone();
-        add_column_sums(&dy, &mut want);
+    // Whole 16-byte rows (cols % 8 = 0) and not; one span of rows and
+    // several (4096 rows a span); a view at an odd offset (scalar loads).
+    for (rows, cols, off) in [
+        (37usize, 200 + 3, 0usize),
+        (1, 96, 0),
+        (1000 + 7, 3 * 128 + 2 * 64, 0),
+        (4096 + 5, 37, 0),
+        (2 * 4096 + 17, 16, 0),
+        (300, 896, 1),
+        (4096 + 9, 128, 3),
+    ] {
+        let dy = random_bf16(rows * cols + off, 1);
+        let db0 = random_bf16(cols + off, 2);
+        let (dyh, dbh) = (&dy[off..], &db0[off..]);
+        let mut want = dbh.to_vec();
+        add_column_sums(dyh, &mut want);
+        let mut ordered = dbh.to_vec();
+        colsum_order(dyh, &mut ordered);
+        let bf = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| Bf16::from_f32(x).to_f32()).collect() };
         let dyd = up(&g, &dy);
+        let dyv = dyd.slice(off..off + rows * cols);
         let mut dbd = up(&g, &db0);
-        g.bias_grad(&dyd, &mut dbd).unwrap();
+        g.bias_grad(&dyv, &mut dbd.slice_mut(off..off + cols)).unwrap();
         let got = down(&g, &dbd);
+        assert_eq!(got[..off], db0[..off], "bias_grad: nothing before the view");
+        let got = got[off..].to_vec();
         let e = rel_err(&got, &want);
-        println!("bias_grad {rows}×{cols}: {e:.2e}");
+        println!("bias_grad {rows}×{cols} at {off}: {e:.2e}");
         assert!(e < BF16_TOL, "bias_grad {rows}×{cols}: {e:.2e}");
-        // The same fp32 sum in the same order as the CPU's, rounded once.
-        let want_bf: Vec<f32> = want.iter().map(|&v| engine::backend::cuda::Bf16::from_f32(v).to_f32()).collect();
-        assert_eq!(got, want_bf, "bias_grad {rows}×{cols}: the CPU's order, rounded to bf16");
+        // The fixed-order sum, rounded once, bit for bit.
+        assert_eq!(got, bf(&ordered), "bias_grad {rows}×{cols}: the ENGINE_COLSUM order, rounded to bf16");
         // Determinism: again from the same start, the same bits.
         let mut dbd2 = up(&g, &db0);
-        g.bias_grad(&dyd, &mut dbd2).unwrap();
-        assert_eq!(down(&g, &dbd2), got);
+        g.bias_grad(&dyv, &mut dbd2.slice_mut(off..off + cols)).unwrap();
+        assert_eq!(down(&g, &dbd2)[off..], got[..]);
+        // The simple kernel: the CPU's order, rounded once.
+        let mut dbd3 = up(&g, &db0);
+        g.bias_grad_reference(&dyv, &mut dbd3.slice_mut(off..off + cols)).unwrap();
+        assert_eq!(down(&g, &dbd3)[off..], bf(&want)[..], "bias_grad_reference {rows}×{cols}: the CPU's order");
     }
 }
 

@@ -38,6 +38,33 @@ fn swiglu_matches_the_cpu() {
     }
 }
 
+/// Views at element offsets: all at the same offset mod 8 (scalar head,
+/// then 16-byte vectors) and at different ones (all scalar).
+#[test]
+fn swiglu_on_views_at_offsets() {
+    let Some(g) = gpu("swiglu_on_views_at_offsets") else { return };
+    let n = 4096 + 11;
+    for offs in [[1usize, 1, 1, 1, 1], [0, 1, 2, 3, 4], [3, 3, 3, 3, 0]] {
+        let [og, ou, od, oa, ob] = offs;
+        let (gt, u, dout) = (gates(n + og, 1), random_bf16(n + ou, 2), random_bf16(n + od, 3));
+        let mut out = vec![0.0; n];
+        swiglu_fwd(&gt[og..], &u[ou..], &mut out);
+        let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+        swiglu_bwd(&dout[od..], &gt[og..], &u[ou..], &mut dg, &mut du);
+        let (gd, ud, dd) = (up(&g, &gt), up(&g, &u), up(&g, &dout));
+        let (gv, uv, dv) = (gd.slice(og..og + n), ud.slice(ou..ou + n), dd.slice(od..od + n));
+        let mut o = g.stream.alloc_zeros(n + oa).unwrap();
+        g.swiglu_fwd(&gv, &uv, &mut o.slice_mut(oa..oa + n)).unwrap();
+        let (mut dgd, mut dud) = (g.stream.alloc_zeros(n + oa).unwrap(), g.stream.alloc_zeros(n + ob).unwrap());
+        g.swiglu_bwd(&dv, &gv, &uv, &mut dgd.slice_mut(oa..oa + n), &mut dud.slice_mut(ob..ob + n)).unwrap();
+        let (o1, dg1, du1) = (down(&g, &o), down(&g, &dgd), down(&g, &dud));
+        let (e_o, e_dg, e_du) = (rel_err(&o1[oa..], &out), rel_err(&dg1[oa..], &dg), rel_err(&du1[ob..], &du));
+        println!("swiglu {n} at {offs:?}: out {e_o:.2e} dg {e_dg:.2e} du {e_du:.2e}");
+        assert!(e_o < BF16_TOL && e_dg < BF16_TOL && e_du < BF16_TOL, "swiglu at {offs:?}");
+        assert!(o1[..oa].iter().chain(&dg1[..oa]).chain(&du1[..ob]).all(|&v| v == 0.0), "nothing before the views");
+    }
+}
+
 #[test]
 fn swiglu_extreme_gates_stay_finite() {
     let Some(g) = gpu("swiglu_extreme_gates_stay_finite") else { return };

@@ -1,7 +1,8 @@
 //! fp32 ↔ bf16 casts on the GPU (kernels/cast.cu).
 
+use super::elementwise::grid_8;
 use super::params::CastParams;
-use super::{check_len, grid_1d, Bf16, Gpu, Modules};
+use super::{check_len, Bf16, Gpu, Modules};
 use anyhow::{anyhow, Result};
 use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, PushKernelArg};
 
@@ -24,7 +25,7 @@ impl Gpu {
         let (d, _g2) = dst.device_ptr_mut(&self.stream);
         let p = CastParams { src: s, dst: d, n: src.len() as u32 };
         // SAFETY: both buffers hold n elements of the kernel's types.
-        unsafe { self.stream.launch_builder(&self.k.cast.cast_f32_bf16).arg(&p).launch(grid_1d(src.len())) }
+        unsafe { self.stream.launch_builder(&self.k.cast.cast_f32_bf16).arg(&p).launch(grid_8(src.len())) }
             .map_err(|e| anyhow!("cast_f32_bf16: {e}"))?;
         Ok(())
     }
@@ -36,7 +37,7 @@ impl Gpu {
         let (d, _g2) = dst.device_ptr_mut(&self.stream);
         let p = CastParams { src: s, dst: d, n: src.len() as u32 };
         // SAFETY: both buffers hold n elements of the kernel's types.
-        unsafe { self.stream.launch_builder(&self.k.cast.cast_bf16_f32).arg(&p).launch(grid_1d(src.len())) }
+        unsafe { self.stream.launch_builder(&self.k.cast.cast_bf16_f32).arg(&p).launch(grid_8(src.len())) }
             .map_err(|e| anyhow!("cast_bf16_f32: {e}"))?;
         Ok(())
     }

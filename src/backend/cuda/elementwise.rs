@@ -3,9 +3,9 @@
 //! gradient-clipping multiply), and `Σ x²` in f64 for the global norm.
 
 use super::params::{ElementwiseParams, SumSquaresParams, ENGINE_SUMSQ_CHUNK, ENGINE_SUMSQ_THREADS};
-use super::{check_len, grid_1d, grid_rows, Bf16, Gpu, Modules};
+use super::{check_len, grid_rows, Bf16, Gpu, Modules};
 use anyhow::{anyhow, bail, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 super::params::device_repr!(ElementwiseParams, SumSquaresParams);
 
@@ -29,6 +29,15 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
     })
 }
 
+/// Blocks of 256 threads for a grid-stride kernel that handles 8 elements
+/// per thread and step (kernels/vec.cuh `for_each_8`): one step per thread
+/// when the pointers allow 16-byte accesses. Any grid is correct (the loops
+/// stride over the whole range); this one only sets the speed.
+pub(super) fn grid_8(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(8 * 256).clamp(1, 1 << 20);
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// Elements per partial sum of [`Gpu::sum_squares`] (fixed, so the result
 /// does not depend on the GPU).
 const SUMSQ_CHUNK: usize = ENGINE_SUMSQ_CHUNK as usize;
@@ -43,8 +52,9 @@ impl Gpu {
     /// One launch of an elementwise kernel over `n` elements.
     fn elementwise(&self, f: &CudaFunction, name: &str, p: ElementwiseParams) -> Result<()> {
         // SAFETY: the callers checked that dst (and src where the kernel reads
-        // it) hold p.n elements; the kernel checks every index against p.n.
-        unsafe { self.stream.launch_builder(f).arg(&p).launch(grid_1d(p.n as usize)) }
+        // it) hold p.n elements; the kernel checks every index against p.n and
+        // uses 16-byte accesses only at 16-byte aligned addresses.
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(grid_8(p.n as usize)) }
             .map_err(|e| anyhow!("{name}: {e}"))?;
         Ok(())
     }

@@ -11,10 +11,11 @@ super::params::device_repr!(RopeParams);
 
 pub struct Fns {
     rope: CudaFunction,
+    rope8: CudaFunction,
 }
 
 pub(super) fn load(m: &Modules) -> Result<Fns> {
-    Ok(Fns { rope: m.get("rope", "rope")? })
+    Ok(Fns { rope: m.get("rope", "rope")?, rope8: m.get("rope", "rope8")? })
 }
 
 impl Gpu {
@@ -29,6 +30,39 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &self,
+        x: &mut impl DevicePtrMut<Bf16>,
+        pos: &impl DevicePtr<u32>,
+        heads: usize,
+        head_dim: usize,
+        cos: &impl DevicePtr<f32>,
+        sin: &impl DevicePtr<f32>,
+        inverse: bool,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        self.rope_with(true, x, pos, heads, head_dim, cos, sin, inverse, bad)
+    }
+
+    /// [`Gpu::rope`] by the simple kernel (one thread per rotated pair, scalar
+    /// accesses): the obviously correct version, for tests.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_reference(
+        &self,
+        x: &mut impl DevicePtrMut<Bf16>,
+        pos: &impl DevicePtr<u32>,
+        heads: usize,
+        head_dim: usize,
+        cos: &impl DevicePtr<f32>,
+        sin: &impl DevicePtr<f32>,
+        inverse: bool,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        self.rope_with(false, x, pos, heads, head_dim, cos, sin, inverse, bad)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rope_with(
+        &self,
+        fast: bool,
         x: &mut impl DevicePtrMut<Bf16>,
         pos: &impl DevicePtr<u32>,
         heads: usize,
@@ -68,13 +102,19 @@ impl Gpu {
             max_pos: max_pos as u32,
             inverse: inverse as u32,
         };
-        // One thread per rotated pair: tokens · heads · half ≤ 2^31 (x was checked to fit u32).
-        let cfg = grid_1d(tokens * heads * half);
+        // One thread per rotated pair (simple) or per 8 pairs of a head (fast):
+        // tokens · heads · half ≤ 2^31 (x was checked to fit u32).
+        let (f, cfg) = if fast {
+            (&self.k.rope.rope8, grid_1d(tokens * heads * half.div_ceil(8)))
+        } else {
+            (&self.k.rope.rope, grid_1d(tokens * heads * half))
+        };
         // SAFETY: x holds tokens × heads × head_dim, pos tokens, cos and sin
-        // max_pos × half, bad one element (all checked above); the kernel
-        // checks every position against max_pos before reading the tables.
-        unsafe { self.stream.launch_builder(&self.k.rope.rope).arg(&p).launch(cfg) }
-            .map_err(|e| anyhow!("rope: {e}"))?;
+        // max_pos × half, bad one element (all checked above); the kernels
+        // check every position against max_pos before reading the tables,
+        // and rope8 uses 16-byte accesses only when half % 8 = 0 and x, cos,
+        // sin are 16-byte aligned.
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map_err(|e| anyhow!("rope: {e}"))?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! Also the reading of the device-side index flag that `copy_rows` and
 //! `rope` set when an index is outside its buffer.
 
-use super::params::{BiasGradParams, CopyRowsParams, ROW_THREADS};
+use super::params::{BiasGradParams, CopyRowsParams, ENGINE_COLSUM_CHUNKS, ROW_THREADS};
 use super::{check_len, grid_1d, grid_rows, Bf16, Gpu, Modules};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
@@ -13,10 +13,15 @@ super::params::device_repr!(CopyRowsParams, BiasGradParams);
 pub struct Fns {
     copy_rows: CudaFunction,
     bias_grad: CudaFunction,
+    bias_grad_reference: CudaFunction,
 }
 
 pub(super) fn load(m: &Modules) -> Result<Fns> {
-    Ok(Fns { copy_rows: m.get("rows", "copy_rows")?, bias_grad: m.get("rows", "bias_grad")? })
+    Ok(Fns {
+        copy_rows: m.get("rows", "copy_rows")?,
+        bias_grad: m.get("rows", "bias_grad")?,
+        bias_grad_reference: m.get("rows", "bias_grad_reference")?,
+    })
 }
 
 impl Gpu {
@@ -114,9 +119,21 @@ impl Gpu {
     }
 
     /// Accumulates a bias gradient: `db[j] += Σ_rows dy[r, j]`, with
-    /// `dy [rows, db.len()]`. Deterministic: one thread per column adds the
-    /// rows in order, in fp32, starting from `db[j]` (the CPU's order).
+    /// `dy [rows, db.len()]`. Deterministic: the fp32 sum in the fixed
+    /// ENGINE_COLSUM order of kernels/include/rows.h (chunks of 16 rows, then
+    /// runs and spans of chunks, each in order), from `db[j]`, rounded once;
+    /// a block of 256 threads per 8 columns.
     pub fn bias_grad(&self, dy: &impl DevicePtr<Bf16>, db: &mut impl DevicePtrMut<Bf16>) -> Result<()> {
+        self.bias_grad_with(true, dy, db)
+    }
+
+    /// [`Gpu::bias_grad`] by the simple kernel: one thread per column adds
+    /// the rows in order from `db[j]` (the CPU's order, bit for bit). For tests.
+    pub fn bias_grad_reference(&self, dy: &impl DevicePtr<Bf16>, db: &mut impl DevicePtrMut<Bf16>) -> Result<()> {
+        self.bias_grad_with(false, dy, db)
+    }
+
+    fn bias_grad_with(&self, fast: bool, dy: &impl DevicePtr<Bf16>, db: &mut impl DevicePtrMut<Bf16>) -> Result<()> {
         let cols = db.len();
         if cols == 0 {
             bail!("bias_grad: db is empty");
@@ -129,9 +146,16 @@ impl Gpu {
         let (a, _g1) = dy.device_ptr(&self.stream);
         let (b, _g2) = db.device_ptr_mut(&self.stream);
         let p = BiasGradParams { dy: a, db: b, rows: rows as u32, cols: cols as u32 };
-        // SAFETY: dy holds rows × cols elements, db cols (checked above); one thread per column.
-        unsafe { self.stream.launch_builder(&self.k.rows.bias_grad).arg(&p).launch(grid_1d(cols)) }
-            .map_err(|e| anyhow!("bias_grad: {e}"))?;
+        let (f, cfg) = if fast {
+            // One block per 8 columns (cols ≤ u32::MAX, so the grid fits).
+            (&self.k.rows.bias_grad, grid_rows(cols.div_ceil(8), ENGINE_COLSUM_CHUNKS))
+        } else {
+            (&self.k.rows.bias_grad_reference, grid_1d(cols))
+        };
+        // SAFETY: dy holds rows × cols elements, db cols (checked above); the
+        // kernels check every column against cols and every row against rows,
+        // and use 16-byte loads only when dy and its rows are 16-byte aligned.
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map_err(|e| anyhow!("bias_grad: {e}"))?;
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! SwiGLU on the GPU (kernels/swiglu.cu): `silu(g) · u` and its backward.
 
+use super::elementwise::grid_8;
 use super::params::{SwiGluBwdParams, SwiGluFwdParams};
-use super::{check_len, grid_1d, Bf16, Gpu, Modules};
+use super::{check_len, Bf16, Gpu, Modules};
 use anyhow::{anyhow, Result};
 use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, PushKernelArg};
 
@@ -33,7 +34,7 @@ impl Gpu {
         let (op, _g3) = out.device_ptr_mut(&self.stream);
         let p = SwiGluFwdParams { g: gp, u: up, out: op, n: n as u32 };
         // SAFETY: g, u and out hold n elements each (checked above).
-        unsafe { self.stream.launch_builder(&self.k.swiglu.fwd).arg(&p).launch(grid_1d(n)) }
+        unsafe { self.stream.launch_builder(&self.k.swiglu.fwd).arg(&p).launch(grid_8(n)) }
             .map_err(|e| anyhow!("swiglu_fwd: {e}"))?;
         Ok(())
     }
@@ -59,7 +60,7 @@ impl Gpu {
         let (e, _g5) = du.device_ptr_mut(&self.stream);
         let p = SwiGluBwdParams { dout: a, g: b, u: c, dg: d, du: e, n: n as u32 };
         // SAFETY: the five buffers hold n elements each (checked above).
-        unsafe { self.stream.launch_builder(&self.k.swiglu.bwd).arg(&p).launch(grid_1d(n)) }
+        unsafe { self.stream.launch_builder(&self.k.swiglu.bwd).arg(&p).launch(grid_8(n)) }
             .map_err(|e| anyhow!("swiglu_bwd: {e}"))?;
         Ok(())
     }
