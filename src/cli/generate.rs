@@ -7,8 +7,9 @@
 //! `logprobs`, `text`, `finish_reason`.
 
 use super::score::shortest;
-use super::{cpu_only, Device};
+use super::{pick_backend, Device, Picked};
 use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::data::chat::{ChatTemplate, Message};
 use crate::data::jsonl::{read_objects, token_ids, LazyTokenizer, Line};
 use crate::data::tokenizer::eos_ids;
@@ -116,9 +117,15 @@ pub struct Generation {
 /// Loads the model and generates for the prompt lines (shared by
 /// `generate` and `eval`).
 pub fn run_generation(model_dir: &Path, lines: &[Line], s: &SamplingArgs) -> Result<Generation> {
-    cpu_only(s.device, "generate")?;
-    let be = Cpu;
-    let (model, _) = Model::load(&be, model_dir)?;
+    match pick_backend(s.device)? {
+        Picked::Cpu => generate_on(&Cpu, model_dir, lines, s),
+        #[cfg(feature = "cuda")]
+        Picked::Cuda(be) => generate_on(&*be, model_dir, lines, s),
+    }
+}
+
+fn generate_on<B: Backend>(be: &B, model_dir: &Path, lines: &[Line], s: &SamplingArgs) -> Result<Generation> {
+    let (model, _) = Model::load(be, model_dir)?;
     let chat = if s.chat { Some(ChatTemplate::load(model_dir)?) } else { None };
     let mut tok = LazyTokenizer::new(model_dir);
     let vocab = model.cfg.vocab_size;
@@ -137,7 +144,7 @@ pub fn run_generation(model_dir: &Path, lines: &[Line], s: &SamplingArgs) -> Res
         ..Default::default()
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-    let mut generator = Generator::new(&be, &model, cfg, longest)?;
+    let mut generator = Generator::new(be, &model, cfg, longest)?;
     // Stop strings and the output text need the tokenizer.
     let tokenizer = TextDecoder::load(model_dir, !s.stop.is_empty())?;
     let total = (prompts.len() * s.n * s.max_new_tokens) as u64;

@@ -181,3 +181,45 @@ fn scoring_on_the_gpu_matches_the_reference() {
         assert!(e <= OUTER, "{name}: score logprobs rel {e:.2e}");
     }
 }
+
+/// Greedy decoding on the GPU (prefill, KV cache, decode attention) against
+/// transformers' float64 greedy tokens (tests/fixtures/rollout/greedy.json).
+/// bf16 logits carry errors of order 1e-2, so the comparison stops, without
+/// blame, at the first step whose reference top-2 logit gap is under 0.1
+/// (the CPU test uses 1e-3); log-probabilities within 0.1.
+#[test]
+fn greedy_generation_on_the_gpu_follows_transformers() {
+    use engine::rollout::{GenerateConfig, Generator, SamplingParams};
+    let Some(be) = cuda("greedy_generation_on_the_gpu_follows_transformers") else { return };
+    let text = std::fs::read_to_string(fixtures().join("rollout/greedy.json")).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let (mut compared, mut failed) = (0, Vec::new());
+    for c in &cases {
+        let name = c["model"].as_str().unwrap();
+        let (model, _) = Model::load(&be, &fixtures().join(name)).unwrap();
+        let prompt = ids(&c["prompt"]);
+        let want = ids(&c["tokens_f64"]);
+        let gaps: Vec<f64> = c["gap"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let ref_lp: Vec<f64> = c["logprob"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let cfg = GenerateConfig {
+            max_new_tokens: 64,
+            sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+            ..Default::default()
+        };
+        let mut g = Generator::new(&be, &model, cfg, prompt.len()).unwrap();
+        let got = &g.generate(std::slice::from_ref(&prompt), None, |_| {}).unwrap()[0];
+        let stop = gaps.iter().position(|&g| g < 0.1).unwrap_or(64).min(got.tokens.len());
+        let lp_err = max_abs(&to_f64(&got.logprobs[..stop]), &ref_lp[..stop]);
+        println!("{name} prompt of {}: {stop} tokens compared, log-prob max-abs {lp_err:.2e}", prompt.len());
+        if got.tokens[..stop] != want[..stop] || lp_err > 0.1 {
+            failed.push(format!("{name} prompt {prompt:?}: tokens or log-probs differ within {stop} steps"));
+        }
+        compared += stop;
+    }
+    println!("greedy on the GPU: {compared} tokens compared over {} prompts", cases.len());
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(compared >= 100, "too few tokens compared ({compared})");
+}
