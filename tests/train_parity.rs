@@ -240,7 +240,7 @@ fn dpo_step(model: &Model<Cpu>, mbs: &[MicroBatch], reference: &[Vec<f32>], cfg:
     let mut loss = 0.0;
     for (mb, ref_logp) in mbs.iter().zip(reference) {
         let mut acts = Activations::new(&be, &model.cfg, mb.batch.len(), 5, true);
-        let logp = token_logps(model, &mut acts, mb, 1.0, false).unwrap().0;
+        let logp = token_logps(&Cpu, model, &mut acts, mb, 1.0, false).unwrap().0;
         let mask: Vec<bool> = mb.targets.iter().map(|&t| t != IGNORE).collect();
         let (l, coefs, _) = dpo_loss(cfg, &logp, ref_logp, &mask, &mb.batch.cu_seqlens, pairs);
         loss += l;
@@ -275,7 +275,7 @@ fn dpo_step_matches_pytorch() {
         .iter()
         .map(|mb| {
             let mut acts = Activations::new(&Cpu, &model.cfg, mb.batch.len(), 5, true);
-            token_logps(&model, &mut acts, mb, 1.0, false).unwrap().0
+            token_logps(&Cpu, &model, &mut acts, mb, 1.0, false).unwrap().0
         })
         .collect();
     // Its summed response log-probs against PyTorch's (a forward check).

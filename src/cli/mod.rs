@@ -79,7 +79,7 @@ pub fn cpu_only(d: Device, command: &str) -> anyhow::Result<()> {
         Device::Cpu | Device::Auto => Ok(()),
         Device::Cuda if cfg!(feature = "cuda") => anyhow::bail!(
             "--device cuda: `engine {command}` runs on the CPU backend only so far (`engine score`, \
-             `generate` and `eval` run on the GPU); use --device cpu"
+             `generate`, `eval` and `train sft` run on the GPU); use --device cpu"
         ),
         Device::Cuda => anyhow::bail!("--device cuda: this binary was built without the `cuda` feature"),
     }

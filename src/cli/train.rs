@@ -2,7 +2,7 @@
 //! Trainers: `sft`, `distill`, `dpo`, `grpo`, `rft`. `engine train` alone
 //! runs the built-in demo (`engine train demo --set key=value` tunes it).
 
-use super::{cpu_only, Device};
+use super::{cpu_only, pick_backend, Device, Picked};
 use crate::train::config::{template, Config};
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -58,8 +58,20 @@ pub enum Trainer {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    cpu_only(a.device, "train")?;
-    let dir = match a.trainer.unwrap_or(Trainer::Demo(DemoArgs { set: vec![] })) {
+    let trainer = a.trainer.unwrap_or(Trainer::Demo(DemoArgs { set: vec![] }));
+    // SFT runs on either backend; the other trainers on the CPU so far.
+    let name = match &trainer {
+        Trainer::Sft(_) => None,
+        Trainer::Dpo(_) => Some("train dpo"),
+        Trainer::Grpo(_) => Some("train grpo"),
+        Trainer::Distill(_) => Some("train distill"),
+        Trainer::Rft(_) => Some("train rft"),
+        Trainer::Demo(_) => Some("train demo"),
+    };
+    if let Some(name) = name {
+        cpu_only(a.device, name)?;
+    }
+    let dir = match trainer {
         Trainer::Demo(d) => {
             let cfg = Config::load(None, &d.set, &crate::train::demo::config_keys())?;
             let summary = crate::train::demo::run(&cfg)?;
@@ -72,7 +84,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 return Ok(());
             }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::sft::config_keys())?;
-            crate::train::sft::run(&cfg, r.resume.as_deref())?
+            match pick_backend(a.device)? {
+                Picked::Cpu => crate::train::sft::run(&crate::backend::cpu::Cpu, &cfg, r.resume.as_deref())?,
+                #[cfg(feature = "cuda")]
+                Picked::Cuda(be) => crate::train::sft::run(&*be, &cfg, r.resume.as_deref())?,
+            }
         }
         Trainer::Dpo(r) => {
             if r.print_config {

@@ -5,7 +5,7 @@
 //! written under a temporary name and renamed, so a crash never leaves a
 //! half-written checkpoint; `keep_last` prunes the oldest.
 
-use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Span};
 use crate::model::checkpoint::{save, write_atomic, SaveDtype};
 use crate::model::Model;
 use crate::optim::AdamW;
@@ -21,24 +21,46 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// The weights as the optimizer holds them, on the host: the fp32 master
+/// weights where the backend keeps them (CUDA), else the parameters.
+pub fn host_params<B: Backend>(be: &B, model: &Model<B>, opt: &AdamW<B>) -> Vec<f32> {
+    let all = Span::new(0, model.layout.total);
+    be.read(B::view(opt.master.as_ref().unwrap_or(&model.params), all))
+}
+
+/// Sets the weights from the host: the parameters, and the master weights
+/// where the optimizer keeps them.
+pub fn set_params<B: Backend>(be: &B, model: &mut Model<B>, opt: &mut AdamW<B>, host: &[f32]) {
+    let all = Span::new(0, model.layout.total);
+    be.write(host, B::view_mut(&mut model.params, all));
+    if let Some(m) = opt.master.as_mut() {
+        be.write(host, B::view_mut(m, all));
+    }
+}
+
 /// The files of a checkpoint, written into `tmp`.
-fn write_checkpoint_files(
+#[allow(clippy::too_many_arguments)]
+fn write_checkpoint_files<B: Backend>(
+    be: &B,
     tmp: &Path,
     model_src: &Path,
-    model: &Model<Cpu>,
-    opt: &AdamW<Cpu>,
+    model: &Model<B>,
+    opt: &AdamW<B>,
     state: &serde_json::Value,
     step: u64,
     dtype: SaveDtype,
 ) -> Result<()> {
-    save(tmp, model_src, &model.layout, &model.params, dtype, 4 << 30)?;
+    let all = Span::new(0, model.layout.total);
+    let params = host_params(be, model, opt);
+    let (m, v) = (be.read(B::view(&opt.m, all)), be.read(B::view(&opt.v, all)));
+    save(tmp, model_src, &model.layout, &params, dtype, 4 << 30)?;
     // Parameters and moments under the parameters' names.
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for e in &model.layout.entries {
         let s = e.span.off..e.span.end();
-        tensors.push((format!("param.{}", e.name), e.shape.clone(), f32_bytes(&model.params[s.clone()])));
-        tensors.push((format!("m.{}", e.name), e.shape.clone(), f32_bytes(&opt.m[s.clone()])));
-        tensors.push((format!("v.{}", e.name), e.shape.clone(), f32_bytes(&opt.v[s])));
+        tensors.push((format!("param.{}", e.name), e.shape.clone(), f32_bytes(&params[s.clone()])));
+        tensors.push((format!("m.{}", e.name), e.shape.clone(), f32_bytes(&m[s.clone()])));
+        tensors.push((format!("v.{}", e.name), e.shape.clone(), f32_bytes(&v[s])));
     }
     let views = tensors
         .iter()
@@ -54,11 +76,12 @@ fn write_checkpoint_files(
 
 /// Saves `checkpoint-{step}` in `run_dir`; returns its path.
 #[allow(clippy::too_many_arguments)]
-pub fn save_checkpoint(
+pub fn save_checkpoint<B: Backend>(
+    be: &B,
     run_dir: &Path,
     model_src: &Path,
-    model: &Model<Cpu>,
-    opt: &AdamW<Cpu>,
+    model: &Model<B>,
+    opt: &AdamW<B>,
     state: &serde_json::Value,
     step: u64,
     dtype: SaveDtype,
@@ -71,7 +94,7 @@ pub fn save_checkpoint(
         std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot remove", tmp.display()))?;
     }
     // On failure (a full disk, say) the partial folder goes; nothing else was touched.
-    if let Err(e) = write_checkpoint_files(&tmp, model_src, model, opt, state, step, dtype) {
+    if let Err(e) = write_checkpoint_files(be, &tmp, model_src, model, opt, state, step, dtype) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -111,17 +134,22 @@ fn prune(run_dir: &Path, keep_last: usize) -> Result<()> {
 
 /// Restores parameters, moments and the trainer state from a checkpoint
 /// into `model` and `opt` (which must have the checkpoint's layout).
-pub fn load_checkpoint(dir: &Path, model: &mut Model<Cpu>, opt: &mut AdamW<Cpu>) -> Result<serde_json::Value> {
+pub fn load_checkpoint<B: Backend>(
+    be: &B,
+    dir: &Path,
+    model: &mut Model<B>,
+    opt: &mut AdamW<B>,
+) -> Result<serde_json::Value> {
     let path = dir.join(OPTIMIZER_FILE);
     let bytes = std::fs::read(&path)
         .with_context(|| format!("{}: cannot read (is this a checkpoint folder?)", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    let total = model.layout.total;
+    let (mut p, mut m, mut v) = (vec![0f32; total], vec![0f32; total], vec![0f32; total]);
     for e in &model.layout.entries {
         let s = e.span.off..e.span.end();
-        for (prefix, dst) in
-            [("param", &mut model.params[s.clone()]), ("m", &mut opt.m[s.clone()]), ("v", &mut opt.v[s.clone()])]
-        {
+        for (prefix, dst) in [("param", &mut p[s.clone()]), ("m", &mut m[s.clone()]), ("v", &mut v[s.clone()])] {
             let name = format!("{prefix}.{}", e.name);
             let t = st.tensor(&name).map_err(|_| anyhow!("{}: tensor `{name}` is missing", path.display()))?;
             if t.dtype() != Dtype::F32 || t.shape() != e.shape.as_slice() {
@@ -132,6 +160,16 @@ pub fn load_checkpoint(dir: &Path, model: &mut Model<Cpu>, opt: &mut AdamW<Cpu>)
             }
         }
     }
+    let all = Span::new(0, total);
+    be.write(&p, B::view_mut(&mut model.params, all));
+    if be.keeps_master() {
+        // The exact fp32 weights, not the rounded parameters.
+        let mut master = be.alloc_f32(total);
+        be.write(&p, B::view_mut(&mut master, all));
+        opt.master = Some(master);
+    }
+    be.write(&m, B::view_mut(&mut opt.m, all));
+    be.write(&v, B::view_mut(&mut opt.v, all));
     let spath = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&spath).with_context(|| format!("{}: cannot read", spath.display()))?;
     let state: serde_json::Value =

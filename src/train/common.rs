@@ -3,12 +3,12 @@
 //! checkpoints and resume. A trainer builds its examples and its plan of
 //! steps, then calls [`Loop::update`] and [`Loop::end_step`] once per step.
 
-use super::checkpoint::{load_checkpoint, save_checkpoint};
+use super::checkpoint::{host_params, load_checkpoint, save_checkpoint, set_params};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{MicroBatch, Overlong};
 use super::eval::{evaluate, EvalResult, EvalSpec, Problem};
 use super::plot::{Chart, Series};
-use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Span};
 use crate::data::chat::ChatTemplate;
 use crate::data::chat::Message;
 use crate::data::jsonl::{read_objects, Line};
@@ -137,8 +137,8 @@ pub fn positive(c: &Config, key: &str) -> Result<usize> {
 }
 
 /// The model, tokenizer, template and data lines of a run.
-pub struct Setup {
-    pub model: Model<Cpu>,
+pub struct Setup<B: Backend> {
+    pub model: Model<B>,
     pub model_dir: PathBuf,
     pub tok: Tokenizer,
     pub chat: Option<ChatTemplate>,
@@ -147,11 +147,13 @@ pub struct Setup {
     pub overlong: Overlong,
 }
 
-impl Setup {
-    pub fn load(cfg: &Config) -> Result<Self> {
+impl<B: Backend> Setup<B> {
+    pub fn load(be: &B, cfg: &Config) -> Result<Self> {
         let model_dir = PathBuf::from(cfg.str("model"));
-        check_memory(&model_dir, positive(cfg, "micro_batch_tokens")?.max(positive(cfg, "max_seq_len")?))?;
-        let (model, _) = Model::load(&Cpu, &model_dir)?;
+        if be.name() == "cpu" {
+            check_memory(&model_dir, positive(cfg, "micro_batch_tokens")?.max(positive(cfg, "max_seq_len")?))?;
+        }
+        let (model, _) = Model::load(be, &model_dir)?;
         let tok = Tokenizer::load(&model_dir)?;
         let chat = if cfg.bool("chat") { Some(ChatTemplate::load(&model_dir)?) } else { None };
         let overlong = match cfg.str("overlong").as_str() {
@@ -258,9 +260,9 @@ pub fn plan_steps(cfg: &Config, n: usize, per_step: usize, size: impl Fn(usize) 
 /// Prompt / completion examples of the run's data (SFT, distillation):
 /// at least one, every id inside the vocabulary. `prompt_only`: lines
 /// without a completion are allowed (see [`super::data::sft_examples`]).
-pub fn completion_examples(
+pub fn completion_examples<B: Backend>(
     cfg: &Config,
-    setup: &Setup,
+    setup: &Setup<B>,
     prompt_only: bool,
 ) -> Result<(Vec<super::data::Example>, super::data::DataStats)> {
     let eos = setup.tok.eos_ids.first().copied();
@@ -287,34 +289,42 @@ pub fn completion_examples(
 
 /// Phase 1 on a micro-batch: the per-token log-probs of its targets at
 /// temperature `t`, and the entropies when asked (zeros otherwise).
-pub fn token_logps(
-    model: &Model<Cpu>,
-    acts: &mut Activations<Cpu>,
+pub fn token_logps<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    acts: &mut Activations<B>,
     mb: &MicroBatch,
     t: f32,
     entropy: bool,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    model.forward(&Cpu, acts, &mb.batch)?;
-    model.head_fwd(&Cpu, acts, &mb.targets, t, entropy);
+    model.forward(be, acts, &mb.batch)?;
+    model.head_fwd(be, acts, &mb.targets, t, entropy);
     let n = mb.batch.len();
-    Ok((acts.head.read_logp(&Cpu, n), if entropy { acts.head.read_entropy(&Cpu, n) } else { vec![0.0; n] }))
+    Ok((acts.head.read_logp(be, n), if entropy { acts.head.read_entropy(be, n) } else { vec![0.0; n] }))
+}
+
+/// Zeroes a gradient buffer.
+pub fn zero<B: Backend>(be: &B, grads: &mut B::Buf) {
+    let all = Span::new(0, B::len(grads));
+    be.fill(B::view_mut(grads, all), 0.0);
 }
 
 /// SFT over one step's micro-batches: token-mean cross-entropy over the
 /// step's loss tokens, gradients accumulated into `grads`; returns the loss.
-pub fn sft_accumulate(
-    model: &Model<Cpu>,
-    acts: &mut Activations<Cpu>,
+pub fn sft_accumulate<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    acts: &mut Activations<B>,
     mbs: &[MicroBatch],
-    grads: &mut Vec<f32>,
+    grads: &mut B::Buf,
 ) -> Result<f64> {
     let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
     let mut loss = 0.0;
     for mb in mbs {
-        let (logp, _) = token_logps(model, acts, mb, 1.0, false)?;
+        let (logp, _) = token_logps(be, model, acts, mb, 1.0, false)?;
         let (l, coef) = crate::loss::sft::masked_ce_with_count(&logp, &mb.targets, step_tokens);
         loss += l;
-        model.backward(&Cpu, acts, &coef.into(), 1.0, grads);
+        model.backward(be, acts, &coef.into(), 1.0, grads);
     }
     Ok(loss)
 }
@@ -358,11 +368,11 @@ struct HeldOut {
 
 /// The optimizer, schedule, metrics file, held-out evaluation and
 /// checkpointing of a run.
-pub struct Loop {
+pub struct Loop<B: Backend> {
     pub trainer: &'static str,
     pub run_dir: PathBuf,
     model_dir: PathBuf,
-    pub opt: AdamW<Cpu>,
+    pub opt: AdamW<B>,
     sched: LrSchedule,
     max_grad_norm: f64,
     save_dtype: SaveDtype,
@@ -379,13 +389,14 @@ pub struct Loop {
     params: usize,
 }
 
-impl Loop {
+impl<B: Backend> Loop<B> {
     /// Sets up the run folder and the optimizer; with `resume`, restores
     /// the model, the optimizer and the step from that checkpoint.
     pub fn start(
+        be: &B,
         trainer: &'static str,
         cfg: &Config,
-        setup: &mut Setup,
+        setup: &mut Setup<B>,
         total: u64,
         resume: Option<&Path>,
     ) -> Result<Self> {
@@ -407,10 +418,10 @@ impl Loop {
             eps: cfg.float("optim.eps") as f32,
             weight_decay: cfg.float("optim.weight_decay") as f32,
         };
-        let mut opt = AdamW::new(&Cpu, &setup.model.layout, oc);
+        let mut opt = AdamW::new(be, &setup.model.layout, oc);
         let mut start = 0;
         if let Some(dir) = resume {
-            let state = load_checkpoint(dir, &mut setup.model, &mut opt)?;
+            let state = load_checkpoint(be, dir, &mut setup.model, &mut opt)?;
             if state["trainer"] != trainer {
                 bail!("{}: a checkpoint of the `{}` trainer, not `{trainer}`", dir.display(), state["trainer"]);
             }
@@ -449,13 +460,20 @@ impl Loop {
     /// Clips the gradients and takes the AdamW step of (0-based) `step`;
     /// returns `(lr, grad norm before clipping)`. A non-finite loss or
     /// gradient stops the run before the weights change.
-    pub fn update(&mut self, model: &mut Model<Cpu>, grads: &mut Vec<f32>, step: u64, loss: f64) -> Result<(f64, f64)> {
-        let norm = clip_grad_norm(&Cpu, grads, self.max_grad_norm);
+    pub fn update(
+        &mut self,
+        be: &B,
+        model: &mut Model<B>,
+        grads: &mut B::Buf,
+        step: u64,
+        loss: f64,
+    ) -> Result<(f64, f64)> {
+        let norm = clip_grad_norm(be, grads, self.max_grad_norm);
         if !loss.is_finite() || !norm.is_finite() {
             bail!("step {}: the loss or the gradient is not finite (loss {loss}, grad norm {norm}); the last checkpoint is kept", step + 1);
         }
         let lr = self.sched.lr(step);
-        self.opt.step(&Cpu, &model.layout, &mut model.params, grads, lr as f32);
+        self.opt.step(be, &model.layout, &mut model.params, grads, lr as f32);
         Ok((lr, norm))
     }
 
@@ -469,8 +487,13 @@ impl Loop {
 
     /// Evaluates on the held-out set now (whatever `eval.every` says);
     /// `None` when the run has no held-out set.
-    pub fn evaluate(&self, model: &Model<Cpu>, tok: &crate::data::tokenizer::Tokenizer) -> Result<Option<EvalResult>> {
-        self.eval.as_ref().map(|h| evaluate(model, tok, &h.problems, &h.spec)).transpose()
+    pub fn evaluate(
+        &self,
+        be: &B,
+        model: &Model<B>,
+        tok: &crate::data::tokenizer::Tokenizer,
+    ) -> Result<Option<EvalResult>> {
+        self.eval.as_ref().map(|h| evaluate(be, model, tok, &h.problems, &h.spec)).transpose()
     }
 
     /// Writes the step's metrics line (with `step` 1-based, the elapsed
@@ -480,7 +503,8 @@ impl Loop {
     /// checkpoint) or Ctrl-C (this step's weights are saved).
     pub fn end_step(
         &mut self,
-        model: &mut Model<Cpu>,
+        be: &B,
+        model: &mut Model<B>,
         tok: &crate::data::tokenizer::Tokenizer,
         step: u64,
         mut line: Value,
@@ -490,14 +514,14 @@ impl Loop {
         if let Some(h) =
             self.eval.as_mut().filter(|h| h.every > 0 && (done.is_multiple_of(h.every) || done == self.total))
         {
-            let r = evaluate(model, tok, &h.problems, &h.spec)?;
+            let r = evaluate(be, model, tok, &h.problems, &h.spec)?;
             line["eval_pass@1"] = r.pass1.into();
             if let Some(m) = r.maj {
                 line[format!("eval_maj@{}", r.k)] = m.into();
             }
             line["eval_response_length"] = r.response_length.into();
             if h.best.as_ref().is_none_or(|(b, _, _)| r.pass1 > *b) {
-                let keep = if h.patience > 0 { model.params.clone() } else { Vec::new() };
+                let keep = if h.patience > 0 { host_params(be, model, &self.opt) } else { Vec::new() };
                 h.best = Some((r.pass1, done, keep));
                 h.since_best = 0;
             } else {
@@ -506,7 +530,7 @@ impl Loop {
             }
             if stop {
                 let (best, at, params) = h.best.take().expect("a best evaluation exists");
-                model.params = params;
+                set_params(be, model, &mut self.opt, &params);
                 line["early_stop"] = serde_json::json!({ "best_step": at, "best_pass@1": best });
                 eprintln!("{}: held-out pass@1 has not improved on {best:.4} (step {at}) for {} evaluations; stopping with those weights", self.trainer, h.patience);
             }
@@ -534,6 +558,7 @@ impl Loop {
         if stop || done == self.total || (self.save_every > 0 && done.is_multiple_of(self.save_every)) {
             let state = serde_json::json!({ "trainer": self.trainer, "total_steps": self.total, "early_stop": stop });
             save_checkpoint(
+                be,
                 &self.run_dir,
                 &self.model_dir,
                 model,
@@ -600,7 +625,7 @@ fn curves(lines: &[Value], trainer: &str) -> Vec<Chart> {
 }
 
 impl HeldOut {
-    fn load(cfg: &Config, setup: &Setup) -> Result<Option<Self>> {
+    fn load<B: Backend>(cfg: &Config, setup: &Setup<B>) -> Result<Option<Self>> {
         let path = cfg.str("eval.data");
         let every = cfg.int("eval.every").max(0) as u64;
         let patience = cfg.int("early_stop.patience").max(0) as u64;

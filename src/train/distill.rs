@@ -60,7 +60,7 @@ pub fn config_keys() -> Vec<KeySpec> {
 }
 
 /// The teacher must share the student's tokenizer and vocabulary.
-fn check_teacher(student: &Setup, teacher: &Model<Cpu>, dir: &Path) -> Result<()> {
+fn check_teacher(student: &Setup<Cpu>, teacher: &Model<Cpu>, dir: &Path) -> Result<()> {
     let (vs, vt) = (student.model.cfg.vocab_size, teacher.cfg.vocab_size);
     if vs != vt {
         bail!("teacher {}: vocabulary of {vt} tokens, the student's has {vs}", dir.display());
@@ -126,7 +126,7 @@ fn student_samples(
 }
 
 pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
-    let mut setup = Setup::load(cfg)?;
+    let mut setup = Setup::load(&Cpu, cfg)?;
     let teacher_dir = PathBuf::from(cfg.str("teacher"));
     let (teacher, _) = Model::load(&Cpu, &teacher_dir)?;
     check_teacher(&setup, &teacher, &teacher_dir)?;
@@ -140,7 +140,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let (examples, stats) = completion_examples(cfg, &setup, true)?;
     let budget = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
     let steps = plan_steps(cfg, examples.len(), positive(cfg, "tokens_per_step")?, |i| examples[i].tokens.len())?;
-    let mut lp = Loop::start("distill", cfg, &mut setup, steps.len() as u64, resume)?;
+    let mut lp = Loop::start(&Cpu, "distill", cfg, &mut setup, steps.len() as u64, resume)?;
     let eos = setup.eos();
     let model = &mut setup.model;
     eprintln!("distill: {} examples, {} steps, teacher {}", stats.examples, lp.total, teacher_dir.display());
@@ -186,12 +186,12 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
                 loss += head::distill(be, hb, s, h, w, &th, &mut teacher_logits, mode, t, &weight, dh, grads, dw);
             });
         }
-        let (lr, grad_norm) = lp.update(model, &mut grads, step, loss)?;
+        let (lr, grad_norm) = lp.update(&Cpu, model, &mut grads, step, loss)?;
         let line = serde_json::json!({
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_tokens": step_tokens, "examples": idx.len(), "on_policy": own.len(),
             "tokens": mbs.iter().map(|m| m.batch.len()).sum::<usize>(),
         });
-        if lp.end_step(model, &setup.tok, step, line)? {
+        if lp.end_step(&Cpu, model, &setup.tok, step, line)? {
             break;
         }
     }

@@ -37,7 +37,7 @@ struct Pair {
     rejected: Example,
 }
 
-fn pairs(setup: &Setup) -> Result<(Vec<Pair>, usize)> {
+fn pairs(setup: &Setup<Cpu>) -> Result<(Vec<Pair>, usize)> {
     let eos = setup.tok.eos_ids.first().copied();
     let (mut out, mut skipped) = (Vec::new(), 0);
     for line in &setup.lines {
@@ -104,7 +104,7 @@ fn groups(all: &[Pair], idx: &[usize], budget: usize) -> Vec<Vec<usize>> {
 }
 
 pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
-    let mut setup = Setup::load(cfg)?;
+    let mut setup = Setup::load(&Cpu, cfg)?;
     let dpo = DpoConfig {
         loss_type: match cfg.str("dpo.loss_type").as_str() {
             "sigmoid" => DpoLossType::Sigmoid,
@@ -128,7 +128,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let every: Vec<usize> = (0..all.len()).collect();
     for g in groups(&all, &every, budget) {
         let mb = pack(&all, &g);
-        let lp = token_logps(&setup.model, &mut acts, &mb, 1.0, false)?.0;
+        let lp = token_logps(&Cpu, &setup.model, &mut acts, &mb, 1.0, false)?.0;
         for s in 0..g.len() {
             let (c, r) = (mb.batch.seq(2 * s), mb.batch.seq(2 * s + 1));
             reference.push([&lp[c], &lp[r]].concat());
@@ -136,7 +136,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     }
 
     let steps = plan_steps(cfg, all.len(), positive(cfg, "pairs_per_step")?, |_| 1)?;
-    let mut lp = Loop::start("dpo", cfg, &mut setup, steps.len() as u64, resume)?;
+    let mut lp = Loop::start(&Cpu, "dpo", cfg, &mut setup, steps.len() as u64, resume)?;
     let model = &mut setup.model;
     eprintln!("dpo: {} pairs ({skipped} skipped), {} steps", all.len(), lp.total);
     let mut grads = model.zero_grads(&be);
@@ -147,7 +147,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         for g in groups(&all, idx, budget) {
             let mb = pack(&all, &g);
             tokens += mb.batch.len();
-            let logp = token_logps(model, &mut acts, &mb, 1.0, false)?.0;
+            let logp = token_logps(&Cpu, model, &mut acts, &mb, 1.0, false)?.0;
             let ref_logp: Vec<f32> = g.iter().flat_map(|&i| reference[i].iter().copied()).collect();
             let mask: Vec<bool> = mb.targets.iter().map(|&t| t != crate::backend::IGNORE).collect();
             let (l, coefs, st) = dpo_loss(&dpo, &logp, &ref_logp, &mask, &mb.batch.cu_seqlens, idx.len());
@@ -158,13 +158,13 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             stats.correct += st.correct;
             model.backward(&be, &mut acts, &coefs, 1.0, &mut grads);
         }
-        let (lr, grad_norm) = lp.update(model, &mut grads, step, loss)?;
+        let (lr, grad_norm) = lp.update(&Cpu, model, &mut grads, step, loss)?;
         let (chosen, rejected, accuracy, margin) = stats.finish();
         let line = serde_json::json!({
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "reward_chosen": chosen, "reward_rejected": rejected,
             "reward_accuracy": accuracy, "reward_margin": margin, "tokens": tokens,
         });
-        if lp.end_step(model, &setup.tok, step, line)? {
+        if lp.end_step(&Cpu, model, &setup.tok, step, line)? {
             break;
         }
     }

@@ -3,7 +3,7 @@
 //! One sample per prompt is greedy (pass@1); `k > 1` samples at a
 //! temperature give pass@1 as their mean and maj@k by majority vote.
 
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::cli::eval::majority;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::Model;
@@ -34,7 +34,13 @@ pub struct EvalSpec {
     pub eos: Vec<u32>,
 }
 
-pub fn evaluate(model: &Model<Cpu>, tok: &Tokenizer, problems: &[Problem], spec: &EvalSpec) -> Result<EvalResult> {
+pub fn evaluate<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    tok: &Tokenizer,
+    problems: &[Problem],
+    spec: &EvalSpec,
+) -> Result<EvalResult> {
     if problems.is_empty() {
         return Ok(EvalResult::default());
     }
@@ -51,7 +57,7 @@ pub fn evaluate(model: &Model<Cpu>, tok: &Tokenizer, problems: &[Problem], spec:
     };
     let prompts: Vec<Vec<u32>> = problems.iter().map(|(p, _)| p.clone()).collect();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-    let samples = Generator::new(&Cpu, model, cfg, longest)?.generate(&prompts, None, |_| {})?;
+    let samples = Generator::new(be, model, cfg, longest)?.generate(&prompts, None, |_| {})?;
     let mut answers: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(k); problems.len()];
     let mut correct = 0usize;
     let mut length = 0usize;

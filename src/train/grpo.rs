@@ -170,7 +170,7 @@ struct Rollout {
 }
 
 pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
-    let mut setup = Setup::load(cfg)?;
+    let mut setup = Setup::load(&Cpu, cfg)?;
     let pcfg = policy_config(cfg)?;
     let scale = match cfg.str("grpo.scale_rewards").as_str() {
         "group" => ScaleRewards::Group,
@@ -188,7 +188,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let steps = plan_steps(cfg, prompts.len(), positive(cfg, "grpo.prompts_per_step")?, |_| 1)?;
     // The KL reference is the starting model, kept only when it is used.
     let reference = pcfg.kl.map(|_| Model::<Cpu>::from_host(&Cpu, setup.model.cfg.clone(), setup.model.params.clone()));
-    let mut lp = Loop::start("grpo", cfg, &mut setup, steps.len() as u64, resume)?;
+    let mut lp = Loop::start(&Cpu, "grpo", cfg, &mut setup, steps.len() as u64, resume)?;
     let eos = setup.eos();
     let model = &mut setup.model;
     let tok = &setup.tok;
@@ -291,9 +291,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let mut refl: Vec<Vec<f32>> = Vec::new();
         for grp in &groups {
             let mb = MicroBatch::pack(grp);
-            old.push(token_logps(model, &mut acts, &mb, t, false)?.0);
+            old.push(token_logps(&Cpu, model, &mut acts, &mb, t, false)?.0);
             if let Some(r) = &reference {
-                refl.push(token_logps(r, &mut acts, &mb, t, false)?.0);
+                refl.push(token_logps(&Cpu, r, &mut acts, &mb, t, false)?.0);
             }
         }
 
@@ -332,7 +332,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
                 let mut loss = 0.0;
                 for ((gi, mb), mask) in mbs.iter().zip(&masks) {
                     let entropy = pcfg.entropy_coef != 0.0;
-                    let (logp, ent) = token_logps(model, &mut acts, mb, t, entropy)?;
+                    let (logp, ent) = token_logps(&Cpu, model, &mut acts, mb, t, entropy)?;
                     let rs = &rollouts[starts[*gi]..starts[*gi] + groups[*gi].len()];
                     // The sampler's log-probs, placed at the positions that predict each response token.
                     let mut sampler = vec![0.0f32; logp.len()];
@@ -359,7 +359,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
                     let coefs = TokenCoefs { logp: out.coefs.logp, entropy: out.coefs.entropy };
                     model.backward(&Cpu, &mut acts, &coefs, t, &mut grads);
                 }
-                let (lr, norm) = lp.update(model, &mut grads, step, loss)?;
+                let (lr, norm) = lp.update(&Cpu, model, &mut grads, step, loss)?;
                 (loss_sum, last_lr, last_norm) = (loss_sum + loss, lr, norm);
                 update += 1;
             }
@@ -382,7 +382,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             "tokens": epochs * rollouts.iter().map(|r| r.seq.tokens.len()).sum::<usize>(),
             "rollout_s": rollout_s, "seconds": t0.elapsed().as_secs_f64(),
         });
-        if lp.end_step(model, tok, step, line)? {
+        if lp.end_step(&Cpu, model, tok, step, line)? {
             break;
         }
     }

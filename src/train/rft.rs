@@ -67,10 +67,10 @@ pub fn round_samples(model: &Model<Cpu>, prompts: &[Vec<u32>], r: &RoundSampling
 }
 
 pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
-    let mut setup = Setup::load(cfg)?;
+    let mut setup = Setup::load(&Cpu, cfg)?;
     let (prompts, answers): (Vec<Vec<u32>>, Vec<String>) = setup.problems(&setup.lines)?.into_iter().unzip();
     let (rounds, per_round) = (positive(cfg, "rft.rounds")? as u64, positive(cfg, "rft.steps_per_round")? as u64);
-    let mut lp = Loop::start("rft", cfg, &mut setup, rounds * per_round, resume)?;
+    let mut lp = Loop::start(&Cpu, "rft", cfg, &mut setup, rounds * per_round, resume)?;
     let eos_ids = setup.eos();
     let model = &mut setup.model;
     let seed = cfg.int("seed") as u64;
@@ -127,7 +127,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             let base = serde_json::json!({ "round": round + 1, "sampled": samples.len(), "kept": kept.len() });
             let Some(chosen) = steps.get(i) else {
                 // Nothing (more) to learn from this round: record the step, no update.
-                if lp.end_step(model, &setup.tok, step_idx, base)? {
+                if lp.end_step(&Cpu, model, &setup.tok, step_idx, base)? {
                     return lp.finish();
                 }
                 continue;
@@ -135,13 +135,13 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             let ex: Vec<&Example> = chosen.iter().map(|&j| &kept[j]).collect();
             let mbs: Vec<MicroBatch> = micro_batches(&ex, budget).iter().map(|mb| MicroBatch::pack(mb)).collect();
             grads.fill(0.0);
-            let loss = sft_accumulate(model, &mut acts, &mbs, &mut grads)?;
-            let (lr, grad_norm) = lp.update(model, &mut grads, step_idx, loss)?;
+            let loss = sft_accumulate(&Cpu, model, &mut acts, &mbs, &mut grads)?;
+            let (lr, grad_norm) = lp.update(&Cpu, model, &mut grads, step_idx, loss)?;
             let mut line = base;
             line["loss"] = loss.into();
             line["lr"] = lr.into();
             line["grad_norm"] = grad_norm.into();
-            if lp.end_step(model, &setup.tok, step_idx, line)? {
+            if lp.end_step(&Cpu, model, &setup.tok, step_idx, line)? {
                 return lp.finish();
             }
         }

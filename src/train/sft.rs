@@ -2,10 +2,10 @@
 //! the prompt masked from the loss, token-mean cross-entropy over each
 //! optimizer step (DESIGN.md §4.8).
 
-use super::common::{completion_examples, keys, plan_steps, positive, sft_accumulate, Loop, Setup};
+use super::common::{completion_examples, keys, plan_steps, positive, sft_accumulate, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{micro_batches, Example, MicroBatch};
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::model::activations::default_chunk;
 use crate::model::Activations;
 use anyhow::Result;
@@ -18,21 +18,20 @@ pub fn config_keys() -> Vec<KeySpec> {
     keys(OWN_KEYS)
 }
 
-/// Runs SFT; returns the run folder.
-pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
-    let mut setup = Setup::load(cfg)?;
+/// Runs SFT on backend `be`; returns the run folder.
+pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
+    let mut setup = Setup::load(be, cfg)?;
     let (examples, stats) = completion_examples(cfg, &setup, false)?;
     let mb_tokens = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
     let steps = plan_steps(cfg, examples.len(), positive(cfg, "tokens_per_step")?, |i| examples[i].tokens.len())?;
-    let mut lp = Loop::start("sft", cfg, &mut setup, steps.len() as u64, resume)?;
+    let mut lp = Loop::start(be, "sft", cfg, &mut setup, steps.len() as u64, resume)?;
     let model = &mut setup.model;
     eprintln!(
         "sft: {} examples ({} truncated, {} skipped), {} steps, {} parameters",
         stats.examples, stats.truncated, stats.skipped, lp.total, model.layout.total
     );
-    let be = Cpu;
-    let mut acts = Activations::new(&be, &model.cfg, mb_tokens, default_chunk(&model.cfg, mb_tokens), true);
-    let mut grads = model.zero_grads(&be);
+    let mut acts = Activations::new(be, &model.cfg, mb_tokens, default_chunk(&model.cfg, mb_tokens), true);
+    let mut grads = model.zero_grads(be);
     let bar = indicatif::ProgressBar::new(lp.total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("sft {bar:40} step {pos}/{len} {msg} eta {eta}")
@@ -43,14 +42,14 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let chosen: Vec<&Example> = steps[step as usize].iter().map(|&i| &examples[i]).collect();
         let mbs: Vec<MicroBatch> = micro_batches(&chosen, mb_tokens).iter().map(|mb| MicroBatch::pack(mb)).collect();
         let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
-        grads.fill(0.0);
-        let loss = sft_accumulate(model, &mut acts, &mbs, &mut grads)?;
-        let (lr, grad_norm) = lp.update(model, &mut grads, step, loss)?;
+        zero(be, &mut grads);
+        let loss = sft_accumulate(be, model, &mut acts, &mbs, &mut grads)?;
+        let (lr, grad_norm) = lp.update(be, model, &mut grads, step, loss)?;
         let tokens: usize = mbs.iter().map(|m| m.batch.len()).sum();
         let line = serde_json::json!({
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "loss_tokens": step_tokens,
         });
-        if lp.end_step(model, &setup.tok, step, line)? {
+        if lp.end_step(be, model, &setup.tok, step, line)? {
             break;
         }
         bar.set_message(format!("loss {loss:.4}"));

@@ -120,7 +120,7 @@ fn accuracy(dir: &Path, problems: &[Problem], seed: u64) -> Result<f64> {
         .map(|p| Ok((tok.encode(&p.prompt(), false)?, p.answer().to_string())))
         .collect::<Result<_>>()?;
     let spec = EvalSpec { max_new_tokens: MAX_LEN, k: 1, temperature: 0.0, seed, eos: tok.eos_ids.clone() };
-    Ok(evaluate(&model, &tok, &probs, &spec)?.pass1)
+    Ok(evaluate(&Cpu, &model, &tok, &probs, &spec)?.pass1)
 }
 
 pub fn run(cfg: &Config) -> Result<Value> {
@@ -210,7 +210,7 @@ pub fn run(cfg: &Config) -> Result<Value> {
             sft_sets(&init, &root.join("sft"), seed, size("sft.max_steps", 30)?, size("sft.eval_every", 5)?)?;
         sets.push(format!("early_stop.patience={}", size("sft.patience", 2)?));
         sets.push("optim.warmup_steps=20".into());
-        super::sft::run(&trainer_config(&super::sft::config_keys(), sets)?, None)
+        super::sft::run(&Cpu, &trainer_config(&super::sft::config_keys(), sets)?, None)
     })?;
     let start = last_checkpoint(&sft.dir)?;
 
@@ -250,7 +250,7 @@ pub fn run(cfg: &Config) -> Result<Value> {
     let control_eval_every = (control_steps * size("rl.eval_every", 3)?).div_ceil(rl_steps).max(1);
     let control = phase("control: SFT continued from the same point for the same compute", || {
         let sets = sft_sets(&start, &root.join("control"), seed.wrapping_add(12), control_steps, control_eval_every)?;
-        super::sft::run(&trainer_config(&super::sft::config_keys(), sets)?, None)
+        super::sft::run(&Cpu, &trainer_config(&super::sft::config_keys(), sets)?, None)
     })?;
 
     // 4. The final numbers, on problems no phase has seen.
