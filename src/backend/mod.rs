@@ -81,6 +81,14 @@ pub trait Backend: Sync {
 
     fn name(&self) -> &'static str;
 
+    /// How many logits the lm_head + loss path computes at once (its chunk
+    /// of `[rows, vocab]`): small on the CPU (cache-friendly f32), large on a
+    /// GPU, where a chunk of a few rows would leave the GEMM starved and
+    /// add a bf16 rounding of the lm_head's weight gradient per chunk.
+    fn logit_chunk_elements(&self) -> usize {
+        1 << 24
+    }
+
     // ---- memory -----------------------------------------------------------
     /// A zero-filled buffer of `len` elements (called when arenas are built,
     /// never in the hot loop).

@@ -10,7 +10,7 @@ use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::data::jsonl::{read_objects, token_ids, LazyTokenizer, Line};
 use crate::data::Batch;
-use crate::model::activations::default_chunk;
+use crate::model::activations::backend_chunk;
 use crate::model::checkpoint::write_atomic;
 use crate::model::{Activations, Model};
 use anyhow::{bail, Result};
@@ -129,7 +129,7 @@ fn score_file<B: Backend>(be: &B, a: &ScoreArgs) -> Result<()> {
     let items = parse_lines(&a.input, &a.model, model.cfg.vocab_size, a.add_special_tokens)?;
     let longest = items.iter().map(|i| i.tokens.len()).max().unwrap_or(1);
     let cap = a.batch_tokens.max(longest);
-    let mut acts = Activations::new(be, &model.cfg, cap, default_chunk(&model.cfg, cap), false);
+    let mut acts = Activations::new(be, &model.cfg, cap, backend_chunk(be, &model.cfg, cap), false);
 
     let total: usize = items.iter().map(|i| i.tokens.len()).sum();
     let bar = indicatif::ProgressBar::new(total as u64);

@@ -135,9 +135,18 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize)
     }
 }
 
-/// Rows per lm_head chunk: at most 2^24 logits (64 MiB in f32) at once.
+/// Rows per lm_head chunk on the CPU: at most 2^24 logits (64 MiB in f32) at once.
 pub fn default_chunk(c: &ModelConfig, cap: usize) -> usize {
-    ((1usize << 24) / c.vocab_size).clamp(1, cap.max(1))
+    chunk_for(1 << 24, c, cap)
+}
+
+/// Rows per lm_head chunk for backend `be` ([`Backend::logit_chunk_elements`]).
+pub fn backend_chunk<B: Backend>(be: &B, c: &ModelConfig, cap: usize) -> usize {
+    chunk_for(be.logit_chunk_elements(), c, cap)
+}
+
+fn chunk_for(elements: usize, c: &ModelConfig, cap: usize) -> usize {
+    (elements / c.vocab_size).clamp(1, cap.max(1))
 }
 
 /// Total f32 elements of an arena, plus its index buffers (in u32 elements).

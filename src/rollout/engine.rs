@@ -8,7 +8,7 @@
 use super::sampler::{sample, SamplingParams, Stream};
 use crate::backend::Backend;
 use crate::data::Batch;
-use crate::model::activations::default_chunk;
+use crate::model::activations::backend_chunk;
 use crate::model::{Activations, Attend, KvCache, Model};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -115,7 +115,7 @@ impl<'m, B: Backend> Generator<'m, B> {
         let capacity = longest_prompt + cfg.max_new_tokens;
         let cache = KvCache::new(be, c.n_layers, c.kv_dim(), cfg.max_batch, capacity);
         let cap = cfg.prefill_tokens.max(longest_prompt).max(cfg.max_batch);
-        let chunk = default_chunk(c, cfg.max_batch);
+        let chunk = backend_chunk(be, c, cfg.max_batch);
         let acts = Activations::with_positions(be, c, cap, chunk, false, capacity);
         Ok(Generator { be, model, cfg, cache, acts })
     }

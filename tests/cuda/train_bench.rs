@@ -13,8 +13,9 @@
 //!
 //! Ignored: `cuda-tests --ignored bench_train_step --nocapture`. Environment:
 //! `ENGINE_BENCH_OUT` (JSON lines file), `ENGINE_TRAIN_BENCH_STEPS` (timed
-//! steps, default 2), `ENGINE_TRAIN_BENCH_CHUNK` (lm_head rows per chunk,
-//! default all 16,384: one chunk, no recomputation, 4.6 GiB of bf16 logits).
+//! steps, default 2), `ENGINE_TRAIN_BENCH_CHUNK` (lm_head rows per chunk;
+//! default what the trainers use on the GPU, `backend_chunk`: 7,067 rows,
+//! so 3 chunks whose logits phase 2 recomputes).
 
 use super::util::gpu;
 use engine::backend::cuda::Cuda;
@@ -22,6 +23,7 @@ use engine::backend::{Backend, Span, IGNORE};
 use engine::data::Batch;
 use engine::loss::policy::{policy_loss, PolicyBatch, PolicyConfig, PolicyKind};
 use engine::loss::{masked_mean_ce, StepCounts};
+use engine::model::activations::backend_chunk;
 use engine::model::{Activations, Model, ModelConfig, ParamLayout};
 use engine::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use std::io::Write;
@@ -100,7 +102,7 @@ fn bench_train_step() {
         (0..SEQS).map(|_| (0..SEQ).map(|_| (rng.next() * cfg.vocab_size as f32) as u32 % 151_936).collect()).collect();
     let batch = Batch::pack(&seqs);
     let n = batch.len();
-    let chunk = env_usize("ENGINE_TRAIN_BENCH_CHUNK", n).clamp(1, n);
+    let chunk = env_usize("ENGINE_TRAIN_BENCH_CHUNK", backend_chunk(&be, &cfg, n)).clamp(1, n);
     let steps = env_usize("ENGINE_TRAIN_BENCH_STEPS", 2).max(1);
     let mut acts = Activations::new(&be, &cfg, n, chunk, true);
     let mut grads = model.zero_grads(&be);

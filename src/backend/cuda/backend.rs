@@ -109,6 +109,11 @@ impl Backend for Cuda {
     fn name(&self) -> &'static str {
         "cuda"
     }
+    /// 2^30 bf16 logits (2 GiB): 7,067 rows of Qwen's 151,936, so a
+    /// micro-batch of 16k tokens takes 3 chunks.
+    fn logit_chunk_elements(&self) -> usize {
+        1 << 30
+    }
 
     fn alloc(&self, len: usize) -> DBuf {
         DBuf::Bf16(must(zeros(&self.gpu, len)))
