@@ -422,7 +422,7 @@ fn rft_keeps_verified_samples_and_learns_them() {
     let mut eos = tok.eos_ids.clone();
     eos.retain(|&e| (e as usize) < model.cfg.vocab_size);
     let r = engine::train::rft::RoundSampling { k: 6, max_new_tokens: 24, temperature: 1.0, eos_ids: eos, seed: 3 };
-    let samples = engine::train::rft::round_samples(&model, &prompts, &r, 0).unwrap();
+    let samples = engine::train::rft::round_samples(&Cpu, &model, &prompts, &r, 0).unwrap();
     let decode = |s: &engine::rollout::Sample| tok.decode(&s.tokens, true).unwrap_or_default();
     // Each prompt's reference: the first answer some sample gives, if any.
     let answers: Vec<String> = (0..prompts.len())

@@ -7,8 +7,7 @@
 //! `logprobs`, `text`, `finish_reason`.
 
 use super::score::shortest;
-use super::{pick_backend, Device, Picked};
-use crate::backend::cpu::Cpu;
+use super::{with_backend, Device};
 use crate::backend::Backend;
 use crate::data::chat::{ChatTemplate, Message};
 use crate::data::jsonl::{read_objects, token_ids, LazyTokenizer, Line};
@@ -117,11 +116,7 @@ pub struct Generation {
 /// Loads the model and generates for the prompt lines (shared by
 /// `generate` and `eval`).
 pub fn run_generation(model_dir: &Path, lines: &[Line], s: &SamplingArgs) -> Result<Generation> {
-    match pick_backend(s.device)? {
-        Picked::Cpu => generate_on(&Cpu, model_dir, lines, s),
-        #[cfg(feature = "cuda")]
-        Picked::Cuda(be) => generate_on(&*be, model_dir, lines, s),
-    }
+    with_backend!(s.device, |be| generate_on(be, model_dir, lines, s))
 }
 
 fn generate_on<B: Backend>(be: &B, model_dir: &Path, lines: &[Line], s: &SamplingArgs) -> Result<Generation> {

@@ -48,12 +48,16 @@ pub enum Picked {
 }
 
 /// Starts the backend `--device` names. `auto` takes the GPU when the build
-/// has CUDA and a GPU starts, else the CPU, and says on stderr which.
+/// has CUDA and a GPU starts, and says so on stderr; else the CPU (quietly
+/// where there is no CUDA driver at all).
 pub fn pick_backend(d: Device) -> anyhow::Result<Picked> {
     match d {
         Device::Cpu => Ok(Picked::Cpu),
         #[cfg(feature = "cuda")]
         Device::Cuda => Ok(Picked::Cuda(Box::new(crate::backend::cuda::Cuda::new(0)?))),
+        // No driver at all (a CPU machine): the CPU, quietly.
+        #[cfg(feature = "cuda")]
+        Device::Auto if !crate::backend::cuda::Cuda::driver_present() => Ok(Picked::Cpu),
         #[cfg(feature = "cuda")]
         Device::Auto => match crate::backend::cuda::Cuda::new(0) {
             Ok(c) => {
@@ -61,7 +65,7 @@ pub fn pick_backend(d: Device) -> anyhow::Result<Picked> {
                 Ok(Picked::Cuda(Box::new(c)))
             }
             Err(e) => {
-                eprintln!("device: cpu ({e:#})");
+                eprintln!("device: cpu (a CUDA driver is present but the GPU did not start: {e:#})");
                 Ok(Picked::Cpu)
             }
         },
@@ -72,18 +76,24 @@ pub fn pick_backend(d: Device) -> anyhow::Result<Picked> {
     }
 }
 
-/// For commands that run on the CPU backend only so far: `cuda` is an
-/// error that says so, `auto` is the CPU.
-pub fn cpu_only(d: Device, command: &str) -> anyhow::Result<()> {
-    match d {
-        Device::Cpu | Device::Auto => Ok(()),
-        Device::Cuda if cfg!(feature = "cuda") => anyhow::bail!(
-            "--device cuda: `engine {command}` runs on the CPU backend only so far (`engine score`, \
-             `generate`, `eval` and `train sft` run on the GPU); use --device cpu"
-        ),
-        Device::Cuda => anyhow::bail!("--device cuda: this binary was built without the `cuda` feature"),
-    }
+/// Evaluates `$body` with `$be` bound to the backend `--device` picks (a
+/// `&Cpu` or a `&Cuda`), so a generic command body is written once.
+macro_rules! with_backend {
+    ($device:expr, |$be:ident| $body:expr) => {
+        match $crate::cli::pick_backend($device)? {
+            $crate::cli::Picked::Cpu => {
+                let $be = &$crate::backend::cpu::Cpu;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::cli::Picked::Cuda(b) => {
+                let $be = &*b;
+                $body
+            }
+        }
+    };
 }
+pub(crate) use with_backend;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -5,8 +5,7 @@
 //! `logprobs` (`logprobs[i] = log p(tokens[i+1] | tokens[..=i])`) and
 //! `sum_logprob`. Lines are packed into batches of about `--batch-tokens`.
 
-use super::{pick_backend, Device, Picked};
-use crate::backend::cpu::Cpu;
+use super::{with_backend, Device};
 use crate::backend::Backend;
 use crate::data::jsonl::{read_objects, token_ids, LazyTokenizer, Line};
 use crate::data::Batch;
@@ -117,11 +116,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     if a.batch_tokens == 0 {
         bail!("--batch-tokens must be positive");
     }
-    match pick_backend(a.device)? {
-        Picked::Cpu => score_file(&Cpu, &a),
-        #[cfg(feature = "cuda")]
-        Picked::Cuda(be) => score_file(&*be, &a),
-    }
+    with_backend!(a.device, |be| score_file(be, &a))
 }
 
 fn score_file<B: Backend>(be: &B, a: &ScoreArgs) -> Result<()> {

@@ -2,7 +2,7 @@
 //! Trainers: `sft`, `distill`, `dpo`, `grpo`, `rft`. `engine train` alone
 //! runs the built-in demo (`engine train demo --set key=value` tunes it).
 
-use super::{cpu_only, pick_backend, Device, Picked};
+use super::{with_backend, Device};
 use crate::train::config::{template, Config};
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -59,22 +59,10 @@ pub enum Trainer {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let trainer = a.trainer.unwrap_or(Trainer::Demo(DemoArgs { set: vec![] }));
-    // SFT runs on either backend; the other trainers on the CPU so far.
-    let name = match &trainer {
-        Trainer::Sft(_) => None,
-        Trainer::Dpo(_) => Some("train dpo"),
-        Trainer::Grpo(_) => Some("train grpo"),
-        Trainer::Distill(_) => Some("train distill"),
-        Trainer::Rft(_) => Some("train rft"),
-        Trainer::Demo(_) => Some("train demo"),
-    };
-    if let Some(name) = name {
-        cpu_only(a.device, name)?;
-    }
     let dir = match trainer {
         Trainer::Demo(d) => {
             let cfg = Config::load(None, &d.set, &crate::train::demo::config_keys())?;
-            let summary = crate::train::demo::run(&cfg)?;
+            let summary = with_backend!(a.device, |be| crate::train::demo::run(be, &cfg)?);
             println!("{summary}");
             return Ok(());
         }
@@ -84,11 +72,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 return Ok(());
             }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::sft::config_keys())?;
-            match pick_backend(a.device)? {
-                Picked::Cpu => crate::train::sft::run(&crate::backend::cpu::Cpu, &cfg, r.resume.as_deref())?,
-                #[cfg(feature = "cuda")]
-                Picked::Cuda(be) => crate::train::sft::run(&*be, &cfg, r.resume.as_deref())?,
-            }
+            with_backend!(a.device, |be| crate::train::sft::run(be, &cfg, r.resume.as_deref())?)
         }
         Trainer::Dpo(r) => {
             if r.print_config {
@@ -96,7 +80,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 return Ok(());
             }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::dpo::config_keys())?;
-            crate::train::dpo::run(&cfg, r.resume.as_deref())?
+            with_backend!(a.device, |be| crate::train::dpo::run(be, &cfg, r.resume.as_deref())?)
         }
         Trainer::Distill(r) => {
             if r.print_config {
@@ -104,7 +88,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 return Ok(());
             }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::distill::config_keys())?;
-            crate::train::distill::run(&cfg, r.resume.as_deref())?
+            with_backend!(a.device, |be| crate::train::distill::run(be, &cfg, r.resume.as_deref())?)
         }
         Trainer::Rft(r) => {
             if r.print_config {
@@ -112,7 +96,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 return Ok(());
             }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::rft::config_keys())?;
-            crate::train::rft::run(&cfg, r.resume.as_deref())?
+            with_backend!(a.device, |be| crate::train::rft::run(be, &cfg, r.resume.as_deref())?)
         }
         Trainer::Grpo(r) => {
             if r.print_config {
@@ -120,7 +104,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 return Ok(());
             }
             let cfg = Config::load(r.config.as_deref(), &r.set, &crate::train::grpo::config_keys())?;
-            crate::train::grpo::run(&cfg, r.resume.as_deref())?
+            with_backend!(a.device, |be| crate::train::grpo::run(be, &cfg, r.resume.as_deref())?)
         }
     };
     println!("{}", serde_json::json!({ "run_dir": dir }));

@@ -10,14 +10,13 @@
 //! at the start of the step; `{"prompt"}` lines without a completion are
 //! always sampled.
 
-use super::common::{completion_examples, keys, plan_steps, positive, Loop, Setup};
+use super::common::{completion_examples, keys, plan_steps, positive, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{micro_batches, Example, MicroBatch};
-use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, IGNORE};
 use crate::data::tokenizer::Tokenizer;
 use crate::loss::DistillMode;
-use crate::model::activations::default_chunk;
+use crate::model::activations::backend_chunk;
 use crate::model::head::{self, Teacher};
 use crate::model::{Activations, Model};
 use crate::rollout::{GenerateConfig, Generator, SamplingParams, Stream};
@@ -60,7 +59,7 @@ pub fn config_keys() -> Vec<KeySpec> {
 }
 
 /// The teacher must share the student's tokenizer and vocabulary.
-fn check_teacher(student: &Setup<Cpu>, teacher: &Model<Cpu>, dir: &Path) -> Result<()> {
+fn check_teacher<B: Backend>(student: &Setup<B>, teacher: &Model<B>, dir: &Path) -> Result<()> {
     let (vs, vt) = (student.model.cfg.vocab_size, teacher.cfg.vocab_size);
     if vs != vt {
         bail!("teacher {}: vocabulary of {vt} tokens, the student's has {vs}", dir.display());
@@ -88,8 +87,9 @@ fn check_teacher(student: &Setup<Cpu>, teacher: &Model<Cpu>, dir: &Path) -> Resu
 /// each `k` in `own`, as examples (prompt, sample); a sample with no token
 /// left under `max_len` is dropped from the loss by being empty.
 #[allow(clippy::too_many_arguments)]
-fn student_samples(
-    model: &Model<Cpu>,
+fn student_samples<B: Backend>(
+    be: &B,
+    model: &Model<B>,
     examples: &[Example],
     idx: &[usize],
     own: &[usize],
@@ -114,7 +114,7 @@ fn student_samples(
         eos_ids: eos.to_vec(),
         ..Default::default()
     };
-    let mut samples = Generator::new(&Cpu, model, cfg, longest)?.generate(&prompts, None, |_| {})?;
+    let mut samples = Generator::new(be, model, cfg, longest)?.generate(&prompts, None, |_| {})?;
     samples.sort_by_key(|s| s.prompt_index);
     Ok(samples
         .into_iter()
@@ -125,10 +125,10 @@ fn student_samples(
         .collect())
 }
 
-pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
-    let mut setup = Setup::load(&Cpu, cfg)?;
+pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
+    let mut setup = Setup::load(be, cfg)?;
     let teacher_dir = PathBuf::from(cfg.str("teacher"));
-    let (teacher, _) = Model::load(&Cpu, &teacher_dir)?;
+    let (teacher, _) = Model::load(be, &teacher_dir)?;
     check_teacher(&setup, &teacher, &teacher_dir)?;
     let mode = match cfg.str("distill.mode").as_str() {
         "forward" => DistillMode::Forward,
@@ -140,16 +140,15 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     let (examples, stats) = completion_examples(cfg, &setup, true)?;
     let budget = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
     let steps = plan_steps(cfg, examples.len(), positive(cfg, "tokens_per_step")?, |i| examples[i].tokens.len())?;
-    let mut lp = Loop::start(&Cpu, "distill", cfg, &mut setup, steps.len() as u64, resume)?;
+    let mut lp = Loop::start(be, "distill", cfg, &mut setup, steps.len() as u64, resume)?;
     let eos = setup.eos();
     let model = &mut setup.model;
     eprintln!("distill: {} examples, {} steps, teacher {}", stats.examples, lp.total, teacher_dir.display());
-    let be = Cpu;
-    let chunk = default_chunk(&model.cfg, budget);
-    let mut acts = Activations::new(&be, &model.cfg, budget, chunk, true);
-    let mut tacts = Activations::new(&be, &teacher.cfg, budget, chunk, false);
+    let chunk = backend_chunk(be, &model.cfg, budget);
+    let mut acts = Activations::new(be, &model.cfg, budget, chunk, true);
+    let mut tacts = Activations::new(be, &teacher.cfg, budget, chunk, false);
     let mut teacher_logits = be.alloc(chunk * model.cfg.vocab_size);
-    let mut grads = model.zero_grads(&be);
+    let mut grads = model.zero_grads(be);
     let lambda = cfg.float("distill.on_policy_fraction");
     if !(0.0..=1.0).contains(&lambda) {
         bail!("key `distill.on_policy_fraction` must be in [0, 1], got {lambda}");
@@ -166,32 +165,33 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
                 e.n_prompt == e.tokens.len() || Stream::new(seed ^ 0x6B0, step, k as u64).uniform(0) < lambda
             })
             .collect();
-        let sampled = student_samples(model, &examples, idx, &own, max_new, setup.max_len, sampling, &eos, seed, step)?;
+        let sampled =
+            student_samples(be, model, &examples, idx, &own, max_new, setup.max_len, sampling, &eos, seed, step)?;
         let mut sampled = sampled.iter();
         let chosen: Vec<&Example> = (0..idx.len())
             .map(|k| if own.contains(&k) { sampled.next().expect("one sample each") } else { &examples[idx[k]] })
             .collect();
         let mbs: Vec<MicroBatch> = micro_batches(&chosen, budget).iter().map(|mb| MicroBatch::pack(mb)).collect();
         let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
-        grads.fill(0.0);
+        zero(be, &mut grads);
         let mut loss = 0.0;
         for mb in &mbs {
-            teacher.forward(&be, &mut tacts, &mb.batch)?;
-            model.forward(&be, &mut acts, &mb.batch)?;
+            teacher.forward(be, &mut tacts, &mb.batch)?;
+            model.forward(be, &mut acts, &mb.batch)?;
             let weight: Vec<f32> =
                 mb.targets.iter().map(|&x| if x == IGNORE { 0.0 } else { 1.0 / step_tokens as f32 }).collect();
-            let tw = Cpu::view(&teacher.params, teacher.layout.lm_head);
-            let th = Teacher::<Cpu> { h: &tacts.h, w: tw, d: teacher.cfg.hidden_size };
-            model.backward_with_head(&be, &mut acts, &mut grads, |be, hb, s, h, w, dh, grads, dw| {
+            let tw = B::view(&teacher.params, teacher.layout.lm_head);
+            let th = Teacher::<B> { h: &tacts.h, w: tw, d: teacher.cfg.hidden_size };
+            model.backward_with_head(be, &mut acts, &mut grads, |be, hb, s, h, w, dh, grads, dw| {
                 loss += head::distill(be, hb, s, h, w, &th, &mut teacher_logits, mode, t, &weight, dh, grads, dw);
             });
         }
-        let (lr, grad_norm) = lp.update(&Cpu, model, &mut grads, step, loss)?;
+        let (lr, grad_norm) = lp.update(be, model, &mut grads, step, loss)?;
         let line = serde_json::json!({
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_tokens": step_tokens, "examples": idx.len(), "on_policy": own.len(),
             "tokens": mbs.iter().map(|m| m.batch.len()).sum::<usize>(),
         });
-        if lp.end_step(&Cpu, model, &setup.tok, step, line)? {
+        if lp.end_step(be, model, &setup.tok, step, line)? {
             break;
         }
     }

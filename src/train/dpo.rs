@@ -3,13 +3,13 @@
 //! policy is the starting model: its log-probabilities are computed once,
 //! before the first update (and from the starting weights on a resume).
 
-use super::common::{keys, plan_steps, positive, token_logps, Loop, Setup};
+use super::common::{keys, plan_steps, positive, token_logps, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::data::chat::Message;
 use crate::loss::{dpo_loss, DpoConfig, DpoLossType, DpoStats};
-use crate::model::activations::default_chunk;
+use crate::model::activations::backend_chunk;
 use crate::model::Activations;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
@@ -37,7 +37,7 @@ struct Pair {
     rejected: Example,
 }
 
-fn pairs(setup: &Setup<Cpu>) -> Result<(Vec<Pair>, usize)> {
+fn pairs<B: Backend>(setup: &Setup<B>) -> Result<(Vec<Pair>, usize)> {
     let eos = setup.tok.eos_ids.first().copied();
     let (mut out, mut skipped) = (Vec::new(), 0);
     for line in &setup.lines {
@@ -103,8 +103,8 @@ fn groups(all: &[Pair], idx: &[usize], budget: usize) -> Vec<Vec<usize>> {
     out
 }
 
-pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
-    let mut setup = Setup::load(&Cpu, cfg)?;
+pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
+    let mut setup = Setup::load(be, cfg)?;
     let dpo = DpoConfig {
         loss_type: match cfg.str("dpo.loss_type").as_str() {
             "sigmoid" => DpoLossType::Sigmoid,
@@ -120,15 +120,14 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     }
     setup.check_vocab(all.iter().flat_map(|p| p.chosen.tokens.iter().chain(&p.rejected.tokens)))?;
     let budget = positive(cfg, "micro_batch_tokens")?.max(2 * setup.max_len);
-    let be = Cpu;
-    let mut acts = Activations::new(&be, &setup.model.cfg, budget, default_chunk(&setup.model.cfg, budget), true);
+    let mut acts = Activations::new(be, &setup.model.cfg, budget, backend_chunk(be, &setup.model.cfg, budget), true);
 
     // The reference: the starting model's log-probs, once, per pair.
     let mut reference: Vec<Vec<f32>> = Vec::with_capacity(all.len());
     let every: Vec<usize> = (0..all.len()).collect();
     for g in groups(&all, &every, budget) {
         let mb = pack(&all, &g);
-        let lp = token_logps(&Cpu, &setup.model, &mut acts, &mb, 1.0, false)?.0;
+        let lp = token_logps(be, &setup.model, &mut acts, &mb, 1.0, false)?.0;
         for s in 0..g.len() {
             let (c, r) = (mb.batch.seq(2 * s), mb.batch.seq(2 * s + 1));
             reference.push([&lp[c], &lp[r]].concat());
@@ -136,18 +135,18 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     }
 
     let steps = plan_steps(cfg, all.len(), positive(cfg, "pairs_per_step")?, |_| 1)?;
-    let mut lp = Loop::start(&Cpu, "dpo", cfg, &mut setup, steps.len() as u64, resume)?;
+    let mut lp = Loop::start(be, "dpo", cfg, &mut setup, steps.len() as u64, resume)?;
     let model = &mut setup.model;
     eprintln!("dpo: {} pairs ({skipped} skipped), {} steps", all.len(), lp.total);
-    let mut grads = model.zero_grads(&be);
+    let mut grads = model.zero_grads(be);
     for step in lp.start..lp.total {
         let idx = &steps[step as usize];
-        grads.fill(0.0);
+        zero(be, &mut grads);
         let (mut loss, mut stats, mut tokens) = (0.0, DpoStats::default(), 0usize);
         for g in groups(&all, idx, budget) {
             let mb = pack(&all, &g);
             tokens += mb.batch.len();
-            let logp = token_logps(&Cpu, model, &mut acts, &mb, 1.0, false)?.0;
+            let logp = token_logps(be, model, &mut acts, &mb, 1.0, false)?.0;
             let ref_logp: Vec<f32> = g.iter().flat_map(|&i| reference[i].iter().copied()).collect();
             let mask: Vec<bool> = mb.targets.iter().map(|&t| t != crate::backend::IGNORE).collect();
             let (l, coefs, st) = dpo_loss(&dpo, &logp, &ref_logp, &mask, &mb.batch.cu_seqlens, idx.len());
@@ -156,15 +155,15 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             stats.reward_chosen_sum += st.reward_chosen_sum;
             stats.reward_rejected_sum += st.reward_rejected_sum;
             stats.correct += st.correct;
-            model.backward(&be, &mut acts, &coefs, 1.0, &mut grads);
+            model.backward(be, &mut acts, &coefs, 1.0, &mut grads);
         }
-        let (lr, grad_norm) = lp.update(&Cpu, model, &mut grads, step, loss)?;
+        let (lr, grad_norm) = lp.update(be, model, &mut grads, step, loss)?;
         let (chosen, rejected, accuracy, margin) = stats.finish();
         let line = serde_json::json!({
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "reward_chosen": chosen, "reward_rejected": rejected,
             "reward_accuracy": accuracy, "reward_margin": margin, "tokens": tokens,
         });
-        if lp.end_step(&Cpu, model, &setup.tok, step, line)? {
+        if lp.end_step(be, model, &setup.tok, step, line)? {
             break;
         }
     }

@@ -9,17 +9,17 @@
 //! loss, KL penalty and entropy bonus. Each step's rollouts are appended to
 //! `rollouts.jsonl` in the run folder.
 
-use super::common::{keys, plan_steps, positive, token_logps, Loop, Setup};
+use super::common::{keys, plan_steps, positive, token_logps, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
-use crate::backend::cpu::Cpu;
 use crate::backend::IGNORE;
+use crate::backend::{Backend, Span};
 use crate::loss::advantages::{grpo_advantages, ScaleRewards};
 use crate::loss::{
     policy_loss, Aggregation, KlKind, KlPenalty, PolicyBatch, PolicyConfig, PolicyKind, PolicyStats, StepCounts,
     TokenCoefs,
 };
-use crate::model::activations::default_chunk;
+use crate::model::activations::backend_chunk;
 use crate::model::{Activations, Model};
 use crate::reward::command::CommandReward;
 use crate::reward::shaping::length_penalty;
@@ -169,8 +169,8 @@ struct Rollout {
     advantage: f32,
 }
 
-pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
-    let mut setup = Setup::load(&Cpu, cfg)?;
+pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
+    let mut setup = Setup::load(be, cfg)?;
     let pcfg = policy_config(cfg)?;
     let scale = match cfg.str("grpo.scale_rewards").as_str() {
         "group" => ScaleRewards::Group,
@@ -187,15 +187,18 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
     }
     let steps = plan_steps(cfg, prompts.len(), positive(cfg, "grpo.prompts_per_step")?, |_| 1)?;
     // The KL reference is the starting model, kept only when it is used.
-    let reference = pcfg.kl.map(|_| Model::<Cpu>::from_host(&Cpu, setup.model.cfg.clone(), setup.model.params.clone()));
-    let mut lp = Loop::start(&Cpu, "grpo", cfg, &mut setup, steps.len() as u64, resume)?;
+    let reference = pcfg.kl.map(|_| {
+        let all = Span::new(0, setup.model.layout.total);
+        Model::<B>::from_host(be, setup.model.cfg.clone(), be.read(B::view(&setup.model.params, all)))
+    });
+    let mut lp = Loop::start(be, "grpo", cfg, &mut setup, steps.len() as u64, resume)?;
     let eos = setup.eos();
     let model = &mut setup.model;
     let tok = &setup.tok;
     let longest = prompts.iter().map(|(p, _)| p.len()).max().unwrap_or(1) + max_new;
     let budget = positive(cfg, "micro_batch_tokens")?.max(longest);
-    let mut acts = Activations::new(&Cpu, &model.cfg, budget, default_chunk(&model.cfg, budget), true);
-    let mut grads = model.zero_grads(&Cpu);
+    let mut acts = Activations::new(be, &model.cfg, budget, backend_chunk(be, &model.cfg, budget), true);
+    let mut grads = model.zero_grads(be);
     let mut rollout_log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -227,7 +230,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             ..Default::default()
         };
         let longest_prompt = step_prompts.iter().map(Vec::len).max().unwrap_or(1);
-        let samples = Generator::new(&Cpu, model, gen_cfg, longest_prompt)?.generate(&step_prompts, None, |_| {})?;
+        let samples = Generator::new(be, model, gen_cfg, longest_prompt)?.generate(&step_prompts, None, |_| {})?;
         let rollout_s = t0.elapsed().as_secs_f64();
 
         // Rewards, then advantages per group.
@@ -291,9 +294,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         let mut refl: Vec<Vec<f32>> = Vec::new();
         for grp in &groups {
             let mb = MicroBatch::pack(grp);
-            old.push(token_logps(&Cpu, model, &mut acts, &mb, t, false)?.0);
+            old.push(token_logps(be, model, &mut acts, &mb, t, false)?.0);
             if let Some(r) = &reference {
-                refl.push(token_logps(&Cpu, r, &mut acts, &mb, t, false)?.0);
+                refl.push(token_logps(be, r, &mut acts, &mb, t, false)?.0);
             }
         }
 
@@ -328,11 +331,11 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
                             .sum::<usize>()
                     })
                     .sum();
-                grads.fill(0.0);
+                zero(be, &mut grads);
                 let mut loss = 0.0;
                 for ((gi, mb), mask) in mbs.iter().zip(&masks) {
                     let entropy = pcfg.entropy_coef != 0.0;
-                    let (logp, ent) = token_logps(&Cpu, model, &mut acts, mb, t, entropy)?;
+                    let (logp, ent) = token_logps(be, model, &mut acts, mb, t, entropy)?;
                     let rs = &rollouts[starts[*gi]..starts[*gi] + groups[*gi].len()];
                     // The sampler's log-probs, placed at the positions that predict each response token.
                     let mut sampler = vec![0.0f32; logp.len()];
@@ -357,9 +360,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
                     loss += out.loss;
                     stats.merge(&out.stats);
                     let coefs = TokenCoefs { logp: out.coefs.logp, entropy: out.coefs.entropy };
-                    model.backward(&Cpu, &mut acts, &coefs, t, &mut grads);
+                    model.backward(be, &mut acts, &coefs, t, &mut grads);
                 }
-                let (lr, norm) = lp.update(&Cpu, model, &mut grads, step, loss)?;
+                let (lr, norm) = lp.update(be, model, &mut grads, step, loss)?;
                 (loss_sum, last_lr, last_norm) = (loss_sum + loss, lr, norm);
                 update += 1;
             }
@@ -382,7 +385,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             "tokens": epochs * rollouts.iter().map(|r| r.seq.tokens.len()).sum::<usize>(),
             "rollout_s": rollout_s, "seconds": t0.elapsed().as_secs_f64(),
         });
-        if lp.end_step(&Cpu, model, tok, step, line)? {
+        if lp.end_step(be, model, tok, step, line)? {
             break;
         }
     }

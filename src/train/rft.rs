@@ -6,11 +6,11 @@
 //! again with the resumed weights, so a resume is exact only at round
 //! boundaries.
 
-use super::common::{keys, plan, positive, sft_accumulate, Loop, Setup};
+use super::common::{keys, plan, positive, sft_accumulate, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{micro_batches, Example, MicroBatch};
-use crate::backend::cpu::Cpu;
-use crate::model::activations::default_chunk;
+use crate::backend::Backend;
+use crate::model::activations::backend_chunk;
 use crate::model::{Activations, Model};
 use crate::reward::math_reward;
 use crate::rollout::{GenerateConfig, Generator, Sample, SamplingParams};
@@ -53,7 +53,13 @@ pub struct RoundSampling {
 }
 
 /// The samples of round `round`: `k` per prompt, seeded by (seed, round).
-pub fn round_samples(model: &Model<Cpu>, prompts: &[Vec<u32>], r: &RoundSampling, round: u64) -> Result<Vec<Sample>> {
+pub fn round_samples<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    prompts: &[Vec<u32>],
+    r: &RoundSampling,
+    round: u64,
+) -> Result<Vec<Sample>> {
     let cfg = GenerateConfig {
         n: r.k,
         max_new_tokens: r.max_new_tokens,
@@ -63,14 +69,14 @@ pub fn round_samples(model: &Model<Cpu>, prompts: &[Vec<u32>], r: &RoundSampling
         ..Default::default()
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-    Generator::new(&Cpu, model, cfg, longest)?.generate(prompts, None, |_| {})
+    Generator::new(be, model, cfg, longest)?.generate(prompts, None, |_| {})
 }
 
-pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
-    let mut setup = Setup::load(&Cpu, cfg)?;
+pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
+    let mut setup = Setup::load(be, cfg)?;
     let (prompts, answers): (Vec<Vec<u32>>, Vec<String>) = setup.problems(&setup.lines)?.into_iter().unzip();
     let (rounds, per_round) = (positive(cfg, "rft.rounds")? as u64, positive(cfg, "rft.steps_per_round")? as u64);
-    let mut lp = Loop::start(&Cpu, "rft", cfg, &mut setup, rounds * per_round, resume)?;
+    let mut lp = Loop::start(be, "rft", cfg, &mut setup, rounds * per_round, resume)?;
     let eos_ids = setup.eos();
     let model = &mut setup.model;
     let seed = cfg.int("seed") as u64;
@@ -82,12 +88,12 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
         seed,
     };
     let budget = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
-    let mut acts = Activations::new(&Cpu, &model.cfg, budget, default_chunk(&model.cfg, budget), true);
-    let mut grads = model.zero_grads(&Cpu);
+    let mut acts = Activations::new(be, &model.cfg, budget, backend_chunk(be, &model.cfg, budget), true);
+    let mut grads = model.zero_grads(be);
     let mut step = lp.start;
     while step < lp.total {
         let round = step / per_round;
-        let samples = round_samples(model, &prompts, &sampling, round)?;
+        let samples = round_samples(be, model, &prompts, &sampling, round)?;
         // Verified-correct answers, prompt + answer, answer-only loss.
         let mut kept: Vec<Example> = Vec::new();
         for p in 0..prompts.len() {
@@ -127,21 +133,21 @@ pub fn run(cfg: &Config, resume: Option<&Path>) -> Result<PathBuf> {
             let base = serde_json::json!({ "round": round + 1, "sampled": samples.len(), "kept": kept.len() });
             let Some(chosen) = steps.get(i) else {
                 // Nothing (more) to learn from this round: record the step, no update.
-                if lp.end_step(&Cpu, model, &setup.tok, step_idx, base)? {
+                if lp.end_step(be, model, &setup.tok, step_idx, base)? {
                     return lp.finish();
                 }
                 continue;
             };
             let ex: Vec<&Example> = chosen.iter().map(|&j| &kept[j]).collect();
             let mbs: Vec<MicroBatch> = micro_batches(&ex, budget).iter().map(|mb| MicroBatch::pack(mb)).collect();
-            grads.fill(0.0);
-            let loss = sft_accumulate(&Cpu, model, &mut acts, &mbs, &mut grads)?;
-            let (lr, grad_norm) = lp.update(&Cpu, model, &mut grads, step_idx, loss)?;
+            zero(be, &mut grads);
+            let loss = sft_accumulate(be, model, &mut acts, &mbs, &mut grads)?;
+            let (lr, grad_norm) = lp.update(be, model, &mut grads, step_idx, loss)?;
             let mut line = base;
             line["loss"] = loss.into();
             line["lr"] = lr.into();
             line["grad_norm"] = grad_norm.into();
-            if lp.end_step(&Cpu, model, &setup.tok, step_idx, line)? {
+            if lp.end_step(be, model, &setup.tok, step_idx, line)? {
                 return lp.finish();
             }
         }

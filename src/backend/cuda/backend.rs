@@ -11,7 +11,6 @@
 
 use super::buf::{DBuf, DMut, DRef, DType, IdxRef};
 use super::{Bf16, Gpu};
-use crate::backend::cpu::distill::distill_row;
 use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, Span};
 use crate::loss::DistillMode;
 use anyhow::{anyhow, bail, Result};
@@ -59,6 +58,12 @@ fn grow<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, s: &mut CudaSlice<T>, len: u
 }
 
 impl Cuda {
+    /// Whether the CUDA driver library can be loaded (a GPU machine).
+    pub fn driver_present() -> bool {
+        // SAFETY: only tries to open the driver library.
+        unsafe { cudarc::driver::sys::is_culib_present() }
+    }
+
     /// Starts GPU `ordinal` (see [`Gpu::new`]).
     pub fn new(ordinal: usize) -> Result<Self> {
         let gpu = Gpu::new(ordinal)?;
@@ -474,8 +479,7 @@ impl Backend for Cuda {
         ));
     }
 
-    /// Through the host, one chunk at a time, with the CPU's row function:
-    /// correct and slow, until the distillation kernel (issue 7) exists.
+    /// kernels/distill.cu: one block per row, the gradient written in place.
     fn distill(
         &self,
         student: DMut<'_>,
@@ -486,23 +490,15 @@ impl Backend for Cuda {
         weight: DRef<'_>,
         loss: DMut<'_>,
     ) {
-        assert_eq!(student.len(), teacher.len(), "distill: student and teacher chunks differ");
-        assert!(weight.len() * vocab == student.len() && loss.len() == weight.len(), "distill: rows");
-        let mut zs = {
-            // A read-only look at the student's chunk, then the gradient written back.
-            let view = student.bf16("distill student");
-            let h = must(self.gpu.stream.clone_dtoh(&view).map_err(|e| anyhow!("distill: {e}")));
-            (h.iter().map(|v| v.to_f32()).collect::<Vec<f32>>(), view)
-        };
-        let zt = self.read(teacher);
-        let w = self.read(weight);
-        let mut per_row = vec![0f32; w.len()];
-        for (r, l) in per_row.iter_mut().enumerate() {
-            let span = r * vocab..(r + 1) * vocab;
-            *l = distill_row(&mut zs.0[span.clone()], &zt[span], mode, inv_temp, w[r]) as f32;
-        }
-        let grad: Vec<Bf16> = zs.0.iter().map(|&v| Bf16::from_f32(v)).collect();
-        must(self.gpu.stream.memcpy_htod(&grad, &mut zs.1).map_err(|e| anyhow!("distill: {e}")));
-        self.write(&per_row, loss);
+        let op = "distill";
+        must(self.gpu.distill(
+            &mut student.bf16(op),
+            &teacher.bf16(op),
+            vocab,
+            mode,
+            inv_temp,
+            &weight.f32(op),
+            &mut loss.f32(op),
+        ));
     }
 }

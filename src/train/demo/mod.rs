@@ -26,7 +26,7 @@ use super::common::{read_metrics as metrics, series};
 use super::config::{Config, KeySpec, Kind};
 use super::eval::{evaluate, EvalSpec};
 use super::plot::{write_png, Chart, Series};
-use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::write_atomic;
 use crate::model::Model;
@@ -112,18 +112,19 @@ fn phase(name: &str, f: impl FnOnce() -> Result<PathBuf>) -> Result<Phase> {
 }
 
 /// Greedy pass@1 of the checkpoint in `dir` on `problems`.
-fn accuracy(dir: &Path, problems: &[Problem], seed: u64) -> Result<f64> {
-    let (model, _) = Model::<Cpu>::load(&Cpu, dir)?;
+fn accuracy<B: Backend>(be: &B, dir: &Path, problems: &[Problem], seed: u64) -> Result<f64> {
+    let (model, _) = Model::<B>::load(be, dir)?;
     let tok = Tokenizer::load(dir)?;
     let probs: Vec<(Vec<u32>, String)> = problems
         .iter()
         .map(|p| Ok((tok.encode(&p.prompt(), false)?, p.answer().to_string())))
         .collect::<Result<_>>()?;
     let spec = EvalSpec { max_new_tokens: MAX_LEN, k: 1, temperature: 0.0, seed, eos: tok.eos_ids.clone() };
-    Ok(evaluate(&Cpu, &model, &tok, &probs, &spec)?.pass1)
+    Ok(evaluate(be, &model, &tok, &probs, &spec)?.pass1)
 }
 
-pub fn run(cfg: &Config) -> Result<Value> {
+/// Runs the demo on backend `be` (the numbers of docs/DEMO.md are the CPU's).
+pub fn run<B: Backend>(be: &B, cfg: &Config) -> Result<Value> {
     let clock = Instant::now();
     let quick = cfg.bool("quick");
     let int = |k: &str| -> Result<usize> {
@@ -210,7 +211,7 @@ pub fn run(cfg: &Config) -> Result<Value> {
             sft_sets(&init, &root.join("sft"), seed, size("sft.max_steps", 30)?, size("sft.eval_every", 5)?)?;
         sets.push(format!("early_stop.patience={}", size("sft.patience", 2)?));
         sets.push("optim.warmup_steps=20".into());
-        super::sft::run(&Cpu, &trainer_config(&super::sft::config_keys(), sets)?, None)
+        super::sft::run(be, &trainer_config(&super::sft::config_keys(), sets)?, None)
     })?;
     let start = last_checkpoint(&sft.dir)?;
 
@@ -230,7 +231,7 @@ pub fn run(cfg: &Config) -> Result<Value> {
             format!("grpo.max_new_tokens={MAX_LEN}"),
             "grpo.loss=\"gppo\"".into(),
         ]);
-        super::grpo::run(&trainer_config(&super::grpo::config_keys(), sets)?, None)
+        super::grpo::run(be, &trainer_config(&super::grpo::config_keys(), sets)?, None)
     })?;
 
     // 3. The control: SFT from the same point for the same compute.
@@ -250,15 +251,15 @@ pub fn run(cfg: &Config) -> Result<Value> {
     let control_eval_every = (control_steps * size("rl.eval_every", 3)?).div_ceil(rl_steps).max(1);
     let control = phase("control: SFT continued from the same point for the same compute", || {
         let sets = sft_sets(&start, &root.join("control"), seed.wrapping_add(12), control_steps, control_eval_every)?;
-        super::sft::run(&Cpu, &trainer_config(&super::sft::config_keys(), sets)?, None)
+        super::sft::run(be, &trainer_config(&super::sft::config_keys(), sets)?, None)
     })?;
 
     // 4. The final numbers, on problems no phase has seen.
     eprintln!("demo: greedy pass@1 on {} held-out problems", test.len());
     let eval_seed = seed ^ 0x7E57;
-    let sft_accuracy = accuracy(&start, &test, eval_seed)?;
-    let rl_accuracy = accuracy(&last_checkpoint(&rl.dir)?, &test, eval_seed)?;
-    let control_accuracy = accuracy(&last_checkpoint(&control.dir)?, &test, eval_seed)?;
+    let sft_accuracy = accuracy(be, &start, &test, eval_seed)?;
+    let rl_accuracy = accuracy(be, &last_checkpoint(&rl.dir)?, &test, eval_seed)?;
+    let control_accuracy = accuracy(be, &last_checkpoint(&control.dir)?, &test, eval_seed)?;
     let sft_lines = metrics(&sft.dir)?;
     let summary = json!({
         "sft_accuracy": sft_accuracy,
