@@ -3,6 +3,7 @@
 //! over: forward, phase 1, loss, phase 2 + backward, clipping, AdamW).
 
 mod common;
+use common::runs::*;
 use common::*;
 use engine::backend::cpu::Cpu;
 use engine::loss::masked_mean_ce;
@@ -46,19 +47,6 @@ fn engine(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A small SFT data file: prompt / completion pairs.
-fn sft_data(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("sft.jsonl");
-    let mut text = String::new();
-    for a in 0..6 {
-        for b in 0..6 {
-            text.push_str(&format!("{{\"prompt\": \"What is {a} plus {b}?\", \"completion\": \" {}.\"}}\n", a + b));
-        }
-    }
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn sft(sets: &[String], resume: Option<&std::path::Path>) -> (i32, String) {
     train("sft", sets, resume)
 }
@@ -88,14 +76,6 @@ fn train(trainer: &str, sets: &[String], resume: Option<&std::path::Path>) -> (i
     (code, err)
 }
 
-fn metrics(run: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// `engine train sft` end to end: the loss falls, checkpoints load back as
 /// models, `keep_last` prunes, and a resume from step 3 reaches bitwise the
 /// weights of the uninterrupted run at step 6.
@@ -103,21 +83,7 @@ fn metrics(run: &std::path::Path) -> Vec<serde_json::Value> {
 fn sft_trains_checkpoints_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = sft_data(tmp.path());
-    let base = |out: &std::path::Path, keep: usize| -> Vec<String> {
-        vec![
-            format!("model={}", fixtures().join("qwen3").display()),
-            format!("data={}", data.display()),
-            format!("output_dir={}", out.display()),
-            "tokens_per_step=150".into(),
-            "epochs=2".into(),
-            "max_steps=6".into(),
-            "save_every=3".into(),
-            format!("keep_last={keep}"),
-            "save_dtype=f32".into(),
-            "optim.lr=3e-3".into(),
-            "optim.warmup_steps=2".into(),
-        ]
-    };
+    let base = |out: &std::path::Path, keep: usize| sft_sets(&data, out, keep);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let (code, err) = sft(&base(&a, 0), None);
     assert_eq!(code, 0, "{err}");
@@ -157,31 +123,9 @@ fn sft_config_mistakes_are_named() {
 #[test]
 fn dpo_learns_the_preference() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("dpo.jsonl");
-    let mut text = String::new();
-    for a in 0..5 {
-        for b in 0..4 {
-            text.push_str(&format!(
-                "{{\"prompt\": \"{a} plus {b} is\", \"chosen\": \" {}.\", \"rejected\": \" {}.\"}}\n",
-                a + b,
-                a + b + 3
-            ));
-        }
-    }
-    std::fs::write(&data, text).unwrap();
+    let data = dpo_data(tmp.path());
     let out = tmp.path().join("run");
-    let sets: Vec<String> = [
-        format!("model={}", fixtures().join("qwen2").display()),
-        format!("data={}", data.display()),
-        format!("output_dir={}", out.display()),
-        "pairs_per_step=5".into(),
-        "epochs=3".into(),
-        "dpo.beta=0.5".into(),
-        "optim.lr=2e-3".into(),
-        "optim.schedule=constant".into(),
-    ]
-    .into_iter()
-    .collect();
+    let sets = dpo_sets(&data, &out);
     let (code, err) = train("dpo", &sets, None);
     assert_eq!(code, 0, "{err}");
     let m = metrics(&out);
@@ -205,32 +149,9 @@ fn dpo_learns_the_preference() {
 #[test]
 fn grpo_runs_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("rl.jsonl");
-    std::fs::write(
-        &data,
-        (0..4)
-            .map(|i| format!("{{\"prompt\": \"What is {i} + {i}?\", \"answer\": \"{}\"}}\n", 2 * i))
-            .collect::<String>(),
-    )
-    .unwrap();
+    let data = rl_data(tmp.path());
     let out = tmp.path().join("run");
-    let sets: Vec<String> = [
-        format!("model={}", fixtures().join("qwen3").display()),
-        format!("data={}", data.display()),
-        format!("output_dir={}", out.display()),
-        "max_steps=2".into(),
-        "grpo.prompts_per_step=2".into(),
-        "grpo.group_size=4".into(),
-        "grpo.max_new_tokens=8".into(),
-        "grpo.kl_coef=0.1".into(),
-        "grpo.entropy_coef=0.01".into(),
-        "grpo.epochs=2".into(),
-        "grpo.mini_batches=2".into(),
-        "micro_batch_tokens=40".into(),
-        "optim.lr=1e-3".into(),
-    ]
-    .into_iter()
-    .collect();
+    let sets = grpo_sets(&data, &out);
     let (code, err) = train("grpo", &sets, None);
     assert_eq!(code, 0, "{err}");
     let m = metrics(&out);

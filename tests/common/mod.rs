@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: fixture reading and error norms.
 #![allow(dead_code)]
 
+pub mod runs;
+
 use engine::backend::IGNORE;
 use engine::data::Batch;
 use safetensors::tensor::Dtype;
