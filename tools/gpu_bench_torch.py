@@ -50,6 +50,8 @@ FULL = dict(
     elems=100_000_000,
     copy_bytes=1 << 30,
     blocker_bytes=256 << 20,
+    loss_rows=16384,
+    loss_chunk=4096,
 )
 # --smoke-cpu: the same ops, tiny.
 SMOKE = dict(
@@ -65,8 +67,10 @@ SMOKE = dict(
     elems=100_000,
     copy_bytes=1 << 20,
     blocker_bytes=1 << 16,
+    loss_rows=64,
+    loss_chunk=16,
 )
-SECTIONS = ["copy", "elementwise", "cast", "rmsnorm", "rope", "swiglu", "embedding", "rows", "adamw", "gemm", "attention"]
+SECTIONS = ["copy", "elementwise", "cast", "rmsnorm", "rope", "swiglu", "embedding", "rows", "adamw", "gemm", "attention", "loss"]
 MAX_N = 1000
 # The longest head start (ms of copies) before a timed loop; loops are cut to
 # what the host can queue in that time.
@@ -484,6 +488,72 @@ def s_attention(b):
         del out, ql, kl, vl
 
 
+def s_loss(b):
+    """The loss kernels at 16k tokens x the vocabulary, T = 0.7 (tests/cuda/bench.rs's `loss`).
+
+    Eager PyTorch as a trainer writes it, over chunks of `loss_chunk` rows (the
+    fp32 temporaries of all 16k rows at once, 10 GB each, would not fit beside
+    each other); the shape is the whole batch. Bytes as the engine counts them.
+    """
+    torch, c = b.torch, b.c
+    F = torch.nn.functional
+    R, V, C = c["loss_rows"], c["vocab"], c["loss_chunk"]
+    shape = f"{R}x{V}"
+    inv_t = 1.0 / 0.7
+    logits, per_row = bf16(R * V), 4.0 * R
+    spans = [(r0, min(r0 + C, R)) for r0 in range(0, R, C)]
+    chunked = f", chunks of {C} rows"
+    z = rand(b, R, V)
+    y = torch.tensor(token_ids(R, V), device=b.dev, dtype=torch.long)
+    logp, lse, ent = (torch.empty(R, dtype=torch.float32, device=b.dev) for _ in range(3))
+
+    def fwd(entropy):
+        def f():
+            for r0, r1 in spans:
+                s = z[r0:r1].float() * inv_t
+                lp = torch.log_softmax(s, -1)
+                logp[r0:r1] = lp.gather(-1, y[r0:r1, None]).squeeze(-1)
+                lse[r0:r1] = torch.logsumexp(s, -1)
+                if entropy:
+                    ent[r0:r1] = -(lp.exp() * lp).sum(-1)
+
+        return f
+
+    impl = "log_softmax(z.float()/T).gather + logsumexp"
+    b.run("logprob_fwd", shape, fwd(False), nbytes=logits + 3 * per_row, impl=impl + chunked)
+    b.run("logprob_fwd_entropy", shape, fwd(True), nbytes=logits + 4 * per_row, impl=impl + " + -(p*logp).sum" + chunked)
+    coef = rand(b, R, dtype=torch.float32)
+
+    def bwd():
+        # dz = coef*(onehot(y) - softmax(z/T))/T from the saved lse, written over z.
+        for r0, r1 in spans:
+            zc = z[r0:r1]
+            p = torch.exp(zc.float() * inv_t - lse[r0:r1, None])
+            g = torch.zeros_like(p).scatter_(-1, y[r0:r1, None], 1.0) - p
+            zc.copy_(g * (coef[r0:r1, None] * inv_t))
+
+    b.run("logprob_bwd", shape, bwd, nbytes=2 * logits + 3 * per_row, impl="(onehot - exp(z/T - lse))*coef/T, copy_ into z" + chunked)
+    del z, coef
+    if b.cuda:
+        torch.cuda.empty_cache()
+    zs, zt = rand(b, R, V), rand(b, R, V)
+    w = rand(b, R, dtype=torch.float32)
+    dl = torch.empty(R, dtype=torch.float32, device=b.dev)
+
+    def distill():
+        # KL(p_t || p_s) per row and w * its gradient, written over the student's logits.
+        for r0, r1 in spans:
+            s = zs[r0:r1].float().requires_grad_()
+            ls = torch.log_softmax(s * inv_t, -1)
+            lt = torch.log_softmax(zt[r0:r1].float() * inv_t, -1)
+            kl = F.kl_div(ls, lt, reduction="none", log_target=True).sum(-1)
+            (g,) = torch.autograd.grad(kl, s, w[r0:r1])
+            dl[r0:r1] = kl.detach()
+            zs[r0:r1].copy_(g)
+
+    b.run("distill_forward", shape, distill, nbytes=3 * logits + 2 * per_row, impl="F.kl_div(log_softmax) + autograd.grad, copy_ into z_s" + chunked)
+
+
 FUNCS = {
     "copy": s_copy,
     "elementwise": s_elementwise,
@@ -496,6 +566,7 @@ FUNCS = {
     "adamw": s_adamw,
     "gemm": s_gemm,
     "attention": s_attention,
+    "loss": s_loss,
 }
 
 

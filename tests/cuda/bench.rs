@@ -1,8 +1,9 @@
 //! The kernel benchmarks of the GPU check (DESIGN.md §7): every kernel at
 //! the shapes of a Qwen2.5-0.5B-like layer (hidden 896, intermediate 4864,
 //! 14 query / 2 key-value heads of 64, 4096 tokens), AdamW over 100M
-//! parameters, the cuBLASLt products of a layer, and the simple attention,
-//! each timed with CUDA events and set against the card's device-to-device
+//! parameters, the cuBLASLt products of a layer, the simple attention, and
+//! the loss kernels on 16,384 tokens of Qwen's 151,936-word vocabulary (5 GB
+//! of bf16 logits a buffer), each timed with CUDA events and set against the card's device-to-device
 //! copy bandwidth (memory-bound kernels) or given in TFLOP/s (products,
 //! attention). `tools/gpu_bench_torch.py` times the same ops in PyTorch
 //! under the same kernel names.
@@ -14,7 +15,7 @@
 //!   without it they are only printed.
 //! - `ENGINE_BENCH_SKIP`: sections to skip, comma-separated: copy,
 //!   elementwise, cast, rmsnorm, rope, swiglu, embedding, rows, adamw, gemm,
-//!   attention.
+//!   attention, loss.
 //! - `ENGINE_BENCH_TARGET_MS` (default 100): GPU time per timed loop.
 //! - `ENGINE_BENCH_BUDGET_S` (default 80): no section starts after this
 //!   many seconds.
@@ -37,6 +38,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, DeviceRepr, ValidAsZeroBits};
 use engine::backend::cuda::{Bf16, Gpu};
 use engine::backend::{AdamWStep, AttnShape, MatShape};
+use engine::loss::DistillMode;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,8 @@ const TOKENS: usize = 4096;
 const SEQ: usize = 1024;
 const VOCAB: usize = 151_936;
 const PARAMS: usize = 100_000_000;
+/// Tokens (rows of `VOCAB` logits) of the loss kernels.
+const LOSS_ROWS: usize = 16_384;
 /// Elements of the bf16 buffers of the elementwise kernels and casts (a
 /// gradient-sized buffer).
 const ELEMS: usize = 100_000_000;
@@ -114,6 +118,23 @@ impl<'a> Bench<'a> {
 
     fn random(&self, n: usize, seed: u64) -> Result<CudaSlice<Bf16>> {
         self.g.stream.clone_htod(&pattern(n, seed)).map_err(|e| anyhow!("upload of {n} bf16: {e}"))
+    }
+
+    /// `n` bf16 values as [`pattern`] has them, its 1M values uploaded once
+    /// and tiled on the device (a host copy of gigabytes takes seconds).
+    fn random_tiled(&self, n: usize, seed: u64) -> Result<CudaSlice<Bf16>> {
+        let p = pattern(n.min(1 << 20), seed);
+        let mut x: CudaSlice<Bf16> = self.zeros(n)?;
+        let s = &self.g.stream;
+        s.memcpy_htod(&p, &mut x.slice_mut(0..p.len())).map_err(|e| anyhow!("upload of {} bf16: {e}", p.len()))?;
+        let mut have = p.len();
+        while have < n {
+            let k = have.min(n - have);
+            let (done, mut rest) = x.split_at_mut(have);
+            s.memcpy_dtod(&done.slice(0..k), &mut rest.slice_mut(0..k)).map_err(|e| anyhow!("tiling: {e}"))?;
+            have += k;
+        }
+        Ok(x)
     }
 
     fn random_f32(&self, n: usize, seed: u64) -> Result<CudaSlice<f32>> {
@@ -526,6 +547,48 @@ fn attention(b: &mut Bench) -> Result<()> {
     })
 }
 
+/// The loss kernels at 16k tokens × 151,936 (issue 7): log-probabilities
+/// (with and without the entropy), their in-place backward, and the
+/// distillation kernel (forward KL), at T = 0.7. Bytes: the logits read once
+/// (forward), read and written (backward), both rows read and the student's
+/// written (distillation), plus the per-row arrays. The backward and the
+/// distillation overwrite their logits with gradients, so later calls see
+/// those (still finite) values.
+fn loss(b: &mut Bench) -> Result<()> {
+    let g = b.g;
+    let (rows, vocab) = (LOSS_ROWS, VOCAB);
+    let n = rows * vocab;
+    let shape = format!("{rows}x{vocab}");
+    let inv_temp = 1.0 / 0.7;
+    let (logits, per_row) = (bytes_bf16(n), 4.0 * rows as f64);
+    let mut z = b.random_tiled(n, 40)?;
+    let y = b.u32s(&token_ids(rows))?;
+    let mut logp: CudaSlice<f32> = b.zeros(rows)?;
+    let mut lse: CudaSlice<f32> = b.zeros(rows)?;
+    let mut h: CudaSlice<f32> = b.zeros(rows)?;
+    // Targets read; logp, lse (and the entropy) written.
+    b.run("logprob_fwd", &shape, Work::Bytes(logits + 3.0 * per_row), false, MAX_N, || {
+        g.logprob_fwd(&z, &y, vocab, inv_temp, &mut logp, &mut lse, None)
+    })?;
+    b.run("logprob_fwd_entropy", &shape, Work::Bytes(logits + 4.0 * per_row), false, MAX_N, || {
+        g.logprob_fwd(&z, &y, vocab, inv_temp, &mut logp, &mut lse, Some(&mut h.as_view_mut()))
+    })?;
+    let coef = b.random_f32(rows, 41)?;
+    // Targets, lse and coef read.
+    b.run("logprob_bwd", &shape, Work::Bytes(2.0 * logits + 3.0 * per_row), false, MAX_N, || {
+        g.logprob_bwd(&mut z, &y, vocab, inv_temp, &lse, &coef, None)
+    })?;
+    drop(z);
+    let mut zs = b.random_tiled(n, 42)?;
+    let zt = b.random_tiled(n, 43)?;
+    let w = b.random_f32(rows, 44)?;
+    let mut dl: CudaSlice<f32> = b.zeros(rows)?;
+    // Weights read, the divergence written.
+    b.run("distill_forward", &shape, Work::Bytes(3.0 * logits + 2.0 * per_row), false, MAX_N, || {
+        g.distill(&mut zs, &zt, vocab, DistillMode::Forward, inv_temp, &w, &mut dl)
+    })
+}
+
 #[test]
 #[ignore = "the kernel benchmarks: run with --ignored bench_kernels on a GPU (tools/gpu-check.sh run)"]
 fn bench_kernels() {
@@ -570,7 +633,7 @@ fn bench_kernels() {
     println!("bench_kernels on {}: head-start copy of 256 MiB takes {:.3} ms", g.name, b.blocker_ms);
     println!("{:24} {:28} {:>13} {:>14}", "kernel", "shape", "time", "rate");
     type Section = fn(&mut Bench) -> Result<()>;
-    let sections: [(&str, Section); 11] = [
+    let sections: [(&str, Section); 12] = [
         ("copy", copy),
         ("elementwise", elementwise),
         ("cast", cast),
@@ -582,6 +645,7 @@ fn bench_kernels() {
         ("adamw", adamw),
         ("gemm", gemm),
         ("attention", attention),
+        ("loss", loss),
     ];
     for (name, f) in sections {
         b.section(name, f);

@@ -13,8 +13,10 @@ mod bench;
 mod cast;
 #[path = "../common/mod.rs"]
 mod common;
+mod distill;
 mod elementwise;
 mod embedding;
+mod flash_attention;
 mod gemm;
 mod logprob;
 mod model;
@@ -22,5 +24,6 @@ mod rmsnorm;
 mod rope;
 mod rows;
 mod swiglu;
+mod train;
 mod train_bench;
 mod util;

@@ -3,6 +3,9 @@
 //! [`cpu::attention`](crate::backend::cpu::attention). Not fast; it is the
 //! reference the flash kernel is tested against, and the path for head
 //! dimensions the flash kernel does not take (up to [`MAX_HEAD_DIM`]).
+//! [`Gpu::attention_fwd`] and [`Gpu::attention_bwd`] dispatch: the flash
+//! kernels (src/backend/cuda/flash_attention.rs) where they take the call,
+//! else these ([`Gpu::attention_fwd_reference`], [`Gpu::attention_bwd_reference`]).
 //!
 //! Every size is checked before a launch. `cu_seqlens`, `slots` and `lens`
 //! are small index arrays: each call copies them to the host and checks them
@@ -38,7 +41,7 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
 
 /// The CPU's shape checks, plus what the kernels need: `head_dim` at most
 /// [`MAX_HEAD_DIM`], head counts that fit 32 bits.
-fn check_shape(what: &str, s: &AttnShape) -> Result<()> {
+pub(super) fn check_shape(what: &str, s: &AttnShape) -> Result<()> {
     if s.n_heads == 0 || s.n_kv_heads == 0 || s.head_dim == 0 {
         bail!("{what}: n_heads, n_kv_heads and head_dim must be > 0, got {s:?}");
     }
@@ -58,7 +61,7 @@ fn check_shape(what: &str, s: &AttnShape) -> Result<()> {
 }
 
 /// `a · b · c`, or an error where it overflows.
-fn elems(what: &str, a: usize, b: usize, c: usize) -> Result<usize> {
+pub(super) fn elems(what: &str, a: usize, b: usize, c: usize) -> Result<usize> {
     a.checked_mul(b).and_then(|x| x.checked_mul(c)).ok_or_else(|| anyhow!("{what}: {a}·{b}·{c} elements overflow"))
 }
 
@@ -85,15 +88,24 @@ impl Gpu {
     /// Checks `cu_seqlens` as the CPU does (starts at 0, non-decreasing);
     /// returns (number of sequences, tokens = its last entry).
     fn check_cu_seqlens(&self, what: &str, cu_seqlens: &impl DevicePtr<u32>) -> Result<(usize, usize)> {
+        let cu = self.cu_seqlens_host(what, cu_seqlens)?;
+        Ok((cu.len() - 1, *cu.last().expect("checked non-empty") as usize))
+    }
+
+    /// `cu_seqlens` copied to the host and checked as the CPU checks it
+    /// (n_seqs + 1 >= 1 entries, starts at 0, non-decreasing).
+    pub(super) fn cu_seqlens_host(&self, what: &str, cu_seqlens: &impl DevicePtr<u32>) -> Result<Vec<u32>> {
         let cu = self.host_u32(&format!("{what}: cu_seqlens"), cu_seqlens)?;
-        let Some(&last) = cu.last() else { bail!("{what}: cu_seqlens must have n_seqs + 1 >= 1 entries") };
+        if cu.is_empty() {
+            bail!("{what}: cu_seqlens must have n_seqs + 1 >= 1 entries");
+        }
         if cu[0] != 0 {
             bail!("{what}: cu_seqlens[0] must be 0, got {}", cu[0]);
         }
         if let Some(w) = cu.windows(2).find(|w| w[0] > w[1]) {
             bail!("{what}: cu_seqlens must be non-decreasing, got {} before {}", w[0], w[1]);
         }
-        Ok((cu.len() - 1, last as usize))
+        Ok(cu)
     }
 
     /// The checked shape of a packed batch: `(n_seqs, tokens, q elements,
@@ -118,9 +130,37 @@ impl Gpu {
     /// head_dim]`) and `lse` (fp32 `[tokens, n_heads]`, the natural-log
     /// logsumexp of the scaled scores). q: `[tokens, n_heads, head_dim]`;
     /// k, v: `[tokens, n_kv_heads, head_dim]`; `cu_seqlens`: n_seqs + 1
-    /// entries from 0 to tokens.
+    /// entries from 0 to tokens. The flash kernel where it
+    /// takes the call (head_dim 64 or 128, 16-byte aligned buffers),
+    /// else the simple one ([`attention_fwd_reference`](Self::attention_fwd_reference)).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_fwd(
+        &self,
+        s: &AttnShape,
+        cu_seqlens: &impl DevicePtr<u32>,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+        lse: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        let ptrs = [
+            q.device_ptr(&self.stream).0,
+            k.device_ptr(&self.stream).0,
+            v.device_ptr(&self.stream).0,
+            out.device_ptr_mut(&self.stream).0,
+        ];
+        if super::flash_attention::takes(s, &ptrs) {
+            self.flash_attention_fwd(super::FLASH_VARIANT, s, cu_seqlens, q, k, v, out, lse)
+        } else {
+            self.attention_fwd_reference(s, cu_seqlens, q, k, v, out, lse)
+        }
+    }
+
+    /// [`attention_fwd`](Self::attention_fwd) on the simple kernel, any
+    /// head_dim up to `MAX_HEAD_DIM` (256).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_fwd_reference(
         &self,
         s: &AttnShape,
         cu_seqlens: &impl DevicePtr<u32>,
@@ -171,9 +211,44 @@ impl Gpu {
     /// Backward of [`attention_fwd`](Self::attention_fwd) from `dout` and the
     /// forward's `out` and `lse`: overwrites `dq` (shape of q), `dk`, `dv`
     /// (shape of k, v). Deterministic: each output row has one owner and sums
-    /// in a fixed order.
+    /// in a fixed order. The flash kernels where they take the call, else the
+    /// simple ones ([`attention_bwd_reference`](Self::attention_bwd_reference)).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_bwd(
+        &self,
+        s: &AttnShape,
+        cu_seqlens: &impl DevicePtr<u32>,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &impl DevicePtr<Bf16>,
+        lse: &impl DevicePtr<f32>,
+        dout: &impl DevicePtr<Bf16>,
+        dq: &mut impl DevicePtrMut<Bf16>,
+        dk: &mut impl DevicePtrMut<Bf16>,
+        dv: &mut impl DevicePtrMut<Bf16>,
+    ) -> Result<()> {
+        let ptrs = [
+            q.device_ptr(&self.stream).0,
+            k.device_ptr(&self.stream).0,
+            v.device_ptr(&self.stream).0,
+            out.device_ptr(&self.stream).0,
+            dout.device_ptr(&self.stream).0,
+            dq.device_ptr_mut(&self.stream).0,
+            dk.device_ptr_mut(&self.stream).0,
+            dv.device_ptr_mut(&self.stream).0,
+        ];
+        if super::flash_attention::takes(s, &ptrs) {
+            self.flash_attention_bwd(super::FLASH_VARIANT, s, cu_seqlens, q, k, v, out, lse, dout, dq, dk, dv)
+        } else {
+            self.attention_bwd_reference(s, cu_seqlens, q, k, v, out, lse, dout, dq, dk, dv)
+        }
+    }
+
+    /// [`attention_bwd`](Self::attention_bwd) on the simple kernels, any
+    /// head_dim up to `MAX_HEAD_DIM` (256).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_bwd_reference(
         &self,
         s: &AttnShape,
         cu_seqlens: &impl DevicePtr<u32>,

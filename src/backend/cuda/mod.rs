@@ -11,8 +11,10 @@ mod attention;
 mod backend;
 pub mod buf;
 mod cast;
+mod distill;
 mod elementwise;
 mod embedding;
+mod flash_attention;
 mod gemm;
 mod logprob;
 pub mod params;
@@ -22,6 +24,7 @@ mod rows;
 mod swiglu;
 
 pub use backend::Cuda;
+pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
@@ -41,8 +44,10 @@ pub struct Kernels {
     pub adamw: adamw::Fns,
     pub attention: attention::Fns,
     pub cast: cast::Fns,
+    pub distill: distill::Fns,
     pub elementwise: elementwise::Fns,
     pub embedding: embedding::Fns,
+    pub flash_attention: flash_attention::Fns,
     pub logprob: logprob::Fns,
     pub rmsnorm: rmsnorm::Fns,
     pub rope: rope::Fns,
@@ -100,8 +105,10 @@ impl Gpu {
             adamw: adamw::load(&m)?,
             attention: attention::load(&m)?,
             cast: cast::load(&m)?,
+            distill: distill::load(&m)?,
             elementwise: elementwise::load(&m)?,
             embedding: embedding::load(&m)?,
+            flash_attention: flash_attention::load(&m)?,
             logprob: logprob::load(&m)?,
             rmsnorm: rmsnorm::load(&m)?,
             rope: rope::load(&m)?,

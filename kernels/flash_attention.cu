@@ -1,0 +1,692 @@
+// FlashAttention-2-style causal attention over packed sequences on bf16 tensor
+// cores (DESIGN.md §5, issue 8 steps 1–2): head_dim 64 and 128, GQA, the
+// semantics of kernels/attention.cu (the simple kernels, its reference).
+//
+// Products use mma.sync.m16n8k16 (bf16 in, fp32 accumulate). Every kernel
+// comes in two variants, a template flag FAST (both are built; the host
+// picks, the tests check both):
+//   fast: fragments read from shared memory with ldmatrix.x4 (.trans where
+//     the operand is needed transposed); the tiles of the inner loop double
+//     buffered, the next one fetched with cp.async while this one is used;
+//   simple: fragments read with 32-bit loads (two 16-bit loads for a
+//     transposed pair), written straight from the fragment layouts below;
+//     tiles loaded with plain 16-byte loads, one buffer; as a fallback.
+// The PTX ISA's fragment layouts, with g = lane / 4 and t = lane % 4:
+//   A (16×16, row-major):  a0 = A[g][2t..2t+1],   a1 = A[g+8][2t..2t+1],
+//                          a2 = A[g][2t+8..2t+9], a3 = A[g+8][2t+8..2t+9]
+//   B (16×8, B[k][n]):     b0 = B[2t..2t+1][g],   b1 = B[2t+8..2t+9][g]
+//   C (16×8, fp32):        c0,c1 = C[g][2t..2t+1], c2,c3 = C[g+8][2t..2t+1]
+// (the lower-indexed element in the low half of each 32-bit register). Two
+// adjacent C tiles (16×16) hold exactly the A fragment of the same 16×16
+// block, so probabilities go from the score accumulators to the next
+// product without passing through shared memory.
+//
+// Each block runs 4 warps; each warp owns 16 rows of a 64-row tile (query
+// rows in the forward and dq, key rows in dk/dv) and never shares them, so no
+// reduction crosses warps. Tiles are staged in shared memory, rows padded by
+// 8 elements (conflict-free fragment loads); rows past the sequence's end are
+// zero-filled and their scores masked. fp32 online softmax in base 2 (scores
+// pre-multiplied by scale·log2 e). Sums run in a fixed order (no atomics), so
+// every run gives the same bits.
+#include "common.cuh"
+#include "flash_attention.h"
+
+#define THREADS ENGINE_FLASH_THREADS
+#define TILE ENGINE_FLASH_TILE
+#define PAD ENGINE_FLASH_PAD
+static_assert(THREADS == 128 && TILE == 64, "4 warps of 16 rows cover a tile");
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+namespace {
+
+// Shared-memory row stride (elements) for head_dim D.
+template <int D>
+constexpr int ld() {
+  return D + PAD;
+}
+
+// Dynamic shared memory (bytes) of each kernel: the host computes the same
+// from the header's constants (src/backend/cuda/flash_attention.rs).
+// Buffers of the inner loop's tiles.
+template <bool FAST>
+constexpr int nbuf() {
+  return FAST ? 2 : 1;
+}
+template <int D, bool FAST>
+constexpr int fwd_smem() {
+  return (1 + 2 * nbuf<FAST>()) * TILE * ld<D>() * 2;  // q; k, v per buffer
+}
+template <int D, bool FAST>
+constexpr int dq_smem() {
+  return (2 + 2 * nbuf<FAST>()) * TILE * ld<D>() * 2;  // q, dout; k, v per buffer
+}
+template <int D>
+constexpr int dkdv_step() {
+  return D == 64 ? ENGINE_FLASH_DKDV_STEP_D64 : ENGINE_FLASH_DKDV_STEP_D128;
+}
+template <int D, bool FAST>
+constexpr int dkdv_smem() {
+  // k, v; per buffer q, dout (bf16) and lse, delta (fp32)
+  return (2 * TILE + nbuf<FAST>() * 2 * dkdv_step<D>()) * ld<D>() * 2 + nbuf<FAST>() * 2 * dkdv_step<D>() * 4;
+}
+
+// ENGINE_FLASH_EMU: tools/flash_attention_emu.cpp compiles this file for the
+// host, with the two instructions below emulated, to run the kernels on a CPU.
+__device__ __forceinline__ uint32_t dyn_smem_bytes() {
+#ifdef ENGINE_FLASH_EMU
+  return emu_dyn_smem_bytes();
+#else
+  uint32_t r;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+  return r;
+#endif
+}
+
+// c += A·B for one 16×8×16 step.
+__device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                    uint32_t b1) {
+#ifdef ENGINE_FLASH_EMU
+  emu_mma(c, a0, a1, a2, a3, b0, b1);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// Two adjacent bf16 (p[0] low, p[1] high); p is 4-byte aligned.
+__device__ __forceinline__ uint32_t ld2(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// p[0] (low) and p[stride] (high): two elements of a column.
+__device__ __forceinline__ uint32_t ld2_col(const bf16* p, int stride) {
+  const uint32_t lo = *reinterpret_cast<const uint16_t*>(p);
+  const uint32_t hi = *reinterpret_cast<const uint16_t*>(p + stride);
+  return lo | (hi << 16);
+}
+
+// ldmatrix.x4: thread i gives the address of row i % 8 of 8×8 matrix i / 8
+// (8 consecutive bf16, 16-byte aligned); r_m receives matrix m's elements
+// [g][2t], [g][2t+1] (non-transposed) or [2t][g], [2t+1][g] (transposed).
+__device__ __forceinline__ void ldsm_x4(const bf16* p, uint32_t (&r)[4]) {
+#ifdef ENGINE_FLASH_EMU
+  emu_ldsm(p, false, r);
+#else
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_t(const bf16* p, uint32_t (&r)[4]) {
+#ifdef ENGINE_FLASH_EMU
+  emu_ldsm(p, true, r);
+#else
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+#endif
+}
+
+// cp.async of 16 bytes global → shared (both 16-byte aligned), in the
+// current group; commit closes the group; wait<N> waits until at most N of
+// this thread's groups are pending. Other threads see the data after a
+// __syncthreads that follows the wait.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#ifdef ENGINE_FLASH_EMU
+  emu_cp_async(dst, src);
+#else
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef ENGINE_FLASH_EMU
+  emu_cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef ENGINE_FLASH_EMU
+  emu_cp_async_wait(N);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// lo, hi rounded to bf16, lo in the low half.
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Rows 0..R of a tile into shared memory s (row stride ld<D>()), from global
+// rows g + r·g_stride (D elements each); rows r >= n_valid are zero-filled and
+// not read. 16-byte pieces: with ASYNC by cp.async (the caller commits and
+// waits), else plain loads and stores. The caller synchronises.
+template <int D, int R, bool ASYNC>
+__device__ __forceinline__ void load_tile(bf16* s, const bf16* g, size_t g_stride, int n_valid) {
+  constexpr int CH = D / 8;  // 16-byte chunks per row
+  for (int i = threadIdx.x; i < R * CH; i += THREADS) {
+    const int r = i / CH, c = i % CH;
+    bf16* dst = s + r * ld<D>() + c * 8;
+    if (r < n_valid) {
+      const bf16* src = g + (size_t)r * g_stride + c * 8;
+      if (ASYNC) {
+        cp_async16(dst, src);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      }
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+// The four A registers of rows row0..row0+16, columns col0..col0+16 of a
+// row-major shared tile.
+template <int D, bool LDSM>
+__device__ __forceinline__ void ld_a(const bf16* s, int row0, int col0, uint32_t (&a)[4]) {
+  const int lane = threadIdx.x & 31;
+  if (LDSM) {
+    // Matrices: 0 rows 0–7 / cols 0–7 (a0), 1 rows 8–15 / cols 0–7 (a1),
+    // 2 rows 0–7 / cols 8–15 (a2), 3 rows 8–15 / cols 8–15 (a3).
+    const int m = lane >> 3, r = lane & 7;
+    ldsm_x4(s + (row0 + r + 8 * (m & 1)) * ld<D>() + col0 + 8 * (m >> 1), a);
+  } else {
+    const int g = lane >> 2, t = lane & 3;
+    const bf16* p = s + (row0 + g) * ld<D>() + col0 + 2 * t;
+    a[0] = ld2(p);
+    a[1] = ld2(p + 8 * ld<D>());
+    a[2] = ld2(p + 8);
+    a[3] = ld2(p + 8 * ld<D>() + 8);
+  }
+}
+
+// c[j] += A · X^T over all D columns, for the 8-row groups j of X (rows
+// x0 + 8j .. x0 + 8j + 8 of shared tile xs): A is rows a0..a0+16 of shared
+// tile as. That is, c[j] holds the dot products of A's rows with X's rows.
+template <int D, int NJ, bool LDSM>
+__device__ __forceinline__ void rows_dot_rows(const bf16* as, int a_row0, const bf16* xs, int x_row0,
+                                              float (&c)[NJ][4]) {
+  static_assert(NJ % 2 == 0, "ldmatrix.x4 loads two column groups");
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[4];
+    ld_a<D, LDSM>(as, a_row0, kk * 16, a);
+    if (LDSM) {
+      // b0, b1 of groups j, j + 1: matrices (rows of group j + m / 2,
+      // columns kk·16 + 8·(m % 2) ...), non-transposed.
+      const int m = lane >> 3, r = lane & 7;
+#pragma unroll
+      for (int j = 0; j < NJ; j += 2) {
+        uint32_t b[4];
+        ldsm_x4(xs + (x_row0 + (j + (m >> 1)) * 8 + r) * ld<D>() + kk * 16 + 8 * (m & 1), b);
+        mma(c[j], a[0], a[1], a[2], a[3], b[0], b[1]);
+        mma(c[j + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        const bf16* p = xs + (x_row0 + j * 8 + g) * ld<D>() + kk * 16 + 2 * t;
+        mma(c[j], a[0], a[1], a[2], a[3], ld2(p), ld2(p + 8));
+      }
+    }
+  }
+}
+
+// acc += P · X: P is 16 × (16·NK) in C layout (p[j] = columns 8j..8j+8),
+// X the shared tile's rows 0..16·NK (all D columns); acc[n] = output columns
+// 8n..8n+8.
+template <int D, int NK, bool LDSM>
+__device__ __forceinline__ void c_times_rows(const float (&p)[2 * NK][4], const bf16* xs, float (&acc)[D / 8][4]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < NK; ++kk) {
+    const uint32_t a0 = pack(p[2 * kk][0], p[2 * kk][1]);
+    const uint32_t a1 = pack(p[2 * kk][2], p[2 * kk][3]);
+    const uint32_t a2 = pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    const uint32_t a3 = pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+    if (LDSM) {
+      // b0, b1 of output groups n, n + 1: matrices (rows kk·16 + 8·(m % 2)
+      // ..., columns of group n + m / 2), transposed.
+      const int m = lane >> 3, r = lane & 7;
+#pragma unroll
+      for (int n = 0; n < D / 8; n += 2) {
+        uint32_t b[4];
+        ldsm_x4_t(xs + (kk * 16 + 8 * (m & 1) + r) * ld<D>() + (n + (m >> 1)) * 8, b);
+        mma(acc[n], a0, a1, a2, a3, b[0], b[1]);
+        mma(acc[n + 1], a0, a1, a2, a3, b[2], b[3]);
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const bf16* x = xs + (kk * 16 + 2 * t) * ld<D>() + n * 8 + g;
+        mma(acc[n], a0, a1, a2, a3, ld2_col(x, ld<D>()), ld2_col(x + 8 * ld<D>(), ld<D>()));
+      }
+    }
+  }
+}
+
+// Writes this thread's share of rows (row0 + g, row0 + g + 8) of a 16 × D
+// C-layout accumulator as bf16, times mul[i], to rows whose index (row0 + ...)
+// is below n_valid. dst: the global row of tile row 0; stride in elements.
+template <int D>
+__device__ __forceinline__ void store_rows(bf16* dst, size_t stride, int row0, int n_valid, const float (&acc)[D / 8][4],
+                                           const float (&mul)[2]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = row0 + g + 8 * i;
+    if (r < n_valid) {
+      bf16* o = dst + (size_t)r * stride + 2 * t;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<uint32_t*>(o + n * 8) = pack(acc[n][2 * i] * mul[i], acc[n][2 * i + 1] * mul[i]);
+      }
+    }
+  }
+}
+
+// store_rows in fp32, unscaled.
+template <int D>
+__device__ __forceinline__ void store_rows_f32(float* dst, size_t stride, int row0, int n_valid,
+                                               const float (&acc)[D / 8][4]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = row0 + g + 8 * i;
+    if (r < n_valid) {
+      float* o = dst + (size_t)r * stride + 2 * t;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<float2*>(o + n * 8) = make_float2(acc[n][2 * i], acc[n][2 * i + 1]);
+      }
+    }
+  }
+}
+
+// The tile a block works on: sequence start, length, tile start (relative).
+struct Tile {
+  uint32_t start;
+  int len;
+  int t0;
+};
+
+__device__ __forceinline__ Tile tile_of(const uint32_t* blocks, const uint32_t* cu, uint32_t i) {
+  const uint32_t seq = blocks[2 * i], idx = blocks[2 * i + 1];
+  Tile tl;
+  tl.start = cu[seq];
+  tl.len = (int)(cu[seq + 1] - cu[seq]);
+  tl.t0 = (int)idx * TILE;
+  return tl;
+}
+
+template <int D, bool FAST>
+__device__ __forceinline__ void fwd(const FlashFwdParams& p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int LD = ld<D>();
+  constexpr int NJ = TILE / 8;  // key column groups of a score tile
+  if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)fwd_smem<D, FAST>()) return;
+  if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
+  bf16* q_s = reinterpret_cast<bf16*>(smem);
+  bf16* kv_s = q_s + TILE * LD;  // buffer b: k at kv_s + b·2·TILE·LD, v after it
+  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x);
+  const uint32_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+  const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
+  const int q0 = tl.t0, len = tl.len;
+  const bf16* kg = ptr<const bf16>(p.k) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
+  const bf16* vg = ptr<const bf16>(p.v) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
+  const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;  // tile row 0 of q and out
+  load_tile<D, TILE, false>(q_s, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
+  // Key tile kt into buffer kt % nbuf (async and committed as one group if FAST).
+  auto load_kv = [&](int kt) {
+    bf16* k_b = kv_s + (kt % nbuf<FAST>()) * 2 * TILE * LD;
+    const int k0 = kt * TILE;
+    load_tile<D, TILE, FAST>(k_b, kg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    load_tile<D, TILE, FAST>(k_b + TILE * LD, vg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    if (FAST) cp_async_commit();
+  };
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = warp * 16;  // the warp's first row in the tile
+  const float sl2 = p.scale * LOG2E;
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY};  // running max (base-2 units) of rows g, g + 8
+  float l[2] = {0.0f, 0.0f};            // this thread's part of the running Σ 2^(x − m)
+  const int kend = min(q0 + TILE, len);  // keys 0..kend
+  const int n_kt = (kend + TILE - 1) / TILE;
+  if (FAST) load_kv(0);
+  for (int kt = 0; kt < n_kt; ++kt) {
+    const int k0 = kt * TILE;
+    if (FAST) {
+      // Fetch the next tile into the other buffer (its last readers passed
+      // the barrier that ended the previous step), then wait for this one.
+      if (kt + 1 < n_kt) {
+        load_kv(kt + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+    } else {
+      load_kv(kt);
+    }
+    __syncthreads();  // this step's tiles (and, on the first, q) are in shared memory
+    const bf16* k_s = kv_s + (kt % nbuf<FAST>()) * 2 * TILE * LD;
+    const bf16* v_s = k_s + TILE * LD;
+    float s[NJ][4];
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    rows_dot_rows<D, NJ, FAST>(q_s, r0, k_s, 0, s);
+    const bool mask = k0 + TILE > q0 || k0 + TILE > len;  // the diagonal tile (and the sequence's tail)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = q0 + r0 + g + 8 * (e >> 1), col = k0 + j * 8 + 2 * t + (e & 1);
+        s[j][e] = (mask && (col > row || col >= len)) ? -INFINITY : s[j][e] * sl2;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = m[i];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * i], s[j][2 * i + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      // A row with no key yet (only a padding row can be) keeps m = −inf: use 0
+      // so no exp argument is inf − inf.
+      const float mu = mx == -INFINITY ? 0.0f : mx;
+      const float c = exp2f(m[i] - mu);  // 0 while m = −inf, else in (0, 1]
+      m[i] = mx;
+      l[i] *= c;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n][2 * i] *= c;
+        o[n][2 * i + 1] *= c;
+      }
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        s[j][2 * i] = exp2f(s[j][2 * i] - mu);
+        s[j][2 * i + 1] = exp2f(s[j][2 * i + 1] - mu);
+        l[i] += s[j][2 * i] + s[j][2 * i + 1];
+      }
+    }
+    c_times_rows<D, TILE / 16, FAST>(s, v_s, o);
+    __syncthreads();  // every read of this step's buffer is done before it is refilled
+  }
+  float inv[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    inv[i] = 1.0f / l[i];
+  }
+  store_rows<D>(ptr<bf16>(p.out) + q_row0, q_stride, r0, len - q0, o, inv);
+  if (t == 0) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = q0 + r0 + g + 8 * i;
+      if (r < len) ptr<float>(p.lse)[(size_t)(tl.start + r) * p.n_heads + h] = m[i] * LN2 + logf(l[i]);
+    }
+  }
+}
+
+// dq = Σ_j ds_ij·k_j for the tile's 64 query rows of head blockIdx.y, with
+// p_ij = 2^(x_ij − lse_i·log2 e), ds_ij = p_ij·(dout_i·v_j − delta_i)·scale.
+template <int D, bool FAST>
+__device__ __forceinline__ void bwd_dq(const FlashBwdParams& p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int LD = ld<D>();
+  constexpr int NJ = TILE / 8;
+  if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)dq_smem<D, FAST>()) return;
+  if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
+  bf16* q_s = reinterpret_cast<bf16*>(smem);
+  bf16* do_s = q_s + TILE * LD;
+  bf16* kv_s = do_s + TILE * LD;  // buffer b: k at kv_s + b·2·TILE·LD, v after it
+  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x);
+  const uint32_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+  const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
+  const int q0 = tl.t0, len = tl.len;
+  const bf16* kg = ptr<const bf16>(p.k) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
+  const bf16* vg = ptr<const bf16>(p.v) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
+  const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
+  load_tile<D, TILE, false>(q_s, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
+  load_tile<D, TILE, false>(do_s, ptr<const bf16>(p.dout) + q_row0, q_stride, len - q0);
+  auto load_kv = [&](int kt) {  // as in the forward
+    bf16* k_b = kv_s + (kt % nbuf<FAST>()) * 2 * TILE * LD;
+    const int k0 = kt * TILE;
+    load_tile<D, TILE, FAST>(k_b, kg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    load_tile<D, TILE, FAST>(k_b + TILE * LD, vg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    if (FAST) cp_async_commit();
+  };
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = warp * 16;
+  const float sl2 = p.scale * LOG2E;
+  float lse2[2], dl[2];  // lse·log2 e and delta of rows g, g + 8
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = q0 + r0 + g + 8 * i;
+    const size_t row = (size_t)(tl.start + r) * p.n_heads + h;
+    lse2[i] = r < len ? ptr<const float>(p.lse)[row] * LOG2E : 0.0f;
+    dl[i] = r < len ? ptr<const float>(p.delta)[row] : 0.0f;
+  }
+  float acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  const int kend = min(q0 + TILE, len);
+  const int n_kt = (kend + TILE - 1) / TILE;
+  if (FAST) load_kv(0);
+  for (int kt = 0; kt < n_kt; ++kt) {
+    const int k0 = kt * TILE;
+    if (FAST) {
+      if (kt + 1 < n_kt) {
+        load_kv(kt + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+    } else {
+      load_kv(kt);
+    }
+    __syncthreads();
+    const bf16* k_s = kv_s + (kt % nbuf<FAST>()) * 2 * TILE * LD;
+    const bf16* v_s = k_s + TILE * LD;
+    float s[NJ][4], dp[NJ][4];
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
+    }
+    rows_dot_rows<D, NJ, FAST>(q_s, r0, k_s, 0, s);
+    rows_dot_rows<D, NJ, FAST>(do_s, r0, v_s, 0, dp);
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e >> 1;
+        const int row = q0 + r0 + g + 8 * i, col = k0 + j * 8 + 2 * t + (e & 1);
+        const bool off = col > row || col >= len || row >= len;
+        const float pij = off ? 0.0f : exp2f(s[j][e] * sl2 - lse2[i]);
+        s[j][e] = pij * (dp[j][e] - dl[i]) * p.scale;  // ds
+      }
+    }
+    c_times_rows<D, TILE / 16, FAST>(s, k_s, acc);
+    __syncthreads();  // every read of this step's buffer is done before it is refilled
+  }
+  const float one[2] = {1.0f, 1.0f};
+  store_rows<D>(ptr<bf16>(p.dq) + q_row0, q_stride, r0, len - q0, acc, one);
+}
+
+// The part of dk, dv that query head h = blockIdx.y gives the tile's 64 keys
+// (of kv head h / group), over the queries from the tile's first key to the
+// sequence's end in steps of BQ, ascending:
+//   dv_j += Σ_i p_ij·dout_i,   dk_j += Σ_i ds_ij·q_i.
+// Without GQA (group 1) that is dk, dv itself, written as bf16; with GQA
+// it is written in fp32 to dk_part, dv_part ([tokens, n_heads, head_dim]),
+// and flash_attention_dkdv_sum adds the group's parts in head order.
+// Tiles are taken in the reverse of the table's order (most work first).
+template <int D, bool FAST>
+__device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int LD = ld<D>();
+  constexpr int BQ = dkdv_step<D>();
+  constexpr int NJ = BQ / 8;
+  if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)dkdv_smem<D, FAST>()) return;
+  if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
+  bf16* k_s = reinterpret_cast<bf16*>(smem);
+  bf16* v_s = k_s + TILE * LD;
+  bf16* qdo_s = v_s + TILE * LD;  // buffer b: q at qdo_s + b·2·BQ·LD, dout after it
+  // buffer b: lse·log2 e of the step's queries at f_s + b·2·BQ, delta after it
+  float* f_s = reinterpret_cast<float*>(qdo_s + nbuf<FAST>() * 2 * BQ * LD);
+  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), p.n_blocks - 1 - blockIdx.x);
+  const uint32_t h = blockIdx.y, group = p.n_heads / p.n_kv_heads, kvh = h / group;
+  const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
+  const int k0 = tl.t0, len = tl.len;
+  const size_t kv_row0 = (size_t)(tl.start + k0) * kv_stride + (size_t)kvh * D;
+  load_tile<D, TILE, false>(k_s, ptr<const bf16>(p.k) + kv_row0, kv_stride, len - k0);
+  load_tile<D, TILE, false>(v_s, ptr<const bf16>(p.v) + kv_row0, kv_stride, len - k0);
+  // Query step i (queries k0 + i·BQ ...) into buffer i % nbuf.
+  auto load_q = [&](int i) {
+    const int b = i % nbuf<FAST>(), q0 = k0 + i * BQ;
+    const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
+    bf16* q_b = qdo_s + b * 2 * BQ * LD;
+    load_tile<D, BQ, FAST>(q_b, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
+    load_tile<D, BQ, FAST>(q_b + BQ * LD, ptr<const bf16>(p.dout) + q_row0, q_stride, len - q0);
+    float* f_b = f_s + b * 2 * BQ;
+    for (int j = threadIdx.x; j < BQ; j += THREADS) {
+      const bool in = q0 + j < len;
+      const size_t row = (size_t)(tl.start + q0 + j) * p.n_heads + h;
+      f_b[j] = in ? ptr<const float>(p.lse)[row] * LOG2E : 0.0f;
+      f_b[BQ + j] = in ? ptr<const float>(p.delta)[row] : 0.0f;
+    }
+    if (FAST) cp_async_commit();
+  };
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = warp * 16;  // the warp's first key in the tile
+  const float sl2 = p.scale * LOG2E;
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
+    dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
+  }
+  const int n_steps = (len - k0 + BQ - 1) / BQ;
+  if (FAST) load_q(0);
+  for (int i = 0; i < n_steps; ++i) {
+    const int q0 = k0 + i * BQ;
+    if (FAST) {
+      if (i + 1 < n_steps) {
+        load_q(i + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+    } else {
+      load_q(i);
+    }
+    __syncthreads();  // this step's tiles (and, on the first, k and v) are in shared memory
+    const int b = i % nbuf<FAST>();
+    const bf16* q_s = qdo_s + b * 2 * BQ * LD;
+    const bf16* do_s = q_s + BQ * LD;
+    const float* lse_s = f_s + b * 2 * BQ;
+    const float* dl_s = lse_s + BQ;
+    float s[NJ][4], dp[NJ][4];  // transposed: rows are the warp's keys, columns the step's queries
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
+    }
+    rows_dot_rows<D, NJ, FAST>(k_s, r0, q_s, 0, s);
+    rows_dot_rows<D, NJ, FAST>(v_s, r0, do_s, 0, dp);
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + r0 + g + 8 * (e >> 1), qc = j * 8 + 2 * t + (e & 1), qi = q0 + qc;
+        const bool off = key > qi || qi >= len;  // a key past the end is past every query
+        const float pij = off ? 0.0f : exp2f(s[j][e] * sl2 - lse_s[qc]);
+        s[j][e] = pij;
+        dp[j][e] = pij * (dp[j][e] - dl_s[qc]) * p.scale;  // ds
+      }
+    }
+    c_times_rows<D, BQ / 16, FAST>(s, do_s, dv);
+    c_times_rows<D, BQ / 16, FAST>(dp, q_s, dk);
+    __syncthreads();  // every read of this step's buffer is done before it is refilled
+  }
+  if (group == 1) {
+    const float one[2] = {1.0f, 1.0f};
+    store_rows<D>(ptr<bf16>(p.dk) + kv_row0, kv_stride, r0, len - k0, dk, one);
+    store_rows<D>(ptr<bf16>(p.dv) + kv_row0, kv_stride, r0, len - k0, dv, one);
+  } else {
+    const size_t part_row0 = (size_t)(tl.start + k0) * q_stride + (size_t)h * D;
+    store_rows_f32<D>(ptr<float>(p.dk_part) + part_row0, q_stride, r0, len - k0, dk);
+    store_rows_f32<D>(ptr<float>(p.dv_part) + part_row0, q_stride, r0, len - k0, dv);
+  }
+}
+
+}  // namespace
+
+// Entry points: flash_attention_{fwd,bwd_dq,bwd_dkdv}_d{64,128} are the fast
+// variant, the same names with _simple the simple one.
+#define ENGINE_FLASH_ENTRY(name, fn, P, D, FAST) \
+  extern "C" __global__ void __launch_bounds__(THREADS) name(P p) { fn<D, FAST>(p); }
+ENGINE_FLASH_ENTRY(flash_attention_fwd_d64, fwd, FlashFwdParams, 64, true)
+ENGINE_FLASH_ENTRY(flash_attention_fwd_d128, fwd, FlashFwdParams, 128, true)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d64, bwd_dq, FlashBwdParams, 64, true)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d128, bwd_dq, FlashBwdParams, 128, true)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d64, bwd_dkdv, FlashBwdParams, 64, true)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d128, bwd_dkdv, FlashBwdParams, 128, true)
+ENGINE_FLASH_ENTRY(flash_attention_fwd_d64_simple, fwd, FlashFwdParams, 64, false)
+ENGINE_FLASH_ENTRY(flash_attention_fwd_d128_simple, fwd, FlashFwdParams, 128, false)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d64_simple, bwd_dq, FlashBwdParams, 64, false)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d128_simple, bwd_dq, FlashBwdParams, 128, false)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d64_simple, bwd_dkdv, FlashBwdParams, 64, false)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d128_simple, bwd_dkdv, FlashBwdParams, 128, false)
+
+// dk, dv (bf16) = Σ_r dk_part, dv_part of query heads g·group + r, r = 0, 1,
+// ... in order, for every (token, kv head g, d): one thread an element.
+extern "C" __global__ void __launch_bounds__(256) flash_attention_dkdv_sum(FlashBwdParams p) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const size_t n = (size_t)p.tokens * p.n_kv_heads * p.head_dim;
+  if (i >= n) return;
+  const uint32_t group = p.n_heads / p.n_kv_heads;
+  const size_t d = i % p.head_dim, tg = i / p.head_dim;  // tg = token·n_kv_heads + g
+  // Row of query head g·group of the token: token·n_heads + g·group = tg·group.
+  const size_t base = tg * group * p.head_dim + d;
+  float sk = 0.0f, sv = 0.0f;
+  for (uint32_t r = 0; r < group; ++r) {
+    sk += ptr<const float>(p.dk_part)[base + (size_t)r * p.head_dim];
+    sv += ptr<const float>(p.dv_part)[base + (size_t)r * p.head_dim];
+  }
+  ptr<bf16>(p.dk)[i] = to_bf(sk);
+  ptr<bf16>(p.dv)[i] = to_bf(sv);
+}
+
+// delta[row] = Σ_d dout[row, d]·out[row, d] for rows (token, head), one warp
+// each: lane sums d = lane, lane + 32, ... in order, then a fixed shuffle tree.
+extern "C" __global__ void __launch_bounds__(32 * ENGINE_FLASH_DELTA_ROWS) flash_attention_delta(FlashBwdParams p) {
+  const uint32_t lane = threadIdx.x & 31;
+  const size_t row = (size_t)blockIdx.x * ENGINE_FLASH_DELTA_ROWS + (threadIdx.x >> 5);
+  if (row >= (size_t)p.tokens * p.n_heads) return;
+  const bf16* o = ptr<const bf16>(p.out) + row * p.head_dim;
+  const bf16* d = ptr<const bf16>(p.dout) + row * p.head_dim;
+  float s = 0.0f;
+  for (uint32_t i = lane; i < p.head_dim; i += 32) s += to_f(o[i]) * to_f(d[i]);
+#pragma unroll
+  for (int k = 16; k > 0; k >>= 1) s += __shfl_xor_sync(0xffffffffu, s, k);
+  if (lane == 0) ptr<float>(p.delta)[row] = s;
+}

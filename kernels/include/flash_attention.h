@@ -1,0 +1,80 @@
+/* Parameters of kernels/flash_attention.cu: FlashAttention-2-style causal
+ * attention on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulators) for
+ * head_dim 64 and 128, forward and deterministic backward. Same layouts and
+ * semantics as attention.h (the simple kernels, the reference):
+ *   q, out, dout, dq: bf16 [tokens, n_heads, head_dim]
+ *   k, v, dk, dv:     bf16 [tokens, n_kv_heads, head_dim]
+ *   lse, delta:       fp32 [tokens, n_heads]
+ *   cu_seqlens:       u32 [n_seqs + 1]
+ * Every bf16 buffer starts on a 16-byte boundary (the host checks it).
+ *
+ * Work is cut into tiles of ENGINE_FLASH_TILE tokens of one sequence:
+ * `blocks` (u32 [2 * n_blocks], built by the host) lists the tiles as pairs
+ * (sequence, tile index within the sequence), longest-running first for the
+ * forward and dq (tile index descending). blockIdx.x picks the pair,
+ * blockIdx.y the head (query head for fwd and dq, kv head for dk/dv). */
+#pragma once
+#include "params.h"
+
+/* Threads per block of every flash kernel (4 warps, 16 tile rows each). */
+#define ENGINE_FLASH_THREADS 128
+/* Tokens per tile: query rows of a forward / dq block, keys of a dk/dv block,
+ * and keys per step of the forward's and dq's loops. */
+#define ENGINE_FLASH_TILE 64
+/* bf16 elements of padding after each shared-memory row (bank conflicts). */
+#define ENGINE_FLASH_PAD 8
+/* Queries per step of the dk/dv loop, by head_dim (register budget). */
+#define ENGINE_FLASH_DKDV_STEP_D64 64
+#define ENGINE_FLASH_DKDV_STEP_D128 32
+/* Rows (token, head) per block of flash_attention_delta (one warp a row). */
+#define ENGINE_FLASH_DELTA_ROWS 4
+
+/* flash_attention_fwd_d{64,128}: out and lse. Grid (n_blocks, n_heads). */
+typedef struct FlashFwdParams {
+  dptr q;
+  dptr k;
+  dptr v;
+  dptr out;
+  dptr lse;
+  dptr cu_seqlens;
+  dptr blocks;
+  uint32_t n_blocks;
+  uint32_t n_heads;
+  uint32_t n_kv_heads;
+  float scale;
+} FlashFwdParams;
+
+/* The backward, three kernels in order:
+ *   flash_attention_delta: delta[row] = Σ_d dout[row, d]·out[row, d];
+ *     grid ceil(tokens·n_heads / ENGINE_FLASH_DELTA_ROWS);
+ *   flash_attention_bwd_dq_d{64,128}: dq; grid (n_blocks, n_heads);
+ *   flash_attention_bwd_dkdv_d{64,128}: each query head's part of dk, dv;
+ *     grid (n_blocks, n_heads); without GQA (n_heads == n_kv_heads) the
+ *     parts are dk, dv, else they go to dk_part, dv_part (fp32 [tokens,
+ *     n_heads, head_dim]) and
+ *   flash_attention_dkdv_sum: dk, dv = the sums of the parts over each kv
+ *     head's query heads in head order; grid ceil(tokens·n_kv_heads·head_dim
+ *     / 256), 256 threads.
+ * No atomics: every output row has one owner and sums in a fixed order. */
+typedef struct FlashBwdParams {
+  dptr q;
+  dptr k;
+  dptr v;
+  dptr out;
+  dptr lse;
+  dptr dout;
+  dptr delta;
+  dptr dq;
+  dptr dk;
+  dptr dv;
+  dptr dk_part;
+  dptr dv_part;
+  dptr cu_seqlens;
+  dptr blocks;
+  uint32_t tokens;
+  uint32_t n_blocks;
+  uint32_t n_heads;
+  uint32_t n_kv_heads;
+  uint32_t head_dim;
+  float scale;
+} FlashBwdParams;

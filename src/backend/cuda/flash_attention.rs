@@ -1,0 +1,362 @@
+//! FlashAttention-2-style causal attention on bf16 tensor cores
+//! (kernels/flash_attention.cu) for head_dim 64 and 128: forward and a
+//! deterministic backward, with the semantics of the simple kernels
+//! ([`Gpu::attention_fwd_reference`]). [`Gpu::attention_fwd`] and
+//! [`Gpu::attention_bwd`] send the shapes it takes here ([`takes`]).
+//!
+//! Each call copies `cu_seqlens` to the host (as the simple kernels do),
+//! checks it, and uploads the table of 64-token tiles the grid walks.
+//! tools/flash_attention_emu runs the kernels on the CPU (one OS thread per
+//! CUDA thread, mma.sync / ldmatrix / cp.async emulated) against float64.
+
+use super::attention::{check_shape, elems};
+use super::params::{
+    FlashBwdParams, FlashFwdParams, ENGINE_FLASH_DELTA_ROWS, ENGINE_FLASH_DKDV_STEP_D128, ENGINE_FLASH_DKDV_STEP_D64,
+    ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
+};
+use super::{check_len, Bf16, Gpu, Modules};
+use crate::backend::AttnShape;
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+super::params::device_repr!(FlashFwdParams, FlashBwdParams);
+
+/// The one-line switch: `false` sends every call of [`Gpu::attention_fwd`] /
+/// [`Gpu::attention_bwd`] to the simple kernels.
+pub const FLASH_ENABLED: bool = true;
+
+/// The two builds of every flash kernel (the same arithmetic in the same
+/// order; they differ in how data reaches shared memory and registers). Both
+/// are built and tested; [`FLASH_VARIANT`] is the one
+/// [`Gpu::attention_fwd`] / [`Gpu::attention_bwd`] use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashVariant {
+    /// Fragments loaded with `ldmatrix.x4` (`.trans` for transposed
+    /// operands); the inner loop's tiles double-buffered, fetched with
+    /// `cp.async` one step ahead.
+    Fast,
+    /// Fragments loaded with 32- and 16-bit shared loads straight from the
+    /// fragment layout; tiles loaded synchronously into one buffer.
+    Simple,
+}
+
+/// The variant the dispatch uses (the second one-line switch).
+pub const FLASH_VARIANT: FlashVariant = FlashVariant::Fast;
+
+const TILE: usize = ENGINE_FLASH_TILE as usize;
+
+/// The kernels of one head_dim.
+struct PerDim {
+    fwd: CudaFunction,
+    dq: CudaFunction,
+    dkdv: CudaFunction,
+}
+
+pub struct Fns {
+    /// By head_dim 64, 128: the fast variant.
+    d64: PerDim,
+    d128: PerDim,
+    /// The simple variant.
+    d64_simple: PerDim,
+    d128_simple: PerDim,
+    delta: CudaFunction,
+    dkdv_sum: CudaFunction,
+}
+
+/// Dynamic shared memory (bytes) of the (fwd, dq, dk/dv) kernels, as
+/// kernels/flash_attention.cu computes it (the kernels check they got at
+/// least that much): the fast variant double-buffers its inner loop's tiles.
+fn smem(variant: FlashVariant, head_dim: usize) -> (usize, usize, usize) {
+    let row = (head_dim + ENGINE_FLASH_PAD as usize) * 2;
+    let step = if head_dim == 64 { ENGINE_FLASH_DKDV_STEP_D64 } else { ENGINE_FLASH_DKDV_STEP_D128 } as usize;
+    let nbuf = if variant == FlashVariant::Fast { 2 } else { 1 };
+    ((1 + 2 * nbuf) * TILE * row, (2 + 2 * nbuf) * TILE * row, (2 * TILE + nbuf * 2 * step) * row + nbuf * 2 * step * 4)
+}
+
+/// A kernel allowed `bytes` of dynamic shared memory (above 48 KB needs the opt-in).
+fn with_smem(m: &Modules, name: &str, bytes: usize) -> Result<CudaFunction> {
+    let f = m.get("flash_attention", name)?;
+    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+        .map_err(|e| anyhow!("kernels/flash_attention.cu: {name}: {bytes} bytes of shared memory: {e}"))?;
+    Ok(f)
+}
+
+pub(super) fn load(m: &Modules) -> Result<Fns> {
+    let dim = |d: usize, variant: FlashVariant| -> Result<PerDim> {
+        let (fwd, dq, dkdv) = smem(variant, d);
+        let suffix = if variant == FlashVariant::Fast { "" } else { "_simple" };
+        Ok(PerDim {
+            fwd: with_smem(m, &format!("flash_attention_fwd_d{d}{suffix}"), fwd)?,
+            dq: with_smem(m, &format!("flash_attention_bwd_dq_d{d}{suffix}"), dq)?,
+            dkdv: with_smem(m, &format!("flash_attention_bwd_dkdv_d{d}{suffix}"), dkdv)?,
+        })
+    };
+    Ok(Fns {
+        d64: dim(64, FlashVariant::Fast)?,
+        d128: dim(128, FlashVariant::Fast)?,
+        d64_simple: dim(64, FlashVariant::Simple)?,
+        d128_simple: dim(128, FlashVariant::Simple)?,
+        delta: m.get("flash_attention", "flash_attention_delta")?,
+        dkdv_sum: m.get("flash_attention", "flash_attention_dkdv_sum")?,
+    })
+}
+
+/// Whether the flash kernels take this call: head_dim 64 or 128, and every
+/// bf16 buffer on a 16-byte boundary (the kernels load 16 bytes at a time).
+pub fn takes(s: &AttnShape, bf16_ptrs: &[u64]) -> bool {
+    FLASH_ENABLED && matches!(s.head_dim, 64 | 128) && aligned(bf16_ptrs)
+}
+
+fn aligned(ptrs: &[u64]) -> bool {
+    ptrs.iter().all(|p| p % 16 == 0)
+}
+
+/// The tiles of 64 tokens of every sequence as pairs (sequence, tile index),
+/// tile index descending (the forward's and dq's longest blocks first).
+fn tiles(cu: &[u32]) -> Vec<u32> {
+    let mut t: Vec<(u32, u32)> = cu
+        .windows(2)
+        .enumerate()
+        .flat_map(|(s, w)| (0..((w[1] - w[0]) as usize).div_ceil(TILE)).map(move |i| (s as u32, i as u32)))
+        .collect();
+    t.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    t.into_iter().flat_map(|(s, i)| [s, i]).collect()
+}
+
+impl Gpu {
+    /// The checks every flash call shares: the shape, cu_seqlens on the host,
+    /// grid limits. Returns (host cu_seqlens, tokens).
+    fn flash_checks(&self, what: &str, s: &AttnShape, cu_seqlens: &impl DevicePtr<u32>) -> Result<(Vec<u32>, usize)> {
+        check_shape(what, s)?;
+        if !matches!(s.head_dim, 64 | 128) {
+            bail!("{what}: head_dim {} is not one the flash kernels take (64, 128)", s.head_dim);
+        }
+        if s.n_heads > u16::MAX as usize {
+            bail!("{what}: {} heads exceed the grid's y limit", s.n_heads);
+        }
+        let cu = self.cu_seqlens_host(what, cu_seqlens)?;
+        let tokens = *cu.last().expect("cu_seqlens_host checks it is not empty") as usize;
+        Ok((cu, tokens))
+    }
+
+    /// The tile table on the device, and its length in tiles.
+    fn flash_tiles(&self, what: &str, cu: &[u32]) -> Result<(cudarc::driver::CudaSlice<u32>, u32)> {
+        let t = tiles(cu);
+        let n = t.len() / 2;
+        if n == 0 || n > i32::MAX as usize {
+            bail!("{what}: {n} tiles do not fit one launch");
+        }
+        let d = self.stream.clone_htod(&t).map_err(|e| anyhow!("{what}: tile table: {e}"))?;
+        Ok((d, n as u32))
+    }
+
+    fn flash_fns(&self, variant: FlashVariant, head_dim: usize) -> &PerDim {
+        let f = &self.k.flash_attention;
+        match (variant, head_dim == 64) {
+            (FlashVariant::Fast, true) => &f.d64,
+            (FlashVariant::Fast, false) => &f.d128,
+            (FlashVariant::Simple, true) => &f.d64_simple,
+            (FlashVariant::Simple, false) => &f.d128_simple,
+        }
+    }
+
+    /// [`attention_fwd`](Self::attention_fwd) on the flash kernel (the given
+    /// variant); head_dim 64 or 128 and 16-byte aligned buffers,
+    /// else an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_fwd(
+        &self,
+        variant: FlashVariant,
+        s: &AttnShape,
+        cu_seqlens: &impl DevicePtr<u32>,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+        lse: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        let what = "flash_attention_fwd";
+        let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
+        let (q_len, kv_len) =
+            (elems(what, tokens, s.n_heads, s.head_dim)?, elems(what, tokens, s.n_kv_heads, s.head_dim)?);
+        check_len("flash_attention_fwd: q", q.len(), q_len)?;
+        check_len("flash_attention_fwd: k", k.len(), kv_len)?;
+        check_len("flash_attention_fwd: v", v.len(), kv_len)?;
+        check_len("flash_attention_fwd: out", out.len(), q_len)?;
+        check_len("flash_attention_fwd: lse", lse.len(), elems(what, tokens, s.n_heads, 1)?)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (table, n_blocks) = self.flash_tiles(what, &cu_h)?;
+        let (cu, _g0) = cu_seqlens.device_ptr(&self.stream);
+        let (qp, _g1) = q.device_ptr(&self.stream);
+        let (kp, _g2) = k.device_ptr(&self.stream);
+        let (vp, _g3) = v.device_ptr(&self.stream);
+        let (op, _g4) = out.device_ptr_mut(&self.stream);
+        let (lp, _g5) = lse.device_ptr_mut(&self.stream);
+        let (tp, _g6) = table.device_ptr(&self.stream);
+        if !aligned(&[qp, kp, vp, op]) {
+            bail!("{what}: bf16 buffers must start on 16-byte boundaries");
+        }
+        let p = FlashFwdParams {
+            q: qp,
+            k: kp,
+            v: vp,
+            out: op,
+            lse: lp,
+            cu_seqlens: cu,
+            blocks: tp,
+            n_blocks,
+            n_heads: s.n_heads as u32,
+            n_kv_heads: s.n_kv_heads as u32,
+            scale: s.scale,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (n_blocks, s.n_heads as u32, 1),
+            block_dim: (ENGINE_FLASH_THREADS, 1, 1),
+            shared_mem_bytes: smem(variant, s.head_dim).0 as u32,
+        };
+        // SAFETY: every buffer has the length checked above and is 16-byte
+        // aligned; cu_seqlens was checked on the host (0 .. tokens,
+        // non-decreasing) and the tile table was built from it.
+        unsafe { self.stream.launch_builder(&self.flash_fns(variant, s.head_dim).fwd).arg(&p).launch(cfg) }
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        Ok(())
+    }
+
+    /// [`attention_bwd`](Self::attention_bwd) on the flash kernels (the given
+    /// variant); deterministic (no atomics; every sum in a fixed
+    /// order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_bwd(
+        &self,
+        variant: FlashVariant,
+        s: &AttnShape,
+        cu_seqlens: &impl DevicePtr<u32>,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &impl DevicePtr<Bf16>,
+        lse: &impl DevicePtr<f32>,
+        dout: &impl DevicePtr<Bf16>,
+        dq: &mut impl DevicePtrMut<Bf16>,
+        dk: &mut impl DevicePtrMut<Bf16>,
+        dv: &mut impl DevicePtrMut<Bf16>,
+    ) -> Result<()> {
+        let what = "flash_attention_bwd";
+        let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
+        let (q_len, kv_len) =
+            (elems(what, tokens, s.n_heads, s.head_dim)?, elems(what, tokens, s.n_kv_heads, s.head_dim)?);
+        for (name, len) in [("q", q.len()), ("out", out.len()), ("dout", dout.len()), ("dq", dq.len())] {
+            check_len(&format!("{what}: {name}"), len, q_len)?;
+        }
+        for (name, len) in [("k", k.len()), ("v", v.len()), ("dk", dk.len()), ("dv", dv.len())] {
+            check_len(&format!("{what}: {name}"), len, kv_len)?;
+        }
+        let rows = elems(what, tokens, s.n_heads, 1)?;
+        check_len(&format!("{what}: lse"), lse.len(), rows)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let (table, n_blocks) = self.flash_tiles(what, &cu_h)?;
+        let mut delta =
+            self.stream.alloc_zeros::<f32>(rows).map_err(|e| anyhow!("{what}: delta ({rows} floats): {e}"))?;
+        // With GQA, each query head's part of dk, dv in fp32 (summed by
+        // flash_attention_dkdv_sum); one element where unused.
+        let gqa = s.n_heads != s.n_kv_heads;
+        let part_len = if gqa { q_len } else { 1 };
+        let part = || self.stream.alloc_zeros::<f32>(part_len).map_err(|e| anyhow!("{what}: dk/dv parts: {e}"));
+        let (mut dk_part, mut dv_part) = (part()?, part()?);
+        let (cu, _g0) = cu_seqlens.device_ptr(&self.stream);
+        let (qp, _g1) = q.device_ptr(&self.stream);
+        let (kp, _g2) = k.device_ptr(&self.stream);
+        let (vp, _g3) = v.device_ptr(&self.stream);
+        let (op, _g4) = out.device_ptr(&self.stream);
+        let (lp, _g5) = lse.device_ptr(&self.stream);
+        let (dop, _g6) = dout.device_ptr(&self.stream);
+        let (dqp, _g7) = dq.device_ptr_mut(&self.stream);
+        let (dkp, _g8) = dk.device_ptr_mut(&self.stream);
+        let (dvp, _g9) = dv.device_ptr_mut(&self.stream);
+        let (tp, _g10) = table.device_ptr(&self.stream);
+        let (dlp, _g11) = delta.device_ptr_mut(&self.stream);
+        let (dkpp, _g12) = dk_part.device_ptr_mut(&self.stream);
+        let (dvpp, _g13) = dv_part.device_ptr_mut(&self.stream);
+        if !aligned(&[qp, kp, vp, op, dop, dqp, dkp, dvp]) {
+            bail!("{what}: bf16 buffers must start on 16-byte boundaries");
+        }
+        let p = FlashBwdParams {
+            q: qp,
+            k: kp,
+            v: vp,
+            out: op,
+            lse: lp,
+            dout: dop,
+            delta: dlp,
+            dq: dqp,
+            dk: dkp,
+            dv: dvp,
+            dk_part: dkpp,
+            dv_part: dvpp,
+            cu_seqlens: cu,
+            blocks: tp,
+            tokens: tokens as u32,
+            n_blocks,
+            n_heads: s.n_heads as u32,
+            n_kv_heads: s.n_kv_heads as u32,
+            head_dim: s.head_dim as u32,
+            scale: s.scale,
+        };
+        let (_, dq_smem, dkdv_smem) = smem(variant, s.head_dim);
+        let block = (ENGINE_FLASH_THREADS, 1, 1);
+        let delta_rows = ENGINE_FLASH_DELTA_ROWS as usize;
+        let cfg_delta = LaunchConfig {
+            grid_dim: (rows.div_ceil(delta_rows) as u32, 1, 1),
+            block_dim: (32 * ENGINE_FLASH_DELTA_ROWS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let cfg_dq = LaunchConfig {
+            grid_dim: (n_blocks, s.n_heads as u32, 1),
+            block_dim: block,
+            shared_mem_bytes: dq_smem as u32,
+        };
+        let cfg_dkdv = LaunchConfig {
+            grid_dim: (n_blocks, s.n_heads as u32, 1),
+            block_dim: block,
+            shared_mem_bytes: dkdv_smem as u32,
+        };
+        let f = self.flash_fns(variant, s.head_dim);
+        // SAFETY: every buffer has the length checked above and is 16-byte
+        // aligned; delta holds tokens·n_heads floats; cu_seqlens was checked
+        // on the host and the tile table built from it. The three launches
+        // run in order on one stream (delta before its readers).
+        unsafe { self.stream.launch_builder(&self.k.flash_attention.delta).arg(&p).launch(cfg_delta) }
+            .map_err(|e| anyhow!("{what}: delta: {e}"))?;
+        // SAFETY: as above.
+        unsafe { self.stream.launch_builder(&f.dq).arg(&p).launch(cfg_dq) }.map_err(|e| anyhow!("{what}: dq: {e}"))?;
+        // SAFETY: as above.
+        unsafe { self.stream.launch_builder(&f.dkdv).arg(&p).launch(cfg_dkdv) }
+            .map_err(|e| anyhow!("{what}: dk/dv: {e}"))?;
+        if gqa {
+            let n = kv_len.div_ceil(256) as u32;
+            let cfg_sum = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: as above; dk_part and dv_part hold tokens·n_heads·head_dim
+            // floats, every one written by the dk/dv kernel before this launch.
+            unsafe { self.stream.launch_builder(&self.k.flash_attention.dkdv_sum).arg(&p).launch(cfg_sum) }
+                .map_err(|e| anyhow!("{what}: dk/dv sum: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tiles;
+
+    #[test]
+    fn tiles_cover_every_sequence_longest_first() {
+        // Lengths 1, 0, 130, 64: tiles 1, 0, 3, 1.
+        let t = tiles(&[0, 1, 1, 131, 195]);
+        assert_eq!(t, vec![2, 2, 2, 1, 0, 0, 2, 0, 3, 0]);
+    }
+}

@@ -1,0 +1,222 @@
+//! kernels/distill.cu against the CPU's distill_row (cpu::distill) on the
+//! same bf16 logits: every mode (forward, reverse, JSD at β = 0.5 and 0.1,
+//! and β = 0 / 1, which are the KLs), temperatures ≠ 1, per-row weights with
+//! zeros, odd and Qwen-sized vocabularies, rows at every 16-byte phase; the
+//! divergence to fp32 precision, the gradient to bf16 precision, the same
+//! bits twice; and the CUDA backend's `distill` op against the CPU backend's.
+
+use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
+use cudarc::driver::CudaSlice;
+use engine::backend::cpu::distill::distill_row;
+use engine::backend::cpu::Cpu;
+use engine::backend::cuda::{Bf16, Cuda, Gpu};
+use engine::backend::{Backend, Span};
+use engine::loss::DistillMode;
+
+/// The divergence per row against the CPU's f64-summed one: relative to its
+/// size, or absolute where it is below 1 (student ≈ teacher: both sides'
+/// per-element log-probabilities carry ~1e-6 of rounding).
+const F32_TOL: f64 = 1e-5;
+
+const MODES: [DistillMode; 6] = [
+    DistillMode::Forward,
+    DistillMode::Reverse,
+    DistillMode::Jsd { beta: 0.5 },
+    DistillMode::Jsd { beta: 0.1 },
+    DistillMode::Jsd { beta: 0.0 },
+    DistillMode::Jsd { beta: 1.0 },
+];
+
+/// Logits in [-8, 8), bf16 values (times 8 is exact).
+fn logits(n: usize, seed: u64) -> Vec<f32> {
+    random_bf16(n, seed).iter().map(|v| v * 8.0).collect()
+}
+
+/// A teacher close to the student: `zs + 0.25·noise`, rounded to bf16.
+fn near(zs: &[f32], seed: u64) -> Vec<f32> {
+    zs.iter().zip(random_bf16(zs.len(), seed)).map(|(&a, b)| Bf16::from_f32(a + 0.25 * b).to_f32()).collect()
+}
+
+/// Weights in [0, 1) with a 0 every fifth row and a 1 in row 1.
+fn weights(rows: usize, seed: u64) -> Vec<f32> {
+    random_bf16(rows, seed)
+        .iter()
+        .enumerate()
+        .map(|(r, &v)| match r {
+            _ if r % 5 == 3 => 0.0,
+            1 => 1.0,
+            _ => v.abs(),
+        })
+        .collect()
+}
+
+/// The CPU: (loss per row, dz).
+fn cpu(zs: &[f32], zt: &[f32], vocab: usize, mode: DistillMode, inv_temp: f32, w: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut dz = zs.to_vec();
+    let loss = dz
+        .chunks_mut(vocab)
+        .zip(zt.chunks(vocab))
+        .zip(w)
+        .map(|((s, t), &w)| distill_row(s, t, mode, inv_temp, w) as f32)
+        .collect();
+    (loss, dz)
+}
+
+/// The GPU, with the student's rows starting `s_off` elements and the
+/// teacher's `t_off` elements into their buffers (the 16-byte phase of the
+/// rows picks the kernel's vector or scalar walk): (loss per row, dz).
+#[allow(clippy::too_many_arguments)]
+fn gpu_run(
+    g: &Gpu,
+    zs: &[f32],
+    zt: &[f32],
+    vocab: usize,
+    mode: DistillMode,
+    inv_temp: f32,
+    w: &[f32],
+    (s_off, t_off): (usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    let pad = |x: &[f32], off: usize| -> Vec<f32> { std::iter::repeat_n(0.5, off).chain(x.iter().copied()).collect() };
+    let mut sd = up(g, &pad(zs, s_off));
+    let td = up(g, &pad(zt, t_off));
+    let wd = g.stream.clone_htod(w).unwrap();
+    let mut ld: CudaSlice<f32> = g.stream.alloc_zeros(w.len()).unwrap();
+    {
+        let mut sv = sd.slice_mut(s_off..);
+        g.distill(&mut sv, &td.slice(t_off..), vocab, mode, inv_temp, &wd, &mut ld).unwrap();
+    }
+    g.sync().unwrap();
+    let dz = down(g, &sd);
+    assert!(dz[..s_off].iter().all(|&v| v == 0.5), "the kernel wrote outside the student's view");
+    (g.stream.clone_dtoh(&ld).unwrap(), dz[s_off..].to_vec())
+}
+
+/// Loss and dz against the CPU, row by row.
+fn check(what: &str, got: &(Vec<f32>, Vec<f32>), want: &(Vec<f32>, Vec<f32>), vocab: usize, w: &[f32]) {
+    let (e_loss, e_dz) = (rel_err(&got.0, &want.0), rel_err(&got.1, &want.1));
+    println!("{what}: loss {e_loss:.2e} dz {e_dz:.2e}");
+    for (r, (&a, &b)) in got.0.iter().zip(&want.0).enumerate() {
+        assert!(
+            ((a - b).abs() as f64) <= F32_TOL * (b.abs() as f64).max(1.0),
+            "{what} row {r}: loss {a} vs the CPU's {b}"
+        );
+    }
+    assert!(e_dz < BF16_TOL, "{what}: dz {e_dz:.2e}");
+    for (r, &wr) in w.iter().enumerate() {
+        let (a, b) = (&got.1[r * vocab..(r + 1) * vocab], &want.1[r * vocab..(r + 1) * vocab]);
+        if wr == 0.0 {
+            assert!(a.iter().all(|&v| v == 0.0), "{what} row {r}: weight 0, dz must be 0");
+        } else if vocab > 1 {
+            let e = rel_err(a, b);
+            assert!(e < BF16_TOL, "{what} row {r}: dz {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn distill_matches_the_cpu() {
+    let Some(g) = gpu("distill_matches_the_cpu") else { return };
+    let cases = [(13usize, 1000 + 7, 1.0 / 0.7), (3, 151_936, 1.0 / 0.6), (2, 151_936, 1.0), (7, 64, 2.0)];
+    for (rows, vocab, inv_temp) in cases {
+        let zs = logits(rows * vocab, 1 + vocab as u64);
+        let far = logits(rows * vocab, 2 + vocab as u64);
+        let close = near(&zs, 3 + vocab as u64);
+        let w = weights(rows, 4);
+        for (teacher, zt) in [("random", &far), ("near", &close)] {
+            for mode in MODES {
+                let want = cpu(&zs, zt, vocab, mode, inv_temp, &w);
+                let got = gpu_run(&g, &zs, zt, vocab, mode, inv_temp, &w, (0, 0));
+                let what = format!("distill {mode:?} {rows}×{vocab} 1/T {inv_temp:.3} teacher {teacher}");
+                check(&what, &got, &want, vocab, &w);
+                // Determinism: the same bits again.
+                let again = gpu_run(&g, &zs, zt, vocab, mode, inv_temp, &w, (0, 0));
+                assert_eq!(again.0, got.0, "{what}: loss not reproduced bitwise");
+                assert_eq!(again.1, got.1, "{what}: dz not reproduced bitwise");
+            }
+        }
+    }
+}
+
+/// Rows that start anywhere: both at the same odd phase (a scalar head, then
+/// vectors), at different phases (all scalar), a vocabulary of one.
+#[test]
+fn distill_rows_at_any_offset() {
+    let Some(g) = gpu("distill_rows_at_any_offset") else { return };
+    let (rows, vocab, inv_temp) = (6usize, 1000 + 7, 1.0 / 0.8);
+    let zs = logits(rows * vocab, 11);
+    let zt = logits(rows * vocab, 12);
+    let w = weights(rows, 13);
+    for mode in MODES {
+        let want = cpu(&zs, &zt, vocab, mode, inv_temp, &w);
+        for offs in [(3, 3), (1, 0), (0, 5), (8, 8)] {
+            let got = gpu_run(&g, &zs, &zt, vocab, mode, inv_temp, &w, offs);
+            check(&format!("distill {mode:?} offsets {offs:?}"), &got, &want, vocab, &w);
+        }
+    }
+    // One logit per row: both distributions are 1, the divergence and dz 0
+    // (up to the rounding of z/T − lse, which the GPU fuses into one FMA).
+    let (zs1, zt1) = (logits(4, 14), logits(4, 15));
+    for mode in MODES {
+        let (loss, dz) = gpu_run(&g, &zs1, &zt1, 1, mode, 1.3, &[1.0, 0.5, 0.0, 2.0], (0, 0));
+        assert!(loss.iter().chain(&dz).all(|v| v.abs() < 1e-5), "{mode:?}, vocab 1: {loss:?} {dz:?}");
+    }
+}
+
+/// The CUDA backend's `distill` op (the one the lm_head path calls) against
+/// the CPU backend's, on views into larger buffers.
+#[test]
+fn distill_backend_op_matches_the_cpu_backend() {
+    let Some(_) = gpu("distill_backend_op_matches_the_cpu_backend") else { return };
+    let be = Cuda::new(0).unwrap();
+    let (rows, vocab, inv_temp) = (9usize, 1000 + 7, 1.0 / 0.9);
+    let (r0, n) = (2usize, 5usize);
+    let zs = logits(rows * vocab, 21);
+    let zt = logits(rows * vocab, 22);
+    let w = weights(rows, 23);
+    for mode in [DistillMode::Forward, DistillMode::Reverse, DistillMode::Jsd { beta: 0.3 }] {
+        let span = r0 * vocab..(r0 + n) * vocab;
+        let (mut s_cpu, mut l_cpu) = (zs[span.clone()].to_vec(), vec![0.0f32; n]);
+        Cpu.distill(&mut s_cpu, &zt[span.clone()], vocab, mode, inv_temp, &w[r0..r0 + n], &mut l_cpu);
+
+        let mut sd = be.upload(zs.clone());
+        let td = be.upload(zt.clone());
+        let mut wd = be.alloc_f32(rows);
+        be.write(&w, Cuda::view_mut(&mut wd, Span::new(0, rows)));
+        let mut ld = be.alloc_f32(rows);
+        be.distill(
+            Cuda::view_mut(&mut sd, Span::new(r0 * vocab, n * vocab)),
+            Cuda::view(&td, Span::new(r0 * vocab, n * vocab)),
+            vocab,
+            mode,
+            inv_temp,
+            Cuda::view(&wd, Span::new(r0, n)),
+            Cuda::view_mut(&mut ld, Span::new(r0, n)),
+        );
+        let dz = be.read(Cuda::view(&sd, Span::new(0, rows * vocab)));
+        let loss = be.read(Cuda::view(&ld, Span::new(0, rows)));
+        let what = format!("backend distill {mode:?}");
+        check(&what, &(loss[r0..r0 + n].to_vec(), dz[span.clone()].to_vec()), &(l_cpu, s_cpu), vocab, &w[r0..r0 + n]);
+        // Rows outside the views are untouched.
+        assert_eq!(&dz[..r0 * vocab], &zs[..r0 * vocab], "{what}: rows before the view");
+        assert_eq!(&dz[(r0 + n) * vocab..], &zs[(r0 + n) * vocab..], "{what}: rows after the view");
+        assert!(loss[..r0].iter().chain(&loss[r0 + n..]).all(|&v| v == 0.0), "{what}: loss outside the view");
+    }
+}
+
+#[test]
+fn distill_rejects_bad_shapes() {
+    let Some(g) = gpu("distill_rejects_bad_shapes") else { return };
+    let (rows, vocab) = (4usize, 33usize);
+    let mut sd = up(&g, &logits(rows * vocab, 31));
+    let td = up(&g, &logits(rows * vocab, 32));
+    let short_t = up(&g, &logits(rows * vocab - 1, 33));
+    let wd = g.stream.clone_htod(&vec![1.0f32; rows]).unwrap();
+    let mut ld: CudaSlice<f32> = g.stream.alloc_zeros(rows).unwrap();
+    let mut short: CudaSlice<f32> = g.stream.alloc_zeros(rows - 1).unwrap();
+    let m = DistillMode::Forward;
+    assert!(g.distill(&mut sd, &td, vocab + 1, m, 1.0, &wd, &mut ld).is_err(), "logits are not rows × vocab");
+    assert!(g.distill(&mut sd, &td, 0, m, 1.0, &wd, &mut ld).is_err(), "vocab 0");
+    assert!(g.distill(&mut sd, &short_t, vocab, m, 1.0, &wd, &mut ld).is_err(), "short teacher");
+    assert!(g.distill(&mut sd, &td, vocab, m, 1.0, &wd, &mut short).is_err(), "short loss");
+    g.sync().unwrap();
+}

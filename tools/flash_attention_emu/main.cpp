@@ -1,0 +1,330 @@
+// Runs kernels/flash_attention.cu on the CPU, one OS thread per CUDA thread,
+// against a float64 reference: a check of the kernels' indexing, masking,
+// barriers and softmax on a machine without a GPU. What it cannot check is
+// the hardware: mma.sync is emulated from the PTX ISA's fragment layout (the
+// same layout the kernel assumes), so a misreading of that layout would pass
+// here and fail on a GPU.
+//
+//   tools/flash_attention_emu/run.sh
+#include <barrier>
+#include <cstdio>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "../../kernels/flash_attention.cu"
+
+thread_local EmuDim3 threadIdx, blockIdx;
+EmuDim3 blockDim;
+// The kernels declare it (extern __shared__) inside the file's anonymous namespace.
+namespace {
+alignas(16) unsigned char smem[256 * 1024];
+}
+static uint32_t g_dyn;
+static std::barrier<>* g_block;
+static std::barrier<>* g_warp[32];
+struct WarpX {
+  const unsigned char* addr[32];
+  float f[32];
+  uint32_t a[32][4];
+  uint32_t b[32][2];
+};
+static WarpX g_wx[32];
+
+void __syncthreads() { g_block->arrive_and_wait(); }
+
+float __shfl_xor_sync(unsigned, float v, int o) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  g_wx[w].f[l] = v;
+  g_warp[w]->arrive_and_wait();
+  const float r = g_wx[w].f[l ^ o];
+  g_warp[w]->arrive_and_wait();
+  return r;
+}
+
+uint32_t emu_dyn_smem_bytes() { return g_dyn; }
+
+static float half_of(uint32_t reg, int hi) {
+  return __bfloat162float(__nv_bfloat16{(uint16_t)(hi ? reg >> 16 : reg & 0xffffu)});
+}
+
+// cp.async as the worst case the PTX ISA allows: the destination holds
+// garbage (NaN) from the issue until this thread's wait_group completes the
+// copy; so a read before the wait, or a refill of a buffer still being read,
+// shows in the results.
+struct Pending {
+  void* dst;
+  const void* src;
+  int group;
+};
+static thread_local std::vector<Pending> t_pending;
+static thread_local int t_groups = 0;  // groups committed by this thread
+
+void emu_cp_async(void* dst, const void* src) {
+  if ((uintptr_t)dst % 16 != 0 || (uintptr_t)src % 16 != 0) {
+    fprintf(stderr, "cp.async: misaligned address\n");
+    abort();
+  }
+  memset(dst, 0xff, 16);
+  t_pending.push_back({dst, src, t_groups});
+}
+void emu_cp_async_commit() { ++t_groups; }
+void emu_cp_async_wait(int n) {
+  std::vector<Pending> keep;
+  for (const Pending& p : t_pending) {
+    if (p.group < t_groups - n) {
+      memcpy(p.dst, p.src, 16);
+    } else {
+      keep.push_back(p);
+    }
+  }
+  t_pending.swap(keep);
+}
+
+// ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16, as in the PTX ISA.
+void emu_ldsm(const void* p, bool trans, uint32_t (&r)[4]) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  WarpX& x = g_wx[w];
+  x.addr[l] = static_cast<const unsigned char*>(p);
+  g_warp[w]->arrive_and_wait();
+  const int g = l / 4, t = l % 4;
+  for (int m = 0; m < 4; ++m) {
+    // Element [row][col] of matrix m: the col-th bf16 at thread (8m + row)'s address.
+    auto el = [&](int row, int col) {
+      const unsigned char* a = x.addr[8 * m + row];
+      if ((uintptr_t)a % 16 != 0) {
+        fprintf(stderr, "ldmatrix: misaligned row address\n");
+        abort();
+      }
+      uint16_t v;
+      memcpy(&v, a + 2 * col, 2);
+      return (uint32_t)v;
+    };
+    r[m] = trans ? el(2 * t, g) | el(2 * t + 1, g) << 16 : el(g, 2 * t) | el(g, 2 * t + 1) << 16;
+  }
+  g_warp[w]->arrive_and_wait();
+}
+
+// mma.sync.m16n8k16.row.col f32.bf16.bf16.f32, fragments as in the PTX ISA.
+void emu_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  WarpX& x = g_wx[w];
+  x.a[l][0] = a0;
+  x.a[l][1] = a1;
+  x.a[l][2] = a2;
+  x.a[l][3] = a3;
+  x.b[l][0] = b0;
+  x.b[l][1] = b1;
+  g_warp[w]->arrive_and_wait();
+  // A[r][k]: lane (r % 8)·4 + (k % 8)/2, register (r >= 8) + 2·(k >= 8), half k % 2.
+  auto A = [&](int r, int k) { return half_of(x.a[(r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2); };
+  // B[k][n]: lane n·4 + (k % 8)/2, register (k >= 8), half k % 2.
+  auto B = [&](int k, int n) { return half_of(x.b[n * 4 + (k % 8) / 2][k >= 8], k % 2); };
+  const int g = l / 4, t = l % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+    float s = 0.0f;
+    for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
+    c[e] += s;
+  }
+  g_warp[w]->arrive_and_wait();
+}
+
+// Runs kernel k over the grid, `threads` threads a block, blocks one by one.
+template <typename P>
+static void launch(void (*k)(P), const P& p, unsigned gx, unsigned gy, unsigned threads, uint32_t dyn) {
+  blockDim.x = threads;
+  g_dyn = dyn;
+  std::barrier<> block(threads);
+  std::vector<std::barrier<>*> warps;
+  for (unsigned w = 0; w < threads / 32; ++w) {
+    warps.push_back(new std::barrier<>(32));
+    g_warp[w] = warps.back();
+  }
+  g_block = &block;
+  std::vector<std::thread> ts;
+  for (unsigned tid = 0; tid < threads; ++tid) {
+    ts.emplace_back([&, tid] {
+      threadIdx.x = tid;
+      for (unsigned y = 0; y < gy; ++y) {
+        for (unsigned x = 0; x < gx; ++x) {
+          blockIdx.x = x;
+          blockIdx.y = y;
+          if (tid == 0) memset(smem, 0xff, sizeof smem);  // NaN-filled shared memory
+          block.arrive_and_wait();
+          k(p);
+          if (!t_pending.empty()) {
+            fprintf(stderr, "cp.async: a copy was never waited for\n");
+            abort();
+          }
+          block.arrive_and_wait();
+        }
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (auto* w : warps) delete w;
+}
+
+static std::vector<uint16_t> to_bf(const std::vector<float>& x) {
+  std::vector<uint16_t> r(x.size());
+  for (size_t i = 0; i < x.size(); ++i) r[i] = __float2bfloat16_rn(x[i]).x;
+  return r;
+}
+static std::vector<float> from_bf(const std::vector<uint16_t>& x) {
+  std::vector<float> r(x.size());
+  for (size_t i = 0; i < x.size(); ++i) r[i] = __bfloat162float(__nv_bfloat16{x[i]});
+  return r;
+}
+static double rel(const std::vector<float>& a, const std::vector<double>& b) {
+  double n = 0, d = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    n += (a[i] - b[i]) * (a[i] - b[i]);
+    d += b[i] * b[i];
+  }
+  return std::sqrt(n / std::max(d, 1e-30));
+}
+
+static uint64_t dp(const void* p) { return (uint64_t)(uintptr_t)p; }
+
+static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t KV, int D, float q_mul,
+                    unsigned seed) {
+  std::vector<uint32_t> cu{0};
+  for (auto l : lens) cu.push_back(cu.back() + l);
+  const uint32_t T = cu.back(), G = H / KV;
+  const float scale = 1.0f / std::sqrt((float)D);
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1, 1);
+  auto rnd = [&](size_t n, float mul) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = __bfloat162float(__float2bfloat16_rn(u(rng))) * mul;
+    return v;
+  };
+  auto q = rnd((size_t)T * H * D, q_mul), k = rnd((size_t)T * KV * D, 1), v = rnd((size_t)T * KV * D, 1),
+       dout = rnd((size_t)T * H * D, 1);
+  // float64 reference.
+  std::vector<double> out((size_t)T * H * D, 0), lse((size_t)T * H, 0);
+  std::vector<double> dq(q.size(), 0), dk(k.size(), 0), dv(v.size(), 0);
+  std::vector<float> out_bf(out.size()), lse_f(lse.size());
+  for (size_t s = 0; s + 1 < cu.size(); ++s) {
+    for (uint32_t h = 0; h < H; ++h) {
+      const uint32_t g = h / G;
+      for (uint32_t i = cu[s]; i < cu[s + 1]; ++i) {
+        std::vector<double> sc;
+        double m = -INFINITY;
+        for (uint32_t j = cu[s]; j <= i; ++j) {
+          double d = 0;
+          for (int e = 0; e < D; ++e) d += (double)q[((size_t)i * H + h) * D + e] * k[((size_t)j * KV + g) * D + e];
+          sc.push_back(d * scale);
+          m = std::max(m, d * scale);
+        }
+        double l = 0;
+        for (auto x : sc) l += std::exp(x - m);
+        const double ls = m + std::log(l);
+        lse[(size_t)i * H + h] = ls;
+        lse_f[(size_t)i * H + h] = (float)ls;
+        for (uint32_t j = cu[s]; j <= i; ++j) {
+          const double pj = std::exp(sc[j - cu[s]] - ls);
+          for (int e = 0; e < D; ++e) out[((size_t)i * H + h) * D + e] += pj * v[((size_t)j * KV + g) * D + e];
+        }
+        for (int e = 0; e < D; ++e) {
+          const size_t o = ((size_t)i * H + h) * D + e;
+          out_bf[o] = __bfloat162float(__float2bfloat16_rn((float)out[o]));
+        }
+        // Backward of this row from out_bf and the float lse (what the kernels get).
+        double Dl = 0;
+        for (int e = 0; e < D; ++e) Dl += (double)dout[((size_t)i * H + h) * D + e] * out_bf[((size_t)i * H + h) * D + e];
+        for (uint32_t j = cu[s]; j <= i; ++j) {
+          const double pj = std::exp(sc[j - cu[s]] - (double)lse_f[(size_t)i * H + h]);
+          double dpj = 0;
+          for (int e = 0; e < D; ++e) dpj += (double)dout[((size_t)i * H + h) * D + e] * v[((size_t)j * KV + g) * D + e];
+          const double ds = pj * (dpj - Dl) * scale;
+          for (int e = 0; e < D; ++e) {
+            dq[((size_t)i * H + h) * D + e] += ds * k[((size_t)j * KV + g) * D + e];
+            dk[((size_t)j * KV + g) * D + e] += ds * q[((size_t)i * H + h) * D + e];
+            dv[((size_t)j * KV + g) * D + e] += pj * dout[((size_t)i * H + h) * D + e];
+          }
+        }
+      }
+    }
+  }
+  // The tile table, as src/backend/cuda/flash_attention.rs builds it.
+  std::vector<std::pair<uint32_t, uint32_t>> tl;
+  for (uint32_t s = 0; s + 1 < cu.size(); ++s)
+    for (uint32_t i = 0; i * TILE < cu[s + 1] - cu[s]; ++i) tl.push_back({s, i});
+  std::stable_sort(tl.begin(), tl.end(), [](auto a, auto b) { return a.second > b.second; });
+  std::vector<uint32_t> table;
+  for (auto [s, i] : tl) {
+    table.push_back(s);
+    table.push_back(i);
+  }
+  const uint32_t nb = tl.size();
+  auto qb = to_bf(q), kb = to_bf(k), vb = to_bf(v), dob = to_bf(dout), ob_in = to_bf(out_bf);
+  std::vector<uint16_t> ob(out.size(), 0xffff), dqb(q.size(), 0xffff), dkb(k.size(), 0xffff), dvb(v.size(), 0xffff);
+  std::vector<float> lse_k(lse.size(), NAN), delta(lse.size(), NAN);
+  FlashFwdParams fp{dp(qb.data()), dp(kb.data()), dp(vb.data()), dp(ob.data()), dp(lse_k.data()), dp(cu.data()),
+                    dp(table.data()), nb, H, KV, scale};
+  std::vector<float> dk_part(G > 1 ? q.size() : 0, NAN), dv_part(G > 1 ? q.size() : 0, NAN);
+  FlashBwdParams bp{};
+  bp.q = dp(qb.data());
+  bp.k = dp(kb.data());
+  bp.v = dp(vb.data());
+  bp.out = dp(ob_in.data());
+  bp.lse = dp(lse_f.data());
+  bp.dout = dp(dob.data());
+  bp.delta = dp(delta.data());
+  bp.dq = dp(dqb.data());
+  bp.dk = dp(dkb.data());
+  bp.dv = dp(dvb.data());
+  bp.dk_part = G > 1 ? dp(dk_part.data()) : 0;
+  bp.dv_part = G > 1 ? dp(dv_part.data()) : 0;
+  bp.cu_seqlens = dp(cu.data());
+  bp.blocks = dp(table.data());
+  bp.tokens = T;
+  bp.n_blocks = nb;
+  bp.n_heads = H;
+  bp.n_kv_heads = KV;
+  bp.head_dim = D;
+  bp.scale = scale;
+  const int row = (D + PAD) * 2;
+  const int step = D == 64 ? ENGINE_FLASH_DKDV_STEP_D64 : ENGINE_FLASH_DKDV_STEP_D128;
+  const int nbuf = fast ? 2 : 1;  // buffers of the inner loop's tiles
+  const uint32_t s_fwd = (1 + 2 * nbuf) * TILE * row, s_dq = (2 + 2 * nbuf) * TILE * row,
+                 s_dkdv = (2 * TILE + nbuf * 2 * step) * row + nbuf * 2 * step * 4;
+  auto fwd = D == 64 ? (fast ? flash_attention_fwd_d64 : flash_attention_fwd_d64_simple)
+                     : (fast ? flash_attention_fwd_d128 : flash_attention_fwd_d128_simple);
+  auto k_dq = D == 64 ? (fast ? flash_attention_bwd_dq_d64 : flash_attention_bwd_dq_d64_simple)
+                    : (fast ? flash_attention_bwd_dq_d128 : flash_attention_bwd_dq_d128_simple);
+  auto k_dkdv = D == 64 ? (fast ? flash_attention_bwd_dkdv_d64 : flash_attention_bwd_dkdv_d64_simple)
+                      : (fast ? flash_attention_bwd_dkdv_d128 : flash_attention_bwd_dkdv_d128_simple);
+  launch(fwd, fp, nb, H, THREADS, s_fwd);
+  launch(flash_attention_delta, bp, (T * H + 3) / 4, 1, 128, 0);
+  launch(k_dq, bp, nb, H, THREADS, s_dq);
+  launch(k_dkdv, bp, nb, H, THREADS, s_dkdv);
+  if (G > 1) launch(flash_attention_dkdv_sum, bp, (T * KV * D + 255) / 256, 1, 256, 0);
+  const double e_out = rel(from_bf(ob), out), e_lse = rel(lse_k, lse), e_dq = rel(from_bf(dqb), dq),
+               e_dk = rel(from_bf(dkb), dk), e_dv = rel(from_bf(dvb), dv);
+  const bool ok = e_out < 1e-2 && e_lse < 1e-5 && e_dq < 1e-2 && e_dk < 1e-2 && e_dv < 1e-2;
+  printf("%s %s d%d h%u/%u tiles %u lens", ok ? "ok  " : "FAIL", fast ? "fast  " : "simple", D, H, KV, nb);
+  for (auto l : lens) printf(" %u", l);
+  printf(": out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n", e_out, e_lse, e_dq, e_dk, e_dv);
+  return ok ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+  int bad = 0;
+  const bool quick = argc > 1;
+  for (bool fast : {true, false}) {
+    bad += run_case(fast, {1, 7, 63, 65, 130}, 4, 2, 64, 2.0f, 1);
+    bad += run_case(fast, {65, 0, 1, 64}, 3, 1, 128, 2.0f, 2);
+    if (!quick) {
+      bad += run_case(fast, {200, 7}, 2, 2, 64, 8.0f, 3);
+      bad += run_case(fast, {129, 63}, 5, 1, 128, 8.0f, 4);
+      bad += run_case(fast, {3, 64, 129, 1, 200}, 7, 1, 128, 2.0f, 5);
+      bad += run_case(fast, {513}, 2, 1, 64, 4.0f, 6);
+    }
+  }
+  printf("%s\n", bad ? "FAILED" : "all ok");
+  return bad;
+}

@@ -1,0 +1,43 @@
+// Forced-included (-include) before kernels/flash_attention.cu when main.cpp
+// builds it for the host: CUDA keywords become nothing, and the thread
+// indices, barriers, shuffles and the mma instruction are emulated with one
+// OS thread per CUDA thread (main.cpp).
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+
+#define __device__
+#define __global__
+#define __host__
+#define __forceinline__ inline
+#define __shared__
+#define __align__(x)
+#define __launch_bounds__(x)
+#define ENGINE_FLASH_EMU 1
+
+struct EmuDim3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+extern thread_local EmuDim3 threadIdx, blockIdx;
+extern EmuDim3 blockDim;
+struct uint4 {
+  unsigned x, y, z, w;
+};
+struct float2 {
+  float x, y;
+};
+inline float2 make_float2(float a, float b) { return {a, b}; }
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+using std::max;
+using std::min;
+void __syncthreads();
+float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
+uint32_t emu_dyn_smem_bytes();
+void emu_cp_async(void* dst, const void* src);
+void emu_cp_async_commit();
+void emu_cp_async_wait(int n);
+void emu_ldsm(const void* p, bool trans, uint32_t (&r)[4]);
+void emu_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1);
