@@ -413,6 +413,33 @@ run() {
   fi
   write_report tests
 
+  # Section 1b: the engine binary itself on the GPU: `engine score --device
+  # cuda` on the qwen2 fixture's scored sequences, against their float64
+  # log-probabilities (the note gives the largest difference). Its files
+  # stay in a temporary folder: only the section line comes back.
+  local cli_tmp
+  cli_tmp="$(mktemp -d)"
+  t0=$SECONDS rc=0
+  python3 -c 'import json,sys
+for l in json.load(open(sys.argv[1])): print(json.dumps({"tokens": l["tokens"]}))' \
+    "$ENGINE_FIXTURES/qwen2.score.json" >"$cli_tmp/in.jsonl" 2>"$cli_tmp/log" || rc=$?
+  ((rc == 0)) && { timeout -k 5 60 "$dir/bin/engine" score --model "$ENGINE_FIXTURES/qwen2" --input "$cli_tmp/in.jsonl" \
+    --output "$cli_tmp/out.jsonl" --device cuda >>"$cli_tmp/log" 2>&1 || rc=$?; }
+  local cli_note
+  if ((rc == 0)); then
+    cli_note="$(python3 -c 'import json,sys
+want=[x for l in json.load(open(sys.argv[1])) for x in l["logprobs"]]
+got=[x for l in open(sys.argv[2]) for x in json.loads(l)["logprobs"]]
+assert len(got)==len(want), (len(got), len(want))
+print("engine score --device cuda: %d log-probs, max |diff| vs float64 %.2e" % (len(got), max(abs(a-b) for a,b in zip(got,want))))' \
+      "$ENGINE_FIXTURES/qwen2.score.json" "$cli_tmp/out.jsonl" 2>&1 | tail -1)"
+  else
+    cli_note="$(tail -1 "$cli_tmp/log" | tr '\t' ' ')"
+  fi
+  section_done cli "$(status_of $rc)" $((SECONDS - t0)) "$cli_note"
+  rm -rf "$cli_tmp"
+  write_report tests
+
   # Section 2: the kernel benchmarks (tests/cuda/bench.rs).
   if ((bench)); then
     t=$((budget - (SECONDS - start) - min_torch - min_train - min_train_torch - 5))
