@@ -427,10 +427,28 @@ def s_gemm(b):
         del x, w, dy, bv, y, dx, dw
 
 
+# (suffix, tokens, seq, heads, kv heads, head dim): the layer's shape, then
+# DESIGN.md §8's 16k-token yardsticks; the same list as tests/cuda/bench.rs.
+def attention_shapes(c):
+    return [
+        ("", c["tokens"], c["seq"], c["heads"], c["kv_heads"], c["head_dim"]),
+        ("_d128_s1k", 16384, 1024, 16, 16, 128),
+        ("_d128_s4k", 16384, 4096, 16, 16, 128),
+        ("_d64_s4k", 16384, 4096, 16, 16, 64),
+    ]
+
+
 def s_attention(b):
-    torch, c = b.torch, b.c
+    shapes = attention_shapes(b.c)
+    if not b.cuda:
+        shapes = shapes[:1]  # the CPU smoke run: the small shape only
+    for suffix, T, S, H, KV, D in shapes:
+        attention_at(b, suffix, T, S, H, KV, D)
+
+
+def attention_at(b, suffix, T, S, H, KV, D):
+    torch = b.torch
     F = torch.nn.functional
-    T, S, H, KV, D = c["tokens"], c["seq"], c["heads"], c["kv_heads"], c["head_dim"]
     B = T // S
     shape = f"{B}x{S} h{H}/{KV} d{D} causal"
     fwd_flops = 4.0 * B * H * D * S * S / 2
@@ -470,15 +488,15 @@ def s_attention(b):
             gqa = False
         kk, vv = (k, v) if gqa else (kr, vr)
         impl = f"SDPA{tag or ' (default backend)'}, " + ("enable_gqa" if gqa else "k/v repeated")
-        b.run(f"attention_fwd{tag}", shape, lambda: attn(q, kk, vv, gqa), flops=fwd_flops, max_n=50, impl=impl)
+        b.run(f"attention_fwd{suffix}{tag}", shape, lambda: attn(q, kk, vv, gqa), flops=fwd_flops, max_n=50, impl=impl)
         ql, kl, vl = (t.clone().requires_grad_() for t in (q, kk, vv))
         try:
             out = attn(ql, kl, vl, gqa)
         except Exception as e:
-            print(f"attention_bwd{tag}: forward with grad failed: {e}")
+            print(f"attention_bwd{suffix}{tag}: forward with grad failed: {e}")
             continue
         b.run(
-            f"attention_bwd{tag}",
+            f"attention_bwd{suffix}{tag}",
             shape,
             lambda: torch.autograd.grad(out, (ql, kl, vl), dout, retain_graph=True),
             flops=bwd_flops,
@@ -486,6 +504,7 @@ def s_attention(b):
             impl=impl,
         )
         del out, ql, kl, vl
+    del q, k, v, dout, kr, vr
 
 
 def s_loss(b):

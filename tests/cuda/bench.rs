@@ -516,33 +516,58 @@ fn gemm(b: &mut Bench) -> Result<()> {
     Ok(())
 }
 
+/// Attention shapes: the layer's own (4 × 1024, 14 / 2 heads of 64), then
+/// DESIGN.md §8's yardstick, 16k tokens per batch with 16 heads of 128 (and
+/// of 64) at sequence lengths 1k and 4k; the name's suffix says which.
+const ATTENTION_SHAPES: [(&str, usize, usize, usize, usize, usize); 4] = [
+    ("", TOKENS, SEQ, HEADS, KV_HEADS, HEAD_DIM),
+    ("_d128_s1k", 16384, 1024, 16, 16, 128),
+    ("_d128_s4k", 16384, 4096, 16, 16, 128),
+    ("_d64_s4k", 16384, 4096, 16, 16, 64),
+];
+
 fn attention(b: &mut Bench) -> Result<()> {
+    for (suffix, tokens, seq, heads, kv_heads, d) in ATTENTION_SHAPES {
+        attention_at(b, suffix, tokens, seq, heads, kv_heads, d)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_at(
+    b: &mut Bench,
+    suffix: &str,
+    tokens: usize,
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+) -> Result<()> {
     let g = b.g;
-    let s =
-        AttnShape { n_heads: HEADS, n_kv_heads: KV_HEADS, head_dim: HEAD_DIM, scale: 1.0 / (HEAD_DIM as f32).sqrt() };
-    let seqs = TOKENS / SEQ;
-    let shape = format!("{seqs}x{SEQ} h{HEADS}/{KV_HEADS} d{HEAD_DIM} causal");
-    let cu: Vec<u32> = (0..=seqs).map(|i| (i * SEQ) as u32).collect();
+    let s = AttnShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
+    let seqs = tokens / seq;
+    let shape = format!("{seqs}x{seq} h{heads}/{kv_heads} d{d} causal");
+    let cu: Vec<u32> = (0..=seqs).map(|i| (i * seq) as u32).collect();
     let cud = b.u32s(&cu)?;
-    let (qn, kvn) = (TOKENS * HEADS * HEAD_DIM, TOKENS * KV_HEADS * HEAD_DIM);
+    let (qn, kvn) = (tokens * heads * d, tokens * kv_heads * d);
     let q = b.random(qn, 30)?;
     let k = b.random(kvn, 31)?;
     let v = b.random(kvn, 32)?;
     let dout = b.random(qn, 33)?;
     let mut out: CudaSlice<Bf16> = b.zeros(qn)?;
-    let mut lse: CudaSlice<f32> = b.zeros(TOKENS * HEADS)?;
+    let mut lse: CudaSlice<f32> = b.zeros(tokens * heads)?;
     // Causal: half of the seq² scores; q·kᵀ and p·v, 2 flops a multiply-add.
-    let fwd = 4.0 * (seqs * HEADS * HEAD_DIM) as f64 * (SEQ * SEQ) as f64 / 2.0;
+    let fwd = 4.0 * (seqs * heads * d) as f64 * (seq * seq) as f64 / 2.0;
     // The backward's five products against the forward's two (FlashAttention's count).
     let bwd = 2.5 * fwd;
-    // The slow reference: few calls. Each call copies cu_seqlens to the host (waits for the stream).
-    b.run("attention_fwd", &shape, Work::Flops(fwd), true, 5, || {
+    // Each call copies cu_seqlens to the host (waits for the stream).
+    b.run(&format!("attention_fwd{suffix}"), &shape, Work::Flops(fwd), true, 20, || {
         g.attention_fwd(&s, &cud, &q, &k, &v, &mut out, &mut lse)
     })?;
     let mut dq: CudaSlice<Bf16> = b.zeros(qn)?;
     let mut dk: CudaSlice<Bf16> = b.zeros(kvn)?;
     let mut dv: CudaSlice<Bf16> = b.zeros(kvn)?;
-    b.run("attention_bwd", &shape, Work::Flops(bwd), true, 3, || {
+    b.run(&format!("attention_bwd{suffix}"), &shape, Work::Flops(bwd), true, 20, || {
         g.attention_bwd(&s, &cud, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
     })
 }
