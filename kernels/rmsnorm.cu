@@ -7,8 +7,9 @@
 //   2048) or one block of 8 warps (W = 8, up to 8192), K groups of 8
 //   elements per thread, 16-byte accesses when every row starts 16-byte
 //   aligned (else scalar accesses of the same elements: the same bits), and
-//   the weight gradient as a fixed-order column sum (colsum.cuh) of
-//   dy · x · rstd.
+//   the weight gradient of dy · x · rstd in a fixed order: for rows of up
+//   to 2048, fused into the dx pass (per-32-row shares in scratch, then
+//   rmsnorm_dw_blocks); wider, a fixed-order column sum (colsum.cuh).
 #include "colsum.cuh"
 #include "common.cuh"
 #include "rmsnorm.h"
@@ -264,6 +265,186 @@ RMSNORM_ROWS(1, 4)
 RMSNORM_ROWS(1, 8)
 RMSNORM_ROWS(8, 2)
 RMSNORM_ROWS(8, 4)
+
+// ---- The fused backward: dx and the weight gradient's shares in one pass ----
+// Rows of up to 2048 (one warp per row, K ≤ 8 groups of 8 per lane). Block b
+// owns rows [32b, 32b + 32): warp w rows 32b + 4w … + 3, in row order, each
+// as rmsnorm_dx_rows<1, K> computes dx, while the lane adds dy·x̂ of its
+// columns into q (registers); the block then adds the 8 warps' q in warp
+// order and writes dw_partial[b]. rmsnorm_dw_blocks adds the shares into dw
+// (the order of kernels/include/rmsnorm.h). dy and x are read once.
+#define BWD_ROWS ENGINE_RMSNORM_BWD_ROWS
+#define BWD_WARP_ROWS ENGINE_RMSNORM_BWD_WARP_ROWS
+#define BWD_WARPS (BWD_ROWS / BWD_WARP_ROWS)
+#define BWD_THREADS (32 * BWD_WARPS)
+#define BWD_GROUP ENGINE_RMSNORM_BWD_GROUP
+static_assert(BWD_WARPS == 8 && BWD_THREADS == 256 && BWD_THREADS == ENGINE_ROW_THREADS, "the share combine maps one thread per column of a group");
+static_assert(8 * 32 * 8 == ENGINE_RMSNORM_BWD_MAX_DIM, "K ≤ 8 groups of 8 per lane");
+
+// Row `row`'s x and dy for this lane's K groups (0 past the row's end), and rstd.
+template <int K>
+__device__ __forceinline__ void bwd_load(const RmsNormBwdParams& p, uint32_t row, uint32_t lane, bool vec,
+                                         uint4 (&xv)[K], uint4 (&gv)[K], float& rstd) {
+  const size_t base = (size_t)row * p.dim;
+  const bf16* x = ptr<const bf16>(p.x) + base;
+  const bf16* dy = ptr<const bf16>(p.dy) + base;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const uint32_t e0 = group_start<1>(lane, k);
+    xv[k] = gv[k] = make_uint4(0, 0, 0, 0);
+    if (e0 < p.dim) {
+      xv[k] = load_row8(x, e0, p.dim, vec);
+      gv[k] = load_row8(dy, e0, p.dim, vec);
+    }
+  }
+  rstd = ptr<const float>(p.rstd)[row];
+}
+
+// dx of row `row` (the arithmetic of rmsnorm_dx_rows<1, K>), and
+// q[k][e] = fma(dy, x·rstd, q[k][e]) for the lane's columns.
+template <int K>
+__device__ __forceinline__ void bwd_row(const RmsNormBwdParams& p, uint32_t row, uint32_t lane, bool vec,
+                                        const uint4 (&xv)[K], const uint4 (&gv)[K], float rstd, float (&q)[K][8]) {
+  const uint32_t dim = p.dim;
+  const bf16* w = ptr<const bf16>(p.w);
+  bf16* dx = ptr<bf16>(p.dx) + (size_t)row * dim;
+  float dot = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const uint32_t e0 = group_start<1>(lane, k);
+    if (e0 >= dim) continue;
+    float a[8], g[8], ww[8];
+    unpack8(xv[k], a);
+    unpack8(gv[k], g);
+    unpack8(load_row8(w, e0, dim, vec), ww);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      dot += g[e] * ww[e] * (a[e] * rstd);
+      q[k][e] = __fmaf_rn(g[e], __fmul_rn(a[e], rstd), q[k][e]);
+    }
+  }
+  const float mean = row_sum<1>(dot, nullptr) / (float)dim;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const uint32_t e0 = group_start<1>(lane, k);
+    if (e0 >= dim) continue;
+    float a[8], g[8], ww[8], old[8];
+    unpack8(xv[k], a);
+    unpack8(gv[k], g);
+    unpack8(load_row8(w, e0, dim, vec), ww);
+    if (p.accumulate_dx) unpack8(load_row8(dx, e0, dim, vec), old);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float xh = a[e] * rstd;
+      float d = rstd * (g[e] * ww[e] - xh * mean);
+      if (p.accumulate_dx) d += old[e];
+      a[e] = d;
+    }
+    store_row8(dx, e0, dim, vec, pack8(a));
+  }
+}
+
+// PF: the next row's loads are issued before the current row's arithmetic.
+template <int K, bool PF>
+__device__ __forceinline__ void rmsnorm_bwd_rows(const RmsNormBwdParams& p) {
+  __shared__ float4 sh[BWD_WARPS][2 * 32];  // one group of 256 columns per warp
+  const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const uint32_t dim = p.dim;
+  const bool vec = dim % 8 == 0 && ((p.dy | p.x | p.w | p.dx) & 15u) == 0;
+  const uint32_t r0 = blockIdx.x * BWD_ROWS + warp * BWD_WARP_ROWS;
+  float q[K][8];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) q[k][e] = 0.0f;
+  }
+  uint4 xv[K], gv[K];
+  float rstd = 0.0f;
+  if (PF && r0 < p.rows) bwd_load<K>(p, r0, lane, vec, xv, gv, rstd);
+#pragma unroll
+  for (int i = 0; i < BWD_WARP_ROWS; ++i) {
+    const uint32_t row = r0 + i;
+    if (row >= p.rows) break;  // the whole warp
+    if (PF) {
+      uint4 xn[K], gn[K];
+      float rn = 0.0f;
+      const bool next = i + 1 < BWD_WARP_ROWS && row + 1 < p.rows;
+      if (next) bwd_load<K>(p, row + 1, lane, vec, xn, gn, rn);
+      bwd_row<K>(p, row, lane, vec, xv, gv, rstd, q);
+      if (next) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) xv[k] = xn[k], gv[k] = gn[k];
+        rstd = rn;
+      }
+    } else {
+      bwd_load<K>(p, row, lane, vec, xv, gv, rstd);
+      bwd_row<K>(p, row, lane, vec, xv, gv, rstd, q);
+    }
+  }
+  // share b, column c = Σ_w q_w(c) in warp order from 0; one group of 256
+  // columns at a time, thread t owning column 256k + t.
+  float* part = ptr<float>(p.dw_partial) + (size_t)blockIdx.x * dim;
+  const float* col = reinterpret_cast<const float*>(&sh[0][0]) + threadIdx.x;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (k > 0) __syncthreads();  // the previous group is read
+    sh[warp][2 * lane] = make_float4(q[k][0], q[k][1], q[k][2], q[k][3]);
+    sh[warp][2 * lane + 1] = make_float4(q[k][4], q[k][5], q[k][6], q[k][7]);
+    __syncthreads();
+    const uint32_t c = 256u * k + threadIdx.x;
+    if (c < dim) {
+      float s = 0.0f;
+#pragma unroll
+      for (int w = 0; w < BWD_WARPS; ++w) s = __fadd_rn(s, col[w * 256]);
+      part[c] = s;
+    }
+  }
+}
+
+#define RMSNORM_BWD(K, PF)                                                                                      \
+  extern "C" __global__ void __launch_bounds__(BWD_THREADS) rmsnorm_bwd_k##K(RmsNormBwdParams p) {             \
+    rmsnorm_bwd_rows<K, PF>(p);                                                                                 \
+  }
+RMSNORM_BWD(1, true)
+RMSNORM_BWD(2, true)
+RMSNORM_BWD(4, true)
+RMSNORM_BWD(8, false)
+
+// dw[j] = bf16(dw[j] + group 0 + group 1 + …), group g = shares
+// dw_partial[16g … 16g + 15] added in order from 0. A block per 32 columns
+// (lanes: 128-byte reads), warp w sums group g0 + w, warp 0 adds the 8
+// group sums in order.
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_dw_blocks(RmsNormBwdParams p) {
+  __shared__ float sh[8][32];
+  const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const uint32_t c = blockIdx.x * 32 + lane;
+  const bool ok = c < p.dim;
+  const uint32_t blocks = p.rows / BWD_ROWS + (p.rows % BWD_ROWS != 0);
+  const uint32_t groups = blocks / BWD_GROUP + (blocks % BWD_GROUP != 0);
+  const float* part = ptr<const float>(p.dw_partial);
+  bf16* dw = ptr<bf16>(p.dw);
+  float acc = warp == 0 && ok ? to_f(dw[c]) : 0.0f;
+  for (uint32_t g0 = 0; g0 < groups; g0 += 8) {  // the same trips for the whole block
+    const uint32_t g = g0 + warp;
+    float s = 0.0f;
+    if (ok && g < groups) {
+      const uint32_t b0 = g * BWD_GROUP;
+      float v[BWD_GROUP];
+#pragma unroll
+      for (int i = 0; i < BWD_GROUP; ++i) v[i] = b0 + i < blocks ? part[(size_t)(b0 + i) * p.dim + c] : 0.0f;
+#pragma unroll
+      for (int i = 0; i < BWD_GROUP; ++i) s = __fadd_rn(s, v[i]);  // + 0 past the last share: no change
+    }
+    sh[warp][lane] = s;
+    __syncthreads();
+    if (warp == 0) {
+      const uint32_t n = min(8u, groups - g0);
+      for (uint32_t i = 0; i < n; ++i) acc = __fadd_rn(acc, sh[i][lane]);
+    }
+    __syncthreads();
+  }
+  if (warp == 0 && ok) dw[c] = to_bf(acc);
+}
 
 // dy · (x · rstd) of one row for the 8 columns j0 … j0+7 (colsum.cuh).
 struct DwRows {

@@ -1,5 +1,7 @@
 /* Parameters of kernels/logprob.cu (DESIGN.md §4.1). One block of
- * ENGINE_ROW_THREADS per row of `vocab` logits; s = z · inv_temp. */
+ * ENGINE_ROW_THREADS per row of `vocab` logits; s = z · inv_temp. The fast
+ * kernels (logprob_fwd, logprob_bwd) and the scalar reference kernels
+ * (logprob_fwd_reference, logprob_bwd_reference) take the same structs. */
 #pragma once
 #include "params.h"
 

@@ -277,3 +277,183 @@ fn logprob_rejects_bad_shapes() {
     );
     g.sync().unwrap();
 }
+
+/// `Gpu::logprob_fwd` (`reference`: `logprob_fwd_reference`) on logits placed
+/// `offset` elements into a larger buffer, so that the rows start at other
+/// 16-byte phases than the allocation's.
+fn gpu_fwd_at(g: &Gpu, z: &[f32], offset: usize, y: &[u32], vocab: usize, inv_temp: f32, reference: bool) -> Fwd {
+    let rows = y.len();
+    let mut padded = vec![0.5f32; offset];
+    padded.extend_from_slice(z);
+    padded.extend(std::iter::repeat_n(0.5f32, 9));
+    let zd = up(g, &padded);
+    let zv = zd.slice(offset..offset + z.len());
+    let yd = g.stream.clone_htod(y).unwrap();
+    let mut logp = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut lse = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut h = g.stream.alloc_zeros::<f32>(rows).unwrap();
+    let mut hv = Some(h.as_view_mut());
+    if reference {
+        g.logprob_fwd_reference(&zv, &yd, vocab, inv_temp, &mut logp, &mut lse, hv.as_mut()).unwrap();
+    } else {
+        g.logprob_fwd(&zv, &yd, vocab, inv_temp, &mut logp, &mut lse, hv.as_mut()).unwrap();
+    }
+    g.sync().unwrap();
+    let get = |x: &cudarc::driver::CudaSlice<f32>| g.stream.clone_dtoh(x).unwrap();
+    Fwd { logp: get(&logp), lse: get(&lse), entropy: Some(get(&h)) }
+}
+
+/// `Gpu::logprob_bwd` (`reference`: `logprob_bwd_reference`) on logits placed
+/// `offset` elements into a larger buffer; checks that the elements around
+/// them are left as they were.
+#[allow(clippy::too_many_arguments)]
+fn gpu_bwd_at(
+    g: &Gpu,
+    z: &[f32],
+    offset: usize,
+    y: &[u32],
+    vocab: usize,
+    inv_temp: f32,
+    lse: &[f32],
+    coef: &[f32],
+    entropy: Option<(&[f32], &[f32])>,
+    reference: bool,
+) -> Vec<f32> {
+    let mut padded = vec![0.5f32; offset];
+    padded.extend_from_slice(z);
+    padded.extend(std::iter::repeat_n(0.5f32, 9));
+    let mut zd = up(g, &padded);
+    let yd = g.stream.clone_htod(y).unwrap();
+    let (ld, cd) = (g.stream.clone_htod(lse).unwrap(), g.stream.clone_htod(coef).unwrap());
+    let ent = entropy.map(|(e, h)| (g.stream.clone_htod(e).unwrap(), g.stream.clone_htod(h).unwrap()));
+    let ent_views = ent.as_ref().map(|(e, h)| (e.as_view(), h.as_view()));
+    let ent_refs = ent_views.as_ref().map(|(e, h)| (e, h));
+    {
+        let mut zv = zd.slice_mut(offset..offset + z.len());
+        if reference {
+            g.logprob_bwd_reference(&mut zv, &yd, vocab, inv_temp, &ld, &cd, ent_refs).unwrap();
+        } else {
+            g.logprob_bwd(&mut zv, &yd, vocab, inv_temp, &ld, &cd, ent_refs).unwrap();
+        }
+    }
+    g.sync().unwrap();
+    let all = down(g, &zd);
+    let n = z.len();
+    assert!(all[..offset].iter().chain(&all[offset + n..]).all(|&v| v == 0.5), "logprob_bwd wrote outside its rows");
+    all[offset..offset + n].to_vec()
+}
+
+/// The fast kernels against the scalar reference kernels and the CPU, with
+/// rows starting at every 16-byte phase: vocabularies below one vector, odd
+/// ones (each row at another phase) and multiples of 8, the buffer offset by
+/// 0..8 elements.
+#[test]
+fn logprob_fast_matches_the_reference_at_every_alignment() {
+    let Some(g) = gpu("logprob_fast_matches_the_reference_at_every_alignment") else { return };
+    let inv_temp = 1.0 / 0.7;
+    for vocab in [1usize, 2, 3, 7, 8, 9, 15, 16, 17, 100, 1000 + 7, 4099, 8192] {
+        let rows = 11usize;
+        let z = logits(rows, vocab, 40 + vocab as u64);
+        let y = targets(rows, vocab);
+        let want = cpu_fwd(&z, &y, vocab, inv_temp, true);
+        let coef = coefs(rows, 41);
+        let ent_coef: Vec<f32> =
+            coefs(rows, 42).iter().enumerate().map(|(r, &v)| if r % 3 == 0 { 0.0 } else { v }).collect();
+        let h = want.entropy.clone().unwrap();
+        for offset in 0..9 {
+            let fast = gpu_fwd_at(&g, &z, offset, &y, vocab, inv_temp, false);
+            let slow = gpu_fwd_at(&g, &z, offset, &y, vocab, inv_temp, true);
+            let (fh, sh, wh) = (fast.entropy.as_ref().unwrap(), slow.entropy.as_ref().unwrap(), &h);
+            for (what, other) in [("cpu", &want), ("reference kernel", &slow)] {
+                let e = [
+                    rel_err(&fast.logp, &other.logp),
+                    rel_err(&fast.lse, &other.lse),
+                    rel_err(fh, other.entropy.as_ref().unwrap()),
+                ];
+                assert!(
+                    e.iter().all(|&e| e < F32_TOL),
+                    "logprob_fwd vocab {vocab} offset {offset} vs {what}: logp, lse, H {e:?}"
+                );
+            }
+            for r in 0..rows {
+                assert!((fast.lse[r] - want.lse[r]).abs() <= 1e-5 * want.lse[r].abs().max(1.0), "lse row {r}");
+                let tol = 1e-5 * (vocab as f32).ln().max(1.0);
+                assert!(
+                    (fh[r] - wh[r]).abs() <= tol,
+                    "vocab {vocab} offset {offset} H row {r}: {} vs {}",
+                    fh[r],
+                    wh[r]
+                );
+                assert!(
+                    (fh[r] - sh[r]).abs() <= tol,
+                    "vocab {vocab} offset {offset} H row {r} vs the reference kernel"
+                );
+                if y[r] == IGNORE {
+                    assert_eq!(fast.logp[r], 0.0);
+                }
+            }
+            let again = gpu_fwd_at(&g, &z, offset, &y, vocab, inv_temp, false);
+            assert_eq!((&again.logp, &again.lse, &again.entropy), (&fast.logp, &fast.lse, &fast.entropy));
+
+            for with_entropy in [false, true] {
+                let ent = with_entropy.then_some((&ent_coef[..], &h[..]));
+                let mut want_dz = z.clone();
+                logprob_bwd(&mut want_dz, &y, vocab, inv_temp, &want.lse, &coef, ent);
+                let fast_dz = gpu_bwd_at(&g, &z, offset, &y, vocab, inv_temp, &want.lse, &coef, ent, false);
+                let slow_dz = gpu_bwd_at(&g, &z, offset, &y, vocab, inv_temp, &want.lse, &coef, ent, true);
+                let what = format!("logprob_bwd vocab {vocab} offset {offset} entropy {with_entropy}");
+                let (e_cpu, e_ref) = (rel_err(&fast_dz, &want_dz), rel_err(&fast_dz, &slow_dz));
+                assert!(
+                    e_cpu < BF16_TOL && e_ref < BF16_TOL,
+                    "{what}: {e_cpu:.2e} vs cpu, {e_ref:.2e} vs the reference kernel"
+                );
+                // Row by row, element by element: within bf16 precision of the
+                // row's largest entry, plus an absolute floor for the entries
+                // where the sum cancels (the target's 1 − p when p ≈ 1, or
+                // c + e·(s − mean_s) ≈ 0): fp32 rounding of the row's scale,
+                // inv·(|c| + |e|·|s − mean_s|) with |s − mean_s| < 25 here.
+                for r in 0..rows {
+                    let s = r * vocab..(r + 1) * vocab;
+                    let e_r = if with_entropy { ent_coef[r] } else { 0.0 };
+                    let c_r = if y[r] == IGNORE { 0.0 } else { coef[r] };
+                    let floor = 1e-5 * inv_temp * (c_r.abs() + 25.0 * e_r.abs());
+                    for (other, name) in [(&want_dz, "cpu"), (&slow_dz, "the reference kernel")] {
+                        let big = other[s.clone()].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                        for i in s.clone() {
+                            let d = (fast_dz[i] - other[i]).abs();
+                            assert!(
+                                d <= BF16_TOL as f32 * big + floor,
+                                "{what} row {r} element {}: {} vs {} from {name}",
+                                i - r * vocab,
+                                fast_dz[i],
+                                other[i]
+                            );
+                        }
+                    }
+                }
+                let again = gpu_bwd_at(&g, &z, offset, &y, vocab, inv_temp, &want.lse, &coef, ent, false);
+                assert_eq!(again, fast_dz);
+            }
+        }
+    }
+}
+
+/// Rows whose target is outside the vocabulary and rows with no coefficient,
+/// at several phases: the fast backward's stores-only paths (NaN, zeros).
+#[test]
+fn logprob_bwd_fills_rows_at_every_alignment() {
+    let Some(g) = gpu("logprob_bwd_fills_rows_at_every_alignment") else { return };
+    for vocab in [3usize, 8, 13, 1000 + 7] {
+        let rows = 4usize;
+        let z = logits(rows, vocab, 50 + vocab as u64);
+        let y: Vec<u32> = vec![vocab as u32, 1, IGNORE, 0];
+        let coef = vec![0.5f32, 0.0, 0.5, 0.25];
+        let lse = cpu_fwd(&z, &[IGNORE, 1, IGNORE, 0], vocab, 1.0, false).lse;
+        for offset in 0..9 {
+            let dz = gpu_bwd_at(&g, &z, offset, &y, vocab, 1.0, &lse, &coef, None, false);
+            assert!(dz[..vocab].iter().all(|v| v.is_nan()), "vocab {vocab} offset {offset}: row 0 is NaN");
+            assert!(dz[vocab..3 * vocab].iter().all(|&v| v == 0.0), "vocab {vocab} offset {offset}: rows 1, 2 are 0");
+            assert!(dz[3 * vocab..].iter().any(|&v| v != 0.0), "vocab {vocab} offset {offset}: row 3 is a gradient");
+        }
+    }
+}

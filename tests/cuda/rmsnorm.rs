@@ -2,18 +2,67 @@
 
 use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
 use engine::backend::cpu::norm::{rmsnorm_bwd, rmsnorm_fwd};
+use engine::backend::cuda::params::{
+    ENGINE_RMSNORM_BWD_GROUP, ENGINE_RMSNORM_BWD_MAX_DIM, ENGINE_RMSNORM_BWD_ROWS, ENGINE_RMSNORM_BWD_WARP_ROWS,
+};
 use engine::backend::cuda::Bf16;
+
+/// `dw + Σ_r dy·x̂` in the fixed order of the fused backward (rows of up to
+/// ENGINE_RMSNORM_BWD_MAX_DIM; kernels/include/rmsnorm.h), in f32 on the
+/// host with the kernel's operations (x̂ = x·rstd rounded, then one fma per
+/// row), rounded to bf16 once: what rmsnorm_bwd must give bit for bit.
+fn dw_order(dy: &[f32], x: &[f32], rstd: &[f32], dw: &[f32]) -> Vec<f32> {
+    let (dim, rows) = (dw.len(), rstd.len());
+    let (block, quad, group) =
+        (ENGINE_RMSNORM_BWD_ROWS as usize, ENGINE_RMSNORM_BWD_WARP_ROWS as usize, ENGINE_RMSNORM_BWD_GROUP as usize);
+    let blocks = rows.div_ceil(block);
+    let share = |b: usize, j: usize| -> f32 {
+        let mut s = 0.0f32;
+        for w in 0..block / quad {
+            let mut q = 0.0f32;
+            for r in (b * block + w * quad..b * block + (w + 1) * quad).filter(|&r| r < rows) {
+                q = dy[r * dim + j].mul_add(x[r * dim + j] * rstd[r], q);
+            }
+            s += q;
+        }
+        s
+    };
+    (0..dim)
+        .map(|j| {
+            let mut acc = dw[j];
+            for g in 0..blocks.div_ceil(group) {
+                let mut s = 0.0f32;
+                for b in g * group..((g + 1) * group).min(blocks) {
+                    s += share(b, j);
+                }
+                acc += s;
+            }
+            Bf16::from_f32(acc).to_f32()
+        })
+        .collect()
+}
 
 #[test]
 fn rmsnorm_matches_the_cpu() {
     let Some(g) = gpu("rmsnorm_matches_the_cpu") else { return };
-    // Every fast variant (W, K): rows of 64, 200, 896 (one warp, K = 1, 1, 4),
-    // 1031 (one warp, K = 8, scalar: not whole vectors), 2056 and 5000 (a
-    // block of 8 warps), 9000 (the simple kernels); 4096 + 37 rows (the
-    // weight gradient in two spans, through scratch).
-    for (rows, dim) in
-        [(37usize, 200usize), (1, 64), (70, 1031), (33, 896), (9, 2056), (5, 5000), (3, 9000), (4133, 64)]
-    {
+    // Every fast variant (W, K): rows of 64, 200, 264, 896 (one warp, K = 1,
+    // 1, 2, 4), 1031 (one warp, K = 8, scalar: not whole vectors), 2056 and
+    // 5000 (a block of 8 warps), 9000 (the simple kernels). The backward for
+    // rows ≤ 2048 is the fused one (4096 + 37 rows: 130 shares of 32 rows in
+    // 9 groups, the last ones partial); wider rows sum dw by columns (4100
+    // rows of 2056: two spans, through scratch).
+    for (rows, dim) in [
+        (37usize, 200usize),
+        (1, 64),
+        (45, 264),
+        (70, 1031),
+        (33, 896),
+        (9, 2056),
+        (5, 5000),
+        (3, 9000),
+        (4133, 64),
+        (4100, 2056),
+    ] {
         let x = random_bf16(rows * dim, 1);
         let r = random_bf16(rows * dim, 2);
         let w = random_bf16(dim, 3);
@@ -67,6 +116,15 @@ fn rmsnorm_matches_the_cpu() {
         g.rmsnorm_bwd(&dyd, &hd, &wd, &rsd, &mut dx4, false, &mut dw4, &mut scratch).unwrap();
         assert_eq!(down(&g, &dx4), dx3, "rmsnorm_bwd dx is deterministic");
         assert_eq!(down(&g, &dw4), dw3, "rmsnorm_bwd dw is deterministic");
+        if dim <= ENGINE_RMSNORM_BWD_MAX_DIM as usize {
+            // The fused path's order, bit for bit, from a non-zero dw.
+            let rs = g.stream.clone_dtoh(&rsd).unwrap();
+            let dw0 = random_bf16(dim, 5);
+            let mut dw5 = up(&g, &dw0);
+            g.rmsnorm_bwd(&dyd, &hd, &wd, &rsd, &mut dx4, false, &mut dw5, &mut scratch).unwrap();
+            assert_eq!(down(&g, &dw5), dw_order(&dy, &h, &rs, &dw0), "rmsnorm_bwd {rows}×{dim}: the dw order");
+            assert_eq!(dw3, dw_order(&dy, &h, &rs, &vec![0.0; dim]), "rmsnorm_bwd {rows}×{dim}: the dw order from 0");
+        }
     }
 }
 

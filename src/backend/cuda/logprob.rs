@@ -7,6 +7,12 @@
 //! is not an error flag here: the forward writes `logp = NaN` for its row and
 //! the backward writes NaN over the row's `dz`, so the loss and the gradient
 //! norm show it.
+//!
+//! [`Gpu::logprob_fwd`] and [`Gpu::logprob_bwd`] run the fast kernels (16-byte
+//! vectors, ex2.approx exponentials); [`Gpu::logprob_fwd_reference`] and
+//! [`Gpu::logprob_bwd_reference`] run the simple scalar ones, kept as the
+//! twins the fast kernels are tested against. Same arguments, same results to
+//! fp32 rounding (not the same bits).
 
 use super::params::{LogprobBwdParams, LogprobFwdParams, ROW_THREADS};
 use super::{check_len, grid_rows, Bf16, Gpu, Modules};
@@ -18,10 +24,17 @@ super::params::device_repr!(LogprobFwdParams, LogprobBwdParams);
 pub struct Fns {
     fwd: CudaFunction,
     bwd: CudaFunction,
+    fwd_reference: CudaFunction,
+    bwd_reference: CudaFunction,
 }
 
 pub(super) fn load(m: &Modules) -> Result<Fns> {
-    Ok(Fns { fwd: m.get("logprob", "logprob_fwd")?, bwd: m.get("logprob", "logprob_bwd")? })
+    Ok(Fns {
+        fwd: m.get("logprob", "logprob_fwd")?,
+        bwd: m.get("logprob", "logprob_bwd")?,
+        fwd_reference: m.get("logprob", "logprob_fwd_reference")?,
+        bwd_reference: m.get("logprob", "logprob_bwd_reference")?,
+    })
 }
 
 /// `rows` (one block each) and `vocab` fit one launch.
@@ -43,6 +56,36 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn logprob_fwd(
         &self,
+        logits: &impl DevicePtr<Bf16>,
+        targets: &impl DevicePtr<u32>,
+        vocab: usize,
+        inv_temp: f32,
+        logp: &mut impl DevicePtrMut<f32>,
+        lse: &mut impl DevicePtrMut<f32>,
+        entropy: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        self.launch_logprob_fwd(&self.k.logprob.fwd, logits, targets, vocab, inv_temp, logp, lse, entropy)
+    }
+
+    /// [`Gpu::logprob_fwd`] on the simple scalar kernel (the fast one's twin in tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn logprob_fwd_reference(
+        &self,
+        logits: &impl DevicePtr<Bf16>,
+        targets: &impl DevicePtr<u32>,
+        vocab: usize,
+        inv_temp: f32,
+        logp: &mut impl DevicePtrMut<f32>,
+        lse: &mut impl DevicePtrMut<f32>,
+        entropy: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        self.launch_logprob_fwd(&self.k.logprob.fwd_reference, logits, targets, vocab, inv_temp, logp, lse, entropy)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_logprob_fwd(
+        &self,
+        f: &CudaFunction,
         logits: &impl DevicePtr<Bf16>,
         targets: &impl DevicePtr<u32>,
         vocab: usize,
@@ -86,7 +129,7 @@ impl Gpu {
         // SAFETY: logits hold rows × vocab elements, targets, logp, lse and
         // entropy (when non-zero) rows (checked above); the kernel reads a
         // target's logit only when the target is below vocab.
-        unsafe { self.stream.launch_builder(&self.k.logprob.fwd).arg(&p).launch(grid_rows(rows, ROW_THREADS)) }
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(grid_rows(rows, ROW_THREADS)) }
             .map_err(|e| anyhow!("logprob_fwd: {e}"))?;
         Ok(())
     }
@@ -99,6 +142,36 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn logprob_bwd(
         &self,
+        logits: &mut impl DevicePtrMut<Bf16>,
+        targets: &impl DevicePtr<u32>,
+        vocab: usize,
+        inv_temp: f32,
+        lse: &impl DevicePtr<f32>,
+        coef: &impl DevicePtr<f32>,
+        entropy: Option<(&CudaView<'_, f32>, &CudaView<'_, f32>)>,
+    ) -> Result<()> {
+        self.launch_logprob_bwd(&self.k.logprob.bwd, logits, targets, vocab, inv_temp, lse, coef, entropy)
+    }
+
+    /// [`Gpu::logprob_bwd`] on the simple scalar kernel (the fast one's twin in tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn logprob_bwd_reference(
+        &self,
+        logits: &mut impl DevicePtrMut<Bf16>,
+        targets: &impl DevicePtr<u32>,
+        vocab: usize,
+        inv_temp: f32,
+        lse: &impl DevicePtr<f32>,
+        coef: &impl DevicePtr<f32>,
+        entropy: Option<(&CudaView<'_, f32>, &CudaView<'_, f32>)>,
+    ) -> Result<()> {
+        self.launch_logprob_bwd(&self.k.logprob.bwd_reference, logits, targets, vocab, inv_temp, lse, coef, entropy)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_logprob_bwd(
+        &self,
+        f: &CudaFunction,
         logits: &mut impl DevicePtrMut<Bf16>,
         targets: &impl DevicePtr<u32>,
         vocab: usize,
@@ -144,7 +217,7 @@ impl Gpu {
         };
         // SAFETY: logits hold rows × vocab elements, targets, lse, coef and
         // (both or neither) ent_coef and entropy rows (checked above).
-        unsafe { self.stream.launch_builder(&self.k.logprob.bwd).arg(&p).launch(grid_rows(rows, ROW_THREADS)) }
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(grid_rows(rows, ROW_THREADS)) }
             .map_err(|e| anyhow!("logprob_bwd: {e}"))?;
         Ok(())
     }

@@ -1,7 +1,10 @@
 //! RMSNorm on the GPU (kernels/rmsnorm.cu): the forward with the fused
 //! residual add, the backward with a deterministic weight gradient.
 
-use super::params::{RmsNormBwdParams, RmsNormFwdParams, ENGINE_COLSUM_CHUNK, ENGINE_COLSUM_CHUNKS, ROW_THREADS};
+use super::params::{
+    RmsNormBwdParams, RmsNormFwdParams, ENGINE_COLSUM_CHUNK, ENGINE_COLSUM_CHUNKS, ENGINE_RMSNORM_BWD_MAX_DIM,
+    ENGINE_RMSNORM_BWD_ROWS, ROW_THREADS,
+};
 use super::{check_len, grid_1d, grid_rows, Bf16, Gpu, Modules};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -17,12 +20,20 @@ pub struct Fns {
     dx_fast: Vec<CudaFunction>,
     dw_colsum: CudaFunction,
     dw_spans: CudaFunction,
+    /// The fused backward (dx and the dw shares) by [`BWD_VARIANTS`], and
+    /// the in-order sum of the shares into dw.
+    bwd_fused: Vec<CudaFunction>,
+    dw_blocks: CudaFunction,
 }
 
 /// The fast row kernels (kernels/rmsnorm.cu): `(W, K)`, a row held by `W`
 /// warps with `K` groups of 8 elements per thread, so rows of up to
 /// `256·W·K` elements; `W = 1` puts 8 rows in a block of 256, `W = 8` one.
 const ROW_VARIANTS: [(u32, u32); 6] = [(1, 1), (1, 2), (1, 4), (1, 8), (8, 2), (8, 4)];
+
+/// The fused backward (kernels/rmsnorm.cu `rmsnorm_bwd_k{K}`): rows of up to
+/// `256·K` elements, one warp per row, 32 rows per block of 256.
+const BWD_VARIANTS: [u32; 4] = [1, 2, 4, 8];
 
 /// Rows per span of the weight gradient's fixed-order column sum.
 const SPAN_ROWS: usize = (ENGINE_COLSUM_CHUNK * ENGINE_COLSUM_CHUNKS) as usize;
@@ -39,6 +50,11 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
         dx_fast: by("dx")?,
         dw_colsum: m.get("rmsnorm", "rmsnorm_dw_colsum")?,
         dw_spans: m.get("rmsnorm", "rmsnorm_dw_spans")?,
+        bwd_fused: BWD_VARIANTS
+            .iter()
+            .map(|k| m.get("rmsnorm", &format!("rmsnorm_bwd_k{k}")))
+            .collect::<Result<_>>()?,
+        dw_blocks: m.get("rmsnorm", "rmsnorm_dw_blocks")?,
     })
 }
 
@@ -134,10 +150,11 @@ impl Gpu {
     }
 
     /// `dx (+)= ∂L/∂x`, `dw += ∂L/∂w`; `scratch` holds the weight-gradient
-    /// shares (fp32, at least `ceil(rows/32)·dim`; the fast path uses
-    /// `ceil(rows/4096)·dim` of it, and none for rows ≤ 4096). `dw` is summed
-    /// in a fixed order (kernels/include/rows.h, ENGINE_COLSUM): the same
-    /// bits on every run and GPU.
+    /// shares (fp32, at least `ceil(rows/32)·dim`, all of it used for rows of
+    /// up to 2048; wider rows use `ceil(rows/4096)·dim`, none for rows ≤
+    /// 4096). `dw` is summed in a fixed order (kernels/include/rmsnorm.h:
+    /// per 32-row shares for rows of up to 2048, else the ENGINE_COLSUM
+    /// order of kernels/include/rows.h): the same bits on every run and GPU.
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_bwd(
         &self,
@@ -216,6 +233,26 @@ impl Gpu {
             rows_per_block: rows_per_block as u32,
             accumulate_dx: accumulate_dx as u32,
         };
+        if fast && dim <= ENGINE_RMSNORM_BWD_MAX_DIM as usize {
+            // The fused pass: a block per 32 rows writes dx and its dw share
+            // (scratch[b], b < blocks), then a block per 32 columns adds the
+            // shares into dw in order.
+            debug_assert_eq!(rows_per_block, ENGINE_RMSNORM_BWD_ROWS as usize);
+            let i = BWD_VARIANTS.iter().position(|&k| dim <= 256 * k as usize).expect("dim ≤ 2048");
+            let cfg = grid_rows(blocks, ROW_THREADS);
+            // SAFETY: dy, x, dx hold rows × dim, rstd rows, w dim (checked
+            // above); dw_partial holds blocks × dim (checked above); a lane
+            // touches columns < dim only (K groups of 8 cover dim ≤ 256·K),
+            // rows < rows only, and 16-byte accesses happen only where every
+            // row starts 16-byte aligned.
+            unsafe { self.stream.launch_builder(&self.k.rmsnorm.bwd_fused[i]).arg(&p).launch(cfg) }
+                .map_err(|e| anyhow!("rmsnorm_bwd: {e}"))?;
+            let cfg = grid_rows(dim.div_ceil(32), ROW_THREADS);
+            // SAFETY: as above; reads the blocks × dim shares, writes dw (dim).
+            unsafe { self.stream.launch_builder(&self.k.rmsnorm.dw_blocks).arg(&p).launch(cfg) }
+                .map_err(|e| anyhow!("rmsnorm_dw_blocks: {e}"))?;
+            return Ok(());
+        }
         let variant = if fast { row_variant(dim, rows) } else { None };
         let Some((i, cfg)) = variant else {
             let cfg = grid_rows(blocks, ROW_THREADS);
