@@ -49,6 +49,9 @@ for l in sys.stdin:
   cp tools/gpu_bench_torch.py "$dir/gpu_bench_torch.py"
   cp tools/gpu_bench_train_torch.py "$dir/gpu_bench_train_torch.py"
   strip "$dir/bin/engine" "$dir/bin/cuda-tests"
+  # Compressed: the bundle and the source tree travel together under 64 MiB,
+  # and every fatbin is in both binaries. `run` unpacks them.
+  gzip -9 "$dir/bin/engine" "$dir/bin/cuda-tests"
   local report
   report="$(ls -t target/release/build/engine-*/out/ptxas-report.txt | head -1)"
   cp "$report" "$dir/ptxas-report.txt"
@@ -379,6 +382,10 @@ run() {
   fi
   dir="${pos[0]:-$ROOT/gpu-bundle}" out="${pos[1]:-$ROOT/gpu-report}"
   dir="$(cd "$dir" && pwd)"
+  local gz
+  for gz in "$dir"/bin/*.gz; do
+    [[ -e "$gz" ]] && gunzip -f "$gz"
+  done
   mkdir -p "$out"
   out="$(cd "$out" && pwd)"
   rm -f "$out/sections.tsv" "$out/bench.jsonl" "$out/torch.jsonl" "$out/bench.log" "$out/torch.log" \
