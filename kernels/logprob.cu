@@ -78,11 +78,13 @@ __device__ __forceinline__ SoftmaxStats warp_merge(SoftmaxStats st) {
 }
 
 // The statistics of s = z[i]·inv_temp over the row, valid in thread 0 only.
+// Every s is the rounded product (__fmul_rn: never contracted into an FMA),
+// as the CPU computes it, so a one-token vocabulary gives logp exactly 0.
 // `scratch` holds 32 entries.
 template <bool ENT>
 __device__ SoftmaxStats row_stats(const bf16* z, uint32_t vocab, float inv_temp, SoftmaxStats* scratch) {
   SoftmaxStats st = stats_empty();
-  for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) stats_push<ENT>(st, to_f(z[i]) * inv_temp);
+  for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) stats_push<ENT>(st, __fmul_rn(to_f(z[i]), inv_temp));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int warps = (blockDim.x + 31) >> 5;
   st = warp_merge<ENT>(st);
@@ -112,7 +114,7 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) logprob_fwd_ref
   if (y == LOGPROB_IGNORE) {
     logp = 0.0f;
   } else if (y < p.vocab) {
-    logp = to_f(z[y]) * p.inv_temp - lse;
+    logp = __fmul_rn(to_f(z[y]), p.inv_temp) - lse;
   } else {
     logp = __int_as_float(0x7fc00000);  // a target outside the vocabulary: NaN
   }
@@ -143,14 +145,14 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) logprob_bwd_ref
   const float onehot = c * inv_temp;
   if (e == 0.0f) {
     for (uint32_t i = threadIdx.x; i < p.vocab; i += blockDim.x) {
-      float d = -onehot * expf(to_f(z[i]) * inv_temp - lse);
+      float d = -onehot * expf(__fmul_rn(to_f(z[i]), inv_temp) - lse);
       if (i == y) d += onehot;
       z[i] = to_bf(d);
     }
   } else {
     const float mean_s = lse - ptr<const float>(p.entropy)[row];
     for (uint32_t i = threadIdx.x; i < p.vocab; i += blockDim.x) {
-      const float s = to_f(z[i]) * inv_temp;
+      const float s = __fmul_rn(to_f(z[i]), inv_temp);
       float d = -inv_temp * expf(s - lse) * (c + e * (s - mean_s));
       if (i == y) d += onehot;
       z[i] = to_bf(d);
@@ -228,7 +230,7 @@ struct FoldFast {
     float gm = -FLT_MAX;
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      x[k] = z[k] * inv;
+      x[k] = __fmul_rn(z[k], inv);
       gm = fmaxf(gm, x[k]);
     }
     if (gm > st.m) {
@@ -348,7 +350,7 @@ __device__ __forceinline__ void fwd_row(const LogprobFwdParams& p, SoftmaxStats*
   if (y == LOGPROB_IGNORE) {
     logp = 0.0f;
   } else if (y < n) {
-    logp = zy * p.inv_temp - lse;
+    logp = __fmul_rn(zy, p.inv_temp) - lse;
   } else {
     logp = __int_as_float(0x7fc00000);  // a target outside the vocabulary: NaN
   }
@@ -376,7 +378,7 @@ struct GradFast {
   __device__ __forceinline__ void run(float* z, uint32_t first) {
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      const float s = z[k] * inv;
+      const float s = __fmul_rn(z[k], inv);
       const float q = exp_fast(s - lse);
       z[k] = ENT ? -inv * q * (c + e * (s - mean_s)) : -onehot * q;
     }
