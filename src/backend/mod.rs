@@ -89,6 +89,12 @@ pub trait Backend: Sync {
         1 << 24
     }
 
+    /// Bytes of device memory free for new buffers, where the backend has a
+    /// device of its own (`None`: the host's memory, which the caller checks).
+    fn available_memory(&self) -> Option<u64> {
+        None
+    }
+
     // ---- memory -----------------------------------------------------------
     /// A zero-filled buffer of `len` elements (called when arenas are built,
     /// never in the hot loop).

@@ -1,6 +1,6 @@
 //! `engine info`: what a model is and what fine-tuning it costs in memory.
 
-use crate::model::activations::{arena_elements, default_chunk};
+use crate::model::activations::{arena_elements, cuda_chunk, default_chunk};
 use crate::model::checkpoint::inspect;
 use crate::model::config::RopeScaling;
 use crate::model::{ModelConfig, ParamLayout};
@@ -40,7 +40,7 @@ impl Memory {
 /// CUDA layout (DESIGN.md §3): bf16 weights, gradients and activations, fp32
 /// master weights and AdamW moments — 16 bytes per parameter before activations.
 pub fn cuda_memory(cfg: &ModelConfig, params: usize, tokens: usize) -> Memory {
-    let (acts, _) = arena_elements(cfg, tokens, default_chunk(cfg, tokens), true);
+    let (acts, _) = arena_elements(cfg, tokens, cuda_chunk(cfg, tokens), true);
     let p = params as u64;
     Memory { weights: 2 * p, grads: 2 * p, master: 4 * p, adam: 8 * p, activations: 2 * acts as u64 }
 }

@@ -140,6 +140,15 @@ pub fn default_chunk(c: &ModelConfig, cap: usize) -> usize {
     chunk_for(1 << 24, c, cap)
 }
 
+/// Logits per lm_head chunk on CUDA (bf16, 2 GiB): see
+/// [`Backend::logit_chunk_elements`].
+pub const CUDA_LOGIT_CHUNK_ELEMENTS: usize = 1 << 30;
+
+/// Rows per lm_head chunk on CUDA.
+pub fn cuda_chunk(c: &ModelConfig, cap: usize) -> usize {
+    chunk_for(CUDA_LOGIT_CHUNK_ELEMENTS, c, cap)
+}
+
 /// Rows per lm_head chunk for backend `be` ([`Backend::logit_chunk_elements`]).
 pub fn backend_chunk<B: Backend>(be: &B, c: &ModelConfig, cap: usize) -> usize {
     chunk_for(be.logit_chunk_elements(), c, cap)

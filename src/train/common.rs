@@ -150,9 +150,7 @@ pub struct Setup<B: Backend> {
 impl<B: Backend> Setup<B> {
     pub fn load(be: &B, cfg: &Config) -> Result<Self> {
         let model_dir = PathBuf::from(cfg.str("model"));
-        if be.name() == "cpu" {
-            check_memory(&model_dir, positive(cfg, "micro_batch_tokens")?.max(positive(cfg, "max_seq_len")?))?;
-        }
+        check_memory(be, &model_dir, positive(cfg, "micro_batch_tokens")?.max(positive(cfg, "max_seq_len")?))?;
         let (model, _) = Model::load(be, &model_dir)?;
         let tok = Tokenizer::load(&model_dir)?;
         let chat = if cfg.bool("chat") { Some(ChatTemplate::load(&model_dir)?) } else { None };
@@ -222,18 +220,23 @@ fn available_memory() -> Option<u64> {
 }
 
 /// Fails, before any weight is read, when a full fine-tune of the model in
-/// `dir` (weights, gradients, AdamW moments and one micro-batch of
-/// activations, as `engine info` counts them) needs more memory than the
-/// machine has available.
-fn check_memory(dir: &Path, tokens: usize) -> Result<()> {
+/// `dir` (weights, gradients, AdamW state and one micro-batch of
+/// activations, as `engine info` counts them for the backend) needs more
+/// memory than is available: the machine's for the CPU backend, the
+/// device's free memory for a GPU.
+fn check_memory<B: Backend>(be: &B, dir: &Path, tokens: usize) -> Result<()> {
     let cfg = crate::model::ModelConfig::from_file(&dir.join("config.json"))?;
     let params = crate::model::ParamLayout::new(&cfg).total;
-    let need = crate::cli::info::cpu_memory(&cfg, params, tokens);
-    match available_memory() {
+    let (need, have, place) = match be.available_memory() {
+        Some(free) => (crate::cli::info::cuda_memory(&cfg, params, tokens), Some(free), "on the GPU"),
+        None => (crate::cli::info::cpu_memory(&cfg, params, tokens), available_memory(), "on the CPU"),
+    };
+    match have {
         Some(have) if need.total() > have => {
             let h = crate::cli::info::human;
+            let master = if need.master > 0 { format!(", master weights {}", h(need.master)) } else { String::new() };
             bail!(
-                "{}: training this model ({params} parameters) needs {} on the CPU (weights {}, gradients {}, AdamW {}, activations for {tokens} tokens {}) but {} is available",
+                "{}: training this model ({params} parameters) needs {} {place} (weights {}, gradients {}{master}, AdamW {}, activations for {tokens} tokens {}) but {} is available",
                 dir.display(),
                 h(need.total()),
                 h(need.weights),

@@ -117,7 +117,11 @@ impl Backend for Cuda {
     /// 2^30 bf16 logits (2 GiB): 7,067 rows of Qwen's 151,936, so a
     /// micro-batch of 16k tokens takes 3 chunks.
     fn logit_chunk_elements(&self) -> usize {
-        1 << 30
+        crate::model::activations::CUDA_LOGIT_CHUNK_ELEMENTS
+    }
+    /// Free device memory, as the driver reports it.
+    fn available_memory(&self) -> Option<u64> {
+        self.mem_info().ok().map(|(free, _)| free as u64)
     }
 
     fn alloc(&self, len: usize) -> DBuf {
