@@ -95,6 +95,11 @@ pub trait Backend: Sync {
         None
     }
 
+    /// The device's dense bf16 peak in TFLOP/s, where known (for MFU).
+    fn peak_tflops(&self) -> Option<f64> {
+        None
+    }
+
     // ---- memory -----------------------------------------------------------
     /// A zero-filled buffer of `len` elements (called when arenas are built,
     /// never in the hot loop).

@@ -547,11 +547,15 @@ impl<B: Backend> Loop<B> {
         let step_s = self.step_clock.elapsed().as_secs_f64();
         line["step_s"] = step_s.into();
         // Throughput of the tokens that went through forward and backward:
-        // model FLOPs as 6 · parameters · tokens (attention not counted). MFU
-        // needs the device's peak and comes with the CUDA backend.
+        // model FLOPs as 6 · parameters · tokens (attention not counted), and
+        // MFU where the device's dense bf16 peak is known.
         if let Some(tokens) = line.get("tokens").and_then(Value::as_f64) {
+            let tflops = 6.0 * self.params as f64 * tokens / step_s / 1e12;
             line["tokens_per_s"] = (tokens / step_s).into();
-            line["model_tflops"] = (6.0 * self.params as f64 * tokens / step_s / 1e12).into();
+            line["model_tflops"] = tflops.into();
+            if let Some(peak) = be.peak_tflops() {
+                line["mfu"] = (tflops / peak).into();
+            }
         }
         if let Some(peak) = peak_rss() {
             line["peak_rss_bytes"] = peak.into();

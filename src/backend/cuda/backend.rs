@@ -119,6 +119,19 @@ impl Backend for Cuda {
     fn logit_chunk_elements(&self) -> usize {
         crate::model::activations::CUDA_LOGIT_CHUNK_ELEMENTS
     }
+    /// Dense bf16 tensor-core peaks from NVIDIA's data sheets, by the name
+    /// the driver reports (SXM unless the name says PCIe).
+    fn peak_tflops(&self) -> Option<f64> {
+        let name = self.gpu.name.as_str();
+        let pcie = name.contains("PCIe");
+        if name.contains("H100") || name.contains("H200") || name.contains("H800") {
+            Some(if pcie { 756.0 } else { 989.4 })
+        } else if name.contains("A100") || name.contains("A800") {
+            Some(312.0)
+        } else {
+            None
+        }
+    }
     /// Free device memory, as the driver reports it.
     fn available_memory(&self) -> Option<u64> {
         self.mem_info().ok().map(|(free, _)| free as u64)
