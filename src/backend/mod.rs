@@ -318,6 +318,23 @@ pub trait Backend: Sync {
         entropy: Option<(Self::Ref<'_>, Self::Ref<'_>)>,
     );
 
+    // ---- sampling -------------------------------------------------------------
+    /// One token per row of `logits [rows, vocab]` (`rows = draws.len()`),
+    /// drawn as [`crate::rollout::sample`] draws it with the uniform number
+    /// of `draws[row]`, with its log-probability: on a GPU the logits stay on
+    /// the device and only these come back. The default reads the rows to
+    /// the host and samples there.
+    fn sample(
+        &self,
+        logits: Self::Ref<'_>,
+        vocab: usize,
+        params: &crate::rollout::SamplingParams,
+        draws: &[crate::rollout::Draw],
+    ) -> Vec<crate::rollout::Sampled> {
+        let z = self.read(logits);
+        sample_on_host(&z, vocab, params, draws)
+    }
+
     // ---- distillation ------------------------------------------------------
     /// Per row, the divergence between the student's and the teacher's
     /// distributions at temperature T (DESIGN.md §4.6) into `loss`, and its
@@ -333,4 +350,16 @@ pub trait Backend: Sync {
         weight: Self::Ref<'_>,
         loss: Self::Mut<'_>,
     );
+}
+
+/// [`Backend::sample`] on host rows, rows in parallel (each has its own stream).
+pub fn sample_on_host(
+    logits: &[f32],
+    vocab: usize,
+    params: &crate::rollout::SamplingParams,
+    draws: &[crate::rollout::Draw],
+) -> Vec<crate::rollout::Sampled> {
+    use rayon::prelude::*;
+    assert_eq!(logits.len(), draws.len() * vocab, "sample: logits for {} rows of {vocab}", draws.len());
+    logits.par_chunks(vocab).zip(draws).map(|(row, d)| crate::rollout::sample(row, params, d.uniform())).collect()
 }

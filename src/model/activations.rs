@@ -57,7 +57,7 @@ pub struct Activations<B: Backend> {
     pub ids: B::Idx,
     pub pos: B::Idx,
     pub cu_seqlens: B::Idx,
-    /// Row indices for gathering hidden states (`Model::logits_rows`).
+    /// Row indices for gathering hidden states (`Model::sample_rows`).
     pub gather_src: B::Idx,
     pub gather_dst: B::Idx,
     pub rope_cos: B::Buf,

@@ -9,6 +9,7 @@ use super::Model;
 use crate::backend::{AttnShape, Backend, MatShape, Span};
 use crate::data::Batch;
 use crate::loss::TokenCoefs;
+use crate::rollout::{Draw, Sampled, SamplingParams};
 use anyhow::{bail, Result};
 
 /// The first `len` elements of a buffer.
@@ -134,16 +135,25 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// Logits of the given token rows of the last forward (e.g. each
-    /// sequence's last position), on the host, `[rows, vocab]`.
-    pub fn logits_rows(&self, be: &B, acts: &mut Activations<B>, rows: &[u32]) -> Vec<f32> {
+    /// Samples one token for each `(row, draw)`: the logits of token row
+    /// `row` of the last forward (e.g. a sequence's last position), drawn
+    /// with `draw` by the backend, chunk by chunk of the lm_head (a row may
+    /// appear more than once: a prompt's samples share its last row).
+    pub fn sample_rows(
+        &self,
+        be: &B,
+        acts: &mut Activations<B>,
+        rows: &[(u32, Draw)],
+        params: &SamplingParams,
+    ) -> Vec<Sampled> {
         let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        assert!(rows.iter().all(|&r| (r as usize) < acts.n), "logits_rows: row outside the last batch");
-        let mut out = Vec::with_capacity(rows.len() * v);
+        assert!(rows.iter().all(|&(r, _)| (r as usize) < acts.n), "sample_rows: row outside the last batch");
+        let mut out = Vec::with_capacity(rows.len());
         for part in rows.chunks(acts.head.chunk) {
             let m = part.len();
+            let src: Vec<u32> = part.iter().map(|&(r, _)| r).collect();
             let dst: Vec<u32> = (0..m as u32).collect();
-            be.write_idx(part, &mut acts.gather_src);
+            be.write_idx(&src, &mut acts.gather_src);
             be.write_idx(&dst, &mut acts.gather_dst);
             // The residual buffers are free once the forward is done.
             let gathered = &mut acts.resid[0];
@@ -163,7 +173,8 @@ impl<B: Backend> Model<B> {
                 B::view_mut(&mut acts.head.logits, z),
                 false,
             );
-            out.extend(be.read(B::view(&acts.head.logits, z)));
+            let draws: Vec<Draw> = part.iter().map(|&(_, d)| d).collect();
+            out.extend(be.sample(B::view(&acts.head.logits, z), v, params, &draws));
         }
         acts.head.logits_hold_all = false;
         out

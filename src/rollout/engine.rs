@@ -5,13 +5,12 @@
 //! alongside every other active sequence. A finished sequence frees its slot
 //! and waiting prompts join at the next step.
 
-use super::sampler::{sample, SamplingParams, Stream};
+use super::sampler::{Draw, SamplingParams, Stream};
 use crate::backend::Backend;
 use crate::data::Batch;
 use crate::model::activations::backend_chunk;
 use crate::model::{Activations, Attend, KvCache, Model};
 use anyhow::{bail, Result};
-use rayon::prelude::*;
 use std::collections::VecDeque;
 
 #[derive(Clone, Debug)]
@@ -223,20 +222,27 @@ impl<'m, B: Backend> Generator<'m, B> {
         }
         self.cache.plan_writes(self.be, &writes);
         self.model.forward_with(self.be, &mut self.acts, &batch, Attend::PackedFill(&mut self.cache))?;
-        let last: Vec<u32> = (0..group.len()).map(|i| batch.seq(i).end as u32 - 1).collect();
-        let logits = self.model.logits_rows(self.be, &mut self.acts, &last);
-        let v = self.model.cfg.vocab_size;
+        // One row per sample: a prompt's samples draw from its last row.
+        let mut draws = Vec::new();
+        for (i, (p, samples, _)) in group.iter().enumerate() {
+            let last = batch.seq(i).end as u32 - 1;
+            for s in samples.clone() {
+                let stream = Stream::new(self.cfg.seed, *p as u64, s as u64);
+                draws.push((last, stream.draw(0)));
+            }
+        }
+        let mut sampled =
+            self.model.sample_rows(self.be, &mut self.acts, &draws, &self.cfg.sampling).into_iter().zip(draws);
         let mut out = Vec::new();
-        for (i, (p, samples, slots)) in group.into_iter().enumerate() {
+        for (p, samples, slots) in group {
             for (s, slot) in samples.zip(slots) {
-                let stream = Stream::new(self.cfg.seed, p as u64, s as u64);
-                let x = sample(&logits[i * v..(i + 1) * v], &self.cfg.sampling, stream.uniform(0));
+                let (x, (_, draw)) = sampled.next().expect("one draw per sample");
                 out.push(Active {
                     prompt: p,
                     sample: s,
                     slot,
                     len: prompts[p].len(),
-                    stream,
+                    stream: draw.stream,
                     tokens: vec![x.token],
                     logprobs: vec![x.logprob],
                 });
@@ -260,17 +266,15 @@ impl<'m, B: Backend> Generator<'m, B> {
         };
         self.cache.plan_decode(self.be, &slots, &lens);
         self.model.forward_with(self.be, &mut self.acts, &batch, Attend::Decode(&mut self.cache))?;
-        let rows: Vec<u32> = (0..b as u32).collect();
-        let logits = self.model.logits_rows(self.be, &mut self.acts, &rows);
-        let v = self.model.cfg.vocab_size;
-        // Each sequence draws from its own stream: rows in parallel.
-        let params = self.cfg.sampling;
-        active.par_iter_mut().zip(logits.par_chunks(v)).for_each(|(a, row)| {
+        // Each sequence draws from its own stream, step = tokens so far.
+        let draws: Vec<(u32, Draw)> =
+            active.iter().enumerate().map(|(i, a)| (i as u32, a.stream.draw(a.tokens.len() as u64))).collect();
+        let sampled = self.model.sample_rows(self.be, &mut self.acts, &draws, &self.cfg.sampling);
+        for (a, x) in active.iter_mut().zip(sampled) {
             a.len += 1;
-            let x = sample(row, &params, a.stream.uniform(a.tokens.len() as u64));
             a.tokens.push(x.token);
             a.logprobs.push(x.logprob);
-        });
+        }
         Ok(())
     }
 

@@ -3,6 +3,10 @@
 //! counter-based random stream per sequence so a sequence's draws depend on
 //! its seed and identity only, never on what else is in the batch.
 //!
+//! The stream's arithmetic is also `kernels/include/rng.h`, which the GPU
+//! sampler (`kernels/sample.cu`, [`Backend::sample`](crate::backend::Backend::sample)) calls, so both draw the
+//! same numbers; `tests/sample_emu.rs` checks that the two agree bit for bit.
+//!
 //! Every sampled token comes with `log_softmax(z/T)[token]` of the
 //! untruncated distribution — the quantity the trainer computes —
 //! whatever the filters kept (at T = 0, `log_softmax(z)[token]`).
@@ -64,6 +68,30 @@ impl Stream {
     /// A uniform number in [0, 1) with 53 random bits.
     pub fn uniform(&self, step: u64) -> f64 {
         (mix(self.key ^ mix(step)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The stream's key (what a device sampler is given).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// Draw `step` of this stream, to be made by whichever backend samples.
+    pub fn draw(&self, step: u64) -> Draw {
+        Draw { stream: *self, step }
+    }
+}
+
+/// One uniform draw named by its stream and step, so the backend that
+/// samples (the host or a GPU) computes the number itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Draw {
+    pub stream: Stream,
+    pub step: u64,
+}
+
+impl Draw {
+    pub fn uniform(&self) -> f64 {
+        self.stream.uniform(self.step)
     }
 }
 

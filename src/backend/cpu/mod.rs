@@ -189,6 +189,16 @@ impl Backend for Cpu {
     ) {
         logprob::logprob_bwd(logits, targets, vocab, inv_temp, lse, coef, entropy);
     }
+    /// Straight from the buffer, no copy.
+    fn sample(
+        &self,
+        logits: &[f32],
+        vocab: usize,
+        params: &crate::rollout::SamplingParams,
+        draws: &[crate::rollout::Draw],
+    ) -> Vec<crate::rollout::Sampled> {
+        super::sample_on_host(logits, vocab, params, draws)
+    }
     fn distill(
         &self,
         student: &mut [f32],

@@ -13,6 +13,7 @@ use super::buf::{DBuf, DMut, DRef, DType, IdxRef};
 use super::{Bf16, Gpu};
 use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, Span};
 use crate::loss::DistillMode;
+use crate::rollout::{Draw, Sampled, SamplingParams};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
 use std::sync::{Mutex, MutexGuard};
@@ -28,6 +29,10 @@ struct Scratch {
     plan: CudaSlice<u32>,
     /// One u32 set by kernels that meet an index outside their buffer.
     flag: CudaSlice<u32>,
+    /// sample's inputs (stream key, step per row) and outputs.
+    draws: CudaSlice<u64>,
+    tokens: CudaSlice<u32>,
+    logprobs: CudaSlice<f32>,
 }
 
 /// The CUDA backend: one GPU, one stream.
@@ -71,8 +76,15 @@ impl Cuda {
         // and would cost two event records per operand per launch.
         // SAFETY: every buffer of this backend lives on `gpu.stream` alone.
         unsafe { gpu.ctx.disable_event_tracking() };
-        let scratch =
-            Scratch { f64: zeros(&gpu, 1)?, f32: zeros(&gpu, 1)?, plan: zeros(&gpu, 1)?, flag: zeros(&gpu, 1)? };
+        let scratch = Scratch {
+            f64: zeros(&gpu, 1)?,
+            f32: zeros(&gpu, 1)?,
+            plan: zeros(&gpu, 1)?,
+            flag: zeros(&gpu, 1)?,
+            draws: zeros(&gpu, 1)?,
+            tokens: zeros(&gpu, 1)?,
+            logprobs: zeros(&gpu, 1)?,
+        };
         Ok(Cuda { gpu, scratch: Mutex::new(scratch) })
     }
 
@@ -497,6 +509,29 @@ impl Backend for Cuda {
     }
 
     /// kernels/distill.cu: one block per row, the gradient written in place.
+    fn sample(&self, logits: DRef<'_>, vocab: usize, params: &SamplingParams, draws: &[Draw]) -> Vec<Sampled> {
+        let rows = draws.len();
+        if rows == 0 {
+            return Vec::new();
+        }
+        let host: Vec<u64> = draws.iter().flat_map(|d| [d.stream.key(), d.step]).collect();
+        let mut guard = self.scratch();
+        let s = &mut *guard;
+        grow(&self.gpu, &mut s.draws, 2 * rows);
+        grow(&self.gpu, &mut s.tokens, rows);
+        grow(&self.gpu, &mut s.logprobs, rows);
+        let stream = &self.gpu.stream;
+        let mut dv = s.draws.slice_mut(0..2 * rows);
+        must(stream.memcpy_htod(&host, &mut dv).map_err(|e| anyhow!("sample: draws: {e}")));
+        let (mut tv, mut lv) = (s.tokens.slice_mut(0..rows), s.logprobs.slice_mut(0..rows));
+        must(self.gpu.sample(&logits.bf16("sample"), vocab, params, &dv, &mut tv, &mut lv));
+        let tokens = must(stream.clone_dtoh(&tv).map_err(|e| anyhow!("sample: tokens: {e}")));
+        let logprobs = must(stream.clone_dtoh(&lv).map_err(|e| anyhow!("sample: log-probabilities: {e}")));
+        drop(guard);
+        must(self.check());
+        tokens.into_iter().zip(logprobs).map(|(token, logprob)| Sampled { token, logprob }).collect()
+    }
+
     fn distill(
         &self,
         student: DMut<'_>,

@@ -21,6 +21,7 @@ pub mod params;
 mod rmsnorm;
 mod rope;
 mod rows;
+mod sample;
 mod swiglu;
 
 pub use backend::Cuda;
@@ -52,6 +53,7 @@ pub struct Kernels {
     pub rmsnorm: rmsnorm::Fns,
     pub rope: rope::Fns,
     pub rows: rows::Fns,
+    pub sample: sample::Fns,
     pub swiglu: swiglu::Fns,
 }
 
@@ -113,6 +115,7 @@ impl Gpu {
             rmsnorm: rmsnorm::load(&m)?,
             rope: rope::load(&m)?,
             rows: rows::load(&m)?,
+            sample: sample::load(&m)?,
             swiglu: swiglu::load(&m)?,
         };
         let stream = ctx.default_stream();
