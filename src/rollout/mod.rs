@@ -6,4 +6,4 @@ pub mod engine;
 pub mod sampler;
 
 pub use engine::{FinishReason, GenerateConfig, Generator, Sample};
-pub use sampler::{sample, Draw, Sampled, SamplingParams, Stream};
+pub use sampler::{sample, Draw, KernelSettings, Sampled, SamplingParams, Stream};

@@ -45,6 +45,37 @@ impl SamplingParams {
     }
 }
 
+/// The settings in the form the GPU sampler takes them (`SampleParams` of
+/// `kernels/include/sample.h`): derived in f64 from the f32 settings exactly
+/// as [`sample`] derives them, so both compute with the same numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KernelSettings {
+    /// 1/T (0 when greedy).
+    pub inv_temp: f64,
+    /// 1 − top_p: the largest tail mass top-p drops.
+    pub top_p_budget: f64,
+    pub min_p: f64,
+    pub top_k: u32,
+    pub greedy: bool,
+    /// Some filter is on ([`sample`]'s filtered path, not its one-exp path).
+    pub filtered: bool,
+    pub use_top_p: bool,
+}
+
+impl SamplingParams {
+    pub fn kernel_settings(&self) -> KernelSettings {
+        KernelSettings {
+            inv_temp: if self.temperature > 0.0 { 1.0 / self.temperature as f64 } else { 0.0 },
+            top_p_budget: 1.0 - self.top_p as f64,
+            min_p: self.min_p as f64,
+            top_k: self.top_k.min(u32::MAX as usize) as u32,
+            greedy: self.temperature == 0.0,
+            filtered: !(self.top_k == 0 && self.top_p >= 1.0 && self.min_p <= 0.0),
+            use_top_p: self.top_p < 1.0,
+        }
+    }
+}
+
 /// SplitMix64's finaliser: a bijective mix of 64 bits.
 fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod runs;
+pub mod sampling;
 
 use engine::backend::IGNORE;
 use engine::data::Batch;

@@ -23,6 +23,7 @@ mod model;
 mod rmsnorm;
 mod rope;
 mod rows;
+mod sample;
 mod swiglu;
 mod train;
 mod train_bench;

@@ -51,26 +51,25 @@ impl Gpu {
         if rows == 0 {
             return Ok(());
         }
-        let filtered = !(params.top_k == 0 && params.top_p >= 1.0 && params.min_p <= 0.0);
+        let k = params.kernel_settings();
         let (zp, _g1) = logits.device_ptr(&self.stream);
         let (dp, _g2) = draws.device_ptr(&self.stream);
         let (tp, _g3) = tokens.device_ptr_mut(&self.stream);
         let (lp, _g4) = logprobs.device_ptr_mut(&self.stream);
         let p = SampleParams {
-            // In f64 from the f32 settings, as the CPU sampler computes them.
-            inv_temp: if params.temperature > 0.0 { 1.0 / params.temperature as f64 } else { 0.0 },
-            top_p_budget: 1.0 - params.top_p as f64,
-            min_p: params.min_p as f64,
+            inv_temp: k.inv_temp,
+            top_p_budget: k.top_p_budget,
+            min_p: k.min_p,
             logits: zp,
             draws: dp,
             tokens: tp,
             logprobs: lp,
             rows: rows as u32,
             vocab: vocab as u32,
-            top_k: params.top_k.min(u32::MAX as usize) as u32,
-            greedy: (params.temperature == 0.0) as u32,
-            filtered: filtered as u32,
-            use_top_p: (params.top_p < 1.0) as u32,
+            top_k: k.top_k,
+            greedy: k.greedy as u32,
+            filtered: k.filtered as u32,
+            use_top_p: k.use_top_p as u32,
         };
         // SAFETY: logits hold rows × vocab bf16, draws 2·rows u64, tokens and
         // logprobs rows (checked above); the kernel touches nothing else.
