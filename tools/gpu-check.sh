@@ -12,8 +12,9 @@
 #       (cuda-tests --ignored bench_kernels, tests/cuda/bench.rs) into
 #       OUT/bench.jsonl, then the same ops in PyTorch
 #       (tools/gpu_bench_torch.py) into OUT/torch.jsonl, then one training
-#       step of a Qwen2-0.5B-shaped model in the engine (cuda-tests --ignored
-#       bench_train_step) into OUT/train.jsonl and in HF transformers
+#       step and `generate` of a Qwen2-0.5B-shaped model in the engine
+#       (cuda-tests --ignored bench_train_step bench_generate) into
+#       OUT/train.jsonl and in HF transformers
 #       (tools/gpu_bench_train_torch.py) into OUT/train_torch.jsonl; writes
 #       OUT/report.md and OUT/report.json after each section, and prints a
 #       short table last. Every section runs under a timeout; the whole run
@@ -294,6 +295,17 @@ if tr_table:
     md += [f"| {r['kernel']} | {r.get('shape')} | {r['side']} | {r.get('impl', '')} | {r['ms']:.1f} | {kilo(r.get('tokens_per_s'))} | "
            f"{num(r.get('tflops'), '.1f')} | {pct(r.get('mfu'))} | {num(r.get('peak_mem_gib'), '.1f')} | "
            f"{num(r['torch_over_engine'], '.2f')}{' (engine: ' + r['vs_shape'] + ')' if r['vs_shape'] else ''} |" for r in tr_table]
+    gen = [r for r in tr_table if r.get("decode_step_ms") is not None]
+    if gen:
+        md += ["", "`generate_b64`: 64 prompts × 128 random tokens, 256 new tokens each (no EOS), temperature 1; "
+               "`ms` the whole call, tokens/s the new tokens. Decode step = (time of 256 new − time of 1) / 255; "
+               "the engine's bound is the bytes a step moves (bf16 weights, the KV cache at the mean length, the "
+               "logits written and sampled) over the copy bandwidth it measured (target: within 1.5× of it)."]
+        md += [f"- {r['side']}: decode step {r['decode_step_ms']:.2f} ms"
+               + (f", bound {r['decode_bound_ms']:.2f} ms ({r['decode_over_bound']:.2f}× the bound, copy {r.get('copy_gb_s', 0):.0f} GB/s)"
+                  if r.get("decode_bound_ms") else "")
+               + (f", prefill + first token {r['prefill_and_first_ms']:.1f} ms" if r.get("prefill_and_first_ms") else "")
+               for r in gen]
     if not tr_eng:
         md += ["", "Engine: not measured."]
     if not tr_tor:
@@ -494,8 +506,9 @@ print("engine score --device cuda: %d log-probs, max |diff| vs float64 %.2e" % (
   fi
   write_report none
 
-  # Section 4: one training step (SFT, GRPO update) of a Qwen2-0.5B-shaped
-  # model, first in the engine, then in HF transformers on the same card.
+  # Section 4: one training step (SFT, GRPO update) and `generate` of a
+  # Qwen2-0.5B-shaped model, first in the engine, then in HF transformers on
+  # the same card.
   if ((train)); then
     t=$((budget - (SECONDS - start) - min_train_torch - 5))
     t=$((t > 90 ? 90 : t))
@@ -503,7 +516,7 @@ print("engine score --device cuda: %d log-probs, max |diff| vs float64 %.2e" % (
     if ((t >= 15)); then
       echo "gpu-check: engine train step (limit ${t} s)"
       ENGINE_BENCH_OUT="$out/train.jsonl" ENGINE_BENCH_BUDGET_S="$((t > 45 ? t - 30 : t / 2))" \
-        timeout -k 5 "$t" "$dir/bin/cuda-tests" --ignored bench_train_step --test-threads=1 --nocapture \
+        timeout -k 5 "$t" "$dir/bin/cuda-tests" --ignored bench_train_step bench_generate --test-threads=1 --nocapture \
         >"$out/train.log" 2>&1 || rc=$?
       if ((rc == 0)) && grep -q '^running 0 tests' "$out/train.log"; then
         section_done train missing $((SECONDS - t0)) "cuda-tests has no test bench_train_step"

@@ -15,7 +15,12 @@ flushed as it goes, with the keys the engine writes too:
      "ms", "tokens", "tokens_per_s", "tflops", "mfu", "peak_mem_gib",
      "source": "torch", "impl"}
 
-(plus n, ms_min, ms_max, flops, loss), or {"kernel", "shape", "impl",
+(plus n, ms_min, ms_max, flops, loss), then one row for transformers'
+`generate` on the same model in bf16 ("generate_b64": 64 prompts of 128
+random tokens, 256 new tokens each with min_new_tokens = max_new_tokens and no
+EOS, sampling at temperature 1 with top-k and top-p off, KV cache on; "ms" the
+wall time of the whole call, "decode_step_ms" = (time of 256 − time of 1) /
+255, as the engine's `bench_generate` measures them), or {"kernel", "shape", "impl",
 "error", "source"} where a variant fails (an OOM, say): one failure is a
 row, not the end of the run.
 
@@ -99,6 +104,8 @@ VARIANTS = {
     "autocast": "fp32 weights + autocast bf16, AdamW fused",
 }
 PPO_EPS = 0.2
+GEN = dict(batch=64, prompt=128, new=256)
+GEN_TINY = dict(batch=4, prompt=8, new=6)
 
 
 def flop_counts(c):
@@ -348,6 +355,57 @@ class Runner:
         print(f"-- {name}: {time.monotonic() - t0:.1f} s")
 
 
+def bench_generate(r, transformers):
+    """transformers' `generate` on the bf16 model: tokens/s, decode step, peak memory."""
+    torch, c = r.torch, r.c
+    g = GEN_TINY if r.tiny else GEN
+    kernel = "generate_b64"
+    shape = f"{c['name']} {g['batch']}x({g['prompt']}+{g['new']})"
+    impl = "transformers generate, bf16, sdpa, DynamicCache, do_sample T=1"
+    if time.monotonic() - r.start > r.budget_s + 10:
+        r.error(kernel, impl, f"skipped: out of time (TORCH_TRAIN_BUDGET_S={r.budget_s:g})")
+        return
+    model = None
+    try:
+        model = build_model(torch, transformers, c, r.dev).to(torch.bfloat16).eval()
+        model.config.use_cache = True
+        gen = torch.Generator(device="cpu").manual_seed(2)
+        ids = torch.randint(0, c["vocab"], (g["batch"], g["prompt"]), generator=gen).to(r.dev)
+        mask = torch.ones_like(ids)
+
+        def run(new):
+            r.sync()
+            t = time.perf_counter()
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                     top_p=1.0, max_new_tokens=new, min_new_tokens=new, eos_token_id=None,
+                                     pad_token_id=0)
+            r.sync()
+            assert out.shape == (g["batch"], g["prompt"] + new), out.shape
+            return time.perf_counter() - t
+
+        run(min(8, g["new"]))  # warm-up
+        r.free()
+        if r.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t1 = run(1)
+        t_all = run(g["new"])
+        peak = torch.cuda.max_memory_allocated() / 2**30 if r.cuda else None
+        tokens = g["batch"] * g["new"]
+        row = {"kernel": kernel, "shape": shape, "ms": t_all * 1e3, "tokens": tokens, "tokens_per_s": tokens / t_all,
+               "peak_mem_gib": peak, "decode_step_ms": (t_all - t1) / (g["new"] - 1) * 1e3,
+               "prefill_and_first_ms": t1 * 1e3, "source": "torch", "impl": impl}
+        print(f"{kernel:18} {shape:20} {t_all * 1e3:9.1f} ms  {tokens / t_all:9.0f} tok/s  "
+              f"decode step {row['decode_step_ms']:.2f} ms  [{impl}]")
+        r.write(row)
+        r.rows += 1
+    except Exception as e:
+        traceback.print_exc(limit=4)
+        r.error(kernel, impl, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    del model
+    r.free()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", nargs="?", help="JSON-lines output file (default: print only)")
@@ -415,6 +473,8 @@ def main():
     )
     for v in variants:
         r.variant(transformers, v, kernels)
+    if "generate" not in skip:
+        bench_generate(r, transformers)
     print(f"gpu_bench_train_torch: {r.rows} rows, {r.errors} errors, {time.monotonic() - t0:.1f} s" + (f", written to {a.out}" if a.out else ""))
     if out:
         out.close()

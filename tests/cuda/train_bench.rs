@@ -81,12 +81,9 @@ fn lap(be: &Cuda, t: &mut Instant) -> f64 {
     ms
 }
 
-#[test]
-#[ignore = "a benchmark; run by tools/gpu-check.sh"]
-fn bench_train_step() {
-    let Some(_) = gpu("bench_train_step") else { return };
-    let be = Cuda::new(0).expect("GPU");
-    let base = used_bytes(&be);
+/// The 0.5B-shaped model with random weights (norms 1), and the generator
+/// that made them, for the data.
+fn random_model(be: &Cuda) -> (Model<Cuda>, Lcg) {
     let cfg = ModelConfig::from_json_str(CONFIG, "bench config").unwrap();
     let layout = ParamLayout::new(&cfg);
     let mut rng = Lcg(7);
@@ -97,7 +94,23 @@ fn bench_train_step() {
             *v = if norm { 1.0 } else { 0.04 * (rng.next() - 0.5) };
         }
     }
-    let mut model = Model::from_host(&be, cfg.clone(), host);
+    (Model::from_host(be, cfg, host), rng)
+}
+
+fn bench_out() -> Option<std::fs::File> {
+    std::env::var("ENGINE_BENCH_OUT")
+        .ok()
+        .map(|p| std::fs::OpenOptions::new().create(true).append(true).open(&p).unwrap_or_else(|e| panic!("{p}: {e}")))
+}
+
+#[test]
+#[ignore = "a benchmark; run by tools/gpu-check.sh"]
+fn bench_train_step() {
+    let Some(_) = gpu("bench_train_step") else { return };
+    let be = Cuda::new(0).expect("GPU");
+    let base = used_bytes(&be);
+    let (mut model, mut rng) = random_model(&be);
+    let (cfg, layout) = (model.cfg.clone(), model.layout.clone());
     let seqs: Vec<Vec<u32>> =
         (0..SEQS).map(|_| (0..SEQ).map(|_| (rng.next() * cfg.vocab_size as f32) as u32 % 151_936).collect()).collect();
     let batch = Batch::pack(&seqs);
@@ -118,9 +131,7 @@ fn bench_train_step() {
         SHAPE, be.gpu.name, layout.total
     );
 
-    let mut out = std::env::var("ENGINE_BENCH_OUT")
-        .ok()
-        .map(|p| std::fs::OpenOptions::new().create(true).append(true).open(&p).unwrap_or_else(|e| panic!("{p}: {e}")));
+    let mut out = bench_out();
     for kind in ["train_sft_step", "train_grpo_update"] {
         let grpo = kind == "train_grpo_update";
         let mut times = Vec::new();
@@ -200,5 +211,87 @@ fn bench_train_step() {
         if let Some(f) = out.as_mut() {
             writeln!(f, "{row}").unwrap();
         }
+    }
+}
+
+const GEN_BATCH: usize = 64;
+const GEN_PROMPT: usize = 128;
+const GEN_NEW: usize = 256;
+
+/// Rollouts (issue 7, DESIGN.md §8): `generate` of 64 prompts × 128 random
+/// tokens, 256 new tokens each (no EOS, so every sequence runs to the end),
+/// temperature 1, on the same model; `tools/gpu_bench_train_torch.py` runs
+/// transformers' `generate` on the same shapes. The decode step's time is
+/// (time of 256 new tokens − time of 1) / 255, set against the bytes a step
+/// must move — the bf16 weights, the KV cache read at the mean length, the
+/// logits written and read by the sampler — over the copy bandwidth
+/// measured here.
+#[test]
+#[ignore = "a benchmark; run by tools/gpu-check.sh"]
+fn bench_generate() {
+    use engine::rollout::{GenerateConfig, Generator, SamplingParams};
+    let Some(_) = gpu("bench_generate") else { return };
+    let be = Cuda::new(0).expect("GPU");
+    let base = used_bytes(&be);
+    let (model, mut rng) = random_model(&be);
+    let cfg = model.cfg.clone();
+    let prompts: Vec<Vec<u32>> = (0..GEN_BATCH)
+        .map(|_| (0..GEN_PROMPT).map(|_| (rng.next() * cfg.vocab_size as f32) as u32 % 151_936).collect())
+        .collect();
+    let gen_cfg = |new: usize| GenerateConfig {
+        max_new_tokens: new,
+        max_batch: GEN_BATCH,
+        sampling: SamplingParams { temperature: 1.0, ..Default::default() },
+        seed: 1,
+        ..Default::default()
+    };
+    let time = |new: usize| -> (f64, usize) {
+        let mut g = Generator::new(&be, &model, gen_cfg(new), GEN_PROMPT).unwrap();
+        be.check().unwrap();
+        let t = Instant::now();
+        let out = g.generate(&prompts, None, |_| {}).unwrap();
+        be.check().unwrap();
+        let s = t.elapsed().as_secs_f64();
+        let tokens: usize = out.iter().map(|s| s.tokens.len()).sum();
+        assert_eq!(tokens, GEN_BATCH * new, "every sequence runs to max_new_tokens");
+        (s, used_bytes(&be))
+    };
+    time(8); // warm-up: cuBLASLt plans, scratch, module loads
+    let (t1, _) = time(1);
+    let (t_all, used) = time(GEN_NEW);
+    let step_ms = (t_all - t1) / (GEN_NEW - 1) as f64 * 1e3;
+
+    // The copy bandwidth here (read + write bytes per second), as bench_kernels counts it.
+    let n = 1usize << 28; // 512 MiB of bf16 each way
+    let src = be.gpu.stream.alloc_zeros::<engine::backend::cuda::Bf16>(n).unwrap();
+    let mut dst = be.gpu.stream.alloc_zeros::<engine::backend::cuda::Bf16>(n).unwrap();
+    be.gpu.stream.memcpy_dtod(&src, &mut dst).unwrap();
+    be.check().unwrap();
+    let t = Instant::now();
+    for _ in 0..5 {
+        be.gpu.stream.memcpy_dtod(&src, &mut dst).unwrap();
+    }
+    be.check().unwrap();
+    let copy_gb_s = 5.0 * 2.0 * 2.0 * n as f64 / t.elapsed().as_secs_f64() / 1e9;
+
+    let weights = 2.0 * model.layout.total as f64;
+    let mean_len = GEN_PROMPT as f64 + GEN_NEW as f64 / 2.0;
+    let kv = GEN_BATCH as f64 * 2.0 * cfg.n_layers as f64 * cfg.kv_dim() as f64 * mean_len * 2.0;
+    let logits = GEN_BATCH as f64 * cfg.vocab_size as f64 * 2.0 * 2.0;
+    let bound_ms = (weights + kv + logits) / (copy_gb_s * 1e9) * 1e3;
+    let tokens = GEN_BATCH * GEN_NEW;
+    let row = serde_json::json!({
+        "kernel": "generate_b64", "shape": format!("qwen2-0.5b {GEN_BATCH}x({GEN_PROMPT}+{GEN_NEW})"),
+        "ms": t_all * 1e3, "tokens": tokens, "tokens_per_s": tokens as f64 / t_all,
+        "peak_mem_gib": (used - base) as f64 / (1u64 << 30) as f64,
+        "decode_step_ms": step_ms, "decode_bound_ms": bound_ms, "decode_over_bound": step_ms / bound_ms,
+        "prefill_and_first_ms": t1 * 1e3, "copy_gb_s": copy_gb_s,
+        "bytes_per_step": {"weights": weights, "kv_cache": kv, "logits": logits},
+        "source": "engine",
+        "impl": "engine cuda: continuous batching, KV cache, decode attention kernel, sampling on the device",
+    });
+    println!("{row}");
+    if let Some(f) = bench_out().as_mut() {
+        writeln!(f, "{row}").unwrap();
     }
 }
