@@ -8,7 +8,7 @@
 //! code (ties between the two branches of `max` share the gradient evenly,
 //! as `torch.maximum` does).
 
-use super::kl::{token_kl, KlPenalty};
+use super::kl::{token_kl, KlKind, KlPenalty};
 use super::{seq_ranges, unmasked, Aggregation, StepCounts, TokenCoefs};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -239,6 +239,120 @@ fn clipped_surrogate(
         }
     }
     (value, grad, region)
+}
+
+/// The settings of one micro-batch's coefficient pass in the form the GPU
+/// kernel takes them (`PolicyParams` of `kernels/include/policy.h`): the
+/// variant, KL and aggregation as codes, every number in f64 as
+/// [`policy_loss`] uses it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PolicyKernelSettings {
+    pub eps_low: f64,
+    pub eps_high: f64,
+    pub dual_clip: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub cispo_floor: f64,
+    pub cispo_cap: f64,
+    pub kl_coef: f64,
+    pub entropy_coef: f64,
+    pub tis_cap: f64,
+    /// `positive_nll_coef / correct_tokens` (0: no NLL term).
+    pub nll_k: f64,
+    pub correct_score: f64,
+    pub step_tokens: f64,
+    pub step_seqs: f64,
+    pub l_max: f64,
+    /// 0 ppo, 1 gppo, 2 cispo, 3 gspo.
+    pub kind: u32,
+    /// 0 none, 1 k1, 2 k2, 3 k3, 4 k3+.
+    pub kl_kind: u32,
+    /// 0 token-mean, 1 seq-mean-token-mean, 2 seq-mean-token-sum, 3 seq-mean-token-sum-norm.
+    pub agg: u32,
+    pub has_dual: bool,
+    pub has_floor: bool,
+    pub has_tis: bool,
+}
+
+impl PolicyConfig {
+    /// The kernel's settings for a step with `counts` and `correct_tokens`
+    /// (as [`policy_loss`] takes them).
+    pub fn kernel_settings(&self, counts: &StepCounts, correct_tokens: usize) -> PolicyKernelSettings {
+        let mut k = PolicyKernelSettings {
+            beta1: 1.0,
+            beta2: 1.0,
+            entropy_coef: self.entropy_coef,
+            correct_score: self.correct_score,
+            step_tokens: counts.tokens as f64,
+            step_seqs: counts.seqs as f64,
+            ..Default::default()
+        };
+        match self.kind {
+            PolicyKind::Ppo { eps_low, eps_high, dual_clip } => {
+                (k.kind, k.eps_low, k.eps_high) = (0, eps_low, eps_high);
+                (k.has_dual, k.dual_clip) = (dual_clip.is_some(), dual_clip.unwrap_or(0.0));
+            }
+            PolicyKind::Gppo { eps_low, eps_high, dual_clip, beta1, beta2 } => {
+                (k.kind, k.eps_low, k.eps_high, k.beta1, k.beta2) = (1, eps_low, eps_high, beta1, beta2);
+                (k.has_dual, k.dual_clip) = (dual_clip.is_some(), dual_clip.unwrap_or(0.0));
+            }
+            PolicyKind::Cispo { floor, cap } => {
+                (k.kind, k.cispo_cap) = (2, cap);
+                (k.has_floor, k.cispo_floor) = (floor.is_some(), floor.unwrap_or(0.0));
+            }
+            PolicyKind::Gspo { eps_low, eps_high } => (k.kind, k.eps_low, k.eps_high) = (3, eps_low, eps_high),
+        }
+        if let Some(kl) = self.kl {
+            k.kl_coef = kl.coef;
+            k.kl_kind = match kl.kind {
+                KlKind::K1 => 1,
+                KlKind::K2 => 2,
+                KlKind::K3 => 3,
+                KlKind::K3Plus => 4,
+            };
+        }
+        k.agg = match self.aggregation() {
+            Aggregation::TokenMean => 0,
+            Aggregation::SeqMeanTokenMean => 1,
+            Aggregation::SeqMeanTokenSum => 2,
+            Aggregation::SeqMeanTokenSumNorm { l_max } => {
+                k.l_max = l_max as f64;
+                3
+            }
+        };
+        (k.has_tis, k.tis_cap) = (self.tis_cap.is_some(), self.tis_cap.unwrap_or(0.0));
+        if self.positive_nll_coef != 0.0 && correct_tokens > 0 {
+            k.nll_k = self.positive_nll_coef / correct_tokens as f64;
+        }
+        k
+    }
+}
+
+/// Column `i` of a sequence's row of the kernel's per-sequence sums (the
+/// `ENGINE_PS_*` order of `kernels/include/policy.h`) folded into the loss
+/// and [`PolicyStats`], sequences in order.
+pub fn stats_from_rows(rows: &[f64]) -> (f64, PolicyStats) {
+    const COLS: usize = 12;
+    assert_eq!(rows.len() % COLS, 0, "policy statistics: rows of {COLS}");
+    let mut loss = 0.0;
+    let mut st = PolicyStats::default();
+    for r in rows.chunks(COLS) {
+        loss += r[0];
+        st.merge(&PolicyStats {
+            tokens: r[1] as usize,
+            clipped_low: r[2] as usize,
+            clipped_high: r[3] as usize,
+            clipped_dual: r[4] as usize,
+            ratio_sum: r[5],
+            ratio_max: r[6],
+            ppo_kl_sum: r[7],
+            entropy_sum: r[8],
+            kl_sum: r[9],
+            sampler_diff_sum: r[10],
+            sampler_diff_max: r[11],
+        });
+    }
+    (loss, st)
 }
 
 /// Output of [`policy_loss`] for one micro-batch.

@@ -1,5 +1,5 @@
 // Runs kernels/sample.cu on the CPU, one OS thread per CUDA thread, on cases
-// that tests/sample_emu.rs writes (random logit rows, ties included, every
+// that tests/kernel_emu.rs writes (random logit rows, ties included, every
 // filter) and prints each row's token and log-probability, and the rng.h
 // stream keys and draws, for the test to compare with the CPU sampler's.
 // What it cannot check is the hardware (the double-precision exp and log of
@@ -12,55 +12,9 @@
 //   use_top_p); u16 logits[rows·vocab] (bf16 bits); u64 draws[2·rows]
 // Output, to stdout: "K <key> <u bits>" per stream draw, then
 // "T <token> <logprob bits>" per row, in hex.
-#include <cstdio>
-#include <thread>
-#include <vector>
-
 #include "../../kernels/sample.cu"
 
-thread_local EmuDim3 threadIdx, blockIdx;
-EmuDim3 blockDim;
-std::barrier<>* g_block;
-std::barrier<>* g_warp[32];
-uint64_t g_lane[32][32];
-
-template <typename T>
-static T get() {
-  T v;
-  if (fread(&v, sizeof(T), 1, stdin) != 1) {
-    fprintf(stderr, "sample_emu: input ended early\n");
-    exit(2);
-  }
-  return v;
-}
-template <typename T>
-static std::vector<T> get_n(size_t n) {
-  std::vector<T> v(n);
-  if (n && fread(v.data(), sizeof(T), n, stdin) != n) {
-    fprintf(stderr, "sample_emu: input ended early\n");
-    exit(2);
-  }
-  return v;
-}
-
-static void launch(const SampleParams& p, unsigned threads) {
-  blockDim.x = threads;
-  for (unsigned b = 0; b < p.rows; ++b) {
-    std::barrier<> block(threads);
-    g_block = &block;
-    for (unsigned w = 0; w < threads / 32; ++w) g_warp[w] = new std::barrier<>(32);
-    std::vector<std::thread> ts;
-    for (unsigned t = 0; t < threads; ++t) {
-      ts.emplace_back([&, t] {
-        threadIdx.x = t;
-        blockIdx.x = b;
-        sample_rows(p);
-      });
-    }
-    for (auto& t : ts) t.join();
-    for (unsigned w = 0; w < threads / 32; ++w) delete g_warp[w];
-  }
-}
+#include "launch.h"
 
 int main() {
   const uint32_t n = get<uint32_t>();
@@ -75,10 +29,6 @@ int main() {
   const uint32_t cases = get<uint32_t>();
   for (uint32_t c = 0; c < cases; ++c) {
     const uint32_t threads = get<uint32_t>();
-    if (threads == 0 || threads % 32 != 0 || threads > ENGINE_SAMPLE_THREADS) {
-      fprintf(stderr, "sample_emu: %u threads (a multiple of 32 up to %d)\n", threads, ENGINE_SAMPLE_THREADS);
-      return 2;
-    }
     SampleParams p = {};
     p.inv_temp = get<double>();
     p.top_p_budget = get<double>();
@@ -97,7 +47,7 @@ int main() {
     p.draws = (dptr)draws.data();
     p.tokens = (dptr)tokens.data();
     p.logprobs = (dptr)logprobs.data();
-    launch(p, threads);
+    launch(sample_rows, p, p.rows, threads);
     for (uint32_t r = 0; r < p.rows; ++r) {
       uint32_t bits;
       memcpy(&bits, &logprobs[r], 4);

@@ -1,5 +1,5 @@
-// Forced-included (-include) before kernels/sample.cu when main.cpp builds it
-// for the host: CUDA keywords become nothing, `__shared__` becomes `static`
+// Forced-included (-include) before a kernel file when sample.cpp or
+// policy.cpp builds it for the host: CUDA keywords become nothing, `__shared__` becomes `static`
 // (one copy for the threads of the block in flight; blocks run one at a
 // time), and barriers and warp shuffles are emulated with one OS thread per
 // CUDA thread.

@@ -1,0 +1,267 @@
+//! Policy-loss cases shared by the GPU coefficient pass's tests
+//! (tests/cuda/policy.rs) and its CPU emulation (tests/kernel_emu.rs): every
+//! variant, KL estimator and aggregation, with TIS, the entropy bonus and
+//! GPPO's NLL term, over sequences of odd lengths (one fully masked, one
+//! longer than a block) with ratios in every clip region; the reference is
+//! the CPU loss library's `policy_loss`.
+
+use engine::loss::policy::{policy_loss, stats_from_rows, PolicyBatch, PolicyConfig, PolicyKind, PolicyOutput};
+use engine::loss::{Aggregation, KlKind, KlPenalty, StepCounts};
+use engine::rollout::Stream;
+
+pub struct PolicyCase {
+    pub name: &'static str,
+    pub cfg: PolicyConfig,
+    pub logp: Vec<f32>,
+    pub old_logp: Vec<f32>,
+    pub ref_logp: Option<Vec<f32>>,
+    pub sampler_logp: Option<Vec<f32>>,
+    pub entropy: Option<Vec<f32>>,
+    pub mask: Vec<bool>,
+    pub cu_seqlens: Vec<u32>,
+    pub advantages: Vec<f32>,
+    pub rewards: Vec<f32>,
+    /// The step's counts: this micro-batch's plus other micro-batches'.
+    pub counts: StepCounts,
+    pub correct_tokens: usize,
+    /// Threads per block for the emulator (the GPU runs 256).
+    pub threads: u32,
+}
+
+impl PolicyCase {
+    pub fn batch(&self) -> PolicyBatch<'_> {
+        PolicyBatch {
+            logp: &self.logp,
+            old_logp: &self.old_logp,
+            ref_logp: self.ref_logp.as_deref(),
+            sampler_logp: self.sampler_logp.as_deref(),
+            entropy: self.entropy.as_deref(),
+            mask: &self.mask,
+            cu_seqlens: &self.cu_seqlens,
+            advantages: &self.advantages,
+            rewards: &self.rewards,
+        }
+    }
+    pub fn expected(&self) -> PolicyOutput {
+        policy_loss(&self.cfg, &self.batch(), &self.counts, self.correct_tokens)
+    }
+}
+
+const LENS: [usize; 6] = [9, 1, 23, 6, 40, 300];
+const FULLY_MASKED: usize = 3;
+
+struct Rand(Stream, u64);
+impl Rand {
+    fn u(&mut self) -> f64 {
+        self.1 += 1;
+        self.0.uniform(self.1)
+    }
+    /// Uniform in [-s, s).
+    fn sym(&mut self, s: f64) -> f64 {
+        s * (2.0 * self.u() - 1.0)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn case(
+    i: u64,
+    name: &'static str,
+    cfg: PolicyConfig,
+    spread: f64,
+    with_ref: bool,
+    with_sampler: bool,
+    with_entropy: bool,
+    threads: u32,
+) -> PolicyCase {
+    let mut r = Rand(Stream::new(77, i, 0), 0);
+    let n: usize = LENS.iter().sum();
+    let mut cu = vec![0u32];
+    let mut mask = Vec::with_capacity(n);
+    for (s, &len) in LENS.iter().enumerate() {
+        cu.push(cu[s] + len as u32);
+        // A prompt of about a third of the sequence, then the response.
+        let prompt = len / 3;
+        mask.extend((0..len).map(|t| s != FULLY_MASKED && t >= prompt));
+    }
+    let logp: Vec<f32> = (0..n).map(|_| -(5.0 * r.u()) as f32).collect();
+    // Every fifth token has ratio exactly 1 (ties between the clip branches).
+    let old_logp: Vec<f32> =
+        logp.iter().enumerate().map(|(t, &l)| if t % 5 == 0 { l } else { l + r.sym(spread) as f32 }).collect();
+    let ref_logp = with_ref.then(|| logp.iter().map(|&l| l + r.sym(3.0) as f32).collect());
+    let sampler_logp = with_sampler.then(|| old_logp.iter().map(|&l| l + r.sym(0.5) as f32).collect());
+    let entropy = with_entropy.then(|| (0..n).map(|_| (3.0 * r.u()) as f32).collect());
+    let seqs = LENS.len();
+    let advantages: Vec<f32> = (0..seqs).map(|s| if s == 2 { 0.0 } else { r.sym(1.5) as f32 }).collect();
+    let rewards: Vec<f32> = (0..seqs).map(|s| (s % 2) as f32).collect();
+    let mut counts = StepCounts::default();
+    counts.add(&mask, &cu);
+    // Other micro-batches of the same step.
+    counts.tokens += 37;
+    counts.seqs += 2;
+    let correct_tokens = cfg.correct_tokens([(mask.as_slice(), cu.as_slice(), rewards.as_slice())]) + 11;
+    PolicyCase {
+        name,
+        cfg,
+        logp,
+        old_logp,
+        ref_logp,
+        sampler_logp,
+        entropy,
+        mask,
+        cu_seqlens: cu,
+        advantages,
+        rewards,
+        counts,
+        correct_tokens,
+        threads,
+    }
+}
+
+pub fn policy_cases() -> Vec<PolicyCase> {
+    let with = |kind: PolicyKind, f: &dyn Fn(&mut PolicyConfig)| {
+        let mut c = PolicyConfig::new(kind);
+        f(&mut c);
+        c
+    };
+    let kl = |kind, coef| Some(KlPenalty { kind, coef });
+    vec![
+        case(0, "ppo, token-mean", PolicyConfig::new(PolicyKind::ppo()), 1.5, false, false, false, 256),
+        case(
+            1,
+            "ppo clip-higher, dual clip, seq-mean-token-mean",
+            with(PolicyKind::Ppo { eps_low: 0.2, eps_high: 0.28, dual_clip: Some(3.0) }, &|c| {
+                c.agg = Aggregation::SeqMeanTokenMean
+            }),
+            1.5,
+            false,
+            false,
+            false,
+            128,
+        ),
+        case(
+            2,
+            "gppo, positive NLL, seq-mean-token-sum",
+            with(PolicyKind::gppo(), &|c| {
+                c.positive_nll_coef = 0.1;
+                c.agg = Aggregation::SeqMeanTokenSum;
+            }),
+            1.5,
+            false,
+            false,
+            false,
+            64,
+        ),
+        case(
+            3,
+            "gppo β1 0.5 β2 2, k2",
+            with(
+                PolicyKind::Gppo { eps_low: 0.2, eps_high: 0.28, dual_clip: Some(10.0), beta1: 0.5, beta2: 2.0 },
+                &|c| c.kl = kl(KlKind::K2, 0.1),
+            ),
+            2.5,
+            true,
+            false,
+            false,
+            96,
+        ),
+        case(
+            4,
+            "cispo, k3, entropy",
+            with(PolicyKind::cispo(), &|c| {
+                c.kl = kl(KlKind::K3, 0.05);
+                c.entropy_coef = 0.01;
+            }),
+            2.0,
+            true,
+            false,
+            true,
+            256,
+        ),
+        case(
+            5,
+            "cispo floor 0.8 cap 1.2, k3+, TIS, Dr.GRPO norm",
+            with(PolicyKind::Cispo { floor: Some(0.8), cap: 1.2 }, &|c| {
+                c.kl = kl(KlKind::K3Plus, 0.02);
+                c.tis_cap = Some(1.2);
+                c.agg = Aggregation::SeqMeanTokenSumNorm { l_max: 64 };
+            }),
+            1.0,
+            true,
+            true,
+            false,
+            128,
+        ),
+        case(6, "gspo, near on-policy", PolicyConfig::new(PolicyKind::gspo()), 1e-3, false, false, false, 256),
+        case(7, "gspo, off-policy", PolicyConfig::new(PolicyKind::gspo()), 0.5, false, false, false, 32),
+        case(
+            8,
+            "ppo, k1, entropy, TIS, NLL",
+            with(PolicyKind::ppo(), &|c| {
+                c.kl = kl(KlKind::K1, 0.1);
+                c.entropy_coef = 0.003;
+                c.tis_cap = Some(2.0);
+                c.positive_nll_coef = 0.2;
+            }),
+            1.5,
+            true,
+            true,
+            true,
+            64,
+        ),
+    ]
+}
+
+/// Where the kernel's coefficients and per-sequence sums differ from
+/// `policy_loss`: coefficients to 1e-6 relative, the loss and the sums to
+/// 1e-9 relative, counts exactly.
+pub fn policy_mismatches(c: &PolicyCase, coef: &[f32], ent_coef: Option<&[f32]>, rows: &[f64]) -> Vec<String> {
+    let want = c.expected();
+    let mut bad = Vec::new();
+    let close32 = |a: f32, b: f32| (a - b).abs() <= 1e-6 * b.abs().max(1e-20) && !a.is_nan();
+    for (t, (&g, &w)) in coef.iter().zip(&want.coefs.logp).enumerate() {
+        if !close32(g, w) {
+            bad.push(format!("{}: coef[{t}] {g:e}, CPU {w:e}", c.name));
+        }
+    }
+    match (ent_coef, &want.coefs.entropy) {
+        (Some(g), Some(w)) => {
+            for (t, (&g, &w)) in g.iter().zip(w).enumerate() {
+                if !close32(g, w) {
+                    bad.push(format!("{}: ent_coef[{t}] {g:e}, CPU {w:e}", c.name));
+                }
+            }
+        }
+        (None, None) => {}
+        _ => bad.push(format!("{}: entropy coefficients present on one side only", c.name)),
+    }
+    let (loss, st) = stats_from_rows(rows);
+    let w = &want.stats;
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-12);
+    let pairs = [
+        ("loss", loss, want.loss),
+        ("ratio_sum", st.ratio_sum, w.ratio_sum),
+        ("ratio_max", st.ratio_max, w.ratio_max),
+        ("ppo_kl_sum", st.ppo_kl_sum, w.ppo_kl_sum),
+        ("entropy_sum", st.entropy_sum, w.entropy_sum),
+        ("kl_sum", st.kl_sum, w.kl_sum),
+        ("sampler_diff_sum", st.sampler_diff_sum, w.sampler_diff_sum),
+        ("sampler_diff_max", st.sampler_diff_max, w.sampler_diff_max),
+    ];
+    for (what, a, b) in pairs {
+        if !close(a, b) {
+            bad.push(format!("{}: {what} {a:e}, CPU {b:e}", c.name));
+        }
+    }
+    let counts = [
+        ("tokens", st.tokens, w.tokens),
+        ("clipped_low", st.clipped_low, w.clipped_low),
+        ("clipped_high", st.clipped_high, w.clipped_high),
+        ("clipped_dual", st.clipped_dual, w.clipped_dual),
+    ];
+    for (what, a, b) in counts {
+        if a != b {
+            bad.push(format!("{}: {what} {a}, CPU {b}", c.name));
+        }
+    }
+    bad
+}

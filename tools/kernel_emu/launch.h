@@ -1,0 +1,60 @@
+// What the kernel emulators share: the emulated thread indices, barriers
+// and warp-exchange slots the shim declares, a launcher that runs a kernel's
+// blocks one at a time with one OS thread per CUDA thread, and readers for
+// the little-endian input the Rust tests write (tests/kernel_emu.rs).
+#pragma once
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+thread_local EmuDim3 threadIdx, blockIdx;
+EmuDim3 blockDim;
+std::barrier<>* g_block;
+std::barrier<>* g_warp[32];
+uint64_t g_lane[32][32];
+
+template <typename T>
+static T get() {
+  T v;
+  if (fread(&v, sizeof(T), 1, stdin) != 1) {
+    fprintf(stderr, "kernel_emu: input ended early\n");
+    exit(2);
+  }
+  return v;
+}
+template <typename T>
+static std::vector<T> get_n(size_t n) {
+  std::vector<T> v(n);
+  if (n && fread(v.data(), sizeof(T), n, stdin) != n) {
+    fprintf(stderr, "kernel_emu: input ended early\n");
+    exit(2);
+  }
+  return v;
+}
+
+// Runs `kernel(p)` for blocks 0..blocks with `threads` threads each (a
+// multiple of 32).
+template <typename P>
+static void launch(void (*kernel)(P), const P& p, unsigned blocks, unsigned threads) {
+  if (threads == 0 || threads % 32 != 0 || threads > 1024) {
+    fprintf(stderr, "kernel_emu: %u threads (a multiple of 32 up to 1024)\n", threads);
+    exit(2);
+  }
+  blockDim.x = threads;
+  for (unsigned b = 0; b < blocks; ++b) {
+    std::barrier<> block(threads);
+    g_block = &block;
+    for (unsigned w = 0; w < threads / 32; ++w) g_warp[w] = new std::barrier<>(32);
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < threads; ++t) {
+      ts.emplace_back([&, t] {
+        threadIdx.x = t;
+        blockIdx.x = b;
+        kernel(p);
+      });
+    }
+    for (auto& t : ts) t.join();
+    for (unsigned w = 0; w < threads / 32; ++w) delete g_warp[w];
+  }
+}
