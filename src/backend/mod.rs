@@ -318,6 +318,44 @@ pub trait Backend: Sync {
         entropy: Option<(Self::Ref<'_>, Self::Ref<'_>)>,
     );
 
+    // ---- policy losses (the per-token coefficient pass) ---------------------
+    /// One micro-batch's policy loss (DESIGN.md §4.2–4.4) from per-token
+    /// arrays held by the backend: writes each token's coefficient into
+    /// `coef` (and `−entropy_coef·w` into `ent_coef` where the loss has an
+    /// entropy term) and returns the micro-batch's share of the loss with its
+    /// statistics, as [`crate::loss::policy_loss`] computes them. The default
+    /// reads the arrays to the host and calls it.
+    fn policy_loss(
+        &self,
+        cfg: &crate::loss::PolicyConfig,
+        x: &PolicyInputs<'_, Self>,
+        counts: &crate::loss::StepCounts,
+        correct_tokens: usize,
+        coef: Self::Mut<'_>,
+        ent_coef: Option<Self::Mut<'_>>,
+    ) -> (f64, crate::loss::PolicyStats) {
+        let read = |r: Option<Self::Ref<'_>>| r.map(|r| self.read(r));
+        let (logp, old_logp) = (self.read(x.logp), self.read(x.old_logp));
+        let (ref_logp, sampler_logp, entropy) = (read(x.ref_logp), read(x.sampler_logp), read(x.entropy));
+        let b = crate::loss::PolicyBatch {
+            logp: &logp,
+            old_logp: &old_logp,
+            ref_logp: ref_logp.as_deref(),
+            sampler_logp: sampler_logp.as_deref(),
+            entropy: entropy.as_deref(),
+            mask: x.mask,
+            cu_seqlens: x.cu_seqlens,
+            advantages: x.advantages,
+            rewards: x.rewards,
+        };
+        let out = crate::loss::policy_loss(cfg, &b, counts, correct_tokens);
+        self.write(&out.coefs.logp, coef);
+        if let (Some(e), Some(dst)) = (&out.coefs.entropy, ent_coef) {
+            self.write(e, dst);
+        }
+        (out.loss, out.stats)
+    }
+
     // ---- sampling -------------------------------------------------------------
     /// One token per row of `logits [rows, vocab]` (`rows = draws.len()`),
     /// drawn as [`crate::rollout::sample`] draws it with the uniform number
@@ -350,6 +388,21 @@ pub trait Backend: Sync {
         weight: Self::Ref<'_>,
         loss: Self::Mut<'_>,
     );
+}
+
+/// One micro-batch's inputs to [`Backend::policy_loss`]: per-token arrays
+/// on the backend (fp32 `[tokens]`), the mask and per-sequence arrays on the
+/// host (`cu_seqlens` local to the micro-batch).
+pub struct PolicyInputs<'a, B: Backend + ?Sized> {
+    pub logp: B::Ref<'a>,
+    pub old_logp: B::Ref<'a>,
+    pub ref_logp: Option<B::Ref<'a>>,
+    pub sampler_logp: Option<B::Ref<'a>>,
+    pub entropy: Option<B::Ref<'a>>,
+    pub mask: &'a [bool],
+    pub cu_seqlens: &'a [u32],
+    pub advantages: &'a [f32],
+    pub rewards: &'a [f32],
 }
 
 /// [`Backend::sample`] on host rows, rows in parallel (each has its own stream).

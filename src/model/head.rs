@@ -124,34 +124,56 @@ pub fn phase1<B: Backend>(
 /// `dh = dz · W` (overwriting the first `n` rows of `dh`) and accumulates
 /// `dW += dzᵀ · h` into `grads[dw]`. An entropy coefficient needs phase 1
 /// to have computed the entropy.
+/// Where phase 2 finds the loss's per-token coefficients.
+#[derive(Clone, Copy, Debug)]
+pub enum Coefs<'a> {
+    /// On the host: written into the head buffers first.
+    Host(&'a TokenCoefs),
+    /// Already in the head buffers' `coef` (and, with `entropy`, `ent_coef`),
+    /// as [`Backend::policy_loss`] leaves them.
+    InBuffers { entropy: bool },
+}
+
+impl<'a> From<&'a TokenCoefs> for Coefs<'a> {
+    fn from(c: &'a TokenCoefs) -> Self {
+        Coefs::Host(c)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-pub fn phase2<B: Backend>(
+pub fn phase2<'c, B: Backend>(
     be: &B,
     hb: &mut HeadBuffers<B>,
     s: HeadShape,
     h: &B::Buf,
     w: B::Ref<'_>,
-    coefs: &TokenCoefs,
+    coefs: impl Into<Coefs<'c>>,
     temperature: f32,
     dh: &mut B::Buf,
     grads: &mut B::Buf,
     dw: Span,
 ) {
     let HeadShape { n, d, v } = s;
-    assert_eq!(coefs.logp.len(), n, "head phase 2: one coefficient per token");
-    be.write(&coefs.logp, B::view_mut(&mut hb.coef, Span::new(0, n)));
-    if let Some(e) = &coefs.entropy {
-        assert!(hb.has_entropy, "head phase 2: an entropy term needs phase 1 run with entropy");
-        assert_eq!(e.len(), n, "head phase 2: one entropy coefficient per token");
-        be.write(e, B::view_mut(&mut hb.ent_coef, Span::new(0, n)));
-    }
+    let with_entropy = match coefs.into() {
+        Coefs::Host(coefs) => {
+            assert_eq!(coefs.logp.len(), n, "head phase 2: one coefficient per token");
+            be.write(&coefs.logp, B::view_mut(&mut hb.coef, Span::new(0, n)));
+            if let Some(e) = &coefs.entropy {
+                assert_eq!(e.len(), n, "head phase 2: one entropy coefficient per token");
+                be.write(e, B::view_mut(&mut hb.ent_coef, Span::new(0, n)));
+            }
+            coefs.entropy.is_some()
+        }
+        Coefs::InBuffers { entropy } => entropy,
+    };
+    assert!(!with_entropy || hb.has_entropy, "head phase 2: an entropy term needs phase 1 run with entropy");
     let ms = |rows| MatShape { m: rows, n: v, k: d };
     for (r0, rows) in chunks(n, hb.chunk) {
         let (z, span, hs) = (Span::new(0, rows * v), Span::new(r0, rows), Span::new(r0 * d, rows * d));
         if !hb.logits_hold_all {
             be.matmul(ms(rows), B::view(h, hs), w, None, B::view_mut(&mut hb.logits, z), false);
         }
-        let entropy = coefs.entropy.as_ref().map(|_| (B::view(&hb.ent_coef, span), B::view(&hb.entropy, span)));
+        let entropy = with_entropy.then(|| (B::view(&hb.ent_coef, span), B::view(&hb.entropy, span)));
         be.logprob_bwd(
             B::view_mut(&mut hb.logits, z),
             B::idx_view(&hb.targets, span),

@@ -281,6 +281,14 @@ impl<B: Backend> Model<B> {
     /// turns it into dz in place, and back-propagates to every parameter,
     /// accumulating into `grads` (laid out as `self.layout`).
     pub fn backward(&self, be: &B, acts: &mut Activations<B>, coefs: &TokenCoefs, t: f32, grads: &mut B::Buf) {
+        self.backward_from(be, acts, coefs.into(), t, grads);
+    }
+
+    /// [`Self::backward`] with the coefficients wherever they are: on the
+    /// host, or already in the head buffers (`acts.head.coef`, and
+    /// `ent_coef` with an entropy term) where [`Backend::policy_loss`] wrote
+    /// them on the device.
+    pub fn backward_from(&self, be: &B, acts: &mut Activations<B>, coefs: head::Coefs<'_>, t: f32, grads: &mut B::Buf) {
         self.backward_with_head(be, acts, grads, |be, hb, s, h, w, dh, grads, dw| {
             head::phase2(be, hb, s, h, w, coefs, t, dh, grads, dw)
         });

@@ -5,7 +5,7 @@
 //!
 //! The stream's arithmetic is also `kernels/include/rng.h`, which the GPU
 //! sampler (`kernels/sample.cu`, [`Backend::sample`](crate::backend::Backend::sample)) calls, so both draw the
-//! same numbers; `tests/sample_emu.rs` checks that the two agree bit for bit.
+//! same numbers; `tests/kernel_emu.rs` checks that the two agree bit for bit.
 //!
 //! Every sampled token comes with `log_softmax(z/T)[token]` of the
 //! untruncated distribution — the quantity the trainer computes —

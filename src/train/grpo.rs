@@ -13,13 +13,11 @@ use super::common::{keys, plan_steps, positive, token_logps, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
 use crate::backend::IGNORE;
-use crate::backend::{Backend, Span};
+use crate::backend::{Backend, PolicyInputs, Span};
 use crate::loss::advantages::{grpo_advantages, ScaleRewards};
-use crate::loss::{
-    policy_loss, Aggregation, KlKind, KlPenalty, PolicyBatch, PolicyConfig, PolicyKind, PolicyStats, StepCounts,
-    TokenCoefs,
-};
+use crate::loss::{Aggregation, KlKind, KlPenalty, PolicyConfig, PolicyKind, PolicyStats, StepCounts};
 use crate::model::activations::backend_chunk;
+use crate::model::head::Coefs;
 use crate::model::{Activations, Model};
 use crate::reward::command::CommandReward;
 use crate::reward::shaping::length_penalty;
@@ -198,6 +196,9 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
     let longest = prompts.iter().map(|(p, _)| p.len()).max().unwrap_or(1) + max_new;
     let budget = positive(cfg, "micro_batch_tokens")?.max(longest);
     let mut acts = Activations::new(be, &model.cfg, budget, backend_chunk(be, &model.cfg, budget), true);
+    // The old, reference and sampler log-probs of a micro-batch, on the
+    // backend beside phase 1's log-probs for the coefficient pass.
+    let mut dev_logps: [B::Buf; 3] = std::array::from_fn(|_| be.alloc_f32(budget));
     let mut grads = model.zero_grads(be);
     let mut rollout_log = std::fs::OpenOptions::new()
         .create(true)
@@ -335,32 +336,48 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
                 let mut loss = 0.0;
                 for ((gi, mb), mask) in mbs.iter().zip(&masks) {
                     let entropy = pcfg.entropy_coef != 0.0;
-                    let (logp, ent) = token_logps(be, model, &mut acts, mb, t, entropy)?;
+                    model.forward(be, &mut acts, &mb.batch)?;
+                    model.head_fwd(be, &mut acts, &mb.targets, t, entropy);
+                    let n = mb.batch.len();
                     let rs = &rollouts[starts[*gi]..starts[*gi] + groups[*gi].len()];
                     // The sampler's log-probs, placed at the positions that predict each response token.
-                    let mut sampler = vec![0.0f32; logp.len()];
+                    let mut sampler = vec![0.0f32; n];
                     for (k, r) in rs.iter().enumerate() {
                         let s0 = mb.batch.seq(k).start + r.seq.n_prompt - 1;
                         sampler[s0..s0 + r.sampler_logp.len()].copy_from_slice(&r.sampler_logp);
                     }
+                    let [old_d, ref_d, sampler_d] = &mut dev_logps;
+                    let span = Span::new(0, n);
+                    be.write(&old[*gi], B::view_mut(old_d, span));
+                    be.write(&sampler, B::view_mut(sampler_d, span));
+                    if let Some(r) = refl.get(*gi) {
+                        be.write(r, B::view_mut(ref_d, span));
+                    }
                     let adv: Vec<f32> = rs.iter().map(|r| r.advantage).collect();
                     let rew: Vec<f32> = rs.iter().map(|r| if r.correct { 1.0 } else { 0.0 }).collect();
-                    let b = PolicyBatch {
-                        logp: &logp,
-                        old_logp: &old[*gi],
-                        ref_logp: refl.get(*gi).map(Vec::as_slice),
-                        sampler_logp: Some(&sampler),
-                        entropy: Some(&ent),
+                    let x = PolicyInputs::<B> {
+                        logp: B::view(&acts.head.logp, span),
+                        old_logp: B::view(old_d, span),
+                        ref_logp: refl.get(*gi).map(|_| B::view(ref_d, span)),
+                        sampler_logp: Some(B::view(sampler_d, span)),
+                        entropy: entropy.then(|| B::view(&acts.head.entropy, span)),
                         mask,
                         cu_seqlens: &mb.batch.cu_seqlens,
                         advantages: &adv,
                         rewards: &rew,
                     };
-                    let out = policy_loss(&pcfg, &b, &counts, correct_tokens);
-                    loss += out.loss;
-                    stats.merge(&out.stats);
-                    let coefs = TokenCoefs { logp: out.coefs.logp, entropy: out.coefs.entropy };
-                    model.backward(be, &mut acts, &coefs, t, &mut grads);
+                    // The coefficients land in the head buffers, on the device on a GPU.
+                    let (l, st) = be.policy_loss(
+                        &pcfg,
+                        &x,
+                        &counts,
+                        correct_tokens,
+                        B::view_mut(&mut acts.head.coef, span),
+                        entropy.then(|| B::view_mut(&mut acts.head.ent_coef, span)),
+                    );
+                    loss += l;
+                    stats.merge(&st);
+                    model.backward_from(be, &mut acts, Coefs::InBuffers { entropy }, t, &mut grads);
                 }
                 let (lr, norm) = lp.update(be, model, &mut grads, step, loss)?;
                 (loss_sum, last_lr, last_norm) = (loss_sum + loss, lr, norm);

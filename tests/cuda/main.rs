@@ -20,6 +20,7 @@ mod flash_attention;
 mod gemm;
 mod logprob;
 mod model;
+mod policy;
 mod rmsnorm;
 mod rope;
 mod rows;

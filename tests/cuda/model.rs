@@ -232,3 +232,120 @@ fn greedy_generation_on_the_gpu_follows_transformers() {
     // random models): at least one full 64-token sequence must be compared.
     assert!(compared >= 64, "too few tokens compared ({compared})");
 }
+
+/// What one GRPO update gives on a backend.
+struct GrpoRun {
+    loss: f64,
+    stats: engine::loss::PolicyStats,
+    grads: Vec<f32>,
+}
+
+/// One GRPO update's backward on `be`: forward, phase 1 with the entropy,
+/// the policy loss through the backend's coefficient pass (the kernel on
+/// the GPU, `policy_loss` on the CPU), phase 2 from the coefficients left in
+/// the head buffers, and every parameter's gradient.
+fn grpo_step<B: Backend>(be: &B, model: &Model<B>, r: &Reference, old: &[f32], refl: &[f32]) -> GrpoRun {
+    use engine::backend::PolicyInputs;
+    use engine::loss::{KlKind, KlPenalty, PolicyConfig, PolicyKind, StepCounts};
+    let batch = r.batch();
+    let n = batch.len();
+    let targets = r.loss_targets();
+    let mask: Vec<bool> = targets.iter().map(|&t| t != engine::backend::IGNORE).collect();
+    let seqs = batch.cu_seqlens.len() - 1;
+    let advantages: Vec<f32> = (0..seqs).map(|s| if s % 2 == 0 { 1.3 } else { -0.8 }).collect();
+    let rewards: Vec<f32> = (0..seqs).map(|s| (s % 2 == 0) as u32 as f32).collect();
+    let mut cfg = PolicyConfig::new(PolicyKind::gppo());
+    cfg.kl = Some(KlPenalty { kind: KlKind::K3, coef: 0.05 });
+    cfg.entropy_coef = 0.01;
+    cfg.positive_nll_coef = 0.1;
+    let mut counts = StepCounts::default();
+    counts.add(&mask, &batch.cu_seqlens);
+    let correct = cfg.correct_tokens([(mask.as_slice(), batch.cu_seqlens.as_slice(), rewards.as_slice())]);
+
+    let mut acts = Activations::new(be, &model.cfg, n, n, true);
+    model.forward(be, &mut acts, &batch).unwrap();
+    model.head_fwd(be, &mut acts, &targets, 1.0, true);
+    let all = Span::new(0, n);
+    let dev = |v: &[f32]| {
+        let mut b = be.alloc_f32(n);
+        be.write(v, B::view_mut(&mut b, all));
+        b
+    };
+    let (old_d, ref_d) = (dev(old), dev(refl));
+    let x = PolicyInputs::<B> {
+        logp: B::view(&acts.head.logp, all),
+        old_logp: B::view(&old_d, all),
+        ref_logp: Some(B::view(&ref_d, all)),
+        sampler_logp: None,
+        entropy: Some(B::view(&acts.head.entropy, all)),
+        mask: &mask,
+        cu_seqlens: &batch.cu_seqlens,
+        advantages: &advantages,
+        rewards: &rewards,
+    };
+    let (loss, stats) = be.policy_loss(
+        &cfg,
+        &x,
+        &counts,
+        correct,
+        B::view_mut(&mut acts.head.coef, all),
+        Some(B::view_mut(&mut acts.head.ent_coef, all)),
+    );
+    let mut grads = model.zero_grads(be);
+    model.backward_from(be, &mut acts, engine::model::head::Coefs::InBuffers { entropy: true }, 1.0, &mut grads);
+    GrpoRun { loss, stats, grads: be.read(B::view(&grads, Span::new(0, model.layout.total))) }
+}
+
+/// One GRPO update's gradients on the GPU (GPPO with k3 KL, an entropy
+/// bonus and the NLL term, the coefficients from kernels/policy.cu) against
+/// the CPU's on the same fixture model and inputs: within the outer bound of
+/// the bf16 rule over all gradients together (and the loss), with the clip
+/// counts within a few tokens (a ratio near a clip bound may land on either
+/// side in bf16).
+#[test]
+fn grpo_step_gradients_on_the_gpu_follow_the_cpu() {
+    let Some(be) = cuda("grpo_step_gradients_on_the_gpu_follow_the_cpu") else { return };
+    for name in FAMILIES {
+        let r = Reference::open(name);
+        let (cpu_model, _) = Model::load(&Cpu, &fixtures().join(name)).unwrap();
+        let (gpu_model, _) = Model::load(&be, &fixtures().join(name)).unwrap();
+        // Old and reference log-probs: the CPU's own, moved so the ratios
+        // fall inside and outside the clip band on both sides.
+        let batch = r.batch();
+        let n = batch.len();
+        let mut acts = Activations::new(&Cpu, &cpu_model.cfg, n, n, false);
+        cpu_model.forward(&Cpu, &mut acts, &batch).unwrap();
+        cpu_model.head_fwd(&Cpu, &mut acts, &r.loss_targets(), 1.0, false);
+        let logp = acts.head.read_logp(&Cpu, n);
+        let old: Vec<f32> = logp.iter().enumerate().map(|(t, &l)| l + 0.6 * ((t as f32 * 0.77).sin())).collect();
+        let refl: Vec<f32> = logp.iter().enumerate().map(|(t, &l)| l + 0.4 * ((t as f32 * 1.3).cos())).collect();
+
+        let want = grpo_step(&Cpu, &cpu_model, &r, &old, &refl);
+        let got = grpo_step(&be, &gpu_model, &r, &old, &refl);
+        let e = rel_err(&to_f64(&got.grads), &to_f64(&want.grads));
+        let el = (got.loss - want.loss).abs() / want.loss.abs().max(1e-12);
+        let (g, w) = (&got.stats, &want.stats);
+        println!(
+            "{name}: GRPO loss {:.6} vs CPU {:.6} (rel {el:.2e}), gradients rel {e:.2e}, clipped low/high/dual \
+             {}/{}/{} vs {}/{}/{} of {} tokens",
+            got.loss,
+            want.loss,
+            g.clipped_low,
+            g.clipped_high,
+            g.clipped_dual,
+            w.clipped_low,
+            w.clipped_high,
+            w.clipped_dual,
+            w.tokens
+        );
+        assert!(w.clipped_low + w.clipped_high > 0, "{name}: the inputs should reach the clip regions");
+        assert_eq!(g.tokens, w.tokens, "{name}: tokens");
+        let near = |a: usize, b: usize| a.abs_diff(b) <= 2 + b / 20;
+        assert!(
+            near(g.clipped_low, w.clipped_low) && near(g.clipped_high, w.clipped_high),
+            "{name}: clip counts differ"
+        );
+        assert!(el <= OUTER, "{name}: loss rel {el:.2e}");
+        assert!(e <= OUTER, "{name}: gradients rel {e:.2e}");
+    }
+}

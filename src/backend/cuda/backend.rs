@@ -10,9 +10,10 @@
 //! of faulting; [`Cuda::check`] and every [`Backend::read`] report it.
 
 use super::buf::{DBuf, DMut, DRef, DType, IdxRef};
+use super::PolicyViews;
 use super::{Bf16, Gpu};
-use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, Span};
-use crate::loss::DistillMode;
+use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, PolicyInputs, Span};
+use crate::loss::{DistillMode, PolicyConfig, PolicyStats, StepCounts};
 use crate::rollout::{Draw, Sampled, SamplingParams};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
@@ -29,6 +30,12 @@ struct Scratch {
     plan: CudaSlice<u32>,
     /// One u32 set by kernels that meet an index outside their buffer.
     flag: CudaSlice<u32>,
+    /// policy_loss's host-side inputs (mask, cu_seqlens, advantages and
+    /// rewards) and its per-sequence sums.
+    pmask: CudaSlice<u8>,
+    pcu: CudaSlice<u32>,
+    pseq: CudaSlice<f32>,
+    pout: CudaSlice<f64>,
     /// sample's inputs (stream key, step per row) and outputs.
     draws: CudaSlice<u64>,
     tokens: CudaSlice<u32>,
@@ -81,6 +88,10 @@ impl Cuda {
             f32: zeros(&gpu, 1)?,
             plan: zeros(&gpu, 1)?,
             flag: zeros(&gpu, 1)?,
+            pmask: zeros(&gpu, 1)?,
+            pcu: zeros(&gpu, 1)?,
+            pseq: zeros(&gpu, 1)?,
+            pout: zeros(&gpu, 1)?,
             draws: zeros(&gpu, 1)?,
             tokens: zeros(&gpu, 1)?,
             logprobs: zeros(&gpu, 1)?,
@@ -509,6 +520,60 @@ impl Backend for Cuda {
     }
 
     /// kernels/distill.cu: one block per row, the gradient written in place.
+    fn policy_loss(
+        &self,
+        cfg: &PolicyConfig,
+        x: &PolicyInputs<'_, Self>,
+        counts: &StepCounts,
+        correct_tokens: usize,
+        coef: DMut<'_>,
+        ent_coef: Option<DMut<'_>>,
+    ) -> (f64, PolicyStats) {
+        let op = "policy_loss";
+        let (n, seqs) = (x.mask.len(), x.cu_seqlens.len().saturating_sub(1));
+        let cu_ok = x.cu_seqlens.first() == Some(&0)
+            && x.cu_seqlens.windows(2).all(|w| w[0] <= w[1])
+            && x.cu_seqlens.last() == Some(&(n as u32));
+        assert!(cu_ok, "{op}: cu_seqlens must rise from 0 to the {n} tokens");
+        assert!(x.advantages.len() == seqs && x.rewards.len() == seqs, "{op}: one advantage and reward per sequence");
+        let views = PolicyViews {
+            logp: x.logp.f32(op),
+            old_logp: x.old_logp.f32(op),
+            ref_logp: x.ref_logp.map(|v| v.f32(op)),
+            sampler_logp: x.sampler_logp.map(|v| v.f32(op)),
+            entropy: x.entropy.map(|v| v.f32(op)),
+        };
+        let mask: Vec<u8> = x.mask.iter().map(|&m| m as u8).collect();
+        let seq_in: Vec<f32> = x.advantages.iter().chain(x.rewards).copied().collect();
+        let cols = crate::backend::cuda::params::ENGINE_POLICY_STATS as usize;
+        let mut guard = self.scratch();
+        let s = &mut *guard;
+        grow(&self.gpu, &mut s.pmask, n.max(1));
+        grow(&self.gpu, &mut s.pcu, seqs + 1);
+        grow(&self.gpu, &mut s.pseq, (2 * seqs).max(1));
+        grow(&self.gpu, &mut s.pout, (seqs * cols).max(1));
+        let st = &self.gpu.stream;
+        let mut mv = s.pmask.slice_mut(0..n);
+        let mut cv = s.pcu.slice_mut(0..seqs + 1);
+        let mut sv = s.pseq.slice_mut(0..2 * seqs);
+        let copy = |r: std::result::Result<(), cudarc::driver::DriverError>| must(r.map_err(|e| anyhow!("{op}: {e}")));
+        if n > 0 {
+            copy(st.memcpy_htod(&mask, &mut mv));
+        }
+        copy(st.memcpy_htod(x.cu_seqlens, &mut cv));
+        if seqs > 0 {
+            copy(st.memcpy_htod(&seq_in, &mut sv));
+        }
+        let mut ov = s.pout.slice_mut(0..seqs * cols);
+        let k = cfg.kernel_settings(counts, correct_tokens);
+        let mut ev = ent_coef.filter(|_| cfg.entropy_coef != 0.0).map(|e| e.f32(op));
+        must(self.gpu.policy_coefs(&k, &views, &mv, &cv, &sv, &mut coef.f32(op), ev.as_mut(), &mut ov));
+        let rows = if seqs == 0 { Vec::new() } else { must(st.clone_dtoh(&ov).map_err(|e| anyhow!("{op}: {e}"))) };
+        drop(guard);
+        must(self.check());
+        crate::loss::policy::stats_from_rows(&rows)
+    }
+
     fn sample(&self, logits: DRef<'_>, vocab: usize, params: &SamplingParams, draws: &[Draw]) -> Vec<Sampled> {
         let rows = draws.len();
         if rows == 0 {

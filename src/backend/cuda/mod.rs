@@ -18,6 +18,7 @@ mod flash_attention;
 mod gemm;
 mod logprob;
 pub mod params;
+mod policy;
 mod rmsnorm;
 mod rope;
 mod rows;
@@ -26,6 +27,7 @@ mod swiglu;
 
 pub use backend::Cuda;
 pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT};
+pub use policy::PolicyViews;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
@@ -50,6 +52,7 @@ pub struct Kernels {
     pub embedding: embedding::Fns,
     pub flash_attention: flash_attention::Fns,
     pub logprob: logprob::Fns,
+    pub policy: policy::Fns,
     pub rmsnorm: rmsnorm::Fns,
     pub rope: rope::Fns,
     pub rows: rows::Fns,
@@ -112,6 +115,7 @@ impl Gpu {
             embedding: embedding::load(&m)?,
             flash_attention: flash_attention::load(&m)?,
             logprob: logprob::load(&m)?,
+            policy: policy::load(&m)?,
             rmsnorm: rmsnorm::load(&m)?,
             rope: rope::load(&m)?,
             rows: rows::load(&m)?,
