@@ -18,6 +18,7 @@ mod elementwise;
 mod embedding;
 mod flash_attention;
 mod gemm;
+mod indices;
 mod logprob;
 mod model;
 mod policy;

@@ -12,6 +12,7 @@
 //! (a synchronising copy), so a bad index is an error here rather than an
 //! out-of-bounds read on the device.
 
+use super::buf::IndexArg;
 use super::params::{AttnBwdParams, AttnDecodeParams, AttnFwdParams, ENGINE_ATTN_MAX_HEAD_DIM, ENGINE_ATTN_THREADS};
 use super::{check_len, Bf16, Gpu, Modules};
 use crate::backend::AttnShape;
@@ -75,8 +76,12 @@ fn grid(what: &str, rows: usize) -> Result<LaunchConfig> {
 }
 
 impl Gpu {
-    /// Copies a small u32 index array to the host.
-    fn host_u32(&self, what: &str, x: &impl DevicePtr<u32>) -> Result<Vec<u32>> {
+    /// A small u32 index array on the host: its host copy where the caller
+    /// has one, else copied back (which waits for the stream).
+    fn host_u32(&self, what: &str, x: &impl IndexArg) -> Result<Vec<u32>> {
+        if let Some(h) = x.host() {
+            return Ok(h.to_vec());
+        }
         if x.is_empty() {
             return Ok(Vec::new());
         }
@@ -87,14 +92,14 @@ impl Gpu {
 
     /// Checks `cu_seqlens` as the CPU does (starts at 0, non-decreasing);
     /// returns (number of sequences, tokens = its last entry).
-    fn check_cu_seqlens(&self, what: &str, cu_seqlens: &impl DevicePtr<u32>) -> Result<(usize, usize)> {
+    fn check_cu_seqlens(&self, what: &str, cu_seqlens: &impl IndexArg) -> Result<(usize, usize)> {
         let cu = self.cu_seqlens_host(what, cu_seqlens)?;
         Ok((cu.len() - 1, *cu.last().expect("checked non-empty") as usize))
     }
 
     /// `cu_seqlens` copied to the host and checked as the CPU checks it
     /// (n_seqs + 1 >= 1 entries, starts at 0, non-decreasing).
-    pub(super) fn cu_seqlens_host(&self, what: &str, cu_seqlens: &impl DevicePtr<u32>) -> Result<Vec<u32>> {
+    pub(super) fn cu_seqlens_host(&self, what: &str, cu_seqlens: &impl IndexArg) -> Result<Vec<u32>> {
         let cu = self.host_u32(&format!("{what}: cu_seqlens"), cu_seqlens)?;
         if cu.is_empty() {
             bail!("{what}: cu_seqlens must have n_seqs + 1 >= 1 entries");
@@ -110,12 +115,7 @@ impl Gpu {
 
     /// The checked shape of a packed batch: `(n_seqs, tokens, q elements,
     /// k/v elements)`.
-    fn packed(
-        &self,
-        what: &str,
-        s: &AttnShape,
-        cu_seqlens: &impl DevicePtr<u32>,
-    ) -> Result<(usize, usize, usize, usize)> {
+    fn packed(&self, what: &str, s: &AttnShape, cu_seqlens: &impl IndexArg) -> Result<(usize, usize, usize, usize)> {
         check_shape(what, s)?;
         let (n_seqs, tokens) = self.check_cu_seqlens(what, cu_seqlens)?;
         Ok((
@@ -137,7 +137,7 @@ impl Gpu {
     pub fn attention_fwd(
         &self,
         s: &AttnShape,
-        cu_seqlens: &impl DevicePtr<u32>,
+        cu_seqlens: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k: &impl DevicePtr<Bf16>,
         v: &impl DevicePtr<Bf16>,
@@ -163,7 +163,7 @@ impl Gpu {
     pub fn attention_fwd_reference(
         &self,
         s: &AttnShape,
-        cu_seqlens: &impl DevicePtr<u32>,
+        cu_seqlens: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k: &impl DevicePtr<Bf16>,
         v: &impl DevicePtr<Bf16>,
@@ -217,7 +217,7 @@ impl Gpu {
     pub fn attention_bwd(
         &self,
         s: &AttnShape,
-        cu_seqlens: &impl DevicePtr<u32>,
+        cu_seqlens: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k: &impl DevicePtr<Bf16>,
         v: &impl DevicePtr<Bf16>,
@@ -251,7 +251,7 @@ impl Gpu {
     pub fn attention_bwd_reference(
         &self,
         s: &AttnShape,
-        cu_seqlens: &impl DevicePtr<u32>,
+        cu_seqlens: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k: &impl DevicePtr<Bf16>,
         v: &impl DevicePtr<Bf16>,
@@ -325,8 +325,8 @@ impl Gpu {
         &self,
         s: &AttnShape,
         capacity: usize,
-        slots: &impl DevicePtr<u32>,
-        lens: &impl DevicePtr<u32>,
+        slots: &impl IndexArg,
+        lens: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k_cache: &impl DevicePtr<Bf16>,
         v_cache: &impl DevicePtr<Bf16>,

@@ -9,7 +9,7 @@
 //! (RoPE positions, row copies, embedding ids) set one shared flag instead
 //! of faulting; [`Cuda::check`] and every [`Backend::read`] report it.
 
-use super::buf::{DBuf, DMut, DRef, DType, IdxRef};
+use super::buf::{DBuf, DIdx, DMut, DRef, DType, IdxRef};
 use super::PolicyViews;
 use super::{Bf16, Gpu};
 use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, PolicyInputs, Span};
@@ -118,18 +118,11 @@ impl Cuda {
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         self.gpu.ctx.mem_get_info().map_err(|e| anyhow!("{}: memory info: {e}", self.gpu.name))
     }
-
-    fn host_idx(&self, idx: IdxRef<'_>) -> Vec<u32> {
-        if idx.is_empty() {
-            return Vec::new();
-        }
-        must(self.gpu.stream.clone_dtoh(&idx.view()).map_err(|e| anyhow!("index read-back: {e}")))
-    }
 }
 
 impl Backend for Cuda {
     type Buf = DBuf;
-    type Idx = CudaSlice<u32>;
+    type Idx = DIdx;
     type Ref<'a> = DRef<'a>;
     type Mut<'a> = DMut<'a>;
     type IdxRef<'a> = IdxRef<'a>;
@@ -166,8 +159,8 @@ impl Backend for Cuda {
     fn alloc_f32(&self, len: usize) -> DBuf {
         DBuf::F32(must(zeros(&self.gpu, len)))
     }
-    fn alloc_idx(&self, len: usize) -> CudaSlice<u32> {
-        must(zeros(&self.gpu, len))
+    fn alloc_idx(&self, len: usize) -> DIdx {
+        DIdx { dev: must(zeros(&self.gpu, len)), host: vec![0; len] }
     }
     fn len(buf: &DBuf) -> usize {
         buf.len()
@@ -178,7 +171,7 @@ impl Backend for Cuda {
     fn view_mut(buf: &mut DBuf, span: Span) -> DMut<'_> {
         DMut::new(buf, span)
     }
-    fn idx_view(idx: &CudaSlice<u32>, span: Span) -> IdxRef<'_> {
+    fn idx_view(idx: &DIdx, span: Span) -> IdxRef<'_> {
         IdxRef::new(idx, span)
     }
     /// Parameters: rounded to bf16 (the optimizer's master copy is made from
@@ -204,12 +197,15 @@ impl Backend for Cuda {
         };
         must(r.map_err(|e| anyhow!("write: {e}")));
     }
-    fn write_idx(&self, src: &[u32], dst: &mut CudaSlice<u32>) {
+    /// Into the device array and its host copy.
+    fn write_idx(&self, src: &[u32], dst: &mut DIdx) {
         assert!(src.len() <= dst.len(), "write_idx: {} indices into a buffer of {}", src.len(), dst.len());
         if src.is_empty() {
             return;
         }
-        must(self.gpu.stream.memcpy_htod(src, &mut dst.slice_mut(0..src.len())).map_err(|e| anyhow!("write_idx: {e}")));
+        let r = self.gpu.stream.memcpy_htod(src, &mut dst.dev.slice_mut(0..src.len()));
+        must(r.map_err(|e| anyhow!("write_idx: {e}")));
+        dst.host[..src.len()].copy_from_slice(src);
     }
     /// Waits for the stream; panics on a flagged bad index (see [`Cuda::check`]).
     fn read(&self, src: DRef<'_>) -> Vec<f32> {
@@ -292,13 +288,13 @@ impl Backend for Cuda {
     }
     fn embedding_bwd(&self, dout: DRef<'_>, ids: IdxRef<'_>, dim: usize, dtable: DMut<'_>) {
         // The deterministic plan is built on the host from the ids.
-        let host_ids = self.host_idx(ids);
+        let host_ids = ids.host();
         let mut sc = self.scratch();
         let Scratch { plan, flag, .. } = &mut *sc;
         grow(&self.gpu, plan, Gpu::embedding_bwd_plan_len(host_ids.len()));
         must(self.gpu.embedding_bwd(
             &dout.bf16("embedding_bwd"),
-            &host_ids,
+            host_ids,
             dim,
             &mut dtable.bf16("embedding_bwd"),
             plan,
@@ -392,7 +388,7 @@ impl Backend for Cuda {
     ) {
         must(self.gpu.attention_fwd(
             s,
-            &cu.view(),
+            &cu.mirrored(),
             &q.bf16("attention_fwd q"),
             &k.bf16("attention_fwd k"),
             &v.bf16("attention_fwd v"),
@@ -417,7 +413,7 @@ impl Backend for Cuda {
         let op = "attention_bwd";
         must(self.gpu.attention_bwd(
             s,
-            &cu.view(),
+            &cu.mirrored(),
             &q.bf16(op),
             &k.bf16(op),
             &v.bf16(op),
@@ -444,8 +440,8 @@ impl Backend for Cuda {
         must(self.gpu.attention_decode(
             s,
             capacity,
-            &slots.view(),
-            &lens.view(),
+            &slots.mirrored(),
+            &lens.mirrored(),
             &q.bf16(op),
             &kc.bf16(op),
             &vc.bf16(op),

@@ -10,7 +10,9 @@
 
 use super::Bf16;
 use crate::backend::Span;
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceSlice, SyncOnDrop};
+use std::sync::Arc;
 
 /// The element type of a [`DBuf`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,15 +124,35 @@ impl<'a> DMut<'a> {
     }
 }
 
+/// An index buffer of the backend: the device array, and a host copy of
+/// what was last written to it. `write_idx` is the only way an index buffer
+/// changes, so the copy is always current, and the ops that plan on the host
+/// (attention's tile table and bounds, decode attention's lengths, the
+/// embedding backward's plan) read it instead of copying back and waiting.
+#[derive(Debug)]
+pub struct DIdx {
+    pub(crate) dev: CudaSlice<u32>,
+    pub(crate) host: Vec<u32>,
+}
+
+impl DIdx {
+    pub fn len(&self) -> usize {
+        self.host.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.host.is_empty()
+    }
+}
+
 /// A view of part of an index buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct IdxRef<'a> {
-    buf: &'a CudaSlice<u32>,
+    buf: &'a DIdx,
     span: Span,
 }
 
 impl<'a> IdxRef<'a> {
-    pub fn new(buf: &'a CudaSlice<u32>, span: Span) -> Self {
+    pub fn new(buf: &'a DIdx, span: Span) -> Self {
         check_span("idx_view", span, buf.len());
         IdxRef { buf, span }
     }
@@ -141,6 +163,52 @@ impl<'a> IdxRef<'a> {
         self.span.len == 0
     }
     pub fn view(&self) -> CudaView<'a, u32> {
-        self.buf.slice(self.span.off..self.span.end())
+        self.buf.dev.slice(self.span.off..self.span.end())
+    }
+    /// The host copy of the view.
+    pub fn host(&self) -> &'a [u32] {
+        &self.buf.host[self.span.off..self.span.end()]
+    }
+    /// The device view with its host copy, for launchers that take an [`IndexArg`].
+    pub fn mirrored(&self) -> Mirrored<'a> {
+        Mirrored { view: self.view(), host: self.host() }
+    }
+}
+
+/// An index array as a launcher that plans on the host takes it: any device
+/// array, with its contents on the host where the caller has them (else the
+/// launcher copies them back and waits).
+pub trait IndexArg: DevicePtr<u32> {
+    fn host(&self) -> Option<&[u32]> {
+        None
+    }
+}
+impl IndexArg for CudaSlice<u32> {}
+impl IndexArg for CudaView<'_, u32> {}
+
+/// A device view of indices with their host copy.
+pub struct Mirrored<'a> {
+    view: CudaView<'a, u32>,
+    host: &'a [u32],
+}
+
+impl DeviceSlice<u32> for Mirrored<'_> {
+    fn len(&self) -> usize {
+        self.view.len()
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.view.stream()
+    }
+}
+
+impl DevicePtr<u32> for Mirrored<'_> {
+    fn device_ptr<'b>(&'b self, stream: &'b CudaStream) -> (CUdeviceptr, SyncOnDrop<'b>) {
+        self.view.device_ptr(stream)
+    }
+}
+
+impl IndexArg for Mirrored<'_> {
+    fn host(&self) -> Option<&[u32]> {
+        Some(self.host)
     }
 }

@@ -10,6 +10,7 @@
 //! CUDA thread, mma.sync / ldmatrix / cp.async emulated) against float64.
 
 use super::attention::{check_shape, elems};
+use super::buf::IndexArg;
 use super::params::{
     FlashBwdParams, FlashFwdParams, ENGINE_FLASH_DELTA_ROWS, ENGINE_FLASH_DKDV_STEP_D128, ENGINE_FLASH_DKDV_STEP_D64,
     ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
@@ -127,7 +128,7 @@ fn tiles(cu: &[u32]) -> Vec<u32> {
 impl Gpu {
     /// The checks every flash call shares: the shape, cu_seqlens on the host,
     /// grid limits. Returns (host cu_seqlens, tokens).
-    fn flash_checks(&self, what: &str, s: &AttnShape, cu_seqlens: &impl DevicePtr<u32>) -> Result<(Vec<u32>, usize)> {
+    fn flash_checks(&self, what: &str, s: &AttnShape, cu_seqlens: &impl IndexArg) -> Result<(Vec<u32>, usize)> {
         check_shape(what, s)?;
         if !matches!(s.head_dim, 64 | 128) {
             bail!("{what}: head_dim {} is not one the flash kernels take (64, 128)", s.head_dim);
@@ -140,15 +141,27 @@ impl Gpu {
         Ok((cu, tokens))
     }
 
-    /// The tile table on the device, and its length in tiles.
-    fn flash_tiles(&self, what: &str, cu: &[u32]) -> Result<(cudarc::driver::CudaSlice<u32>, u32)> {
+    /// The tile table on the device (its address), and its length in tiles.
+    /// The last table is kept with the `cu_seqlens` it was built from: every
+    /// layer's forward and backward of a batch share it, so only the first
+    /// call of a batch builds and uploads one. (A table replaced while a
+    /// kernel may still read it is freed in stream order, after that kernel.)
+    fn flash_tiles(&self, what: &str, cu: &[u32]) -> Result<(u64, u32)> {
+        let mut cache = self.tile_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((key, table, n)) = cache.as_ref() {
+            if key.as_slice() == cu {
+                return Ok((table.device_ptr(&self.stream).0, *n));
+            }
+        }
         let t = tiles(cu);
         let n = t.len() / 2;
         if n == 0 || n > i32::MAX as usize {
             bail!("{what}: {n} tiles do not fit one launch");
         }
         let d = self.stream.clone_htod(&t).map_err(|e| anyhow!("{what}: tile table: {e}"))?;
-        Ok((d, n as u32))
+        let ptr = d.device_ptr(&self.stream).0;
+        *cache = Some((cu.to_vec(), d, n as u32));
+        Ok((ptr, n as u32))
     }
 
     fn flash_fns(&self, variant: FlashVariant, head_dim: usize) -> &PerDim {
@@ -169,7 +182,7 @@ impl Gpu {
         &self,
         variant: FlashVariant,
         s: &AttnShape,
-        cu_seqlens: &impl DevicePtr<u32>,
+        cu_seqlens: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k: &impl DevicePtr<Bf16>,
         v: &impl DevicePtr<Bf16>,
@@ -188,14 +201,13 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (table, n_blocks) = self.flash_tiles(what, &cu_h)?;
+        let (tp, n_blocks) = self.flash_tiles(what, &cu_h)?;
         let (cu, _g0) = cu_seqlens.device_ptr(&self.stream);
         let (qp, _g1) = q.device_ptr(&self.stream);
         let (kp, _g2) = k.device_ptr(&self.stream);
         let (vp, _g3) = v.device_ptr(&self.stream);
         let (op, _g4) = out.device_ptr_mut(&self.stream);
         let (lp, _g5) = lse.device_ptr_mut(&self.stream);
-        let (tp, _g6) = table.device_ptr(&self.stream);
         if !aligned(&[qp, kp, vp, op]) {
             bail!("{what}: bf16 buffers must start on 16-byte boundaries");
         }
@@ -233,7 +245,7 @@ impl Gpu {
         &self,
         variant: FlashVariant,
         s: &AttnShape,
-        cu_seqlens: &impl DevicePtr<u32>,
+        cu_seqlens: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k: &impl DevicePtr<Bf16>,
         v: &impl DevicePtr<Bf16>,
@@ -259,7 +271,7 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (table, n_blocks) = self.flash_tiles(what, &cu_h)?;
+        let (tp, n_blocks) = self.flash_tiles(what, &cu_h)?;
         let mut delta =
             self.stream.alloc_zeros::<f32>(rows).map_err(|e| anyhow!("{what}: delta ({rows} floats): {e}"))?;
         // With GQA, each query head's part of dk, dv in fp32 (summed by
@@ -278,7 +290,6 @@ impl Gpu {
         let (dqp, _g7) = dq.device_ptr_mut(&self.stream);
         let (dkp, _g8) = dk.device_ptr_mut(&self.stream);
         let (dvp, _g9) = dv.device_ptr_mut(&self.stream);
-        let (tp, _g10) = table.device_ptr(&self.stream);
         let (dlp, _g11) = delta.device_ptr_mut(&self.stream);
         let (dkpp, _g12) = dk_part.device_ptr_mut(&self.stream);
         let (dvpp, _g13) = dv_part.device_ptr_mut(&self.stream);

@@ -26,6 +26,7 @@ mod sample;
 mod swiglu;
 
 pub use backend::Cuda;
+pub use buf::{DBuf, DIdx};
 pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT};
 pub use policy::PolicyViews;
 
@@ -76,6 +77,10 @@ impl Modules {
     }
 }
 
+/// A flash-attention tile table on the device: the `cu_seqlens` it was
+/// built from, the table, its length in tiles.
+type TileTable = (Vec<u32>, cudarc::driver::CudaSlice<u32>, u32);
+
 /// One GPU: its context, the stream every kernel runs on, and the kernels.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
@@ -85,6 +90,8 @@ pub struct Gpu {
     pub blas: cudarc::cublaslt::CudaBlasLT,
     /// The device's name, as the driver reports it.
     pub name: String,
+    /// The flash kernels' last tile table.
+    tile_cache: std::sync::Mutex<Option<TileTable>>,
 }
 
 impl Gpu {
@@ -128,7 +135,7 @@ impl Gpu {
             bail!("{name}: cuBLASLt (libcublasLt.so) could not be loaded");
         }
         let blas = cudarc::cublaslt::CudaBlasLT::new(stream.clone()).map_err(|e| anyhow!("{name}: cuBLASLt: {e:?}"))?;
-        Ok(Gpu { stream, ctx, k, blas, name })
+        Ok(Gpu { stream, ctx, k, blas, name, tile_cache: std::sync::Mutex::new(None) })
     }
 
     /// Waits for every launched kernel; a kernel's fault surfaces here.
