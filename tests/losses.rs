@@ -331,7 +331,8 @@ fn advantages_and_kl_in_reward_match_pytorch() {
 
 /// The two-phase lm_head path from hidden states: dh and dW, with a chunk
 /// that does not divide the tokens, and the same numbers from the one-pass
-/// shortcut (one chunk holding every row).
+/// shortcut (one chunk holding every row); at each chunking, the one-pass
+/// head (`head::one_pass`) gives the two phases' bits.
 #[test]
 fn lm_head_path_matches_pytorch() {
     for name in ["lm_head_sft", "lm_head_gspo", "lm_head_ppo_entropy"] {
@@ -378,6 +379,21 @@ fn lm_head_path_matches_pytorch() {
             assert!(err <= 1e-5, "{name}: loss {loss} vs {} (error {err:.2e} of the terms' scale)", num(&j, "loss"));
             check_rel(&format!("{name} chunk {chunk}: dhidden"), &to_f64(&dh), &r.f64("dhidden"), 1e-5);
             check_rel(&format!("{name} chunk {chunk}: dweight"), &to_f64(&grads), &r.f64("dweight"), 1e-5);
+            // The one-pass head (logits computed once per chunk) with the
+            // same coefficients gives the bits of the two phases run with
+            // the same entropy setting (the CPU's entropy pass rounds lse
+            // differently).
+            let ent_on = coefs.entropy.is_some();
+            let span = Span::new(0, v * d);
+            let mut hb2 = HeadBuffers::<Cpu>::new(&be, lay.n, chunk, v);
+            head::phase1(&be, &mut hb2, s, &hidden, &weight, &targets, t, ent_on);
+            let (mut dh2, mut grads2) = (vec![0.0f32; lay.n * d], vec![0.0f32; v * d]);
+            head::phase2(&be, &mut hb2, s, &hidden, &weight, &coefs, t, &mut dh2, &mut grads2, span);
+            let mut hb1 = HeadBuffers::<Cpu>::new(&be, lay.n, chunk, v);
+            let (mut dh1, mut grads1) = (vec![0.0f32; lay.n * d], vec![0.0f32; v * d]);
+            head::one_pass(&be, &mut hb1, s, &hidden, &weight, &targets, &coefs, t, &mut dh1, &mut grads1, span);
+            assert!(dh1 == dh2 && grads1 == grads2, "{name} chunk {chunk}: one pass differs from the two phases");
+            assert_eq!(hb1.read_logp(&be, lay.n), hb2.read_logp(&be, lay.n), "{name} chunk {chunk}: log-probabilities");
             results.push((dh, grads));
         }
         // Same numbers up to rounding (the two chunkings run GEMMs of different shapes).

@@ -19,9 +19,18 @@ pub fn masked_ce_with_count(logp: &[f32], targets: &[u32], n: usize) -> (f64, Ve
         return (0.0, vec![0.0; logp.len()]);
     }
     let sum: f64 = logp.iter().zip(targets).filter(|(_, &t)| t != IGNORE).map(|(&l, _)| l as f64).sum();
+    (-sum / n as f64, ce_coefs(targets, n))
+}
+
+/// The coefficients of [`masked_ce_with_count`]: `−1/n` on the tokens with a
+/// target, 0 elsewhere. They do not depend on the log-probabilities, so the
+/// lm_head may compute the loss and its gradient in one pass.
+pub fn ce_coefs(targets: &[u32], n: usize) -> Vec<f32> {
+    if n == 0 {
+        return vec![0.0; targets.len()];
+    }
     let c = -1.0 / n as f32;
-    let coef = targets.iter().map(|&t| if t == IGNORE { 0.0 } else { c }).collect();
-    (-sum / n as f64, coef)
+    targets.iter().map(|&t| if t == IGNORE { 0.0 } else { c }).collect()
 }
 
 #[cfg(test)]

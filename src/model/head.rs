@@ -190,6 +190,75 @@ pub fn phase2<'c, B: Backend>(
     hb.logits_hold_all = false;
 }
 
+/// Phases 1 and 2 in one pass, for a token-local loss whose coefficients are
+/// known before the log-probabilities (SFT's cross-entropy: `−1/n` per
+/// target): per chunk, the logits, `logp` and `lse` (and the entropy), the
+/// gradient in place, `dh` and `dW` — the logits are computed once, where the
+/// two phases compute them twice when the batch takes more than one chunk.
+/// The same kernels on the same inputs as [`phase1`] then [`phase2`], so the
+/// same numbers; `hb.logp` holds the log-probabilities afterwards (for the
+/// loss's value).
+#[allow(clippy::too_many_arguments)]
+pub fn one_pass<B: Backend>(
+    be: &B,
+    hb: &mut HeadBuffers<B>,
+    s: HeadShape,
+    h: &B::Buf,
+    w: B::Ref<'_>,
+    targets: &[u32],
+    coefs: &TokenCoefs,
+    temperature: f32,
+    dh: &mut B::Buf,
+    grads: &mut B::Buf,
+    dw: Span,
+) {
+    let HeadShape { n, d, v } = s;
+    assert!(
+        n <= hb.cap && targets.len() == n && coefs.logp.len() == n,
+        "head one pass: {} targets and {} coefficients for {n} tokens (capacity {})",
+        targets.len(),
+        coefs.logp.len(),
+        hb.cap
+    );
+    let entropy = coefs.entropy.is_some();
+    be.write_idx(targets, &mut hb.targets);
+    be.write(&coefs.logp, B::view_mut(&mut hb.coef, Span::new(0, n)));
+    if let Some(e) = &coefs.entropy {
+        assert_eq!(e.len(), n, "head one pass: one entropy coefficient per token");
+        be.write(e, B::view_mut(&mut hb.ent_coef, Span::new(0, n)));
+    }
+    hb.has_entropy = entropy;
+    let ms = |rows| MatShape { m: rows, n: v, k: d };
+    let inv_t = 1.0 / temperature;
+    for (r0, rows) in chunks(n, hb.chunk) {
+        let (z, span, hs) = (Span::new(0, rows * v), Span::new(r0, rows), Span::new(r0 * d, rows * d));
+        be.matmul(ms(rows), B::view(h, hs), w, None, B::view_mut(&mut hb.logits, z), false);
+        let tg = B::idx_view(&hb.targets, span);
+        be.logprob_fwd(
+            B::view(&hb.logits, z),
+            tg,
+            v,
+            inv_t,
+            B::view_mut(&mut hb.logp, span),
+            B::view_mut(&mut hb.lse, span),
+            entropy.then(|| B::view_mut(&mut hb.entropy, span)),
+        );
+        let ent = entropy.then(|| (B::view(&hb.ent_coef, span), B::view(&hb.entropy, span)));
+        be.logprob_bwd(
+            B::view_mut(&mut hb.logits, z),
+            tg,
+            v,
+            inv_t,
+            B::view(&hb.lse, span),
+            B::view(&hb.coef, span),
+            ent,
+        );
+        be.matmul_dx(ms(rows), B::view(&hb.logits, z), w, B::view_mut(dh, hs), false);
+        be.matmul_dw(ms(rows), B::view(&hb.logits, z), B::view(h, hs), B::view_mut(grads, dw));
+    }
+    hb.logits_hold_all = false;
+}
+
 /// A teacher's side of distillation: its final hidden states and lm_head.
 pub struct Teacher<'a, B: Backend> {
     pub h: &'a B::Buf,

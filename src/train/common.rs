@@ -14,7 +14,7 @@ use crate::data::chat::Message;
 use crate::data::jsonl::{read_objects, Line};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::{write_atomic, SaveDtype};
-use crate::model::{Activations, Model};
+use crate::model::{head, Activations, Model};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule, ScheduleKind};
 use crate::rollout::Stream;
 use anyhow::{anyhow, bail, Context, Result};
@@ -324,10 +324,16 @@ pub fn sft_accumulate<B: Backend>(
     let step_tokens: usize = mbs.iter().map(MicroBatch::loss_tokens).sum();
     let mut loss = 0.0;
     for mb in mbs {
-        let (logp, _) = token_logps(be, model, acts, mb, 1.0, false)?;
-        let (l, coef) = crate::loss::sft::masked_ce_with_count(&logp, &mb.targets, step_tokens);
-        loss += l;
-        model.backward(be, acts, &coef.into(), 1.0, grads);
+        model.forward(be, acts, &mb.batch)?;
+        // The coefficients (−1/n per target) do not depend on the
+        // log-probabilities: the lm_head runs once per chunk (head::one_pass).
+        let n = mb.batch.len();
+        let coefs = crate::loss::sft::ce_coefs(&mb.targets, step_tokens).into();
+        model.backward_with_head(be, acts, grads, |be, hb, s, h, w, dh, grads, dw| {
+            head::one_pass(be, hb, s, h, w, &mb.targets, &coefs, 1.0, dh, grads, dw)
+        });
+        let logp = acts.head.read_logp(be, n);
+        loss += crate::loss::sft::masked_ce_with_count(&logp, &mb.targets, step_tokens).0;
     }
     Ok(loss)
 }

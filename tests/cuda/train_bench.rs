@@ -5,6 +5,8 @@
 //!
 //! - `train_sft_step`: forward, lm_head + masked mean cross-entropy,
 //!   backward, gradient clipping at 1.0, AdamW (fp32 masters), zeroed grads;
+//!   as the SFT trainer runs it, the lm_head and the loss in one pass over
+//!   the logit chunks (`head::one_pass`, counted in the backward's phase);
 //! - `train_grpo_update`: a forward for the old log-probs, then forward,
 //!   PPO-clip token loss (random advantages, ε 0.2), backward, clip, AdamW.
 //!
@@ -22,9 +24,10 @@ use engine::backend::cuda::Cuda;
 use engine::backend::{Backend, Span, IGNORE};
 use engine::data::Batch;
 use engine::loss::policy::{policy_loss, PolicyBatch, PolicyConfig, PolicyKind};
-use engine::loss::{masked_mean_ce, StepCounts};
+use engine::loss::sft::ce_coefs;
+use engine::loss::{masked_mean_ce, StepCounts, TokenCoefs};
 use engine::model::activations::backend_chunk;
-use engine::model::{Activations, Model, ModelConfig, ParamLayout};
+use engine::model::{head, Activations, Model, ModelConfig, ParamLayout};
 use engine::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use std::io::Write;
 use std::time::Instant;
@@ -152,15 +155,22 @@ fn bench_train_step() {
                 None
             };
             model.forward(&be, &mut acts, &batch).unwrap();
-            model.head_fwd(&be, &mut acts, &targets, 1.0, false);
-            let logp = acts.head.read_logp(&be, n);
-            let coefs = match &old {
+            match &old {
                 None => {
-                    let (l, c) = masked_mean_ce(&logp, &targets);
-                    loss = l;
-                    c.into()
+                    // SFT as the trainer runs it: the coefficients (−1/n per
+                    // target) are known up front, so the lm_head, the loss
+                    // and its gradient run in one pass over the logit chunks
+                    // (head::one_pass), inside the backward's time.
+                    let coefs: TokenCoefs = ce_coefs(&targets, mask.iter().filter(|&&m| m).count()).into();
+                    p.forward = lap(&be, &mut t);
+                    model.backward_with_head(&be, &mut acts, &mut grads, |be, hb, s, h, w, dh, g, dw| {
+                        head::one_pass(be, hb, s, h, w, &targets, &coefs, 1.0, dh, g, dw)
+                    });
+                    loss = masked_mean_ce(&acts.head.read_logp(&be, n), &targets).0;
                 }
                 Some(old) => {
+                    model.head_fwd(&be, &mut acts, &targets, 1.0, false);
+                    let logp = acts.head.read_logp(&be, n);
                     let b = PolicyBatch {
                         logp: &logp,
                         old_logp: old,
@@ -175,11 +185,10 @@ fn bench_train_step() {
                     let counts = StepCounts::of([(mask.as_slice(), batch.cu_seqlens.as_slice())]);
                     let o = policy_loss(&policy, &b, &counts, 0);
                     loss = o.loss;
-                    o.coefs
+                    p.forward = lap(&be, &mut t);
+                    model.backward(&be, &mut acts, &o.coefs, 1.0, &mut grads);
                 }
-            };
-            p.forward = lap(&be, &mut t);
-            model.backward(&be, &mut acts, &coefs, 1.0, &mut grads);
+            }
             p.backward = lap(&be, &mut t);
             clip_grad_norm(&be, &mut grads, 1.0);
             opt.step(&be, &model.layout, &mut model.params, &grads, 1e-5);
