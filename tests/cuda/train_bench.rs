@@ -21,7 +21,7 @@
 
 use super::util::gpu;
 use engine::backend::cuda::Cuda;
-use engine::backend::{Backend, Span, IGNORE};
+use engine::backend::{Backend, MatShape, Span, IGNORE};
 use engine::data::Batch;
 use engine::loss::policy::{policy_loss, PolicyBatch, PolicyConfig, PolicyKind};
 use engine::loss::sft::ce_coefs;
@@ -302,5 +302,113 @@ fn bench_generate() {
     println!("{row}");
     if let Some(f) = bench_out().as_mut() {
         writeln!(f, "{row}").unwrap();
+    }
+}
+
+/// The lm_head + loss path at the 0.5B shape (16,384 tokens, hidden 896,
+/// vocabulary 151,936; issue 7, DESIGN.md §8): the two phases (logits per
+/// chunk, logp; then the logits again, dz in place, dh, dW), the one pass
+/// the SFT trainer runs (logits once per chunk), and the plain cuBLASLt
+/// products of the same shapes over the whole `[tokens, vocab]` logits
+/// (forward, dh, dW) as the yardstick: useful TFLOP/s = 6·n·v·d / time
+/// (target ≥ 85% of the plain products' rate), and the device memory each
+/// holds for logits.
+#[test]
+#[ignore = "a benchmark; run by tools/gpu-check.sh"]
+fn bench_lm_head() {
+    use engine::model::head::{HeadBuffers, HeadShape};
+    let Some(_) = gpu("bench_lm_head") else { return };
+    let be = Cuda::new(0).expect("GPU");
+    let (n, d, v) = (16_384usize, 896usize, 151_936usize);
+    let chunk = engine::model::activations::CUDA_LOGIT_CHUNK_ELEMENTS / v;
+    let mut rng = Lcg(3);
+    let rand =
+        |len: usize, scale: f32, rng: &mut Lcg| -> Vec<f32> { (0..len).map(|_| scale * (rng.next() - 0.5)).collect() };
+    let h = be.upload(rand(n * d, 2.0, &mut rng));
+    let w = be.upload(rand(v * d, 0.08, &mut rng));
+    let targets: Vec<u32> = (0..n).map(|_| (rng.next() * v as f32) as u32 % v as u32).collect();
+    let coefs: TokenCoefs = ce_coefs(&targets, n).into();
+    let s = HeadShape { n, d, v };
+    let (mut dh, mut dw) = (be.alloc(n * d), be.alloc(v * d));
+    let wv = Span::new(0, v * d);
+    let useful = 6.0 * n as f64 * v as f64 * d as f64;
+    let steps = env_usize("ENGINE_TRAIN_BENCH_STEPS", 2).max(1) + 1;
+    let time = |f: &mut dyn FnMut()| -> f64 {
+        let mut ms = Vec::new();
+        for i in 0..=steps {
+            be.check().unwrap();
+            let t = Instant::now();
+            f();
+            be.check().unwrap();
+            if i > 0 {
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        ms[ms.len() / 2]
+    };
+    let mut rows = Vec::new();
+    let shape = format!("{n}x{d} -> {v}");
+    {
+        let mut hb = HeadBuffers::new(&be, n, chunk, v);
+        let held = (chunk * v * 2) as f64 / (1u64 << 30) as f64;
+        let ms = time(&mut || {
+            head::phase1(&be, &mut hb, s, &h, Cuda::view(&w, wv), &targets, 1.0, false);
+            head::phase2(&be, &mut hb, s, &h, Cuda::view(&w, wv), &coefs, 1.0, &mut dh, &mut dw, wv);
+        });
+        rows.push((
+            "lm_head_two_phase",
+            ms,
+            held,
+            "phase 1 then phase 2 (logits computed twice), chunks of 7,067 rows",
+        ));
+        let ms = time(&mut || {
+            head::one_pass(&be, &mut hb, s, &h, Cuda::view(&w, wv), &targets, &coefs, 1.0, &mut dh, &mut dw, wv);
+        });
+        rows.push(("lm_head_one_pass", ms, held, "one pass (logits once), chunks of 7,067 rows"));
+    }
+    {
+        let mut z = be.alloc(n * v);
+        let zs = Span::new(0, n * v);
+        let ms_shape = MatShape { m: n, n: v, k: d };
+        let ms = time(&mut || {
+            be.matmul(
+                ms_shape,
+                Cuda::view(&h, Span::new(0, n * d)),
+                Cuda::view(&w, wv),
+                None,
+                Cuda::view_mut(&mut z, zs),
+                false,
+            );
+            be.matmul_dx(
+                ms_shape,
+                Cuda::view(&z, zs),
+                Cuda::view(&w, wv),
+                Cuda::view_mut(&mut dh, Span::new(0, n * d)),
+                false,
+            );
+            be.matmul_dw(
+                ms_shape,
+                Cuda::view(&z, zs),
+                Cuda::view(&h, Span::new(0, n * d)),
+                Cuda::view_mut(&mut dw, wv),
+            );
+        });
+        let held = (n * v * 2) as f64 / (1u64 << 30) as f64;
+        rows.push(("lm_head_plain_gemms", ms, held, "the three products over the whole logits, no loss"));
+    }
+    let plain_ms = rows.last().unwrap().1;
+    let mut out = bench_out();
+    for (kernel, ms, held, what) in rows {
+        let tflops = useful / (ms * 1e-3) / 1e12;
+        let row = serde_json::json!({
+            "kernel": kernel, "shape": shape, "ms": ms, "tokens": n, "tflops": tflops, "flops": useful,
+            "gemm_fraction": plain_ms / ms, "logits_gib": held, "source": "engine",
+            "impl": format!("engine cuda: {what}"),
+        });
+        println!("{row}");
+        if let Some(f) = out.as_mut() {
+            writeln!(f, "{row}").unwrap();
+        }
     }
 }
