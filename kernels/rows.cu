@@ -27,11 +27,14 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) copy_rows(CopyR
   // The last copy into a row wins: skip this one if a later valid copy
   // writes the same destination row (so the result is the CPU's sequential
   // loop over the valid copies). n < 2^31, so j does not wrap.
-  int later = 0;
-  for (uint32_t j = i + 1 + threadIdx.x; j < p.n; j += blockDim.x) {
-    if (dst_rows[j] == d) later |= src_rows[j] < p.src_count;  // src_rows read only on a match
+  // (`unique` is the same for the whole grid, so the block takes the branch together.)
+  if (!p.unique) {
+    int later = 0;
+    for (uint32_t j = i + 1 + threadIdx.x; j < p.n; j += blockDim.x) {
+      if (dst_rows[j] == d) later |= src_rows[j] < p.src_count;  // src_rows read only on a match
+    }
+    if (__syncthreads_or(later)) return;
   }
-  if (__syncthreads_or(later)) return;
   const uint16_t* from = ptr<const uint16_t>(p.src) + (size_t)s * p.width;
   uint16_t* to = ptr<uint16_t>(p.dst) + (size_t)d * p.width;
   if (same_phase(p.src, p.dst) && p.width % 8 == 0) {

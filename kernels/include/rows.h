@@ -9,7 +9,10 @@
  * `bad = max(bad, 1 + index)` (saturating); the kernel never clears `bad`.
  * Where several valid copies name the same destination row, the last one
  * wins: the result is the CPU's sequential loop over the valid copies.
- * Cost: each copy scans the later destination indices, O(n²) index reads. src: [src_count, width]; dst: [dst_count, width]; src_rows,
+ * Cost: each copy scans the later destination indices, O(n²) index reads,
+ * unless `unique` is 1: the caller has checked that no two copies name the
+ * same destination row (the KV cache's writes never do), and the scan is
+ * skipped. src: [src_count, width]; dst: [dst_count, width]; src_rows,
  * dst_rows: uint32 [n]; bad: uint32 [1]. */
 typedef struct CopyRowsParams {
   dptr src;
@@ -21,6 +24,7 @@ typedef struct CopyRowsParams {
   uint32_t width;
   uint32_t src_count;
   uint32_t dst_count;
+  uint32_t unique;
 } CopyRowsParams;
 
 /* The fixed order of the column sums of bias_grad and of RMSNorm's weight

@@ -80,3 +80,44 @@ fn bf16(b: &engine::backend::cuda::DBuf) -> cudarc::driver::CudaView<'_, engine:
         engine::backend::cuda::DBuf::F32(_) => panic!("expected a bf16 buffer"),
     }
 }
+
+/// copy_rows through the backend: destinations it knows to be distinct (its
+/// host copy) skip the kernel's duplicate scan; with a repeated destination
+/// the last copy still wins, as on the CPU.
+#[test]
+fn backend_copy_rows_with_distinct_and_repeated_destinations() {
+    if gpu("backend_copy_rows_with_distinct_and_repeated_destinations").is_none() {
+        return;
+    }
+    let be = Cuda::new(0).unwrap();
+    let cpu = engine::backend::cpu::Cpu;
+    let width = 24;
+    let src = random_bf16(10 * width, 9);
+    for (src_rows, dst_rows) in [
+        (vec![0u32, 3, 5, 9, 2], vec![7u32, 1, 4, 0, 6]),
+        (vec![0, 3, 5, 9, 2], vec![7, 1, 7, 0, 1]),
+    ] {
+        let n = src_rows.len();
+        let mut want = random_bf16(8 * width, 10);
+        let start = want.clone();
+        let (mut si, mut di) = (cpu.alloc_idx(n), cpu.alloc_idx(n));
+        cpu.write_idx(&src_rows, &mut si);
+        cpu.write_idx(&dst_rows, &mut di);
+        cpu.copy_rows(&src, &mut want, width, &si, &di);
+
+        let s = be.upload(src.clone());
+        let mut d = be.upload(start);
+        let (mut gs, mut gd) = (be.alloc_idx(n), be.alloc_idx(n));
+        be.write_idx(&src_rows, &mut gs);
+        be.write_idx(&dst_rows, &mut gd);
+        let (sa, da) = (Span::new(0, 10 * width), Span::new(0, 8 * width));
+        be.copy_rows(
+            Cuda::view(&s, sa),
+            Cuda::view_mut(&mut d, da),
+            width,
+            Cuda::idx_view(&gs, Span::new(0, n)),
+            Cuda::idx_view(&gd, Span::new(0, n)),
+        );
+        assert_eq!(be.read(Cuda::view(&d, da)), want, "destinations {dst_rows:?}");
+    }
+}

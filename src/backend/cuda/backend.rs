@@ -450,7 +450,8 @@ impl Backend for Cuda {
     }
     fn copy_rows(&self, src: DRef<'_>, dst: DMut<'_>, width: usize, src_rows: IdxRef<'_>, dst_rows: IdxRef<'_>) {
         let mut sc = self.scratch();
-        let (sr, dr) = (src_rows.view(), dst_rows.view());
+        // The destinations with their host copy: distinct ones skip the kernel's duplicate scan.
+        let (sr, dr) = (src_rows.view(), dst_rows.mirrored());
         let r = match (src.dtype(), dst.dtype()) {
             (DType::Bf16, DType::Bf16) => {
                 self.gpu.copy_rows(&src.bf16("copy_rows"), &mut dst.bf16("copy_rows"), width, &sr, &dr, &mut sc.flag)

@@ -92,6 +92,8 @@ pub struct Gpu {
     pub name: String,
     /// The flash kernels' last tile table.
     tile_cache: std::sync::Mutex<Option<TileTable>>,
+    /// copy_rows' last destination list and whether its rows are distinct.
+    distinct_cache: std::sync::Mutex<Option<(Vec<u32>, bool)>>,
 }
 
 impl Gpu {
@@ -135,7 +137,15 @@ impl Gpu {
             bail!("{name}: cuBLASLt (libcublasLt.so) could not be loaded");
         }
         let blas = cudarc::cublaslt::CudaBlasLT::new(stream.clone()).map_err(|e| anyhow!("{name}: cuBLASLt: {e:?}"))?;
-        Ok(Gpu { stream, ctx, k, blas, name, tile_cache: std::sync::Mutex::new(None) })
+        Ok(Gpu {
+            stream,
+            ctx,
+            k,
+            blas,
+            name,
+            tile_cache: std::sync::Mutex::new(None),
+            distinct_cache: std::sync::Mutex::new(None),
+        })
     }
 
     /// Waits for every launched kernel; a kernel's fault surfaces here.

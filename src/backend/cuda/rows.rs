@@ -3,6 +3,7 @@
 //! Also the reading of the device-side index flag that `copy_rows` and
 //! `rope` set when an index is outside its buffer.
 
+use super::buf::IndexArg;
 use super::params::{BiasGradParams, CopyRowsParams, ENGINE_COLSUM_CHUNKS, ROW_THREADS};
 use super::{check_len, grid_1d, grid_rows, Bf16, Gpu, Modules};
 use anyhow::{anyhow, bail, Result};
@@ -39,7 +40,7 @@ impl Gpu {
         dst: &mut impl DevicePtrMut<Bf16>,
         width: usize,
         src_rows: &impl DevicePtr<u32>,
-        dst_rows: &impl DevicePtr<u32>,
+        dst_rows: &impl IndexArg,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
         self.copy_rows_units("copy_rows", 1, src, dst, width, src_rows, dst_rows, bad)
@@ -52,7 +53,7 @@ impl Gpu {
         dst: &mut impl DevicePtrMut<f32>,
         width: usize,
         src_rows: &impl DevicePtr<u32>,
-        dst_rows: &impl DevicePtr<u32>,
+        dst_rows: &impl IndexArg,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
         self.copy_rows_units("copy_rows_f32", 2, src, dst, width, src_rows, dst_rows, bad)
@@ -68,7 +69,7 @@ impl Gpu {
         dst: &mut impl DevicePtrMut<T>,
         width: usize,
         src_rows: &impl DevicePtr<u32>,
-        dst_rows: &impl DevicePtr<u32>,
+        dst_rows: &impl IndexArg,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
         debug_assert_eq!(std::mem::size_of::<T>(), 2 * units);
@@ -108,6 +109,7 @@ impl Gpu {
             width: (width * units) as u32,
             src_count: src_count as u32,
             dst_count: dst_count as u32,
+            unique: dst_rows.host().is_some_and(|h| self.all_distinct(h)) as u32,
         };
         // SAFETY: src holds src_count rows and dst dst_count rows of `width`
         // elements (width·units 16-bit units), src_rows and dst_rows n
@@ -116,6 +118,23 @@ impl Gpu {
         unsafe { self.stream.launch_builder(&self.k.rows.copy_rows).arg(&p).launch(grid_rows(n, ROW_THREADS)) }
             .map_err(|e| anyhow!("{what}: {e}"))?;
         Ok(())
+    }
+
+    /// Whether no two entries of `rows` are equal (so copy_rows need not
+    /// look for a later copy into the same row). The answer for the last
+    /// list is kept: the KV cache's writes of a step repeat for every layer.
+    fn all_distinct(&self, rows: &[u32]) -> bool {
+        let mut last = self.distinct_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((key, answer)) = last.as_ref() {
+            if key.as_slice() == rows {
+                return *answer;
+            }
+        }
+        let mut sorted = rows.to_vec();
+        sorted.sort_unstable();
+        let answer = sorted.windows(2).all(|w| w[0] != w[1]);
+        *last = Some((rows.to_vec(), answer));
+        answer
     }
 
     /// Accumulates a bias gradient: `db[j] += Σ_rows dy[r, j]`, with
