@@ -8,7 +8,10 @@
 //!   the same tokens and log-probabilities, and kernels/include/rng.h's
 //!   stream keys and uniform numbers equal to the CPU's bit for bit;
 //! - kernels/policy.cu (with kernels/include/policy.h) against
-//!   `policy_loss` on `common::policy_cases`.
+//!   `policy_loss` on `common::policy_cases`;
+//! - kernels/decode_attention.cu (the grouped decode kernel) and
+//!   kernels/attention.cu's simple decode kernel against the CPU's
+//!   `attention_decode`, and the grouped kernel against itself bit for bit.
 //!
 //! Needs g++ (C++20); without it each test says so on one line and passes.
 
@@ -194,4 +197,174 @@ fn gpu_policy_coefficient_code_matches_the_cpu_loss_library() {
         );
     }
     assert!(bad.is_empty(), "{} differences:\n{}", bad.len(), bad.join("\n"));
+}
+
+/// kernels/decode_attention.cu's `attention_decode_gqa` (the fast decode
+/// kernel, one block per (sequence, kv head); run twice, which must give the
+/// same bits) and kernels/attention.cu's `attention_decode` (the simple one)
+/// against the CPU's `attention_decode` on the same bf16 inputs: head_dim 64
+/// and 128, 1, 2, 7 and 8 query heads per kv head, sequences of 1 to 257 keys
+/// (one warp's chunk, several, every warp, partial chunks) in slots out of
+/// order in a larger cache whose unused positions are NaN, so a read past
+/// lens[b] or of a wrong slot shows.
+#[test]
+fn gpu_decode_attention_code_matches_the_cpu_decode() {
+    use engine::backend::cpu::attention::attention_decode;
+    use engine::backend::AttnShape;
+    let Some(exe) = build("decode") else { return };
+    let lens = [1u32, 257, 33, 2, 200];
+    let slots = [3u32, 0, 5, 1, 4];
+    let (capacity, n_slots) = (264usize, 6usize);
+    // (head_dim, query heads per kv head, kv heads).
+    let shapes = [(64, 1, 3), (128, 1, 2), (64, 2, 2), (128, 2, 1), (64, 7, 2), (128, 7, 1), (64, 8, 1), (128, 8, 2)];
+    // Values in [-1, 1) that bf16 holds exactly, from a fixed LCG.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let x = ((state >> 40) as f32 - (1u32 << 23) as f32) / (1u32 << 23) as f32;
+        half::bf16::from_f32(x).to_f32()
+    };
+    let bits =
+        |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect() };
+    let put32 = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
+
+    let mut input = Vec::new();
+    let mut wants = Vec::new();
+    put32(&mut input, shapes.len() as u32);
+    for (i, &(head_dim, group, n_kv_heads)) in shapes.iter().enumerate() {
+        // Every other case 4× sharper, so the running max moves more.
+        let sharp = if i % 2 == 1 { 4.0 } else { 1.0 };
+        let s =
+            AttnShape { n_heads: group * n_kv_heads, n_kv_heads, head_dim, scale: sharp / (head_dim as f32).sqrt() };
+        let kv_row = n_kv_heads * head_dim;
+        let q: Vec<f32> = (0..lens.len() * s.n_heads * head_dim).map(|_| 2.0 * rand()).collect();
+        let mut k_cache = vec![f32::NAN; n_slots * capacity * kv_row];
+        let mut v_cache = k_cache.clone();
+        for (&len, &slot) in lens.iter().zip(&slots) {
+            let at = slot as usize * capacity * kv_row;
+            for x in &mut k_cache[at..at + len as usize * kv_row] {
+                *x = rand();
+            }
+            for x in &mut v_cache[at..at + len as usize * kv_row] {
+                *x = rand();
+            }
+        }
+        let mut want = vec![0.0; q.len()];
+        attention_decode(&s, capacity, &slots, &lens, &q, &k_cache, &v_cache, &mut want);
+        wants.push((s, want));
+
+        let header = [lens.len(), n_slots, capacity, group * n_kv_heads, n_kv_heads, head_dim];
+        header.iter().for_each(|&v| put32(&mut input, v as u32));
+        input.extend_from_slice(&s.scale.to_le_bytes());
+        slots.iter().chain(&lens).for_each(|&v| put32(&mut input, v));
+        for x in [&q, &k_cache, &v_cache] {
+            input.extend(bits(x));
+        }
+    }
+
+    let text = run(&exe, &input);
+    let mut lines = text.lines();
+    let mut out = |tag: &str| -> Vec<u16> {
+        let line = lines.next().unwrap_or_else(|| panic!("a {tag} line"));
+        let mut f = line.split(' ');
+        assert_eq!(f.next(), Some(tag), "{}", &line[..line.len().min(40)]);
+        f.map(|x| u16::from_str_radix(x, 16).unwrap()).collect()
+    };
+    // ‖a − b‖ / ‖b‖; NaN (or an element never written) never passes.
+    let rel_err = |a: &[u16], b: &[f32]| -> f64 {
+        assert_eq!(a.len(), b.len());
+        let a = a.iter().map(|&x| half::bf16::from_bits(x).to_f32() as f64);
+        let num: f64 = a.zip(b).map(|(x, &y)| (x - y as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt()
+    };
+    let mut bad = Vec::new();
+    for (s, want) in &wants {
+        let (fast, again, simple) = (out("F"), out("G"), out("S"));
+        let (e_fast, e_simple) = (rel_err(&fast, want), rel_err(&simple, want));
+        println!(
+            "decode head_dim {} group {} kv heads {} scale {:.3}: fast {e_fast:.2e}, simple {e_simple:.2e}",
+            s.head_dim,
+            s.n_heads / s.n_kv_heads,
+            s.n_kv_heads,
+            s.scale
+        );
+        // `!(e <= tol)` so that a NaN error fails too.
+        if !(e_fast <= 1e-2 && e_simple <= 1e-2) {
+            bad.push(format!("{s:?}: fast {e_fast:e}, simple {e_simple:e}"));
+        }
+        if fast != again {
+            bad.push(format!("{s:?}: two runs of the fast kernel differ"));
+        }
+    }
+    assert!(bad.is_empty(), "{} differences:\n{}", bad.len(), bad.join("\n"));
+}
+
+/// kernels/distill.cu (forward KL, reverse KL, JSD at β 0.3; its later
+/// passes walk the row pair last to first) against the CPU's `distill_row`
+/// on random bf16 rows of an odd vocabulary (so each row starts at another
+/// 16-byte phase): the divergence to 1e-5 relative, dz to the bf16 rounding
+/// of the output (1e-2 relative per row), zeroed rows where the weight is 0.
+#[test]
+fn gpu_distill_code_matches_the_cpu() {
+    use engine::backend::cpu::distill::distill_row;
+    use engine::loss::DistillMode;
+    let Some(exe) = build("distill") else { return };
+    let (rows, vocab) = (5usize, 1031usize);
+    let s = Stream::new(3, 1, 4);
+    let bf = |x: f64| half::bf16::from_f64(x);
+    let mk = |off: u64, scale: f64| -> Vec<half::bf16> {
+        (0..(rows * vocab) as u64).map(|i| bf(scale * (2.0 * s.uniform(off + i) - 1.0))).collect()
+    };
+    let (zs, zt) = (mk(0, 4.0), mk(1 << 20, 5.0));
+    let weight: Vec<f32> = vec![0.7, 0.0, 1.3, 0.25, 2.0];
+    let modes = [
+        (0u32, DistillMode::Forward, 0.0f32),
+        (1, DistillMode::Reverse, 1.0),
+        (2, DistillMode::Jsd { beta: 0.3 }, 0.3),
+    ];
+    let inv_temp = 1.0f32 / 0.8;
+    let mut input = Vec::new();
+    input.extend_from_slice(&(modes.len() as u32).to_le_bytes());
+    for (i, (code, _, beta)) in modes.iter().enumerate() {
+        let threads = [64u32, 128, 256][i];
+        for v in [threads, *code, rows as u32, vocab as u32] {
+            input.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [inv_temp, *beta, beta.ln(), (1.0 - beta).ln()] {
+            input.extend_from_slice(&v.to_le_bytes());
+        }
+        for x in zs.iter().chain(&zt) {
+            input.extend_from_slice(&x.to_bits().to_le_bytes());
+        }
+        weight.iter().for_each(|w| input.extend_from_slice(&w.to_le_bytes()));
+    }
+    let text = run(&exe, &input);
+    let mut lines = text.lines();
+    let mut next = |tag: &str| -> u32 {
+        let line = lines.next().unwrap_or_else(|| panic!("a {tag} line"));
+        let (t, v) = line.split_once(' ').unwrap();
+        assert_eq!(t, tag, "{line}");
+        u32::from_str_radix(v, 16).unwrap()
+    };
+    let mut bad = Vec::new();
+    for (_, mode, _) in modes {
+        let loss: Vec<f32> = (0..rows).map(|_| f32::from_bits(next("L"))).collect();
+        let dz: Vec<f32> = (0..rows * vocab).map(|_| half::bf16::from_bits(next("Z") as u16).to_f32()).collect();
+        for r in 0..rows {
+            let mut want: Vec<f32> = zs[r * vocab..(r + 1) * vocab].iter().map(|x| x.to_f32()).collect();
+            let t: Vec<f32> = zt[r * vocab..(r + 1) * vocab].iter().map(|x| x.to_f32()).collect();
+            let d = distill_row(&mut want, &t, mode, inv_temp, weight[r]);
+            let got = &dz[r * vocab..(r + 1) * vocab];
+            let el = (loss[r] as f64 - d).abs() / d.abs().max(1e-12);
+            let norm = want.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let diff = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+            let ez = if norm == 0.0 { diff } else { diff / norm };
+            println!("{mode:?} row {r}: divergence rel {el:.1e}, dz rel {ez:.1e}");
+            if !(el <= 1e-5 && ez <= 1e-2) {
+                bad.push(format!("{mode:?} row {r}: divergence {} vs {d} (rel {el:.1e}), dz rel {ez:.1e}", loss[r]));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

@@ -9,7 +9,7 @@
 #include <vector>
 
 thread_local EmuDim3 threadIdx, blockIdx;
-EmuDim3 blockDim;
+EmuDim3 blockDim, gridDim;
 std::barrier<>* g_block;
 std::barrier<>* g_warp[32];
 uint64_t g_lane[32][32];
@@ -42,6 +42,7 @@ static void launch(void (*kernel)(P), const P& p, unsigned blocks, unsigned thre
     exit(2);
   }
   blockDim.x = threads;
+  gridDim.x = blocks;
   for (unsigned b = 0; b < blocks; ++b) {
     std::barrier<> block(threads);
     g_block = &block;

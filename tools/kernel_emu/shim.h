@@ -22,7 +22,11 @@ struct EmuDim3 {
   unsigned x = 0, y = 0, z = 0;
 };
 extern thread_local EmuDim3 threadIdx, blockIdx;
-extern EmuDim3 blockDim;
+extern EmuDim3 blockDim, gridDim;
+struct uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 using std::max;
 using std::min;
 
@@ -49,6 +53,11 @@ T __shfl_xor_sync(unsigned, T v, int mask) {
   return emu_shfl(v, (threadIdx.x % 32) ^ (unsigned)mask);
 }
 template <typename T>
+T __shfl_down_sync(unsigned, T v, unsigned delta) {
+  const unsigned l = threadIdx.x % 32;
+  return emu_shfl(v, l + delta < 32 ? l + delta : l);
+}
+template <typename T>
 T __shfl_up_sync(unsigned, T v, unsigned delta) {
   const unsigned l = threadIdx.x % 32;
   return emu_shfl(v, l >= delta ? l - delta : l);
@@ -62,6 +71,11 @@ inline uint32_t __float_as_uint(float f) {
 inline float __uint_as_float(uint32_t u) {
   float f;
   memcpy(&f, &u, 4);
+  return f;
+}
+inline float __int_as_float(int32_t i) {
+  float f;
+  memcpy(&f, &i, 4);
   return f;
 }
 inline double __dmul_rn(double a, double b) { return a * b; }

@@ -6,6 +6,9 @@
 //! [`Gpu::attention_fwd`] and [`Gpu::attention_bwd`] dispatch: the flash
 //! kernels (src/backend/cuda/flash_attention.rs) where they take the call,
 //! else these ([`Gpu::attention_fwd_reference`], [`Gpu::attention_bwd_reference`]).
+//! [`Gpu::attention_decode`] likewise: the GQA-grouped decode kernel
+//! (kernels/decode_attention.cu) where it takes the call, else the simple one
+//! ([`Gpu::attention_decode_reference`]).
 //!
 //! Every size is checked before a launch. `cu_seqlens`, `slots` and `lens`
 //! are small index arrays: each call copies them to the host and checks them
@@ -29,6 +32,7 @@ pub struct Fns {
     bwd_dq: CudaFunction,
     bwd_dkdv: CudaFunction,
     decode: CudaFunction,
+    decode_gqa: CudaFunction,
 }
 
 pub(super) fn load(m: &Modules) -> Result<Fns> {
@@ -37,6 +41,7 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
         bwd_dq: m.get("attention", "attention_bwd_dq")?,
         bwd_dkdv: m.get("attention", "attention_bwd_dkdv")?,
         decode: m.get("attention", "attention_decode")?,
+        decode_gqa: m.get("decode_attention", "attention_decode_gqa")?,
     })
 }
 
@@ -59,6 +64,20 @@ pub(super) fn check_shape(what: &str, s: &AttnShape) -> Result<()> {
         bail!("{what}: scale must be finite, got {}", s.scale);
     }
     Ok(())
+}
+
+/// The most query heads per kv head the grouped decode kernel takes (it keeps
+/// each head's q, running max, sum and accumulator in registers).
+const DECODE_GQA_MAX_GROUP: usize = 8;
+
+/// Whether kernels/decode_attention.cu takes a decode call of the checked
+/// shape `s`: head_dim 64 or 128, at most [`DECODE_GQA_MAX_GROUP`] query heads
+/// per kv head, and both caches aligned for its loads of head_dim/32 bf16
+/// (head_dim/16 bytes: a view into a cache may start anywhere).
+fn decode_gqa_takes(s: &AttnShape, k_cache: u64, v_cache: u64) -> bool {
+    matches!(s.head_dim, 64 | 128)
+        && s.n_heads / s.n_kv_heads <= DECODE_GQA_MAX_GROUP
+        && [k_cache, v_cache].iter().all(|p| p % (s.head_dim as u64 / 16) == 0)
 }
 
 /// `a · b · c`, or an error where it overflows.
@@ -319,10 +338,51 @@ impl Gpu {
     /// `[batch, n_heads, head_dim]`; k_cache, v_cache: bf16 `[n_slots,
     /// capacity, n_kv_heads, head_dim]`; sequence `b` attends to positions
     /// `0..lens[b]` of slot `slots[b]` (its own new key and value included),
-    /// `1 <= lens[b] <= capacity`, `slots[b] < n_slots`.
+    /// `1 <= lens[b] <= capacity`, `slots[b] < n_slots`. The GQA-grouped
+    /// kernel (kernels/decode_attention.cu: one block per (sequence, kv head)
+    /// for all the query heads of the group) where it takes the call
+    /// (head_dim 64 or 128, at most 8 query heads per kv head, caches aligned
+    /// for its loads), else the simple one
+    /// ([`attention_decode_reference`](Self::attention_decode_reference)).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode(
         &self,
+        s: &AttnShape,
+        capacity: usize,
+        slots: &impl IndexArg,
+        lens: &impl IndexArg,
+        q: &impl DevicePtr<Bf16>,
+        k_cache: &impl DevicePtr<Bf16>,
+        v_cache: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+    ) -> Result<()> {
+        self.decode(true, s, capacity, slots, lens, q, k_cache, v_cache, out)
+    }
+
+    /// [`attention_decode`](Self::attention_decode) on the simple kernel
+    /// (one block per (sequence, query head)), any head_dim up to
+    /// `MAX_HEAD_DIM` (256) and any grouping.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode_reference(
+        &self,
+        s: &AttnShape,
+        capacity: usize,
+        slots: &impl IndexArg,
+        lens: &impl IndexArg,
+        q: &impl DevicePtr<Bf16>,
+        k_cache: &impl DevicePtr<Bf16>,
+        v_cache: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+    ) -> Result<()> {
+        self.decode(false, s, capacity, slots, lens, q, k_cache, v_cache, out)
+    }
+
+    /// The checks and launch both decode entry points share: the grouped
+    /// kernel if `grouped` and it takes the call, else the simple one.
+    #[allow(clippy::too_many_arguments)]
+    fn decode(
+        &self,
+        grouped: bool,
         s: &AttnShape,
         capacity: usize,
         slots: &impl IndexArg,
@@ -369,7 +429,6 @@ impl Gpu {
         if batch == 0 {
             return Ok(());
         }
-        let cfg = grid(what, batch * s.n_heads)?;
         let (qp, _g0) = q.device_ptr(&self.stream);
         let (kp, _g1) = k_cache.device_ptr(&self.stream);
         let (vp, _g2) = v_cache.device_ptr(&self.stream);
@@ -391,11 +450,18 @@ impl Gpu {
             head_dim: s.head_dim as u32,
             scale: s.scale,
         };
+        // One block per (sequence, kv head) for the grouped kernel, per
+        // (sequence, query head) for the simple one.
+        let (f, cfg) = if grouped && decode_gqa_takes(s, kp, vp) {
+            (&self.k.attention.decode_gqa, grid(what, batch * s.n_kv_heads)?)
+        } else {
+            (&self.k.attention.decode, grid(what, batch * s.n_heads)?)
+        };
         // SAFETY: q and out hold batch rows; every slots[b] < n_slots and
         // lens[b] <= capacity (checked on the host), so every cache read lies
-        // inside the caches; head_dim <= MAX.
-        unsafe { self.stream.launch_builder(&self.k.attention.decode).arg(&p).launch(cfg) }
-            .map_err(|e| anyhow!("attention_decode: {e}"))?;
+        // inside the caches; head_dim <= MAX; the grouped kernel only runs on
+        // the shapes and cache alignment decode_gqa_takes checked.
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map_err(|e| anyhow!("attention_decode: {e}"))?;
         Ok(())
     }
 }

@@ -1,0 +1,73 @@
+// Runs the decode-attention kernels on the CPU, one OS thread per CUDA
+// thread: kernels/decode_attention.cu's attention_decode_gqa (the fast,
+// GQA-grouped kernel; twice, so the test can check it gives the same bits)
+// and kernels/attention.cu's attention_decode (the simple reference), on
+// cases that tests/kernel_emu.rs writes, for the test to compare with the
+// CPU's attention_decode.
+//
+// Input (little-endian), from stdin: u32 cases; per case: u32 batch, n_slots,
+// capacity, n_heads, n_kv_heads, head_dim; f32 scale; u32 slots[batch],
+// lens[batch]; u16 q[batch·n_heads·head_dim], k_cache and v_cache
+// [n_slots·capacity·n_kv_heads·head_dim] (bf16 bits).
+// Output, per case: three lines "F <bits>…" (fast, first run), "G <bits>…"
+// (fast, second run), "S <bits>…" (simple), each out's batch·n_heads·head_dim
+// bf16 in hex.
+#include "../../kernels/attention.cu"
+#include "../../kernels/decode_attention.cu"
+
+#include "launch.h"
+
+static void print(const char* tag, const std::vector<uint16_t>& out) {
+  printf("%s", tag);
+  for (uint16_t v : out) printf(" %x", v);
+  printf("\n");
+}
+
+// One case's parameters and the buffers they point into.
+struct Case {
+  AttnDecodeParams p = {};
+  std::vector<uint32_t> slots, lens;
+  std::vector<uint16_t> q, k, v;
+};
+
+int main() {
+  // All of the input first, then the output: the test writes all of stdin
+  // before it reads stdout, so printing earlier could fill the pipe and block.
+  std::vector<Case> cases(get<uint32_t>());
+  for (Case& c : cases) {
+    AttnDecodeParams& p = c.p;
+    p.batch = get<uint32_t>();
+    p.n_slots = get<uint32_t>();
+    p.capacity = get<uint32_t>();
+    p.n_heads = get<uint32_t>();
+    p.n_kv_heads = get<uint32_t>();
+    p.head_dim = get<uint32_t>();
+    p.scale = get<float>();
+    c.slots = get_n<uint32_t>(p.batch);
+    c.lens = get_n<uint32_t>(p.batch);
+    const size_t cache_len = (size_t)p.n_slots * p.capacity * p.n_kv_heads * p.head_dim;
+    c.q = get_n<uint16_t>((size_t)p.batch * p.n_heads * p.head_dim);
+    c.k = get_n<uint16_t>(cache_len);
+    c.v = get_n<uint16_t>(cache_len);
+    p.q = (dptr)c.q.data();
+    p.k_cache = (dptr)c.k.data();
+    p.v_cache = (dptr)c.v.data();
+    p.slots = (dptr)c.slots.data();
+    p.lens = (dptr)c.lens.data();
+  }
+  for (Case& c : cases) {
+    AttnDecodeParams& p = c.p;
+    // Each run starts from a buffer of a bf16 value no kernel writes (0xdead,
+    // a large negative number), so an element left unwritten shows.
+    auto run = [&](void (*kernel)(AttnDecodeParams), unsigned blocks, const char* tag) {
+      std::vector<uint16_t> out(c.q.size(), 0xdead);
+      p.out = (dptr)out.data();
+      launch(kernel, p, blocks, ENGINE_ATTN_THREADS);
+      print(tag, out);
+    };
+    run(attention_decode_gqa, p.batch * p.n_kv_heads, "F");
+    run(attention_decode_gqa, p.batch * p.n_kv_heads, "G");
+    run(attention_decode, p.batch * p.n_heads, "S");
+  }
+  return 0;
+}
