@@ -93,10 +93,9 @@ fn backend_copy_rows_with_distinct_and_repeated_destinations() {
     let cpu = engine::backend::cpu::Cpu;
     let width = 24;
     let src = random_bf16(10 * width, 9);
-    for (src_rows, dst_rows) in [
-        (vec![0u32, 3, 5, 9, 2], vec![7u32, 1, 4, 0, 6]),
-        (vec![0, 3, 5, 9, 2], vec![7, 1, 7, 0, 1]),
-    ] {
+    for (src_rows, dst_rows) in
+        [(vec![0u32, 3, 5, 9, 2], vec![7u32, 1, 4, 0, 6]), (vec![0, 3, 5, 9, 2], vec![7, 1, 7, 0, 1])]
+    {
         let n = src_rows.len();
         let mut want = random_bf16(8 * width, 10);
         let start = want.clone();
