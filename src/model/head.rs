@@ -82,6 +82,86 @@ fn chunks(n: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(chunk.max(1)).map(move |r0| (r0, chunk.min(n - r0)))
 }
 
+/// The per-chunk steps the phases share, each on rows `r0..r0 + rows`.
+impl<B: Backend> HeadBuffers<B> {
+    /// `logits = h · Wᵀ` for the chunk.
+    fn chunk_logits(&mut self, be: &B, s: HeadShape, h: &B::Buf, w: B::Ref<'_>, r0: usize, rows: usize) {
+        let HeadShape { d, v, .. } = s;
+        let hs = B::view(h, Span::new(r0 * d, rows * d));
+        let z = B::view_mut(&mut self.logits, Span::new(0, rows * v));
+        be.matmul(MatShape { m: rows, n: v, k: d }, hs, w, None, z, false);
+    }
+
+    /// `logp`, `lse` (and the entropy) of the chunk's logits.
+    fn chunk_logprobs(&mut self, be: &B, v: usize, r0: usize, rows: usize, inv_t: f32, entropy: bool) {
+        let span = Span::new(r0, rows);
+        be.logprob_fwd(
+            B::view(&self.logits, Span::new(0, rows * v)),
+            B::idx_view(&self.targets, span),
+            v,
+            inv_t,
+            B::view_mut(&mut self.logp, span),
+            B::view_mut(&mut self.lse, span),
+            entropy.then(|| B::view_mut(&mut self.entropy, span)),
+        );
+    }
+
+    /// dz over the chunk's logits from the coefficients in `coef` (and
+    /// `ent_coef`), then `dh = dz · W` for its rows and `dW += dzᵀ · h`.
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_grads(
+        &mut self,
+        be: &B,
+        s: HeadShape,
+        (h, w): (&B::Buf, B::Ref<'_>),
+        (r0, rows): (usize, usize),
+        inv_t: f32,
+        entropy: bool,
+        dh: &mut B::Buf,
+        grads: &mut B::Buf,
+        dw: Span,
+    ) {
+        let HeadShape { d, v, .. } = s;
+        let (z, span, hs) = (Span::new(0, rows * v), Span::new(r0, rows), Span::new(r0 * d, rows * d));
+        let ent = entropy.then(|| (B::view(&self.ent_coef, span), B::view(&self.entropy, span)));
+        be.logprob_bwd(
+            B::view_mut(&mut self.logits, z),
+            B::idx_view(&self.targets, span),
+            v,
+            inv_t,
+            B::view(&self.lse, span),
+            B::view(&self.coef, span),
+            ent,
+        );
+        let ms = MatShape { m: rows, n: v, k: d };
+        be.matmul_dx(ms, B::view(&self.logits, z), w, B::view_mut(dh, hs), false);
+        be.matmul_dw(ms, B::view(&self.logits, z), B::view(h, hs), B::view_mut(grads, dw));
+    }
+
+    /// Host coefficients into `coef` (and `ent_coef`); whether the loss has
+    /// an entropy term.
+    fn put_coefs(&mut self, be: &B, coefs: &TokenCoefs, n: usize) -> bool {
+        assert_eq!(coefs.logp.len(), n, "lm_head: one coefficient per token");
+        be.write(&coefs.logp, B::view_mut(&mut self.coef, Span::new(0, n)));
+        if let Some(e) = &coefs.entropy {
+            assert_eq!(e.len(), n, "lm_head: one entropy coefficient per token");
+            be.write(e, B::view_mut(&mut self.ent_coef, Span::new(0, n)));
+        }
+        coefs.entropy.is_some()
+    }
+
+    /// The targets of a forward of `n` tokens, checked against the capacity.
+    fn put_targets(&mut self, be: &B, targets: &[u32], n: usize, what: &str) {
+        assert!(
+            n <= self.cap && targets.len() == n,
+            "{what}: {} targets for {n} tokens (capacity {})",
+            targets.len(),
+            self.cap
+        );
+        be.write_idx(targets, &mut self.targets);
+    }
+}
+
 /// Phase 1: `logp`, `lse` (and the entropy) of `targets` under `softmax(h·Wᵀ / T)`.
 #[allow(clippy::too_many_arguments)]
 pub fn phase1<B: Backend>(
@@ -94,36 +174,16 @@ pub fn phase1<B: Backend>(
     temperature: f32,
     entropy: bool,
 ) {
-    let HeadShape { n, d, v } = s;
-    assert!(
-        n <= hb.cap && targets.len() == n,
-        "head phase 1: {} targets for {n} tokens (capacity {})",
-        targets.len(),
-        hb.cap
-    );
-    be.write_idx(targets, &mut hb.targets);
+    let n = s.n;
+    hb.put_targets(be, targets, n, "head phase 1");
     hb.logits_hold_all = n <= hb.chunk;
     hb.has_entropy = entropy;
     for (r0, rows) in chunks(n, hb.chunk) {
-        let (z, span) = (Span::new(0, rows * v), Span::new(r0, rows));
-        let hs = B::view(h, Span::new(r0 * d, rows * d));
-        be.matmul(MatShape { m: rows, n: v, k: d }, hs, w, None, B::view_mut(&mut hb.logits, z), false);
-        be.logprob_fwd(
-            B::view(&hb.logits, z),
-            B::idx_view(&hb.targets, span),
-            v,
-            1.0 / temperature,
-            B::view_mut(&mut hb.logp, span),
-            B::view_mut(&mut hb.lse, span),
-            entropy.then(|| B::view_mut(&mut hb.entropy, span)),
-        );
+        hb.chunk_logits(be, s, h, w, r0, rows);
+        hb.chunk_logprobs(be, s.v, r0, rows, 1.0 / temperature, entropy);
     }
 }
 
-/// Phase 2: with the loss's coefficients for phase 1's targets, writes
-/// `dh = dz · W` (overwriting the first `n` rows of `dh`) and accumulates
-/// `dW += dzᵀ · h` into `grads[dw]`. An entropy coefficient needs phase 1
-/// to have computed the entropy.
 /// Where phase 2 finds the loss's per-token coefficients.
 #[derive(Clone, Copy, Debug)]
 pub enum Coefs<'a> {
@@ -140,6 +200,10 @@ impl<'a> From<&'a TokenCoefs> for Coefs<'a> {
     }
 }
 
+/// Phase 2: with the loss's coefficients for phase 1's targets, writes
+/// `dh = dz · W` (overwriting the first `n` rows of `dh`) and accumulates
+/// `dW += dzᵀ · h` into `grads[dw]`. An entropy coefficient needs phase 1
+/// to have computed the entropy.
 #[allow(clippy::too_many_arguments)]
 pub fn phase2<'c, B: Backend>(
     be: &B,
@@ -153,38 +217,16 @@ pub fn phase2<'c, B: Backend>(
     grads: &mut B::Buf,
     dw: Span,
 ) {
-    let HeadShape { n, d, v } = s;
     let with_entropy = match coefs.into() {
-        Coefs::Host(coefs) => {
-            assert_eq!(coefs.logp.len(), n, "head phase 2: one coefficient per token");
-            be.write(&coefs.logp, B::view_mut(&mut hb.coef, Span::new(0, n)));
-            if let Some(e) = &coefs.entropy {
-                assert_eq!(e.len(), n, "head phase 2: one entropy coefficient per token");
-                be.write(e, B::view_mut(&mut hb.ent_coef, Span::new(0, n)));
-            }
-            coefs.entropy.is_some()
-        }
+        Coefs::Host(coefs) => hb.put_coefs(be, coefs, s.n),
         Coefs::InBuffers { entropy } => entropy,
     };
     assert!(!with_entropy || hb.has_entropy, "head phase 2: an entropy term needs phase 1 run with entropy");
-    let ms = |rows| MatShape { m: rows, n: v, k: d };
-    for (r0, rows) in chunks(n, hb.chunk) {
-        let (z, span, hs) = (Span::new(0, rows * v), Span::new(r0, rows), Span::new(r0 * d, rows * d));
+    for (r0, rows) in chunks(s.n, hb.chunk) {
         if !hb.logits_hold_all {
-            be.matmul(ms(rows), B::view(h, hs), w, None, B::view_mut(&mut hb.logits, z), false);
+            hb.chunk_logits(be, s, h, w, r0, rows);
         }
-        let entropy = with_entropy.then(|| (B::view(&hb.ent_coef, span), B::view(&hb.entropy, span)));
-        be.logprob_bwd(
-            B::view_mut(&mut hb.logits, z),
-            B::idx_view(&hb.targets, span),
-            v,
-            1.0 / temperature,
-            B::view(&hb.lse, span),
-            B::view(&hb.coef, span),
-            entropy,
-        );
-        be.matmul_dx(ms(rows), B::view(&hb.logits, z), w, B::view_mut(dh, hs), false);
-        be.matmul_dw(ms(rows), B::view(&hb.logits, z), B::view(h, hs), B::view_mut(grads, dw));
+        hb.chunk_grads(be, s, (h, w), (r0, rows), 1.0 / temperature, with_entropy, dh, grads, dw);
     }
     // The buffer now holds dz, not logits.
     hb.logits_hold_all = false;
@@ -212,49 +254,14 @@ pub fn one_pass<B: Backend>(
     grads: &mut B::Buf,
     dw: Span,
 ) {
-    let HeadShape { n, d, v } = s;
-    assert!(
-        n <= hb.cap && targets.len() == n && coefs.logp.len() == n,
-        "head one pass: {} targets and {} coefficients for {n} tokens (capacity {})",
-        targets.len(),
-        coefs.logp.len(),
-        hb.cap
-    );
-    let entropy = coefs.entropy.is_some();
-    be.write_idx(targets, &mut hb.targets);
-    be.write(&coefs.logp, B::view_mut(&mut hb.coef, Span::new(0, n)));
-    if let Some(e) = &coefs.entropy {
-        assert_eq!(e.len(), n, "head one pass: one entropy coefficient per token");
-        be.write(e, B::view_mut(&mut hb.ent_coef, Span::new(0, n)));
-    }
+    hb.put_targets(be, targets, s.n, "head one pass");
+    let entropy = hb.put_coefs(be, coefs, s.n);
     hb.has_entropy = entropy;
-    let ms = |rows| MatShape { m: rows, n: v, k: d };
     let inv_t = 1.0 / temperature;
-    for (r0, rows) in chunks(n, hb.chunk) {
-        let (z, span, hs) = (Span::new(0, rows * v), Span::new(r0, rows), Span::new(r0 * d, rows * d));
-        be.matmul(ms(rows), B::view(h, hs), w, None, B::view_mut(&mut hb.logits, z), false);
-        let tg = B::idx_view(&hb.targets, span);
-        be.logprob_fwd(
-            B::view(&hb.logits, z),
-            tg,
-            v,
-            inv_t,
-            B::view_mut(&mut hb.logp, span),
-            B::view_mut(&mut hb.lse, span),
-            entropy.then(|| B::view_mut(&mut hb.entropy, span)),
-        );
-        let ent = entropy.then(|| (B::view(&hb.ent_coef, span), B::view(&hb.entropy, span)));
-        be.logprob_bwd(
-            B::view_mut(&mut hb.logits, z),
-            tg,
-            v,
-            inv_t,
-            B::view(&hb.lse, span),
-            B::view(&hb.coef, span),
-            ent,
-        );
-        be.matmul_dx(ms(rows), B::view(&hb.logits, z), w, B::view_mut(dh, hs), false);
-        be.matmul_dw(ms(rows), B::view(&hb.logits, z), B::view(h, hs), B::view_mut(grads, dw));
+    for (r0, rows) in chunks(s.n, hb.chunk) {
+        hb.chunk_logits(be, s, h, w, r0, rows);
+        hb.chunk_logprobs(be, s.v, r0, rows, inv_t, entropy);
+        hb.chunk_grads(be, s, (h, w), (r0, rows), inv_t, entropy, dh, grads, dw);
     }
     hb.logits_hold_all = false;
 }
