@@ -368,3 +368,54 @@ fn gpu_distill_code_matches_the_cpu() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// kernels/dpo.cu (with kernels/include/dpo.h) against `dpo_loss`: sigmoid,
+/// sigmoid with label smoothing, IPO; coefficients to 1e-6 relative, the
+/// loss and rewards to 1e-9, the accuracy count exactly.
+#[test]
+fn gpu_dpo_coefficient_code_matches_the_cpu_loss_library() {
+    use common::policy_cases::dpo_cases;
+    let Some(exe) = build("dpo") else { return };
+    let cases = dpo_cases();
+    let mut input = Vec::new();
+    input.extend_from_slice(&(cases.len() as u32).to_le_bytes());
+    for c in &cases {
+        let k = c.cfg.kernel_settings(c.pairs_in_step);
+        input.extend_from_slice(&c.threads.to_le_bytes());
+        for v in [k.beta, k.label_smoothing, k.per_pair] {
+            input.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [k.loss_type, c.logp.len() as u32, (c.cu_seqlens.len() as u32 - 1) / 2] {
+            input.extend_from_slice(&v.to_le_bytes());
+        }
+        for a in [&c.logp, &c.ref_logp] {
+            a.iter().for_each(|v| input.extend_from_slice(&v.to_le_bytes()));
+        }
+        input.extend(c.mask.iter().map(|&m| m as u8));
+        c.cu_seqlens.iter().for_each(|v| input.extend_from_slice(&v.to_le_bytes()));
+    }
+    let text = run(&exe, &input);
+    let mut lines = text.lines();
+    let mut field = |tag: &str| -> Vec<u64> {
+        let line = lines.next().unwrap_or_else(|| panic!("a {tag} line"));
+        let mut f = line.split(' ');
+        assert_eq!(f.next(), Some(tag), "{line}");
+        f.map(|x| u64::from_str_radix(x, 16).unwrap()).collect()
+    };
+    for c in &cases {
+        let (loss, coefs, st) = c.expected();
+        let got: Vec<f32> = (0..c.logp.len()).map(|_| f32::from_bits(field("C")[0] as u32)).collect();
+        for (t, (&g, &w)) in got.iter().zip(&coefs.logp).enumerate() {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1e-20), "{}: coef[{t}] {g:e}, CPU {w:e}", c.name);
+        }
+        let pairs = (c.cu_seqlens.len() - 1) / 2;
+        let rows: Vec<f64> = (0..pairs).flat_map(|_| field("P")).map(f64::from_bits).collect();
+        let (gl, gs) = engine::loss::dpo::dpo_stats_from_rows(&rows);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-12);
+        println!("{}: loss {gl:.6} (CPU {loss:.6}), accuracy {}/{}", c.name, gs.correct, gs.pairs);
+        assert!(close(gl, loss), "{}: loss {gl} vs {loss}", c.name);
+        assert!(close(gs.reward_chosen_sum, st.reward_chosen_sum), "{}: chosen rewards", c.name);
+        assert!(close(gs.reward_rejected_sum, st.reward_rejected_sum), "{}: rejected rewards", c.name);
+        assert_eq!((gs.pairs, gs.correct), (st.pairs, st.correct), "{}: pairs, correct", c.name);
+    }
+}

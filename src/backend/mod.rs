@@ -356,6 +356,28 @@ pub trait Backend: Sync {
         (out.loss, out.stats)
     }
 
+    /// One micro-batch of DPO pairs (DESIGN.md §4.7; sequences `2k` chosen,
+    /// `2k + 1` rejected): writes each token's coefficient into `coef` and
+    /// returns the micro-batch's share of the loss with its statistics, as
+    /// [`crate::loss::dpo_loss`] computes them from per-token log-probs held
+    /// by the backend. The default reads them to the host and calls it.
+    #[allow(clippy::too_many_arguments)]
+    fn dpo_loss(
+        &self,
+        cfg: &crate::loss::DpoConfig,
+        logp: Self::Ref<'_>,
+        ref_logp: Self::Ref<'_>,
+        mask: &[bool],
+        cu_seqlens: &[u32],
+        pairs_in_step: usize,
+        coef: Self::Mut<'_>,
+    ) -> (f64, crate::loss::DpoStats) {
+        let (logp, ref_logp) = (self.read(logp), self.read(ref_logp));
+        let (loss, coefs, stats) = crate::loss::dpo_loss(cfg, &logp, &ref_logp, mask, cu_seqlens, pairs_in_step);
+        self.write(&coefs.logp, coef);
+        (loss, stats)
+    }
+
     // ---- sampling -------------------------------------------------------------
     /// One token per row of `logits [rows, vocab]` (`rows = draws.len()`),
     /// drawn as [`crate::rollout::sample`] draws it with the uniform number

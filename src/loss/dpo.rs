@@ -35,6 +35,57 @@ impl DpoStats {
     }
 }
 
+impl DpoStats {
+    /// Adds another micro-batch's sums.
+    pub fn merge(&mut self, o: &DpoStats) {
+        self.pairs += o.pairs;
+        self.reward_chosen_sum += o.reward_chosen_sum;
+        self.reward_rejected_sum += o.reward_rejected_sum;
+        self.correct += o.correct;
+    }
+}
+
+/// The settings in the form the GPU kernel takes them (`DpoParams` of
+/// `kernels/include/dpo.h`), for a step of `pairs_in_step` pairs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DpoKernelSettings {
+    pub beta: f64,
+    pub label_smoothing: f64,
+    pub per_pair: f64,
+    /// 0 sigmoid, 1 ipo.
+    pub loss_type: u32,
+}
+
+impl DpoConfig {
+    pub fn kernel_settings(&self, pairs_in_step: usize) -> DpoKernelSettings {
+        DpoKernelSettings {
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            per_pair: 1.0 / pairs_in_step as f64,
+            loss_type: match self.loss_type {
+                DpoLossType::Sigmoid => 0,
+                DpoLossType::Ipo => 1,
+            },
+        }
+    }
+}
+
+/// The kernel's per-pair rows (loss share, chosen reward, rejected reward,
+/// correct) folded into the loss and [`DpoStats`], pairs in order.
+pub fn dpo_stats_from_rows(rows: &[f64]) -> (f64, DpoStats) {
+    assert_eq!(rows.len() % 4, 0, "dpo statistics: rows of 4");
+    let mut loss = 0.0;
+    let mut st = DpoStats::default();
+    for r in rows.chunks(4) {
+        loss += r[0];
+        st.pairs += 1;
+        st.reward_chosen_sum += r[1];
+        st.reward_rejected_sum += r[2];
+        st.correct += (r[3] != 0.0) as usize;
+    }
+    (loss, st)
+}
+
 fn log_sigmoid(x: f64) -> f64 {
     // log σ(x) = −log(1 + e^−x), stable for both signs.
     if x >= 0.0 {

@@ -6,10 +6,11 @@
 use super::common::{keys, plan_steps, positive, token_logps, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
-use crate::backend::Backend;
+use crate::backend::{Backend, Span};
 use crate::data::chat::Message;
-use crate::loss::{dpo_loss, DpoConfig, DpoLossType, DpoStats};
+use crate::loss::{DpoConfig, DpoLossType, DpoStats};
 use crate::model::activations::backend_chunk;
+use crate::model::head::Coefs;
 use crate::model::Activations;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
@@ -121,6 +122,8 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
     setup.check_vocab(all.iter().flat_map(|p| p.chosen.tokens.iter().chain(&p.rejected.tokens)))?;
     let budget = positive(cfg, "micro_batch_tokens")?.max(2 * setup.max_len);
     let mut acts = Activations::new(be, &setup.model.cfg, budget, backend_chunk(be, &setup.model.cfg, budget), true);
+    // A micro-batch's reference log-probs, on the backend beside its log-probs.
+    let mut ref_dev = be.alloc_f32(budget);
 
     // The reference: the starting model's log-probs, once, per pair.
     let mut reference: Vec<Vec<f32>> = Vec::with_capacity(all.len());
@@ -146,16 +149,26 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
         for g in groups(&all, idx, budget) {
             let mb = pack(&all, &g);
             tokens += mb.batch.len();
-            let logp = token_logps(be, model, &mut acts, &mb, 1.0, false)?.0;
+            model.forward(be, &mut acts, &mb.batch)?;
+            model.head_fwd(be, &mut acts, &mb.targets, 1.0, false);
+            let n = mb.batch.len();
             let ref_logp: Vec<f32> = g.iter().flat_map(|&i| reference[i].iter().copied()).collect();
+            let span = Span::new(0, n);
+            be.write(&ref_logp, B::view_mut(&mut ref_dev, span));
             let mask: Vec<bool> = mb.targets.iter().map(|&t| t != crate::backend::IGNORE).collect();
-            let (l, coefs, st) = dpo_loss(&dpo, &logp, &ref_logp, &mask, &mb.batch.cu_seqlens, idx.len());
+            // The coefficients land in the head buffers (on the device on a GPU).
+            let (l, st) = be.dpo_loss(
+                &dpo,
+                B::view(&acts.head.logp, span),
+                B::view(&ref_dev, span),
+                &mask,
+                &mb.batch.cu_seqlens,
+                idx.len(),
+                B::view_mut(&mut acts.head.coef, span),
+            );
             loss += l;
-            stats.pairs += st.pairs;
-            stats.reward_chosen_sum += st.reward_chosen_sum;
-            stats.reward_rejected_sum += st.reward_rejected_sum;
-            stats.correct += st.correct;
-            model.backward(be, &mut acts, &coefs, 1.0, &mut grads);
+            stats.merge(&st);
+            model.backward_from(be, &mut acts, Coefs::InBuffers { entropy: false }, 1.0, &mut grads);
         }
         let (lr, grad_norm) = lp.update(be, model, &mut grads, step, loss)?;
         let (chosen, rejected, accuracy, margin) = stats.finish();

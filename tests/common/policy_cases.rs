@@ -265,3 +265,55 @@ pub fn policy_mismatches(c: &PolicyCase, coef: &[f32], ent_coef: Option<&[f32]>,
     }
     bad
 }
+
+/// A micro-batch of DPO pairs: per-token log-probs and reference log-probs,
+/// a prompt prefix masked in each sequence, one rejected response fully
+/// masked, one response longer than a block.
+pub struct DpoCase {
+    pub name: &'static str,
+    pub cfg: engine::loss::DpoConfig,
+    pub logp: Vec<f32>,
+    pub ref_logp: Vec<f32>,
+    pub mask: Vec<bool>,
+    pub cu_seqlens: Vec<u32>,
+    pub pairs_in_step: usize,
+    pub threads: u32,
+}
+
+impl DpoCase {
+    pub fn expected(&self) -> (f64, engine::loss::TokenCoefs, engine::loss::DpoStats) {
+        engine::loss::dpo_loss(&self.cfg, &self.logp, &self.ref_logp, &self.mask, &self.cu_seqlens, self.pairs_in_step)
+    }
+}
+
+pub fn dpo_cases() -> Vec<DpoCase> {
+    use engine::loss::{DpoConfig, DpoLossType};
+    let lens = [7usize, 12, 1, 5, 30, 300, 9, 4];
+    let configs = [
+        ("sigmoid", DpoConfig { loss_type: DpoLossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 }, 128),
+        (
+            "sigmoid, label smoothing 0.2",
+            DpoConfig { loss_type: DpoLossType::Sigmoid, beta: 0.5, label_smoothing: 0.2 },
+            64,
+        ),
+        ("ipo", DpoConfig { loss_type: DpoLossType::Ipo, beta: 0.3, label_smoothing: 0.0 }, 256),
+    ];
+    configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, cfg, threads))| {
+            let mut r = Rand(Stream::new(91, i as u64, 0), 0);
+            let mut cu = vec![0u32];
+            let mut mask = Vec::new();
+            for (s, &len) in lens.iter().enumerate() {
+                cu.push(cu[s] + len as u32);
+                // Sequence 3 (a rejected response) has no unmasked token.
+                mask.extend((0..len).map(|t| s != 3 && t >= len / 4));
+            }
+            let n = mask.len();
+            let logp: Vec<f32> = (0..n).map(|_| -(4.0 * r.u()) as f32).collect();
+            let ref_logp: Vec<f32> = logp.iter().map(|&l| l + r.sym(0.8) as f32).collect();
+            DpoCase { name, cfg, logp, ref_logp, mask, cu_seqlens: cu, pairs_in_step: lens.len() / 2 + 3, threads }
+        })
+        .collect()
+}

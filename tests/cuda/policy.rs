@@ -115,3 +115,41 @@ fn backend_policy_loss_matches_the_cpu_backend() {
         }
     }
 }
+
+/// DPO's coefficient pass through the backend op the DPO trainer calls
+/// (kernels/dpo.cu) against the CPU's `dpo_loss` on the shared cases.
+#[test]
+fn backend_dpo_loss_matches_the_cpu_loss_library() {
+    use super::common::policy_cases::dpo_cases;
+    if gpu("backend_dpo_loss_matches_the_cpu_loss_library").is_none() {
+        return;
+    }
+    let be = Cuda::new(0).unwrap();
+    for c in dpo_cases() {
+        let n = c.logp.len();
+        let all = Span::new(0, n);
+        let dev = |v: &[f32]| {
+            let mut b = be.alloc_f32(n);
+            be.write(v, Cuda::view_mut(&mut b, all));
+            b
+        };
+        let (logp, refl) = (dev(&c.logp), dev(&c.ref_logp));
+        let mut coef = be.alloc_f32(n);
+        let (loss, st) = be.dpo_loss(
+            &c.cfg,
+            Cuda::view(&logp, all),
+            Cuda::view(&refl, all),
+            &c.mask,
+            &c.cu_seqlens,
+            c.pairs_in_step,
+            Cuda::view_mut(&mut coef, all),
+        );
+        let (want_loss, want, want_st) = c.expected();
+        assert!((loss - want_loss).abs() <= 1e-9 * want_loss.abs(), "{}: loss {loss} vs {want_loss}", c.name);
+        assert_eq!((st.pairs, st.correct), (want_st.pairs, want_st.correct), "{}", c.name);
+        let got = be.read(Cuda::view(&coef, all));
+        for (t, (a, b)) in got.iter().zip(&want.logp).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-20), "{}: coef[{t}] {a} vs {b}", c.name);
+        }
+    }
+}

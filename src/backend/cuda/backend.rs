@@ -13,7 +13,7 @@ use super::buf::{DBuf, DIdx, DMut, DRef, DType, IdxRef};
 use super::PolicyViews;
 use super::{Bf16, Gpu};
 use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, PolicyInputs, Span};
-use crate::loss::{DistillMode, PolicyConfig, PolicyStats, StepCounts};
+use crate::loss::{DistillMode, DpoConfig, DpoStats, PolicyConfig, PolicyStats, StepCounts};
 use crate::rollout::{Draw, Sampled, SamplingParams};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits};
@@ -30,8 +30,8 @@ struct Scratch {
     plan: CudaSlice<u32>,
     /// One u32 set by kernels that meet an index outside their buffer.
     flag: CudaSlice<u32>,
-    /// policy_loss's host-side inputs (mask, cu_seqlens, advantages and
-    /// rewards) and its per-sequence sums.
+    /// policy_loss's (and dpo_loss's) host-side inputs (mask, cu_seqlens,
+    /// advantages and rewards) and its per-sequence (per-pair) sums.
     pmask: CudaSlice<u8>,
     pcu: CudaSlice<u32>,
     pseq: CudaSlice<f32>,
@@ -569,6 +569,47 @@ impl Backend for Cuda {
         drop(guard);
         must(self.check());
         crate::loss::policy::stats_from_rows(&rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dpo_loss(
+        &self,
+        cfg: &DpoConfig,
+        logp: DRef<'_>,
+        ref_logp: DRef<'_>,
+        mask: &[bool],
+        cu_seqlens: &[u32],
+        pairs_in_step: usize,
+        coef: DMut<'_>,
+    ) -> (f64, DpoStats) {
+        let op = "dpo_loss";
+        let n = mask.len();
+        let cu_ok = cu_seqlens.first() == Some(&0)
+            && cu_seqlens.windows(2).all(|w| w[0] <= w[1])
+            && cu_seqlens.last() == Some(&(n as u32));
+        assert!(cu_ok, "{op}: cu_seqlens must rise from 0 to the {n} tokens");
+        let pairs = (cu_seqlens.len() - 1) / 2;
+        let mask8: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
+        let mut guard = self.scratch();
+        let s = &mut *guard;
+        grow(&self.gpu, &mut s.pmask, n.max(1));
+        grow(&self.gpu, &mut s.pcu, cu_seqlens.len());
+        grow(&self.gpu, &mut s.pout, (4 * pairs).max(1));
+        let st = &self.gpu.stream;
+        let mut mv = s.pmask.slice_mut(0..n);
+        let mut cv = s.pcu.slice_mut(0..cu_seqlens.len());
+        let copy = |r: std::result::Result<(), cudarc::driver::DriverError>| must(r.map_err(|e| anyhow!("{op}: {e}")));
+        if n > 0 {
+            copy(st.memcpy_htod(&mask8, &mut mv));
+        }
+        copy(st.memcpy_htod(cu_seqlens, &mut cv));
+        let mut ov = s.pout.slice_mut(0..4 * pairs);
+        let k = cfg.kernel_settings(pairs_in_step);
+        must(self.gpu.dpo_coefs(&k, &logp.f32(op), &ref_logp.f32(op), &mv, &cv, &mut coef.f32(op), &mut ov));
+        let rows = if pairs == 0 { Vec::new() } else { must(st.clone_dtoh(&ov).map_err(|e| anyhow!("{op}: {e}"))) };
+        drop(guard);
+        must(self.check());
+        crate::loss::dpo::dpo_stats_from_rows(&rows)
     }
 
     fn sample(&self, logits: DRef<'_>, vocab: usize, params: &SamplingParams, draws: &[Draw]) -> Vec<Sampled> {

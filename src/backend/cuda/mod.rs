@@ -12,6 +12,7 @@ mod backend;
 pub mod buf;
 mod cast;
 mod distill;
+mod dpo;
 mod elementwise;
 mod embedding;
 mod flash_attention;
@@ -49,6 +50,7 @@ pub struct Kernels {
     pub attention: attention::Fns,
     pub cast: cast::Fns,
     pub distill: distill::Fns,
+    pub dpo: dpo::Fns,
     pub elementwise: elementwise::Fns,
     pub embedding: embedding::Fns,
     pub flash_attention: flash_attention::Fns,
@@ -120,6 +122,7 @@ impl Gpu {
             attention: attention::load(&m)?,
             cast: cast::load(&m)?,
             distill: distill::load(&m)?,
+            dpo: dpo::load(&m)?,
             elementwise: elementwise::load(&m)?,
             embedding: embedding::load(&m)?,
             flash_attention: flash_attention::load(&m)?,
