@@ -70,7 +70,7 @@ SMOKE = dict(
     loss_rows=64,
     loss_chunk=16,
 )
-SECTIONS = ["copy", "elementwise", "cast", "rmsnorm", "rope", "swiglu", "embedding", "rows", "adamw", "gemm", "attention", "loss"]
+SECTIONS = ["copy", "elementwise", "cast", "rmsnorm", "rope", "swiglu", "embedding", "rows", "adamw", "gemm", "attention", "loss", "sample"]
 MAX_N = 1000
 # The longest head start (ms of copies) before a timed loop; loops are cut to
 # what the host can queue in that time.
@@ -573,6 +573,43 @@ def s_loss(b):
     b.run("distill_forward", shape, distill, nbytes=3 * logits + 2 * per_row, impl="F.kl_div(log_softmax) + autograd.grad, copy_ into z_s" + chunked)
 
 
+def s_sample(b):
+    """One token per row for a decode step at batch 64 over the vocabulary (tests/cuda/bench.rs's `sample`).
+
+    As transformers' sampling does it in eager PyTorch: softmax(z/T) and
+    torch.multinomial; top-k by torch.topk and top-p by a full sort, cumsum and
+    scatter, then the log-probability of the drawn token. Bytes as the engine
+    counts them (the bf16 logits read once).
+    """
+    torch = b.torch
+    R, V = 64, b.c["vocab"]
+    shape = f"{R}x{V}"
+    z = rand(b, R, V)
+    nbytes = bf16(R * V) + 24.0 * R
+
+    def draw(top_k=0, top_p=1.0):
+        def f():
+            s = z.float()
+            logp_full = torch.log_softmax(s, -1)
+            if top_k:
+                kth = torch.topk(s, top_k, -1).values[:, -1:]
+                s = s.masked_fill(s < kth, float("-inf"))
+            if top_p < 1.0:
+                srt, idx = torch.sort(s, -1, descending=False)
+                cum = torch.softmax(srt, -1).cumsum(-1)
+                drop = cum <= 1 - top_p
+                drop[:, -1] = False
+                s = s.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+            tok = torch.multinomial(torch.softmax(s, -1), 1)
+            return logp_full.gather(-1, tok)
+
+        return f
+
+    b.run("sample_t1", shape, draw(), nbytes=nbytes, impl="softmax + multinomial")
+    b.run("sample_topk50", shape, draw(top_k=50), nbytes=nbytes, impl="topk mask + softmax + multinomial")
+    b.run("sample_topp095", shape, draw(top_p=0.95), nbytes=nbytes, impl="sort + cumsum + scatter mask + multinomial")
+
+
 FUNCS = {
     "copy": s_copy,
     "elementwise": s_elementwise,
@@ -586,6 +623,7 @@ FUNCS = {
     "gemm": s_gemm,
     "attention": s_attention,
     "loss": s_loss,
+    "sample": s_sample,
 }
 
 

@@ -560,16 +560,44 @@ fn attention_at(
     let fwd = 4.0 * (seqs * heads * d) as f64 * (seq * seq) as f64 / 2.0;
     // The backward's five products against the forward's two (FlashAttention's count).
     let bwd = 2.5 * fwd;
-    // Each call copies cu_seqlens to the host (waits for the stream).
-    b.run(&format!("attention_fwd{suffix}"), &shape, Work::Flops(fwd), true, 20, || {
-        g.attention_fwd(&s, &cud, &q, &k, &v, &mut out, &mut lse)
+    // cu_seqlens with its host copy, as the backend passes it (no read-back;
+    // the tile table is built on the first call and kept, as across layers).
+    let cum = engine::backend::cuda::buf::Mirrored::new(cud.slice(..), &cu);
+    b.run(&format!("attention_fwd{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
+        g.attention_fwd(&s, &cum, &q, &k, &v, &mut out, &mut lse)
     })?;
     let mut dq: CudaSlice<Bf16> = b.zeros(qn)?;
     let mut dk: CudaSlice<Bf16> = b.zeros(kvn)?;
     let mut dv: CudaSlice<Bf16> = b.zeros(kvn)?;
-    b.run(&format!("attention_bwd{suffix}"), &shape, Work::Flops(bwd), true, 20, || {
-        g.attention_bwd(&s, &cud, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
+    b.run(&format!("attention_bwd{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
+        g.attention_bwd(&s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
     })
+}
+
+/// Sampling one token per row for a decode step at batch 64 over Qwen's
+/// vocabulary (issue 7): plain temperature, top-k 50, top-p 0.95. Bytes: the
+/// bf16 logits read once (the kernel makes 3 passes for temperature, more for
+/// the filters; over 100% of a pass means re-reads hit L2).
+fn sample(b: &mut Bench) -> Result<()> {
+    use engine::rollout::{SamplingParams, Stream};
+    let g = b.g;
+    let (rows, vocab) = (64usize, VOCAB);
+    let shape = format!("{rows}x{vocab}");
+    let z = b.random_tiled(rows * vocab, 50)?;
+    let stream = Stream::new(1, 2, 3);
+    let draws: Vec<u64> = (0..rows as u64).flat_map(|r| [stream.key(), r]).collect();
+    let d = g.stream.clone_htod(&draws).map_err(|e| anyhow!("draws: {e}"))?;
+    let mut tokens: CudaSlice<u32> = b.zeros(rows)?;
+    let mut logprobs: CudaSlice<f32> = b.zeros(rows)?;
+    let bytes = Work::Bytes(bytes_bf16(rows * vocab) + 24.0 * rows as f64);
+    for (name, params) in [
+        ("sample_t1", SamplingParams { temperature: 1.0, ..Default::default() }),
+        ("sample_topk50", SamplingParams { temperature: 1.0, top_k: 50, ..Default::default() }),
+        ("sample_topp095", SamplingParams { temperature: 1.0, top_p: 0.95, ..Default::default() }),
+    ] {
+        b.run(name, &shape, bytes, false, 200, || g.sample(&z, vocab, &params, &d, &mut tokens, &mut logprobs))?;
+    }
+    Ok(())
 }
 
 /// The loss kernels at 16k tokens × 151,936 (issue 7): log-probabilities
@@ -658,7 +686,7 @@ fn bench_kernels() {
     println!("bench_kernels on {}: head-start copy of 256 MiB takes {:.3} ms", g.name, b.blocker_ms);
     println!("{:24} {:28} {:>13} {:>14}", "kernel", "shape", "time", "rate");
     type Section = fn(&mut Bench) -> Result<()>;
-    let sections: [(&str, Section); 12] = [
+    let sections: [(&str, Section); 13] = [
         ("copy", copy),
         ("elementwise", elementwise),
         ("cast", cast),
@@ -671,6 +699,7 @@ fn bench_kernels() {
         ("gemm", gemm),
         ("attention", attention),
         ("loss", loss),
+        ("sample", sample),
     ];
     for (name, f) in sections {
         b.section(name, f);

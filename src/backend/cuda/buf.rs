@@ -192,6 +192,14 @@ pub struct Mirrored<'a> {
     host: &'a [u32],
 }
 
+impl<'a> Mirrored<'a> {
+    /// `host` must hold what `view` holds (the launchers plan from it).
+    pub fn new(view: CudaView<'a, u32>, host: &'a [u32]) -> Self {
+        assert_eq!(view.len(), host.len(), "Mirrored: device and host lengths differ");
+        Mirrored { view, host }
+    }
+}
+
 impl DeviceSlice<u32> for Mirrored<'_> {
     fn len(&self) -> usize {
         self.view.len()
