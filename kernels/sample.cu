@@ -18,8 +18,10 @@
 //   top-k: the largest σ with count(ord ≥ σ) ≥ k; of the ties at σ, keep the
 //     k − count(ord > σ) lowest ids.
 //   top-p: the largest σ whose mass below (within the top-k set) is ≤ the
-//     budget 1 − top_p; of the ties at σ, drop as many highest ids as the
-//     budget still allows, never the row's top token.
+//     budget 1 − top_p, found a byte at a time from 256-bucket histograms of
+//     the masses in fixed point (4 passes, deterministic); of the ties at σ,
+//     drop as many highest ids as the budget still allows, never the row's
+//     top token.
 //   min-p: a threshold on the probability (a predicate, no cut needed).
 #include <float.h>
 
@@ -78,6 +80,8 @@ struct Smem {
   uint32_t u[33];
   double scan_d[32];
   uint32_t scan_u[32];
+  unsigned long long hist[256];  // top-p's radix histogram of masses
+  unsigned long long pick[2];    // its chosen digit and the mass below it
 };
 
 // One row and what every pass over it needs.
@@ -236,6 +240,49 @@ __device__ double kept_lse(const Row& row, double smax, K keep) {
   return smax + log(t);
 }
 
+// Probability p ∈ [0, 1] in fixed point (units of 2^-62, truncated): sums of
+// these are exact integers whatever their order, so the radix histograms
+// below are deterministic with atomics; they differ from the double sums by
+// under vocab·2^-62 (≈ 3e-14), which moves a decision only at that distance
+// from the budget.
+__device__ __forceinline__ unsigned long long fixed_mass(double p) { return (unsigned long long)(p * 0x1p62); }
+
+// The largest σ with below(σ) ≤ budget (below(0) = 0 qualifies), below(σ)
+// the mass under softmax over c1 (log-normaliser l1) of c1's tokens with
+// ord < σ: σ's 4 bytes from the top, each from a 256-bucket histogram of the
+// masses of the tokens that share the bytes found so far (4 passes over the
+// row, where a bisection on σ would take 32).
+__device__ uint32_t top_p_sigma(const Row& row, Cut c1, double l1, double budget) {
+  Smem* sh = row.sh;
+  const unsigned long long limit = fixed_mass(budget < 1.0 ? budget : 1.0);
+  uint32_t prefix = 0;          // the bytes found so far, in place
+  unsigned long long base = 0;  // the mass of c1's tokens with ord below prefix's range
+  for (int level = 0; level < 4; ++level) {
+    const int shift = 24 - 8 * level;
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) sh->hist[i] = 0;
+    __syncthreads();
+    for (uint32_t j = threadIdx.x; j < row.vocab; j += blockDim.x) {
+      const uint32_t o = row.ord(j);
+      const bool in_range = level == 0 || (o >> (shift + 8)) == (prefix >> (shift + 8));
+      if (in_range && c1.keeps(o, j)) atomicAdd(&sh->hist[(o >> shift) & 255u], fixed_mass(exp(row.score(j) - l1)));
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      // The largest digit d with base + Σ_{i<d} hist[i] ≤ limit (d = 0 always does).
+      unsigned long long acc = base;
+      uint32_t d = 0;
+      while (d < 255 && acc + sh->hist[d] <= limit) acc += sh->hist[d++];
+      sh->pick[0] = d;
+      sh->pick[1] = acc;
+    }
+    __syncthreads();
+    prefix |= (uint32_t)sh->pick[0] << shift;
+    base = sh->pick[1];
+    __syncthreads();  // pick and hist are rewritten by the next level
+  }
+  return prefix;
+}
+
 // The top-p cut inside c1: drop the longest tail of the sort order whose mass
 // under softmax over c1 is ≤ budget, never the top token.
 __device__ Cut top_p_cut(const Row& row, Cut c1, double smax, double budget) {
@@ -247,16 +294,7 @@ __device__ Cut top_p_cut(const Row& row, Cut c1, double smax, double budget) {
       return (o < sigma && c1.keeps(o, j)) ? exp(row.score(j) - l1) : 0.0;
     });
   };
-  // The largest σ with below(σ) ≤ budget (below(0) = 0 qualifies).
-  uint32_t lo = 0, hi = NONE;
-  while (lo < hi) {
-    const uint32_t mid = lo + (uint32_t)(((uint64_t)hi - lo + 1) / 2);
-    if (below(mid) <= budget) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
+  const uint32_t lo = top_p_sigma(row, c1, l1, budget);
   // The partly dropped score: the highest kept score at or under lo.
   const uint32_t tau = row.max([&](uint32_t j) -> uint32_t {
     const uint32_t o = row.ord(j);
@@ -271,10 +309,13 @@ __device__ Cut top_p_cut(const Row& row, Cut c1, double smax, double budget) {
   // Ties are dropped highest id first while the tail stays within budget.
   uint32_t n = g;
   if (p_tau > 0.0) {
+    // room < 0 where the tail below is already over the budget in double
+    // (σ was chosen in fixed point, a few 1e-14 away): drop none of the ties.
     const double room = (budget - m_low) / p_tau;
-    n = room >= (double)g ? g : (uint32_t)floor(room);
-    while (n > 0 && m_low + n * p_tau > budget) --n;
-    while (n < g && m_low + (n + 1) * p_tau <= budget) ++n;
+    n = !(room > 0.0) ? 0u : (room >= (double)g ? g : (uint32_t)floor(room));
+    // At most one step each way: floor(room) is within an ulp of the count.
+    if (n > 0 && m_low + n * p_tau > budget) --n;
+    if (n < g && m_low + (n + 1) * p_tau <= budget) ++n;
   }
   if (n >= g) n = g - 1;  // the top token, and the group's first, stay
   return {tau, rth_tie(row, c1, tau, g - n)};

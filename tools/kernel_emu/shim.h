@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 
 #define __device__
@@ -79,3 +80,6 @@ inline float __int_as_float(int32_t i) {
   return f;
 }
 inline double __dmul_rn(double a, double b) { return a * b; }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+}
