@@ -261,11 +261,24 @@ __device__ uint32_t top_p_sigma(const Row& row, Cut c1, double l1, double budget
     const int shift = 24 - 8 * level;
     for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) sh->hist[i] = 0;
     __syncthreads();
+    // Each thread adds a run of tokens in one bucket before one atomic: at
+    // the first level most of a row shares 2–4 buckets, and atomics on one
+    // address serialise. (Integer sums: the same total in any grouping.)
+    uint32_t cur = NONE;
+    unsigned long long run = 0;
     for (uint32_t j = threadIdx.x; j < row.vocab; j += blockDim.x) {
       const uint32_t o = row.ord(j);
       const bool in_range = level == 0 || (o >> (shift + 8)) == (prefix >> (shift + 8));
-      if (in_range && c1.keeps(o, j)) atomicAdd(&sh->hist[(o >> shift) & 255u], fixed_mass(exp(row.score(j) - l1)));
+      if (!in_range || !c1.keeps(o, j)) continue;
+      const uint32_t bucket = (o >> shift) & 255u;
+      if (bucket != cur) {
+        if (cur != NONE) atomicAdd(&sh->hist[cur], run);
+        cur = bucket;
+        run = 0;
+      }
+      run += fixed_mass(exp(row.score(j) - l1));
     }
+    if (cur != NONE) atomicAdd(&sh->hist[cur], run);
     __syncthreads();
     if (threadIdx.x == 0) {
       // The largest digit d with base + Σ_{i<d} hist[i] ≤ limit (d = 0 always does).
@@ -333,9 +346,13 @@ extern "C" __global__ void __launch_bounds__(ENGINE_SAMPLE_THREADS) sample_rows(
   double logprob;
 
   if (p.greedy) {
-    // The first maximum (as torch.argmax), log-prob under softmax(z).
-    token = row.min([&](uint32_t j) { return row.ord(j) == top ? j : NONE; });
-    const double zmax = (double)float_of(top);
+    // The first maximum (as torch.argmax and the CPU's `v > best`, for which
+    // −0 and +0 are equal: the key of z + 0, which is +0 for both), log-prob
+    // under softmax(z).
+    auto key = [&](uint32_t j) { return ord_of(row.logit(j) + 0.0f); };
+    const uint32_t gtop = row.max(key);
+    token = row.min([&](uint32_t j) { return key(j) == gtop ? j : NONE; });
+    const double zmax = (double)float_of(gtop);
     const double t = row.sum<double>([&](uint32_t j) -> double { return exp((double)row.logit(j) - zmax); });
     logprob = (double)row.logit(token) - (zmax + log(t));
   } else {

@@ -86,6 +86,17 @@ pub fn cases() -> Vec<Case> {
             }
         })
         .collect();
+    // Greedy on rows whose maximum is 0, once as −0 before +0: the CPU (and
+    // torch.argmax) take the first, −0 and +0 being equal.
+    let stream0 = Stream::new(2026, 98, 7);
+    out.push(Case {
+        name: "greedy, maximum −0 then +0",
+        params: params(0.0, 0, 1.0, 0.0),
+        vocab: 3,
+        logits: vec![-1.0, -0.0, 0.0, 0.0, -0.0, -2.0],
+        draws: (0..2).map(|r| stream0.draw(r)).collect(),
+        threads: 32,
+    });
     // A flat row: one tie group of the whole vocabulary (top-p's budget off
     // any multiple of p, so rounding cannot decide the count).
     let stream = Stream::new(2026, 99, 7);

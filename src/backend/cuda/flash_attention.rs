@@ -145,7 +145,10 @@ impl Gpu {
     /// The last table is kept with the `cu_seqlens` it was built from: every
     /// layer's forward and backward of a batch share it, so only the first
     /// call of a batch builds and uploads one. (A table replaced while a
-    /// kernel may still read it is freed in stream order, after that kernel.)
+    /// kernel may still read it is freed in stream order, after that kernel.
+    /// The address outlives the lock: two threads launching attention on one
+    /// `Gpu` at once could free a table between another's lookup and launch;
+    /// the backend's ops run from one thread.)
     fn flash_tiles(&self, what: &str, cu: &[u32]) -> Result<(u64, u32)> {
         let mut cache = self.tile_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((key, table, n)) = cache.as_ref() {
