@@ -51,6 +51,19 @@ fn build(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// An emulator's output, line by line: `TAG hex hex …`.
+struct Printed<'a>(std::str::Lines<'a>);
+
+impl Printed<'_> {
+    /// The next line's numbers; it must carry `tag`.
+    fn next(&mut self, tag: &str) -> Vec<u64> {
+        let line = self.0.next().unwrap_or_else(|| panic!("a {tag} line"));
+        let mut f = line.split(' ');
+        assert_eq!(f.next(), Some(tag), "{line}");
+        f.map(|x| u64::from_str_radix(x, 16).unwrap()).collect()
+    }
+}
+
 /// Runs an emulator on `input`, returns what it printed.
 fn run(exe: &Path, input: &[u8]) -> String {
     let mut child = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
@@ -101,23 +114,20 @@ fn gpu_sampler_code_draws_the_cpu_samplers_tokens_and_numbers() {
     }
 
     let text = run(&exe, &input);
-    let mut lines = text.lines();
-    let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
+    let mut out = Printed(text.lines());
 
     for t in &tuples {
-        let f: Vec<&str> = lines.next().expect("a K line per stream").split(' ').collect();
-        assert_eq!(f[0], "K");
+        let f = out.next("K");
         let stream = Stream::new(t[0], t[1], t[2]);
-        assert_eq!(hex(f[1]), stream.key(), "rng.h's key of {t:?}");
-        assert_eq!(hex(f[2]), stream.uniform(t[3]).to_bits(), "rng.h's draw of {t:?}");
+        assert_eq!(f[0], stream.key(), "rng.h's key of {t:?}");
+        assert_eq!(f[1], stream.uniform(t[3]).to_bits(), "rng.h's draw of {t:?}");
     }
     let mut bad = Vec::new();
     for c in &cases {
         let got: Vec<Sampled> = (0..c.rows())
             .map(|_| {
-                let f: Vec<&str> = lines.next().expect("a T line per row").split(' ').collect();
-                assert_eq!(f[0], "T");
-                Sampled { token: hex(f[1]) as u32, logprob: f32::from_bits(hex(f[2]) as u32) }
+                let f = out.next("T");
+                Sampled { token: f[0] as u32, logprob: f32::from_bits(f[1] as u32) }
             })
             .collect();
         bad.extend(mismatches(c, &got));
@@ -175,13 +185,8 @@ fn gpu_policy_coefficient_code_matches_the_cpu_loss_library() {
         }
     }
     let text = run(&exe, &input);
-    let mut lines = text.lines();
-    let mut field = |tag: &str| -> Vec<u64> {
-        let line = lines.next().unwrap_or_else(|| panic!("a {tag} line"));
-        let mut f = line.split(' ');
-        assert_eq!(f.next(), Some(tag), "{line}");
-        f.map(|x| u64::from_str_radix(x, 16).unwrap()).collect()
-    };
+    let mut out = Printed(text.lines());
+    let mut field = |tag: &str| out.next(tag);
     let mut bad = Vec::new();
     for c in &cases {
         let n = c.logp.len();
@@ -263,13 +268,8 @@ fn gpu_decode_attention_code_matches_the_cpu_decode() {
     }
 
     let text = run(&exe, &input);
-    let mut lines = text.lines();
-    let mut out = |tag: &str| -> Vec<u16> {
-        let line = lines.next().unwrap_or_else(|| panic!("a {tag} line"));
-        let mut f = line.split(' ');
-        assert_eq!(f.next(), Some(tag), "{}", &line[..line.len().min(40)]);
-        f.map(|x| u16::from_str_radix(x, 16).unwrap()).collect()
-    };
+    let mut printed = Printed(text.lines());
+    let mut out = |tag: &str| -> Vec<u16> { printed.next(tag).into_iter().map(|x| x as u16).collect() };
     // ‖a − b‖ / ‖b‖; NaN (or an element never written) never passes.
     let rel_err = |a: &[u16], b: &[f32]| -> f64 {
         assert_eq!(a.len(), b.len());
@@ -340,13 +340,8 @@ fn gpu_distill_code_matches_the_cpu() {
         weight.iter().for_each(|w| input.extend_from_slice(&w.to_le_bytes()));
     }
     let text = run(&exe, &input);
-    let mut lines = text.lines();
-    let mut next = |tag: &str| -> u32 {
-        let line = lines.next().unwrap_or_else(|| panic!("a {tag} line"));
-        let (t, v) = line.split_once(' ').unwrap();
-        assert_eq!(t, tag, "{line}");
-        u32::from_str_radix(v, 16).unwrap()
-    };
+    let mut printed = Printed(text.lines());
+    let mut next = |tag: &str| -> u32 { printed.next(tag)[0] as u32 };
     let mut bad = Vec::new();
     for (_, mode, _) in modes {
         let loss: Vec<f32> = (0..rows).map(|_| f32::from_bits(next("L"))).collect();
@@ -395,13 +390,8 @@ fn gpu_dpo_coefficient_code_matches_the_cpu_loss_library() {
         c.cu_seqlens.iter().for_each(|v| input.extend_from_slice(&v.to_le_bytes()));
     }
     let text = run(&exe, &input);
-    let mut lines = text.lines();
-    let mut field = |tag: &str| -> Vec<u64> {
-        let line = lines.next().unwrap_or_else(|| panic!("a {tag} line"));
-        let mut f = line.split(' ');
-        assert_eq!(f.next(), Some(tag), "{line}");
-        f.map(|x| u64::from_str_radix(x, 16).unwrap()).collect()
-    };
+    let mut out = Printed(text.lines());
+    let mut field = |tag: &str| out.next(tag);
     for c in &cases {
         let (loss, coefs, st) = c.expected();
         let got: Vec<f32> = (0..c.logp.len()).map(|_| f32::from_bits(field("C")[0] as u32)).collect();
