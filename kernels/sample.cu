@@ -12,10 +12,11 @@
 // descending, then id ascending), so each is a cut: a score σ and an id,
 // keeping the tokens with a higher score and those with score σ up to that
 // id. Scores are compared as order-preserving 32-bit keys of the fp32 logit
-// (`ord`); the cut's score is found by bisection on the key, each step one
-// pass over the row with a fixed-order block reduction (deterministic), and
-// its id by a scan of the row in token order.
-//   top-k: the largest σ with count(ord ≥ σ) ≥ k; of the ties at σ, keep the
+// (`ord`); the cut's score is found a byte of the key at a time, each byte
+// from a 256-bucket histogram over the row (integer sums, so deterministic),
+// and its id by a scan of the row in token order.
+//   top-k: the largest σ with count(ord ≥ σ) ≥ k, found a byte at a time
+//     from 256-bucket count histograms (4 passes); of the ties at σ, keep the
 //     k − count(ord > σ) lowest ids.
 //   top-p: the largest σ whose mass below (within the top-k set) is ≤ the
 //     budget 1 − top_p, found a byte at a time from 256-bucket histograms of
@@ -215,21 +216,69 @@ __device__ uint32_t rth_tie(const Row& row, Cut c, uint32_t sigma, uint32_t r) {
 }
 
 // The top-k cut: the k tokens first in the sort order (0 < k < vocab).
-__device__ Cut top_k_cut(const Row& row, uint32_t top, uint32_t k) {
-  // The largest σ ≤ top with count(ord ≥ σ) ≥ k (σ = 0 always qualifies).
-  uint32_t lo = 0, hi = top;
-  while (lo < hi) {
-    const uint32_t mid = lo + (uint32_t)(((uint64_t)hi - lo + 1) / 2);
-    const uint32_t n = row.sum<uint32_t>([&](uint32_t j) -> uint32_t { return row.ord(j) >= mid ? 1u : 0u; });
-    if (n >= k) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
+// One level of a radix search over the keys, a byte at a time from the top:
+// sh->hist[b] = Σ weight(j) over the tokens whose key has byte b at this
+// level and the bytes of `prefix` above it (and that `keep` keeps). Integer
+// weights: exact sums in any order, so atomics leave it deterministic. Each
+// thread adds a run of tokens in one bucket before one atomic: at the first
+// level most of a row shares 2–4 buckets, and atomics on one address
+// serialise.
+template <typename K, typename W>
+__device__ void radix_histogram(const Row& row, int level, uint32_t prefix, K keep, W weight) {
+  Smem* sh = row.sh;
+  const int shift = 24 - 8 * level;
+  for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) sh->hist[i] = 0;
+  __syncthreads();
+  uint32_t cur = NONE;
+  unsigned long long run = 0;
+  for (uint32_t j = threadIdx.x; j < row.vocab; j += blockDim.x) {
+    const uint32_t o = row.ord(j);
+    const bool in_range = level == 0 || (o >> (shift + 8)) == (prefix >> (shift + 8));
+    if (!in_range || !keep(o, j)) continue;
+    const uint32_t bucket = (o >> shift) & 255u;
+    if (bucket != cur) {
+      if (cur != NONE) atomicAdd(&sh->hist[cur], run);
+      cur = bucket;
+      run = 0;
     }
+    run += weight(j);
   }
-  const uint32_t above = row.sum<uint32_t>([&](uint32_t j) -> uint32_t { return row.ord(j) > lo ? 1u : 0u; });
+  if (cur != NONE) atomicAdd(&sh->hist[cur], run);
+  __syncthreads();
+}
+
+// Shares thread 0's choice at one radix level with the block.
+__device__ __forceinline__ void radix_share(Smem* sh, uint32_t* prefix, unsigned long long* base, int level) {
+  __syncthreads();
+  *prefix |= (uint32_t)sh->pick[0] << (24 - 8 * level);
+  *base = sh->pick[1];
+  __syncthreads();  // pick and hist are rewritten by the next level
+}
+
+// The top-k cut: the k tokens first in the sort order (0 < k < vocab). Its
+// score σ is the largest with count(ord ≥ σ) ≥ k, found a byte at a time
+// from count histograms (4 passes); of the ties at σ, the k − count(ord > σ)
+// lowest ids are kept.
+__device__ Cut top_k_cut(const Row& row, uint32_t k) {
+  Smem* sh = row.sh;
+  uint32_t prefix = 0;
+  unsigned long long above = 0;  // tokens with a key above prefix's range
+  for (int level = 0; level < 4; ++level) {
+    radix_histogram(row, level, prefix, [](uint32_t, uint32_t) { return true; },
+                    [](uint32_t) -> unsigned long long { return 1; });
+    if (threadIdx.x == 0) {
+      // The largest byte d with above + Σ_{i ≥ d} hist[i] ≥ k (it exists:
+      // the tokens in range and above number at least k).
+      unsigned long long acc = above;
+      uint32_t d = 255;
+      while (d > 0 && acc + sh->hist[d] < k) acc += sh->hist[d--];
+      sh->pick[0] = d;
+      sh->pick[1] = acc;  // the tokens above byte d: count(ord > σ) once all 4 are chosen
+    }
+    radix_share(sh, &prefix, &above, level);
+  }
   const Cut all = {0u, NONE};
-  return {lo, rth_tie(row, all, lo, k - above)};
+  return {prefix, rth_tie(row, all, prefix, k - (uint32_t)above)};
 }
 
 // log Σ exp(s) over the tokens `keep` keeps, whose maximum score is smax
@@ -251,47 +300,24 @@ __device__ __forceinline__ unsigned long long fixed_mass(double p) { return (uns
 // the mass under softmax over c1 (log-normaliser l1) of c1's tokens with
 // ord < σ: σ's 4 bytes from the top, each from a 256-bucket histogram of the
 // masses of the tokens that share the bytes found so far (4 passes over the
-// row, where a bisection on σ would take 32).
+// row, where a bisection on σ would take 32). See radix_histogram.
 __device__ uint32_t top_p_sigma(const Row& row, Cut c1, double l1, double budget) {
   Smem* sh = row.sh;
   const unsigned long long limit = fixed_mass(budget < 1.0 ? budget : 1.0);
   uint32_t prefix = 0;          // the bytes found so far, in place
   unsigned long long base = 0;  // the mass of c1's tokens with ord below prefix's range
   for (int level = 0; level < 4; ++level) {
-    const int shift = 24 - 8 * level;
-    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) sh->hist[i] = 0;
-    __syncthreads();
-    // Each thread adds a run of tokens in one bucket before one atomic: at
-    // the first level most of a row shares 2–4 buckets, and atomics on one
-    // address serialise. (Integer sums: the same total in any grouping.)
-    uint32_t cur = NONE;
-    unsigned long long run = 0;
-    for (uint32_t j = threadIdx.x; j < row.vocab; j += blockDim.x) {
-      const uint32_t o = row.ord(j);
-      const bool in_range = level == 0 || (o >> (shift + 8)) == (prefix >> (shift + 8));
-      if (!in_range || !c1.keeps(o, j)) continue;
-      const uint32_t bucket = (o >> shift) & 255u;
-      if (bucket != cur) {
-        if (cur != NONE) atomicAdd(&sh->hist[cur], run);
-        cur = bucket;
-        run = 0;
-      }
-      run += fixed_mass(exp(row.score(j) - l1));
-    }
-    if (cur != NONE) atomicAdd(&sh->hist[cur], run);
-    __syncthreads();
+    radix_histogram(row, level, prefix, [&](uint32_t o, uint32_t j) { return c1.keeps(o, j); },
+                    [&](uint32_t j) { return fixed_mass(exp(row.score(j) - l1)); });
     if (threadIdx.x == 0) {
-      // The largest digit d with base + Σ_{i<d} hist[i] ≤ limit (d = 0 always does).
+      // The largest byte d with base + Σ_{i<d} hist[i] ≤ limit (d = 0 always does).
       unsigned long long acc = base;
       uint32_t d = 0;
       while (d < 255 && acc + sh->hist[d] <= limit) acc += sh->hist[d++];
       sh->pick[0] = d;
       sh->pick[1] = acc;
     }
-    __syncthreads();
-    prefix |= (uint32_t)sh->pick[0] << shift;
-    base = sh->pick[1];
-    __syncthreads();  // pick and hist are rewritten by the next level
+    radix_share(sh, &prefix, &base, level);
   }
   return prefix;
 }
@@ -366,7 +392,7 @@ extern "C" __global__ void __launch_bounds__(ENGINE_SAMPLE_THREADS) sample_rows(
       logprob = row.score(token) - smax - log(total);
     } else {
       Cut c = {0u, NONE};
-      if (p.top_k > 0 && p.top_k < p.vocab) c = top_k_cut(row, top, p.top_k);
+      if (p.top_k > 0 && p.top_k < p.vocab) c = top_k_cut(row, p.top_k);
       if (p.use_top_p) c = top_p_cut(row, c, smax, p.top_p_budget);
       // min-p: keep probabilities ≥ min_p · p(top), under softmax over the cut.
       double threshold = -1.0, l2 = 0.0;
