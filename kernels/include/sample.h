@@ -17,7 +17,7 @@
 #pragma once
 #include "params.h"
 
-#define ENGINE_SAMPLE_THREADS 512
+#define ENGINE_SAMPLE_THREADS 256
 
 typedef struct SampleParams {
   double inv_temp;

@@ -12,7 +12,7 @@ pub struct Case {
     /// `[rows, vocab]`, each value a bf16.
     pub logits: Vec<f32>,
     pub draws: Vec<Draw>,
-    /// Threads per block for the emulator (the GPU always runs 512).
+    /// Threads per block for the emulator (the GPU always runs 256).
     pub threads: u32,
 }
 

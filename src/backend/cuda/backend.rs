@@ -114,6 +114,35 @@ impl Cuda {
         Ok(())
     }
 
+    /// The loss passes' micro-batch layout on the device: `cu_seqlens`
+    /// checked (rising from 0 to the tokens) and copied, the mask as u8,
+    /// into the scratch's `pcu` and `pmask`. Returns (tokens, sequences).
+    fn put_layout(&self, op: &str, s: &mut Scratch, mask: &[bool], cu_seqlens: &[u32]) -> (usize, usize) {
+        let n = mask.len();
+        let cu_ok = cu_seqlens.first() == Some(&0)
+            && cu_seqlens.windows(2).all(|w| w[0] <= w[1])
+            && cu_seqlens.last() == Some(&(n as u32));
+        assert!(cu_ok, "{op}: cu_seqlens must rise from 0 to the {n} tokens");
+        let mask8: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
+        grow(&self.gpu, &mut s.pmask, n.max(1));
+        grow(&self.gpu, &mut s.pcu, cu_seqlens.len());
+        let st = &self.gpu.stream;
+        if n > 0 {
+            must(st.memcpy_htod(&mask8, &mut s.pmask.slice_mut(0..n)).map_err(|e| anyhow!("{op}: mask: {e}")));
+        }
+        let cu = st.memcpy_htod(cu_seqlens, &mut s.pcu.slice_mut(0..cu_seqlens.len()));
+        must(cu.map_err(|e| anyhow!("{op}: cu_seqlens: {e}")));
+        (n, cu_seqlens.len() - 1)
+    }
+
+    /// A loss pass's per-sequence rows, read back (none for an empty view).
+    fn read_rows(&self, op: &str, rows: &CudaViewMut<'_, f64>) -> Vec<f64> {
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        must(self.gpu.stream.clone_dtoh(rows).map_err(|e| anyhow!("{op}: {e}")))
+    }
+
     /// Free and total device memory, in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         self.gpu.ctx.mem_get_info().map_err(|e| anyhow!("{}: memory info: {e}", self.gpu.name))
@@ -527,12 +556,6 @@ impl Backend for Cuda {
         ent_coef: Option<DMut<'_>>,
     ) -> (f64, PolicyStats) {
         let op = "policy_loss";
-        let (n, seqs) = (x.mask.len(), x.cu_seqlens.len().saturating_sub(1));
-        let cu_ok = x.cu_seqlens.first() == Some(&0)
-            && x.cu_seqlens.windows(2).all(|w| w[0] <= w[1])
-            && x.cu_seqlens.last() == Some(&(n as u32));
-        assert!(cu_ok, "{op}: cu_seqlens must rise from 0 to the {n} tokens");
-        assert!(x.advantages.len() == seqs && x.rewards.len() == seqs, "{op}: one advantage and reward per sequence");
         let views = PolicyViews {
             logp: x.logp.f32(op),
             old_logp: x.old_logp.f32(op),
@@ -540,32 +563,24 @@ impl Backend for Cuda {
             sampler_logp: x.sampler_logp.map(|v| v.f32(op)),
             entropy: x.entropy.map(|v| v.f32(op)),
         };
-        let mask: Vec<u8> = x.mask.iter().map(|&m| m as u8).collect();
-        let seq_in: Vec<f32> = x.advantages.iter().chain(x.rewards).copied().collect();
         let cols = crate::backend::cuda::params::ENGINE_POLICY_STATS as usize;
         let mut guard = self.scratch();
         let s = &mut *guard;
-        grow(&self.gpu, &mut s.pmask, n.max(1));
-        grow(&self.gpu, &mut s.pcu, seqs + 1);
+        let (n, seqs) = self.put_layout(op, s, x.mask, x.cu_seqlens);
+        assert!(x.advantages.len() == seqs && x.rewards.len() == seqs, "{op}: one advantage and reward per sequence");
+        let seq_in: Vec<f32> = x.advantages.iter().chain(x.rewards).copied().collect();
         grow(&self.gpu, &mut s.pseq, (2 * seqs).max(1));
         grow(&self.gpu, &mut s.pout, (seqs * cols).max(1));
-        let st = &self.gpu.stream;
-        let mut mv = s.pmask.slice_mut(0..n);
-        let mut cv = s.pcu.slice_mut(0..seqs + 1);
         let mut sv = s.pseq.slice_mut(0..2 * seqs);
-        let copy = |r: std::result::Result<(), cudarc::driver::DriverError>| must(r.map_err(|e| anyhow!("{op}: {e}")));
-        if n > 0 {
-            copy(st.memcpy_htod(&mask, &mut mv));
-        }
-        copy(st.memcpy_htod(x.cu_seqlens, &mut cv));
         if seqs > 0 {
-            copy(st.memcpy_htod(&seq_in, &mut sv));
+            must(self.gpu.stream.memcpy_htod(&seq_in, &mut sv).map_err(|e| anyhow!("{op}: {e}")));
         }
+        let (mv, cv) = (s.pmask.slice(0..n), s.pcu.slice(0..seqs + 1));
         let mut ov = s.pout.slice_mut(0..seqs * cols);
         let k = cfg.kernel_settings(counts, correct_tokens);
         let mut ev = ent_coef.filter(|_| cfg.entropy_coef != 0.0).map(|e| e.f32(op));
         must(self.gpu.policy_coefs(&k, &views, &mv, &cv, &sv, &mut coef.f32(op), ev.as_mut(), &mut ov));
-        let rows = if seqs == 0 { Vec::new() } else { must(st.clone_dtoh(&ov).map_err(|e| anyhow!("{op}: {e}"))) };
+        let rows = self.read_rows(op, &ov);
         drop(guard);
         must(self.check());
         crate::loss::policy::stats_from_rows(&rows)
@@ -583,30 +598,16 @@ impl Backend for Cuda {
         coef: DMut<'_>,
     ) -> (f64, DpoStats) {
         let op = "dpo_loss";
-        let n = mask.len();
-        let cu_ok = cu_seqlens.first() == Some(&0)
-            && cu_seqlens.windows(2).all(|w| w[0] <= w[1])
-            && cu_seqlens.last() == Some(&(n as u32));
-        assert!(cu_ok, "{op}: cu_seqlens must rise from 0 to the {n} tokens");
-        let pairs = (cu_seqlens.len() - 1) / 2;
-        let mask8: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
         let mut guard = self.scratch();
         let s = &mut *guard;
-        grow(&self.gpu, &mut s.pmask, n.max(1));
-        grow(&self.gpu, &mut s.pcu, cu_seqlens.len());
+        let (n, seqs) = self.put_layout(op, s, mask, cu_seqlens);
+        let pairs = seqs / 2;
         grow(&self.gpu, &mut s.pout, (4 * pairs).max(1));
-        let st = &self.gpu.stream;
-        let mut mv = s.pmask.slice_mut(0..n);
-        let mut cv = s.pcu.slice_mut(0..cu_seqlens.len());
-        let copy = |r: std::result::Result<(), cudarc::driver::DriverError>| must(r.map_err(|e| anyhow!("{op}: {e}")));
-        if n > 0 {
-            copy(st.memcpy_htod(&mask8, &mut mv));
-        }
-        copy(st.memcpy_htod(cu_seqlens, &mut cv));
+        let (mv, cv) = (s.pmask.slice(0..n), s.pcu.slice(0..seqs + 1));
         let mut ov = s.pout.slice_mut(0..4 * pairs);
         let k = cfg.kernel_settings(pairs_in_step);
         must(self.gpu.dpo_coefs(&k, &logp.f32(op), &ref_logp.f32(op), &mv, &cv, &mut coef.f32(op), &mut ov));
-        let rows = if pairs == 0 { Vec::new() } else { must(st.clone_dtoh(&ov).map_err(|e| anyhow!("{op}: {e}"))) };
+        let rows = self.read_rows(op, &ov);
         drop(guard);
         must(self.check());
         crate::loss::dpo::dpo_stats_from_rows(&rows)
