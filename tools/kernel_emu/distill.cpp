@@ -41,11 +41,7 @@ int main() {
     p.loss = (dptr)loss.data();
     void (*k)(DistillParams) = mode == 0 ? distill_forward : mode == 1 ? distill_reverse : distill_jsd;
     launch(k, p, p.rows, threads);
-    for (float v : loss) {
-      uint32_t b;
-      memcpy(&b, &v, 4);
-      printf("L %x\n", b);
-    }
+    put_floats("L", loss);
     for (size_t i = 0; i < n; ++i) printf("Z %x\n", zs[i]);
   }
   return 0;

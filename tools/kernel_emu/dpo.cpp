@@ -33,20 +33,8 @@ int main() {
     p.coef = (dptr)coef.data();
     p.pair_out = (dptr)out.data();
     launch(dpo_coefs, p, p.pairs, threads);
-    for (float v : coef) {
-      uint32_t b;
-      memcpy(&b, &v, 4);
-      printf("C %x\n", b);
-    }
-    for (uint32_t k = 0; k < p.pairs; ++k) {
-      printf("P");
-      for (int i = 0; i < 4; ++i) {
-        uint64_t b;
-        memcpy(&b, &out[4 * k + i], 8);
-        printf(" %llx", (unsigned long long)b);
-      }
-      printf("\n");
-    }
+    put_floats("C", coef);
+    for (uint32_t k = 0; k < p.pairs; ++k) put_doubles("P", &out[4 * (size_t)k], 4);
   }
   return 0;
 }

@@ -33,6 +33,26 @@ static std::vector<T> get_n(size_t n) {
   return v;
 }
 
+// One output line per float: "TAG <bits>" (hex), as the Rust tests read them.
+static void put_floats(const char* tag, const std::vector<float>& v) {
+  for (float x : v) {
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    printf("%s %x\n", tag, b);
+  }
+}
+
+// One output line of doubles: "TAG <bits> <bits> …" (hex).
+static void put_doubles(const char* tag, const double* v, size_t n) {
+  printf("%s", tag);
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t b;
+    memcpy(&b, &v[i], 8);
+    printf(" %llx", (unsigned long long)b);
+  }
+  printf("\n");
+}
+
 // Runs `kernel(p)` for blocks 0..blocks with `threads` threads each (a
 // multiple of 32).
 template <typename P>

@@ -52,27 +52,9 @@ int main() {
     p.ent_coef = want_ent ? (dptr)ent_coef.data() : 0;
     p.seq_out = (dptr)seq_out.data();
     launch(policy_coefs, p, p.seqs, threads);
-    for (float v : coef) {
-      uint32_t b;
-      memcpy(&b, &v, 4);
-      printf("C %x\n", b);
-    }
-    if (want_ent) {
-      for (float v : ent_coef) {
-        uint32_t b;
-        memcpy(&b, &v, 4);
-        printf("E %x\n", b);
-      }
-    }
-    for (uint32_t s = 0; s < p.seqs; ++s) {
-      printf("S");
-      for (int i = 0; i < ENGINE_POLICY_STATS; ++i) {
-        uint64_t b;
-        memcpy(&b, &seq_out[(size_t)s * ENGINE_POLICY_STATS + i], 8);
-        printf(" %llx", (unsigned long long)b);
-      }
-      printf("\n");
-    }
+    put_floats("C", coef);
+    if (want_ent) put_floats("E", ent_coef);
+    for (uint32_t s = 0; s < p.seqs; ++s) put_doubles("S", &seq_out[(size_t)s * ENGINE_POLICY_STATS], ENGINE_POLICY_STATS);
   }
   return 0;
 }
