@@ -16,6 +16,7 @@
 // the same inputs give the same bits on every run.
 #include "attention.h"
 #include "common.cuh"
+#include "decode_plan.cuh"
 
 #define THREADS ENGINE_ATTN_THREADS
 #define MAX_D ENGINE_ATTN_MAX_HEAD_DIM
@@ -80,16 +81,29 @@ __device__ __forceinline__ void load_row(float* dst, const bf16* row, uint32_t h
   for (uint32_t d = threadIdx.x; d < head_dim; d += THREADS) dst[d] = to_f(row[d]);
 }
 
+// Where key j's row starts (elements from the first key's): packed tokens
+// one after another (the forward), or a sequence's cache rows (decode).
+struct Strided {
+  size_t stride;
+  __device__ __forceinline__ size_t operator()(uint32_t j) const { return (size_t)j * stride; }
+};
+struct CacheRows {
+  DecodeRows rows;
+  size_t kv_row;
+  __device__ __forceinline__ size_t operator()(uint32_t j) const { return (size_t)rows.row(j) * kv_row; }
+};
+
 // Softmax-weighted sum of n_keys >= 1 value rows for the query q_s (fp32, in
 // shared memory), online over chunks of THREADS keys: m is the running max of
 // the scaled scores, l the running Σ exp(score − m), acc the running
 // Σ exp(score − m)·v; when the max grows, l and acc are rescaled, so every
-// exp argument is <= 0. Key j's row starts at k + j·stride (v likewise).
+// exp argument is <= 0. Key j's row starts at k + rows(j) (v likewise).
 // On return acc[i] holds out[elem(i)] (divided by l) and the result is the
 // logsumexp of the scaled scores. s_s, p_s: THREADS floats of shared scratch.
 // Every thread of the block calls it (it synchronises). The forward and
 // decode share it, so a decode step computes what the forward computes.
-__device__ float attend_row(const float* q_s, const bf16* k, const bf16* v, size_t stride, uint32_t n_keys,
+template <typename Rows>
+__device__ float attend_row(const float* q_s, const bf16* k, const bf16* v, Rows rows, uint32_t n_keys,
                             uint32_t head_dim, float scale, float* s_s, float* p_s, float (&acc)[DPT]) {
   const uint32_t tid = threadIdx.x;
   float m = -INFINITY;
@@ -98,7 +112,7 @@ __device__ float attend_row(const float* q_s, const bf16* k, const bf16* v, size
   for (int i = 0; i < DPT; ++i) acc[i] = 0.0f;
   for (uint32_t j0 = 0; j0 < n_keys; j0 += THREADS) {
     const uint32_t n = min((uint32_t)THREADS, n_keys - j0);
-    if (tid < n) s_s[tid] = dot(q_s, k + (size_t)(j0 + tid) * stride, head_dim) * scale;
+    if (tid < n) s_s[tid] = dot(q_s, k + rows(j0 + tid), head_dim) * scale;
     __syncthreads();
     // The new max: every thread computes the same value, in the same order.
     float m_new = m;
@@ -111,7 +125,7 @@ __device__ float attend_row(const float* q_s, const bf16* k, const bf16* v, size
     for (int i = 0; i < DPT; ++i) acc[i] *= c;
     for (uint32_t j = 0; j < n; ++j) {
       const float pj = p_s[j];
-      const bf16* vj = v + (size_t)(j0 + j) * stride;
+      const bf16* vj = v + rows(j0 + j);
       l += pj;
 #pragma unroll
       for (int i = 0; i < DPT; ++i) {
@@ -152,8 +166,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_fwd(AttnFwdParam
   const size_t kv_row = (size_t)p.n_kv_heads * hd;
   const size_t kv_off = (size_t)start * kv_row + (size_t)g * hd;  // key `start`, kv head g
   float acc[DPT];
-  const float l = attend_row(q_s, ptr<const bf16>(p.k) + kv_off, ptr<const bf16>(p.v) + kv_off, kv_row,
-                             t - start + 1, hd, p.scale, s_s, p_s, acc);
+  const float l = attend_row(q_s, ptr<const bf16>(p.k) + kv_off, ptr<const bf16>(p.v) + kv_off,
+                             Strided{kv_row}, t - start + 1, hd, p.scale, s_s, p_s, acc);
   store_row(out, acc, hd);
   if (threadIdx.x == 0) *lse = l;
 }
@@ -289,7 +303,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_bwd_dkdv(AttnBwd
 }
 
 // out for one (sequence b, query head h) per block: row = b·n_heads + h,
-// against positions 0..lens[b] of cache slot slots[b].
+// against sequence b's positions in the cache (its plan entry).
 extern "C" __global__ void __launch_bounds__(THREADS) attention_decode(AttnDecodeParams p) {
   __shared__ float q_s[MAX_D];
   __shared__ float s_s[THREADS];
@@ -302,18 +316,17 @@ extern "C" __global__ void __launch_bounds__(THREADS) attention_decode(AttnDecod
   const uint32_t hd = p.head_dim;
   const size_t q_off = (size_t)row * hd;
   bf16* out = ptr<bf16>(p.out) + q_off;
-  const uint32_t slot = ptr<const uint32_t>(p.slots)[b];
-  const uint32_t len = ptr<const uint32_t>(p.lens)[b];
-  if (slot >= p.n_slots || len == 0 || len > p.capacity) {  // the host checks this first
+  DecodeRows rows;
+  if (!decode_rows(p, b, &rows)) {  // the host checks this first
     for (uint32_t d = threadIdx.x; d < hd; d += THREADS) out[d] = to_bf(nan_f());
     return;
   }
   load_row(q_s, ptr<const bf16>(p.q) + q_off, hd);
   __syncthreads();
   const size_t kv_row = (size_t)p.n_kv_heads * hd;
-  const size_t kv_off = (size_t)slot * p.capacity * kv_row + (size_t)g * hd;  // position 0, kv head g
+  const size_t head = (size_t)g * hd;  // kv head g's elements of a cache row
   float acc[DPT];
-  attend_row(q_s, ptr<const bf16>(p.k_cache) + kv_off, ptr<const bf16>(p.v_cache) + kv_off, kv_row, len, hd,
-             p.scale, s_s, p_s, acc);
+  attend_row(q_s, ptr<const bf16>(p.k_cache) + head, ptr<const bf16>(p.v_cache) + head, CacheRows{rows, kv_row},
+             rows.len, hd, p.scale, s_s, p_s, acc);
   store_row(out, acc, hd);
 }

@@ -2,8 +2,8 @@
 // KV cache, the fast path of Gpu::attention_decode for head_dim 64 or 128 and
 // up to 8 query heads per kv head. Same parameters and semantics as
 // attention_decode in kernels/attention.cu (the simple kernel, which stays the
-// reference and the path for every other shape): sequence b attends to
-// positions 0..lens[b] of cache slot slots[b]; query head h reads kv head
+// reference and the path for every other shape): sequence b attends to its
+// positions 0..len at the cache rows its plan entry gives; query head h reads kv head
 // h / (n_heads / n_kv_heads); fp32 math, output rounded to bf16.
 //
 // Why it is faster than the simple kernel:
@@ -23,12 +23,13 @@
 // (w + WARPS·i)·KEYS, i = 0, 1, ...; it loads a whole chunk's K and V rows
 // before using them (KEYS loads of each in flight per lane) and rescales its
 // running state once per chunk. Determinism: which warp takes which key and
-// every sum's order depend only on the inputs (lens[b]); the xor butterfly
+// every sum's order depend only on the inputs (the plan); the xor butterfly
 // leaves the same bits in every lane (each step adds the same two numbers,
 // commutatively); the warps are merged in the fixed order 0, 1, 2, 3; no
 // atomics. So the same inputs give the same bits on every run.
 #include "attention.h"
 #include "common.cuh"
+#include "decode_plan.cuh"
 
 // Names apart from attention.cu's macros (THREADS, MAX_D, DPT): the CPU
 // emulation (tools/kernel_emu/decode.cpp) builds both files together.
@@ -74,11 +75,11 @@ __device__ __forceinline__ float warp_sum(float x) {
 }
 
 // The block's work for G query heads h0 .. h0 + G of kv head g and sequence b
-// (slot and len already checked). Lane `lane` owns elements
+// (its plan entry `rows` already checked). Lane `lane` owns elements
 // lane·E .. lane·E + E of every head_dim row. smem: SMEM_FLOATS floats.
 template <int D, int G>
-__device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t b, uint32_t g, uint32_t slot,
-                                             uint32_t len, float* smem) {
+__device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t b, uint32_t g,
+                                             const DecodeRows& rows, float* smem) {
   constexpr int E = D / 32;
   static_assert(D % 32 == 0 && (E == 2 || E == 4) && G >= 1 && G <= MAX_GROUP && D <= D_MAX, "supported shapes");
   const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -93,11 +94,12 @@ __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t
     for (int e = 0; e < E; ++e) q[r][e] = to_f(qp[r * D + e]);
   }
 
-  // Position j of the slot, kv head g, this lane's elements: base + j·kv_row.
+  // Position j, kv head g, this lane's elements: head + rows.row(j)·kv_row.
+  const uint32_t len = rows.len;
   const size_t kv_row = (size_t)p.n_kv_heads * D;
-  const size_t base = (size_t)slot * p.capacity * kv_row + (size_t)g * D + lane * E;
-  const bf16* kp = ptr<const bf16>(p.k_cache) + base;
-  const bf16* vp = ptr<const bf16>(p.v_cache) + base;
+  const size_t head = (size_t)g * D + lane * E;
+  const bf16* kp = ptr<const bf16>(p.k_cache) + head;
+  const bf16* vp = ptr<const bf16>(p.v_cache) + head;
 
   // Online softmax per head over this warp's keys: m the running max of the
   // scaled scores, l the running Σ exp(score − m), acc the running
@@ -116,13 +118,14 @@ __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t
   // chunk has at least one finite score and m_new is finite.
   for (uint32_t j0 = warp * KEYS; j0 < len; j0 += WARPS * KEYS) {
     // All of the chunk's loads first, so they are in flight together. Keys
-    // past len are not read (they may lie past the slot's capacity).
+    // past len are not read (they may lie past the cache's end).
     float kf[KEYS][E], vf[KEYS][E];
 #pragma unroll
     for (int i = 0; i < KEYS; ++i) {
       if (j0 + i < len) {
-        load_bf16s<E>(kp + (size_t)(j0 + i) * kv_row, kf[i]);
-        load_bf16s<E>(vp + (size_t)(j0 + i) * kv_row, vf[i]);
+        const size_t at = (size_t)rows.row(j0 + i) * kv_row;
+        load_bf16s<E>(kp + at, kf[i]);
+        load_bf16s<E>(vp + at, vf[i]);
       } else {
 #pragma unroll
         for (int e = 0; e < E; ++e) kf[i][e] = vf[i][e] = 0.0f;
@@ -200,16 +203,16 @@ __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t
 // The group size as a template parameter: registers for exactly G heads.
 template <int D>
 __device__ __forceinline__ void by_group(const AttnDecodeParams& p, uint32_t group, uint32_t b, uint32_t g,
-                                         uint32_t slot, uint32_t len, float* smem) {
+                                         const DecodeRows& rows, float* smem) {
   switch (group) {
-    case 1: attend_group<D, 1>(p, b, g, slot, len, smem); break;
-    case 2: attend_group<D, 2>(p, b, g, slot, len, smem); break;
-    case 3: attend_group<D, 3>(p, b, g, slot, len, smem); break;
-    case 4: attend_group<D, 4>(p, b, g, slot, len, smem); break;
-    case 5: attend_group<D, 5>(p, b, g, slot, len, smem); break;
-    case 6: attend_group<D, 6>(p, b, g, slot, len, smem); break;
-    case 7: attend_group<D, 7>(p, b, g, slot, len, smem); break;
-    case 8: attend_group<D, 8>(p, b, g, slot, len, smem); break;
+    case 1: attend_group<D, 1>(p, b, g, rows, smem); break;
+    case 2: attend_group<D, 2>(p, b, g, rows, smem); break;
+    case 3: attend_group<D, 3>(p, b, g, rows, smem); break;
+    case 4: attend_group<D, 4>(p, b, g, rows, smem); break;
+    case 5: attend_group<D, 5>(p, b, g, rows, smem); break;
+    case 6: attend_group<D, 6>(p, b, g, rows, smem); break;
+    case 7: attend_group<D, 7>(p, b, g, rows, smem); break;
+    case 8: attend_group<D, 8>(p, b, g, rows, smem); break;
     default: break;  // not launched (checked before)
   }
 }
@@ -230,18 +233,18 @@ extern "C" __global__ void __launch_bounds__(decode_gqa::BLOCK) attention_decode
   const uint32_t row = blockIdx.x;
   if ((uint64_t)row >= (uint64_t)p.batch * p.n_kv_heads) return;
   const uint32_t b = row / p.n_kv_heads, g = row % p.n_kv_heads;
-  const uint32_t slot = ptr<const uint32_t>(p.slots)[b];
-  const uint32_t len = ptr<const uint32_t>(p.lens)[b];
+  DecodeRows rows;
+  const bool rows_ok = decode_rows(p, b, &rows);
   // The caches are read E = hd / 32 bf16 (hd / 16 bytes) at a time.
   const bool aligned = ((p.k_cache | p.v_cache) & (dptr)(hd / 16 - 1)) == 0;
-  if (slot >= p.n_slots || len == 0 || len > p.capacity || !aligned) {  // the host checks this first
+  if (!rows_ok || !aligned) {  // the host checks this first
     bf16* out = ptr<bf16>(p.out) + ((size_t)b * p.n_heads + (size_t)g * group) * hd;
     for (uint32_t i = threadIdx.x; i < group * hd; i += BLOCK) out[i] = to_bf(nan_value());
     return;
   }
   if (hd == 64) {
-    by_group<64>(p, group, b, g, slot, len, smem);
+    by_group<64>(p, group, b, g, rows, smem);
   } else {
-    by_group<128>(p, group, b, g, slot, len, smem);
+    by_group<128>(p, group, b, g, rows, smem);
   }
 }

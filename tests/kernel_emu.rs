@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::decode_cases::{cache_for, grouped_plan};
 use common::policy_cases::{policy_cases, policy_mismatches};
 use common::sampling::{cases, mismatches};
 use engine::rollout::{Sampled, Stream};
@@ -211,15 +212,16 @@ fn gpu_policy_coefficient_code_matches_the_cpu_loss_library() {
 /// and 128, 1, 2, 7 and 8 query heads per kv head, sequences of 1 to 257 keys
 /// (one warp's chunk, several, every warp, partial chunks) in slots out of
 /// order in a larger cache whose unused positions are NaN, so a read past
-/// lens[b] or of a wrong slot shows.
+/// len or of a wrong row shows. Three sequences read a shared prefix from
+/// another slot (as a prompt's samples do), of lengths that split a warp's
+/// chunk of keys, and one of them has no position of its own but the new one.
 #[test]
 fn gpu_decode_attention_code_matches_the_cpu_decode() {
     use engine::backend::cpu::attention::attention_decode;
-    use engine::backend::AttnShape;
+    use engine::backend::{AttnShape, DecodeSeq};
     let Some(exe) = build("decode") else { return };
-    let lens = [1u32, 257, 33, 2, 200];
-    let slots = [3u32, 0, 5, 1, 4];
-    let (capacity, n_slots) = (264usize, 6usize);
+    let (plan, n_rows) = grouped_plan();
+    let words = DecodeSeq::encode(&plan);
     // (head_dim, query heads per kv head, kv heads).
     let shapes = [(64, 1, 3), (128, 1, 2), (64, 2, 2), (128, 2, 1), (64, 7, 2), (128, 7, 1), (64, 8, 1), (128, 8, 2)];
     // Values in [-1, 1) that bf16 holds exactly, from a fixed LCG.
@@ -242,26 +244,18 @@ fn gpu_decode_attention_code_matches_the_cpu_decode() {
         let s =
             AttnShape { n_heads: group * n_kv_heads, n_kv_heads, head_dim, scale: sharp / (head_dim as f32).sqrt() };
         let kv_row = n_kv_heads * head_dim;
-        let q: Vec<f32> = (0..lens.len() * s.n_heads * head_dim).map(|_| 2.0 * rand()).collect();
-        let mut k_cache = vec![f32::NAN; n_slots * capacity * kv_row];
-        let mut v_cache = k_cache.clone();
-        for (&len, &slot) in lens.iter().zip(&slots) {
-            let at = slot as usize * capacity * kv_row;
-            for x in &mut k_cache[at..at + len as usize * kv_row] {
-                *x = rand();
-            }
-            for x in &mut v_cache[at..at + len as usize * kv_row] {
-                *x = rand();
-            }
-        }
+        let q: Vec<f32> = (0..plan.len() * s.n_heads * head_dim).map(|_| 2.0 * rand()).collect();
+        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rand()).collect() };
+        let k_cache = cache_for(&plan, n_rows, kv_row, &random(n_rows * kv_row));
+        let v_cache = cache_for(&plan, n_rows, kv_row, &random(n_rows * kv_row));
         let mut want = vec![0.0; q.len()];
-        attention_decode(&s, capacity, &slots, &lens, &q, &k_cache, &v_cache, &mut want);
+        attention_decode(&s, &words, &q, &k_cache, &v_cache, &mut want);
         wants.push((s, want));
 
-        let header = [lens.len(), n_slots, capacity, group * n_kv_heads, n_kv_heads, head_dim];
+        let header = [plan.len(), n_rows, group * n_kv_heads, n_kv_heads, head_dim];
         header.iter().for_each(|&v| put32(&mut input, v as u32));
         input.extend_from_slice(&s.scale.to_le_bytes());
-        slots.iter().chain(&lens).for_each(|&v| put32(&mut input, v));
+        words.iter().for_each(|&v| put32(&mut input, v));
         for x in [&q, &k_cache, &v_cache] {
             input.extend(bits(x));
         }

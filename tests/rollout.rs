@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use engine::backend::cpu::Cpu;
 use engine::cli::score::score_sequences;
-use engine::model::{Activations, Model};
+use engine::model::{Activations, CacheShape, Model};
 use engine::rollout::{GenerateConfig, Generator, Sample, SamplingParams};
 
 fn load(name: &str) -> Model<Cpu> {
@@ -103,9 +103,29 @@ fn shared_prefill_and_batching_do_not_change_samples() {
     // Three slots: prompts wait for free slots and join mid-flight.
     let narrow = run(&model, &ps, GenerateConfig { max_batch: 3, prefill_tokens: 8, ..base.clone() });
     same(&shared, &narrow, "batch composition changed a sample");
+    // One prompt slot: a prompt waits until every sample of the one before
+    // has finished, and each reuses the slot the last one wrote.
+    let one_prompt = run(&model, &ps, GenerateConfig { prompt_slots: 1, max_batch: 4, ..base.clone() });
+    same(&shared, &one_prompt, "one prompt slot");
     // Reproducible with the seed, different without it.
     assert_eq!(shared, run(&model, &ps, base.clone()));
     assert_ne!(shared, run(&model, &ps, GenerateConfig { seed: 6, ..base }));
+}
+
+/// The cache holds each prompt once for its samples: with 8 samples per
+/// prompt and 64 sequences in flight, 16 prompt slots (twice the 8 prompts
+/// that fill the batch) and 64 generation slots, half the rows of a slot of
+/// prompt + new tokens per sequence at these lengths; 64 prompt slots
+/// without sharing.
+#[test]
+fn the_cache_holds_a_prompt_once_for_its_samples() {
+    let model = load("qwen2");
+    let cfg = GenerateConfig { n: 8, max_batch: 64, max_new_tokens: 50, ..Default::default() };
+    let shape = Generator::new(&Cpu, &model, cfg.clone(), 100).unwrap().cache_shape();
+    assert_eq!(shape, CacheShape { prompt_slots: 16, prompt_cap: 100, gen_slots: 64, gen_cap: 50 });
+    assert_eq!(shape.rows(), 64 * 150 / 2);
+    let separate = Generator::new(&Cpu, &model, GenerateConfig { share_prefill: false, ..cfg }, 100).unwrap();
+    assert_eq!(separate.cache_shape().prompt_slots, 64);
 }
 
 #[test]

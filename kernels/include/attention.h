@@ -57,21 +57,22 @@ typedef struct AttnBwdParams {
   float scale;
 } AttnBwdParams;
 
-/* attention_decode: one query per sequence against a KV cache.
+/* attention_decode: one query per sequence against a KV cache of rows.
  * q, out: [batch, n_heads, head_dim]; k_cache, v_cache:
- * [n_slots, capacity, n_kv_heads, head_dim]; slots, lens: u32 [batch].
- * Sequence b reads positions 0..lens[b] of slot slots[b]. One block per
- * (sequence, query head). */
+ * [n_rows, n_kv_heads, head_dim]; plan: u32 [batch][ENGINE_DECODE_PLAN_WORDS]
+ * = (prefix_row, prefix_len, own_row, len) per sequence: sequence b attends
+ * to its positions 0..len, position j at cache row prefix_row + j when
+ * j < prefix_len (a prompt's keys, shared by its samples), else at row
+ * own_row + j - prefix_len (DecodeSeq in src/backend/decode_plan.rs). */
+#define ENGINE_DECODE_PLAN_WORDS 4
 typedef struct AttnDecodeParams {
   dptr q;
   dptr k_cache;
   dptr v_cache;
-  dptr slots;
-  dptr lens;
+  dptr plan;
   dptr out;
   uint32_t batch;
-  uint32_t n_slots;
-  uint32_t capacity;
+  uint32_t n_rows;
   uint32_t n_heads;
   uint32_t n_kv_heads;
   uint32_t head_dim;

@@ -17,6 +17,9 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod decode_plan;
+
+pub use decode_plan::DecodeSeq;
 
 /// Target id meaning "this position has no target" (masked / end of sequence).
 pub const IGNORE: u32 = u32::MAX;
@@ -252,16 +255,14 @@ pub trait Backend: Sync {
         dk: Self::Mut<'_>,
         dv: Self::Mut<'_>,
     );
-    /// One query per sequence against a KV cache `[slots, capacity, kv_heads,
-    /// head_dim]`: sequence `b` reads slot `slots[b]`, which holds `lens[b]`
-    /// valid positions, its own new key and value included (rollouts).
-    #[allow(clippy::too_many_arguments)]
+    /// One query per sequence against a KV cache of rows `[n_rows, kv_heads,
+    /// head_dim]` (rollouts): `plan` holds one [`DecodeSeq`] per sequence
+    /// ([`DecodeSeq::encode`]), which says which rows hold its positions, its
+    /// own new key and value included.
     fn attention_decode(
         &self,
         s: &AttnShape,
-        capacity: usize,
-        slots: Self::IdxRef<'_>,
-        lens: Self::IdxRef<'_>,
+        plan: Self::IdxRef<'_>,
         q: Self::Ref<'_>,
         k_cache: Self::Ref<'_>,
         v_cache: Self::Ref<'_>,

@@ -1,81 +1,135 @@
-//! The KV cache of the rollout engine: per layer, keys and values
-//! `[slots, capacity, kv_heads, head_dim]`, one slot per sequence being
-//! generated. A forward either writes the keys and values it computes into
-//! slots (prefill, decode) and/or attends against them (decode); which rows
-//! go where is staged here before the forward (`plan_*`).
+//! The KV cache of the rollout engine: per layer, keys and values as rows
+//! `[rows, kv_heads, head_dim]` in two pools of slots.
+//!
+//! - **Prompt slots** (`prompt_slots` × `prompt_cap` rows, first): a prompt's
+//!   keys and values, written once at prefill and read by all its samples.
+//! - **Generation slots** (`gen_slots` × `gen_cap` rows, after them): one per
+//!   sequence being decoded, holding the keys and values of the tokens it
+//!   generated.
+//!
+//! So a prompt's G samples hold one copy of the prompt, not G: for a long
+//! prompt most of the cache. Decode attention reads a sequence's positions
+//! below the prompt length from its prompt slot and the rest from its own
+//! slot ([`DecodeSeq`]). A forward writes the keys and values it computes
+//! where the plan staged here says (`plan_*`) and/or attends against the
+//! cache (decode).
 
-use crate::backend::{Backend, Span};
+use crate::backend::{Backend, DecodeSeq, Span};
 
 pub struct KvCache<B: Backend> {
-    pub slots: usize,
-    /// Positions per slot (prompt + new tokens).
-    pub capacity: usize,
+    pub prompt_slots: usize,
+    /// Rows per prompt slot (the longest prompt).
+    pub prompt_cap: usize,
+    pub gen_slots: usize,
+    /// Rows per generation slot (the most tokens a sequence writes after its prompt).
+    pub gen_cap: usize,
     pub kv_dim: usize,
     pub k: Vec<B::Buf>,
     pub v: Vec<B::Buf>,
     /// Staged writes: token row `write_src[i]` of the forward goes to cache
-    /// row `write_dst[i]` (= slot · capacity + position).
+    /// row `write_dst[i]`.
     pub(crate) write_src: B::Idx,
     pub(crate) write_dst: B::Idx,
     pub(crate) n_writes: usize,
-    /// Staged decode: sequence b reads slot `dec_slots[b]` with `dec_lens[b]` positions.
-    pub(crate) dec_slots: B::Idx,
-    pub(crate) dec_lens: B::Idx,
+    max_writes: usize,
+    /// Staged decode: one [`DecodeSeq`] per sequence (4 words each).
+    pub(crate) plan: B::Idx,
     pub(crate) n_decode: usize,
 }
 
+/// The sizes of a cache's two pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheShape {
+    pub prompt_slots: usize,
+    pub prompt_cap: usize,
+    pub gen_slots: usize,
+    pub gen_cap: usize,
+}
+
+impl CacheShape {
+    pub fn rows(&self) -> usize {
+        self.prompt_slots * self.prompt_cap + self.gen_slots * self.gen_cap
+    }
+}
+
 impl<B: Backend> KvCache<B> {
-    pub fn new(be: &B, n_layers: usize, kv_dim: usize, slots: usize, capacity: usize) -> Self {
-        let size = slots * capacity * kv_dim;
+    pub fn new(be: &B, n_layers: usize, kv_dim: usize, shape: CacheShape) -> Self {
+        let rows = shape.rows();
+        assert!(rows > 0 && rows <= u32::MAX as usize, "kv cache: {rows} rows (must be in 1..2^32)");
+        // A prefill writes at most every prompt row, a decode step one row per slot.
+        let writes = (shape.prompt_slots * shape.prompt_cap).max(shape.gen_slots);
         KvCache {
-            slots,
-            capacity,
+            prompt_slots: shape.prompt_slots,
+            prompt_cap: shape.prompt_cap,
+            gen_slots: shape.gen_slots,
+            gen_cap: shape.gen_cap,
             kv_dim,
-            k: (0..n_layers).map(|_| be.alloc(size)).collect(),
-            v: (0..n_layers).map(|_| be.alloc(size)).collect(),
-            write_src: be.alloc_idx(slots * capacity),
-            write_dst: be.alloc_idx(slots * capacity),
+            k: (0..n_layers).map(|_| be.alloc(rows * kv_dim)).collect(),
+            v: (0..n_layers).map(|_| be.alloc(rows * kv_dim)).collect(),
+            write_src: be.alloc_idx(writes),
+            write_dst: be.alloc_idx(writes),
             n_writes: 0,
-            dec_slots: be.alloc_idx(slots),
-            dec_lens: be.alloc_idx(slots),
+            max_writes: writes,
+            plan: be.alloc_idx(shape.gen_slots * DecodeSeq::WORDS),
             n_decode: 0,
         }
     }
 
-    /// f32 elements of a cache (keys and values of every layer).
-    pub fn elements(n_layers: usize, kv_dim: usize, slots: usize, capacity: usize) -> usize {
-        2 * n_layers * slots * capacity * kv_dim
+    pub fn shape(&self) -> CacheShape {
+        CacheShape {
+            prompt_slots: self.prompt_slots,
+            prompt_cap: self.prompt_cap,
+            gen_slots: self.gen_slots,
+            gen_cap: self.gen_cap,
+        }
     }
 
-    /// Stages the writes of a prefill: `(token row, slot, position)` each.
-    /// A prompt shared by several samples is written to each of their slots.
-    pub fn plan_writes(&mut self, be: &B, writes: &[(u32, u32, u32)]) {
-        let (src, dst): (Vec<u32>, Vec<u32>) = writes
-            .iter()
-            .map(|&(t, slot, pos)| {
-                assert!(
-                    (slot as usize) < self.slots && (pos as usize) < self.capacity,
-                    "kv cache: slot {slot} position {pos} out of range"
-                );
-                (t, slot * self.capacity as u32 + pos)
-            })
-            .unzip();
+    /// f32 elements of a cache (keys and values of every layer).
+    pub fn elements(n_layers: usize, kv_dim: usize, shape: CacheShape) -> usize {
+        2 * n_layers * shape.rows() * kv_dim
+    }
+
+    /// The first row of prompt slot `slot`.
+    pub fn prompt_row(&self, slot: u32) -> u32 {
+        assert!((slot as usize) < self.prompt_slots, "kv cache: prompt slot {slot} of {}", self.prompt_slots);
+        slot * self.prompt_cap as u32
+    }
+
+    /// The first row of generation slot `slot`.
+    pub fn gen_row(&self, slot: u32) -> u32 {
+        assert!((slot as usize) < self.gen_slots, "kv cache: generation slot {slot} of {}", self.gen_slots);
+        (self.prompt_slots * self.prompt_cap) as u32 + slot * self.gen_cap as u32
+    }
+
+    /// Stages the writes of a prefill: `(token row, cache row)` each.
+    pub fn plan_writes(&mut self, be: &B, writes: &[(u32, u32)]) {
+        let rows = self.shape().rows();
+        assert!(writes.len() <= self.max_writes, "kv cache: {} writes staged at once", writes.len());
+        if let Some(w) = writes.iter().find(|w| w.1 as usize >= rows) {
+            panic!("kv cache: write to row {} of {rows}", w.1);
+        }
+        let (src, dst): (Vec<u32>, Vec<u32>) = writes.iter().copied().unzip();
         be.write_idx(&src, &mut self.write_src);
         be.write_idx(&dst, &mut self.write_dst);
         self.n_writes = writes.len();
         self.n_decode = 0;
     }
 
-    /// Stages a decode step: sequence b (token row b) is at position
-    /// `lens[b] − 1` of slot `slots[b]`; its key and value are written there
-    /// and it attends to positions `0..lens[b]`.
-    pub fn plan_decode(&mut self, be: &B, slots: &[u32], lens: &[u32]) {
-        let writes: Vec<(u32, u32, u32)> =
-            slots.iter().zip(lens).enumerate().map(|(b, (&s, &l))| (b as u32, s, l - 1)).collect();
+    /// Stages a decode step: sequence b (token row b) attends to the
+    /// positions `seqs[b]` places; its new key and value (position `len − 1`)
+    /// are written first.
+    pub fn plan_decode(&mut self, be: &B, seqs: &[DecodeSeq]) {
+        let rows = self.shape().rows();
+        assert!(seqs.len() <= self.gen_slots, "kv cache: {} sequences for {} slots", seqs.len(), self.gen_slots);
+        for (b, s) in seqs.iter().enumerate() {
+            if let Err(e) = s.check(rows) {
+                panic!("kv cache: sequence {b}: {e}");
+            }
+        }
+        let writes: Vec<(u32, u32)> = seqs.iter().enumerate().map(|(b, s)| (b as u32, s.row(s.len - 1))).collect();
         self.plan_writes(be, &writes);
-        be.write_idx(slots, &mut self.dec_slots);
-        be.write_idx(lens, &mut self.dec_lens);
-        self.n_decode = slots.len();
+        be.write_idx(&DecodeSeq::encode(seqs), &mut self.plan);
+        self.n_decode = seqs.len();
     }
 
     /// Writes layer `l`'s keys and values of this forward's tokens where
@@ -83,13 +137,12 @@ impl<B: Backend> KvCache<B> {
     pub(crate) fn write_layer(&mut self, be: &B, l: usize, k: B::Ref<'_>, v: B::Ref<'_>) {
         let s = Span::new(0, self.n_writes);
         let (src, dst) = (B::idx_view(&self.write_src, s), B::idx_view(&self.write_dst, s));
-        let all = Span::new(0, self.slots * self.capacity * self.kv_dim);
+        let all = Span::new(0, self.shape().rows() * self.kv_dim);
         be.copy_rows(k, B::view_mut(&mut self.k[l], all), self.kv_dim, src, dst);
         be.copy_rows(v, B::view_mut(&mut self.v[l], all), self.kv_dim, src, dst);
     }
 
-    pub(crate) fn decode_plan(&self) -> (B::IdxRef<'_>, B::IdxRef<'_>) {
-        let s = Span::new(0, self.n_decode);
-        (B::idx_view(&self.dec_slots, s), B::idx_view(&self.dec_lens, s))
+    pub(crate) fn decode_plan(&self) -> B::IdxRef<'_> {
+        B::idx_view(&self.plan, Span::new(0, self.n_decode * DecodeSeq::WORDS))
     }
 }

@@ -12,7 +12,7 @@ pub mod transformer;
 
 pub use activations::Activations;
 pub use config::{Arch, ModelConfig};
-pub use kv_cache::KvCache;
+pub use kv_cache::{CacheShape, KvCache};
 pub use params::ParamLayout;
 pub use transformer::Attend;
 

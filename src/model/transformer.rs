@@ -241,12 +241,9 @@ impl<B: Backend> Model<B> {
                 pm::<B>(&mut a.lse, n * cfg.n_heads),
             ),
             Attend::Decode(cache) => {
-                let (slots, lens) = cache.decode_plan();
                 be.attention_decode(
                     &self.attn_shape(),
-                    cache.capacity,
-                    slots,
-                    lens,
+                    cache.decode_plan(),
                     pr::<B>(&a.q, n * q),
                     pr::<B>(&cache.k[l], B::len(&cache.k[l])),
                     pr::<B>(&cache.v[l], B::len(&cache.v[l])),

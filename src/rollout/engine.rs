@@ -1,15 +1,17 @@
 //! The generation engine: continuous batching over a preallocated KV cache.
 //!
-//! Each prompt is prefilled once, its keys and values written into the
-//! slots of all its `n` samples, which then decode one token per step
-//! alongside every other active sequence. A finished sequence frees its slot
-//! and waiting prompts join at the next step.
+//! Each prompt is prefilled once, its keys and values written once, into a
+//! prompt slot of the cache that all its `n` samples read (`KvCache`); each
+//! sample then decodes one token per step, in a generation slot of its own,
+//! alongside every other active sequence. A finished sequence frees its
+//! generation slot (the prompt slot goes when the prompt's last sample
+//! finishes), and waiting prompts join at the next step.
 
 use super::sampler::{Draw, SamplingParams, Stream};
-use crate::backend::Backend;
+use crate::backend::{Backend, DecodeSeq};
 use crate::data::Batch;
 use crate::model::activations::backend_chunk;
-use crate::model::{Activations, Attend, KvCache, Model};
+use crate::model::{Activations, Attend, CacheShape, KvCache, Model};
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
 
@@ -24,8 +26,14 @@ pub struct GenerateConfig {
     pub eos_ids: Vec<u32>,
     /// Any of these appearing in the decoded text ends a sequence.
     pub stop_strings: Vec<String>,
-    /// Sequences decoded together (KV-cache slots); at least `n`.
+    /// Sequences decoded together (KV-cache generation slots); at least `n`.
     pub max_batch: usize,
+    /// Prompts whose samples may be in flight at once (KV-cache prompt
+    /// slots); 0 picks `min(max_batch, 2·⌈max_batch / n⌉)` (slack for a
+    /// prompt whose samples finish at different times), or `max_batch`
+    /// without `share_prefill`. Fewer slots hold less memory; too few leave
+    /// generation slots idle.
+    pub prompt_slots: usize,
     /// Prompt tokens prefilled in one forward (a longer prompt goes alone).
     pub prefill_tokens: usize,
     /// Prefill each prompt once for its `n` samples (true) or once per
@@ -43,6 +51,7 @@ impl Default for GenerateConfig {
             eos_ids: vec![],
             stop_strings: vec![],
             max_batch: 64,
+            prompt_slots: 0,
             prefill_tokens: 4096,
             share_prefill: true,
         }
@@ -82,7 +91,11 @@ pub struct Sample {
 struct Active {
     prompt: usize,
     sample: usize,
-    slot: u32,
+    /// The prompt's keys and values (shared with its other samples).
+    prompt_slot: u32,
+    /// This sequence's generated keys and values.
+    gen_slot: u32,
+    prompt_len: usize,
     /// Tokens in the cache (prompt + generated, but the last generated).
     len: usize,
     stream: Stream,
@@ -101,9 +114,46 @@ pub struct Generator<'m, B: Backend> {
     acts: Activations<B>,
 }
 
+/// Which cache slots are free, and how many live samples read each prompt slot.
+struct Slots {
+    free_gen: Vec<u32>,
+    free_prompt: Vec<u32>,
+    readers: Vec<usize>,
+}
+
+impl Slots {
+    fn new(shape: CacheShape) -> Self {
+        Slots {
+            free_gen: (0..shape.gen_slots as u32).rev().collect(),
+            free_prompt: (0..shape.prompt_slots as u32).rev().collect(),
+            readers: vec![0; shape.prompt_slots],
+        }
+    }
+
+    /// A prompt slot for `samples` readers and a generation slot for each,
+    /// if there are enough free.
+    fn take(&mut self, samples: usize) -> Option<(u32, Vec<u32>)> {
+        if self.free_gen.len() < samples || self.free_prompt.is_empty() {
+            return None;
+        }
+        let p = self.free_prompt.pop().expect("checked");
+        self.readers[p as usize] = samples;
+        Some((p, self.free_gen.split_off(self.free_gen.len() - samples)))
+    }
+
+    fn release(&mut self, a: &Active) {
+        self.free_gen.push(a.gen_slot);
+        let r = &mut self.readers[a.prompt_slot as usize];
+        *r -= 1;
+        if *r == 0 {
+            self.free_prompt.push(a.prompt_slot);
+        }
+    }
+}
+
 impl<'m, B: Backend> Generator<'m, B> {
-    /// Allocates the cache for `max_batch` sequences of up to
-    /// `longest_prompt + max_new_tokens` positions, and the arena.
+    /// Allocates the cache (prompt slots of `longest_prompt` positions,
+    /// `max_batch` generation slots of `max_new_tokens`) and the arena.
     pub fn new(be: &'m B, model: &'m Model<B>, mut cfg: GenerateConfig, longest_prompt: usize) -> Result<Self> {
         if cfg.n == 0 || cfg.max_new_tokens == 0 {
             bail!("generate: need at least one sample and one new token");
@@ -111,12 +161,35 @@ impl<'m, B: Backend> Generator<'m, B> {
         cfg.sampling.validate().map_err(|e| anyhow::anyhow!("generate: {e}"))?;
         cfg.max_batch = cfg.max_batch.max(cfg.n);
         let c = &model.cfg;
+        if longest_prompt == 0 {
+            bail!("generate: the longest prompt has no tokens");
+        }
         let capacity = longest_prompt + cfg.max_new_tokens;
-        let cache = KvCache::new(be, c.n_layers, c.kv_dim(), cfg.max_batch, capacity);
+        let prompt_slots = match (cfg.prompt_slots, cfg.share_prefill) {
+            (0, true) => cfg.max_batch.min(2 * cfg.max_batch.div_ceil(cfg.n)),
+            (0, false) => cfg.max_batch,
+            (k, _) => k,
+        };
+        // The last token sampled is never written: max_new_tokens − 1 rows would do.
+        let shape = CacheShape {
+            prompt_slots,
+            prompt_cap: longest_prompt,
+            gen_slots: cfg.max_batch,
+            gen_cap: cfg.max_new_tokens,
+        };
+        if shape.rows() > u32::MAX as usize {
+            bail!("generate: a KV cache of {} rows does not fit 32-bit row indices", shape.rows());
+        }
+        let cache = KvCache::new(be, c.n_layers, c.kv_dim(), shape);
         let cap = cfg.prefill_tokens.max(longest_prompt).max(cfg.max_batch);
         let chunk = backend_chunk(be, c, cfg.max_batch);
         let acts = Activations::with_positions(be, c, cap, chunk, false, capacity);
         Ok(Generator { be, model, cfg, cache, acts })
+    }
+
+    /// The sizes of the KV cache's pools.
+    pub fn cache_shape(&self) -> CacheShape {
+        self.cache.shape()
     }
 
     /// Generates `n` samples for each prompt; `on_token` is called with the
@@ -132,12 +205,8 @@ impl<'m, B: Backend> Generator<'m, B> {
             if p.is_empty() {
                 bail!("prompt {i} is empty");
             }
-            if p.len() + self.cfg.max_new_tokens > self.cache.capacity {
-                bail!(
-                    "prompt {i} ({} tokens) does not fit the cache built for {}",
-                    p.len(),
-                    self.cache.capacity - self.cfg.max_new_tokens
-                );
+            if p.len() > self.cache.prompt_cap {
+                bail!("prompt {i} ({} tokens) does not fit the cache built for {}", p.len(), self.cache.prompt_cap);
             }
             if let Some(&t) = p.iter().find(|&&t| t as usize >= vocab) {
                 bail!("prompt {i}: token id {t} outside the vocabulary ({vocab})");
@@ -155,7 +224,7 @@ impl<'m, B: Backend> Generator<'m, B> {
             })
             .collect();
         let mut waiting: VecDeque<(usize, std::ops::Range<usize>)> = units.into();
-        let mut free: Vec<u32> = (0..self.cache.slots as u32).rev().collect();
+        let mut free = Slots::new(self.cache.shape());
         let mut active: Vec<Active> = Vec::new();
         let mut done: Vec<Sample> = Vec::new();
 
@@ -193,38 +262,36 @@ impl<'m, B: Backend> Generator<'m, B> {
         &mut self,
         prompts: &[Vec<u32>],
         waiting: &mut VecDeque<(usize, std::ops::Range<usize>)>,
-        free: &mut Vec<u32>,
+        free: &mut Slots,
     ) -> Result<Vec<Active>> {
-        let mut group: Vec<(usize, std::ops::Range<usize>, Vec<u32>)> = Vec::new();
+        // (prompt, its samples, its prompt slot, their generation slots)
+        let mut group: Vec<(usize, std::ops::Range<usize>, u32, Vec<u32>)> = Vec::new();
         let mut tokens = 0;
         while let Some((p, samples)) = waiting.front() {
             let len = prompts[*p].len();
-            if free.len() < samples.len() || (!group.is_empty() && tokens + len > self.acts.cap) {
+            if !group.is_empty() && tokens + len > self.acts.cap {
                 break;
             }
-            let slots: Vec<u32> = (0..samples.len()).map(|_| free.pop().expect("checked")).collect();
-            group.push((*p, samples.clone(), slots));
+            let Some((prompt_slot, gen_slots)) = free.take(samples.len()) else { break };
+            group.push((*p, samples.clone(), prompt_slot, gen_slots));
             tokens += len;
             waiting.pop_front();
         }
         if group.is_empty() {
             return Ok(vec![]);
         }
-        let seqs: Vec<&[u32]> = group.iter().map(|(p, _, _)| prompts[*p].as_slice()).collect();
+        let seqs: Vec<&[u32]> = group.iter().map(|(p, _, _, _)| prompts[*p].as_slice()).collect();
         let batch = Batch::pack(&seqs);
         let mut writes = Vec::new();
-        for (i, (_, _, slots)) in group.iter().enumerate() {
-            for t in batch.seq(i) {
-                for &slot in slots {
-                    writes.push((t as u32, slot, batch.positions[t]));
-                }
-            }
+        for (i, (_, _, prompt_slot, _)) in group.iter().enumerate() {
+            let row = self.cache.prompt_row(*prompt_slot);
+            writes.extend(batch.seq(i).map(|t| (t as u32, row + batch.positions[t])));
         }
         self.cache.plan_writes(self.be, &writes);
         self.model.forward_with(self.be, &mut self.acts, &batch, Attend::PackedFill(&mut self.cache))?;
         // One row per sample: a prompt's samples draw from its last row.
         let mut draws = Vec::new();
-        for (i, (p, samples, _)) in group.iter().enumerate() {
+        for (i, (p, samples, _, _)) in group.iter().enumerate() {
             let last = batch.seq(i).end as u32 - 1;
             for s in samples.clone() {
                 let stream = Stream::new(self.cfg.seed, *p as u64, s as u64);
@@ -234,13 +301,15 @@ impl<'m, B: Backend> Generator<'m, B> {
         let mut sampled =
             self.model.sample_rows(self.be, &mut self.acts, &draws, &self.cfg.sampling).into_iter().zip(draws);
         let mut out = Vec::new();
-        for (p, samples, slots) in group {
-            for (s, slot) in samples.zip(slots) {
+        for (p, samples, prompt_slot, gen_slots) in group {
+            for (s, gen_slot) in samples.zip(gen_slots) {
                 let (x, (_, draw)) = sampled.next().expect("one draw per sample");
                 out.push(Active {
                     prompt: p,
                     sample: s,
-                    slot,
+                    prompt_slot,
+                    gen_slot,
+                    prompt_len: prompts[p].len(),
                     len: prompts[p].len(),
                     stream: draw.stream,
                     tokens: vec![x.token],
@@ -256,15 +325,22 @@ impl<'m, B: Backend> Generator<'m, B> {
         let b = active.len();
         let tokens: Vec<u32> = active.iter().map(|a| *a.tokens.last().unwrap()).collect();
         let positions: Vec<u32> = active.iter().map(|a| a.len as u32).collect();
-        let slots: Vec<u32> = active.iter().map(|a| a.slot).collect();
-        let lens: Vec<u32> = positions.iter().map(|p| p + 1).collect();
+        let seqs: Vec<DecodeSeq> = active
+            .iter()
+            .map(|a| DecodeSeq {
+                prefix_row: self.cache.prompt_row(a.prompt_slot),
+                prefix_len: a.prompt_len as u32,
+                own_row: self.cache.gen_row(a.gen_slot),
+                len: a.len as u32 + 1,
+            })
+            .collect();
         let batch = Batch {
             tokens,
             positions,
             cu_seqlens: (0..=b as u32).collect(),
             next_tokens: vec![crate::backend::IGNORE; b],
         };
-        self.cache.plan_decode(self.be, &slots, &lens);
+        self.cache.plan_decode(self.be, &seqs);
         self.model.forward_with(self.be, &mut self.acts, &batch, Attend::Decode(&mut self.cache))?;
         // Each sequence draws from its own stream, step = tokens so far.
         let draws: Vec<(u32, Draw)> =
@@ -294,8 +370,8 @@ impl<'m, B: Backend> Generator<'m, B> {
         (a.tokens.len() >= self.cfg.max_new_tokens).then_some(FinishReason::Length)
     }
 
-    fn retire(&self, a: &mut Active, reason: FinishReason, free: &mut Vec<u32>) -> Sample {
-        free.push(a.slot);
+    fn retire(&self, a: &mut Active, reason: FinishReason, free: &mut Slots) -> Sample {
+        free.release(a);
         Sample {
             prompt_index: a.prompt,
             sample_index: a.sample,

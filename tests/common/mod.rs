@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: fixture reading and error norms.
 #![allow(dead_code)]
 
+pub mod decode_cases;
 pub mod policy_cases;
 pub mod runs;
 pub mod sampling;

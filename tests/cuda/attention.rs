@@ -1,11 +1,12 @@
 //! kernels/attention.cu (the simple causal attention) against the CPU's
 //! attention: forward, backward, decode, determinism and input checks.
 
+use super::common::decode_cases::{cache_for, grouped_plan, plan_in_slots};
 use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
 use cudarc::driver::CudaSlice;
 use engine::backend::cpu::attention::{attention_bwd, attention_decode, attention_fwd};
 use engine::backend::cuda::{Bf16, Gpu};
-use engine::backend::AttnShape;
+use engine::backend::{AttnShape, DecodeSeq};
 
 /// One packed problem with random inputs already representable in bf16.
 struct Case {
@@ -161,29 +162,37 @@ fn attention_decode_matches_the_cpu() {
     let Some(g) = gpu("attention_decode_matches_the_cpu") else { return };
     for (n_heads, n_kv_heads, head_dim) in [(6, 2, 64), (6, 3, 40)] {
         // Sequences in scattered slots of a larger cache; every position not
-        // in use is NaN, so a read past lens[b] or of a wrong slot shows.
+        // in use is NaN, so a read past len or of a wrong row shows.
+        // Sequences 1 and 3 read their first 2 and 70 positions from slot 7
+        // (a shared prompt's rows), the rest from their own slot.
         let lens = [1u32, 5, 17, 130, 23];
         let slots = [3u32, 0, 6, 1, 4];
-        let (capacity, n_slots) = (144usize, 7usize);
+        let prefix = [(0u32, 0u32), (0, 2), (0, 0), (2, 70), (0, 0)];
+        let (capacity, n_slots) = (144usize, 8usize);
+        let plan = plan_in_slots(&lens, &slots, &prefix, 7, capacity);
         let c = Case::new(&lens, n_heads, n_kv_heads, head_dim, 8);
         let (q_row, kv_row) = (n_heads * head_dim, n_kv_heads * head_dim);
         let mut k_cache = vec![f32::NAN; n_slots * capacity * kv_row];
         let mut v_cache = k_cache.clone();
         let mut q_last = vec![0.0; lens.len() * q_row];
-        for (b, (&len, &slot)) in lens.iter().zip(&slots).enumerate() {
-            let (start, len, at) = (c.cu[b] as usize, len as usize, slot as usize * capacity * kv_row);
-            k_cache[at..at + len * kv_row].copy_from_slice(&c.k[start * kv_row..(start + len) * kv_row]);
-            v_cache[at..at + len * kv_row].copy_from_slice(&c.v[start * kv_row..(start + len) * kv_row]);
-            let last = start + len - 1;
+        for (b, d) in plan.iter().enumerate() {
+            let start = c.cu[b] as usize;
+            for j in 0..d.len as usize {
+                let (src, dst) = ((start + j) * kv_row, d.row(j as u32) as usize * kv_row);
+                k_cache[dst..dst + kv_row].copy_from_slice(&c.k[src..src + kv_row]);
+                v_cache[dst..dst + kv_row].copy_from_slice(&c.v[src..src + kv_row]);
+            }
+            let last = start + d.len as usize - 1;
             q_last[b * q_row..(b + 1) * q_row].copy_from_slice(&c.q[last * q_row..(last + 1) * q_row]);
         }
+        let words = DecodeSeq::encode(&plan);
         let mut want = vec![0.0; q_last.len()];
-        attention_decode(&c.s, capacity, &slots, &lens, &q_last, &k_cache, &v_cache, &mut want);
+        attention_decode(&c.s, &words, &q_last, &k_cache, &v_cache, &mut want);
 
-        let (slots_d, lens_d) = (g.stream.clone_htod(&slots).unwrap(), g.stream.clone_htod(&lens).unwrap());
+        let plan_d = g.stream.clone_htod(&words).unwrap();
         let (q_d, k_d, v_d) = (up(&g, &q_last), up(&g, &k_cache), up(&g, &v_cache));
         let mut out_d = nan_bf16(&g, q_last.len());
-        g.attention_decode(&c.s, capacity, &slots_d, &lens_d, &q_d, &k_d, &v_d, &mut out_d).unwrap();
+        g.attention_decode(&c.s, &plan_d, &q_d, &k_d, &v_d, &mut out_d).unwrap();
         g.sync().unwrap();
         let got = down(&g, &out_d);
         let e = rel_err(&got, &want);
@@ -210,14 +219,14 @@ fn attention_decode_matches_the_cpu() {
 /// at head_dim 64 and 128; a group of 16 and caches one element off their
 /// allocation (unaligned for the grouped kernel's loads), both of which fall
 /// back to the simple kernel. Sequences of 1 to 257 keys in slots out of order
-/// in a larger cache whose unused positions are NaN. Two runs of
-/// `attention_decode` give the same bits.
+/// in a larger cache whose unused positions are NaN, three of them reading a
+/// shared prefix from another slot. Two runs of `attention_decode` give the
+/// same bits.
 #[test]
 fn attention_decode_grouped_matches_the_simple_kernel_and_the_cpu() {
     let Some(g) = gpu("attention_decode_grouped_matches_the_simple_kernel_and_the_cpu") else { return };
-    let lens = [1u32, 257, 33, 2, 200];
-    let slots = [3u32, 0, 5, 1, 4];
-    let (capacity, n_slots) = (264usize, 6usize);
+    let (plan, n_rows) = grouped_plan();
+    let words = DecodeSeq::encode(&plan);
     // (n_heads, n_kv_heads, head_dim, elements before each cache on the device).
     let shapes = [
         (2, 2, 64, 0),
@@ -234,31 +243,24 @@ fn attention_decode_grouped_matches_the_simple_kernel_and_the_cpu() {
         let (q_row, kv_row) = (n_heads * head_dim, n_kv_heads * head_dim);
         let seed = 20 + i as u64;
         // q doubled (exact in bf16) for a softmax sharper than uniform.
-        let q: Vec<f32> = random_bf16(lens.len() * q_row, 10 * seed).iter().map(|x| 2.0 * x).collect();
-        let cache_len = n_slots * capacity * kv_row;
-        let (k, v) = (random_bf16(cache_len, 10 * seed + 1), random_bf16(cache_len, 10 * seed + 2));
-        let (mut k_cache, mut v_cache) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
-        for (&len, &slot) in lens.iter().zip(&slots) {
-            let at = slot as usize * capacity * kv_row;
-            let r = at..at + len as usize * kv_row;
-            k_cache[r.clone()].copy_from_slice(&k[r.clone()]);
-            v_cache[r.clone()].copy_from_slice(&v[r]);
-        }
+        let q: Vec<f32> = random_bf16(plan.len() * q_row, 10 * seed).iter().map(|x| 2.0 * x).collect();
+        let cache_len = n_rows * kv_row;
+        let k_cache = cache_for(&plan, n_rows, kv_row, &random_bf16(cache_len, 10 * seed + 1));
+        let v_cache = cache_for(&plan, n_rows, kv_row, &random_bf16(cache_len, 10 * seed + 2));
         let mut want = vec![0.0; q.len()];
-        attention_decode(&s, capacity, &slots, &lens, &q, &k_cache, &v_cache, &mut want);
+        attention_decode(&s, &words, &q, &k_cache, &v_cache, &mut want);
 
         let padded = |x: &[f32]| up(&g, &[vec![0.0; pad], x.to_vec()].concat());
         let (k_d, v_d) = (padded(&k_cache), padded(&v_cache));
         let (k_view, v_view) = (k_d.slice(pad..), v_d.slice(pad..));
-        let (slots_d, lens_d) = (g.stream.clone_htod(&slots).unwrap(), g.stream.clone_htod(&lens).unwrap());
+        let plan_d = g.stream.clone_htod(&words).unwrap();
         let q_d = up(&g, &q);
         let run = |grouped: bool| {
             let mut out_d = nan_bf16(&g, q.len());
             if grouped {
-                g.attention_decode(&s, capacity, &slots_d, &lens_d, &q_d, &k_view, &v_view, &mut out_d).unwrap();
+                g.attention_decode(&s, &plan_d, &q_d, &k_view, &v_view, &mut out_d).unwrap();
             } else {
-                g.attention_decode_reference(&s, capacity, &slots_d, &lens_d, &q_d, &k_view, &v_view, &mut out_d)
-                    .unwrap();
+                g.attention_decode_reference(&s, &plan_d, &q_d, &k_view, &v_view, &mut out_d).unwrap();
             }
             g.sync().unwrap();
             down(&g, &out_d)
@@ -301,19 +303,21 @@ fn attention_rejects_bad_inputs() {
     let cu1 = g.stream.clone_htod(&[0u32, 1]).unwrap();
     assert!(g.attention_fwd(&wide, &cu1, &q1, &kv1, &kv1, &mut o1, &mut l1).is_err(), "head_dim 257 accepted");
 
-    // Decode: 2 sequences, a cache of 3 slots of capacity 4.
-    let (capacity, batch) = (4usize, 2usize);
-    let cache = up(&g, &vec![0.0; 3 * capacity * 8]);
+    // Decode: 2 sequences, a cache of 12 rows.
+    let batch = 2usize;
+    let cache = up(&g, &vec![0.0; 12 * 8]);
     let qd = up(&g, &vec![0.0; batch * 16]);
     let mut od = up(&g, &vec![0.0; batch * 16]);
-    let mut dec = |slots: &[u32], lens: &[u32]| {
-        let (slots, lens) = (g.stream.clone_htod(slots).unwrap(), g.stream.clone_htod(lens).unwrap());
-        g.attention_decode(&s, capacity, &slots, &lens, &qd, &cache, &cache, &mut od)
+    let mut dec = |plan: &[u32]| {
+        let plan = g.stream.clone_htod(plan).unwrap();
+        g.attention_decode(&s, &plan, &qd, &cache, &cache, &mut od)
     };
-    assert!(dec(&[2, 0], &[4, 1]).is_ok());
-    assert!(dec(&[2, 0], &[5, 1]).is_err(), "lens above capacity accepted");
-    assert!(dec(&[2, 0], &[0, 1]).is_err(), "lens 0 accepted");
-    assert!(dec(&[3, 0], &[1, 1]).is_err(), "slot out of range accepted");
-    assert!(dec(&[0], &[1, 1]).is_err(), "slots shorter than lens accepted");
+    assert!(dec(&[0, 4, 8, 8, 11, 0, 11, 1]).is_ok());
+    assert!(dec(&[0, 4, 8, 9, 11, 0, 11, 1]).is_err(), "own rows past the cache accepted");
+    assert!(dec(&[9, 4, 0, 4, 11, 0, 11, 1]).is_err(), "prefix rows past the cache accepted");
+    assert!(dec(&[0, 4, 8, 3, 11, 0, 11, 1]).is_err(), "a prefix longer than the sequence accepted");
+    assert!(dec(&[0, 0, 8, 0, 11, 0, 11, 1]).is_err(), "len 0 accepted");
+    assert!(dec(&[0, 0, 8, 1, 11, 0, 11]).is_err(), "a plan of 7 words accepted");
+    assert!(dec(&[0, 0, 8, 1]).is_err(), "one sequence for q of two accepted");
     g.sync().unwrap();
 }

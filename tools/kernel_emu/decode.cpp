@@ -5,10 +5,10 @@
 // cases that tests/kernel_emu.rs writes, for the test to compare with the
 // CPU's attention_decode.
 //
-// Input (little-endian), from stdin: u32 cases; per case: u32 batch, n_slots,
-// capacity, n_heads, n_kv_heads, head_dim; f32 scale; u32 slots[batch],
-// lens[batch]; u16 q[batch·n_heads·head_dim], k_cache and v_cache
-// [n_slots·capacity·n_kv_heads·head_dim] (bf16 bits).
+// Input (little-endian), from stdin: u32 cases; per case: u32 batch, n_rows,
+// n_heads, n_kv_heads, head_dim; f32 scale; u32 plan[batch·4] (prefix_row,
+// prefix_len, own_row, len per sequence); u16 q[batch·n_heads·head_dim],
+// k_cache and v_cache [n_rows·n_kv_heads·head_dim] (bf16 bits).
 // Output, per case: three lines "F <bits>…" (fast, first run), "G <bits>…"
 // (fast, second run), "S <bits>…" (simple), each out's batch·n_heads·head_dim
 // bf16 in hex.
@@ -26,7 +26,7 @@ static void print(const char* tag, const std::vector<uint16_t>& out) {
 // One case's parameters and the buffers they point into.
 struct Case {
   AttnDecodeParams p = {};
-  std::vector<uint32_t> slots, lens;
+  std::vector<uint32_t> plan;
   std::vector<uint16_t> q, k, v;
 };
 
@@ -37,23 +37,20 @@ int main() {
   for (Case& c : cases) {
     AttnDecodeParams& p = c.p;
     p.batch = get<uint32_t>();
-    p.n_slots = get<uint32_t>();
-    p.capacity = get<uint32_t>();
+    p.n_rows = get<uint32_t>();
     p.n_heads = get<uint32_t>();
     p.n_kv_heads = get<uint32_t>();
     p.head_dim = get<uint32_t>();
     p.scale = get<float>();
-    c.slots = get_n<uint32_t>(p.batch);
-    c.lens = get_n<uint32_t>(p.batch);
-    const size_t cache_len = (size_t)p.n_slots * p.capacity * p.n_kv_heads * p.head_dim;
+    c.plan = get_n<uint32_t>((size_t)p.batch * ENGINE_DECODE_PLAN_WORDS);
+    const size_t cache_len = (size_t)p.n_rows * p.n_kv_heads * p.head_dim;
     c.q = get_n<uint16_t>((size_t)p.batch * p.n_heads * p.head_dim);
     c.k = get_n<uint16_t>(cache_len);
     c.v = get_n<uint16_t>(cache_len);
     p.q = (dptr)c.q.data();
     p.k_cache = (dptr)c.k.data();
     p.v_cache = (dptr)c.v.data();
-    p.slots = (dptr)c.slots.data();
-    p.lens = (dptr)c.lens.data();
+    p.plan = (dptr)c.plan.data();
   }
   for (Case& c : cases) {
     AttnDecodeParams& p = c.p;

@@ -9,7 +9,7 @@
 //! that does not depend on threads, so results are bitwise independent of the
 //! thread count.
 
-use crate::backend::AttnShape;
+use crate::backend::{AttnShape, DecodeSeq};
 use rayon::prelude::*;
 
 impl AttnShape {
@@ -132,14 +132,23 @@ fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
 /// partial sums are rescaled; this keeps every exp argument <= 0 (no overflow).
 /// Forward and decode share this function, so a decode step reproduces the
 /// forward's result for the same token bitwise.
-fn attend_row(q: &[f32], k: &[f32], v: &[f32], stride: usize, n_keys: usize, scale: f32, out: &mut [f32]) -> f32 {
+/// Key `j` starts at element `row(j)` of `k` and `v`.
+fn attend_row(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    row: impl Fn(usize) -> usize,
+    n_keys: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> f32 {
     let d = q.len();
     debug_assert!(n_keys >= 1);
     out.fill(0.0);
     let mut m = f32::NEG_INFINITY;
     let mut l = 0.0f32;
     for j in 0..n_keys {
-        let row = j * stride;
+        let row = row(j);
         let score = dot(q, &k[row..row + d]) * scale;
         if score > m {
             // exp(-inf) = 0 on the first key, which zeroes nothing harmful (l and out are 0).
@@ -190,7 +199,15 @@ pub fn attention_fwd(
         let q_t = &q[t * q_row..(t + 1) * q_row];
         for (h, (out_h, lse_h)) in out_t.chunks_mut(d).zip(lse_t.iter_mut()).enumerate() {
             let kv_base = start * kv_row + (h / group) * d;
-            *lse_h = attend_row(&q_t[h * d..(h + 1) * d], &k[kv_base..], &v[kv_base..], kv_row, n_keys, s.scale, out_h);
+            *lse_h = attend_row(
+                &q_t[h * d..(h + 1) * d],
+                &k[kv_base..],
+                &v[kv_base..],
+                |j| j * kv_row,
+                n_keys,
+                s.scale,
+                out_h,
+            );
         }
     });
 }
@@ -344,30 +361,27 @@ pub fn attention_bwd(
 }
 
 /// One new query per sequence against a KV cache (rollouts). B sequences.
-/// q: `[B, n_heads, head_dim]`; k_cache, v_cache: `[B, capacity, n_kv_heads, head_dim]`; `lens[b]` = number of valid
-/// cache positions for sequence b (the new token's own k/v is already written at position `lens[b]-1`; `lens[b] >= 1`).
-/// out: `[B, n_heads, head_dim]`. Attends to positions `0..lens[b]`.
+/// q, out: `[B, n_heads, head_dim]`; k_cache, v_cache: rows `[n_rows,
+/// n_kv_heads, head_dim]`; `plan`: one [`DecodeSeq`] per sequence
+/// ([`DecodeSeq::encode`]): sequence b attends to its positions `0..len`, at
+/// the cache rows the plan gives (the new token's own key and value already
+/// written at position `len − 1`).
 ///
 /// Parallel over (sequence, head): one task per out row of head_dim floats. Uses the same
 /// row kernel as the forward, so it matches the forward at that token bitwise.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_decode(
-    s: &AttnShape,
-    capacity: usize,
-    slots: &[u32],
-    lens: &[u32],
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    out: &mut [f32],
-) {
+pub fn attention_decode(s: &AttnShape, plan: &[u32], q: &[f32], k_cache: &[f32], v_cache: &[f32], out: &mut [f32]) {
     s.validate();
-    let b = lens.len();
     let (d, group, kv_row) = (s.head_dim, s.group(), s.kv_row());
     assert!(
-        lens.iter().all(|&l| l >= 1 && l as usize <= capacity),
-        "attention_decode: every lens[b] must be in 1..=capacity ({capacity}), got {lens:?}"
+        k_cache.len() == v_cache.len() && k_cache.len().is_multiple_of(kv_row),
+        "attention_decode: k_cache/v_cache have {}/{} floats, expected the same multiple of n_kv_heads*head_dim = {}*{}",
+        k_cache.len(),
+        v_cache.len(),
+        s.n_kv_heads,
+        d
     );
+    let seqs = DecodeSeq::decode(plan, k_cache.len() / kv_row).unwrap_or_else(|e| panic!("attention_decode: {e}"));
+    let b = seqs.len();
     assert!(
         q.len() == b * s.q_row() && out.len() == q.len(),
         "attention_decode: q/out have {}/{} floats, expected B*n_heads*head_dim = {}*{}*{}",
@@ -377,28 +391,13 @@ pub fn attention_decode(
         s.n_heads,
         d
     );
-    let slot_len = capacity * kv_row;
-    assert!(
-        k_cache.len() == v_cache.len() && k_cache.len().is_multiple_of(slot_len),
-        "attention_decode: k_cache/v_cache have {}/{} floats, expected a multiple of capacity*n_kv_heads*head_dim = {}*{}*{}",
-        k_cache.len(),
-        v_cache.len(),
-        capacity,
-        s.n_kv_heads,
-        d
-    );
-    let n_slots = k_cache.len() / slot_len;
-    assert!(
-        slots.len() == b && slots.iter().all(|&x| (x as usize) < n_slots),
-        "attention_decode: need one slot below {n_slots} per sequence, got {slots:?}"
-    );
 
     out.par_chunks_mut(d).enumerate().for_each(|(bh, out_bh)| {
-        let (seq, h) = (bh / s.n_heads, bh % s.n_heads);
-        let kv_base = slots[seq] as usize * slot_len + (h / group) * d;
+        let (seq, h) = (&seqs[bh / s.n_heads], bh % s.n_heads);
+        let head = (h / group) * d;
         let q_bh = &q[bh * d..(bh + 1) * d];
-        let n_keys = lens[seq] as usize;
-        attend_row(q_bh, &k_cache[kv_base..], &v_cache[kv_base..], kv_row, n_keys, s.scale, out_bh);
+        let row = |j: usize| seq.row(j as u32) as usize * kv_row;
+        attend_row(q_bh, &k_cache[head..], &v_cache[head..], row, seq.len as usize, s.scale, out_bh);
     });
 }
 
@@ -758,26 +757,37 @@ mod tests {
         let (out, _) = c.fwd();
         let (qr, kvr, b) = (c.s.q_row(), c.s.kv_row(), lens.len());
         // Sequences live in scattered slots of a larger cache; unused slots and
-        // positions are NaN, so reading past lens[b] or the wrong slot would poison the output.
+        // positions are NaN, so reading past len or the wrong rows would poison
+        // the output. Sequences 1 and 3 read their first positions from a
+        // shared prefix in slot 5 (as a prompt's samples do) and the rest
+        // from their own slot; the others lie in one run.
         let slots: Vec<u32> = vec![3, 0, 6, 1, 4];
+        let prefix: [usize; 5] = [0, 2, 0, 9, 0];
         let mut k_cache = vec![f32::NAN; 7 * capacity * kvr];
         let mut v_cache = vec![f32::NAN; 7 * capacity * kvr];
         let mut q_last = vec![0.0; b * qr];
         let mut ref_out = vec![0.0f64; b * qr];
+        let mut plan = Vec::new();
         for (seq, &len) in lens.iter().enumerate() {
             let start = c.cu[seq] as usize;
-            let cache = slots[seq] as usize * capacity * kvr;
-            k_cache[cache..cache + len * kvr].copy_from_slice(&c.k[start * kvr..(start + len) * kvr]);
-            v_cache[cache..cache + len * kvr].copy_from_slice(&c.v[start * kvr..(start + len) * kvr]);
+            let own = slots[seq] * capacity as u32;
+            // Sequence 3's prefix sits after sequence 1's in slot 5.
+            let prefix_row = 5 * capacity as u32 + if seq == 3 { 2 } else { 0 };
+            let d = DecodeSeq { prefix_row, prefix_len: prefix[seq] as u32, own_row: own, len: len as u32 };
+            for j in 0..len {
+                let (src, dst) = ((start + j) * kvr, d.row(j as u32) as usize * kvr);
+                k_cache[dst..dst + kvr].copy_from_slice(&c.k[src..src + kvr]);
+                v_cache[dst..dst + kvr].copy_from_slice(&c.v[src..src + kvr]);
+            }
+            plan.push(d);
             let last = start + len - 1;
             q_last[seq * qr..(seq + 1) * qr].copy_from_slice(&c.q[last * qr..(last + 1) * qr]);
             for (r, &o) in ref_out[seq * qr..(seq + 1) * qr].iter_mut().zip(&out[last * qr..(last + 1) * qr]) {
                 *r = o as f64;
             }
         }
-        let lens_u32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
         let mut dec = vec![f32::NAN; b * qr];
-        attention_decode(&c.s, capacity, &slots, &lens_u32, &q_last, &k_cache, &v_cache, &mut dec);
+        attention_decode(&c.s, &DecodeSeq::encode(&plan), &q_last, &k_cache, &v_cache, &mut dec);
         let e = rel_err(&dec, &ref_out);
         println!("decode vs forward: rel err {e:.2e}");
         assert!(e <= 1e-6, "decode rel err {e:e}");
@@ -807,9 +817,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "capacity")]
-    fn rejects_lens_beyond_capacity() {
+    #[should_panic(expected = "rows past the cache")]
+    fn rejects_positions_beyond_the_cache() {
         let s = AttnShape { n_heads: 1, n_kv_heads: 1, head_dim: 1, scale: 1.0 };
-        attention_decode(&s, 2, &[0], &[3], &[0.0], &[0.0; 2], &[0.0; 2], &mut [0.0]);
+        attention_decode(&s, &[0, 0, 0, 3], &[0.0], &[0.0; 2], &[0.0; 2], &mut [0.0]);
     }
 }

@@ -142,18 +142,8 @@ impl Backend for Cpu {
     ) {
         attention_tiled::attention_bwd(s, cu, q, k, v, out, lse, dout, dq, dk, dv);
     }
-    fn attention_decode(
-        &self,
-        s: &AttnShape,
-        capacity: usize,
-        slots: &[u32],
-        lens: &[u32],
-        q: &[f32],
-        kc: &[f32],
-        vc: &[f32],
-        out: &mut [f32],
-    ) {
-        attention::attention_decode(s, capacity, slots, lens, q, kc, vc, out);
+    fn attention_decode(&self, s: &AttnShape, plan: &[u32], q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32]) {
+        attention::attention_decode(s, plan, q, kc, vc, out);
     }
     fn copy_rows(&self, src: &[f32], dst: &mut [f32], width: usize, src_rows: &[u32], dst_rows: &[u32]) {
         elementwise::copy_rows(src, dst, width, src_rows, dst_rows);

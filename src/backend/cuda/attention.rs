@@ -18,7 +18,7 @@
 use super::buf::IndexArg;
 use super::params::{AttnBwdParams, AttnDecodeParams, AttnFwdParams, ENGINE_ATTN_MAX_HEAD_DIM, ENGINE_ATTN_THREADS};
 use super::{check_len, Bf16, Gpu, Modules};
-use crate::backend::AttnShape;
+use crate::backend::{AttnShape, DecodeSeq};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
@@ -335,46 +335,40 @@ impl Gpu {
     }
 
     /// One query per sequence against a KV cache (rollouts): q, out: bf16
-    /// `[batch, n_heads, head_dim]`; k_cache, v_cache: bf16 `[n_slots,
-    /// capacity, n_kv_heads, head_dim]`; sequence `b` attends to positions
-    /// `0..lens[b]` of slot `slots[b]` (its own new key and value included),
-    /// `1 <= lens[b] <= capacity`, `slots[b] < n_slots`. The GQA-grouped
-    /// kernel (kernels/decode_attention.cu: one block per (sequence, kv head)
-    /// for all the query heads of the group) where it takes the call
-    /// (head_dim 64 or 128, at most 8 query heads per kv head, caches aligned
-    /// for its loads), else the simple one
+    /// `[batch, n_heads, head_dim]`; k_cache, v_cache: bf16 rows `[n_rows,
+    /// n_kv_heads, head_dim]`; `plan`: one [`DecodeSeq`] per sequence
+    /// ([`DecodeSeq::encode`]), which says at which rows its positions lie (a
+    /// prompt's shared prefix, then its own run). The GQA-grouped kernel
+    /// (kernels/decode_attention.cu: one block per (sequence, kv head) for
+    /// all the query heads of the group) where it takes the call (head_dim 64
+    /// or 128, at most 8 query heads per kv head, caches aligned for its
+    /// loads), else the simple one
     /// ([`attention_decode_reference`](Self::attention_decode_reference)).
-    #[allow(clippy::too_many_arguments)]
     pub fn attention_decode(
         &self,
         s: &AttnShape,
-        capacity: usize,
-        slots: &impl IndexArg,
-        lens: &impl IndexArg,
+        plan: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k_cache: &impl DevicePtr<Bf16>,
         v_cache: &impl DevicePtr<Bf16>,
         out: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
-        self.decode(true, s, capacity, slots, lens, q, k_cache, v_cache, out)
+        self.decode(true, s, plan, q, k_cache, v_cache, out)
     }
 
     /// [`attention_decode`](Self::attention_decode) on the simple kernel
     /// (one block per (sequence, query head)), any head_dim up to
     /// `MAX_HEAD_DIM` (256) and any grouping.
-    #[allow(clippy::too_many_arguments)]
     pub fn attention_decode_reference(
         &self,
         s: &AttnShape,
-        capacity: usize,
-        slots: &impl IndexArg,
-        lens: &impl IndexArg,
+        plan: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k_cache: &impl DevicePtr<Bf16>,
         v_cache: &impl DevicePtr<Bf16>,
         out: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
-        self.decode(false, s, capacity, slots, lens, q, k_cache, v_cache, out)
+        self.decode(false, s, plan, q, k_cache, v_cache, out)
     }
 
     /// The checks and launch both decode entry points share: the grouped
@@ -384,9 +378,7 @@ impl Gpu {
         &self,
         grouped: bool,
         s: &AttnShape,
-        capacity: usize,
-        slots: &impl IndexArg,
-        lens: &impl IndexArg,
+        plan: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
         k_cache: &impl DevicePtr<Bf16>,
         v_cache: &impl DevicePtr<Bf16>,
@@ -394,57 +386,43 @@ impl Gpu {
     ) -> Result<()> {
         let what = "attention_decode";
         check_shape(what, s)?;
-        let batch = lens.len();
-        check_len("attention_decode: slots", slots.len(), batch)?;
-        let q_len = elems(what, batch, s.n_heads, s.head_dim)?;
-        check_len("attention_decode: q", q.len(), q_len)?;
-        check_len("attention_decode: out", out.len(), q_len)?;
-        if capacity == 0 || capacity > u32::MAX as usize {
-            bail!("{what}: capacity {capacity} must be in 1..2^32");
-        }
-        // The caches may hold more than 2^32 elements: the kernel indexes them in 64 bits.
-        let slot_len = elems(what, capacity, s.n_kv_heads, s.head_dim)?;
-        if k_cache.len() != v_cache.len() || !k_cache.len().is_multiple_of(slot_len) {
+        // The caches may hold more than 2^32 elements: the kernels index them in 64 bits.
+        let kv_row = elems(what, 1, s.n_kv_heads, s.head_dim)?;
+        if k_cache.len() != v_cache.len() || !k_cache.len().is_multiple_of(kv_row) {
             bail!(
                 "{what}: k_cache/v_cache have {}/{} elements, expected the same multiple of \
-                 capacity·n_kv_heads·head_dim = {capacity}·{}·{}",
+                 n_kv_heads·head_dim = {}·{}",
                 k_cache.len(),
                 v_cache.len(),
                 s.n_kv_heads,
                 s.head_dim
             );
         }
-        let n_slots = k_cache.len() / slot_len;
-        if n_slots > u32::MAX as usize {
-            bail!("{what}: {n_slots} cache slots do not fit 32 bits");
+        let n_rows = k_cache.len() / kv_row;
+        if n_rows > u32::MAX as usize {
+            bail!("{what}: a cache of {n_rows} rows does not fit 32-bit row indices");
         }
-        let lens_h = self.host_u32("attention_decode: lens", lens)?;
-        if let Some(l) = lens_h.iter().find(|&&l| l == 0 || l as usize > capacity) {
-            bail!("{what}: every lens[b] must be in 1..=capacity ({capacity}), got {l}");
-        }
-        let slots_h = self.host_u32("attention_decode: slots", slots)?;
-        if let Some(x) = slots_h.iter().find(|&&x| x as usize >= n_slots) {
-            bail!("{what}: slot {x} is not below the cache's {n_slots} slots");
-        }
+        let words = self.host_u32("attention_decode: plan", plan)?;
+        let batch = DecodeSeq::decode(&words, n_rows).map_err(|e| anyhow!("{what}: {e}"))?.len();
+        let q_len = elems(what, batch, s.n_heads, s.head_dim)?;
+        check_len("attention_decode: q", q.len(), q_len)?;
+        check_len("attention_decode: out", out.len(), q_len)?;
         if batch == 0 {
             return Ok(());
         }
         let (qp, _g0) = q.device_ptr(&self.stream);
         let (kp, _g1) = k_cache.device_ptr(&self.stream);
         let (vp, _g2) = v_cache.device_ptr(&self.stream);
-        let (sp, _g3) = slots.device_ptr(&self.stream);
-        let (lp, _g4) = lens.device_ptr(&self.stream);
-        let (op, _g5) = out.device_ptr_mut(&self.stream);
+        let (pp, _g3) = plan.device_ptr(&self.stream);
+        let (op, _g4) = out.device_ptr_mut(&self.stream);
         let p = AttnDecodeParams {
             q: qp,
             k_cache: kp,
             v_cache: vp,
-            slots: sp,
-            lens: lp,
+            plan: pp,
             out: op,
             batch: batch as u32,
-            n_slots: n_slots as u32,
-            capacity: capacity as u32,
+            n_rows: n_rows as u32,
             n_heads: s.n_heads as u32,
             n_kv_heads: s.n_kv_heads as u32,
             head_dim: s.head_dim as u32,
@@ -457,10 +435,10 @@ impl Gpu {
         } else {
             (&self.k.attention.decode, grid(what, batch * s.n_heads)?)
         };
-        // SAFETY: q and out hold batch rows; every slots[b] < n_slots and
-        // lens[b] <= capacity (checked on the host), so every cache read lies
-        // inside the caches; head_dim <= MAX; the grouped kernel only runs on
-        // the shapes and cache alignment decode_gqa_takes checked.
+        // SAFETY: q and out hold batch rows; every plan entry's rows lie
+        // below n_rows (checked on the host), so every cache read lies inside
+        // the caches; head_dim <= MAX; the grouped kernel only runs on the
+        // shapes and cache alignment decode_gqa_takes checked.
         unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map_err(|e| anyhow!("attention_decode: {e}"))?;
         Ok(())
     }

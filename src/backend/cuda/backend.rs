@@ -457,9 +457,7 @@ impl Backend for Cuda {
     fn attention_decode(
         &self,
         s: &AttnShape,
-        capacity: usize,
-        slots: IdxRef<'_>,
-        lens: IdxRef<'_>,
+        plan: IdxRef<'_>,
         q: DRef<'_>,
         kc: DRef<'_>,
         vc: DRef<'_>,
@@ -468,9 +466,7 @@ impl Backend for Cuda {
         let op = "attention_decode";
         must(self.gpu.attention_decode(
             s,
-            capacity,
-            &slots.mirrored(),
-            &lens.mirrored(),
+            &plan.mirrored(),
             &q.bf16(op),
             &kc.bf16(op),
             &vc.bf16(op),
