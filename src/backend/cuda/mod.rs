@@ -94,6 +94,8 @@ pub struct Gpu {
     pub name: String,
     /// The flash kernels' last tile table.
     tile_cache: std::sync::Mutex<Option<TileTable>>,
+    /// The flash backward's scratch buffers, kept between calls.
+    flash_scratch: std::sync::Mutex<Option<flash_attention::Scratch>>,
     /// copy_rows' last destination list and whether its rows are distinct.
     distinct_cache: std::sync::Mutex<Option<(Vec<u32>, bool)>>,
 }
@@ -147,6 +149,7 @@ impl Gpu {
             blas,
             name,
             tile_cache: std::sync::Mutex::new(None),
+            flash_scratch: std::sync::Mutex::new(None),
             distinct_cache: std::sync::Mutex::new(None),
         })
     }
