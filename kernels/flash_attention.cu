@@ -22,8 +22,9 @@
 // product without passing through shared memory.
 //
 // Each block runs 4 warps; each warp owns 16 rows of a 64-row tile (query
-// rows in the forward and dq, key rows in dk/dv) and never shares them, so no
-// reduction crosses warps. Tiles are staged in shared memory, rows padded by
+// rows in dq and the simple forward, key rows in dk/dv), or 32 rows (two
+// 16-row m-tiles) of the fast forward's 128-row query tile, and never shares
+// them, so no reduction crosses warps. Tiles are staged in shared memory, rows padded by
 // 8 elements (conflict-free fragment loads); rows past the sequence's end are
 // zero-filled and their scores masked. fp32 online softmax in base 2 (scores
 // pre-multiplied by scale·log2 e). Sums run in a fixed order (no atomics), so
@@ -54,9 +55,24 @@ template <bool FAST>
 constexpr int nbuf() {
   return FAST ? 2 : 1;
 }
+// The forward's tiles: m-tiles of 16 query rows per warp, query rows per
+// block, keys per step.
+template <bool FAST>
+constexpr int fwd_mt() {
+  return FAST ? ENGINE_FLASH_FWD_TILE / 64 : 1;
+}
+template <bool FAST>
+constexpr int fwd_rows() {
+  return 64 * fwd_mt<FAST>();
+}
+template <int D, bool FAST>
+constexpr int fwd_keys() {
+  return !FAST ? TILE : D == 64 ? ENGINE_FLASH_FWD_KEYS_D64 : ENGINE_FLASH_FWD_KEYS_D128;
+}
+static_assert(fwd_rows<true>() == ENGINE_FLASH_FWD_TILE, "4 warps of 16·MT rows cover the fast forward's tile");
 template <int D, bool FAST>
 constexpr int fwd_smem() {
-  return (1 + 2 * nbuf<FAST>()) * TILE * ld<D>() * 2;  // q; k, v per buffer
+  return (fwd_rows<FAST>() + 2 * nbuf<FAST>() * fwd_keys<D, FAST>()) * ld<D>() * 2;  // q; k, v per buffer
 }
 template <int D, bool FAST>
 constexpr int dq_smem() {
@@ -211,18 +227,21 @@ __device__ __forceinline__ void ld_a(const bf16* s, int row0, int col0, uint32_t
   }
 }
 
-// c[j] += A · X^T over all D columns, for the 8-row groups j of X (rows
-// x0 + 8j .. x0 + 8j + 8 of shared tile xs): A is rows a0..a0+16 of shared
-// tile as. That is, c[j] holds the dot products of A's rows with X's rows.
-template <int D, int NJ, bool LDSM>
-__device__ __forceinline__ void rows_dot_rows(const bf16* as, int a_row0, const bf16* xs, int x_row0,
-                                              float (&c)[NJ][4]) {
+// c[i][j] += A_i · X^T over all D columns, for the 8-row groups j of X (rows
+// x0 + 8j .. x0 + 8j + 8 of shared tile xs) and the MT m-tiles i of A (rows
+// a0 + 16i .. a0 + 16i + 16 of shared tile as). That is, c[i][j] holds the
+// dot products of A's rows with X's rows. Each B fragment (from X) is loaded
+// once and feeds the MT m-tiles.
+template <int D, int NJ, bool LDSM, int MT>
+__device__ __forceinline__ void rows_dot_rows_m(const bf16* as, int a_row0, const bf16* xs, int x_row0,
+                                                float (&c)[MT][NJ][4]) {
   static_assert(NJ % 2 == 0, "ldmatrix.x4 loads two column groups");
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t a[4];
-    ld_a<D, LDSM>(as, a_row0, kk * 16, a);
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) ld_a<D, LDSM>(as, a_row0 + 16 * i, kk * 16, a[i]);
     if (LDSM) {
       // b0, b1 of groups j, j + 1: matrices (rows of group j + m / 2,
       // columns kk·16 + 8·(m % 2) ...), non-transposed.
@@ -231,31 +250,49 @@ __device__ __forceinline__ void rows_dot_rows(const bf16* as, int a_row0, const 
       for (int j = 0; j < NJ; j += 2) {
         uint32_t b[4];
         ldsm_x4(xs + (x_row0 + (j + (m >> 1)) * 8 + r) * ld<D>() + kk * 16 + 8 * (m & 1), b);
-        mma(c[j], a[0], a[1], a[2], a[3], b[0], b[1]);
-        mma(c[j + 1], a[0], a[1], a[2], a[3], b[2], b[3]);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          mma(c[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[0], b[1]);
+          mma(c[i][j + 1], a[i][0], a[i][1], a[i][2], a[i][3], b[2], b[3]);
+        }
       }
     } else {
 #pragma unroll
       for (int j = 0; j < NJ; ++j) {
         const bf16* p = xs + (x_row0 + j * 8 + g) * ld<D>() + kk * 16 + 2 * t;
-        mma(c[j], a[0], a[1], a[2], a[3], ld2(p), ld2(p + 8));
+        const uint32_t b0 = ld2(p), b1 = ld2(p + 8);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) mma(c[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b0, b1);
       }
     }
   }
 }
 
-// acc += P · X: P is 16 × (16·NK) in C layout (p[j] = columns 8j..8j+8),
-// X the shared tile's rows 0..16·NK (all D columns); acc[n] = output columns
-// 8n..8n+8.
-template <int D, int NK, bool LDSM>
-__device__ __forceinline__ void c_times_rows(const float (&p)[2 * NK][4], const bf16* xs, float (&acc)[D / 8][4]) {
+// rows_dot_rows_m for one m-tile.
+template <int D, int NJ, bool LDSM>
+__device__ __forceinline__ void rows_dot_rows(const bf16* as, int a_row0, const bf16* xs, int x_row0,
+                                              float (&c)[NJ][4]) {
+  rows_dot_rows_m<D, NJ, LDSM, 1>(as, a_row0, xs, x_row0, reinterpret_cast<float(&)[1][NJ][4]>(c));
+}
+
+// acc[i] += P_i · X for the MT m-tiles i: P_i is 16 × (16·NK) in C layout
+// (p[i][j] = columns 8j..8j+8), X the shared tile's rows 0..16·NK (all D
+// columns); acc[i][n] = output columns 8n..8n+8. Each B fragment (from X) is
+// loaded once and feeds the MT m-tiles.
+template <int D, int NK, bool LDSM, int MT>
+__device__ __forceinline__ void c_times_rows_m(const float (&p)[MT][2 * NK][4], const bf16* xs,
+                                               float (&acc)[MT][D / 8][4]) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < NK; ++kk) {
-    const uint32_t a0 = pack(p[2 * kk][0], p[2 * kk][1]);
-    const uint32_t a1 = pack(p[2 * kk][2], p[2 * kk][3]);
-    const uint32_t a2 = pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-    const uint32_t a3 = pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      a[i][0] = pack(p[i][2 * kk][0], p[i][2 * kk][1]);
+      a[i][1] = pack(p[i][2 * kk][2], p[i][2 * kk][3]);
+      a[i][2] = pack(p[i][2 * kk + 1][0], p[i][2 * kk + 1][1]);
+      a[i][3] = pack(p[i][2 * kk + 1][2], p[i][2 * kk + 1][3]);
+    }
     if (LDSM) {
       // b0, b1 of output groups n, n + 1: matrices (rows kk·16 + 8·(m % 2)
       // ..., columns of group n + m / 2), transposed.
@@ -264,17 +301,29 @@ __device__ __forceinline__ void c_times_rows(const float (&p)[2 * NK][4], const 
       for (int n = 0; n < D / 8; n += 2) {
         uint32_t b[4];
         ldsm_x4_t(xs + (kk * 16 + 8 * (m & 1) + r) * ld<D>() + (n + (m >> 1)) * 8, b);
-        mma(acc[n], a0, a1, a2, a3, b[0], b[1]);
-        mma(acc[n + 1], a0, a1, a2, a3, b[2], b[3]);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          mma(acc[i][n], a[i][0], a[i][1], a[i][2], a[i][3], b[0], b[1]);
+          mma(acc[i][n + 1], a[i][0], a[i][1], a[i][2], a[i][3], b[2], b[3]);
+        }
       }
     } else {
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         const bf16* x = xs + (kk * 16 + 2 * t) * ld<D>() + n * 8 + g;
-        mma(acc[n], a0, a1, a2, a3, ld2_col(x, ld<D>()), ld2_col(x + 8 * ld<D>(), ld<D>()));
+        const uint32_t b0 = ld2_col(x, ld<D>()), b1 = ld2_col(x + 8 * ld<D>(), ld<D>());
+#pragma unroll
+        for (int i = 0; i < MT; ++i) mma(acc[i][n], a[i][0], a[i][1], a[i][2], a[i][3], b0, b1);
       }
     }
   }
+}
+
+// c_times_rows_m for one m-tile.
+template <int D, int NK, bool LDSM>
+__device__ __forceinline__ void c_times_rows(const float (&p)[2 * NK][4], const bf16* xs, float (&acc)[D / 8][4]) {
+  c_times_rows_m<D, NK, LDSM, 1>(reinterpret_cast<const float(&)[1][2 * NK][4]>(p), xs,
+                                 reinterpret_cast<float(&)[1][D / 8][4]>(acc));
 }
 
 // Writes this thread's share of rows (row0 + g, row0 + g + 8) of a 16 × D
@@ -322,57 +371,69 @@ struct Tile {
   int t0;
 };
 
-__device__ __forceinline__ Tile tile_of(const uint32_t* blocks, const uint32_t* cu, uint32_t i) {
+// Entry i of the tile table, for tiles of `rows` tokens.
+__device__ __forceinline__ Tile tile_of(const uint32_t* blocks, const uint32_t* cu, uint32_t i, int rows = TILE) {
   const uint32_t seq = blocks[2 * i], idx = blocks[2 * i + 1];
   Tile tl;
   tl.start = cu[seq];
   tl.len = (int)(cu[seq + 1] - cu[seq]);
-  tl.t0 = (int)idx * TILE;
+  tl.t0 = (int)idx * rows;
   return tl;
 }
 
+// out and lse for the tile's QT query rows of head blockIdx.y: warp w owns
+// rows 16·MT·w .. 16·MT·(w + 1) (MT m-tiles of 16), and walks the keys in
+// steps of KT, online softmax in registers.
 template <int D, bool FAST>
 __device__ __forceinline__ void fwd(const FlashFwdParams& p) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int LD = ld<D>();
-  constexpr int NJ = TILE / 8;  // key column groups of a score tile
+  constexpr int MT = fwd_mt<FAST>();       // m-tiles per warp
+  constexpr int QT = fwd_rows<FAST>();     // query rows per block
+  constexpr int KT = fwd_keys<D, FAST>();  // keys per step
+  constexpr int NJ = KT / 8;               // key column groups of a score tile
+  static_assert(KT % 16 == 0 && QT == 4 * 16 * MT, "tile shapes");
   if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)fwd_smem<D, FAST>()) return;
   if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
   bf16* q_s = reinterpret_cast<bf16*>(smem);
-  bf16* kv_s = q_s + TILE * LD;  // buffer b: k at kv_s + b·2·TILE·LD, v after it
-  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x);
+  bf16* kv_s = q_s + QT * LD;  // buffer b: k at kv_s + b·2·KT·LD, v after it
+  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x, QT);
   const uint32_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
   const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
   const int q0 = tl.t0, len = tl.len;
   const bf16* kg = ptr<const bf16>(p.k) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
   const bf16* vg = ptr<const bf16>(p.v) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
   const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;  // tile row 0 of q and out
-  load_tile<D, TILE, false>(q_s, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
-  // Key tile kt into buffer kt % nbuf (async and committed as one group if FAST).
+  load_tile<D, QT, false>(q_s, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
+  // Key step kt into buffer kt % nbuf (async and committed as one group if FAST).
   auto load_kv = [&](int kt) {
-    bf16* k_b = kv_s + (kt % nbuf<FAST>()) * 2 * TILE * LD;
-    const int k0 = kt * TILE;
-    load_tile<D, TILE, FAST>(k_b, kg + (size_t)k0 * kv_stride, kv_stride, len - k0);
-    load_tile<D, TILE, FAST>(k_b + TILE * LD, vg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    bf16* k_b = kv_s + (kt % nbuf<FAST>()) * 2 * KT * LD;
+    const int k0 = kt * KT;
+    load_tile<D, KT, FAST>(k_b, kg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    load_tile<D, KT, FAST>(k_b + KT * LD, vg + (size_t)k0 * kv_stride, kv_stride, len - k0);
     if (FAST) cp_async_commit();
   };
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int r0 = warp * 16;  // the warp's first row in the tile
+  const int r0 = warp * 16 * MT;  // the warp's first row in the tile; m-tile i starts at r0 + 16i
   const float sl2 = p.scale * LOG2E;
-  float o[D / 8][4];
+  float o[MT][D / 8][4];
+  float m[MT][2], l[MT][2];  // running max (base-2 units) of rows g, g + 8; this thread's part of Σ 2^(x − m)
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY};  // running max (base-2 units) of rows g, g + 8
-  float l[2] = {0.0f, 0.0f};            // this thread's part of the running Σ 2^(x − m)
-  const int kend = min(q0 + TILE, len);  // keys 0..kend
-  const int n_kt = (kend + TILE - 1) / TILE;
+  for (int i = 0; i < MT; ++i) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[i][n][0] = o[i][n][1] = o[i][n][2] = o[i][n][3] = 0.0f;
+    m[i][0] = m[i][1] = -INFINITY;
+    l[i][0] = l[i][1] = 0.0f;
+  }
+  const int kend = min(q0 + QT, len);  // keys 0..kend
+  const int n_kt = (kend + KT - 1) / KT;
   if (FAST) load_kv(0);
   for (int kt = 0; kt < n_kt; ++kt) {
-    const int k0 = kt * TILE;
+    const int k0 = kt * KT;
     if (FAST) {
-      // Fetch the next tile into the other buffer (its last readers passed
-      // the barrier that ended the previous step), then wait for this one.
+      // Fetch the next step's tiles into the other buffer (its last readers
+      // passed the barrier that ended the previous step), then wait for this one.
       if (kt + 1 < n_kt) {
         load_kv(kt + 1);
         cp_async_wait<1>();
@@ -383,62 +444,76 @@ __device__ __forceinline__ void fwd(const FlashFwdParams& p) {
       load_kv(kt);
     }
     __syncthreads();  // this step's tiles (and, on the first, q) are in shared memory
-    const bf16* k_s = kv_s + (kt % nbuf<FAST>()) * 2 * TILE * LD;
-    const bf16* v_s = k_s + TILE * LD;
-    float s[NJ][4];
+    // A warp whose rows all lie before this step's first key has nothing to
+    // add (every score masked: the max stays, the rescale is 1, every
+    // probability 0), so it skips the step; the skip is uniform over the warp.
+    if (k0 <= q0 + r0 + 16 * MT - 1) {
+      const bf16* k_s = kv_s + (kt % nbuf<FAST>()) * 2 * KT * LD;
+      const bf16* v_s = k_s + KT * LD;
+      float s[MT][NJ][4];
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-    rows_dot_rows<D, NJ, FAST>(q_s, r0, k_s, 0, s);
-    const bool mask = k0 + TILE > q0 || k0 + TILE > len;  // the diagonal tile (and the sequence's tail)
+      for (int i = 0; i < MT; ++i) {
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = q0 + r0 + g + 8 * (e >> 1), col = k0 + j * 8 + 2 * t + (e & 1);
-        s[j][e] = (mask && (col > row || col >= len)) ? -INFINITY : s[j][e] * sl2;
+        for (int j = 0; j < NJ; ++j) s[i][j][0] = s[i][j][1] = s[i][j][2] = s[i][j][3] = 0.0f;
       }
+      rows_dot_rows_m<D, NJ, FAST, MT>(q_s, r0, k_s, 0, s);
+      const bool mask = k0 + KT > q0 || k0 + KT > len;  // the diagonal steps (and the sequence's tail)
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = q0 + r0 + 16 * i + g + 8 * (e >> 1), col = k0 + j * 8 + 2 * t + (e & 1);
+            s[i][j][e] = (mask && (col > row || col >= len)) ? -INFINITY : s[i][j][e] * sl2;
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = m[i][r];
+#pragma unroll
+          for (int j = 0; j < NJ; ++j) mx = fmaxf(mx, fmaxf(s[i][j][2 * r], s[i][j][2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          // A row with no key yet (only a padding row can be) keeps m = −inf:
+          // use 0 so no exp argument is inf − inf.
+          const float mu = mx == -INFINITY ? 0.0f : mx;
+          const float c = exp2f(m[i][r] - mu);  // 0 while m = −inf, else in (0, 1]
+          m[i][r] = mx;
+          l[i][r] *= c;
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n) {
+            o[i][n][2 * r] *= c;
+            o[i][n][2 * r + 1] *= c;
+          }
+#pragma unroll
+          for (int j = 0; j < NJ; ++j) {
+            s[i][j][2 * r] = exp2f(s[i][j][2 * r] - mu);
+            s[i][j][2 * r + 1] = exp2f(s[i][j][2 * r + 1] - mu);
+            l[i][r] += s[i][j][2 * r] + s[i][j][2 * r + 1];
+          }
+        }
+      }
+      c_times_rows_m<D, KT / 16, FAST, MT>(s, v_s, o);
     }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float mx = m[i];
-#pragma unroll
-      for (int j = 0; j < NJ; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * i], s[j][2 * i + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      // A row with no key yet (only a padding row can be) keeps m = −inf: use 0
-      // so no exp argument is inf − inf.
-      const float mu = mx == -INFINITY ? 0.0f : mx;
-      const float c = exp2f(m[i] - mu);  // 0 while m = −inf, else in (0, 1]
-      m[i] = mx;
-      l[i] *= c;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[n][2 * i] *= c;
-        o[n][2 * i + 1] *= c;
-      }
-#pragma unroll
-      for (int j = 0; j < NJ; ++j) {
-        s[j][2 * i] = exp2f(s[j][2 * i] - mu);
-        s[j][2 * i + 1] = exp2f(s[j][2 * i + 1] - mu);
-        l[i] += s[j][2 * i] + s[j][2 * i + 1];
-      }
-    }
-    c_times_rows<D, TILE / 16, FAST>(s, v_s, o);
     __syncthreads();  // every read of this step's buffer is done before it is refilled
   }
-  float inv[2];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-    inv[i] = 1.0f / l[i];
-  }
-  store_rows<D>(ptr<bf16>(p.out) + q_row0, q_stride, r0, len - q0, o, inv);
-  if (t == 0) {
+  for (int i = 0; i < MT; ++i) {
+    float inv[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = q0 + r0 + g + 8 * i;
-      if (r < len) ptr<float>(p.lse)[(size_t)(tl.start + r) * p.n_heads + h] = m[i] * LN2 + logf(l[i]);
+    for (int r = 0; r < 2; ++r) {
+      l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 1);
+      l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 2);
+      inv[r] = 1.0f / l[i][r];
+    }
+    store_rows<D>(ptr<bf16>(p.out) + q_row0, q_stride, r0 + 16 * i, len - q0, o[i], inv);
+    if (t == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = q0 + r0 + 16 * i + g + 8 * r;
+        if (row < len) ptr<float>(p.lse)[(size_t)(tl.start + row) * p.n_heads + h] = m[i][r] * LN2 + logf(l[i][r]);
+      }
     }
   }
 }

@@ -8,7 +8,8 @@
  *   cu_seqlens:       u32 [n_seqs + 1]
  * Every bf16 buffer starts on a 16-byte boundary (the host checks it).
  *
- * Work is cut into tiles of ENGINE_FLASH_TILE tokens of one sequence:
+ * Work is cut into tiles of ENGINE_FLASH_TILE tokens of one sequence
+ * (ENGINE_FLASH_FWD_TILE for the fast forward's queries):
  * `blocks` (u32 [2 * n_blocks], built by the host) lists the tiles as pairs
  * (sequence, tile index within the sequence), longest-running first for the
  * forward and dq (tile index descending). blockIdx.x picks the pair,
@@ -18,9 +19,17 @@
 
 /* Threads per block of every flash kernel (4 warps, 16 tile rows each). */
 #define ENGINE_FLASH_THREADS 128
-/* Tokens per tile: query rows of a forward / dq block, keys of a dk/dv block,
- * and keys per step of the forward's and dq's loops. */
+/* Tokens per tile: query rows of a dq block (and of the simple forward's),
+ * keys of a dk/dv block, and keys per step of dq's loop (and the simple
+ * forward's). */
 #define ENGINE_FLASH_TILE 64
+/* The fast forward's query rows per block: each warp owns 32 rows (two
+ * 16-row m-tiles), so each K and V fragment read from shared memory feeds
+ * two mma instead of one, and each K/V tile is loaded once per 128 queries. */
+#define ENGINE_FLASH_FWD_TILE 128
+/* The fast forward's keys per step, by head_dim (register budget). */
+#define ENGINE_FLASH_FWD_KEYS_D64 64
+#define ENGINE_FLASH_FWD_KEYS_D128 32
 /* bf16 elements of padding after each shared-memory row (bank conflicts). */
 #define ENGINE_FLASH_PAD 8
 /* Queries per step of the dk/dv loop, by head_dim (register budget). */

@@ -249,22 +249,27 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
       }
     }
   }
-  // The tile table, as src/backend/cuda/flash_attention.rs builds it.
-  std::vector<std::pair<uint32_t, uint32_t>> tl;
-  for (uint32_t s = 0; s + 1 < cu.size(); ++s)
-    for (uint32_t i = 0; i * TILE < cu[s + 1] - cu[s]; ++i) tl.push_back({s, i});
-  std::stable_sort(tl.begin(), tl.end(), [](auto a, auto b) { return a.second > b.second; });
-  std::vector<uint32_t> table;
-  for (auto [s, i] : tl) {
-    table.push_back(s);
-    table.push_back(i);
-  }
-  const uint32_t nb = tl.size();
+  // The tile tables (tiles of `rows` tokens), as src/backend/cuda/flash_attention.rs builds them.
+  auto tiles = [&](uint32_t rows) {
+    std::vector<std::pair<uint32_t, uint32_t>> tl;
+    for (uint32_t s = 0; s + 1 < cu.size(); ++s)
+      for (uint32_t i = 0; i * rows < cu[s + 1] - cu[s]; ++i) tl.push_back({s, i});
+    std::stable_sort(tl.begin(), tl.end(), [](auto a, auto b) { return a.second > b.second; });
+    std::vector<uint32_t> table;
+    for (auto [s, i] : tl) {
+      table.push_back(s);
+      table.push_back(i);
+    }
+    return table;
+  };
+  const uint32_t fwd_rows = fast ? ENGINE_FLASH_FWD_TILE : TILE;
+  const std::vector<uint32_t> table = tiles(TILE), fwd_table = tiles(fwd_rows);
+  const uint32_t nb = table.size() / 2, nb_fwd = fwd_table.size() / 2;
   auto qb = to_bf(q), kb = to_bf(k), vb = to_bf(v), dob = to_bf(dout), ob_in = to_bf(out_bf);
   std::vector<uint16_t> ob(out.size(), 0xffff), dqb(q.size(), 0xffff), dkb(k.size(), 0xffff), dvb(v.size(), 0xffff);
   std::vector<float> lse_k(lse.size(), NAN), delta(lse.size(), NAN);
   FlashFwdParams fp{dp(qb.data()), dp(kb.data()), dp(vb.data()), dp(ob.data()), dp(lse_k.data()), dp(cu.data()),
-                    dp(table.data()), nb, H, KV, scale};
+                    dp(fwd_table.data()), nb_fwd, H, KV, scale};
   std::vector<float> dk_part(G > 1 ? q.size() : 0, NAN), dv_part(G > 1 ? q.size() : 0, NAN);
   FlashBwdParams bp{};
   bp.q = dp(qb.data());
@@ -290,7 +295,8 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   const int row = (D + PAD) * 2;
   const int step = D == 64 ? ENGINE_FLASH_DKDV_STEP_D64 : ENGINE_FLASH_DKDV_STEP_D128;
   const int nbuf = fast ? 2 : 1;  // buffers of the inner loop's tiles
-  const uint32_t s_fwd = (1 + 2 * nbuf) * TILE * row, s_dq = (2 + 2 * nbuf) * TILE * row,
+  const int fwd_keys = !fast ? TILE : D == 64 ? ENGINE_FLASH_FWD_KEYS_D64 : ENGINE_FLASH_FWD_KEYS_D128;
+  const uint32_t s_fwd = (fwd_rows + 2 * nbuf * fwd_keys) * row, s_dq = (2 + 2 * nbuf) * TILE * row,
                  s_dkdv = (2 * TILE + nbuf * 2 * step) * row + nbuf * 2 * step * 4;
   auto fwd = D == 64 ? (fast ? flash_attention_fwd_d64 : flash_attention_fwd_d64_simple)
                      : (fast ? flash_attention_fwd_d128 : flash_attention_fwd_d128_simple);
@@ -298,7 +304,7 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
                     : (fast ? flash_attention_bwd_dq_d128 : flash_attention_bwd_dq_d128_simple);
   auto k_dkdv = D == 64 ? (fast ? flash_attention_bwd_dkdv_d64 : flash_attention_bwd_dkdv_d64_simple)
                       : (fast ? flash_attention_bwd_dkdv_d128 : flash_attention_bwd_dkdv_d128_simple);
-  launch(fwd, fp, nb, H, THREADS, s_fwd);
+  launch(fwd, fp, nb_fwd, H, THREADS, s_fwd);
   launch(flash_attention_delta, bp, (T * H + 3) / 4, 1, 128, 0);
   launch(k_dq, bp, nb, H, THREADS, s_dq);
   launch(k_dkdv, bp, nb, H, THREADS, s_dkdv);

@@ -15,7 +15,8 @@ use super::attention::{check_shape, elems};
 use super::buf::IndexArg;
 use super::params::{
     FlashBwdParams, FlashFwdParams, ENGINE_FLASH_DELTA_ROWS, ENGINE_FLASH_DKDV_STEP_D128, ENGINE_FLASH_DKDV_STEP_D64,
-    ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
+    ENGINE_FLASH_FWD_KEYS_D128, ENGINE_FLASH_FWD_KEYS_D64, ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS,
+    ENGINE_FLASH_TILE,
 };
 use super::{check_len, Bf16, Gpu, Modules};
 use crate::backend::AttnShape;
@@ -49,6 +50,15 @@ pub const FLASH_VARIANT: FlashVariant = FlashVariant::Fast;
 
 const TILE: usize = ENGINE_FLASH_TILE as usize;
 
+/// Query rows per block of the forward: the fast variant's warps own two
+/// 16-row m-tiles each.
+fn fwd_tile(variant: FlashVariant) -> usize {
+    match variant {
+        FlashVariant::Fast => ENGINE_FLASH_FWD_TILE as usize,
+        FlashVariant::Simple => TILE,
+    }
+}
+
 /// The kernels of one head_dim.
 struct PerDim {
     fwd: CudaFunction,
@@ -74,7 +84,16 @@ fn smem(variant: FlashVariant, head_dim: usize) -> (usize, usize, usize) {
     let row = (head_dim + ENGINE_FLASH_PAD as usize) * 2;
     let step = if head_dim == 64 { ENGINE_FLASH_DKDV_STEP_D64 } else { ENGINE_FLASH_DKDV_STEP_D128 } as usize;
     let nbuf = if variant == FlashVariant::Fast { 2 } else { 1 };
-    ((1 + 2 * nbuf) * TILE * row, (2 + 2 * nbuf) * TILE * row, (2 * TILE + nbuf * 2 * step) * row + nbuf * 2 * step * 4)
+    let fwd_keys = match (variant, head_dim) {
+        (FlashVariant::Simple, _) => TILE,
+        (FlashVariant::Fast, 64) => ENGINE_FLASH_FWD_KEYS_D64 as usize,
+        (FlashVariant::Fast, _) => ENGINE_FLASH_FWD_KEYS_D128 as usize,
+    };
+    (
+        (fwd_tile(variant) + 2 * nbuf * fwd_keys) * row,
+        (2 + 2 * nbuf) * TILE * row,
+        (2 * TILE + nbuf * 2 * step) * row + nbuf * 2 * step * 4,
+    )
 }
 
 /// A kernel allowed `bytes` of dynamic shared memory (above 48 KB needs the opt-in).
@@ -128,13 +147,13 @@ fn aligned(ptrs: &[u64]) -> bool {
     ptrs.iter().all(|p| p % 16 == 0)
 }
 
-/// The tiles of 64 tokens of every sequence as pairs (sequence, tile index),
-/// tile index descending (the forward's and dq's longest blocks first).
-fn tiles(cu: &[u32]) -> Vec<u32> {
+/// The tiles of `tile` tokens of every sequence as pairs (sequence, tile
+/// index), tile index descending (the forward's and dq's longest blocks first).
+fn tiles(cu: &[u32], tile: usize) -> Vec<u32> {
     let mut t: Vec<(u32, u32)> = cu
         .windows(2)
         .enumerate()
-        .flat_map(|(s, w)| (0..((w[1] - w[0]) as usize).div_ceil(TILE)).map(move |i| (s as u32, i as u32)))
+        .flat_map(|(s, w)| (0..((w[1] - w[0]) as usize).div_ceil(tile)).map(move |i| (s as u32, i as u32)))
         .collect();
     t.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     t.into_iter().flat_map(|(s, i)| [s, i]).collect()
@@ -156,22 +175,25 @@ impl Gpu {
         Ok((cu, tokens))
     }
 
-    /// The tile table on the device (its address), and its length in tiles.
-    /// The last table is kept with the `cu_seqlens` it was built from: every
-    /// layer's forward and backward of a batch share it, so only the first
-    /// call of a batch builds and uploads one. (A table replaced while a
+    /// The table of `tile`-token tiles on the device (its address), and its
+    /// length in tiles. The last table of each tile size is kept with the
+    /// `cu_seqlens` it was built from: every layer's forward (128-token
+    /// tiles) and backward (64) of a batch share them, so only the first
+    /// call of a batch builds and uploads each. (A table replaced while a
     /// kernel may still read it is freed in stream order, after that kernel.
     /// The address outlives the lock: two threads launching attention on one
     /// `Gpu` at once could free a table between another's lookup and launch;
     /// the backend's ops run from one thread.)
-    fn flash_tiles(&self, what: &str, cu: &[u32]) -> Result<(u64, u32)> {
-        let mut cache = self.tile_cache.lock().unwrap_or_else(|e| e.into_inner());
+    fn flash_tiles(&self, what: &str, cu: &[u32], tile: usize) -> Result<(u64, u32)> {
+        let mut caches = self.tile_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = usize::from(tile != TILE);
+        let cache = &mut caches[slot];
         if let Some((key, table, n)) = cache.as_ref() {
             if key.as_slice() == cu {
                 return Ok((table.device_ptr(&self.stream).0, *n));
             }
         }
-        let t = tiles(cu);
+        let t = tiles(cu, tile);
         let n = t.len() / 2;
         if n == 0 || n > i32::MAX as usize {
             bail!("{what}: {n} tiles do not fit one launch");
@@ -246,7 +268,7 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (tp, n_blocks) = self.flash_tiles(what, &cu_h)?;
+        let (tp, n_blocks) = self.flash_tiles(what, &cu_h, fwd_tile(variant))?;
         let (cu, _g0) = cu_seqlens.device_ptr(&self.stream);
         let (qp, _g1) = q.device_ptr(&self.stream);
         let (kp, _g2) = k.device_ptr(&self.stream);
@@ -316,7 +338,7 @@ impl Gpu {
         if tokens == 0 {
             return Ok(());
         }
-        let (tp, n_blocks) = self.flash_tiles(what, &cu_h)?;
+        let (tp, n_blocks) = self.flash_tiles(what, &cu_h, TILE)?;
         // With GQA, each query head's part of dk, dv in fp32 (summed by
         // flash_attention_dkdv_sum); none needed without.
         let gqa = s.n_heads != s.n_kv_heads;
@@ -405,7 +427,10 @@ mod tests {
     #[test]
     fn tiles_cover_every_sequence_longest_first() {
         // Lengths 1, 0, 130, 64: tiles 1, 0, 3, 1.
-        let t = tiles(&[0, 1, 1, 131, 195]);
+        let t = tiles(&[0, 1, 1, 131, 195], 64);
         assert_eq!(t, vec![2, 2, 2, 1, 0, 0, 2, 0, 3, 0]);
+        // 128-token tiles: 1, 0, 2, 1.
+        let t = tiles(&[0, 1, 1, 131, 195], 128);
+        assert_eq!(t, vec![2, 1, 0, 0, 2, 0, 3, 0]);
     }
 }

@@ -92,8 +92,8 @@ pub struct Gpu {
     pub blas: cudarc::cublaslt::CudaBlasLT,
     /// The device's name, as the driver reports it.
     pub name: String,
-    /// The flash kernels' last tile table.
-    tile_cache: std::sync::Mutex<Option<TileTable>>,
+    /// The flash kernels' last tile table of each tile size (64, the fast forward's 128).
+    tile_cache: std::sync::Mutex<[Option<TileTable>; 2]>,
     /// The flash backward's scratch buffers, kept between calls.
     flash_scratch: std::sync::Mutex<Option<flash_attention::Scratch>>,
     /// copy_rows' last destination list and whether its rows are distinct.
@@ -148,7 +148,7 @@ impl Gpu {
             k,
             blas,
             name,
-            tile_cache: std::sync::Mutex::new(None),
+            tile_cache: std::sync::Mutex::new([None, None]),
             flash_scratch: std::sync::Mutex::new(None),
             distinct_cache: std::sync::Mutex::new(None),
         })
