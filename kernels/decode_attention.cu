@@ -19,14 +19,23 @@
 //     stays in registers, and shared memory is touched once, to merge the
 //     4 warps at the end.
 //
+// Splits (flash-decoding): with few (sequence, kv head) pairs, say 64
+// sequences × 2 kv heads on a 132-SM GPU, one block per pair leaves most of
+// the GPU idle while each block walks thousands of keys. The host then
+// splits each sequence's keys into runs of p.split_keys, one block each
+// (block = ((b·n_kv_heads + g)·n_splits + s)), which write their partial
+// state (unnormalised sums, max, sum of exponentials) to p.partial;
+// attention_decode_combine merges a pair's splits in split order.
+//
 // Key schedule: warp w takes the chunks of KEYS consecutive keys starting at
-// (w + WARPS·i)·KEYS, i = 0, 1, ...; it loads a whole chunk's K and V rows
+// start + (w + WARPS·i)·KEYS, i = 0, 1, ... (start: the split's first key); it loads a whole chunk's K and V rows
 // before using them (KEYS loads of each in flight per lane) and rescales its
 // running state once per chunk. Determinism: which warp takes which key and
-// every sum's order depend only on the inputs (the plan); the xor butterfly
+// every sum's order depend only on the inputs (the plan and the split); the xor butterfly
 // leaves the same bits in every lane (each step adds the same two numbers,
-// commutatively); the warps are merged in the fixed order 0, 1, 2, 3; no
-// atomics. So the same inputs give the same bits on every run.
+// commutatively); the warps are merged in the fixed order 0, 1, 2, 3, the
+// splits in the order 0, 1, ...; no atomics. So the same inputs give the
+// same bits on every run.
 #include "attention.h"
 #include "common.cuh"
 #include "decode_plan.cuh"
@@ -75,11 +84,14 @@ __device__ __forceinline__ float warp_sum(float x) {
 }
 
 // The block's work for G query heads h0 .. h0 + G of kv head g and sequence b
-// (its plan entry `rows` already checked). Lane `lane` owns elements
-// lane·E .. lane·E + E of every head_dim row. smem: SMEM_FLOATS floats.
+// (its plan entry `rows` already checked), over keys start .. end
+// (start < end <= rows.len): out if `part` is null, else the partial state
+// at `part` (the layout of AttnDecodeParams::partial). Lane `lane` owns
+// elements lane·E .. lane·E + E of every head_dim row. smem: SMEM_FLOATS floats.
 template <int D, int G>
 __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t b, uint32_t g,
-                                             const DecodeRows& rows, float* smem) {
+                                             const DecodeRows& rows, uint32_t start, uint32_t end, float* part,
+                                             float* smem) {
   constexpr int E = D / 32;
   static_assert(D % 32 == 0 && (E == 2 || E == 4) && G >= 1 && G <= MAX_GROUP && D <= D_MAX, "supported shapes");
   const uint32_t lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -95,7 +107,6 @@ __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t
   }
 
   // Position j, kv head g, this lane's elements: head + rows.row(j)·kv_row.
-  const uint32_t len = rows.len;
   const size_t kv_row = (size_t)p.n_kv_heads * D;
   const size_t head = (size_t)g * D + lane * E;
   const bf16* kp = ptr<const bf16>(p.k_cache) + head;
@@ -114,15 +125,15 @@ __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t
   }
 
   // The loop bound is the same for every lane of a warp, so the shuffles
-  // below always run with the whole warp. j0 < len: key j0 is valid, so every
+  // below always run with the whole warp. j0 < end: key j0 is valid, so every
   // chunk has at least one finite score and m_new is finite.
-  for (uint32_t j0 = warp * KEYS; j0 < len; j0 += WARPS * KEYS) {
+  for (uint32_t j0 = start + warp * KEYS; j0 < end; j0 += WARPS * KEYS) {
     // All of the chunk's loads first, so they are in flight together. Keys
-    // past len are not read (they may lie past the cache's end).
+    // past end are not read (past len they may lie past the cache's end).
     float kf[KEYS][E], vf[KEYS][E];
 #pragma unroll
     for (int i = 0; i < KEYS; ++i) {
-      if (j0 + i < len) {
+      if (j0 + i < end) {
         const size_t at = (size_t)rows.row(j0 + i) * kv_row;
         load_bf16s<E>(kp + at, kf[i]);
         load_bf16s<E>(vp + at, vf[i]);
@@ -141,7 +152,7 @@ __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t
 #pragma unroll
         for (int e = 0; e < E; ++e) d += q[r][e] * kf[i][e];
         d = warp_sum(d);
-        s[r][i] = j0 + i < len ? d * p.scale : -INFINITY;  // exp(−inf − m_new) = 0: no weight
+        s[r][i] = j0 + i < end ? d * p.scale : -INFINITY;  // exp(−inf − m_new) = 0: no weight
       }
     }
     // One rescale per chunk and head: c = exp(m − m_new) is 0 on the first
@@ -167,7 +178,8 @@ __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t
   }
 
   // Merge the warps' states through shared memory. A warp that had no keys
-  // (len <= its first key) has m = −inf, l = 0, acc = 0 and adds nothing.
+  // (end <= its first key) has m = −inf, l = 0, acc = 0 and adds nothing;
+  // warp 0 always has key `start`, so the block's max is finite.
   float* acc_s = smem;                            // [WARPS][G][D]
   float* m_s = smem + WARPS * MAX_GROUP * D_MAX;  // [WARPS][G]
   float* l_s = m_s + WARPS * MAX_GROUP;           // [WARPS][G]
@@ -182,7 +194,8 @@ __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t
   }
   __syncthreads();
   // Output element i of the group's G rows (contiguous in out: heads h0 ..
-  // h0 + G of sequence b), warps summed in the fixed order 0 .. WARPS − 1.
+  // h0 + G of sequence b), warps summed in the fixed order 0 .. WARPS − 1;
+  // or, for a split, the unnormalised sum and (once per row) the max and sum.
   bf16* out = ptr<bf16>(p.out) + ((size_t)b * p.n_heads + h0) * D;
   for (uint32_t i = threadIdx.x; i < (uint32_t)(G * D); i += BLOCK) {
     const uint32_t r = i / D, d = i % D;
@@ -196,55 +209,111 @@ __device__ __forceinline__ void attend_group(const AttnDecodeParams& p, uint32_t
       sum += l_s[w * G + r] * c;
       o += acc_s[(w * G + r) * D + d] * c;
     }
-    out[i] = to_bf(o / sum);
+    if (part == nullptr) {
+      out[i] = to_bf(o / sum);
+    } else {
+      part[i] = o;
+      if (d == 0) {
+        part[G * D + r] = mx;
+        part[G * D + G + r] = sum;
+      }
+    }
   }
 }
 
 // The group size as a template parameter: registers for exactly G heads.
 template <int D>
 __device__ __forceinline__ void by_group(const AttnDecodeParams& p, uint32_t group, uint32_t b, uint32_t g,
-                                         const DecodeRows& rows, float* smem) {
+                                         const DecodeRows& rows, uint32_t start, uint32_t end, float* part,
+                                         float* smem) {
   switch (group) {
-    case 1: attend_group<D, 1>(p, b, g, rows, smem); break;
-    case 2: attend_group<D, 2>(p, b, g, rows, smem); break;
-    case 3: attend_group<D, 3>(p, b, g, rows, smem); break;
-    case 4: attend_group<D, 4>(p, b, g, rows, smem); break;
-    case 5: attend_group<D, 5>(p, b, g, rows, smem); break;
-    case 6: attend_group<D, 6>(p, b, g, rows, smem); break;
-    case 7: attend_group<D, 7>(p, b, g, rows, smem); break;
-    case 8: attend_group<D, 8>(p, b, g, rows, smem); break;
+    case 1: attend_group<D, 1>(p, b, g, rows, start, end, part, smem); break;
+    case 2: attend_group<D, 2>(p, b, g, rows, start, end, part, smem); break;
+    case 3: attend_group<D, 3>(p, b, g, rows, start, end, part, smem); break;
+    case 4: attend_group<D, 4>(p, b, g, rows, start, end, part, smem); break;
+    case 5: attend_group<D, 5>(p, b, g, rows, start, end, part, smem); break;
+    case 6: attend_group<D, 6>(p, b, g, rows, start, end, part, smem); break;
+    case 7: attend_group<D, 7>(p, b, g, rows, start, end, part, smem); break;
+    case 8: attend_group<D, 8>(p, b, g, rows, start, end, part, smem); break;
     default: break;  // not launched (checked before)
   }
 }
 
 }  // namespace decode_gqa
 
-// out for the group = n_heads / n_kv_heads query heads of one (sequence b,
-// kv head g) per block: block = b·n_kv_heads + g, BLOCK threads.
+// out (or a split's partial state) for the group = n_heads / n_kv_heads query
+// heads of one (sequence b, kv head g) per block: block = (b·n_kv_heads + g)
+// ·n_splits + split, BLOCK threads.
 extern "C" __global__ void __launch_bounds__(decode_gqa::BLOCK) attention_decode_gqa(AttnDecodeParams p) {
   using namespace decode_gqa;
   __shared__ float smem[SMEM_FLOATS];
   // What the host checks too; on failure the block returns at once, uniformly
   // (before any barrier), leaving out as it was, as the simple kernel does.
-  if (blockDim.x != BLOCK || p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0) return;
+  if (blockDim.x != BLOCK || p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.n_splits == 0) return;
   const uint32_t group = p.n_heads / p.n_kv_heads;
   const uint32_t hd = p.head_dim;
   if (group == 0 || group > MAX_GROUP || (hd != 64 && hd != 128)) return;
-  const uint32_t row = blockIdx.x;
-  if ((uint64_t)row >= (uint64_t)p.batch * p.n_kv_heads) return;
-  const uint32_t b = row / p.n_kv_heads, g = row % p.n_kv_heads;
+  if (p.n_splits > 1 && (p.split_keys == 0 || p.partial == 0)) return;
+  const uint64_t unit = blockIdx.x / p.n_splits, split = blockIdx.x % p.n_splits;
+  if (unit >= (uint64_t)p.batch * p.n_kv_heads) return;
+  const uint32_t b = (uint32_t)(unit / p.n_kv_heads), g = (uint32_t)(unit % p.n_kv_heads);
   DecodeRows rows;
   const bool rows_ok = decode_rows(p, b, &rows);
   // The caches are read E = hd / 32 bf16 (hd / 16 bytes) at a time.
   const bool aligned = ((p.k_cache | p.v_cache) & (dptr)(hd / 16 - 1)) == 0;
-  if (!rows_ok || !aligned) {  // the host checks this first
-    bf16* out = ptr<bf16>(p.out) + ((size_t)b * p.n_heads + (size_t)g * group) * hd;
-    for (uint32_t i = threadIdx.x; i < group * hd; i += BLOCK) out[i] = to_bf(nan_value());
+  // The split's keys: all of them without splits, else split·split_keys ..
+  // (the splits must cover the sequence).
+  const uint64_t start = p.n_splits == 1 ? 0 : split * p.split_keys;
+  const uint64_t end = p.n_splits == 1 ? rows.len : min((uint64_t)rows.len, start + p.split_keys);
+  const bool covered = p.n_splits == 1 || (uint64_t)p.n_splits * p.split_keys >= rows.len;
+  float* part = p.n_splits == 1 ? nullptr : ptr<float>(p.partial) + (unit * p.n_splits + split) * group * (hd + 2);
+  if (!rows_ok || !aligned || !covered) {  // the host checks this first
+    if (part == nullptr) {
+      bf16* out = ptr<bf16>(p.out) + ((size_t)b * p.n_heads + (size_t)g * group) * hd;
+      for (uint32_t i = threadIdx.x; i < group * hd; i += BLOCK) out[i] = to_bf(nan_value());
+    } else {
+      for (uint32_t i = threadIdx.x; i < group * (hd + 2); i += BLOCK) part[i] = nan_value();
+    }
+    return;
+  }
+  if (start >= end) {  // a split past this sequence's end: adds nothing
+    for (uint32_t i = threadIdx.x; i < group * (hd + 2); i += BLOCK) {
+      part[i] = i >= group * hd && i < group * (hd + 1) ? -INFINITY : 0.0f;  // sums 0, max −inf, sum 0
+    }
     return;
   }
   if (hd == 64) {
-    by_group<64>(p, group, b, g, rows, smem);
+    by_group<64>(p, group, b, g, rows, (uint32_t)start, (uint32_t)end, part, smem);
   } else {
-    by_group<128>(p, group, b, g, rows, smem);
+    by_group<128>(p, group, b, g, rows, (uint32_t)start, (uint32_t)end, part, smem);
+  }
+}
+
+// out for one (sequence b, kv head g) per block (block = b·n_kv_heads + g):
+// the group's rows merged from the n_splits partial states of
+// attention_decode_gqa, in split order (deterministic): with M the largest
+// max, out = Σ_s acc_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M). Split 0 always
+// holds key 0, so M is finite; an empty split (m = −inf) adds 0.
+extern "C" __global__ void __launch_bounds__(decode_gqa::BLOCK) attention_decode_combine(AttnDecodeParams p) {
+  if (p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.n_splits == 0) return;
+  const uint32_t group = p.n_heads / p.n_kv_heads, hd = p.head_dim;
+  const uint64_t unit = blockIdx.x;
+  if (unit >= (uint64_t)p.batch * p.n_kv_heads) return;
+  const size_t stride = (size_t)group * (hd + 2);  // floats per split
+  const float* part = ptr<const float>(p.partial) + unit * p.n_splits * stride;
+  // Rows b·n_heads + g·group .. of out start at unit·group·hd.
+  bf16* out = ptr<bf16>(p.out) + unit * group * hd;
+  for (uint32_t i = threadIdx.x; i < group * hd; i += blockDim.x) {
+    const uint32_t r = i / hd;
+    float mx = -INFINITY;
+    for (uint32_t s = 0; s < p.n_splits; ++s) mx = fmaxf(mx, part[s * stride + group * hd + r]);
+    float sum = 0.0f, o = 0.0f;
+    for (uint32_t s = 0; s < p.n_splits; ++s) {
+      const float* ps = part + s * stride;
+      const float c = expf(ps[group * hd + r] - mx);
+      sum += ps[group * hd + group + r] * c;
+      o += ps[i] * c;
+    }
+    out[i] = to_bf(o / sum);
   }
 }

@@ -215,6 +215,9 @@ fn gpu_policy_coefficient_code_matches_the_cpu_loss_library() {
 /// len or of a wrong row shows. Three sequences read a shared prefix from
 /// another slot (as a prompt's samples do), of lengths that split a warp's
 /// chunk of keys, and one of them has no position of its own but the new one.
+/// The fast kernel also runs with the keys split in runs (of 48 and 32 keys:
+/// every sequence but the shortest in several splits, some splits past a
+/// sequence's end) and merged by `attention_decode_combine`.
 #[test]
 fn gpu_decode_attention_code_matches_the_cpu_decode() {
     use engine::backend::cpu::attention::attention_decode;
@@ -252,7 +255,8 @@ fn gpu_decode_attention_code_matches_the_cpu_decode() {
         attention_decode(&s, &words, &q, &k_cache, &v_cache, &mut want);
         wants.push((s, want));
 
-        let header = [plan.len(), n_rows, group * n_kv_heads, n_kv_heads, head_dim];
+        let split_keys = if i % 2 == 0 { 48 } else { 32 };
+        let header = [plan.len(), n_rows, group * n_kv_heads, n_kv_heads, head_dim, split_keys];
         header.iter().for_each(|&v| put32(&mut input, v as u32));
         input.extend_from_slice(&s.scale.to_le_bytes());
         words.iter().for_each(|&v| put32(&mut input, v));
@@ -274,18 +278,18 @@ fn gpu_decode_attention_code_matches_the_cpu_decode() {
     };
     let mut bad = Vec::new();
     for (s, want) in &wants {
-        let (fast, again, simple) = (out("F"), out("G"), out("S"));
-        let (e_fast, e_simple) = (rel_err(&fast, want), rel_err(&simple, want));
+        let (fast, again, split, simple) = (out("F"), out("G"), out("P"), out("S"));
+        let (e_fast, e_split, e_simple) = (rel_err(&fast, want), rel_err(&split, want), rel_err(&simple, want));
         println!(
-            "decode head_dim {} group {} kv heads {} scale {:.3}: fast {e_fast:.2e}, simple {e_simple:.2e}",
+            "decode head_dim {} group {} kv heads {} scale {:.3}: fast {e_fast:.2e}, split {e_split:.2e}, simple {e_simple:.2e}",
             s.head_dim,
             s.n_heads / s.n_kv_heads,
             s.n_kv_heads,
             s.scale
         );
         // `!(e <= tol)` so that a NaN error fails too.
-        if !(e_fast <= 1e-2 && e_simple <= 1e-2) {
-            bad.push(format!("{s:?}: fast {e_fast:e}, simple {e_simple:e}"));
+        if !(e_fast <= 1e-2 && e_split <= 1e-2 && e_simple <= 1e-2) {
+            bad.push(format!("{s:?}: fast {e_fast:e}, split {e_split:e}, simple {e_simple:e}"));
         }
         if fast != again {
             bad.push(format!("{s:?}: two runs of the fast kernel differ"));

@@ -63,7 +63,19 @@ typedef struct AttnBwdParams {
  * = (prefix_row, prefix_len, own_row, len) per sequence: sequence b attends
  * to its positions 0..len, position j at cache row prefix_row + j when
  * j < prefix_len (a prompt's keys, shared by its samples), else at row
- * own_row + j - prefix_len (DecodeSeq in src/backend/decode_plan.rs). */
+ * own_row + j - prefix_len (DecodeSeq in src/backend/decode_plan.rs).
+ *
+ * The grouped kernel (attention_decode_gqa, kernels/decode_attention.cu) may
+ * split each sequence's keys into n_splits runs of split_keys keys (split
+ * s: keys s·split_keys ..), one block each, when there are too few
+ * (sequence, kv head) pairs to fill the GPU: each block then writes its
+ * partial softmax state to `partial` (fp32, per (sequence b, kv head g,
+ * split s) at ((b·n_kv_heads + g)·n_splits + s)·group·(head_dim + 2): the
+ * group's unnormalised sums [group][head_dim], then their max [group] and
+ * sum of exponentials [group]), and attention_decode_combine (one block per
+ * (sequence, kv head)) merges the splits in order into out. With n_splits
+ * = 1 the grouped kernel writes out itself and partial is unused; the
+ * simple kernel ignores all three. */
 #define ENGINE_DECODE_PLAN_WORDS 4
 typedef struct AttnDecodeParams {
   dptr q;
@@ -77,4 +89,7 @@ typedef struct AttnDecodeParams {
   uint32_t n_kv_heads;
   uint32_t head_dim;
   float scale;
+  dptr partial;
+  uint32_t split_keys;
+  uint32_t n_splits;
 } AttnDecodeParams;

@@ -218,7 +218,9 @@ fn attention_decode_matches_the_cpu() {
 /// against the CPU on the same inputs: 1, 2, 7 and 8 query heads per kv head
 /// at head_dim 64 and 128; a group of 16 and caches one element off their
 /// allocation (unaligned for the grouped kernel's loads), both of which fall
-/// back to the simple kernel. Sequences of 1 to 257 keys in slots out of order
+/// back to the simple kernel. The grouped kernel runs with its own key splits,
+/// one run of keys, and runs of 32 (merged by its combine kernel).
+/// Sequences of 1 to 257 keys in slots out of order
 /// in a larger cache whose unused positions are NaN, three of them reading a
 /// shared prefix from another slot. Two runs of `attention_decode` give the
 /// same bits.
@@ -255,20 +257,32 @@ fn attention_decode_grouped_matches_the_simple_kernel_and_the_cpu() {
         let (k_view, v_view) = (k_d.slice(pad..), v_d.slice(pad..));
         let plan_d = g.stream.clone_htod(&words).unwrap();
         let q_d = up(&g, &q);
-        let run = |grouped: bool| {
+        // The grouped kernel with its own splits (these 5–10 (sequence, kv
+        // head) pairs get several), one run of keys, and runs of 32 keys; the
+        // simple kernel.
+        let run = |how: &str| {
             let mut out_d = nan_bf16(&g, q.len());
-            if grouped {
-                g.attention_decode(&s, &plan_d, &q_d, &k_view, &v_view, &mut out_d).unwrap();
-            } else {
-                g.attention_decode_reference(&s, &plan_d, &q_d, &k_view, &v_view, &mut out_d).unwrap();
+            let (o, p) = (&mut out_d, &plan_d);
+            match how {
+                "auto" => g.attention_decode(&s, p, &q_d, &k_view, &v_view, o),
+                "whole" => g.attention_decode_split(&s, p, &q_d, &k_view, &v_view, o, None),
+                "split32" => g.attention_decode_split(&s, p, &q_d, &k_view, &v_view, o, Some(32)),
+                _ => g.attention_decode_reference(&s, p, &q_d, &k_view, &v_view, o),
             }
+            .unwrap();
             g.sync().unwrap();
             down(&g, &out_d)
         };
-        let (fast, again, simple) = (run(true), run(true), run(false));
-        let (e_fast, e_simple) = (rel_err(&fast, &want), rel_err(&simple, &want));
-        println!("attention decode {s:?} cache offset {pad}: grouped {e_fast:.2e}, simple {e_simple:.2e} vs cpu");
-        assert!(e_fast < BF16_TOL && e_simple < BF16_TOL, "{s:?}: grouped {e_fast:e}, simple {e_simple:e}");
+        let (fast, again) = (run("auto"), run("auto"));
+        let errs: Vec<String> = ["auto", "whole", "split32", "simple"]
+            .iter()
+            .map(|&h| (h, rel_err(&run(h), &want)))
+            .filter_map(|(h, e)| {
+                println!("attention decode {s:?} cache offset {pad}: {h} {e:.2e} vs cpu");
+                (e.is_nan() || e >= BF16_TOL).then(|| format!("{h}: {e:e}"))
+            })
+            .collect();
+        assert!(errs.is_empty(), "{s:?}: {errs:?}");
         assert!(
             fast.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
             "{s:?}: two runs of attention_decode differ"

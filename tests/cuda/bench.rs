@@ -15,7 +15,7 @@
 //!   without it they are only printed.
 //! - `ENGINE_BENCH_SKIP`: sections to skip, comma-separated: copy,
 //!   elementwise, cast, rmsnorm, rope, swiglu, embedding, rows, adamw, gemm,
-//!   attention, loss.
+//!   attention, decode, loss, sample.
 //! - `ENGINE_BENCH_TARGET_MS` (default 100): GPU time per timed loop.
 //! - `ENGINE_BENCH_BUDGET_S` (default 80): no section starts after this
 //!   many seconds.
@@ -574,6 +574,35 @@ fn attention_at(
     })
 }
 
+/// Decode attention at batch 64 on the 0.5B shape (14 / 2 heads of 64), every
+/// sequence at `len` keys, each in its own cache slot: the grouped kernel
+/// with its key splits (`decode_attn`) and without (`decode_attn_whole`: 128
+/// blocks, one per (sequence, kv head)). Bytes: the keys and values read
+/// once, q read and out written (issue 7's decode bound).
+fn decode(b: &mut Bench) -> Result<()> {
+    use engine::backend::DecodeSeq;
+    let g = b.g;
+    let (batch, heads, kv_heads, d) = (64usize, 14usize, 2usize, 64usize);
+    let s = AttnShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
+    for len in [1024usize, 4096] {
+        let plan: Vec<DecodeSeq> = (0..batch).map(|i| DecodeSeq::contiguous((i * len) as u32, len as u32)).collect();
+        let words = DecodeSeq::encode(&plan);
+        let plan_dev = b.u32s(&words)?;
+        let plan_d = engine::backend::cuda::buf::Mirrored::new(plan_dev.slice(..), &words);
+        let cache = batch * len * kv_heads * d;
+        let (k, v) = (b.random(cache, 60)?, b.random(cache, 61)?);
+        let q = b.random(batch * heads * d, 62)?;
+        let mut out: CudaSlice<Bf16> = b.zeros(batch * heads * d)?;
+        let bytes = Work::Bytes(bytes_bf16(2 * cache + 2 * batch * heads * d));
+        let shape = format!("{batch}x{len} h{heads}/{kv_heads} d{d}");
+        b.run("decode_attn", &shape, bytes, false, 200, || g.attention_decode(&s, &plan_d, &q, &k, &v, &mut out))?;
+        b.run("decode_attn_whole", &shape, bytes, false, 200, || {
+            g.attention_decode_split(&s, &plan_d, &q, &k, &v, &mut out, None)
+        })?;
+    }
+    Ok(())
+}
+
 /// Sampling one token per row for a decode step at batch 64 over Qwen's
 /// vocabulary (issue 7): plain temperature, top-k 50, top-p 0.95. Bytes: the
 /// bf16 logits read once (the kernel makes 3 passes for temperature, more for
@@ -686,7 +715,7 @@ fn bench_kernels() {
     println!("bench_kernels on {}: head-start copy of 256 MiB takes {:.3} ms", g.name, b.blocker_ms);
     println!("{:24} {:28} {:>13} {:>14}", "kernel", "shape", "time", "rate");
     type Section = fn(&mut Bench) -> Result<()>;
-    let sections: [(&str, Section); 13] = [
+    let sections: [(&str, Section); 14] = [
         ("copy", copy),
         ("elementwise", elementwise),
         ("cast", cast),
@@ -698,6 +727,7 @@ fn bench_kernels() {
         ("adamw", adamw),
         ("gemm", gemm),
         ("attention", attention),
+        ("decode", decode),
         ("loss", loss),
         ("sample", sample),
     ];

@@ -33,6 +33,7 @@ pub struct Fns {
     bwd_dkdv: CudaFunction,
     decode: CudaFunction,
     decode_gqa: CudaFunction,
+    decode_combine: CudaFunction,
 }
 
 pub(super) fn load(m: &Modules) -> Result<Fns> {
@@ -42,6 +43,7 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
         bwd_dkdv: m.get("attention", "attention_bwd_dkdv")?,
         decode: m.get("attention", "attention_decode")?,
         decode_gqa: m.get("decode_attention", "attention_decode_gqa")?,
+        decode_combine: m.get("decode_attention", "attention_decode_combine")?,
     })
 }
 
@@ -78,6 +80,26 @@ fn decode_gqa_takes(s: &AttnShape, k_cache: u64, v_cache: u64) -> bool {
     matches!(s.head_dim, 64 | 128)
         && s.n_heads / s.n_kv_heads <= DECODE_GQA_MAX_GROUP
         && [k_cache, v_cache].iter().all(|p| p % (s.head_dim as u64 / 16) == 0)
+}
+
+/// The shortest run of keys worth a block of its own in split decode
+/// attention (8 rounds of the grouped kernel's 4 warps × 4 keys).
+const DECODE_MIN_SPLIT: usize = 128;
+
+/// How the grouped decode kernel splits each sequence's keys: `(n_splits,
+/// split_keys)` for `units` (sequence, kv head) pairs whose longest sequence
+/// has `longest` keys on a GPU of `sms` multiprocessors. Enough blocks for
+/// about 4 per multiprocessor (its registers allow 3 resident), no run
+/// shorter than [`DECODE_MIN_SPLIT`] keys; runs a multiple of 16 keys (one
+/// round of the 4 warps). `(1, longest)` where the pairs alone fill the GPU.
+pub fn decode_splits(units: usize, longest: usize, sms: usize) -> (usize, usize) {
+    let want = (4 * sms.max(1)).div_ceil(units.max(1));
+    let n = want.clamp(1, longest.div_ceil(DECODE_MIN_SPLIT).max(1));
+    if n == 1 {
+        return (1, longest);
+    }
+    let keys = longest.div_ceil(n).next_multiple_of(16);
+    (longest.div_ceil(keys), keys)
 }
 
 /// `a · b · c`, or an error where it overflows.
@@ -340,9 +362,11 @@ impl Gpu {
     /// ([`DecodeSeq::encode`]), which says at which rows its positions lie (a
     /// prompt's shared prefix, then its own run). The GQA-grouped kernel
     /// (kernels/decode_attention.cu: one block per (sequence, kv head) for
-    /// all the query heads of the group) where it takes the call (head_dim 64
-    /// or 128, at most 8 query heads per kv head, caches aligned for its
-    /// loads), else the simple one
+    /// all the query heads of the group, each sequence's keys split across
+    /// blocks where the pairs alone would leave the GPU idle,
+    /// [`decode_splits`]) where it takes the call (head_dim 64 or 128, at
+    /// most 8 query heads per kv head, caches aligned for its loads), else
+    /// the simple one
     /// ([`attention_decode_reference`](Self::attention_decode_reference)).
     pub fn attention_decode(
         &self,
@@ -353,7 +377,24 @@ impl Gpu {
         v_cache: &impl DevicePtr<Bf16>,
         out: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
-        self.decode(true, s, plan, q, k_cache, v_cache, out)
+        self.decode(Decode::Grouped(None), s, plan, q, k_cache, v_cache, out)
+    }
+
+    /// [`attention_decode`](Self::attention_decode) with each sequence's keys
+    /// split in runs of `split_keys` (`None`: one run, no split) where the
+    /// grouped kernel takes the call, for tests and benchmarks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode_split(
+        &self,
+        s: &AttnShape,
+        plan: &impl IndexArg,
+        q: &impl DevicePtr<Bf16>,
+        k_cache: &impl DevicePtr<Bf16>,
+        v_cache: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+        split_keys: Option<usize>,
+    ) -> Result<()> {
+        self.decode(Decode::Grouped(Some(split_keys.unwrap_or(usize::MAX))), s, plan, q, k_cache, v_cache, out)
     }
 
     /// [`attention_decode`](Self::attention_decode) on the simple kernel
@@ -368,15 +409,14 @@ impl Gpu {
         v_cache: &impl DevicePtr<Bf16>,
         out: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
-        self.decode(false, s, plan, q, k_cache, v_cache, out)
+        self.decode(Decode::Simple, s, plan, q, k_cache, v_cache, out)
     }
 
-    /// The checks and launch both decode entry points share: the grouped
-    /// kernel if `grouped` and it takes the call, else the simple one.
+    /// The checks and launches the decode entry points share.
     #[allow(clippy::too_many_arguments)]
     fn decode(
         &self,
-        grouped: bool,
+        how: Decode,
         s: &AttnShape,
         plan: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
@@ -403,7 +443,8 @@ impl Gpu {
             bail!("{what}: a cache of {n_rows} rows does not fit 32-bit row indices");
         }
         let words = self.host_u32("attention_decode: plan", plan)?;
-        let batch = DecodeSeq::decode(&words, n_rows).map_err(|e| anyhow!("{what}: {e}"))?.len();
+        let seqs = DecodeSeq::decode(&words, n_rows).map_err(|e| anyhow!("{what}: {e}"))?;
+        let batch = seqs.len();
         let q_len = elems(what, batch, s.n_heads, s.head_dim)?;
         check_len("attention_decode: q", q.len(), q_len)?;
         check_len("attention_decode: out", out.len(), q_len)?;
@@ -415,7 +456,7 @@ impl Gpu {
         let (vp, _g2) = v_cache.device_ptr(&self.stream);
         let (pp, _g3) = plan.device_ptr(&self.stream);
         let (op, _g4) = out.device_ptr_mut(&self.stream);
-        let p = AttnDecodeParams {
+        let mut p = AttnDecodeParams {
             q: qp,
             k_cache: kp,
             v_cache: vp,
@@ -427,19 +468,82 @@ impl Gpu {
             n_kv_heads: s.n_kv_heads as u32,
             head_dim: s.head_dim as u32,
             scale: s.scale,
+            partial: 0,
+            split_keys: 0,
+            n_splits: 1,
         };
-        // One block per (sequence, kv head) for the grouped kernel, per
-        // (sequence, query head) for the simple one.
-        let (f, cfg) = if grouped && decode_gqa_takes(s, kp, vp) {
-            (&self.k.attention.decode_gqa, grid(what, batch * s.n_kv_heads)?)
-        } else {
-            (&self.k.attention.decode, grid(what, batch * s.n_heads)?)
+        let split = match how {
+            Decode::Grouped(split) if decode_gqa_takes(s, kp, vp) => split,
+            _ => {
+                // One block per (sequence, query head).
+                let cfg = grid(what, batch * s.n_heads)?;
+                // SAFETY: q and out hold batch rows; every plan entry's rows
+                // lie below n_rows (checked on the host), so every cache read
+                // lies inside the caches; head_dim <= MAX.
+                unsafe { self.stream.launch_builder(&self.k.attention.decode).arg(&p).launch(cfg) }
+                    .map_err(|e| anyhow!("{what}: {e}"))?;
+                return Ok(());
+            }
         };
-        // SAFETY: q and out hold batch rows; every plan entry's rows lie
-        // below n_rows (checked on the host), so every cache read lies inside
-        // the caches; head_dim <= MAX; the grouped kernel only runs on the
-        // shapes and cache alignment decode_gqa_takes checked.
-        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map_err(|e| anyhow!("attention_decode: {e}"))?;
+        // One block per (sequence, kv head) and split of its keys.
+        let units = batch * s.n_kv_heads;
+        let longest = seqs.iter().map(|x| x.len as usize).max().expect("batch > 0");
+        let (n_splits, split_keys) = match split {
+            None => decode_splits(units, longest, self.sms),
+            Some(keys) => (longest.div_ceil(keys.max(1)), keys.clamp(1, longest)),
+        };
+        if n_splits > 1 {
+            let floats = elems(what, units * n_splits, s.n_heads / s.n_kv_heads, s.head_dim + 2)?;
+            p.partial = self.decode_scratch.get(&self.stream, "attention_decode: partial states", floats)?;
+            p.split_keys = split_keys as u32;
+            p.n_splits = n_splits as u32;
+        }
+        // SAFETY: as for the simple kernel, and the grouped kernel only runs
+        // on the shapes and cache alignment decode_gqa_takes checked; with
+        // splits, n_splits · split_keys >= every len and partial holds
+        // units · n_splits · group · (head_dim + 2) floats, each written by
+        // the first launch before the combine reads it.
+        unsafe {
+            self.stream.launch_builder(&self.k.attention.decode_gqa).arg(&p).launch(grid(what, units * n_splits)?)
+        }
+        .map_err(|e| anyhow!("{what}: {e}"))?;
+        if n_splits > 1 {
+            // SAFETY: as above.
+            unsafe { self.stream.launch_builder(&self.k.attention.decode_combine).arg(&p).launch(grid(what, units)?) }
+                .map_err(|e| anyhow!("{what}: combine: {e}"))?;
+        }
         Ok(())
+    }
+}
+
+/// Which decode kernel: the simple one, or the grouped one where it takes
+/// the call, its keys split as [`decode_splits`] says (`None`) or in runs of
+/// the given length.
+#[derive(Clone, Copy)]
+enum Decode {
+    Simple,
+    Grouped(Option<usize>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_splits;
+
+    #[test]
+    fn decode_splits_fill_the_gpu_without_short_runs() {
+        // 64 sequences × 2 kv heads on 132 SMs: 5 runs of 832 keys at 4k.
+        assert_eq!(decode_splits(128, 4096, 132), (5, 832));
+        // Enough pairs to fill the GPU, or too few keys to split: one run.
+        assert_eq!(decode_splits(1024, 4096, 132), (1, 4096));
+        assert_eq!(decode_splits(128, 100, 132), (1, 100));
+        // Few pairs: as many runs of at least 128 keys as the longest allows.
+        assert_eq!(decode_splits(10, 257, 132), (3, 96));
+        for units in [1, 7, 64, 128, 300] {
+            for longest in [1, 15, 128, 129, 1000, 4096, 32768] {
+                let (n, keys) = decode_splits(units, longest, 132);
+                assert!(n >= 1 && n * keys >= longest, "{units} {longest}: {n} × {keys}");
+                assert!(n == 1 || (n - 1) * keys < longest, "{units} {longest}: an empty last run");
+            }
+        }
     }
 }

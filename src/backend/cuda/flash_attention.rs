@@ -7,7 +7,7 @@
 //! Each call checks `cu_seqlens` on the host (its host copy) and uses the
 //! table of 64-token tiles the grid walks (built once per batch). The
 //! backward's scratch (`delta`, and with GQA the per-query-head dk/dv parts)
-//! is kept between calls, grown to the largest ([`Scratch`]).
+//! is kept between calls, grown to the largest ([`BwdScratch`]).
 //! tools/flash_attention_emu runs the kernels on the CPU (one OS thread per
 //! CUDA thread, mma.sync / ldmatrix / cp.async emulated) against float64.
 
@@ -15,14 +15,15 @@ use super::attention::{check_shape, elems};
 use super::buf::IndexArg;
 use super::params::{
     FlashBwdParams, FlashFwdParams, ENGINE_FLASH_DELTA_ROWS, ENGINE_FLASH_DKDV_STEP_D128, ENGINE_FLASH_DKDV_STEP_D64,
-    ENGINE_FLASH_FWD_KEYS_D128, ENGINE_FLASH_FWD_KEYS_D64, ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS,
-    ENGINE_FLASH_TILE,
+    ENGINE_FLASH_FWD_KEYS_D128, ENGINE_FLASH_FWD_KEYS_D64, ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD,
+    ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
 };
+use super::scratch::Scratch;
 use super::{check_len, Bf16, Gpu, Modules};
 use crate::backend::AttnShape;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 super::params::device_repr!(FlashFwdParams, FlashBwdParams);
 
@@ -130,17 +131,17 @@ pub fn takes(s: &AttnShape, bf16_ptrs: &[u64]) -> bool {
     FLASH_ENABLED && matches!(s.head_dim, 64 | 128) && aligned(bf16_ptrs)
 }
 
-/// The backward's scratch: `delta` (fp32 per (token, query head)) and, with
-/// GQA, the per-query-head parts of dk and dv (fp32 per (token, query head,
-/// d)). Allocated once and grown to the largest call: at 16k tokens of the
-/// 0.5B shape (14 heads of 64) 2 × 59 MB of parts, which a call allocated,
-/// zero-filled and freed before, for every layer. Never cleared: each call's
-/// delta kernel writes every delta it reads, and its dk/dv kernel every part
-/// the sum reads.
-pub(crate) struct Scratch {
-    delta: CudaSlice<f32>,
-    dk_part: CudaSlice<f32>,
-    dv_part: CudaSlice<f32>,
+/// The backward's scratch (kept between calls, [`Scratch`]): `delta` (fp32
+/// per (token, query head)) and, with GQA, the per-query-head parts of dk
+/// and dv (fp32 per (token, query head, d)): at 16k tokens of the 0.5B shape
+/// (14 heads of 64) 2 × 59 MB, which each call allocated, zero-filled and
+/// freed before, for every layer. Never cleared: each call's delta kernel
+/// writes every delta it reads, and its dk/dv kernel every part the sum reads.
+#[derive(Default)]
+pub(crate) struct BwdScratch {
+    delta: Scratch,
+    dk_part: Scratch,
+    dv_part: Scratch,
 }
 
 fn aligned(ptrs: &[u64]) -> bool {
@@ -202,33 +203,6 @@ impl Gpu {
         let ptr = d.device_ptr(&self.stream).0;
         *cache = Some((cu.to_vec(), d, n as u32));
         Ok((ptr, n as u32))
-    }
-
-    /// The scratch for `rows` deltas and `parts` floats of each dk/dv part:
-    /// the addresses of (delta, dk_part, dv_part). As with the tile table,
-    /// a buffer replaced while a kernel may still use it is freed in stream
-    /// order, and the addresses outlive the lock (one launching thread).
-    fn flash_scratch(&self, what: &str, rows: usize, parts: usize) -> Result<(u64, u64, u64)> {
-        let mut guard = self.flash_scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = |x: &Scratch| x.delta.len() >= rows && x.dk_part.len() >= parts;
-        if !guard.as_ref().is_some_and(fits) {
-            let (have_rows, have_parts) = guard.as_ref().map_or((0, 0), |x| (x.delta.len(), x.dk_part.len()));
-            let (rows, parts) = (rows.max(have_rows), parts.max(have_parts).max(1));
-            *guard = None; // the old buffers go first, so the peak is the new size
-                           // SAFETY: uninitialised device memory; nothing reads an element
-                           // before a kernel of the same call writes it (see `Scratch`).
-            let alloc = |n: usize, name: &str| {
-                unsafe { self.stream.alloc::<f32>(n) }.map_err(|e| anyhow!("{what}: {name} ({n} floats): {e}"))
-            };
-            *guard = Some(Scratch {
-                delta: alloc(rows, "delta")?,
-                dk_part: alloc(parts, "dk part")?,
-                dv_part: alloc(parts, "dv part")?,
-            });
-        }
-        let x = guard.as_ref().expect("allocated above");
-        let ptrs = [&x.delta, &x.dk_part, &x.dv_part].map(|b| b.device_ptr(&self.stream).0);
-        Ok((ptrs[0], ptrs[1], ptrs[2]))
     }
 
     fn flash_fns(&self, variant: FlashVariant, head_dim: usize) -> &PerDim {
@@ -342,7 +316,11 @@ impl Gpu {
         // With GQA, each query head's part of dk, dv in fp32 (summed by
         // flash_attention_dkdv_sum); none needed without.
         let gqa = s.n_heads != s.n_kv_heads;
-        let (dlp, dkpp, dvpp) = self.flash_scratch(what, rows, if gqa { q_len } else { 0 })?;
+        let scratch = &self.flash_scratch;
+        let parts = if gqa { q_len } else { 1 };
+        let dlp = scratch.delta.get(&self.stream, "flash_attention_bwd: delta", rows)?;
+        let dkpp = scratch.dk_part.get(&self.stream, "flash_attention_bwd: dk parts", parts)?;
+        let dvpp = scratch.dv_part.get(&self.stream, "flash_attention_bwd: dv parts", parts)?;
         let (cu, _g0) = cu_seqlens.device_ptr(&self.stream);
         let (qp, _g1) = q.device_ptr(&self.stream);
         let (kp, _g2) = k.device_ptr(&self.stream);

@@ -24,6 +24,7 @@ mod rmsnorm;
 mod rope;
 mod rows;
 mod sample;
+mod scratch;
 mod swiglu;
 
 pub use backend::Cuda;
@@ -95,7 +96,11 @@ pub struct Gpu {
     /// The flash kernels' last tile table of each tile size (64, the fast forward's 128).
     tile_cache: std::sync::Mutex<[Option<TileTable>; 2]>,
     /// The flash backward's scratch buffers, kept between calls.
-    flash_scratch: std::sync::Mutex<Option<flash_attention::Scratch>>,
+    flash_scratch: flash_attention::BwdScratch,
+    /// Split decode attention's partial states, kept between calls.
+    decode_scratch: scratch::Scratch,
+    /// Streaming multiprocessors: how many blocks it takes to fill the GPU.
+    pub sms: usize,
     /// copy_rows' last destination list and whether its rows are distinct.
     distinct_cache: std::sync::Mutex<Option<(Vec<u32>, bool)>>,
 }
@@ -111,6 +116,9 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("CUDA device {ordinal}: {e}"))?;
         let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
+        let sms = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| anyhow!("{name}: multiprocessor count: {e}"))? as usize;
         let mut by_file = HashMap::new();
         for (file, image) in modules::MODULES {
             let m = ctx
@@ -149,7 +157,9 @@ impl Gpu {
             blas,
             name,
             tile_cache: std::sync::Mutex::new([None, None]),
-            flash_scratch: std::sync::Mutex::new(None),
+            flash_scratch: Default::default(),
+            decode_scratch: Default::default(),
+            sms,
             distinct_cache: std::sync::Mutex::new(None),
         })
     }

@@ -1,0 +1,33 @@
+//! fp32 device scratch kept between calls: a kernel's intermediate buffer
+//! (the flash backward's `delta` and dk/dv parts, split decode attention's
+//! partial states) allocated once and grown to the largest request, instead
+//! of allocated (and zero-filled) on every call.
+
+use anyhow::{anyhow, Result};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+pub(crate) struct Scratch(Mutex<Option<CudaSlice<f32>>>);
+
+impl Scratch {
+    /// The address of at least `n` floats (at least one), **uninitialised**:
+    /// the caller's kernels must write every element they read. A buffer
+    /// replaced while a kernel may still use it is freed in stream order.
+    /// The address outlives the lock: two threads launching on one `Gpu` at
+    /// once could replace the buffer under the other's kernel; the backend's
+    /// ops run from one thread.
+    pub fn get(&self, stream: &Arc<CudaStream>, what: &str, n: usize) -> Result<u64> {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.as_ref().is_none_or(|b| b.len() < n) {
+            let n = n.max(buf.as_ref().map_or(1, |b| b.len()));
+            *buf = None; // the old buffer goes first, so the peak is the new size
+                         // SAFETY: uninitialised device memory; see the contract above.
+            let fresh = unsafe { stream.alloc::<f32>(n) }.map_err(|e| anyhow!("{what} ({n} floats): {e}"))?;
+            *buf = Some(fresh);
+        }
+        let b = buf.as_ref().expect("allocated above");
+        let (p, _sync) = b.device_ptr(stream);
+        Ok(p)
+    }
+}
