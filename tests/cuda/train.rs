@@ -1,8 +1,10 @@
-//! `engine train sft` on the GPU: the same run on the CPU and on the CUDA
-//! backend (Qwen3 fixture, 6 steps), the losses compared step by step; then
-//! a resume on the GPU from step 3 reaches bitwise the weights, masters and
-//! moments of the uninterrupted GPU run at step 6 (every CUDA kernel in the
-//! step is deterministic, and the checkpoint carries the fp32 masters).
+//! Every trainer on the GPU. `engine train sft`: the same run on the CPU and
+//! on the CUDA backend (Qwen3 fixture, 6 steps), the losses compared step by
+//! step; then a resume on the GPU from step 3 reaches bitwise the weights,
+//! masters and moments of the uninterrupted GPU run at step 6 (every CUDA
+//! kernel in the step is deterministic, and the checkpoint carries the fp32
+//! masters). DPO, GRPO, distillation, RFT, held-out evaluation and the demo
+//! run end to end with their own checks.
 
 use super::common::fixtures;
 use super::common::runs::{dpo_data, dpo_sets, grpo_sets, metrics, rl_data, sft_data, sft_sets};
@@ -160,5 +162,91 @@ fn demo_quick_runs_on_the_gpu_deterministically() {
     for key in ["sft_accuracy", "control_accuracy", "rl_accuracy", "sft_steps", "rl_steps", "control_steps"] {
         assert!(a[key].is_number(), "{key} missing: {a}");
         assert_eq!(a[key], b[key], "{key}");
+    }
+}
+
+/// `engine train rft` on the GPU: the round's samples come from the GPU's
+/// rollout engine with the trainer's seed (deterministic, so sampling them
+/// here first gives the trainer's); answers are set from them so that some
+/// verify, and the trainer keeps exactly those and learns them.
+#[test]
+fn rft_on_the_gpu_keeps_the_verified_samples() {
+    use engine::reward::math::{extract_answer, math_reward};
+    let Some(_) = gpu("rft_on_the_gpu_keeps_the_verified_samples") else { return };
+    let be = Cuda::new(0).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixtures().join("qwen3");
+    let tok = engine::data::tokenizer::Tokenizer::load(&dir).unwrap();
+    let (model, _) = engine::model::Model::load(&be, &dir).unwrap();
+    let texts: Vec<String> = (0..6).map(|i| format!("Compute {i} times 7, then add 12.")).collect();
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t, true).unwrap()).collect();
+    let mut eos = tok.eos_ids.clone();
+    eos.retain(|&e| (e as usize) < model.cfg.vocab_size);
+    let r = engine::train::rft::RoundSampling { k: 6, max_new_tokens: 24, temperature: 1.0, eos_ids: eos, seed: 3 };
+    let samples = engine::train::rft::round_samples(&be, &model, &prompts, &r, 0).unwrap();
+    let decode = |s: &engine::rollout::Sample| tok.decode(&s.tokens, true).unwrap_or_default();
+    let answers: Vec<String> = (0..prompts.len())
+        .map(|p| {
+            let mut it = samples.iter().filter(|s| s.prompt_index == p);
+            it.find_map(|s| extract_answer(&decode(s))).unwrap_or_else(|| "no such answer".into())
+        })
+        .collect();
+    let expected = samples.iter().filter(|s| math_reward(&decode(s), &answers[s.prompt_index]) > 0.0).count();
+    println!("rft on the gpu: {expected} of {} samples verify", samples.len());
+    assert!(expected >= 2, "the fixture should give some verifiable samples ({expected})");
+    let data = tmp.path().join("rft.jsonl");
+    let lines: String = texts
+        .iter()
+        .zip(&answers)
+        .map(|(t, a)| format!("{}\n", serde_json::json!({"prompt": t, "answer": a})))
+        .collect();
+    std::fs::write(&data, lines).unwrap();
+    let out = tmp.path().join("run");
+    let sets: Vec<String> = vec![
+        format!("model={}", dir.display()),
+        format!("data={}", data.display()),
+        format!("output_dir={}", out.display()),
+        "seed=3".into(),
+        "rft.rounds=1".into(),
+        "rft.samples=6".into(),
+        "rft.max_new_tokens=24".into(),
+        "rft.steps_per_round=6".into(),
+        "tokens_per_step=60".into(),
+        "optim.lr=3e-3".into(),
+        "optim.schedule=constant".into(),
+    ];
+    engine::train::rft::run(&be, &config(&engine::train::rft::config_keys(), &sets), None).unwrap();
+    let m = metrics(&out);
+    assert_eq!(m.len(), 6);
+    assert_eq!(m[0]["kept"].as_u64().unwrap() as usize, expected);
+    let l: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
+    println!("rft losses on the gpu: {l:.4?}");
+    assert!(l.len() >= 2 && l[l.len() - 1] < l[0], "{l:?}");
+}
+
+/// Held-out evaluation inside `engine train sft` on the GPU: pass@1 (greedy
+/// generation on the GPU, verified answers) is logged at every step.
+#[test]
+fn sft_evaluates_on_the_gpu() {
+    let Some(_) = gpu("sft_evaluates_on_the_gpu") else { return };
+    let be = Cuda::new(0).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sft_data(tmp.path());
+    let heldout = tmp.path().join("heldout.jsonl");
+    std::fs::write(&heldout, "{\"prompt\": \"What is 2 plus 2?\", \"answer\": \"4\"}\n").unwrap();
+    let out = tmp.path().join("run");
+    let mut sets = sft_sets(&data, &out, 0);
+    sets.extend([
+        "max_steps=2".into(),
+        format!("eval.data={}", heldout.display()),
+        "eval.every=1".into(),
+        "eval.max_new_tokens=4".into(),
+    ]);
+    engine::train::sft::run(&be, &config(&engine::train::sft::config_keys(), &sets), None).unwrap();
+    let m = metrics(&out);
+    assert_eq!(m.len(), 2);
+    for line in &m {
+        let p = line["eval_pass@1"].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&p), "{line}");
     }
 }
