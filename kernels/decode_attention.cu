@@ -247,16 +247,26 @@ __device__ __forceinline__ void by_group(const AttnDecodeParams& p, uint32_t gro
 extern "C" __global__ void __launch_bounds__(decode_gqa::BLOCK) attention_decode_gqa(AttnDecodeParams p) {
   using namespace decode_gqa;
   __shared__ float smem[SMEM_FLOATS];
-  // What the host checks too; on failure the block returns at once, uniformly
-  // (before any barrier), leaving out as it was, as the simple kernel does.
-  if (blockDim.x != BLOCK || p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.n_splits == 0) return;
-  const uint32_t group = p.n_heads / p.n_kv_heads;
-  const uint32_t hd = p.head_dim;
-  if (group == 0 || group > MAX_GROUP || (hd != 64 && hd != 128)) return;
-  if (p.n_splits > 1 && (p.split_keys == 0 || p.partial == 0)) return;
+  if (p.n_splits == 0 || p.n_kv_heads == 0) return;  // no block is this launch's (the host never sends it)
   const uint64_t unit = blockIdx.x / p.n_splits, split = blockIdx.x % p.n_splits;
   if (unit >= (uint64_t)p.batch * p.n_kv_heads) return;
   const uint32_t b = (uint32_t)(unit / p.n_kv_heads), g = (uint32_t)(unit % p.n_kv_heads);
+  const uint32_t group = p.n_heads / p.n_kv_heads;
+  const uint32_t hd = p.head_dim;
+  // This split's partial state (null without splits).
+  float* part = p.n_splits == 1 || p.partial == 0
+                    ? nullptr
+                    : ptr<float>(p.partial) + (unit * p.n_splits + split) * group * (hd + 2);
+  // What the host checks too; on failure the block returns at once, uniformly
+  // (before any barrier), leaving out as it was, as the simple kernel does,
+  // but a split's state NaN, so that the combine does not read stale scratch.
+  if (blockDim.x != BLOCK || p.n_heads % p.n_kv_heads != 0 || group == 0 || group > MAX_GROUP ||
+      (hd != 64 && hd != 128) || (p.n_splits > 1 && (p.split_keys == 0 || part == nullptr))) {
+    if (part != nullptr) {
+      for (uint32_t i = threadIdx.x; i < group * (hd + 2); i += blockDim.x) part[i] = nan_value();
+    }
+    return;
+  }
   DecodeRows rows;
   const bool rows_ok = decode_rows(p, b, &rows);
   // The caches are read E = hd / 32 bf16 (hd / 16 bytes) at a time.
@@ -266,7 +276,6 @@ extern "C" __global__ void __launch_bounds__(decode_gqa::BLOCK) attention_decode
   const uint64_t start = p.n_splits == 1 ? 0 : split * p.split_keys;
   const uint64_t end = p.n_splits == 1 ? rows.len : min((uint64_t)rows.len, start + p.split_keys);
   const bool covered = p.n_splits == 1 || (uint64_t)p.n_splits * p.split_keys >= rows.len;
-  float* part = p.n_splits == 1 ? nullptr : ptr<float>(p.partial) + (unit * p.n_splits + split) * group * (hd + 2);
   if (!rows_ok || !aligned || !covered) {  // the host checks this first
     if (part == nullptr) {
       bf16* out = ptr<bf16>(p.out) + ((size_t)b * p.n_heads + (size_t)g * group) * hd;

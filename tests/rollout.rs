@@ -112,6 +112,48 @@ fn shared_prefill_and_batching_do_not_change_samples() {
     assert_ne!(shared, run(&model, &ps, GenerateConfig { seed: 6, ..base }));
 }
 
+/// Samples that end at different steps (a token they often draw is made an
+/// EOS): with one or two prompt slots and batches of 3 to 6 sequences (3
+/// samples a prompt), a prompt slot stays alive while a sibling still
+/// decodes, freed generation slots are taken by the next prompt while
+/// another prompt's samples still decode, and a shorter prompt reuses a slot
+/// a longer one wrote (prompts longest first). Freeing a prompt slot before
+/// its last sample ends fails it. The samples are those of one
+/// prompt slot per sample (`share_prefill: false`).
+#[test]
+fn prompt_slots_outlive_finished_siblings_and_are_reused() {
+    let model = load("qwen2");
+    let mut ps = prompts();
+    ps.reverse();
+    let base = GenerateConfig {
+        n: 3,
+        max_new_tokens: 20,
+        sampling: SamplingParams { temperature: 1.0, ..Default::default() },
+        seed: 9,
+        ..Default::default()
+    };
+    // The token drawn most often, as the EOS.
+    let free = run(&model, &ps, base.clone());
+    let mut counts = std::collections::HashMap::new();
+    free.iter().flat_map(|s| &s.tokens).for_each(|&t| *counts.entry(t).or_insert(0) += 1);
+    let (&eos, _) = counts.iter().max_by_key(|&(t, c)| (*c, std::cmp::Reverse(*t))).unwrap();
+    let cfg = GenerateConfig { eos_ids: vec![eos], ..base };
+    let want = run(&model, &ps, GenerateConfig { share_prefill: false, ..cfg.clone() });
+    let lens: Vec<usize> = want.iter().map(|s| s.tokens.len()).collect();
+    assert!(
+        lens.iter().any(|&l| l < 20) && lens.iter().any(|&l| l > 1),
+        "samples should end at different steps: {lens:?}"
+    );
+    for (prompt_slots, max_batch) in [(1, 3), (1, 5), (2, 4), (2, 6)] {
+        let got = run(&model, &ps, GenerateConfig { prompt_slots, max_batch, ..cfg.clone() });
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            assert_eq!((a.prompt_index, a.sample_index, &a.tokens), (b.prompt_index, b.sample_index, &b.tokens));
+            assert!(max_abs(&to_f64(&a.logprobs), &to_f64(&b.logprobs)) < 1e-5);
+        }
+    }
+}
+
 /// The cache holds each prompt once for its samples: with 8 samples per
 /// prompt and 64 sequences in flight, 16 prompt slots (twice the 8 prompts
 /// that fill the batch) and 64 generation slots, half the rows of a slot of

@@ -17,7 +17,8 @@
 #pragma once
 #include "params.h"
 
-/* Threads per block of every flash kernel (4 warps, 16 tile rows each). */
+/* Threads per block of every flash kernel (4 warps, 16 tile rows each; 32
+ * in the fast forward). */
 #define ENGINE_FLASH_THREADS 128
 /* Tokens per tile: query rows of a dq block (and of the simple forward's),
  * keys of a dk/dv block, and keys per step of dq's loop (and the simple

@@ -117,14 +117,24 @@ impl<B: Backend> KvCache<B> {
 
     /// Stages a decode step: sequence b (token row b) attends to the
     /// positions `seqs[b]` places; its new key and value (position `len − 1`)
-    /// are written first.
+    /// are written first, into its own run, which must lie within one
+    /// generation slot (a write into a shared prompt slot or the next
+    /// generation slot would corrupt another sequence's keys).
     pub fn plan_decode(&mut self, be: &B, seqs: &[DecodeSeq]) {
         let rows = self.shape().rows();
+        let gen0 = self.prompt_slots * self.prompt_cap;
         assert!(seqs.len() <= self.gen_slots, "kv cache: {} sequences for {} slots", seqs.len(), self.gen_slots);
         for (b, s) in seqs.iter().enumerate() {
             if let Err(e) = s.check(rows) {
                 panic!("kv cache: sequence {b}: {e}");
             }
+            let own = s.own_row as usize;
+            assert!(
+                s.prefix_len < s.len
+                    && own >= gen0
+                    && (own - gen0) % self.gen_cap + (s.len - s.prefix_len) as usize <= self.gen_cap,
+                "kv cache: sequence {b}: {s:?}: its own run must hold the new token and lie within one generation slot"
+            );
         }
         let writes: Vec<(u32, u32)> = seqs.iter().enumerate().map(|(b, s)| (b as u32, s.row(s.len - 1))).collect();
         self.plan_writes(be, &writes);

@@ -7,13 +7,15 @@
 //! kernels (src/backend/cuda/flash_attention.rs) where they take the call,
 //! else these ([`Gpu::attention_fwd_reference`], [`Gpu::attention_bwd_reference`]).
 //! [`Gpu::attention_decode`] likewise: the GQA-grouped decode kernel
-//! (kernels/decode_attention.cu) where it takes the call, else the simple one
+//! (kernels/decode_attention.cu, its keys split over several blocks where
+//! needed) where it takes the call, else the simple one
 //! ([`Gpu::attention_decode_reference`]).
 //!
-//! Every size is checked before a launch. `cu_seqlens`, `slots` and `lens`
-//! are small index arrays: each call copies them to the host and checks them
-//! (a synchronising copy), so a bad index is an error here rather than an
-//! out-of-bounds read on the device.
+//! Every size is checked before a launch. `cu_seqlens` and the decode plan
+//! are small index arrays checked on the host: from the host copy an index
+//! buffer keeps of what was written to it, else by a (synchronising) copy
+//! back, so a bad index is an error here rather than an out-of-bounds read
+//! on the device.
 
 use super::buf::IndexArg;
 use super::params::{AttnBwdParams, AttnDecodeParams, AttnFwdParams, ENGINE_ATTN_MAX_HEAD_DIM, ENGINE_ATTN_THREADS};
@@ -89,9 +91,10 @@ const DECODE_MIN_SPLIT: usize = 128;
 /// How the grouped decode kernel splits each sequence's keys: `(n_splits,
 /// split_keys)` for `units` (sequence, kv head) pairs whose longest sequence
 /// has `longest` keys on a GPU of `sms` multiprocessors. Enough blocks for
-/// about 4 per multiprocessor (its registers allow 3 resident), no run
-/// shorter than [`DECODE_MIN_SPLIT`] keys; runs a multiple of 16 keys (one
-/// round of the 4 warps). `(1, longest)` where the pairs alone fill the GPU.
+/// about 4 per multiprocessor (its registers allow 3 resident), but no more
+/// runs than `longest` holds [`DECODE_MIN_SPLIT`]s (rounded up), so runs
+/// average about that length or more; each a multiple of 16 keys (one round
+/// of the 4 warps). `(1, longest)` where the pairs alone fill the GPU.
 pub fn decode_splits(units: usize, longest: usize, sms: usize) -> (usize, usize) {
     let want = (4 * sms.max(1)).div_ceil(units.max(1));
     let n = want.clamp(1, longest.div_ceil(DECODE_MIN_SPLIT).max(1));
