@@ -299,13 +299,16 @@ if tr_table:
     gen = [r for r in tr_table if r.get("decode_step_ms") is not None]
     if gen:
         md += ["", "`generate_b64`: 64 prompts × 128 random tokens, 256 new tokens each (no EOS), temperature 1; "
+               "`generate_g8`: the same 64 sequences as 8 prompts × 8 samples (the engine holds a prompt's keys and "
+               "values once for its samples; `KV` its cache). "
                "`ms` the whole call, tokens/s the new tokens. Decode step = (time of 256 new − time of 1) / 255; "
                "the engine's bound is the bytes a step moves (bf16 weights, the KV cache at the mean length, the "
                "logits written and sampled) over the copy bandwidth it measured (target: within 1.5× of it)."]
-        md += [f"- {r['side']}: decode step {r['decode_step_ms']:.2f} ms"
+        md += [f"- {r['kernel']} {r['side']}: decode step {r['decode_step_ms']:.2f} ms"
                + (f", bound {r['decode_bound_ms']:.2f} ms ({r['decode_over_bound']:.2f}× the bound, copy {r.get('copy_gb_s', 0):.0f} GB/s)"
                   if r.get("decode_bound_ms") else "")
                + (f", prefill + first token {r['prefill_and_first_ms']:.1f} ms" if r.get("prefill_and_first_ms") else "")
+               + (f", KV {r['kv_cache_gib']:.2f} GiB" if r.get("kv_cache_gib") is not None else "")
                for r in gen]
     heads = [r for r in tr_table if str(r["kernel"]).startswith("lm_head_")]
     if heads:

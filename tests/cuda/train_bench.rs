@@ -234,7 +234,9 @@ const GEN_NEW: usize = 256;
 /// (time of 256 new tokens − time of 1) / 255, set against the bytes a step
 /// must move — the bf16 weights, the KV cache read at the mean length, the
 /// logits written and read by the sampler — over the copy bandwidth
-/// measured here.
+/// measured here. Then the same 64 sequences as GRPO makes them, 8 prompts ×
+/// 8 samples (`generate_g8`): the prompt's keys and values held once for its
+/// 8 samples, a smaller cache (its peak memory) and the same decode work.
 #[test]
 #[ignore = "a benchmark; run by tools/gpu-check.sh"]
 fn bench_generate() {
@@ -247,28 +249,28 @@ fn bench_generate() {
     let prompts: Vec<Vec<u32>> = (0..GEN_BATCH)
         .map(|_| (0..GEN_PROMPT).map(|_| (rng.next() * cfg.vocab_size as f32) as u32 % 151_936).collect())
         .collect();
-    let gen_cfg = |new: usize| GenerateConfig {
+    let gen_cfg = |new: usize, n: usize| GenerateConfig {
+        n,
         max_new_tokens: new,
         max_batch: GEN_BATCH,
         sampling: SamplingParams { temperature: 1.0, ..Default::default() },
         seed: 1,
         ..Default::default()
     };
-    let time = |new: usize| -> (f64, usize) {
-        let mut g = Generator::new(&be, &model, gen_cfg(new), GEN_PROMPT).unwrap();
+    // (seconds, memory in use after, cache rows) for `new` tokens of each of
+    // `prompts` × n samples.
+    let time = |new: usize, prompts: &[Vec<u32>], n: usize| -> (f64, usize, usize) {
+        let mut g = Generator::new(&be, &model, gen_cfg(new, n), GEN_PROMPT).unwrap();
         be.check().unwrap();
         let t = Instant::now();
-        let out = g.generate(&prompts, None, |_| {}).unwrap();
+        let out = g.generate(prompts, None, |_| {}).unwrap();
         be.check().unwrap();
         let s = t.elapsed().as_secs_f64();
         let tokens: usize = out.iter().map(|s| s.tokens.len()).sum();
         assert_eq!(tokens, GEN_BATCH * new, "every sequence runs to max_new_tokens");
-        (s, used_bytes(&be))
+        (s, used_bytes(&be), g.cache_shape().rows())
     };
-    time(8); // warm-up: cuBLASLt plans, scratch, module loads
-    let (t1, _) = time(1);
-    let (t_all, used) = time(GEN_NEW);
-    let step_ms = (t_all - t1) / (GEN_NEW - 1) as f64 * 1e3;
+    time(8, &prompts, 1); // warm-up: cuBLASLt plans, scratch, module loads
 
     // The copy bandwidth here (read + write bytes per second), as bench_kernels counts it.
     let n = 1usize << 28; // 512 MiB of bf16 each way
@@ -282,6 +284,7 @@ fn bench_generate() {
     }
     be.check().unwrap();
     let copy_gb_s = 5.0 * 2.0 * 2.0 * n as f64 / t.elapsed().as_secs_f64() / 1e9;
+    drop((src, dst));
 
     let weights = 2.0 * model.layout.total as f64;
     let mean_len = GEN_PROMPT as f64 + GEN_NEW as f64 / 2.0;
@@ -289,20 +292,32 @@ fn bench_generate() {
     let logits = GEN_BATCH as f64 * cfg.vocab_size as f64 * 2.0 * 2.0;
     let bound_ms = (weights + kv + logits) / (copy_gb_s * 1e9) * 1e3;
     let tokens = GEN_BATCH * GEN_NEW;
-    let row = serde_json::json!({
-        "kernel": "generate_b64", "shape": format!("qwen2-0.5b {GEN_BATCH}x({GEN_PROMPT}+{GEN_NEW})"),
-        "ms": t_all * 1e3, "tokens": tokens, "tokens_per_s": tokens as f64 / t_all,
-        "peak_mem_gib": (used - base) as f64 / (1u64 << 30) as f64,
-        "decode_step_ms": step_ms, "decode_bound_ms": bound_ms, "decode_over_bound": step_ms / bound_ms,
-        "prefill_and_first_ms": t1 * 1e3, "copy_gb_s": copy_gb_s,
-        "bytes_per_step": {"weights": weights, "kv_cache": kv, "logits": logits},
-        "source": "engine",
-        "impl": "engine cuda: continuous batching, KV cache, decode attention kernel, sampling on the device",
-    });
-    println!("{row}");
-    if let Some(f) = bench_out().as_mut() {
-        writeln!(f, "{row}").unwrap();
+    let groups = GEN_BATCH / 8;
+    for (name, prompts, n) in [("generate_b64", &prompts[..], 1), ("generate_g8", &prompts[..groups], 8)] {
+        let (t1, _, _) = time(1, prompts, n);
+        let (t_all, used, rows) = time(GEN_NEW, prompts, n);
+        let step_ms = (t_all - t1) / (GEN_NEW - 1) as f64 * 1e3;
+        let row = serde_json::json!({
+            "kernel": name, "shape": format!("qwen2-0.5b {}x{n}x({GEN_PROMPT}+{GEN_NEW})", prompts.len()),
+            "ms": t_all * 1e3, "tokens": tokens, "tokens_per_s": tokens as f64 / t_all,
+            "peak_mem_gib": (used - base) as f64 / (1u64 << 30) as f64,
+            "kv_cache_gib": kv_cache_bytes(&cfg, rows) / (1u64 << 30) as f64,
+            "decode_step_ms": step_ms, "decode_bound_ms": bound_ms, "decode_over_bound": step_ms / bound_ms,
+            "prefill_and_first_ms": t1 * 1e3, "copy_gb_s": copy_gb_s,
+            "bytes_per_step": {"weights": weights, "kv_cache": kv, "logits": logits},
+            "source": "engine",
+            "impl": "engine cuda: continuous batching, KV cache (a prompt once for its samples), decode attention kernel, sampling on the device",
+        });
+        println!("{row}");
+        if let Some(f) = bench_out().as_mut() {
+            writeln!(f, "{row}").unwrap();
+        }
     }
+}
+
+/// Bytes of a bf16 KV cache of `rows` rows (keys and values, every layer).
+fn kv_cache_bytes(cfg: &engine::model::ModelConfig, rows: usize) -> f64 {
+    2.0 * 2.0 * cfg.n_layers as f64 * cfg.kv_dim() as f64 * rows as f64
 }
 
 /// The lm_head + loss path at the 0.5B shape (16,384 tokens, hidden 896,
