@@ -333,58 +333,12 @@ fn non_finite_loss_stops_cleanly() {
 /// The trainer keeps exactly the verified ones and its SFT loss on them falls.
 #[test]
 fn rft_keeps_verified_samples_and_learns_them() {
-    use engine::reward::math::{extract_answer, math_reward};
     let tmp = tempfile::tempdir().unwrap();
-    let dir = fixtures().join("qwen3");
-    let tok = engine::data::tokenizer::Tokenizer::load(&dir).unwrap();
-    let (model, _) = engine::model::Model::load(&Cpu, &dir).unwrap();
-    let texts: Vec<String> = (0..6).map(|i| format!("Compute {i} times 7, then add 12.")).collect();
-    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t, true).unwrap()).collect();
-    let mut eos = tok.eos_ids.clone();
-    eos.retain(|&e| (e as usize) < model.cfg.vocab_size);
-    let r = engine::train::rft::RoundSampling { k: 6, max_new_tokens: 24, temperature: 1.0, eos_ids: eos, seed: 3 };
-    let samples = engine::train::rft::round_samples(&Cpu, &model, &prompts, &r, 0).unwrap();
-    let decode = |s: &engine::rollout::Sample| tok.decode(&s.tokens, true).unwrap_or_default();
-    // Each prompt's reference: the first answer some sample gives, if any.
-    let answers: Vec<String> = (0..prompts.len())
-        .map(|p| {
-            samples
-                .iter()
-                .filter(|s| s.prompt_index == p)
-                .find_map(|s| extract_answer(&decode(s)))
-                .unwrap_or_else(|| "no such answer".into())
-        })
-        .collect();
-    let expected = samples.iter().filter(|s| math_reward(&decode(s), &answers[s.prompt_index]) > 0.0).count();
-    assert!(expected >= 2, "the fixture should give some verifiable samples ({expected})");
-    let data = tmp.path().join("rft.jsonl");
-    let lines: String = texts
-        .iter()
-        .zip(&answers)
-        .map(|(t, a)| format!("{}\n", serde_json::json!({"prompt": t, "answer": a})))
-        .collect();
-    std::fs::write(&data, lines).unwrap();
     let out = tmp.path().join("run");
-    let sets: Vec<String> = vec![
-        format!("model={}", dir.display()),
-        format!("data={}", data.display()),
-        format!("output_dir={}", out.display()),
-        "seed=3".into(),
-        "rft.rounds=1".into(),
-        "rft.samples=6".into(),
-        "rft.max_new_tokens=24".into(),
-        "rft.steps_per_round=6".into(),
-        "tokens_per_step=60".into(),
-        "optim.lr=3e-3".into(),
-        "optim.schedule=constant".into(),
-    ];
+    let (sets, expected) = rft_setup(&Cpu, tmp.path(), &out);
     let (code, err) = train("rft", &sets, None);
     assert_eq!(code, 0, "{err}");
-    let m = metrics(&out);
-    assert_eq!(m.len(), 6);
-    assert_eq!(m[0]["kept"].as_u64().unwrap() as usize, expected);
-    let losses: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
-    assert!(losses.len() >= 2 && losses[losses.len() - 1] < losses[0], "{losses:?}");
+    check_rft_run(&out, expected);
 }
 
 /// Held-out evaluation and early stopping: pass@1 is logged every step, and

@@ -5,6 +5,7 @@ use super::common::decode_cases::{cache_for, grouped_plan, plan_in_slots};
 use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
 use cudarc::driver::CudaSlice;
 use engine::backend::cpu::attention::{attention_bwd, attention_decode, attention_fwd};
+use engine::backend::cuda::DecodeKernel::{self, GroupedSplit};
 use engine::backend::cuda::{Bf16, Gpu};
 use engine::backend::{AttnShape, DecodeSeq};
 
@@ -214,7 +215,7 @@ fn attention_decode_matches_the_cpu() {
 }
 
 /// `attention_decode` (the grouped kernel, kernels/decode_attention.cu, where
-/// it takes the call) and `attention_decode_reference` (the simple kernel)
+/// it takes the call) and the simple kernel (`DecodeKernel::Simple`)
 /// against the CPU on the same inputs: 1, 2, 7 and 8 query heads per kv head
 /// at head_dim 64 and 128; a group of 16 and caches one element off their
 /// allocation (unaligned for the grouped kernel's loads), both of which fall
@@ -265,9 +266,9 @@ fn attention_decode_grouped_matches_the_simple_kernel_and_the_cpu() {
             let (o, p) = (&mut out_d, &plan_d);
             match how {
                 "auto" => g.attention_decode(&s, p, &q_d, &k_view, &v_view, o),
-                "whole" => g.attention_decode_split(&s, p, &q_d, &k_view, &v_view, o, None),
-                "split32" => g.attention_decode_split(&s, p, &q_d, &k_view, &v_view, o, Some(32)),
-                _ => g.attention_decode_reference(&s, p, &q_d, &k_view, &v_view, o),
+                "whole" => g.attention_decode_with(GroupedSplit(usize::MAX), &s, p, &q_d, &k_view, &v_view, o),
+                "split32" => g.attention_decode_with(GroupedSplit(32), &s, p, &q_d, &k_view, &v_view, o),
+                _ => g.attention_decode_with(DecodeKernel::Simple, &s, p, &q_d, &k_view, &v_view, o),
             }
             .unwrap();
             g.sync().unwrap();

@@ -36,7 +36,7 @@ use super::util::{gpu, random_bf16};
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, DeviceRepr, ValidAsZeroBits};
-use engine::backend::cuda::{Bf16, Gpu};
+use engine::backend::cuda::{Bf16, DecodeKernel, Gpu};
 use engine::backend::{AdamWStep, AttnShape, MatShape};
 use engine::loss::DistillMode;
 use std::io::Write;
@@ -597,7 +597,7 @@ fn decode(b: &mut Bench) -> Result<()> {
         let shape = format!("{batch}x{len} h{heads}/{kv_heads} d{d}");
         b.run("decode_attn", &shape, bytes, false, 200, || g.attention_decode(&s, &plan_d, &q, &k, &v, &mut out))?;
         b.run("decode_attn_whole", &shape, bytes, false, 200, || {
-            g.attention_decode_split(&s, &plan_d, &q, &k, &v, &mut out, None)
+            g.attention_decode_with(DecodeKernel::GroupedSplit(usize::MAX), &s, &plan_d, &q, &k, &v, &mut out)
         })?;
     }
     Ok(())

@@ -7,7 +7,9 @@
 //! run end to end with their own checks.
 
 use super::common::fixtures;
-use super::common::runs::{dpo_data, dpo_sets, grpo_sets, metrics, rl_data, sft_data, sft_sets};
+use super::common::runs::{
+    check_rft_run, dpo_data, dpo_sets, grpo_sets, metrics, rft_setup, rl_data, sft_data, sft_sets,
+};
 use super::util::gpu;
 use engine::backend::cpu::Cpu;
 use engine::backend::cuda::Cuda;
@@ -171,57 +173,13 @@ fn demo_quick_runs_on_the_gpu_deterministically() {
 /// verify, and the trainer keeps exactly those and learns them.
 #[test]
 fn rft_on_the_gpu_keeps_the_verified_samples() {
-    use engine::reward::math::{extract_answer, math_reward};
     let Some(_) = gpu("rft_on_the_gpu_keeps_the_verified_samples") else { return };
     let be = Cuda::new(0).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = fixtures().join("qwen3");
-    let tok = engine::data::tokenizer::Tokenizer::load(&dir).unwrap();
-    let (model, _) = engine::model::Model::load(&be, &dir).unwrap();
-    let texts: Vec<String> = (0..6).map(|i| format!("Compute {i} times 7, then add 12.")).collect();
-    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t, true).unwrap()).collect();
-    let mut eos = tok.eos_ids.clone();
-    eos.retain(|&e| (e as usize) < model.cfg.vocab_size);
-    let r = engine::train::rft::RoundSampling { k: 6, max_new_tokens: 24, temperature: 1.0, eos_ids: eos, seed: 3 };
-    let samples = engine::train::rft::round_samples(&be, &model, &prompts, &r, 0).unwrap();
-    let decode = |s: &engine::rollout::Sample| tok.decode(&s.tokens, true).unwrap_or_default();
-    let answers: Vec<String> = (0..prompts.len())
-        .map(|p| {
-            let mut it = samples.iter().filter(|s| s.prompt_index == p);
-            it.find_map(|s| extract_answer(&decode(s))).unwrap_or_else(|| "no such answer".into())
-        })
-        .collect();
-    let expected = samples.iter().filter(|s| math_reward(&decode(s), &answers[s.prompt_index]) > 0.0).count();
-    println!("rft on the gpu: {expected} of {} samples verify", samples.len());
-    assert!(expected >= 2, "the fixture should give some verifiable samples ({expected})");
-    let data = tmp.path().join("rft.jsonl");
-    let lines: String = texts
-        .iter()
-        .zip(&answers)
-        .map(|(t, a)| format!("{}\n", serde_json::json!({"prompt": t, "answer": a})))
-        .collect();
-    std::fs::write(&data, lines).unwrap();
     let out = tmp.path().join("run");
-    let sets: Vec<String> = vec![
-        format!("model={}", dir.display()),
-        format!("data={}", data.display()),
-        format!("output_dir={}", out.display()),
-        "seed=3".into(),
-        "rft.rounds=1".into(),
-        "rft.samples=6".into(),
-        "rft.max_new_tokens=24".into(),
-        "rft.steps_per_round=6".into(),
-        "tokens_per_step=60".into(),
-        "optim.lr=3e-3".into(),
-        "optim.schedule=constant".into(),
-    ];
+    let (sets, expected) = rft_setup(&be, tmp.path(), &out);
     engine::train::rft::run(&be, &config(&engine::train::rft::config_keys(), &sets), None).unwrap();
-    let m = metrics(&out);
-    assert_eq!(m.len(), 6);
-    assert_eq!(m[0]["kept"].as_u64().unwrap() as usize, expected);
-    let l: Vec<f64> = m.iter().filter_map(|x| x["loss"].as_f64()).collect();
-    println!("rft losses on the gpu: {l:.4?}");
-    assert!(l.len() >= 2 && l[l.len() - 1] < l[0], "{l:?}");
+    check_rft_run(&out, expected);
 }
 
 /// Held-out evaluation inside `engine train sft` on the GPU: pass@1 (greedy

@@ -9,7 +9,7 @@
 //! [`Gpu::attention_decode`] likewise: the GQA-grouped decode kernel
 //! (kernels/decode_attention.cu, its keys split over several blocks where
 //! needed) where it takes the call, else the simple one
-//! ([`Gpu::attention_decode_reference`]).
+//! ([`DecodeKernel::Simple`]).
 //!
 //! Every size is checked before a launch. `cu_seqlens` and the decode plan
 //! are small index arrays checked on the host: from the host copy an index
@@ -369,8 +369,7 @@ impl Gpu {
     /// blocks where the pairs alone would leave the GPU idle,
     /// [`decode_splits`]) where it takes the call (head_dim 64 or 128, at
     /// most 8 query heads per kv head, caches aligned for its loads), else
-    /// the simple one
-    /// ([`attention_decode_reference`](Self::attention_decode_reference)).
+    /// the simple one ([`DecodeKernel::Simple`]).
     pub fn attention_decode(
         &self,
         s: &AttnShape,
@@ -380,46 +379,15 @@ impl Gpu {
         v_cache: &impl DevicePtr<Bf16>,
         out: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
-        self.decode(Decode::Grouped(None), s, plan, q, k_cache, v_cache, out)
+        self.attention_decode_with(DecodeKernel::Grouped, s, plan, q, k_cache, v_cache, out)
     }
 
-    /// [`attention_decode`](Self::attention_decode) with each sequence's keys
-    /// split in runs of `split_keys` (`None`: one run, no split) where the
-    /// grouped kernel takes the call, for tests and benchmarks.
+    /// [`attention_decode`](Self::attention_decode) on the given kernel
+    /// (for tests and benchmarks; the checks and launches of every decode).
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_decode_split(
+    pub fn attention_decode_with(
         &self,
-        s: &AttnShape,
-        plan: &impl IndexArg,
-        q: &impl DevicePtr<Bf16>,
-        k_cache: &impl DevicePtr<Bf16>,
-        v_cache: &impl DevicePtr<Bf16>,
-        out: &mut impl DevicePtrMut<Bf16>,
-        split_keys: Option<usize>,
-    ) -> Result<()> {
-        self.decode(Decode::Grouped(Some(split_keys.unwrap_or(usize::MAX))), s, plan, q, k_cache, v_cache, out)
-    }
-
-    /// [`attention_decode`](Self::attention_decode) on the simple kernel
-    /// (one block per (sequence, query head)), any head_dim up to
-    /// `MAX_HEAD_DIM` (256) and any grouping.
-    pub fn attention_decode_reference(
-        &self,
-        s: &AttnShape,
-        plan: &impl IndexArg,
-        q: &impl DevicePtr<Bf16>,
-        k_cache: &impl DevicePtr<Bf16>,
-        v_cache: &impl DevicePtr<Bf16>,
-        out: &mut impl DevicePtrMut<Bf16>,
-    ) -> Result<()> {
-        self.decode(Decode::Simple, s, plan, q, k_cache, v_cache, out)
-    }
-
-    /// The checks and launches the decode entry points share.
-    #[allow(clippy::too_many_arguments)]
-    fn decode(
-        &self,
-        how: Decode,
+        how: DecodeKernel,
         s: &AttnShape,
         plan: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
@@ -476,7 +444,8 @@ impl Gpu {
             n_splits: 1,
         };
         let split = match how {
-            Decode::Grouped(split) if decode_gqa_takes(s, kp, vp) => split,
+            DecodeKernel::Grouped if decode_gqa_takes(s, kp, vp) => None,
+            DecodeKernel::GroupedSplit(keys) if decode_gqa_takes(s, kp, vp) => Some(keys),
             _ => {
                 // One block per (sequence, query head).
                 let cfg = grid(what, batch * s.n_heads)?;
@@ -519,13 +488,19 @@ impl Gpu {
     }
 }
 
-/// Which decode kernel: the simple one, or the grouped one where it takes
-/// the call, its keys split as [`decode_splits`] says (`None`) or in runs of
-/// the given length.
-#[derive(Clone, Copy)]
-enum Decode {
+/// Which kernel [`Gpu::attention_decode_with`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// The simple kernel (kernels/attention.cu): one block per (sequence,
+    /// query head), any head_dim up to [`MAX_HEAD_DIM`] and any grouping.
     Simple,
-    Grouped(Option<usize>),
+    /// The grouped kernel where it takes the call (else the simple one),
+    /// each sequence's keys split as [`decode_splits`] says: what
+    /// [`Gpu::attention_decode`] runs.
+    Grouped,
+    /// The grouped kernel where it takes the call, keys in runs of this
+    /// many (`usize::MAX`: one run, no split).
+    GroupedSplit(usize),
 }
 
 #[cfg(test)]

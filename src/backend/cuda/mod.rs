@@ -27,6 +27,7 @@ mod sample;
 mod scratch;
 mod swiglu;
 
+pub use attention::{decode_splits, DecodeKernel};
 pub use backend::Cuda;
 pub use buf::{DBuf, DIdx};
 pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT};
