@@ -447,7 +447,8 @@ run() {
 
   # Section 1b: the engine binary itself on the GPU: `engine score --device
   # cuda` on the qwen2 fixture's scored sequences, against their float64
-  # log-probabilities (the note gives the largest difference). Its files
+  # log-probabilities (the note gives the largest difference), and `engine
+  # generate` (below). Its files
   # stay in a temporary folder: only the section line comes back.
   local cli_tmp
   cli_tmp="$(mktemp -d)"
@@ -467,6 +468,26 @@ print("engine score --device cuda: %d log-probs, max |diff| vs float64 %.2e" % (
       "$ENGINE_FIXTURES/qwen2.score.json" "$cli_tmp/out.jsonl" 2>&1 | tail -1)"
   else
     cli_note="$(tail -1 "$cli_tmp/log" | tr '\t' ' ')"
+  fi
+  # `engine generate --device cuda`, greedy, 2 prompts × 4 samples (the
+  # prompt's keys shared), against the same command on the CPU: how many
+  # samples have the CPU's tokens (bf16 may break a near-tie, so this is a
+  # count, not a pass/fail).
+  if ((rc == 0)); then
+    printf '%s\n' '{"prompt": "What is 2 plus 3?"}' '{"prompt": "Count: one, two,"}' >"$cli_tmp/prompts.jsonl"
+    for d in cpu cuda; do
+      timeout -k 5 60 "$dir/bin/engine" generate --model "$ENGINE_FIXTURES/qwen3" --prompts "$cli_tmp/prompts.jsonl" \
+        --output "$cli_tmp/gen_$d.jsonl" --n 4 --max-new-tokens 32 --temperature 0 --device "$d" >>"$cli_tmp/log" 2>&1 || rc=$?
+    done
+    if ((rc == 0)); then
+      cli_note="$cli_note; $(python3 -c 'import json,sys
+a=[json.loads(l)["tokens"] for l in open(sys.argv[1])]
+b=[json.loads(l)["tokens"] for l in open(sys.argv[2])]
+print("engine generate --device cuda: %d of %d greedy samples equal to the CPU'"'"'s" % (sum(x==y for x,y in zip(a,b)), len(b)))' \
+        "$cli_tmp/gen_cpu.jsonl" "$cli_tmp/gen_cuda.jsonl" 2>&1 | tail -1)"
+    else
+      cli_note="$cli_note; generate: $(tail -1 "$cli_tmp/log" | tr '\t' ' ')"
+    fi
   fi
   section_done cli "$(status_of $rc)" $((SECONDS - t0)) "$cli_note"
   rm -rf "$cli_tmp"
