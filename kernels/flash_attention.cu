@@ -74,9 +74,19 @@ template <int D, bool FAST>
 constexpr int fwd_smem() {
   return (fwd_rows<FAST>() + 2 * nbuf<FAST>() * fwd_keys<D, FAST>()) * ld<D>() * 2;  // q; k, v per buffer
 }
+// dq's tiles: m-tiles of 16 query rows per warp (two in the fast d64
+// kernel, as the forward), keys per step.
+template <int D, bool FAST>
+constexpr int dq_mt() {
+  return FAST && D == 64 ? ENGINE_FLASH_DQ_TILE_D64 / 64 : 1;
+}
+template <int D, bool FAST>
+constexpr int dq_keys() {
+  return FAST && D == 64 ? ENGINE_FLASH_DQ_KEYS_D64 : TILE;
+}
 template <int D, bool FAST>
 constexpr int dq_smem() {
-  return (2 + 2 * nbuf<FAST>()) * TILE * ld<D>() * 2;  // q, dout; k, v per buffer
+  return (2 * 64 * dq_mt<D, FAST>() + 2 * nbuf<FAST>() * dq_keys<D, FAST>()) * ld<D>() * 2;  // q, dout; k, v per buffer
 }
 template <int D>
 constexpr int dkdv_step() {
@@ -518,54 +528,66 @@ __device__ __forceinline__ void fwd(const FlashFwdParams& p) {
   }
 }
 
-// dq = Σ_j ds_ij·k_j for the tile's 64 query rows of head blockIdx.y, with
+// dq = Σ_j ds_ij·k_j for the tile's QT query rows of head blockIdx.y, with
 // p_ij = 2^(x_ij − lse_i·log2 e), ds_ij = p_ij·(dout_i·v_j − delta_i)·scale.
+// Warp w owns rows 16·MT·w .. 16·MT·(w + 1) (MT m-tiles of 16) and walks the
+// keys in steps of KT, as the forward does.
 template <int D, bool FAST>
 __device__ __forceinline__ void bwd_dq(const FlashBwdParams& p) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int LD = ld<D>();
-  constexpr int NJ = TILE / 8;
+  constexpr int MT = dq_mt<D, FAST>();    // m-tiles per warp
+  constexpr int QT = 64 * MT;             // query rows per block
+  constexpr int KT = dq_keys<D, FAST>();  // keys per step
+  constexpr int NJ = KT / 8;
+  static_assert(KT % 16 == 0, "tile shapes");
   if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)dq_smem<D, FAST>()) return;
   if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
   bf16* q_s = reinterpret_cast<bf16*>(smem);
-  bf16* do_s = q_s + TILE * LD;
-  bf16* kv_s = do_s + TILE * LD;  // buffer b: k at kv_s + b·2·TILE·LD, v after it
-  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x);
+  bf16* do_s = q_s + QT * LD;
+  bf16* kv_s = do_s + QT * LD;  // buffer b: k at kv_s + b·2·KT·LD, v after it
+  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x, QT);
   const uint32_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
   const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
   const int q0 = tl.t0, len = tl.len;
   const bf16* kg = ptr<const bf16>(p.k) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
   const bf16* vg = ptr<const bf16>(p.v) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
   const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
-  load_tile<D, TILE, false>(q_s, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
-  load_tile<D, TILE, false>(do_s, ptr<const bf16>(p.dout) + q_row0, q_stride, len - q0);
+  load_tile<D, QT, false>(q_s, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
+  load_tile<D, QT, false>(do_s, ptr<const bf16>(p.dout) + q_row0, q_stride, len - q0);
   auto load_kv = [&](int kt) {  // as in the forward
-    bf16* k_b = kv_s + (kt % nbuf<FAST>()) * 2 * TILE * LD;
-    const int k0 = kt * TILE;
-    load_tile<D, TILE, FAST>(k_b, kg + (size_t)k0 * kv_stride, kv_stride, len - k0);
-    load_tile<D, TILE, FAST>(k_b + TILE * LD, vg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    bf16* k_b = kv_s + (kt % nbuf<FAST>()) * 2 * KT * LD;
+    const int k0 = kt * KT;
+    load_tile<D, KT, FAST>(k_b, kg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    load_tile<D, KT, FAST>(k_b + KT * LD, vg + (size_t)k0 * kv_stride, kv_stride, len - k0);
     if (FAST) cp_async_commit();
   };
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int r0 = warp * 16;
+  const int r0 = warp * 16 * MT;  // the warp's first row in the tile; m-tile i starts at r0 + 16i
   const float sl2 = p.scale * LOG2E;
-  float lse2[2], dl[2];  // lse·log2 e and delta of rows g, g + 8
+  float lse2[MT][2], dl[MT][2];  // lse·log2 e and delta of rows g, g + 8 of each m-tile
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = q0 + r0 + g + 8 * i;
-    const size_t row = (size_t)(tl.start + r) * p.n_heads + h;
-    lse2[i] = r < len ? ptr<const float>(p.lse)[row] * LOG2E : 0.0f;
-    dl[i] = r < len ? ptr<const float>(p.delta)[row] : 0.0f;
+  for (int i = 0; i < MT; ++i) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = q0 + r0 + 16 * i + g + 8 * r;
+      const size_t at = (size_t)(tl.start + row) * p.n_heads + h;
+      lse2[i][r] = row < len ? ptr<const float>(p.lse)[at] * LOG2E : 0.0f;
+      dl[i][r] = row < len ? ptr<const float>(p.delta)[at] : 0.0f;
+    }
   }
-  float acc[D / 8][4];
+  float acc[MT][D / 8][4];
 #pragma unroll
-  for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-  const int kend = min(q0 + TILE, len);
-  const int n_kt = (kend + TILE - 1) / TILE;
+  for (int i = 0; i < MT; ++i) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.0f;
+  }
+  const int kend = min(q0 + QT, len);
+  const int n_kt = (kend + KT - 1) / KT;
   if (FAST) load_kv(0);
   for (int kt = 0; kt < n_kt; ++kt) {
-    const int k0 = kt * TILE;
+    const int k0 = kt * KT;
     if (FAST) {
       if (kt + 1 < n_kt) {
         load_kv(kt + 1);
@@ -577,32 +599,43 @@ __device__ __forceinline__ void bwd_dq(const FlashBwdParams& p) {
       load_kv(kt);
     }
     __syncthreads();
-    const bf16* k_s = kv_s + (kt % nbuf<FAST>()) * 2 * TILE * LD;
-    const bf16* v_s = k_s + TILE * LD;
-    float s[NJ][4], dp[NJ][4];
+    // A warp whose rows all lie before this step's first key has nothing to
+    // add (every p_ij is 0, so every ds_ij): it skips the step (uniformly).
+    if (k0 <= q0 + r0 + 16 * MT - 1) {
+      const bf16* k_s = kv_s + (kt % nbuf<FAST>()) * 2 * KT * LD;
+      const bf16* v_s = k_s + KT * LD;
+      float s[MT][NJ][4], dp[MT][NJ][4];
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-      dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
-    }
-    rows_dot_rows<D, NJ, FAST>(q_s, r0, k_s, 0, s);
-    rows_dot_rows<D, NJ, FAST>(do_s, r0, v_s, 0, dp);
+      for (int i = 0; i < MT; ++i) {
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = e >> 1;
-        const int row = q0 + r0 + g + 8 * i, col = k0 + j * 8 + 2 * t + (e & 1);
-        const bool off = col > row || col >= len || row >= len;
-        const float pij = off ? 0.0f : exp2f(s[j][e] * sl2 - lse2[i]);
-        s[j][e] = pij * (dp[j][e] - dl[i]) * p.scale;  // ds
+        for (int j = 0; j < NJ; ++j) {
+          s[i][j][0] = s[i][j][1] = s[i][j][2] = s[i][j][3] = 0.0f;
+          dp[i][j][0] = dp[i][j][1] = dp[i][j][2] = dp[i][j][3] = 0.0f;
+        }
       }
+      rows_dot_rows_m<D, NJ, FAST, MT>(q_s, r0, k_s, 0, s);
+      rows_dot_rows_m<D, NJ, FAST, MT>(do_s, r0, v_s, 0, dp);
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e >> 1;
+            const int row = q0 + r0 + 16 * i + g + 8 * r, col = k0 + j * 8 + 2 * t + (e & 1);
+            const bool off = col > row || col >= len || row >= len;
+            const float pij = off ? 0.0f : exp2f(s[i][j][e] * sl2 - lse2[i][r]);
+            s[i][j][e] = pij * (dp[i][j][e] - dl[i][r]) * p.scale;  // ds
+          }
+        }
+      }
+      c_times_rows_m<D, KT / 16, FAST, MT>(s, k_s, acc);
     }
-    c_times_rows<D, TILE / 16, FAST>(s, k_s, acc);
     __syncthreads();  // every read of this step's buffer is done before it is refilled
   }
   const float one[2] = {1.0f, 1.0f};
-  store_rows<D>(ptr<bf16>(p.dq) + q_row0, q_stride, r0, len - q0, acc, one);
+#pragma unroll
+  for (int i = 0; i < MT; ++i) store_rows<D>(ptr<bf16>(p.dq) + q_row0, q_stride, r0 + 16 * i, len - q0, acc[i], one);
 }
 
 // The part of dk, dv that query head h = blockIdx.y gives the tile's 64 keys

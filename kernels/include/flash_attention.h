@@ -9,7 +9,8 @@
  * Every bf16 buffer starts on a 16-byte boundary (the host checks it).
  *
  * Work is cut into tiles of ENGINE_FLASH_TILE tokens of one sequence
- * (ENGINE_FLASH_FWD_TILE for the fast forward's queries):
+ * (ENGINE_FLASH_FWD_TILE for the fast forward's queries, and
+ * ENGINE_FLASH_DQ_TILE_D64 for the fast dq kernel's at head_dim 64):
  * `blocks` (u32 [2 * n_blocks], built by the host) lists the tiles as pairs
  * (sequence, tile index within the sequence), longest-running first for the
  * forward and dq (tile index descending). blockIdx.x picks the pair,
@@ -31,6 +32,11 @@
 /* The fast forward's keys per step, by head_dim (register budget). */
 #define ENGINE_FLASH_FWD_KEYS_D64 64
 #define ENGINE_FLASH_FWD_KEYS_D128 32
+/* The fast dq kernel's query rows per block and keys per step at head_dim
+ * 64 (two m-tiles per warp, as the forward); at 128 it keeps
+ * ENGINE_FLASH_TILE and one m-tile (register budget). */
+#define ENGINE_FLASH_DQ_TILE_D64 128
+#define ENGINE_FLASH_DQ_KEYS_D64 64
 /* bf16 elements of padding after each shared-memory row (bank conflicts). */
 #define ENGINE_FLASH_PAD 8
 /* Queries per step of the dk/dv loop, by head_dim (register budget). */

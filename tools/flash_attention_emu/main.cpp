@@ -263,8 +263,9 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
     return table;
   };
   const uint32_t fwd_rows = fast ? ENGINE_FLASH_FWD_TILE : TILE;
-  const std::vector<uint32_t> table = tiles(TILE), fwd_table = tiles(fwd_rows);
-  const uint32_t nb = table.size() / 2, nb_fwd = fwd_table.size() / 2;
+  const uint32_t dq_rows = fast && D == 64 ? ENGINE_FLASH_DQ_TILE_D64 : TILE;
+  const std::vector<uint32_t> table = tiles(TILE), fwd_table = tiles(fwd_rows), dq_table = tiles(dq_rows);
+  const uint32_t nb = table.size() / 2, nb_fwd = fwd_table.size() / 2, nb_dq = dq_table.size() / 2;
   auto qb = to_bf(q), kb = to_bf(k), vb = to_bf(v), dob = to_bf(dout), ob_in = to_bf(out_bf);
   std::vector<uint16_t> ob(out.size(), 0xffff), dqb(q.size(), 0xffff), dkb(k.size(), 0xffff), dvb(v.size(), 0xffff);
   std::vector<float> lse_k(lse.size(), NAN), delta(lse.size(), NAN);
@@ -296,7 +297,8 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   const int step = D == 64 ? ENGINE_FLASH_DKDV_STEP_D64 : ENGINE_FLASH_DKDV_STEP_D128;
   const int nbuf = fast ? 2 : 1;  // buffers of the inner loop's tiles
   const int fwd_keys = !fast ? TILE : D == 64 ? ENGINE_FLASH_FWD_KEYS_D64 : ENGINE_FLASH_FWD_KEYS_D128;
-  const uint32_t s_fwd = (fwd_rows + 2 * nbuf * fwd_keys) * row, s_dq = (2 + 2 * nbuf) * TILE * row,
+  const int dq_keys = fast && D == 64 ? ENGINE_FLASH_DQ_KEYS_D64 : TILE;
+  const uint32_t s_fwd = (fwd_rows + 2 * nbuf * fwd_keys) * row, s_dq = (2 * dq_rows + 2 * nbuf * dq_keys) * row,
                  s_dkdv = (2 * TILE + nbuf * 2 * step) * row + nbuf * 2 * step * 4;
   auto fwd = D == 64 ? (fast ? flash_attention_fwd_d64 : flash_attention_fwd_d64_simple)
                      : (fast ? flash_attention_fwd_d128 : flash_attention_fwd_d128_simple);
@@ -306,7 +308,10 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
                       : (fast ? flash_attention_bwd_dkdv_d128 : flash_attention_bwd_dkdv_d128_simple);
   launch(fwd, fp, nb_fwd, H, THREADS, s_fwd);
   launch(flash_attention_delta, bp, (T * H + 3) / 4, 1, 128, 0);
-  launch(k_dq, bp, nb, H, THREADS, s_dq);
+  FlashBwdParams bp_dq = bp;
+  bp_dq.blocks = dp(dq_table.data());
+  bp_dq.n_blocks = nb_dq;
+  launch(k_dq, bp_dq, nb_dq, H, THREADS, s_dq);
   launch(k_dkdv, bp, nb, H, THREADS, s_dkdv);
   if (G > 1) launch(flash_attention_dkdv_sum, bp, (T * KV * D + 255) / 256, 1, 256, 0);
   const double e_out = rel(from_bf(ob), out), e_lse = rel(lse_k, lse), e_dq = rel(from_bf(dqb), dq),

@@ -15,8 +15,8 @@ use super::attention::{check_shape, elems};
 use super::buf::IndexArg;
 use super::params::{
     FlashBwdParams, FlashFwdParams, ENGINE_FLASH_DELTA_ROWS, ENGINE_FLASH_DKDV_STEP_D128, ENGINE_FLASH_DKDV_STEP_D64,
-    ENGINE_FLASH_FWD_KEYS_D128, ENGINE_FLASH_FWD_KEYS_D64, ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD,
-    ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
+    ENGINE_FLASH_DQ_KEYS_D64, ENGINE_FLASH_DQ_TILE_D64, ENGINE_FLASH_FWD_KEYS_D128, ENGINE_FLASH_FWD_KEYS_D64,
+    ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
 };
 use super::scratch::Scratch;
 use super::{check_len, Bf16, Gpu, Modules};
@@ -60,6 +60,15 @@ fn fwd_tile(variant: FlashVariant) -> usize {
     }
 }
 
+/// Query rows per block of the dq kernel: two m-tiles per warp in the fast
+/// variant at head_dim 64, else one.
+fn dq_tile(variant: FlashVariant, head_dim: usize) -> usize {
+    match (variant, head_dim) {
+        (FlashVariant::Fast, 64) => ENGINE_FLASH_DQ_TILE_D64 as usize,
+        _ => TILE,
+    }
+}
+
 /// The kernels of one head_dim.
 struct PerDim {
     fwd: CudaFunction,
@@ -90,9 +99,13 @@ fn smem(variant: FlashVariant, head_dim: usize) -> (usize, usize, usize) {
         (FlashVariant::Fast, 64) => ENGINE_FLASH_FWD_KEYS_D64 as usize,
         (FlashVariant::Fast, _) => ENGINE_FLASH_FWD_KEYS_D128 as usize,
     };
+    let dq_keys = match (variant, head_dim) {
+        (FlashVariant::Fast, 64) => ENGINE_FLASH_DQ_KEYS_D64 as usize,
+        _ => TILE,
+    };
     (
         (fwd_tile(variant) + 2 * nbuf * fwd_keys) * row,
-        (2 + 2 * nbuf) * TILE * row,
+        (2 * dq_tile(variant, head_dim) + 2 * nbuf * dq_keys) * row,
         (2 * TILE + nbuf * 2 * step) * row + nbuf * 2 * step * 4,
     )
 }
@@ -364,8 +377,11 @@ impl Gpu {
             block_dim: (32 * ENGINE_FLASH_DELTA_ROWS, 1, 1),
             shared_mem_bytes: 0,
         };
+        // dq walks its own tiles (128 queries in the fast d64 kernel).
+        let (dq_tp, dq_blocks) = self.flash_tiles(what, &cu_h, dq_tile(variant, s.head_dim))?;
+        let p_dq = FlashBwdParams { blocks: dq_tp, n_blocks: dq_blocks, ..p };
         let cfg_dq = LaunchConfig {
-            grid_dim: (n_blocks, s.n_heads as u32, 1),
+            grid_dim: (dq_blocks, s.n_heads as u32, 1),
             block_dim: block,
             shared_mem_bytes: dq_smem as u32,
         };
@@ -382,7 +398,8 @@ impl Gpu {
         unsafe { self.stream.launch_builder(&self.k.flash_attention.delta).arg(&p).launch(cfg_delta) }
             .map_err(|e| anyhow!("{what}: delta: {e}"))?;
         // SAFETY: as above.
-        unsafe { self.stream.launch_builder(&f.dq).arg(&p).launch(cfg_dq) }.map_err(|e| anyhow!("{what}: dq: {e}"))?;
+        unsafe { self.stream.launch_builder(&f.dq).arg(&p_dq).launch(cfg_dq) }
+            .map_err(|e| anyhow!("{what}: dq: {e}"))?;
         // SAFETY: as above.
         unsafe { self.stream.launch_builder(&f.dkdv).arg(&p).launch(cfg_dkdv) }
             .map_err(|e| anyhow!("{what}: dk/dv: {e}"))?;
