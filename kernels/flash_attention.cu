@@ -29,6 +29,10 @@
 // zero-filled and their scores masked. fp32 online softmax in base 2 (scores
 // pre-multiplied by scale·log2 e). Sums run in a fixed order (no atomics), so
 // every run gives the same bits.
+//
+// The backward is two passes (dq; dk and dv), or, fused at head_dim 64, one:
+// the dk/dv kernel also makes dq and adds it up in key-tile order through a
+// semaphore per (query tile, head) (bwd_dkdv with DQ).
 #include "common.cuh"
 #include "flash_attention.h"
 
@@ -92,10 +96,16 @@ template <int D>
 constexpr int dkdv_step() {
   return D == 64 ? ENGINE_FLASH_DKDV_STEP_D64 : ENGINE_FLASH_DKDV_STEP_D128;
 }
-template <int D, bool FAST>
+// Row stride (elements) of the fused backward's dS tile: [TILE keys][BQ queries].
+template <int D>
+constexpr int ds_ld() {
+  return dkdv_step<D>() + PAD;
+}
+template <int D, bool FAST, bool DQ = false>
 constexpr int dkdv_smem() {
-  // k, v; per buffer q, dout (bf16) and lse, delta (fp32)
-  return (2 * TILE + nbuf<FAST>() * 2 * dkdv_step<D>()) * ld<D>() * 2 + nbuf<FAST>() * 2 * dkdv_step<D>() * 4;
+  // k, v; per buffer q, dout (bf16) and lse, delta (fp32); fused: dS (bf16)
+  return (2 * TILE + nbuf<FAST>() * 2 * dkdv_step<D>()) * ld<D>() * 2 + nbuf<FAST>() * 2 * dkdv_step<D>() * 4 +
+         (DQ ? TILE * ds_ld<D>() * 2 + 16 : 0);  // dS, then the turn's outcome
 }
 
 // ENGINE_FLASH_EMU: tools/flash_attention_emu.cpp compiles this file for the
@@ -285,24 +295,18 @@ __device__ __forceinline__ void rows_dot_rows(const bf16* as, int a_row0, const 
   rows_dot_rows_m<D, NJ, LDSM, 1>(as, a_row0, xs, x_row0, reinterpret_cast<float(&)[1][NJ][4]>(c));
 }
 
-// acc[i] += P_i · X for the MT m-tiles i: P_i is 16 × (16·NK) in C layout
-// (p[i][j] = columns 8j..8j+8), X the shared tile's rows 0..16·NK (all D
-// columns); acc[i][n] = output columns 8n..8n+8. Each B fragment (from X) is
-// loaded once and feeds the MT m-tiles.
-template <int D, int NK, bool LDSM, int MT>
-__device__ __forceinline__ void c_times_rows_m(const float (&p)[MT][2 * NK][4], const bf16* xs,
-                                               float (&acc)[MT][D / 8][4]) {
+// acc[i] += A_i · X for the MT m-tiles i: A_i is 16 × (16·NK), its
+// fragments for k-step kk given by a(kk, i, regs); X the shared tile's rows
+// 0..16·NK (all D columns); acc[i][n] = output columns 8n..8n+8. Each B
+// fragment (from X) is loaded once and feeds the MT m-tiles.
+template <int D, int NK, bool LDSM, int MT, typename A>
+__device__ __forceinline__ void a_times_rows(A a_frag, const bf16* xs, float (&acc)[MT][D / 8][4]) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < NK; ++kk) {
     uint32_t a[MT][4];
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      a[i][0] = pack(p[i][2 * kk][0], p[i][2 * kk][1]);
-      a[i][1] = pack(p[i][2 * kk][2], p[i][2 * kk][3]);
-      a[i][2] = pack(p[i][2 * kk + 1][0], p[i][2 * kk + 1][1]);
-      a[i][3] = pack(p[i][2 * kk + 1][2], p[i][2 * kk + 1][3]);
-    }
+    for (int i = 0; i < MT; ++i) a_frag(kk, i, a[i]);
     if (LDSM) {
       // b0, b1 of output groups n, n + 1: matrices (rows kk·16 + 8·(m % 2)
       // ..., columns of group n + m / 2), transposed.
@@ -326,6 +330,42 @@ __device__ __forceinline__ void c_times_rows_m(const float (&p)[MT][2 * NK][4], 
         for (int i = 0; i < MT; ++i) mma(acc[i][n], a[i][0], a[i][1], a[i][2], a[i][3], b0, b1);
       }
     }
+  }
+}
+
+// acc[i] += P_i · X for the MT m-tiles i: P_i is 16 × (16·NK) in C layout
+// (p[i][j] = columns 8j..8j+8), packed to bf16 A fragments on the fly.
+template <int D, int NK, bool LDSM, int MT>
+__device__ __forceinline__ void c_times_rows_m(const float (&p)[MT][2 * NK][4], const bf16* xs,
+                                               float (&acc)[MT][D / 8][4]) {
+  a_times_rows<D, NK, LDSM, MT>(
+      [&](int kk, int i, uint32_t(&a)[4]) {
+        a[0] = pack(p[i][2 * kk][0], p[i][2 * kk][1]);
+        a[1] = pack(p[i][2 * kk][2], p[i][2 * kk][3]);
+        a[2] = pack(p[i][2 * kk + 1][0], p[i][2 * kk + 1][1]);
+        a[3] = pack(p[i][2 * kk + 1][2], p[i][2 * kk + 1][3]);
+      },
+      xs, acc);
+}
+
+// The A fragments of rows c0..c0+16, columns r0..r0+16 of the transpose of
+// a row-major shared tile s (row stride lds): A[c][r] = s[r][c].
+template <bool LDSM>
+__device__ __forceinline__ void ld_a_t(const bf16* s, int lds, int r0, int c0, uint32_t (&a)[4]) {
+  const int lane = threadIdx.x & 31;
+  if (LDSM) {
+    // Matrix m: stored rows r0 + 8·(m / 2) .., columns c0 + 8·(m % 2) ..,
+    // transposed, gives a0 (A rows 0–7, cols 0–7), a1 (rows 8–15), a2
+    // (cols 8–15), a3.
+    const int m = lane >> 3, r = lane & 7;
+    ldsm_x4_t(s + (r0 + r + 8 * (m >> 1)) * lds + c0 + 8 * (m & 1), a);
+  } else {
+    const int g = lane >> 2, t = lane & 3;
+    const bf16* p = s + (r0 + 2 * t) * lds + c0 + g;
+    a[0] = ld2_col(p, lds);
+    a[1] = ld2_col(p + 8, lds);
+    a[2] = ld2_col(p + 8 * lds, lds);
+    a[3] = ld2_col(p + 8 * lds + 8, lds);
   }
 }
 
@@ -638,6 +678,64 @@ __device__ __forceinline__ void bwd_dq(const FlashBwdParams& p) {
   for (int i = 0; i < MT; ++i) store_rows<D>(ptr<bf16>(p.dq) + q_row0, q_stride, r0 + 16 * i, len - q0, acc[i], one);
 }
 
+// The fused backward's ordered dq additions (DQ below). Thread 0 waits until
+// *sem == value (the key tiles before this one have added theirs), at most
+// about 2 s, then every thread of the block may read what they wrote; false
+// if the wait timed out (the caller then poisons its rows rather than hang).
+// ok_s: a shared int for the outcome.
+__device__ __forceinline__ bool wait_turn(const uint32_t* sem, uint32_t value, int* ok_s) {
+  if (threadIdx.x == 0) {
+    int ok = 0;
+    for (uint32_t spin = 0; spin < (1u << 25); ++spin) {
+      if (*reinterpret_cast<const volatile uint32_t*>(sem) == value) {
+        ok = 1;
+        break;
+      }
+      __nanosleep(64);
+    }
+    __threadfence();  // what the previous tiles wrote before their release is seen after it
+    *ok_s = ok;
+  }
+  __syncthreads();
+  const bool ok = *reinterpret_cast<volatile int*>(ok_s) != 0;
+  __syncthreads();  // ok_s is rewritten by the next wait
+  return ok;
+}
+
+// Hands the turn to the next key tile once every thread's additions are
+// visible device-wide.
+__device__ __forceinline__ void pass_turn(uint32_t* sem, uint32_t value) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) *reinterpret_cast<volatile uint32_t*>(sem) = value;
+}
+
+// dst rows row0 + g, row0 + g + 8 (those below n_valid; fp32, stride in
+// elements) = acc (FIRST) or += acc, read past L1 (another SM wrote them);
+// NaN instead where `poison`.
+template <int D>
+__device__ __forceinline__ void add_rows_f32(float* dst, size_t stride, int row0, int n_valid,
+                                             const float (&acc)[D / 8][4], bool first, bool poison) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = row0 + g + 8 * i;
+    if (r < n_valid) {
+      float* o = dst + (size_t)r * stride + 2 * t;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        float2 v = make_float2(acc[n][2 * i], acc[n][2 * i + 1]);
+        if (!first) {
+          const float2 old = __ldcg(reinterpret_cast<const float2*>(o + n * 8));
+          v = make_float2(old.x + v.x, old.y + v.y);
+        }
+        if (poison) v = make_float2(__int_as_float(0x7fc00000), __int_as_float(0x7fc00000));
+        *reinterpret_cast<float2*>(o + n * 8) = v;
+      }
+    }
+  }
+}
+
 // The part of dk, dv that query head h = blockIdx.y gives the tile's 64 keys
 // (of kv head h / group), over the queries from the tile's first key to the
 // sequence's end in steps of BQ, ascending:
@@ -646,19 +744,32 @@ __device__ __forceinline__ void bwd_dq(const FlashBwdParams& p) {
 // it is written in fp32 to dk_part, dv_part ([tokens, n_heads, head_dim]),
 // and flash_attention_dkdv_sum adds the group's parts in head order.
 // Tiles are taken in the reverse of the table's order (most work first).
-template <int D, bool FAST>
+//
+// DQ (the fused backward, BQ = 64): also dq, in the same pass. Each step's
+// dS goes through shared memory so that warp w takes the step's queries
+// 16w .. 16w + 16 over all 64 keys, dq_i += Σ_j ds_ij·k_j; the block adds
+// that to dq_accum (fp32 [tokens, n_heads, head_dim]) in key-tile order:
+// the semaphore of (query tile, head), dq_sem[tile's first token·n_heads +
+// h], counts the key tiles that have added, so the sums run in the same
+// order on every run. The first key tile writes rather than adds, so
+// dq_accum needs no clearing (dq_sem does). Key tile j waits for tile j − 1
+// of the same sequence and head, which has a lower block index (the table
+// reversed is in ascending tile order) and so started first.
+template <int D, bool FAST, bool DQ = false>
 __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int LD = ld<D>();
   constexpr int BQ = dkdv_step<D>();
   constexpr int NJ = BQ / 8;
-  if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)dkdv_smem<D, FAST>()) return;
+  static_assert(!DQ || BQ == 4 * 16, "the fused dq gives each warp 16 of the step's queries");
+  if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)dkdv_smem<D, FAST, DQ>()) return;
   if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
   bf16* k_s = reinterpret_cast<bf16*>(smem);
   bf16* v_s = k_s + TILE * LD;
   bf16* qdo_s = v_s + TILE * LD;  // buffer b: q at qdo_s + b·2·BQ·LD, dout after it
   // buffer b: lse·log2 e of the step's queries at f_s + b·2·BQ, delta after it
   float* f_s = reinterpret_cast<float*>(qdo_s + nbuf<FAST>() * 2 * BQ * LD);
+  bf16* ds_s = reinterpret_cast<bf16*>(f_s + nbuf<FAST>() * 2 * BQ);  // DQ: [TILE keys][BQ queries]
   const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), p.n_blocks - 1 - blockIdx.x);
   const uint32_t h = blockIdx.y, group = p.n_heads / p.n_kv_heads, kvh = h / group;
   const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
@@ -733,6 +844,30 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
     }
     c_times_rows<D, BQ / 16, FAST>(s, do_s, dv);
     c_times_rows<D, BQ / 16, FAST>(dp, q_s, dk);
+    if (DQ) {
+      constexpr int DS_LD = ds_ld<D>();
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          *reinterpret_cast<uint32_t*>(ds_s + (r0 + g + 8 * hf) * DS_LD + j * 8 + 2 * t) =
+              pack(dp[j][2 * hf], dp[j][2 * hf + 1]);
+        }
+      }
+      __syncthreads();  // dS in shared memory
+      float dq[1][D / 8][4];
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) dq[0][n][0] = dq[0][n][1] = dq[0][n][2] = dq[0][n][3] = 0.0f;
+      // A = dSᵀ rows 16·warp .. (queries), columns the 64 keys; X = k.
+      a_times_rows<D, TILE / 16, FAST, 1>(
+          [&](int kk, int, uint32_t(&a)[4]) { ld_a_t<FAST>(ds_s, DS_LD, kk * 16, warp * 16, a); }, k_s, dq);
+      uint32_t* sem = ptr<uint32_t>(p.dq_sem) + (size_t)(tl.start + q0) * p.n_heads + h;
+      const uint32_t turn = (uint32_t)(k0 / TILE);
+      const bool ok = wait_turn(sem, turn, reinterpret_cast<int*>(ds_s + TILE * DS_LD));
+      float* rows = ptr<float>(p.dq_accum) + (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
+      add_rows_f32<D>(rows, q_stride, warp * 16, len - q0, dq[0], turn == 0, !ok);
+      pass_turn(sem, turn + 1);
+    }
     __syncthreads();  // every read of this step's buffer is done before it is refilled
   }
   if (group == 1) {
@@ -744,6 +879,12 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
     store_rows_f32<D>(ptr<float>(p.dk_part) + part_row0, q_stride, r0, len - k0, dk);
     store_rows_f32<D>(ptr<float>(p.dv_part) + part_row0, q_stride, r0, len - k0, dv);
   }
+}
+
+// bwd_dkdv with the fused dq.
+template <int D, bool FAST>
+__device__ __forceinline__ void bwd_fused(const FlashBwdParams& p) {
+  bwd_dkdv<D, FAST, true>(p);
 }
 
 }  // namespace
@@ -763,6 +904,15 @@ ENGINE_FLASH_ENTRY(flash_attention_fwd_d128_simple, fwd, FlashFwdParams, 128, fa
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d64_simple, bwd_dq, FlashBwdParams, 64, false)
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d128_simple, bwd_dq, FlashBwdParams, 128, false)
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d64_simple, bwd_dkdv, FlashBwdParams, 64, false)
+// The fused backward (dk, dv and dq in one pass; head_dim 64, fast variant).
+ENGINE_FLASH_ENTRY(flash_attention_bwd_fused_d64, bwd_fused, FlashBwdParams, 64, true)
+
+// dq (bf16) = dq_accum (fp32), after the fused backward: one thread an element.
+extern "C" __global__ void __launch_bounds__(256) flash_attention_dq_from_accum(FlashBwdParams p) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (size_t)p.tokens * p.n_heads * p.head_dim) return;
+  ptr<bf16>(p.dq)[i] = to_bf(ptr<const float>(p.dq_accum)[i]);
+}
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d128_simple, bwd_dkdv, FlashBwdParams, 128, false)
 
 // dk, dv (bf16) = Σ_r dk_part, dv_part of query heads g·group + r, r = 0, 1,

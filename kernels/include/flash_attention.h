@@ -71,7 +71,15 @@ typedef struct FlashFwdParams {
  *   flash_attention_dkdv_sum: dk, dv = the sums of the parts over each kv
  *     head's query heads in head order; grid ceil(tokens·n_kv_heads·head_dim
  *     / 256), 256 threads.
- * No atomics: every output row has one owner and sums in a fixed order. */
+ * No atomics: every output row has one owner and sums in a fixed order.
+ *
+ * The fused backward (head_dim 64), instead of dq and dk/dv:
+ *   flash_attention_bwd_fused_d64: dk, dv (or their parts) as the dk/dv
+ *     kernel, and dq accumulated in fp32 into dq_accum ([tokens, n_heads,
+ *     head_dim]) in key-tile order, ordered by dq_sem (u32 [tokens·n_heads],
+ *     zero before the launch); grid (n_blocks, n_heads);
+ *   flash_attention_dq_from_accum: dq = dq_accum in bf16; grid
+ *     ceil(tokens·n_heads·head_dim / 256), 256 threads. */
 typedef struct FlashBwdParams {
   dptr q;
   dptr k;
@@ -85,6 +93,8 @@ typedef struct FlashBwdParams {
   dptr dv;
   dptr dk_part;
   dptr dv_part;
+  dptr dq_accum;
+  dptr dq_sem;
   dptr cu_seqlens;
   dptr blocks;
   uint32_t tokens;

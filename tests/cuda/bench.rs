@@ -571,7 +571,15 @@ fn attention_at(
     let mut dv: CudaSlice<Bf16> = b.zeros(kvn)?;
     b.run(&format!("attention_bwd{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
         g.attention_bwd(&s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
-    })
+    })?;
+    if d == 64 {
+        // The one-pass backward (not yet the dispatch's choice).
+        let fused = engine::backend::cuda::FlashVariant::Fused;
+        b.run(&format!("attention_bwd_fused{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
+            g.flash_attention_bwd(fused, &s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
+        })?;
+    }
+    Ok(())
 }
 
 /// Decode attention at batch 64 on the 0.5B shape (14 / 2 heads of 64), every

@@ -188,8 +188,9 @@ static double rel(const std::vector<float>& a, const std::vector<double>& b) {
 
 static uint64_t dp(const void* p) { return (uint64_t)(uintptr_t)p; }
 
+// fused: the fast kernels with the one-pass backward (head_dim 64 only).
 static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t KV, int D, float q_mul,
-                    unsigned seed) {
+                    unsigned seed, bool fused = false) {
   std::vector<uint32_t> cu{0};
   for (auto l : lens) cu.push_back(cu.back() + l);
   const uint32_t T = cu.back(), G = H / KV;
@@ -311,14 +312,24 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   FlashBwdParams bp_dq = bp;
   bp_dq.blocks = dp(dq_table.data());
   bp_dq.n_blocks = nb_dq;
-  launch(k_dq, bp_dq, nb_dq, H, THREADS, s_dq);
-  launch(k_dkdv, bp, nb, H, THREADS, s_dkdv);
+  if (!fused) launch(k_dq, bp_dq, nb_dq, H, THREADS, s_dq);
+  std::vector<float> dq_accum(q.size(), NAN);
+  std::vector<uint32_t> dq_sem((size_t)T * H, 0);
+  if (fused) {
+    bp.dq_accum = dp(dq_accum.data());
+    bp.dq_sem = dp(dq_sem.data());
+    const uint32_t s_fused = s_dkdv + TILE * (ENGINE_FLASH_DKDV_STEP_D64 + PAD) * 2 + 16;
+    launch(flash_attention_bwd_fused_d64, bp, nb, H, THREADS, s_fused);
+    launch(flash_attention_dq_from_accum, bp, (T * H * D + 255) / 256, 1, 256, 0);
+  } else {
+    launch(k_dkdv, bp, nb, H, THREADS, s_dkdv);
+  }
   if (G > 1) launch(flash_attention_dkdv_sum, bp, (T * KV * D + 255) / 256, 1, 256, 0);
   const double e_out = rel(from_bf(ob), out), e_lse = rel(lse_k, lse), e_dq = rel(from_bf(dqb), dq),
                e_dk = rel(from_bf(dkb), dk), e_dv = rel(from_bf(dvb), dv);
   const bool ok = e_out < 1e-2 && e_lse < 1e-5 && e_dq < 1e-2 && e_dk < 1e-2 && e_dv < 1e-2;
-  printf("%s %s d%d h%u/%u tiles %u (fwd %u) lens", ok ? "ok  " : "FAIL", fast ? "fast  " : "simple", D, H, KV, nb,
-         nb_fwd);
+  printf("%s %s d%d h%u/%u tiles %u (fwd %u) lens", ok ? "ok  " : "FAIL", fused ? "fused " : fast ? "fast  " : "simple", D,
+         H, KV, nb, nb_fwd);
   for (auto l : lens) printf(" %u", l);
   printf(": out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n", e_out, e_lse, e_dq, e_dk, e_dv);
   return ok ? 0 : 1;
@@ -336,6 +347,12 @@ int main(int argc, char** argv) {
       bad += run_case(fast, {3, 64, 129, 1, 200}, 7, 1, 128, 2.0f, 5);
       bad += run_case(fast, {513}, 2, 1, 64, 4.0f, 6);
     }
+  }
+  // The one-pass backward (head_dim 64): GQA, several sequences, partial tiles.
+  bad += run_case(true, {1, 7, 63, 65, 130}, 4, 2, 64, 2.0f, 1, true);
+  if (!quick) {
+    bad += run_case(true, {200, 7}, 2, 2, 64, 8.0f, 3, true);
+    bad += run_case(true, {513}, 7, 1, 64, 4.0f, 6, true);
   }
   printf("%s\n", bad ? "FAILED" : "all ok");
   return bad;

@@ -44,6 +44,22 @@ pub enum FlashVariant {
     /// Fragments loaded with 32- and 16-bit shared loads straight from the
     /// fragment layout; tiles loaded synchronously into one buffer.
     Simple,
+    /// The fast kernels, but the backward in one pass at head_dim 64
+    /// (`flash_attention_bwd_fused_d64`: dk, dv and dq together, dq added
+    /// up in fp32 in key-tile order, so still deterministic); other head
+    /// dims as `Fast`. Not the dispatch's choice until a GPU has measured
+    /// it correct and faster.
+    Fused,
+}
+
+impl FlashVariant {
+    /// The build of the kernels the variant runs (all but the fused backward).
+    fn builds(self) -> FlashVariant {
+        match self {
+            FlashVariant::Fused => FlashVariant::Fast,
+            v => v,
+        }
+    }
 }
 
 /// The variant the dispatch uses (the second one-line switch).
@@ -54,16 +70,16 @@ const TILE: usize = ENGINE_FLASH_TILE as usize;
 /// Query rows per block of the forward: the fast variant's warps own two
 /// 16-row m-tiles each.
 fn fwd_tile(variant: FlashVariant) -> usize {
-    match variant {
-        FlashVariant::Fast => ENGINE_FLASH_FWD_TILE as usize,
+    match variant.builds() {
         FlashVariant::Simple => TILE,
+        _ => ENGINE_FLASH_FWD_TILE as usize,
     }
 }
 
 /// Query rows per block of the dq kernel: two m-tiles per warp in the fast
 /// variant at head_dim 64, else one.
 fn dq_tile(variant: FlashVariant, head_dim: usize) -> usize {
-    match (variant, head_dim) {
+    match (variant.builds(), head_dim) {
         (FlashVariant::Fast, 64) => ENGINE_FLASH_DQ_TILE_D64 as usize,
         _ => TILE,
     }
@@ -85,6 +101,9 @@ pub struct Fns {
     d128_simple: PerDim,
     delta: CudaFunction,
     dkdv_sum: CudaFunction,
+    /// The fused backward (head_dim 64) and its dq conversion.
+    fused_d64: CudaFunction,
+    dq_from_accum: CudaFunction,
 }
 
 /// Dynamic shared memory (bytes) of the (fwd, dq, dk/dv) kernels, as
@@ -93,11 +112,12 @@ pub struct Fns {
 fn smem(variant: FlashVariant, head_dim: usize) -> (usize, usize, usize) {
     let row = (head_dim + ENGINE_FLASH_PAD as usize) * 2;
     let step = if head_dim == 64 { ENGINE_FLASH_DKDV_STEP_D64 } else { ENGINE_FLASH_DKDV_STEP_D128 } as usize;
+    let variant = variant.builds();
     let nbuf = if variant == FlashVariant::Fast { 2 } else { 1 };
     let fwd_keys = match (variant, head_dim) {
         (FlashVariant::Simple, _) => TILE,
-        (FlashVariant::Fast, 64) => ENGINE_FLASH_FWD_KEYS_D64 as usize,
-        (FlashVariant::Fast, _) => ENGINE_FLASH_FWD_KEYS_D128 as usize,
+        (_, 64) => ENGINE_FLASH_FWD_KEYS_D64 as usize,
+        _ => ENGINE_FLASH_FWD_KEYS_D128 as usize,
     };
     let dq_keys = match (variant, head_dim) {
         (FlashVariant::Fast, 64) => ENGINE_FLASH_DQ_KEYS_D64 as usize,
@@ -108,6 +128,14 @@ fn smem(variant: FlashVariant, head_dim: usize) -> (usize, usize, usize) {
         (2 * dq_tile(variant, head_dim) + 2 * nbuf * dq_keys) * row,
         (2 * TILE + nbuf * 2 * step) * row + nbuf * 2 * step * 4,
     )
+}
+
+/// Dynamic shared memory of the fused backward at head_dim 64: the fast
+/// dk/dv kernel's, plus the step's dS ([64 keys][64 queries] bf16, rows
+/// padded) and the ordered addition's flag.
+fn fused_smem() -> usize {
+    let step = ENGINE_FLASH_DKDV_STEP_D64 as usize;
+    smem(FlashVariant::Fast, 64).2 + TILE * (step + ENGINE_FLASH_PAD as usize) * 2 + 16
 }
 
 /// A kernel allowed `bytes` of dynamic shared memory (above 48 KB needs the opt-in).
@@ -135,6 +163,8 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
         d128_simple: dim(128, FlashVariant::Simple)?,
         delta: m.get("flash_attention", "flash_attention_delta")?,
         dkdv_sum: m.get("flash_attention", "flash_attention_dkdv_sum")?,
+        fused_d64: with_smem(m, "flash_attention_bwd_fused_d64", fused_smem())?,
+        dq_from_accum: m.get("flash_attention", "flash_attention_dq_from_accum")?,
     })
 }
 
@@ -155,6 +185,9 @@ pub(crate) struct BwdScratch {
     delta: Scratch,
     dk_part: Scratch,
     dv_part: Scratch,
+    /// The fused backward's fp32 dq sums and its per-(query tile, head) turns.
+    dq_accum: Scratch,
+    dq_sem: Scratch,
 }
 
 fn aligned(ptrs: &[u64]) -> bool {
@@ -220,11 +253,11 @@ impl Gpu {
 
     fn flash_fns(&self, variant: FlashVariant, head_dim: usize) -> &PerDim {
         let f = &self.k.flash_attention;
-        match (variant, head_dim == 64) {
-            (FlashVariant::Fast, true) => &f.d64,
-            (FlashVariant::Fast, false) => &f.d128,
-            (FlashVariant::Simple, true) => &f.d64_simple,
-            (FlashVariant::Simple, false) => &f.d128_simple,
+        match (variant.builds() == FlashVariant::Fast, head_dim == 64) {
+            (true, true) => &f.d64,
+            (true, false) => &f.d128,
+            (false, true) => &f.d64_simple,
+            (false, false) => &f.d128_simple,
         }
     }
 
@@ -244,6 +277,7 @@ impl Gpu {
         lse: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         let what = "flash_attention_fwd";
+        let variant = variant.builds();
         let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
         let (q_len, kv_len) =
             (elems(what, tokens, s.n_heads, s.head_dim)?, elems(what, tokens, s.n_kv_heads, s.head_dim)?);
@@ -311,6 +345,8 @@ impl Gpu {
         dv: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
         let what = "flash_attention_bwd";
+        let fused = variant == FlashVariant::Fused && s.head_dim == 64;
+        let variant = variant.builds();
         let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
         let (q_len, kv_len) =
             (elems(what, tokens, s.n_heads, s.head_dim)?, elems(what, tokens, s.n_kv_heads, s.head_dim)?);
@@ -334,6 +370,14 @@ impl Gpu {
         let dlp = scratch.delta.get(&self.stream, "flash_attention_bwd: delta", rows)?;
         let dkpp = scratch.dk_part.get(&self.stream, "flash_attention_bwd: dk parts", parts)?;
         let dvpp = scratch.dv_part.get(&self.stream, "flash_attention_bwd: dv parts", parts)?;
+        // The fused backward's dq sums (every element written by its first key
+        // tile) and turns (cleared: each counts the key tiles that have added).
+        let (dqap, semp) = if fused {
+            let accum = scratch.dq_accum.get(&self.stream, "flash_attention_bwd: dq sums", q_len)?;
+            (accum, scratch.dq_sem.get_zeroed(&self.stream, "flash_attention_bwd: dq turns", rows)?)
+        } else {
+            (0, 0)
+        };
         let (cu, _g0) = cu_seqlens.device_ptr(&self.stream);
         let (qp, _g1) = q.device_ptr(&self.stream);
         let (kp, _g2) = k.device_ptr(&self.stream);
@@ -360,6 +404,8 @@ impl Gpu {
             dv: dvp,
             dk_part: dkpp,
             dv_part: dvpp,
+            dq_accum: dqap,
+            dq_sem: semp,
             cu_seqlens: cu,
             blocks: tp,
             tokens: tokens as u32,
@@ -397,12 +443,29 @@ impl Gpu {
         // run in order on one stream (delta before its readers).
         unsafe { self.stream.launch_builder(&self.k.flash_attention.delta).arg(&p).launch(cfg_delta) }
             .map_err(|e| anyhow!("{what}: delta: {e}"))?;
-        // SAFETY: as above.
-        unsafe { self.stream.launch_builder(&f.dq).arg(&p_dq).launch(cfg_dq) }
-            .map_err(|e| anyhow!("{what}: dq: {e}"))?;
-        // SAFETY: as above.
-        unsafe { self.stream.launch_builder(&f.dkdv).arg(&p).launch(cfg_dkdv) }
-            .map_err(|e| anyhow!("{what}: dk/dv: {e}"))?;
+        if fused {
+            let fk = &self.k.flash_attention;
+            let cfg_fused = LaunchConfig { shared_mem_bytes: fused_smem() as u32, ..cfg_dkdv };
+            // SAFETY: as above; dq_accum holds tokens·n_heads·head_dim
+            // floats and dq_sem tokens·n_heads zeroed turns. A block waits
+            // only for the key tile before it in the same sequence and
+            // head, which has a lower block index (and gives up after about
+            // 2 s, poisoning its rows, rather than hang).
+            unsafe { self.stream.launch_builder(&fk.fused_d64).arg(&p).launch(cfg_fused) }
+                .map_err(|e| anyhow!("{what}: fused: {e}"))?;
+            let n = q_len.div_ceil(256) as u32;
+            let cfg_dq = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: as above; every dq_accum element was written by the fused kernel.
+            unsafe { self.stream.launch_builder(&fk.dq_from_accum).arg(&p).launch(cfg_dq) }
+                .map_err(|e| anyhow!("{what}: dq from its sums: {e}"))?;
+        } else {
+            // SAFETY: as above.
+            unsafe { self.stream.launch_builder(&f.dq).arg(&p_dq).launch(cfg_dq) }
+                .map_err(|e| anyhow!("{what}: dq: {e}"))?;
+            // SAFETY: as above.
+            unsafe { self.stream.launch_builder(&f.dkdv).arg(&p).launch(cfg_dkdv) }
+                .map_err(|e| anyhow!("{what}: dk/dv: {e}"))?;
+        }
         if gqa {
             let n = kv_len.div_ceil(256) as u32;
             let cfg_sum = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };

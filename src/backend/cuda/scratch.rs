@@ -30,4 +30,14 @@ impl Scratch {
         let (p, _sync) = b.device_ptr(stream);
         Ok(p)
     }
+
+    /// [`get`](Self::get), with the first `n` floats set to zero bits (in
+    /// stream order) for kernels that count in them.
+    pub fn get_zeroed(&self, stream: &Arc<CudaStream>, what: &str, n: usize) -> Result<u64> {
+        let p = self.get(stream, what, n)?;
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let b = buf.as_mut().expect("allocated by get");
+        stream.memset_zeros(&mut b.slice_mut(0..n)).map_err(|e| anyhow!("{what}: clearing: {e}"))?;
+        Ok(p)
+    }
 }
