@@ -23,8 +23,8 @@
 //
 // Each block runs 4 warps; each warp owns 16 rows of a 64-row tile (query
 // rows in dq and the simple forward, key rows in dk/dv), or 32 rows (two
-// 16-row m-tiles) of the fast forward's 128-row query tile, and never shares
-// them, so no reduction crosses warps. Tiles are staged in shared memory, rows padded by
+// 16-row m-tiles) of the fast forward's (and the fast d64 dq kernel's)
+// 128-row query tile, and never shares them, so no reduction crosses warps. Tiles are staged in shared memory, rows padded by
 // 8 elements (conflict-free fragment loads); rows past the sequence's end are
 // zero-filled and their scores masked. fp32 online softmax in base 2 (scores
 // pre-multiplied by scale·log2 e). Sums run in a fixed order (no atomics), so
@@ -80,6 +80,7 @@ constexpr int fwd_smem() {
 }
 // dq's tiles: m-tiles of 16 query rows per warp (two in the fast d64
 // kernel, as the forward), keys per step.
+static_assert(ENGINE_FLASH_DQ_TILE_D64 % 64 == 0 && ENGINE_FLASH_FWD_TILE % 64 == 0, "whole m-tiles per warp");
 template <int D, bool FAST>
 constexpr int dq_mt() {
   return FAST && D == 64 ? ENGINE_FLASH_DQ_TILE_D64 / 64 : 1;
@@ -105,7 +106,7 @@ template <int D, bool FAST, bool DQ = false>
 constexpr int dkdv_smem() {
   // k, v; per buffer q, dout (bf16) and lse, delta (fp32); fused: dS (bf16)
   return (2 * TILE + nbuf<FAST>() * 2 * dkdv_step<D>()) * ld<D>() * 2 + nbuf<FAST>() * 2 * dkdv_step<D>() * 4 +
-         (DQ ? TILE * ds_ld<D>() * 2 + 16 : 0);  // dS, then the turn's outcome
+         (DQ ? TILE * ds_ld<D>() * 2 + 16 : 0);  // dS, then the turn's outcome and the ticket
 }
 
 // ENGINE_FLASH_EMU: tools/flash_attention_emu.cpp compiles this file for the
@@ -678,36 +679,53 @@ __device__ __forceinline__ void bwd_dq(const FlashBwdParams& p) {
   for (int i = 0; i < MT; ++i) store_rows<D>(ptr<bf16>(p.dq) + q_row0, q_stride, r0 + 16 * i, len - q0, acc[i], one);
 }
 
-// The fused backward's ordered dq additions (DQ below). Thread 0 waits until
-// *sem == value (the key tiles before this one have added theirs), at most
-// about 2 s, then every thread of the block may read what they wrote; false
-// if the wait timed out (the caller then poisons its rows rather than hang).
-// ok_s: a shared int for the outcome.
-__device__ __forceinline__ bool wait_turn(const uint32_t* sem, uint32_t value, int* ok_s) {
+// The fused backward's ordered dq additions (DQ below). dq_sem holds, per
+// (query tile, head), how many key tiles have added theirs, with
+// SEM_POISON set once any wait on it gave up; after the tokens·n_heads
+// counters come the launch's ticket counter and its error word.
+constexpr uint32_t SEM_POISON = 0x80000000u;
+
+// Thread 0 waits until *sem == turn (the key tiles before this one have
+// added theirs), at most about 2 s; then every thread may read what they
+// wrote. False (and the counter poisoned, the error word set, so that the
+// tiles after this one fail at once and dq comes out NaN) if it gave up, or
+// if an earlier wait of this block or on this counter did. ok_s: a shared
+// int for the outcome, carried from step to step.
+__device__ __forceinline__ bool wait_turn(uint32_t* sem, uint32_t turn, uint32_t* error, int* ok_s) {
   if (threadIdx.x == 0) {
     int ok = 0;
-    for (uint32_t spin = 0; spin < (1u << 25); ++spin) {
-      if (*reinterpret_cast<const volatile uint32_t*>(sem) == value) {
-        ok = 1;
-        break;
+    if (*ok_s) {
+      for (uint32_t spin = 0; spin < (1u << 25); ++spin) {
+        const uint32_t v = *reinterpret_cast<const volatile uint32_t*>(sem);
+        if (v == turn) {
+          ok = 1;
+          break;
+        }
+        if (v & SEM_POISON) break;
+        __nanosleep(64);
       }
-      __nanosleep(64);
+    }
+    if (!ok) {
+      atomicOr(sem, SEM_POISON);
+      atomicOr(error, 1u);
     }
     __threadfence();  // what the previous tiles wrote before their release is seen after it
     *ok_s = ok;
   }
   __syncthreads();
-  const bool ok = *reinterpret_cast<volatile int*>(ok_s) != 0;
-  __syncthreads();  // ok_s is rewritten by the next wait
-  return ok;
+  return *reinterpret_cast<volatile int*>(ok_s) != 0;
 }
 
 // Hands the turn to the next key tile once every thread's additions are
-// visible device-wide.
-__device__ __forceinline__ void pass_turn(uint32_t* sem, uint32_t value) {
-  __threadfence();
+// done: thread 0's fence after the barrier makes them visible device-wide
+// (cumulatively) before the counter moves; a compare-and-swap, so that a
+// poisoned counter never moves back.
+__device__ __forceinline__ void pass_turn(uint32_t* sem, uint32_t turn) {
   __syncthreads();
-  if (threadIdx.x == 0) *reinterpret_cast<volatile uint32_t*>(sem) = value;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicCAS(sem, turn, turn + 1);
+  }
 }
 
 // dst rows row0 + g, row0 + g + 8 (those below n_valid; fp32, stride in
@@ -769,9 +787,27 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
   bf16* qdo_s = v_s + TILE * LD;  // buffer b: q at qdo_s + b·2·BQ·LD, dout after it
   // buffer b: lse·log2 e of the step's queries at f_s + b·2·BQ, delta after it
   float* f_s = reinterpret_cast<float*>(qdo_s + nbuf<FAST>() * 2 * BQ * LD);
-  bf16* ds_s = reinterpret_cast<bf16*>(f_s + nbuf<FAST>() * 2 * BQ);  // DQ: [TILE keys][BQ queries]
-  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), p.n_blocks - 1 - blockIdx.x);
-  const uint32_t h = blockIdx.y, group = p.n_heads / p.n_kv_heads, kvh = h / group;
+  bf16* ds_s = reinterpret_cast<bf16*>(f_s + nbuf<FAST>() * 2 * BQ);  // DQ: [TILE keys][BQ queries], then 2 ints
+  // DQ: the turn's outcome and the block's ticket, in shared memory after dS.
+  int* flag_s = reinterpret_cast<int*>(ds_s + TILE * ds_ld<D>());
+  // Which (tile, head) this block takes: its grid position, or with DQ its
+  // ticket, the order in which blocks started (same mapping), so that the
+  // block a tile waits for (the key tile before it, same sequence and head,
+  // a lower ticket) has started and will finish whatever the scheduler does.
+  uint32_t bx = blockIdx.x, by = blockIdx.y;
+  if (DQ) {
+    uint32_t* counters = ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads;
+    if (threadIdx.x == 0) {
+      flag_s[0] = 1;  // no wait has failed yet
+      flag_s[1] = (int)atomicAdd(counters, 1u);
+    }
+    __syncthreads();
+    const uint32_t ticket = (uint32_t)flag_s[1];
+    bx = ticket % p.n_blocks;
+    by = ticket / p.n_blocks;
+  }
+  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), p.n_blocks - 1 - bx);
+  const uint32_t h = by, group = p.n_heads / p.n_kv_heads, kvh = h / group;
   const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
   const int k0 = tl.t0, len = tl.len;
   const size_t kv_row0 = (size_t)(tl.start + k0) * kv_stride + (size_t)kvh * D;
@@ -863,10 +899,11 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
           [&](int kk, int, uint32_t(&a)[4]) { ld_a_t<FAST>(ds_s, DS_LD, kk * 16, warp * 16, a); }, k_s, dq);
       uint32_t* sem = ptr<uint32_t>(p.dq_sem) + (size_t)(tl.start + q0) * p.n_heads + h;
       const uint32_t turn = (uint32_t)(k0 / TILE);
-      const bool ok = wait_turn(sem, turn, reinterpret_cast<int*>(ds_s + TILE * DS_LD));
+      uint32_t* error = ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads + 1;
+      const bool ok = wait_turn(sem, turn, error, flag_s);
       float* rows = ptr<float>(p.dq_accum) + (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
       add_rows_f32<D>(rows, q_stride, warp * 16, len - q0, dq[0], turn == 0, !ok);
-      pass_turn(sem, turn + 1);
+      pass_turn(sem, turn);
     }
     __syncthreads();  // every read of this step's buffer is done before it is refilled
   }
@@ -904,16 +941,18 @@ ENGINE_FLASH_ENTRY(flash_attention_fwd_d128_simple, fwd, FlashFwdParams, 128, fa
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d64_simple, bwd_dq, FlashBwdParams, 64, false)
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d128_simple, bwd_dq, FlashBwdParams, 128, false)
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d64_simple, bwd_dkdv, FlashBwdParams, 64, false)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d128_simple, bwd_dkdv, FlashBwdParams, 128, false)
 // The fused backward (dk, dv and dq in one pass; head_dim 64, fast variant).
 ENGINE_FLASH_ENTRY(flash_attention_bwd_fused_d64, bwd_fused, FlashBwdParams, 64, true)
 
-// dq (bf16) = dq_accum (fp32), after the fused backward: one thread an element.
+// dq (bf16) = dq_accum (fp32), after the fused backward: one thread an
+// element; all NaN if any ordered addition gave up (its error word).
 extern "C" __global__ void __launch_bounds__(256) flash_attention_dq_from_accum(FlashBwdParams p) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= (size_t)p.tokens * p.n_heads * p.head_dim) return;
-  ptr<bf16>(p.dq)[i] = to_bf(ptr<const float>(p.dq_accum)[i]);
+  const uint32_t error = ptr<const uint32_t>(p.dq_sem)[(size_t)p.tokens * p.n_heads + 1];
+  ptr<bf16>(p.dq)[i] = to_bf(error ? __int_as_float(0x7fc00000) : ptr<const float>(p.dq_accum)[i]);
 }
-ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d128_simple, bwd_dkdv, FlashBwdParams, 128, false)
 
 // dk, dv (bf16) = Σ_r dk_part, dv_part of query heads g·group + r, r = 0, 1,
 // ... in order, for every (token, kv head g, d): one thread an element.

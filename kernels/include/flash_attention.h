@@ -13,8 +13,9 @@
  * ENGINE_FLASH_DQ_TILE_D64 for the fast dq kernel's at head_dim 64):
  * `blocks` (u32 [2 * n_blocks], built by the host) lists the tiles as pairs
  * (sequence, tile index within the sequence), longest-running first for the
- * forward and dq (tile index descending). blockIdx.x picks the pair,
- * blockIdx.y the head (query head for fwd and dq, kv head for dk/dv). */
+ * forward and dq (tile index descending; dk/dv walk it backwards, tile
+ * index ascending). blockIdx.x picks the pair, blockIdx.y the query head
+ * (the fused backward takes both from a ticket, in the same order). */
 #pragma once
 #include "params.h"
 

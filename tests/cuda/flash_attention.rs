@@ -287,6 +287,9 @@ fn flash_attention_is_deterministic() {
                 [out, lse, dq, dk, dv]
             };
             let (a, b) = (run(), run());
+            for (name, x) in ["out", "lse", "dq", "dk", "dv"].iter().zip(&a) {
+                assert!(x.iter().all(|v| v.is_finite()), "{variant:?} d{d} h{h}/{kv}: {name} not finite");
+            }
             for (name, (x, y)) in ["out", "lse", "dq", "dk", "dv"].iter().zip(a.iter().zip(&b)) {
                 assert!(
                     x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),

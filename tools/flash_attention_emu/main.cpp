@@ -314,7 +314,7 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   bp_dq.n_blocks = nb_dq;
   if (!fused) launch(k_dq, bp_dq, nb_dq, H, THREADS, s_dq);
   std::vector<float> dq_accum(q.size(), NAN);
-  std::vector<uint32_t> dq_sem((size_t)T * H, 0);
+  std::vector<uint32_t> dq_sem((size_t)T * H + 2, 0);  // turns, then the ticket counter and the error word
   if (fused) {
     bp.dq_accum = dp(dq_accum.data());
     bp.dq_sem = dp(dq_sem.data());

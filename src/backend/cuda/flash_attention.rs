@@ -233,10 +233,13 @@ impl Gpu {
     /// the backend's ops run from one thread.)
     fn flash_tiles(&self, what: &str, cu: &[u32], tile: usize) -> Result<(u64, u32)> {
         let mut caches = self.tile_cache.lock().unwrap_or_else(|e| e.into_inner());
+        // One entry for the 64-token tiles, one for the other size in use
+        // (128: the fast forward's and the d64 dq kernel's); the key holds
+        // the size, so another size would rebuild, never be mistaken.
         let slot = usize::from(tile != TILE);
         let cache = &mut caches[slot];
-        if let Some((key, table, n)) = cache.as_ref() {
-            if key.as_slice() == cu {
+        if let Some(((size, key), table, n)) = cache.as_ref() {
+            if *size == tile && key.as_slice() == cu {
                 return Ok((table.device_ptr(&self.stream).0, *n));
             }
         }
@@ -247,7 +250,7 @@ impl Gpu {
         }
         let d = self.stream.clone_htod(&t).map_err(|e| anyhow!("{what}: tile table: {e}"))?;
         let ptr = d.device_ptr(&self.stream).0;
-        *cache = Some((cu.to_vec(), d, n as u32));
+        *cache = Some(((tile, cu.to_vec()), d, n as u32));
         Ok((ptr, n as u32))
     }
 
@@ -374,7 +377,9 @@ impl Gpu {
         // tile) and turns (cleared: each counts the key tiles that have added).
         let (dqap, semp) = if fused {
             let accum = scratch.dq_accum.get(&self.stream, "flash_attention_bwd: dq sums", q_len)?;
-            (accum, scratch.dq_sem.get_zeroed(&self.stream, "flash_attention_bwd: dq turns", rows)?)
+            // One counter per (token, head) (those of tile starts used), then
+            // the launch's ticket counter and its error word.
+            (accum, scratch.dq_sem.get_zeroed(&self.stream, "flash_attention_bwd: dq turns", rows + 2)?)
         } else {
             (0, 0)
         };
@@ -447,10 +452,11 @@ impl Gpu {
             let fk = &self.k.flash_attention;
             let cfg_fused = LaunchConfig { shared_mem_bytes: fused_smem() as u32, ..cfg_dkdv };
             // SAFETY: as above; dq_accum holds tokens·n_heads·head_dim
-            // floats and dq_sem tokens·n_heads zeroed turns. A block waits
-            // only for the key tile before it in the same sequence and
-            // head, which has a lower block index (and gives up after about
-            // 2 s, poisoning its rows, rather than hang).
+            // floats and dq_sem tokens·n_heads + 2 zeroed words. A block
+            // takes its tile by ticket (the order blocks start in) and waits
+            // only for the key tile before it in the same sequence and head,
+            // which took a lower ticket and so has started (a wait gives up
+            // after about 2 s and makes dq NaN rather than hang).
             unsafe { self.stream.launch_builder(&fk.fused_d64).arg(&p).launch(cfg_fused) }
                 .map_err(|e| anyhow!("{what}: fused: {e}"))?;
             let n = q_len.div_ceil(256) as u32;
@@ -490,5 +496,21 @@ mod tests {
         // 128-token tiles: 1, 0, 2, 1.
         let t = tiles(&[0, 1, 1, 131, 195], 128);
         assert_eq!(t, vec![2, 1, 0, 0, 2, 0, 3, 0]);
+    }
+
+    /// Walked backwards (as the dk/dv and fused kernels do), the table puts
+    /// every sequence's tile j − 1 before its tile j: the fused backward's
+    /// key tile j waits for j − 1, which must have started first.
+    #[test]
+    fn tiles_walked_backwards_are_in_ascending_order_per_sequence() {
+        let cu = [0u32, 700, 701, 766, 896, 896, 1409];
+        let t = tiles(&cu, 64);
+        let pairs: Vec<(u32, u32)> = t.chunks(2).rev().map(|p| (p[0], p[1])).collect();
+        for (i, &(s, j)) in pairs.iter().enumerate() {
+            if j > 0 {
+                let before = pairs.iter().position(|&x| x == (s, j - 1)).expect("every tile below j is there");
+                assert!(before < i, "sequence {s}: tile {} at {before}, tile {j} at {i}", j - 1);
+            }
+        }
     }
 }

@@ -83,7 +83,8 @@ impl Modules {
 
 /// A flash-attention tile table on the device: the `cu_seqlens` it was
 /// built from, the table, its length in tiles.
-type TileTable = (Vec<u32>, cudarc::driver::CudaSlice<u32>, u32);
+/// A flash tile table: (tile size, the `cu_seqlens` it was built from) → the table and its length in tiles.
+type TileTable = ((usize, Vec<u32>), cudarc::driver::CudaSlice<u32>, u32);
 
 /// One GPU: its context, the stream every kernel runs on, and the kernels.
 pub struct Gpu {
