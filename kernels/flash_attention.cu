@@ -377,42 +377,39 @@ __device__ __forceinline__ void c_times_rows(const float (&p)[2 * NK][4], const 
                                  reinterpret_cast<float(&)[1][D / 8][4]>(acc));
 }
 
-// Writes this thread's share of rows (row0 + g, row0 + g + 8) of a 16 × D
-// C-layout accumulator as bf16, times mul[i], to rows whose index (row0 + ...)
-// is below n_valid. dst: the global row of tile row 0; stride in elements.
-template <int D>
-__device__ __forceinline__ void store_rows(bf16* dst, size_t stride, int row0, int n_valid, const float (&acc)[D / 8][4],
-                                           const float (&mul)[2]) {
+// Calls put(i, offset, x0, x1) for this thread's share of rows (row0 + g,
+// row0 + g + 8) of a 16 × D C-layout accumulator: i = 0, 1 for the two rows,
+// x0, x1 the elements at columns 2t + 8n, 2t + 8n + 1, offset that pair's
+// element offset (row · stride + column), for rows below n_valid only.
+template <int D, typename Put>
+__device__ __forceinline__ void for_rows(size_t stride, int row0, int n_valid, const float (&acc)[D / 8][4], Put put) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = row0 + g + 8 * i;
     if (r < n_valid) {
-      bf16* o = dst + (size_t)r * stride + 2 * t;
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<uint32_t*>(o + n * 8) = pack(acc[n][2 * i] * mul[i], acc[n][2 * i + 1] * mul[i]);
-      }
+      for (int n = 0; n < D / 8; ++n) put(i, (size_t)r * stride + 2 * t + n * 8, acc[n][2 * i], acc[n][2 * i + 1]);
     }
   }
+}
+
+// The accumulator's rows as bf16, row i times mul[i]. dst: the global row of
+// tile row 0; stride in elements.
+template <int D>
+__device__ __forceinline__ void store_rows(bf16* dst, size_t stride, int row0, int n_valid, const float (&acc)[D / 8][4],
+                                           const float (&mul)[2]) {
+  for_rows<D>(stride, row0, n_valid, acc, [&](int i, size_t at, float x0, float x1) {
+    *reinterpret_cast<uint32_t*>(dst + at) = pack(x0 * mul[i], x1 * mul[i]);
+  });
 }
 
 // store_rows in fp32, unscaled.
 template <int D>
 __device__ __forceinline__ void store_rows_f32(float* dst, size_t stride, int row0, int n_valid,
                                                const float (&acc)[D / 8][4]) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = row0 + g + 8 * i;
-    if (r < n_valid) {
-      float* o = dst + (size_t)r * stride + 2 * t;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<float2*>(o + n * 8) = make_float2(acc[n][2 * i], acc[n][2 * i + 1]);
-      }
-    }
-  }
+  for_rows<D>(stride, row0, n_valid, acc,
+              [&](int, size_t at, float x0, float x1) { *reinterpret_cast<float2*>(dst + at) = make_float2(x0, x1); });
 }
 
 // The tile a block works on: sequence start, length, tile start (relative).
@@ -728,30 +725,20 @@ __device__ __forceinline__ void pass_turn(uint32_t* sem, uint32_t turn) {
   }
 }
 
-// dst rows row0 + g, row0 + g + 8 (those below n_valid; fp32, stride in
-// elements) = acc (FIRST) or += acc, read past L1 (another SM wrote them);
-// NaN instead where `poison`.
+// store_rows_f32, but adding to what is there unless `first`, read past L1
+// (another SM wrote it); NaN instead where `poison`.
 template <int D>
 __device__ __forceinline__ void add_rows_f32(float* dst, size_t stride, int row0, int n_valid,
                                              const float (&acc)[D / 8][4], bool first, bool poison) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = row0 + g + 8 * i;
-    if (r < n_valid) {
-      float* o = dst + (size_t)r * stride + 2 * t;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        float2 v = make_float2(acc[n][2 * i], acc[n][2 * i + 1]);
-        if (!first) {
-          const float2 old = __ldcg(reinterpret_cast<const float2*>(o + n * 8));
-          v = make_float2(old.x + v.x, old.y + v.y);
-        }
-        if (poison) v = make_float2(__int_as_float(0x7fc00000), __int_as_float(0x7fc00000));
-        *reinterpret_cast<float2*>(o + n * 8) = v;
-      }
+  for_rows<D>(stride, row0, n_valid, acc, [&](int, size_t at, float x0, float x1) {
+    float2 v = make_float2(x0, x1);
+    if (!first) {
+      const float2 old = __ldcg(reinterpret_cast<const float2*>(dst + at));
+      v = make_float2(old.x + v.x, old.y + v.y);
     }
-  }
+    if (poison) v = make_float2(__int_as_float(0x7fc00000), __int_as_float(0x7fc00000));
+    *reinterpret_cast<float2*>(dst + at) = v;
+  });
 }
 
 // The part of dk, dv that query head h = blockIdx.y gives the tile's 64 keys
