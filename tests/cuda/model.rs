@@ -193,7 +193,9 @@ fn scoring_on_the_gpu_matches_the_reference() {
 /// transformers' float64 greedy tokens (tests/fixtures/rollout/greedy.json).
 /// bf16 logits carry errors of order 1e-2, so the comparison stops, without
 /// blame, at the first step whose reference top-2 logit gap is under 0.1
-/// (the CPU test uses 1e-3); log-probabilities within 0.1.
+/// (the CPU test uses 1e-3); log-probabilities within 0.1. Each prompt has
+/// three samples, which share its prompt slot in the KV cache and must come
+/// out bitwise the same.
 #[test]
 fn greedy_generation_on_the_gpu_follows_transformers() {
     use engine::rollout::{GenerateConfig, Generator, SamplingParams};
@@ -211,13 +213,24 @@ fn greedy_generation_on_the_gpu_follows_transformers() {
         let want = ids(&c["tokens_f64"]);
         let gaps: Vec<f64> = c["gap"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         let ref_lp: Vec<f64> = c["logprob"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        // Three samples reading one prompt slot: greedy, so each is the
+        // same sequence, with the same bits (rows of one batch).
         let cfg = GenerateConfig {
+            n: 3,
             max_new_tokens: 64,
             sampling: SamplingParams { temperature: 0.0, ..Default::default() },
             ..Default::default()
         };
         let mut g = Generator::new(&be, &model, cfg, prompt.len()).unwrap();
-        let got = &g.generate(std::slice::from_ref(&prompt), None, |_| {}).unwrap()[0];
+        let all = g.generate(std::slice::from_ref(&prompt), None, |_| {}).unwrap();
+        let got = &all[0];
+        for other in &all[1..] {
+            let same = other.tokens == got.tokens
+                && other.logprobs.iter().zip(&got.logprobs).all(|(a, b)| a.to_bits() == b.to_bits());
+            if !same {
+                failed.push(format!("{name} prompt {prompt:?}: sample {} differs from sample 0", other.sample_index));
+            }
+        }
         let stop = gaps.iter().position(|&g| g < 0.1).unwrap_or(64).min(got.tokens.len());
         let lp_err = max_abs(&to_f64(&got.logprobs[..stop]), &ref_lp[..stop]);
         println!("{name} prompt of {}: {stop} tokens compared, log-prob max-abs {lp_err:.2e}", prompt.len());
