@@ -84,7 +84,8 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
-    /// f32 elements of a cache (keys and values of every layer).
+    /// Elements of a cache of this shape (keys and values of every layer;
+    /// f32 on the CPU, bf16 on CUDA).
     pub fn elements(n_layers: usize, kv_dim: usize, shape: CacheShape) -> usize {
         2 * n_layers * shape.rows() * kv_dim
     }

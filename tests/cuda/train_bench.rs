@@ -257,9 +257,9 @@ fn bench_generate() {
         seed: 1,
         ..Default::default()
     };
-    // (seconds, memory in use after, cache rows) for `new` tokens of each of
-    // `prompts` × n samples.
-    let time = |new: usize, prompts: &[Vec<u32>], n: usize| -> (f64, usize, usize) {
+    // (seconds, memory in use after, the cache's shape) for `new` tokens of
+    // each of `prompts` × n samples.
+    let time = |new: usize, prompts: &[Vec<u32>], n: usize| -> (f64, usize, engine::model::CacheShape) {
         let mut g = Generator::new(&be, &model, gen_cfg(new, n), GEN_PROMPT).unwrap();
         be.check().unwrap();
         let t = Instant::now();
@@ -268,7 +268,7 @@ fn bench_generate() {
         let s = t.elapsed().as_secs_f64();
         let tokens: usize = out.iter().map(|s| s.tokens.len()).sum();
         assert_eq!(tokens, GEN_BATCH * new, "every sequence runs to max_new_tokens");
-        (s, used_bytes(&be), g.cache_shape().rows())
+        (s, used_bytes(&be), g.cache_shape())
     };
     time(8, &prompts, 1); // warm-up: cuBLASLt plans, scratch, module loads
 
@@ -295,13 +295,14 @@ fn bench_generate() {
     let groups = GEN_BATCH / 8;
     for (name, prompts, n) in [("generate_b64", &prompts[..], 1), ("generate_g8", &prompts[..groups], 8)] {
         let (t1, _, _) = time(1, prompts, n);
-        let (t_all, used, rows) = time(GEN_NEW, prompts, n);
+        let (t_all, used, cache) = time(GEN_NEW, prompts, n);
+        let kv_bytes = 2 * engine::model::KvCache::<Cuda>::elements(cfg.n_layers, cfg.kv_dim(), cache);
         let step_ms = (t_all - t1) / (GEN_NEW - 1) as f64 * 1e3;
         let row = serde_json::json!({
             "kernel": name, "shape": format!("qwen2-0.5b {}x{n}x({GEN_PROMPT}+{GEN_NEW})", prompts.len()),
             "ms": t_all * 1e3, "tokens": tokens, "tokens_per_s": tokens as f64 / t_all,
             "peak_mem_gib": (used - base) as f64 / (1u64 << 30) as f64,
-            "kv_cache_gib": kv_cache_bytes(&cfg, rows) / (1u64 << 30) as f64,
+            "kv_cache_gib": kv_bytes as f64 / (1u64 << 30) as f64,
             "decode_step_ms": step_ms, "decode_bound_ms": bound_ms, "decode_over_bound": step_ms / bound_ms,
             "prefill_and_first_ms": t1 * 1e3, "copy_gb_s": copy_gb_s,
             "bytes_per_step": {"weights": weights, "kv_cache": kv, "logits": logits},
@@ -313,11 +314,6 @@ fn bench_generate() {
             writeln!(f, "{row}").unwrap();
         }
     }
-}
-
-/// Bytes of a bf16 KV cache of `rows` rows (keys and values, every layer).
-fn kv_cache_bytes(cfg: &engine::model::ModelConfig, rows: usize) -> f64 {
-    2.0 * 2.0 * cfg.n_layers as f64 * cfg.kv_dim() as f64 * rows as f64
 }
 
 /// The lm_head + loss path at the 0.5B shape (16,384 tokens, hidden 896,
