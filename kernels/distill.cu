@@ -11,6 +11,11 @@
 // which writes the gradient (and, forward, sums the value as the CPU does);
 // the JSD needs its value and Σ p_s·u before any gradient: three passes.
 //
+// The split kernels at the end of this file do the same per row with the
+// row pair held in registers by several blocks (one read of each row); the
+// row kernels serve rows whose student and teacher sit at different 16-byte
+// phases, and are the simple version the split kernels are tested against.
+//
 // Order: each thread visits a fixed set of elements in a fixed order (a
 // scalar head up to the first 16-byte boundary, 8-element vectors
 // v = tid, tid + blockDim, …, a scalar tail) and the block merges the
@@ -318,4 +323,271 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) distill_reverse
 
 extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) distill_jsd(DistillParams p) {
   distill_row<DISTILL_JSD>(p);
+}
+
+// ---- the split kernels: a row pair held in registers by several blocks -------
+//
+// Why: the row kernels above read each row pair twice from HBM (608 KB at
+// Qwen's vocabulary, and the blocks in flight hold more than L2): 10 bytes
+// move per element against the 6 that must (two bf16 reads, one write),
+// which capped them at 60% of copy bandwidth (run 6). Here a row is cut into
+// `chunks` runs of blockDim·SPLIT_VECS 16-byte vectors; the block that takes
+// a run loads its part of both rows into registers once, and every later
+// pass works on those registers. The blocks of a row exchange what a pass
+// needs from the whole row through global memory (`scratch`):
+//
+//   round 1: each block's softmax statistics; every block waits for all of
+//            its row's and merges them in chunk order (so the bits do not
+//            depend on which block came first);
+//   round 2: forward KL, each block's part of D (the last block to arrive
+//            sums them in chunk order); JSD, each block's parts of D and of
+//            Σ p_s·u, which every block waits for before its gradient.
+//
+// No deadlock: a block takes its (row, chunk) by an atomic ticket, in the
+// order blocks start, and waits only for blocks of its own row, whose tickets
+// are at most chunks − 1 above its own. If every resident block were waiting
+// and row r (the lowest waiting) still missed a block, every ticket handed
+// out would be in row r, so fewer than `chunks` blocks would be resident: the
+// host launches these kernels only where `chunks` blocks fit on the GPU at
+// once (one per SM). No hang either: a wait gives up after about 2 s, poisons
+// the row's counter and sets the error word, and that row's loss and dz come
+// out NaN.
+
+constexpr uint32_t SPLIT_POISON = 0x80000000u;
+
+// What a block keeps in shared memory. The CPU emulation runs a row's blocks
+// at the same time, so it gives each block its own copy (ENGINE_KERNEL_EMU).
+struct SplitShared {
+  Stats stats[33];
+  double sums[33];
+  Stats row;        // round 1's result, merged over the row's chunks
+  double total[2];  // round 2's (JSD): D and Σ p_s·u
+  uint32_t ticket;
+  int ok;  // no wait of this block gave up
+};
+
+__device__ __forceinline__ uint32_t load_volatile(const uint32_t* p) {
+#ifdef ENGINE_KERNEL_EMU
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+#else
+  return *reinterpret_cast<const volatile uint32_t*>(p);
+#endif
+}
+
+// Thread 0 only: counts this block in (after its part was written: the fence
+// makes that visible first) and returns the count before it.
+__device__ __forceinline__ uint32_t split_arrive(uint32_t* counter) {
+  __threadfence();
+  return atomicAdd(counter, 1u);
+}
+
+// Thread 0 only: waits until the row's counter reaches `target` blocks, at
+// most about 2 s. False, with the counter poisoned and the error word set, if
+// it gave up or the counter was poisoned already.
+__device__ __forceinline__ bool split_wait(uint32_t* counter, uint32_t target, uint32_t* error) {
+  for (uint32_t spin = 0; spin < (1u << 25); ++spin) {
+    const uint32_t v = load_volatile(counter);
+    if (v & SPLIT_POISON) break;
+    if (v >= target) {
+      __threadfence();  // the parts written before the arrivals are read after this
+      return true;
+    }
+    __nanosleep(64);
+  }
+  atomicOr(counter, SPLIT_POISON);
+  atomicOr(error, 1u);
+  return false;
+}
+
+// One of the row's partial statistics, written by another SM: read past L1.
+__device__ __forceinline__ Stats load_part(const Stats* p) {
+  return {__ldcg(&p->ms), __ldcg(&p->ss), __ldcg(&p->mt), __ldcg(&p->st), __ldcg(&p->w)};
+}
+
+// Per-thread maxima of x = z·inv over what the thread holds, so that the
+// statistics pass (StatsOp started at these maxima) never rescales.
+struct MaxOp {
+  float inv, ms, mt;
+  template <int N>
+  __device__ __forceinline__ void run(float (&zs)[N], const float (&zt)[N]) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      ms = fmaxf(ms, zs[k] * inv);
+      mt = fmaxf(mt, zt[k] * inv);
+    }
+  }
+};
+
+// A thread's share of a chunk, in registers: vectors v = first + k·blockDim
+// (k < SPLIT_VECS) of the row's aligned vectors, those below `end`, and at
+// most one scalar element (the row's head in chunk 0, its tail in the last
+// chunk), at index `one` (or none: −1).
+struct Held {
+  uint4 s[ENGINE_DISTILL_SPLIT_VECS], t[ENGINE_DISTILL_SPLIT_VECS];
+  float s1, t1;
+  int one;
+  uint32_t first, end;
+
+  __device__ __forceinline__ bool has(int k) const { return first + k * blockDim.x < end; }
+
+  __device__ __forceinline__ void load(const bf16* vs, const bf16* vt, const bf16* zs, const bf16* zt) {
+#pragma unroll
+    for (int k = 0; k < ENGINE_DISTILL_SPLIT_VECS; ++k) {
+      if (has(k)) {
+        const size_t v = first + k * blockDim.x;
+        s[k] = ld16(vs + 8 * v);
+        t[k] = ld16(vt + 8 * v);
+      }
+    }
+    s1 = one >= 0 ? to_f(zs[one]) : 0.0f;
+    t1 = one >= 0 ? to_f(zt[one]) : 0.0f;
+  }
+
+  // op.run on every element held, in a fixed order; with WRITE, what op
+  // leaves in zs is stored over the student's logits (vs: its vectors).
+  template <bool WRITE, typename Op>
+  __device__ __forceinline__ void each(Op& op, bf16* vs, bf16* zs) const {
+#pragma unroll
+    for (int k = 0; k < ENGINE_DISTILL_SPLIT_VECS; ++k) {
+      if (has(k)) {
+        float a[8], b[8];
+        unpack8(s[k], a);
+        unpack8(t[k], b);
+        op.template run<8>(a, b);
+        if (WRITE) st16(vs + 8 * (size_t)(first + k * blockDim.x), pack8(a));
+      }
+    }
+    if (one >= 0) {
+      float a[1] = {s1};
+      const float b[1] = {t1};
+      op.template run<1>(a, b);
+      if (WRITE) zs[one] = to_bf(a[0]);
+    }
+  }
+};
+
+template <int MODE>
+__device__ __forceinline__ void distill_split(const DistillParams& p) {
+  constexpr bool REV = MODE == DISTILL_REVERSE;
+#ifdef ENGINE_KERNEL_EMU
+  SplitShared& sh = *emu_block_shared<SplitShared>();
+#else
+  __shared__ SplitShared sh;
+#endif
+  uint32_t* words = ptr<uint32_t>(p.scratch);
+  uint32_t* error = words + 1;
+  const size_t parts_word = (2 + (size_t)p.rows + 1) & ~(size_t)1;
+  Stats* parts = reinterpret_cast<Stats*>(words + parts_word);
+  double* part_sums = reinterpret_cast<double*>(parts + (size_t)p.rows * p.chunks);
+  const uint32_t chunks = p.chunks, tid = threadIdx.x;
+  if (threadIdx.x == 0) {
+    sh.ticket = atomicAdd(words, 1u);
+    sh.ok = 1;
+  }
+  __syncthreads();
+  const uint32_t row = sh.ticket / chunks, c = sh.ticket % chunks;
+  if (row >= p.rows) return;
+  uint32_t* counter = words + 2 + row;
+
+  const uint32_t n = p.vocab;
+  bf16* zs = ptr<bf16>(p.student) + (size_t)row * n;
+  const bf16* zt = ptr<const bf16>(p.teacher) + (size_t)row * n;
+  // The host launches these kernels only for rows at the same phase; if
+  // that was wrong, the block holds nothing and its row comes out NaN.
+  const bool aligned = same_phase((dptr)zs, (dptr)zt);
+  const uint32_t head = aligned ? bf16_head((dptr)zs, n) : 0;
+  const uint32_t nv = aligned ? (n - head) / 8 : 0, tail = aligned ? n - head - 8 * nv : 0;
+  const uint32_t per_chunk = blockDim.x * ENGINE_DISTILL_SPLIT_VECS;
+  Held h;
+  h.first = c * per_chunk + tid;
+  h.end = min(nv, (c + 1) * per_chunk);
+  h.one = -1;
+  if (c == 0 && tid < head) h.one = (int)tid;
+  const uint32_t tail_tid = c == 0 ? head : 0;  // chunk 0 may also be the last
+  if (c == chunks - 1 && tid >= tail_tid && tid - tail_tid < tail) h.one = (int)(head + 8 * nv + tid - tail_tid);
+  bf16* vs = zs + head;
+  h.load(vs, zt + head, zs, zt);
+
+  const float inv = p.inv_temp;
+  const float weight = ptr<const float>(p.weight)[row];
+  const bool zero = weight == 0.0f;
+  const float scale = weight * inv;
+
+  // Round 1: the row's statistics.
+  MaxOp mo{inv, -FLT_MAX, -FLT_MAX};
+  h.each<false>(mo, vs, zs);
+  StatsOp<REV> so{inv, {mo.ms, 0.0f, mo.mt, 0.0f, 0.0}};
+  h.each<false>(so, vs, zs);
+  const Stats mine = block_stats<REV>(so.a, sh.stats);
+  if (tid == 0) {
+    parts[(size_t)row * chunks + c] = mine;
+    split_arrive(counter);
+    bool ok = aligned && split_wait(counter, chunks, error);
+    Stats st = stats_empty();
+    for (uint32_t j = 0; j < chunks; ++j) st = stats_merge<REV>(st, load_part(parts + (size_t)row * chunks + j));
+    if (!ok) st.ms = st.mt = __int_as_float(0x7fc00000);
+    sh.row = st;
+    sh.ok = ok;
+  }
+  __syncthreads();
+  const Stats st = sh.row;
+  const float ls = st.ms + logf(st.ss), lt = st.mt + logf(st.st);
+  double* my_sums = part_sums + 2 * ((size_t)row * chunks + c);
+  float* loss = ptr<float>(p.loss) + row;
+
+  if (MODE == DISTILL_FORWARD) {
+    ForwardGrad g{inv, ls, lt, scale, zero, 0.0};
+    h.each<true>(g, vs, zs);
+    const double v = block_sum<double>(g.value, sh.sums);
+    if (tid == 0) {
+      my_sums[0] = v;
+      const uint32_t before = split_arrive(counter);
+      if ((before & ~SPLIT_POISON) == 2 * chunks - 1) {  // the last of the row: D in chunk order
+        __threadfence();
+        double d = 0.0;
+        for (uint32_t j = 0; j < chunks; ++j) d += __ldcg(part_sums + 2 * ((size_t)row * chunks + j));
+        *loss = (before & SPLIT_POISON) || !sh.ok ? __int_as_float(0x7fc00000) : (float)d;
+      }
+    }
+  } else if (MODE == DISTILL_REVERSE) {
+    const double d = st.w / (double)st.ss - (double)ls + (double)lt;
+    ReverseGrad g{inv, ls, lt, scale, (float)d, zero};
+    h.each<true>(g, vs, zs);
+    if (tid == 0 && c == 0) *loss = (float)d;
+  } else {
+    const JsdTerms j{inv, ls, lt, p.beta, p.log_beta, p.log_1m_beta};
+    JsdSums s{j, 0.0, 0.0};
+    h.each<false>(s, vs, zs);
+    const double v = block_sum<double>(s.value, sh.sums);
+    const double m = block_sum<double>(s.mean_u, sh.sums);
+    if (tid == 0) {
+      my_sums[0] = v;
+      my_sums[1] = m;
+      split_arrive(counter);
+      const bool ok = sh.ok && split_wait(counter, 2 * chunks, error);
+      double d = 0.0, mu = 0.0;
+      for (uint32_t k = 0; k < chunks; ++k) {
+        d += __ldcg(part_sums + 2 * ((size_t)row * chunks + k));
+        mu += __ldcg(part_sums + 2 * ((size_t)row * chunks + k) + 1);
+      }
+      sh.total[0] = ok ? d : (double)__int_as_float(0x7fc00000);
+      sh.total[1] = ok ? mu : (double)__int_as_float(0x7fc00000);
+    }
+    __syncthreads();
+    JsdGrad g{j, scale, (float)sh.total[1], zero};
+    h.each<true>(g, vs, zs);
+    if (tid == 0 && c == 0) *loss = (float)sh.total[0];
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(ENGINE_DISTILL_SPLIT_THREADS) distill_split_forward(DistillParams p) {
+  distill_split<DISTILL_FORWARD>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(ENGINE_DISTILL_SPLIT_THREADS) distill_split_reverse(DistillParams p) {
+  distill_split<DISTILL_REVERSE>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(ENGINE_DISTILL_SPLIT_THREADS) distill_split_jsd(DistillParams p) {
+  distill_split<DISTILL_JSD>(p);
 }

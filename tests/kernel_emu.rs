@@ -68,8 +68,13 @@ impl Printed<'_> {
 /// Runs an emulator on `input`, returns what it printed.
 fn run(exe: &Path, input: &[u8]) -> String {
     let mut child = Command::new(exe).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
+    // Written from another thread: the emulator prints as it reads, and a
+    // full stdout pipe would otherwise stop it while we still write.
+    let mut stdin = child.stdin.take().unwrap();
+    let out = std::thread::scope(|s| {
+        s.spawn(move || stdin.write_all(input).unwrap());
+        child.wait_with_output().unwrap()
+    });
     let _ = std::fs::remove_file(exe);
     assert!(out.status.success(), "{} failed ({})", exe.display(), out.status);
     String::from_utf8(out.stdout).unwrap()
@@ -298,40 +303,56 @@ fn gpu_decode_attention_code_matches_the_cpu_decode() {
     assert!(bad.is_empty(), "{} differences:\n{}", bad.len(), bad.join("\n"));
 }
 
-/// kernels/distill.cu (forward KL, reverse KL, JSD at β 0.3; its later
-/// passes walk the row pair last to first) against the CPU's `distill_row`
-/// on random bf16 rows of an odd vocabulary (so each row starts at another
-/// 16-byte phase): the divergence to 1e-5 relative, dz to the bf16 rounding
-/// of the output (1e-2 relative per row), zeroed rows where the weight is 0.
+/// kernels/distill.cu (forward KL, reverse KL, JSD at β 0.3) against the
+/// CPU's `distill_row` on random bf16 rows of odd vocabularies (so each row
+/// starts at another 16-byte phase): the divergence to 1e-5 relative, dz to
+/// the bf16 rounding of the output (1e-2 relative per row), zeroed rows where
+/// the weight is 0. Both the row kernels (their later passes walk the row
+/// pair last to first) and the split kernels, whose blocks share a row: 3
+/// blocks per row at vocabulary 4133 (the last with a part of a run and the
+/// tail), 1 at 1031 (head and tail in one block), and 5 logits per row (no
+/// vectors at all). All of a split case's blocks run at once, so they take
+/// their tickets in whatever order the OS gives; each split case runs twice
+/// and must give the same bits.
 #[test]
 fn gpu_distill_code_matches_the_cpu() {
     use engine::backend::cpu::distill::distill_row;
     use engine::loss::DistillMode;
     let Some(exe) = build("distill") else { return };
-    let (rows, vocab) = (5usize, 1031usize);
+    let rows = 5usize;
     let s = Stream::new(3, 1, 4);
     let bf = |x: f64| half::bf16::from_f64(x);
-    let mk = |off: u64, scale: f64| -> Vec<half::bf16> {
-        (0..(rows * vocab) as u64).map(|i| bf(scale * (2.0 * s.uniform(off + i) - 1.0))).collect()
+    let mk = |n: usize, off: u64, scale: f64| -> Vec<half::bf16> {
+        (0..n as u64).map(|i| bf(scale * (2.0 * s.uniform(off + i) - 1.0))).collect()
     };
-    let (zs, zt) = (mk(0, 4.0), mk(1 << 20, 5.0));
     let weight: Vec<f32> = vec![0.7, 0.0, 1.3, 0.25, 2.0];
     let modes = [
         (0u32, DistillMode::Forward, 0.0f32),
         (1, DistillMode::Reverse, 1.0),
         (2, DistillMode::Jsd { beta: 0.3 }, 0.3),
     ];
+    // (kernel code, mode, beta, threads, vocab, blocks per row expected of a split kernel)
+    let mut cases = Vec::new();
+    for (i, &(code, mode, beta)) in modes.iter().enumerate() {
+        cases.push((code, mode, beta, [64u32, 128, 256][i], 1031usize, None));
+        for (vocab, chunks) in [(4133usize, 3u32), (1031, 1), (5, 1)] {
+            for _ in 0..2 {
+                cases.push((code + 3, mode, beta, 64, vocab, Some(chunks)));
+            }
+        }
+    }
     let inv_temp = 1.0f32 / 0.8;
+    let data = |vocab: usize| (mk(rows * vocab, vocab as u64, 4.0), mk(rows * vocab, (1 << 20) + vocab as u64, 5.0));
     let mut input = Vec::new();
-    input.extend_from_slice(&(modes.len() as u32).to_le_bytes());
-    for (i, (code, _, beta)) in modes.iter().enumerate() {
-        let threads = [64u32, 128, 256][i];
-        for v in [threads, *code, rows as u32, vocab as u32] {
+    input.extend_from_slice(&(cases.len() as u32).to_le_bytes());
+    for &(code, _, beta, threads, vocab, _) in &cases {
+        for v in [threads, code, rows as u32, vocab as u32] {
             input.extend_from_slice(&v.to_le_bytes());
         }
-        for v in [inv_temp, *beta, beta.ln(), (1.0 - beta).ln()] {
+        for v in [inv_temp, beta, beta.ln(), (1.0 - beta).ln()] {
             input.extend_from_slice(&v.to_le_bytes());
         }
+        let (zs, zt) = data(vocab);
         for x in zs.iter().chain(&zt) {
             input.extend_from_slice(&x.to_bits().to_le_bytes());
         }
@@ -341,7 +362,16 @@ fn gpu_distill_code_matches_the_cpu() {
     let mut printed = Printed(text.lines());
     let mut next = |tag: &str| -> u32 { printed.next(tag)[0] as u32 };
     let mut bad = Vec::new();
-    for (_, mode, _) in modes {
+    let mut last: Option<(Vec<u32>, Vec<u32>)> = None;
+    for &(code, mode, _, _, vocab, chunks) in &cases {
+        let what = format!("{} {mode:?} vocab {vocab}", if code < 3 { "row kernel" } else { "split kernel" });
+        if let Some(want) = chunks {
+            let got = next("C");
+            if got != want {
+                bad.push(format!("{what}: {got} blocks per row, expected {want}"));
+            }
+        }
+        let (zs, zt) = data(vocab);
         let loss: Vec<f32> = (0..rows).map(|_| f32::from_bits(next("L"))).collect();
         let dz: Vec<f32> = (0..rows * vocab).map(|_| half::bf16::from_bits(next("Z") as u16).to_f32()).collect();
         for r in 0..rows {
@@ -353,9 +383,19 @@ fn gpu_distill_code_matches_the_cpu() {
             let norm = want.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
             let diff = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
             let ez = if norm == 0.0 { diff } else { diff / norm };
-            println!("{mode:?} row {r}: divergence rel {el:.1e}, dz rel {ez:.1e}");
+            println!("{what} row {r}: divergence rel {el:.1e}, dz rel {ez:.1e}");
             if !(el <= 1e-5 && ez <= 1e-2) {
-                bad.push(format!("{mode:?} row {r}: divergence {} vs {d} (rel {el:.1e}), dz rel {ez:.1e}", loss[r]));
+                bad.push(format!("{what} row {r}: divergence {} vs {d} (rel {el:.1e}), dz rel {ez:.1e}", loss[r]));
+            }
+        }
+        // The second run of a split case: the same bits as the first.
+        if chunks.is_some() {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            let out = (bits(&loss), bits(&dz));
+            match last.take() {
+                Some(first) if first.0 == out.0 && first.1 == out.1 => {}
+                Some(_) => bad.push(format!("{what}: two runs differ")),
+                None => last = Some(out),
             }
         }
     }

@@ -36,7 +36,7 @@ use super::util::{gpu, random_bf16};
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, DeviceRepr, ValidAsZeroBits};
-use engine::backend::cuda::{Bf16, DecodeKernel, Gpu};
+use engine::backend::cuda::{Bf16, DecodeKernel, DistillKernel, Gpu};
 use engine::backend::{AdamWStep, AttnShape, MatShape};
 use engine::loss::DistillMode;
 use std::io::Write;
@@ -673,10 +673,20 @@ fn loss(b: &mut Bench) -> Result<()> {
     let zt = b.random_tiled(n, 43)?;
     let w = b.random_f32(rows, 44)?;
     let mut dl: CudaSlice<f32> = b.zeros(rows)?;
-    // Weights read, the divergence written.
-    b.run("distill_forward", &shape, Work::Bytes(3.0 * logits + 2.0 * per_row), false, MAX_N, || {
-        g.distill(&mut zs, &zt, vocab, DistillMode::Forward, inv_temp, &w, &mut dl)
-    })
+    // Weights read, the divergence written. distill_forward is the split
+    // kernel (each logit read once); distill_forward_row the row kernel it
+    // replaced (each row pair read twice: 10 bytes moved per element, not 6).
+    let distill_bytes = Work::Bytes(3.0 * logits + 2.0 * per_row);
+    for (name, how, mode) in [
+        ("distill_forward", DistillKernel::Auto, DistillMode::Forward),
+        ("distill_forward_row", DistillKernel::Row, DistillMode::Forward),
+        ("distill_jsd", DistillKernel::Auto, DistillMode::Jsd { beta: 0.5 }),
+    ] {
+        b.run(name, &shape, distill_bytes, false, MAX_N, || {
+            g.distill_with(how, &mut zs, &zt, vocab, mode, inv_temp, &w, &mut dl)
+        })?;
+    }
+    Ok(())
 }
 
 #[test]

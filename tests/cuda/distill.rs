@@ -3,13 +3,15 @@
 //! and β = 0 / 1, which are the KLs), temperatures ≠ 1, per-row weights with
 //! zeros, odd and Qwen-sized vocabularies, rows at every 16-byte phase; the
 //! divergence to fp32 precision, the gradient to bf16 precision, the same
-//! bits twice; and the CUDA backend's `distill` op against the CPU backend's.
+//! bits twice; both kernels of each mode (the split kernels, several blocks
+//! per row, and the row kernels); and the CUDA backend's `distill` op against
+//! the CPU backend's.
 
 use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
 use cudarc::driver::CudaSlice;
 use engine::backend::cpu::distill::distill_row;
 use engine::backend::cpu::Cpu;
-use engine::backend::cuda::{Bf16, Cuda, Gpu};
+use engine::backend::cuda::{split_chunks, Bf16, Cuda, DistillKernel, Gpu};
 use engine::backend::{Backend, Span};
 use engine::loss::DistillMode;
 
@@ -74,6 +76,22 @@ fn gpu_run(
     mode: DistillMode,
     inv_temp: f32,
     w: &[f32],
+    offs: (usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    gpu_run_with(g, DistillKernel::Auto, zs, zt, vocab, mode, inv_temp, w, offs)
+}
+
+/// [`gpu_run`] on the given kernel.
+#[allow(clippy::too_many_arguments)]
+fn gpu_run_with(
+    g: &Gpu,
+    how: DistillKernel,
+    zs: &[f32],
+    zt: &[f32],
+    vocab: usize,
+    mode: DistillMode,
+    inv_temp: f32,
+    w: &[f32],
     (s_off, t_off): (usize, usize),
 ) -> (Vec<f32>, Vec<f32>) {
     let pad = |x: &[f32], off: usize| -> Vec<f32> { std::iter::repeat_n(0.5, off).chain(x.iter().copied()).collect() };
@@ -83,7 +101,7 @@ fn gpu_run(
     let mut ld: CudaSlice<f32> = g.stream.alloc_zeros(w.len()).unwrap();
     {
         let mut sv = sd.slice_mut(s_off..);
-        g.distill(&mut sv, &td.slice(t_off..), vocab, mode, inv_temp, &wd, &mut ld).unwrap();
+        g.distill_with(how, &mut sv, &td.slice(t_off..), vocab, mode, inv_temp, &wd, &mut ld).unwrap();
     }
     g.sync().unwrap();
     let dz = down(g, &sd);
@@ -135,6 +153,46 @@ fn distill_matches_the_cpu() {
             }
         }
     }
+}
+
+/// The split kernels (19 blocks per row at Qwen's vocabulary, one at 1007)
+/// and the row kernels, forced, each against the CPU; the split kernel twice
+/// to the same bits (its blocks take their rows in whatever order they
+/// start); and a forced split kernel refused where the rows' phases differ.
+#[test]
+fn distill_split_and_row_kernels_match_the_cpu() {
+    let Some(g) = gpu("distill_split_and_row_kernels_match_the_cpu") else { return };
+    assert_eq!(split_chunks(151_936), 19, "blocks per row at Qwen's vocabulary");
+    for (rows, vocab, inv_temp) in [(37usize, 151_936usize, 1.0 / 0.7), (11, 1007, 1.0)] {
+        let zs = logits(rows * vocab, 41 + vocab as u64);
+        let zt = near(&zs, 42 + vocab as u64);
+        let w = weights(rows, 43);
+        for mode in MODES {
+            let want = cpu(&zs, &zt, vocab, mode, inv_temp, &w);
+            for how in [DistillKernel::Split, DistillKernel::Row] {
+                let what = format!("distill {how:?} {mode:?} {rows}×{vocab}");
+                let got = gpu_run_with(&g, how, &zs, &zt, vocab, mode, inv_temp, &w, (0, 0));
+                check(&what, &got, &want, vocab, &w);
+                if how == DistillKernel::Split {
+                    let again = gpu_run_with(&g, how, &zs, &zt, vocab, mode, inv_temp, &w, (0, 0));
+                    assert_eq!(again.0, got.0, "{what}: loss not reproduced bitwise");
+                    assert_eq!(again.1, got.1, "{what}: dz not reproduced bitwise");
+                }
+            }
+        }
+    }
+    let (rows, vocab) = (2usize, 1007usize);
+    let mut sd = up(&g, &logits(rows * vocab + 1, 44));
+    let td = up(&g, &logits(rows * vocab, 45));
+    let wd = g.stream.clone_htod(&[1.0f32, 1.0]).unwrap();
+    let mut ld: CudaSlice<f32> = g.stream.alloc_zeros(rows).unwrap();
+    let mut sv = sd.slice_mut(1..);
+    let m = DistillMode::Forward;
+    assert!(
+        g.distill_with(DistillKernel::Split, &mut sv, &td, vocab, m, 1.0, &wd, &mut ld).is_err(),
+        "the split kernel on rows at different phases"
+    );
+    g.sync().unwrap();
 }
 
 /// Rows that start anywhere: both at the same odd phase (a scalar head, then

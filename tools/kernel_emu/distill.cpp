@@ -4,10 +4,12 @@
 // the test to compare with the CPU's distill_row.
 //
 // Input (little-endian), from stdin: u32 cases; per case: u32 threads, mode
-// (0 forward, 1 reverse, 2 jsd), rows, vocab; f32 inv_temp, beta, log_beta,
+// (0 forward, 1 reverse, 2 jsd: the row kernels; 3, 4, 5: the split kernels,
+// all of a case's blocks run at once), rows, vocab; f32 inv_temp, beta, log_beta,
 // log_1m_beta; u16 student[rows·vocab], teacher[rows·vocab] (bf16 bits);
 // f32 weight[rows]. Output: "L <bits>" per row's divergence, then
-// "Z <bits>" per element of dz (bf16 bits), in hex.
+// "Z <bits>" per element of dz (bf16 bits), in hex; split kernels first
+// "C <chunks>", the blocks per row.
 #include "../../kernels/distill.cu"
 
 #include "launch.h"
@@ -39,8 +41,22 @@ int main() {
     p.teacher = (dptr)zt;
     p.weight = (dptr)weight.data();
     p.loss = (dptr)loss.data();
-    void (*k)(DistillParams) = mode == 0 ? distill_forward : mode == 1 ? distill_reverse : distill_jsd;
-    launch(k, p, p.rows, threads);
+    if (mode < 3) {
+      void (*k)(DistillParams) = mode == 0 ? distill_forward : mode == 1 ? distill_reverse : distill_jsd;
+      launch(k, p, p.rows, threads);
+    } else {
+      // As the host (src/backend/cuda/distill.rs) sizes them.
+      const uint32_t per_chunk = threads * ENGINE_DISTILL_SPLIT_VECS;
+      p.chunks = std::max(1u, (p.vocab / 8 + per_chunk - 1) / per_chunk);
+      const size_t parts_word = (2 + (size_t)p.rows + 1) & ~(size_t)1;
+      std::vector<uint64_t> scratch((parts_word + (size_t)p.rows * p.chunks * 10) / 2 + 1, 0);
+      p.scratch = (dptr)scratch.data();
+      void (*k)(DistillParams) =
+          mode == 3 ? distill_split_forward : mode == 4 ? distill_split_reverse : distill_split_jsd;
+      launch_at_once(k, p, p.rows * p.chunks, threads);
+      if (((const uint32_t*)scratch.data())[1] != 0) fprintf(stderr, "distill emu: a wait gave up\n");
+      printf("C %x\n", p.chunks);
+    }
     put_floats("L", loss);
     for (size_t i = 0; i < n; ++i) printf("Z %x\n", zs[i]);
   }

@@ -1,18 +1,21 @@
 // What the kernel emulators share: the emulated thread indices, barriers
-// and warp-exchange slots the shim declares, a launcher that runs a kernel's
-// blocks one at a time with one OS thread per CUDA thread, and readers for
-// the little-endian input the Rust tests write (tests/kernel_emu.rs).
+// and warp-exchange slots the shim declares, launchers with one OS thread per
+// CUDA thread (blocks one at a time, or all at once for kernels whose blocks
+// wait for each other), and readers for the little-endian input the Rust
+// tests write (tests/kernel_emu.rs).
 #pragma once
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+#include <memory>
 #include <vector>
 
 thread_local EmuDim3 threadIdx, blockIdx;
 EmuDim3 blockDim, gridDim;
-std::barrier<>* g_block;
-std::barrier<>* g_warp[32];
-uint64_t g_lane[32][32];
+thread_local std::barrier<>* g_block;
+thread_local std::barrier<>** g_warp;
+thread_local uint64_t (*g_lane)[32];
+thread_local void* g_arena;
 
 template <typename T>
 static T get() {
@@ -53,29 +56,60 @@ static void put_doubles(const char* tag, const double* v, size_t n) {
   printf("\n");
 }
 
-// Runs `kernel(p)` for blocks 0..blocks with `threads` threads each (a
-// multiple of 32).
+// One emulated block: its barriers, lane slots and shared-memory arena.
+struct EmuBlock {
+  std::barrier<> block;
+  std::barrier<>* warps[32] = {};
+  uint64_t lanes[32][32] = {};
+  alignas(64) unsigned char arena[65536] = {};
+  explicit EmuBlock(unsigned threads) : block(threads) {
+    for (unsigned w = 0; w < threads / 32; ++w) warps[w] = new std::barrier<>(32);
+  }
+  ~EmuBlock() {
+    for (auto* w : warps) delete w;
+  }
+};
+
+// Runs `kernel(p)` for blocks first..first + count at the same time, with
+// `threads` threads each (a multiple of 32).
 template <typename P>
-static void launch(void (*kernel)(P), const P& p, unsigned blocks, unsigned threads) {
+static void run_blocks(void (*kernel)(P), const P& p, unsigned first, unsigned count, unsigned threads) {
   if (threads == 0 || threads % 32 != 0 || threads > 1024) {
     fprintf(stderr, "kernel_emu: %u threads (a multiple of 32 up to 1024)\n", threads);
     exit(2);
   }
   blockDim.x = threads;
-  gridDim.x = blocks;
-  for (unsigned b = 0; b < blocks; ++b) {
-    std::barrier<> block(threads);
-    g_block = &block;
-    for (unsigned w = 0; w < threads / 32; ++w) g_warp[w] = new std::barrier<>(32);
-    std::vector<std::thread> ts;
+  std::vector<std::unique_ptr<EmuBlock>> blocks;
+  for (unsigned b = 0; b < count; ++b) blocks.push_back(std::make_unique<EmuBlock>(threads));
+  std::vector<std::thread> ts;
+  for (unsigned b = 0; b < count; ++b) {
     for (unsigned t = 0; t < threads; ++t) {
-      ts.emplace_back([&, t] {
+      ts.emplace_back([&, b, t] {
+        EmuBlock& e = *blocks[b];
         threadIdx.x = t;
-        blockIdx.x = b;
+        blockIdx.x = first + b;
+        g_block = &e.block;
+        g_warp = e.warps;
+        g_lane = e.lanes;
+        g_arena = e.arena;
         kernel(p);
       });
     }
-    for (auto& t : ts) t.join();
-    for (unsigned w = 0; w < threads / 32; ++w) delete g_warp[w];
   }
+  for (auto& t : ts) t.join();
+}
+
+// Runs `kernel(p)` for blocks 0..blocks, one block at a time.
+template <typename P>
+static void launch(void (*kernel)(P), const P& p, unsigned blocks, unsigned threads) {
+  gridDim.x = blocks;
+  for (unsigned b = 0; b < blocks; ++b) run_blocks(kernel, p, b, 1, threads);
+}
+
+// Runs `kernel(p)` for blocks 0..blocks all at the same time (the kernel
+// must keep its shared memory in emu_block_shared, not in statics).
+template <typename P>
+static void launch_at_once(void (*kernel)(P), const P& p, unsigned blocks, unsigned threads) {
+  gridDim.x = blocks;
+  run_blocks(kernel, p, 0, blocks, threads);
 }

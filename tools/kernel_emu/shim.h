@@ -1,8 +1,10 @@
 // Forced-included (-include) before a kernel file when sample.cpp or
 // policy.cpp builds it for the host: CUDA keywords become nothing, `__shared__` becomes `static`
-// (one copy for the threads of the block in flight; blocks run one at a
-// time), and barriers and warp shuffles are emulated with one OS thread per
-// CUDA thread.
+// (one copy for the threads of the block in flight: `launch` runs blocks one
+// at a time), and barriers and warp shuffles are emulated with one OS thread
+// per CUDA thread. Kernels whose blocks wait for each other (`launch_at_once`
+// runs all blocks together) take their shared memory from
+// emu_block_shared<T>() instead, one copy per block.
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <thread>
 
 #define __device__
 #define __global__
@@ -18,6 +21,7 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(x)
+#define ENGINE_KERNEL_EMU 1
 
 struct EmuDim3 {
   unsigned x = 0, y = 0, z = 0;
@@ -31,9 +35,19 @@ inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return
 using std::max;
 using std::min;
 
-extern std::barrier<>* g_block;
-extern std::barrier<>* g_warp[32];
-extern uint64_t g_lane[32][32];
+// The block of the calling thread: its barrier, its warps' barriers, its
+// lanes' exchange slots and its shared-memory arena.
+extern thread_local std::barrier<>* g_block;
+extern thread_local std::barrier<>** g_warp;
+extern thread_local uint64_t (*g_lane)[32];
+extern thread_local void* g_arena;
+
+// The calling block's own T (the arena holds 64 KiB, zeroed at launch).
+template <typename T>
+T* emu_block_shared() {
+  static_assert(sizeof(T) <= 65536 && alignof(T) <= 64, "the arena holds 64 KiB, 64-byte aligned");
+  return static_cast<T*>(g_arena);
+}
 
 inline void __syncthreads() { g_block->arrive_and_wait(); }
 
@@ -82,4 +96,12 @@ inline float __int_as_float(int32_t i) {
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
   return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+}
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+inline unsigned atomicOr(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_or(v); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+template <typename T>
+T __ldcg(const T* p) {
+  return *p;
 }

@@ -30,6 +30,7 @@ mod swiglu;
 pub use attention::{decode_splits, DecodeKernel};
 pub use backend::Cuda;
 pub use buf::{DBuf, DIdx};
+pub use distill::{split_chunks, DistillKernel};
 pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT};
 pub use policy::PolicyViews;
 
@@ -101,6 +102,8 @@ pub struct Gpu {
     flash_scratch: flash_attention::BwdScratch,
     /// Split decode attention's partial states, kept between calls.
     decode_scratch: scratch::Scratch,
+    /// The split distillation kernels' counters and partial sums.
+    distill_scratch: scratch::Scratch,
     /// Streaming multiprocessors: how many blocks it takes to fill the GPU.
     pub sms: usize,
     /// copy_rows' last destination list and whether its rows are distinct.
@@ -161,6 +164,7 @@ impl Gpu {
             tile_cache: std::sync::Mutex::new([None, None]),
             flash_scratch: Default::default(),
             decode_scratch: Default::default(),
+            distill_scratch: Default::default(),
             sms,
             distinct_cache: std::sync::Mutex::new(None),
         })

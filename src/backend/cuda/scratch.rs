@@ -34,10 +34,17 @@ impl Scratch {
     /// [`get`](Self::get), with the first `n` floats set to zero bits (in
     /// stream order) for kernels that count in them.
     pub fn get_zeroed(&self, stream: &Arc<CudaStream>, what: &str, n: usize) -> Result<u64> {
+        self.get_zeroed_prefix(stream, what, n, n)
+    }
+
+    /// [`get`](Self::get) of `n` floats with the first `zeroed` (≤ `n`) set
+    /// to zero bits: counters ahead of uninitialised space.
+    pub fn get_zeroed_prefix(&self, stream: &Arc<CudaStream>, what: &str, n: usize, zeroed: usize) -> Result<u64> {
+        assert!(zeroed <= n, "{what}: {zeroed} zeroed of {n}");
         let p = self.get(stream, what, n)?;
         let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let b = buf.as_mut().expect("allocated by get");
-        stream.memset_zeros(&mut b.slice_mut(0..n)).map_err(|e| anyhow!("{what}: clearing: {e}"))?;
+        stream.memset_zeros(&mut b.slice_mut(0..zeroed)).map_err(|e| anyhow!("{what}: clearing: {e}"))?;
         Ok(p)
     }
 }
