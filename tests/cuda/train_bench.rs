@@ -8,7 +8,10 @@
 //!   as the SFT trainer runs it, the lm_head and the loss in one pass over
 //!   the logit chunks (`head::one_pass`, counted in the backward's phase);
 //! - `train_grpo_update`: a forward for the old log-probs, then forward,
-//!   PPO-clip token loss (random advantages, ε 0.2), backward, clip, AdamW.
+//!   PPO-clip token loss (random advantages, ε 0.2), backward, clip, AdamW;
+//! - `train_sft_step_fused_bwd`: `train_sft_step` with the one-pass flash
+//!   backward (`FlashVariant::Fused`), to decide the dispatch's variant on
+//!   the whole step.
 //!
 //! `tools/gpu_bench_train_torch.py` runs the same steps in transformers +
 //! PyTorch under the same names, FLOP count and row format.
@@ -20,7 +23,7 @@
 //! so 3 chunks whose logits phase 2 recomputes).
 
 use super::util::gpu;
-use engine::backend::cuda::Cuda;
+use engine::backend::cuda::{Cuda, FlashVariant};
 use engine::backend::{Backend, MatShape, Span, IGNORE};
 use engine::data::Batch;
 use engine::loss::policy::{policy_loss, PolicyBatch, PolicyConfig, PolicyKind};
@@ -135,8 +138,11 @@ fn bench_train_step() {
     );
 
     let mut out = bench_out();
-    for kind in ["train_sft_step", "train_grpo_update"] {
+    let dispatched = be.gpu.flash_variant();
+    for kind in ["train_sft_step", "train_grpo_update", "train_sft_step_fused_bwd"] {
         let grpo = kind == "train_grpo_update";
+        let variant = if kind.ends_with("_fused_bwd") { FlashVariant::Fused } else { dispatched };
+        be.gpu.set_flash_variant(variant);
         let mut times = Vec::new();
         let mut phases = Vec::new();
         let mut peak = 0usize;
@@ -214,7 +220,7 @@ fn bench_train_step() {
             "phases_ms": {"old_logp": mean(|p| p.old_logp), "forward_and_loss": mean(|p| p.forward),
                           "backward": mean(|p| p.backward), "clip_adamw_zero": mean(|p| p.optimizer)},
             "source": "engine",
-            "impl": "engine cuda: bf16 weights, fp32 AdamW masters, cuBLASLt, simple attention kernel",
+            "impl": format!("engine cuda: bf16 weights, fp32 AdamW masters, cuBLASLt, flash attention ({variant:?})"),
         });
         println!("{row}");
         if let Some(f) = out.as_mut() {

@@ -195,7 +195,7 @@ impl Gpu {
             out.device_ptr_mut(&self.stream).0,
         ];
         if super::flash_attention::takes(s, &ptrs) {
-            self.flash_attention_fwd(super::FLASH_VARIANT, s, cu_seqlens, q, k, v, out, lse)
+            self.flash_attention_fwd(self.flash_variant(), s, cu_seqlens, q, k, v, out, lse)
         } else {
             self.attention_fwd_reference(s, cu_seqlens, q, k, v, out, lse)
         }
@@ -283,7 +283,7 @@ impl Gpu {
             dv.device_ptr_mut(&self.stream).0,
         ];
         if super::flash_attention::takes(s, &ptrs) {
-            self.flash_attention_bwd(super::FLASH_VARIANT, s, cu_seqlens, q, k, v, out, lse, dout, dq, dk, dv)
+            self.flash_attention_bwd(self.flash_variant(), s, cu_seqlens, q, k, v, out, lse, dout, dq, dk, dv)
         } else {
             self.attention_bwd_reference(s, cu_seqlens, q, k, v, out, lse, dout, dq, dk, dv)
         }

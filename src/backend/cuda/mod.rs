@@ -104,6 +104,9 @@ pub struct Gpu {
     decode_scratch: scratch::Scratch,
     /// The split distillation kernels' counters and partial sums.
     distill_scratch: scratch::Scratch,
+    /// The flash variant attention_fwd / attention_bwd run
+    /// ([`FLASH_VARIANT`] until [`Gpu::set_flash_variant`]).
+    flash_variant: std::sync::atomic::AtomicU8,
     /// Streaming multiprocessors: how many blocks it takes to fill the GPU.
     pub sms: usize,
     /// copy_rows' last destination list and whether its rows are distinct.
@@ -165,9 +168,27 @@ impl Gpu {
             flash_scratch: Default::default(),
             decode_scratch: Default::default(),
             distill_scratch: Default::default(),
+            flash_variant: std::sync::atomic::AtomicU8::new(FLASH_VARIANT as u8),
             sms,
             distinct_cache: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The flash variant the attention dispatch runs.
+    pub fn flash_variant(&self) -> FlashVariant {
+        match self.flash_variant.load(std::sync::atomic::Ordering::Relaxed) {
+            v if v == FlashVariant::Simple as u8 => FlashVariant::Simple,
+            v if v == FlashVariant::Fused as u8 => FlashVariant::Fused,
+            _ => FlashVariant::Fast,
+        }
+    }
+
+    /// Runs the attention dispatch on another flash variant from now on (for
+    /// benchmarks that time a whole step on each; every variant gives the
+    /// same numbers to the tests' tolerance, the fused backward's dq in
+    /// another order of additions).
+    pub fn set_flash_variant(&self, v: FlashVariant) {
+        self.flash_variant.store(v as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits for every launched kernel; a kernel's fault surfaces here.
