@@ -87,6 +87,9 @@ struct Stats {
   double w;
 };
 
+// The split kernels' scratch holds these at 24-byte steps (kernels/include/distill.h).
+static_assert(sizeof(Stats) == 24 && alignof(Stats) == 8, "Stats is 4 floats and a double");
+
 __device__ __forceinline__ Stats stats_empty() { return {-FLT_MAX, 0.0f, -FLT_MAX, 0.0f, 0.0}; }
 
 // The statistics of the union of two disjoint sets.
@@ -349,7 +352,7 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) distill_jsd(Dis
 // and row r (the lowest waiting) still missed a block, every ticket handed
 // out would be in row r, so fewer than `chunks` blocks would be resident: the
 // host launches these kernels only where `chunks` blocks fit on the GPU at
-// once (one per SM). No hang either: a wait gives up after about 2 s, poisons
+// once (one per SM). No hang either: a wait gives up after some seconds, poisons
 // the row's counter and sets the error word, and that row's loss and dz come
 // out NaN.
 
@@ -381,8 +384,9 @@ __device__ __forceinline__ uint32_t split_arrive(uint32_t* counter) {
   return atomicAdd(counter, 1u);
 }
 
-// Thread 0 only: waits until the row's counter reaches `target` blocks, at
-// most about 2 s. False, with the counter poisoned and the error word set, if
+// Thread 0 only: waits until the row's counter reaches `target` blocks, for
+// 2^25 polls (seconds: each poll is an L2 round trip and a short sleep).
+// False, with the counter poisoned and the error word set, if
 // it gave up or the counter was poisoned already.
 __device__ __forceinline__ bool split_wait(uint32_t* counter, uint32_t target, uint32_t* error) {
   for (uint32_t spin = 0; spin < (1u << 25); ++spin) {

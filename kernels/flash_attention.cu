@@ -911,6 +911,347 @@ __device__ __forceinline__ void bwd_fused(const FlashBwdParams& p) {
   bwd_dkdv<D, FAST, true>(p);
 }
 
+// ---- the Hopper forward (sm_90a: wgmma) ----------------------------------------
+//
+// The first step of the Hopper path: the forward with its two products on
+// wgmma, one warpgroup (the block's 4 warps) per 64 query rows.
+//   S = Q·Kᵀ: D/16 wgmma m64n64k16, Q's fragments in registers (loaded once
+//     with ldmatrix, as mma.sync's A: wgmma takes a warpgroup's A from
+//     registers in that layout, warp w holding rows 16w..16w + 16), K from
+//     shared memory;
+//   O += P·V: 4 wgmma m64nDk16, P packed to bf16 in registers, V from
+//     shared memory as a transposed (MN-major) operand.
+// The accumulators of both come back in mma.sync's C layout per warp, so the
+// masking, online softmax and epilogue are the mma.sync forward's. K and V
+// tiles are staged with cp.async, double-buffered, in wgmma's canonical
+// layout without swizzle: 8 × 16-byte core matrices of 128 contiguous bytes,
+// a group of 8 keys' D/8 core matrices side by side (cm_off). Not yet here:
+// TMA, swizzled layouts, warp specialisation, and overlap of the softmax with
+// the products (each wgmma group is waited for at once).
+//
+// Descriptors: which of a descriptor's two offsets (the ISA's "leading" and
+// "stride" byte offsets) runs along which direction is the one point of the
+// ISA this code could not be checked against without a GPU: p.wgmma_desc
+// bit 0 swaps K's pair, bit 1 V's, so that a GPU test can try all four;
+// ENGINE_FLASH_WGMMA_DESC is the reading the emulator (which takes the
+// ISA's words literally: leading = along K, stride = along M/N, for either
+// major order) passes with.
+
+#if defined(ENGINE_FLASH_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ENGINE_FLASH_WGMMA_BODY 1
+#endif
+#if !defined(ENGINE_FLASH_EMU) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ENGINE_FLASH_WGMMA_ASM 1
+#endif
+
+#ifdef ENGINE_FLASH_WGMMA_BODY
+constexpr int WG_KT = 64;  // keys per step
+
+// Byte offset of key r's 16-byte chunk c (head-dim elements 8c..8c + 8) in
+// a K or V tile.
+template <int D>
+__device__ __forceinline__ uint32_t cm_off(int r, int c) {
+  return (uint32_t)((r >> 3) * (D / 8) * 128 + c * 128 + (r & 7) * 16);
+}
+
+// Dynamic shared memory of fwd_wgmma: q (rows padded, for ldmatrix), then
+// two buffers of K and V tiles.
+template <int D>
+constexpr uint32_t wg_fwd_smem() {
+  return TILE * ld<D>() * 2 + 2 * 2 * WG_KT * D * 2;
+}
+
+// Rows 0..WG_KT of a K or V tile into the canonical layout at s, by cp.async
+// (the caller commits and waits); rows r >= n_valid zero-filled.
+template <int D>
+__device__ __forceinline__ void load_tile_cm(unsigned char* s, const bf16* g, size_t g_stride, int n_valid) {
+  constexpr int CH = D / 8;
+  for (int i = threadIdx.x; i < WG_KT * CH; i += THREADS) {
+    const int r = i / CH, c = i % CH;
+    unsigned char* dst = s + cm_off<D>(r, c);
+    if (r < n_valid) {
+      cp_async16(dst, g + (size_t)r * g_stride + c * 8);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+// The shared-memory address (state space offset) of p.
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+#ifdef ENGINE_FLASH_EMU
+  return emu_smem_offset(p);
+#else
+  return (uint32_t)__cvta_generic_to_shared(p);
+#endif
+}
+
+// A shared-memory matrix descriptor, no swizzle, base offset 0.
+__device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lead, uint32_t stride) {
+  return (uint64_t)((addr >> 4) & 0x3FFFu) | (uint64_t)((lead >> 4) & 0x3FFFu) << 16 |
+         (uint64_t)((stride >> 4) & 0x3FFFu) << 32;
+}
+
+// d += A·B, m64nNk16, bf16 in, fp32 accumulators: A (64 × 16) from this
+// warpgroup's registers (mma.sync's A fragment per warp), B (16 × N) from
+// shared memory through desc, K-major, or MN-major with TRANS.
+template <int N, bool TRANS>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef ENGINE_FLASH_EMU
+  emu_wgmma(&d[0][0], N, a, desc, TRANS);
+#endif
+}
+
+#ifdef ENGINE_FLASH_WGMMA_ASM
+template <>
+__device__ __forceinline__ void wgmma_rs<64, false>(float (&d)[64 / 8][4], const uint32_t (&a)[4],
+                                                        uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<64, true>(float (&d)[64 / 8][4], const uint32_t (&a)[4],
+                                                        uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      "{%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<128, true>(float (&d)[128 / 8][4], const uint32_t (&a)[4],
+                                                        uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "{%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+        "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+        "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+        "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+        "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+        "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+        "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+        "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+#endif
+
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef ENGINE_FLASH_WGMMA_ASM
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef ENGINE_FLASH_WGMMA_ASM
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+#ifdef ENGINE_FLASH_WGMMA_ASM
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+// Shared memory this thread wrote through the generic proxy (cp.async, plain
+// stores) becomes visible to wgmma's reads after this and a barrier.
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef ENGINE_FLASH_WGMMA_ASM
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Pins the accumulators' reads and writes to this point (the compiler does
+// not know wgmma writes them asynchronously until the wait).
+template <int N>
+__device__ __forceinline__ void fence_acc(float (&d)[N][4]) {
+#ifdef ENGINE_FLASH_WGMMA_ASM
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
+  }
+#endif
+}
+
+// out and lse for the tile's 64 query rows of head blockIdx.y, as fwd (one
+// m-tile per warp), the products on wgmma. Compiled for sm_90a only (an
+// empty body elsewhere; the host launches it on compute capability 9.0).
+template <int D>
+__device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int LD = ld<D>();
+  constexpr int KT = WG_KT, NJ = KT / 8;
+  constexpr uint32_t KV = KT * D * 2;  // bytes of a K or V tile
+  if (blockDim.x != THREADS || dyn_smem_bytes() < wg_fwd_smem<D>()) return;
+  if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
+  bf16* q_s = reinterpret_cast<bf16*>(smem);
+  unsigned char* kv_s = smem + TILE * LD * 2;  // buffer b: K at kv_s + 2·b·KV, V after it
+  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x, TILE);
+  const uint32_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+  const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
+  const int q0 = tl.t0, len = tl.len;
+  const bf16* kg = ptr<const bf16>(p.k) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
+  const bf16* vg = ptr<const bf16>(p.v) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
+  const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
+  load_tile<D, TILE, false>(q_s, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
+  auto load_kv = [&](int kt) {
+    unsigned char* k_b = kv_s + (kt & 1) * 2 * KV;
+    const int k0 = kt * KT;
+    load_tile_cm<D>(k_b, kg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    load_tile_cm<D>(k_b + KV, vg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+    cp_async_commit();
+  };
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = warp * 16;
+  // Byte offsets between core matrices: K (B of S, K-major: the reduction
+  // runs along head_dim) steps 128 along head_dim and D·16 along keys; V (B
+  // of P·V, MN-major: the reduction runs along keys) D·16 along keys and
+  // 128 along head_dim. Descriptor fields (leading, stride) by p.wgmma_desc.
+  const uint32_t kl = (p.wgmma_desc & 1) ? D * 16 : 128, ks = (p.wgmma_desc & 1) ? 128 : D * 16;
+  const uint32_t vl = (p.wgmma_desc & 2) ? 128 : D * 16, vs = (p.wgmma_desc & 2) ? D * 16 : 128;
+  const float sl2 = p.scale * LOG2E;
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const int kend = min(q0 + TILE, len);
+  const int n_kt = (kend + KT - 1) / KT;
+  load_kv(0);
+  __syncthreads();  // q is in shared memory
+  uint32_t qa[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) ld_a<D, true>(q_s, r0, kk * 16, qa[kk]);
+  for (int kt = 0; kt < n_kt; ++kt) {
+    const int k0 = kt * KT;
+    // Fetch the next step's tiles into the other buffer (its last readers,
+    // the previous step's wgmma, were waited for before the barrier that
+    // ended that step), then wait for this one.
+    if (kt + 1 < n_kt) {
+      load_kv(kt + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();  // this step's tiles are in shared memory, visible to wgmma
+    const uint32_t k_addr = smem_u32(kv_s + (kt & 1) * 2 * KV), v_addr = k_addr + KV;
+    float s[NJ][4];
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    fence_acc(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) wgmma_rs<KT, false>(s, qa[kk], wg_desc(k_addr + 256 * kk, kl, ks));
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_acc(s);
+    const bool mask = k0 + KT > q0 || k0 + KT > len;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = q0 + r0 + g + 8 * (e >> 1), col = k0 + j * 8 + 2 * t + (e & 1);
+        s[j][e] = (mask && (col > row || col >= len)) ? -INFINITY : s[j][e] * sl2;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = m[r];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mu = mx == -INFINITY ? 0.0f : mx;
+      const float c = exp2f(m[r] - mu);
+      m[r] = mx;
+      l[r] *= c;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n][2 * r] *= c;
+        o[n][2 * r + 1] *= c;
+      }
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        s[j][2 * r] = exp2f(s[j][2 * r] - mu);
+        s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - mu);
+        l[r] += s[j][2 * r] + s[j][2 * r + 1];
+      }
+    }
+    // P as A fragments: keys 16kk..16kk + 16 are column groups 2kk, 2kk + 1.
+    uint32_t pa[KT / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < KT / 16; ++kk) {
+      pa[kk][0] = pack(s[2 * kk][0], s[2 * kk][1]);
+      pa[kk][1] = pack(s[2 * kk][2], s[2 * kk][3]);
+      pa[kk][2] = pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[kk][3] = pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+    fence_acc(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < KT / 16; ++kk) wgmma_rs<D, true>(o, pa[kk], wg_desc(v_addr + kk * 2 * D * 16, vl, vs));
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_acc(o);
+    __syncthreads();  // every read of this step's buffer is done before it is refilled
+  }
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    inv[r] = 1.0f / l[r];
+  }
+  store_rows<D>(ptr<bf16>(p.out) + q_row0, q_stride, r0, len - q0, o, inv);
+  if (t == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = q0 + r0 + g + 8 * r;
+      if (row < len) ptr<float>(p.lse)[(size_t)(tl.start + row) * p.n_heads + h] = m[r] * LN2 + logf(l[r]);
+    }
+  }
+}
+#else
+template <int D>
+__device__ __forceinline__ void fwd_wgmma(const FlashFwdParams&) {}
+#endif
+
+template <int D, bool>
+__device__ __forceinline__ void fwd_wgmma_entry(const FlashFwdParams& p) {
+  fwd_wgmma<D>(p);
+}
+
 }  // namespace
 
 // Entry points: flash_attention_{fwd,bwd_dq,bwd_dkdv}_d{64,128} are the fast
@@ -931,6 +1272,9 @@ ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d64_simple, bwd_dkdv, FlashBwdParams
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d128_simple, bwd_dkdv, FlashBwdParams, 128, false)
 // The fused backward (dk, dv and dq in one pass; head_dim 64, fast variant).
 ENGINE_FLASH_ENTRY(flash_attention_bwd_fused_d64, bwd_fused, FlashBwdParams, 64, true)
+// The Hopper forward (wgmma; sm_90a, empty elsewhere).
+ENGINE_FLASH_ENTRY(flash_attention_fwd_wgmma_d64, fwd_wgmma_entry, FlashFwdParams, 64, true)
+ENGINE_FLASH_ENTRY(flash_attention_fwd_wgmma_d128, fwd_wgmma_entry, FlashFwdParams, 128, true)
 
 // dq (bf16) = dq_accum (fp32), after the fused backward: one thread an
 // element; all NaN if any ordered addition gave up (its error word).

@@ -46,7 +46,13 @@
 /* Rows (token, head) per block of flash_attention_delta (one warp a row). */
 #define ENGINE_FLASH_DELTA_ROWS 4
 
-/* flash_attention_fwd_d{64,128}: out and lse. Grid (n_blocks, n_heads). */
+/* The wgmma forward's descriptor reading the emulator passes with (the
+ * ISA's words taken literally). */
+#define ENGINE_FLASH_WGMMA_DESC 0
+
+/* flash_attention_fwd_d{64,128}: out and lse. Grid (n_blocks, n_heads).
+ * flash_attention_fwd_wgmma_d{64,128} (sm_90a): the same on wgmma, tiles of
+ * ENGINE_FLASH_TILE queries. */
 typedef struct FlashFwdParams {
   dptr q;
   dptr k;
@@ -59,6 +65,9 @@ typedef struct FlashFwdParams {
   uint32_t n_heads;
   uint32_t n_kv_heads;
   float scale;
+  /* flash_attention_fwd_wgmma_d*: bit 0 swaps the leading and stride byte
+   * offsets of K's shared-memory descriptors, bit 1 V's (see the kernel). */
+  uint32_t wgmma_desc;
 } FlashFwdParams;
 
 /* The backward, three kernels in order:

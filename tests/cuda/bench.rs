@@ -563,6 +563,14 @@ fn attention_at(
     // cu_seqlens with its host copy, as the backend passes it (no read-back;
     // the tile table is built on the first call and kept, as across layers).
     let cum = engine::backend::cuda::buf::Mirrored::new(cud.slice(..), &cu);
+    if g.cc == (9, 0) {
+        // The Hopper forward (wgmma; not the dispatch's choice yet). First,
+        // so that the dispatch's row below leaves the outputs the backward reads.
+        let desc = engine::backend::cuda::WGMMA_DESC;
+        b.run(&format!("attention_fwd_wgmma{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
+            g.flash_attention_fwd_wgmma(desc, &s, &cum, &q, &k, &v, &mut out, &mut lse)
+        })?;
+    }
     b.run(&format!("attention_fwd{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
         g.attention_fwd(&s, &cum, &q, &k, &v, &mut out, &mut lse)
     })?;

@@ -15,7 +15,7 @@
 use super::util::{down, gpu, random_bf16, up};
 use cudarc::driver::{CudaSlice, DevicePtr};
 use engine::backend::cpu::attention::{attention_bwd, attention_fwd};
-use engine::backend::cuda::{Bf16, FlashVariant, Gpu, FLASH_ENABLED, FLASH_VARIANT};
+use engine::backend::cuda::{Bf16, FlashVariant, Gpu, FLASH_ENABLED, FLASH_VARIANT, WGMMA_DESC};
 use engine::backend::AttnShape;
 
 /// The absolute part of the bound: one bf16 unit in the last place at 1.
@@ -87,6 +87,8 @@ enum Path {
     Flash(FlashVariant),
     /// `attention_*_reference`: the simple kernels.
     Reference,
+    /// `flash_attention_fwd_wgmma` with this descriptor reading (forward only).
+    Wgmma(u32),
 }
 
 fn nan_bf16(g: &Gpu, n: usize) -> CudaSlice<Bf16> {
@@ -107,6 +109,7 @@ fn gpu_fwd(g: &Gpu, c: &Case, path: Path) -> anyhow::Result<(Vec<f32>, Vec<f32>)
         Path::Dispatch => g.attention_fwd(&c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
         Path::Flash(l) => g.flash_attention_fwd(l, &c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
         Path::Reference => g.attention_fwd_reference(&c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
+        Path::Wgmma(desc) => g.flash_attention_fwd_wgmma(desc, &c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
     }
     g.sync()?;
     Ok((down(g, &out), g.stream.clone_dtoh(&lse).unwrap()))
@@ -127,6 +130,7 @@ fn gpu_bwd(g: &Gpu, c: &Case, out: &[f32], lse: &[f32], path: Path) -> anyhow::R
         Path::Reference => {
             g.attention_bwd_reference(&c.s, &cu, &q, &k, &v, &o, &lse, &dout, &mut dq, &mut dk, &mut dv)?
         }
+        Path::Wgmma(_) => anyhow::bail!("the wgmma kernel is a forward"),
     }
     g.sync()?;
     Ok([down(g, &dq), down(g, &dk), down(g, &dv)])
@@ -213,6 +217,59 @@ fn flash_attention_fwd_matches_the_cpu_and_the_simple_kernel() {
         }
     }
     assert!(bad.is_empty(), "flash forward out of tolerance:\n{}", bad.join("\n"));
+}
+
+/// The Hopper forward (`wgmma`, sm_90a), first on one packed case per head
+/// dim with each of the four readings of its shared-memory descriptors (the
+/// one point of the ISA the emulator could not settle; it prints which pass,
+/// and the default, `WGMMA_DESC`, must be one of them), then on every case
+/// as the other variants. Skips with a line on GPUs other than compute
+/// capability 9.0.
+#[test]
+fn flash_attention_fwd_wgmma_matches_the_cpu_and_the_simple_kernel() {
+    let Some(g) = gpu("flash_attention_fwd_wgmma_matches_the_cpu_and_the_simple_kernel") else { return };
+    if g.cc != (9, 0) {
+        println!("skip the wgmma forward: compute capability {}.{}, it needs 9.0", g.cc.0, g.cc.1);
+        return;
+    }
+    let mut passing = Vec::new();
+    for d in [64, 128] {
+        let c = Case::new(&[130, 7, 64], 4, 2, d, 2.0, 70 + d as u64);
+        let (out, _) = c.cpu_fwd();
+        for desc in 0..4 {
+            let (got, _) = gpu_fwd(&g, &c, Path::Wgmma(desc)).unwrap();
+            // Not rel_err: a wrong reading may give NaN, which is an answer here.
+            let num: f64 = got.iter().zip(&out).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+            let den: f64 = out.iter().map(|b| (*b as f64).powi(2)).sum();
+            let e = (num / den).sqrt();
+            let ok = e < 1e-2;
+            println!("wgmma fwd d{d}, descriptor reading {desc}: out {e:.2e} {}", if ok { "ok" } else { "wrong" });
+            if ok {
+                passing.push((d, desc));
+            }
+        }
+    }
+    let default_ok = [64, 128].iter().all(|d| passing.contains(&(*d, WGMMA_DESC)));
+    assert!(
+        default_ok,
+        "the wgmma forward's default descriptor reading {WGMMA_DESC} is wrong on this GPU; readings that pass \
+         (head_dim, reading): {passing:?}: set ENGINE_FLASH_WGMMA_DESC (kernels/include/flash_attention.h) to one \
+         that passes at both head dims"
+    );
+    let mut bad = Vec::new();
+    for c in cases() {
+        let (out, lse) = c.cpu_fwd();
+        let (out_r, _) = gpu_fwd(&g, &c, Path::Reference).unwrap();
+        let e_ref = rel_err(&out_r, &out);
+        let (out_w, lse_w) = gpu_fwd(&g, &c, Path::Wgmma(WGMMA_DESC)).unwrap();
+        let (e_out, e_lse) = (rel_err(&out_w, &out), rel_err(&lse_w, &lse));
+        let line = format!("wgmma fwd {}: out {e_out:.2e} (simple {e_ref:.2e}), lse {e_lse:.2e}", c.name());
+        println!("{line}");
+        if !within(e_out, e_ref) || e_lse > 1e-4 {
+            bad.push(line);
+        }
+    }
+    assert!(bad.is_empty(), "wgmma forward out of tolerance:\n{}", bad.join("\n"));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 // barriers and softmax on a machine without a GPU. What it cannot check is
 // the hardware: mma.sync is emulated from the PTX ISA's fragment layout (the
 // same layout the kernel assumes), so a misreading of that layout would pass
-// here and fail on a GPU.
+// here and fail on a GPU. The same holds for wgmma (the Hopper forward).
 //
 //   tools/flash_attention_emu/run.sh
 #include <barrier>
@@ -128,6 +128,61 @@ void emu_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, 
     c[e] += s;
   }
   g_warp[w]->arrive_and_wait();
+}
+
+uint32_t emu_smem_offset(const void* p) { return (uint32_t)(static_cast<const unsigned char*>(p) - smem); }
+
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 with A from registers,
+// as the PTX ISA describes it: the warpgroup is the block's 4 warps (the
+// wgmma forward's blocks are one warpgroup); warp w's A fragment holds rows
+// 16w..16w + 16 in mma.sync's A layout, and its D fragment rows 16w + g
+// (+ 8), columns 8j + 2t (+ 1) in d[4j..4j + 4]. B from shared memory through
+// a descriptor without swizzle: core matrices of 8 rows × 16 bytes (128
+// contiguous bytes) whose rows run along N (K-major: 8 elements of K in a
+// row) or along K (MN-major, trans_b: 8 elements of N in a row); core
+// matrices lie `leading` bytes apart along K and `stride` bytes apart along
+// N (the ISA's words taken literally). A read outside the dynamic shared
+// memory aborts.
+static uint32_t g_wg_a[128][4];
+void emu_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, bool trans_b) {
+  const int tid = threadIdx.x;
+  if (blockDim.x != 128) {
+    fprintf(stderr, "wgmma: the emulator's warpgroup is a block of 128 threads\n");
+    abort();
+  }
+  for (int i = 0; i < 4; ++i) g_wg_a[tid][i] = a[i];
+  g_block->arrive_and_wait();
+  if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) {
+    fprintf(stderr, "wgmma: only descriptors without swizzle or base offset are emulated\n");
+    abort();
+  }
+  const uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lead = (uint32_t)((desc >> 16) & 0x3fff) << 4,
+                 stride = (uint32_t)((desc >> 32) & 0x3fff) << 4;
+  auto A = [&](int row, int k) {
+    const int w = row / 16, r = row % 16;
+    return half_of(g_wg_a[32 * w + (r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2);
+  };
+  auto B = [&](int k, int col) {
+    const uint32_t at = start + (k / 8) * lead + (col / 8) * stride +
+                        (trans_b ? (k % 8) * 16 + (col % 8) * 2 : (col % 8) * 16 + (k % 8) * 2);
+    if (at + 2 > g_dyn) {
+      fprintf(stderr, "wgmma: B element (%d, %d) at byte %u, past the %u bytes of shared memory\n", k, col, at, g_dyn);
+      abort();
+    }
+    uint16_t v;
+    memcpy(&v, smem + at, 2);
+    return __bfloat162float(__nv_bfloat16{v});
+  };
+  const int w = tid / 32, l = tid % 32, g = l / 4, t = l % 4;
+  for (int j = 0; j < n / 8; ++j) {
+    for (int e = 0; e < 4; ++e) {
+      const int row = 16 * w + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
+      float s = 0.0f;
+      for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
+      d[4 * j + e] += s;
+    }
+  }
+  g_block->arrive_and_wait();
 }
 
 // Runs kernel k over the grid, `threads` threads a block, blocks one by one.
@@ -308,6 +363,22 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   auto k_dkdv = D == 64 ? (fast ? flash_attention_bwd_dkdv_d64 : flash_attention_bwd_dkdv_d64_simple)
                       : (fast ? flash_attention_bwd_dkdv_d128 : flash_attention_bwd_dkdv_d128_simple);
   launch(fwd, fp, nb_fwd, H, THREADS, s_fwd);
+  // The wgmma forward (on a GPU sm_90a only) on the 64-row table, beside.
+  double e_wg_out = 0, e_wg_lse = 0;
+  if (fast && !fused) {
+    std::vector<uint16_t> ob_wg(out.size(), 0xffff);
+    std::vector<float> lse_wg(lse.size(), NAN);
+    FlashFwdParams wp = fp;
+    wp.out = dp(ob_wg.data());
+    wp.lse = dp(lse_wg.data());
+    wp.blocks = dp(table.data());
+    wp.n_blocks = nb;
+    wp.wgmma_desc = ENGINE_FLASH_WGMMA_DESC;
+    launch(D == 64 ? flash_attention_fwd_wgmma_d64 : flash_attention_fwd_wgmma_d128, wp, nb, H, THREADS,
+           D == 64 ? wg_fwd_smem<64>() : wg_fwd_smem<128>());
+    e_wg_out = rel(from_bf(ob_wg), out);
+    e_wg_lse = rel(lse_wg, lse);
+  }
   launch(flash_attention_delta, bp, (T * H + 3) / 4, 1, 128, 0);
   FlashBwdParams bp_dq = bp;
   bp_dq.blocks = dp(dq_table.data());
@@ -327,11 +398,14 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   if (G > 1) launch(flash_attention_dkdv_sum, bp, (T * KV * D + 255) / 256, 1, 256, 0);
   const double e_out = rel(from_bf(ob), out), e_lse = rel(lse_k, lse), e_dq = rel(from_bf(dqb), dq),
                e_dk = rel(from_bf(dkb), dk), e_dv = rel(from_bf(dvb), dv);
-  const bool ok = e_out < 1e-2 && e_lse < 1e-5 && e_dq < 1e-2 && e_dk < 1e-2 && e_dv < 1e-2;
+  const bool ok = e_out < 1e-2 && e_lse < 1e-5 && e_dq < 1e-2 && e_dk < 1e-2 && e_dv < 1e-2 && e_wg_out < 1e-2 &&
+                  e_wg_lse < 1e-5;
   printf("%s %s d%d h%u/%u tiles %u (fwd %u) lens", ok ? "ok  " : "FAIL", fused ? "fused " : fast ? "fast  " : "simple", D,
          H, KV, nb, nb_fwd);
   for (auto l : lens) printf(" %u", l);
-  printf(": out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n", e_out, e_lse, e_dq, e_dk, e_dv);
+  printf(": out %.2e lse %.2e dq %.2e dk %.2e dv %.2e", e_out, e_lse, e_dq, e_dk, e_dv);
+  if (fast && !fused) printf("; wgmma fwd out %.2e lse %.2e", e_wg_out, e_wg_lse);
+  printf("\n");
   return ok ? 0 : 1;
 }
 

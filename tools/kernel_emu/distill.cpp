@@ -49,7 +49,9 @@ int main() {
       const uint32_t per_chunk = threads * ENGINE_DISTILL_SPLIT_VECS;
       p.chunks = std::max(1u, (p.vocab / 8 + per_chunk - 1) / per_chunk);
       const size_t parts_word = (2 + (size_t)p.rows + 1) & ~(size_t)1;
-      std::vector<uint64_t> scratch((parts_word + (size_t)p.rows * p.chunks * 10) / 2 + 1, 0);
+      // As on the GPU, only the counters are zero; the parts start as NaN bits.
+      std::vector<uint64_t> scratch((parts_word + (size_t)p.rows * p.chunks * 10) / 2 + 1, ~0ull);
+      memset(scratch.data(), 0, 4 * (2 + (size_t)p.rows));
       p.scratch = (dptr)scratch.data();
       void (*k)(DistillParams) =
           mode == 3 ? distill_split_forward : mode == 4 ? distill_split_reverse : distill_split_jsd;

@@ -16,7 +16,7 @@ use super::buf::IndexArg;
 use super::params::{
     FlashBwdParams, FlashFwdParams, ENGINE_FLASH_DELTA_ROWS, ENGINE_FLASH_DKDV_STEP_D128, ENGINE_FLASH_DKDV_STEP_D64,
     ENGINE_FLASH_DQ_KEYS_D64, ENGINE_FLASH_DQ_TILE_D64, ENGINE_FLASH_FWD_KEYS_D128, ENGINE_FLASH_FWD_KEYS_D64,
-    ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
+    ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE, ENGINE_FLASH_WGMMA_DESC,
 };
 use super::scratch::Scratch;
 use super::{check_len, Bf16, Gpu, Modules};
@@ -104,6 +104,23 @@ pub struct Fns {
     /// The fused backward (head_dim 64) and its dq conversion.
     fused_d64: CudaFunction,
     dq_from_accum: CudaFunction,
+    /// The Hopper forward (sm_90a; an empty kernel on other GPUs).
+    wgmma_d64: CudaFunction,
+    wgmma_d128: CudaFunction,
+}
+
+/// The Hopper forward's default descriptor reading (kernels/include/flash_attention.h).
+pub const WGMMA_DESC: u32 = ENGINE_FLASH_WGMMA_DESC;
+
+/// Extra shared memory for the other descriptor readings: the farthest a
+/// wrong reading reaches past the last V tile (about 27 KB at head_dim 128).
+const WGMMA_SLACK: usize = 32 << 10;
+
+/// Dynamic shared memory of the Hopper forward, as the kernel computes it
+/// (`wg_fwd_smem`): the query tile (rows padded) and two buffers of K and V
+/// tiles of 64 keys in the canonical layout (unpadded).
+fn wgmma_smem(head_dim: usize) -> usize {
+    TILE * (head_dim + ENGINE_FLASH_PAD as usize) * 2 + 2 * 2 * TILE * head_dim * 2
 }
 
 /// Dynamic shared memory (bytes) of the (fwd, dq, dk/dv) kernels, as
@@ -147,6 +164,12 @@ fn with_smem(m: &Modules, name: &str, bytes: usize) -> Result<CudaFunction> {
 }
 
 pub(super) fn load(m: &Modules) -> Result<Fns> {
+    // A GPU whose shared memory is smaller than the Hopper forward's (with
+    // its slack) never launches it: keep the kernel without the attribute.
+    let wgmma_fn = |d: usize| -> Result<CudaFunction> {
+        let name = format!("flash_attention_fwd_wgmma_d{d}");
+        with_smem(m, &name, wgmma_smem(d) + WGMMA_SLACK).or_else(|_| m.get("flash_attention", &name))
+    };
     let dim = |d: usize, variant: FlashVariant| -> Result<PerDim> {
         let (fwd, dq, dkdv) = smem(variant, d);
         let suffix = if variant == FlashVariant::Fast { "" } else { "_simple" };
@@ -165,6 +188,8 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
         dkdv_sum: m.get("flash_attention", "flash_attention_dkdv_sum")?,
         fused_d64: with_smem(m, "flash_attention_bwd_fused_d64", fused_smem())?,
         dq_from_accum: m.get("flash_attention", "flash_attention_dq_from_accum")?,
+        wgmma_d64: wgmma_fn(64)?,
+        wgmma_d128: wgmma_fn(128)?,
     })
 }
 
@@ -279,20 +304,73 @@ impl Gpu {
         out: &mut impl DevicePtrMut<Bf16>,
         lse: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
-        let what = "flash_attention_fwd";
         let variant = variant.builds();
+        let (f, rows, bytes) =
+            (&self.flash_fns(variant, s.head_dim).fwd, fwd_tile(variant), smem(variant, s.head_dim).0);
+        self.flash_fwd_launch("flash_attention_fwd", f, rows, bytes, 0, s, cu_seqlens, q, k, v, out, lse)
+    }
+
+    /// [`flash_attention_fwd`](Self::flash_attention_fwd) on the Hopper
+    /// kernel (`wgmma`, kernels/flash_attention.cu's `fwd_wgmma`): compute
+    /// capability 9.0 only, else an error. `desc` picks how its shared-memory
+    /// descriptors are read ([`WGMMA_DESC`] is the default; the tests try all
+    /// four); for the other three the launch reserves extra shared memory, so
+    /// that a wrong reading reads garbage rather than past the allocation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_fwd_wgmma(
+        &self,
+        desc: u32,
+        s: &AttnShape,
+        cu_seqlens: &impl IndexArg,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+        lse: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        let what = "flash_attention_fwd_wgmma";
+        if self.cc != (9, 0) {
+            bail!("{what}: needs compute capability 9.0 (sm_90a), this GPU has {}.{}", self.cc.0, self.cc.1);
+        }
+        if desc > 3 {
+            bail!("{what}: descriptor reading {desc} (0..=3)");
+        }
+        let f = &self.k.flash_attention;
+        let f = if s.head_dim == 64 { &f.wgmma_d64 } else { &f.wgmma_d128 };
+        let bytes = wgmma_smem(s.head_dim) + if desc == WGMMA_DESC { 0 } else { WGMMA_SLACK };
+        self.flash_fwd_launch(what, f, TILE, bytes, desc, s, cu_seqlens, q, k, v, out, lse)
+    }
+
+    /// The forward's checks and launch: `f` takes tiles of `rows` queries and
+    /// `bytes` of dynamic shared memory.
+    #[allow(clippy::too_many_arguments)]
+    fn flash_fwd_launch(
+        &self,
+        what: &str,
+        f: &CudaFunction,
+        rows: usize,
+        bytes: usize,
+        wgmma_desc: u32,
+        s: &AttnShape,
+        cu_seqlens: &impl IndexArg,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+        lse: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
         let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
         let (q_len, kv_len) =
             (elems(what, tokens, s.n_heads, s.head_dim)?, elems(what, tokens, s.n_kv_heads, s.head_dim)?);
-        check_len("flash_attention_fwd: q", q.len(), q_len)?;
-        check_len("flash_attention_fwd: k", k.len(), kv_len)?;
-        check_len("flash_attention_fwd: v", v.len(), kv_len)?;
-        check_len("flash_attention_fwd: out", out.len(), q_len)?;
-        check_len("flash_attention_fwd: lse", lse.len(), elems(what, tokens, s.n_heads, 1)?)?;
+        check_len(&format!("{what}: q"), q.len(), q_len)?;
+        check_len(&format!("{what}: k"), k.len(), kv_len)?;
+        check_len(&format!("{what}: v"), v.len(), kv_len)?;
+        check_len(&format!("{what}: out"), out.len(), q_len)?;
+        check_len(&format!("{what}: lse"), lse.len(), elems(what, tokens, s.n_heads, 1)?)?;
         if tokens == 0 {
             return Ok(());
         }
-        let (tp, n_blocks) = self.flash_tiles(what, &cu_h, fwd_tile(variant))?;
+        let (tp, n_blocks) = self.flash_tiles(what, &cu_h, rows)?;
         let (cu, _g0) = cu_seqlens.device_ptr(&self.stream);
         let (qp, _g1) = q.device_ptr(&self.stream);
         let (kp, _g2) = k.device_ptr(&self.stream);
@@ -314,17 +392,17 @@ impl Gpu {
             n_heads: s.n_heads as u32,
             n_kv_heads: s.n_kv_heads as u32,
             scale: s.scale,
+            wgmma_desc,
         };
         let cfg = LaunchConfig {
             grid_dim: (n_blocks, s.n_heads as u32, 1),
             block_dim: (ENGINE_FLASH_THREADS, 1, 1),
-            shared_mem_bytes: smem(variant, s.head_dim).0 as u32,
+            shared_mem_bytes: bytes as u32,
         };
         // SAFETY: every buffer has the length checked above and is 16-byte
         // aligned; cu_seqlens was checked on the host (0 .. tokens,
         // non-decreasing) and the tile table was built from it.
-        unsafe { self.stream.launch_builder(&self.flash_fns(variant, s.head_dim).fwd).arg(&p).launch(cfg) }
-            .map_err(|e| anyhow!("{what}: {e}"))?;
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map_err(|e| anyhow!("{what}: {e}"))?;
         Ok(())
     }
 

@@ -31,7 +31,7 @@ pub use attention::{decode_splits, DecodeKernel};
 pub use backend::Cuda;
 pub use buf::{DBuf, DIdx};
 pub use distill::{split_chunks, DistillKernel};
-pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT};
+pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT, WGMMA_DESC};
 pub use policy::PolicyViews;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -109,6 +109,8 @@ pub struct Gpu {
     flash_variant: std::sync::atomic::AtomicU8,
     /// Streaming multiprocessors: how many blocks it takes to fill the GPU.
     pub sms: usize,
+    /// Compute capability (major, minor): 9.0 runs the sm_90a kernels.
+    pub cc: (u32, u32),
     /// copy_rows' last destination list and whether its rows are distinct.
     distinct_cache: std::sync::Mutex<Option<(Vec<u32>, bool)>>,
 }
@@ -127,6 +129,14 @@ impl Gpu {
         let sms = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("{name}: multiprocessor count: {e}"))? as usize;
+        let cap = |a, what: &str| -> Result<u32> {
+            Ok(ctx.attribute(a).map_err(|e| anyhow!("{name}: compute capability {what}: {e}"))? as u32)
+        };
+        use cudarc::driver::sys::CUdevice_attribute as Attr;
+        let cc = (
+            cap(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, "major")?,
+            cap(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, "minor")?,
+        );
         let mut by_file = HashMap::new();
         for (file, image) in modules::MODULES {
             let m = ctx
@@ -170,6 +180,7 @@ impl Gpu {
             distill_scratch: Default::default(),
             flash_variant: std::sync::atomic::AtomicU8::new(FLASH_VARIANT as u8),
             sms,
+            cc,
             distinct_cache: std::sync::Mutex::new(None),
         })
     }
