@@ -1104,6 +1104,18 @@ __device__ __forceinline__ void fence_acc(float (&d)[N][4]) {
 #endif
 }
 
+// The same for A fragments in registers (as CUTLASS fences its register A).
+template <int N>
+__device__ __forceinline__ void fence_frag(uint32_t (&a)[N][4]) {
+#ifdef ENGINE_FLASH_WGMMA_ASM
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[j][e])::"memory");
+  }
+#endif
+}
+
 // out and lse for the tile's 64 query rows of head blockIdx.y, as fwd (one
 // m-tile per warp), the products on wgmma. Compiled for sm_90a only (an
 // empty body elsewhere; the host launches it on compute capability 9.0).
@@ -1152,6 +1164,7 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
   uint32_t qa[D / 16][4];
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) ld_a<D, true>(q_s, r0, kk * 16, qa[kk]);
+  fence_frag(qa);
   for (int kt = 0; kt < n_kt; ++kt) {
     const int k0 = kt * KT;
     // Fetch the next step's tiles into the other buffer (its last readers,
@@ -1217,6 +1230,7 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
       pa[kk][2] = pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       pa[kk][3] = pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
     }
+    fence_frag(pa);
     fence_acc(o);
     wgmma_fence();
 #pragma unroll
