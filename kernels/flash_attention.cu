@@ -932,10 +932,11 @@ __device__ __forceinline__ void bwd_fused(const FlashBwdParams& p) {
 // Descriptors: which of a descriptor's two offsets (the ISA's "leading" and
 // "stride" byte offsets) runs along which direction is the one point of the
 // ISA this code could not be checked against without a GPU: p.wgmma_desc
-// bit 0 swaps K's pair, bit 1 V's, so that a GPU test can try all four;
-// ENGINE_FLASH_WGMMA_DESC is the reading the emulator (which takes the
-// ISA's words literally: leading = along K, stride = along M/N, for either
-// major order) passes with.
+// bit 0 swaps the pair of K-major operands (here K), bit 1 of MN-major ones
+// (V), so that a GPU test can try all four; ENGINE_FLASH_WGMMA_DESC is the
+// reading the emulator takes (leading = along K, stride = along M/N, for
+// either major order: the ISA's words, and CUTLASS's make_gmma_desc for
+// layouts without swizzle, as a review against its source found).
 
 #if defined(ENGINE_FLASH_EMU) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define ENGINE_FLASH_WGMMA_BODY 1
@@ -1266,6 +1267,231 @@ __device__ __forceinline__ void fwd_wgmma_entry(const FlashFwdParams& p) {
   fwd_wgmma<D>(p);
 }
 
+// ---- the Hopper backward (sm_90a: wgmma), head_dim 64 ----------------------------
+//
+// bwd_dkdv's one-pass backward (DQ) with its five products on wgmma, one
+// warpgroup per tile of 64 keys (warp w: keys 16w..16w + 16), query steps of
+// 64. Every product takes A from registers and B from shared memory:
+//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ   A: K, V fragments (loaded once); B: the step's
+//                             Q, dO tiles, K-major (the reduction runs along d);
+//   dV += Pᵀ·dO, dK += dSᵀ·Q  A: P, dS packed from the accumulators; B: dO, Q
+//                             tiles, MN-major (the reduction runs along queries);
+//   dQ = dS·K                 A: dS from shared memory by ldmatrix.trans, as
+//                             the mma.sync kernel; B: the K tile, MN-major.
+// Q, dO, K, V tiles sit in the canonical layout of fwd_wgmma (cm_off); dS
+// stays in bwd_dkdv's padded layout. The masking, tickets, ordered dq
+// additions and stores are bwd_dkdv's. p.wgmma_desc as in fwd_wgmma: bit 0
+// swaps the pair of the K-major operands, bit 1 of the MN-major ones.
+
+#ifdef ENGINE_FLASH_WGMMA_BODY
+// Dynamic shared memory: K, V; per buffer Q, dO (canonical) and lse, delta
+// (fp32); dS (padded rows); the turn's outcome and the ticket.
+constexpr uint32_t wg_bwd_smem() {
+  return 2 * TILE * 64 * 2 + 2 * 2 * TILE * 64 * 2 + 2 * 2 * TILE * 4 + TILE * ds_ld<64>() * 2 + 16;
+}
+
+// The four A registers of rows row0..row0 + 16, head-dim columns
+// col0..col0 + 16 of a canonical tile (ld_a's ldmatrix with cm_off rows).
+template <int D>
+__device__ __forceinline__ void ld_a_cm(const unsigned char* s, int row0, int col0, uint32_t (&a)[4]) {
+  const int lane = threadIdx.x & 31, m = lane >> 3, r = lane & 7;
+  ldsm_x4(reinterpret_cast<const bf16*>(s + cm_off<D>(row0 + r + 8 * (m & 1), (col0 >> 3) + (m >> 1))), a);
+}
+
+// Accumulators in C layout (column groups 2kk, 2kk + 1) as the A fragments
+// of k-step kk, bf16.
+template <int NJ>
+__device__ __forceinline__ void c_to_a(const float (&c)[NJ][4], uint32_t (&a)[NJ / 2][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NJ / 2; ++kk) {
+    a[kk][0] = pack(c[2 * kk][0], c[2 * kk][1]);
+    a[kk][1] = pack(c[2 * kk][2], c[2 * kk][3]);
+    a[kk][2] = pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+    a[kk][3] = pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+  }
+}
+
+__device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int D = 64, BQ = TILE, NJ = BQ / 8;
+  constexpr uint32_t T_BYTES = TILE * D * 2;  // a canonical tile
+  constexpr int DS_LD = ds_ld<D>();
+  static_assert(dkdv_step<64>() == BQ, "the dS tile's padding is the mma.sync kernel's");
+  if (blockDim.x != THREADS || dyn_smem_bytes() < wg_bwd_smem()) return;
+  unsigned char* k_s = smem;
+  unsigned char* v_s = k_s + T_BYTES;
+  unsigned char* qdo_s = v_s + T_BYTES;  // buffer b: Q at qdo_s + 2·b·T_BYTES, dO after it
+  float* f_s = reinterpret_cast<float*>(qdo_s + 4 * T_BYTES);  // buffer b: lse·log2 e at f_s + 2·b·BQ, delta after
+  bf16* ds_s = reinterpret_cast<bf16*>(f_s + 4 * BQ);
+  int* flag_s = reinterpret_cast<int*>(ds_s + TILE * DS_LD);
+  uint32_t* counters = ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads;
+  if (threadIdx.x == 0) {
+    flag_s[0] = 1;
+    flag_s[1] = (int)atomicAdd(counters, 1u);
+  }
+  __syncthreads();
+  const uint32_t ticket = (uint32_t)flag_s[1];
+  const uint32_t bx = ticket % p.n_blocks, by = ticket / p.n_blocks;
+  if (by >= p.n_heads) return;
+  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), p.n_blocks - 1 - bx);
+  const uint32_t h = by, group = p.n_heads / p.n_kv_heads, kvh = h / group;
+  const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
+  const int k0 = tl.t0, len = tl.len;
+  const size_t kv_row0 = (size_t)(tl.start + k0) * kv_stride + (size_t)kvh * D;
+  load_tile_cm<D>(k_s, ptr<const bf16>(p.k) + kv_row0, kv_stride, len - k0);
+  load_tile_cm<D>(v_s, ptr<const bf16>(p.v) + kv_row0, kv_stride, len - k0);
+  cp_async_commit();
+  auto load_q = [&](int i) {
+    const int b = i & 1, q0 = k0 + i * BQ;
+    const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
+    unsigned char* q_b = qdo_s + 2 * b * T_BYTES;
+    load_tile_cm<D>(q_b, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
+    load_tile_cm<D>(q_b + T_BYTES, ptr<const bf16>(p.dout) + q_row0, q_stride, len - q0);
+    float* f_b = f_s + 2 * b * BQ;
+    for (int j = threadIdx.x; j < BQ; j += THREADS) {
+      const bool in = q0 + j < len;
+      const size_t row = (size_t)(tl.start + q0 + j) * p.n_heads + h;
+      f_b[j] = in ? ptr<const float>(p.lse)[row] * LOG2E : 0.0f;
+      f_b[BQ + j] = in ? ptr<const float>(p.delta)[row] : 0.0f;
+    }
+    cp_async_commit();
+  };
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = warp * 16;
+  const uint32_t kl = (p.wgmma_desc & 1) ? D * 16 : 128, ks = (p.wgmma_desc & 1) ? 128 : D * 16;  // K-major
+  const uint32_t ml = (p.wgmma_desc & 2) ? 128 : D * 16, ms = (p.wgmma_desc & 2) ? D * 16 : 128;  // MN-major
+  const float sl2 = p.scale * LOG2E;
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
+    dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
+  }
+  const int n_steps = (len - k0 + BQ - 1) / BQ;
+  load_q(0);
+  cp_async_wait<1>();  // k and v
+  __syncthreads();
+  uint32_t ka[D / 16][4], va[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    ld_a_cm<D>(k_s, r0, 16 * kk, ka[kk]);
+    ld_a_cm<D>(v_s, r0, 16 * kk, va[kk]);
+  }
+  fence_frag(ka);
+  fence_frag(va);
+  const uint32_t k_addr = smem_u32(k_s);
+  for (int i = 0; i < n_steps; ++i) {
+    const int q0 = k0 + i * BQ;
+    if (i + 1 < n_steps) {
+      load_q(i + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();  // this step's tiles are in shared memory, visible to wgmma
+    const int b = i & 1;
+    const uint32_t q_addr = smem_u32(qdo_s + 2 * b * T_BYTES), do_addr = q_addr + T_BYTES;
+    const float* lse_s = f_s + 2 * b * BQ;
+    const float* dl_s = lse_s + BQ;
+    float s[NJ][4], dp[NJ][4];  // transposed: rows are the warp's keys, columns the step's queries
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.0f;
+    }
+    fence_acc(s);
+    fence_acc(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      wgmma_rs<BQ, false>(s, ka[kk], wg_desc(q_addr + 256 * kk, kl, ks));
+      wgmma_rs<BQ, false>(dp, va[kk], wg_desc(do_addr + 256 * kk, kl, ks));
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_acc(s);
+    fence_acc(dp);
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + r0 + g + 8 * (e >> 1), qc = j * 8 + 2 * t + (e & 1), qi = q0 + qc;
+        const bool off = key > qi || qi >= len;
+        const float pij = off ? 0.0f : exp2f(s[j][e] * sl2 - lse_s[qc]);
+        s[j][e] = pij;
+        dp[j][e] = pij * (dp[j][e] - dl_s[qc]) * p.scale;  // ds
+      }
+    }
+    uint32_t pa[NJ / 2][4], dsa[NJ / 2][4];
+    c_to_a(s, pa);
+    c_to_a(dp, dsa);
+    // dS to shared memory for dQ (the same layout as bwd_dkdv's).
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        *reinterpret_cast<uint32_t*>(ds_s + (r0 + g + 8 * hf) * DS_LD + j * 8 + 2 * t) =
+            pack(dp[j][2 * hf], dp[j][2 * hf + 1]);
+      }
+    }
+    fence_frag(pa);
+    fence_frag(dsa);
+    fence_acc(dv);
+    fence_acc(dk);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < NJ / 2; ++kk) {
+      wgmma_rs<D, true>(dv, pa[kk], wg_desc(do_addr + kk * 2 * D * 16, ml, ms));
+      wgmma_rs<D, true>(dk, dsa[kk], wg_desc(q_addr + kk * 2 * D * 16, ml, ms));
+    }
+    wgmma_commit();
+    __syncthreads();  // dS in shared memory (the products above run meanwhile)
+    float dq[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+    // A = dS (rows: the warp's 16 queries; columns: the tile's 64 keys), B = K.
+    uint32_t da[TILE / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < TILE / 16; ++kk) ld_a_t<true>(ds_s, DS_LD, kk * 16, warp * 16, da[kk]);
+    fence_frag(da);
+    fence_acc(dq);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < TILE / 16; ++kk) wgmma_rs<D, true>(dq, da[kk], wg_desc(k_addr + kk * 2 * D * 16, ml, ms));
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_acc(dv);
+    fence_acc(dk);
+    fence_acc(dq);
+    uint32_t* sem = ptr<uint32_t>(p.dq_sem) + (size_t)(tl.start + q0) * p.n_heads + h;
+    const uint32_t turn = (uint32_t)(k0 / TILE);
+    uint32_t* error = counters + 1;
+    const bool ok = wait_turn(sem, turn, error, flag_s);
+    float* rows = ptr<float>(p.dq_accum) + (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
+    add_rows_f32<D>(rows, q_stride, warp * 16, len - q0, dq, turn == 0, !ok);
+    pass_turn(sem, turn);
+    __syncthreads();  // every read of this step's buffers is done before they are refilled
+  }
+  if (group == 1) {
+    const float one[2] = {1.0f, 1.0f};
+    store_rows<D>(ptr<bf16>(p.dk) + kv_row0, kv_stride, r0, len - k0, dk, one);
+    store_rows<D>(ptr<bf16>(p.dv) + kv_row0, kv_stride, r0, len - k0, dv, one);
+  } else {
+    const size_t part_row0 = (size_t)(tl.start + k0) * q_stride + (size_t)h * D;
+    store_rows_f32<D>(ptr<float>(p.dk_part) + part_row0, q_stride, r0, len - k0, dk);
+    store_rows_f32<D>(ptr<float>(p.dv_part) + part_row0, q_stride, r0, len - k0, dv);
+  }
+}
+#else
+__device__ __forceinline__ void bwd_wgmma(const FlashBwdParams&) {}
+#endif
+
+template <int D, bool>
+__device__ __forceinline__ void bwd_wgmma_entry(const FlashBwdParams& p) {
+  bwd_wgmma(p);
+}
+
 }  // namespace
 
 // Entry points: flash_attention_{fwd,bwd_dq,bwd_dkdv}_d{64,128} are the fast
@@ -1289,6 +1515,8 @@ ENGINE_FLASH_ENTRY(flash_attention_bwd_fused_d64, bwd_fused, FlashBwdParams, 64,
 // The Hopper forward (wgmma; sm_90a, empty elsewhere).
 ENGINE_FLASH_ENTRY(flash_attention_fwd_wgmma_d64, fwd_wgmma_entry, FlashFwdParams, 64, true)
 ENGINE_FLASH_ENTRY(flash_attention_fwd_wgmma_d128, fwd_wgmma_entry, FlashFwdParams, 128, true)
+// The Hopper one-pass backward (wgmma; head_dim 64; sm_90a, empty elsewhere).
+ENGINE_FLASH_ENTRY(flash_attention_bwd_wgmma_d64, bwd_wgmma_entry, FlashBwdParams, 64, true)
 
 // dq (bf16) = dq_accum (fp32), after the fused backward: one thread an
 // element; all NaN if any ordered addition gave up (its error word).

@@ -66,7 +66,8 @@ typedef struct FlashFwdParams {
   uint32_t n_kv_heads;
   float scale;
   /* flash_attention_fwd_wgmma_d*: bit 0 swaps the leading and stride byte
-   * offsets of K's shared-memory descriptors, bit 1 V's (see the kernel). */
+   * offsets of the descriptors of K-major operands (K), bit 1 of MN-major
+   * ones (V); see the kernel. */
   uint32_t wgmma_desc;
 } FlashFwdParams;
 
@@ -89,7 +90,9 @@ typedef struct FlashFwdParams {
  *     head_dim]) in key-tile order, ordered by dq_sem (u32 [tokens·n_heads],
  *     zero before the launch); grid (n_blocks, n_heads);
  *   flash_attention_dq_from_accum: dq = dq_accum in bf16; grid
- *     ceil(tokens·n_heads·head_dim / 256), 256 threads. */
+ *     ceil(tokens·n_heads·head_dim / 256), 256 threads.
+ * flash_attention_bwd_wgmma_d64 (sm_90a) in place of the fused kernel: the
+ * same on wgmma. */
 typedef struct FlashBwdParams {
   dptr q;
   dptr k;
@@ -113,4 +116,6 @@ typedef struct FlashBwdParams {
   uint32_t n_kv_heads;
   uint32_t head_dim;
   float scale;
+  /* flash_attention_bwd_wgmma_d64: as FlashFwdParams' wgmma_desc. */
+  uint32_t wgmma_desc;
 } FlashBwdParams;

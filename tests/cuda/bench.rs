@@ -581,11 +581,18 @@ fn attention_at(
         g.attention_bwd(&s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
     })?;
     if d == 64 {
-        // The one-pass backward (not yet the dispatch's choice).
-        let fused = engine::backend::cuda::FlashVariant::Fused;
-        b.run(&format!("attention_bwd_fused{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
-            g.flash_attention_bwd(fused, &s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
-        })?;
+        // The one-pass backward (not yet the dispatch's choice), and on 9.0
+        // its Hopper kernel.
+        use engine::backend::cuda::FlashVariant;
+        let mut variants = vec![("fused", FlashVariant::Fused)];
+        if g.cc == (9, 0) {
+            variants.push(("wgmma", FlashVariant::Hopper));
+        }
+        for (name, variant) in variants {
+            b.run(&format!("attention_bwd_{name}{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
+                g.flash_attention_bwd(variant, &s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
+            })?;
+        }
     }
     Ok(())
 }

@@ -172,9 +172,11 @@ fn cases() -> Vec<Case> {
     v
 }
 
-/// Both builds of the flash kernels, and the fast one with the one-pass
-/// backward (which only differs at head_dim 64).
-const VARIANTS: [FlashVariant; 3] = [FlashVariant::Fast, FlashVariant::Simple, FlashVariant::Fused];
+/// Both builds of the flash kernels, the fast one with the one-pass
+/// backward (which only differs at head_dim 64), and the Hopper kernels
+/// (`wgmma`: on compute capability 9.0; elsewhere the same as `Fused`).
+const VARIANTS: [FlashVariant; 4] =
+    [FlashVariant::Fast, FlashVariant::Simple, FlashVariant::Fused, FlashVariant::Hopper];
 
 /// ‖a − b‖ / max(‖b‖, 1e-3·√n): relative, except against a reference that
 /// is zero in exact arithmetic (a one-token sequence's dq and dk: dS = P·(dP −
@@ -334,6 +336,8 @@ fn flash_attention_is_deterministic() {
         (128, 51, FlashVariant::Fast),
         (64, 52, FlashVariant::Simple),
         (64, 53, FlashVariant::Fused),
+        (64, 54, FlashVariant::Hopper),
+        (128, 55, FlashVariant::Hopper),
     ];
     for (d, seed, variant) in runs {
         for (h, kv) in [(14, 2), (4, 4)] {

@@ -10,8 +10,9 @@
 //! - `train_grpo_update`: a forward for the old log-probs, then forward,
 //!   PPO-clip token loss (random advantages, ε 0.2), backward, clip, AdamW;
 //! - `train_sft_step_fused_bwd`: `train_sft_step` with the one-pass flash
-//!   backward (`FlashVariant::Fused`), to decide the dispatch's variant on
-//!   the whole step.
+//!   backward (`FlashVariant::Fused`), and `train_sft_step_hopper` with the
+//!   Hopper kernels (`FlashVariant::Hopper`, compute capability 9.0 only),
+//!   to decide the dispatch's variant on the whole step.
 //!
 //! `tools/gpu_bench_train_torch.py` runs the same steps in transformers +
 //! PyTorch under the same names, FLOP count and row format.
@@ -139,9 +140,15 @@ fn bench_train_step() {
 
     let mut out = bench_out();
     let dispatched = be.gpu.flash_variant();
-    for kind in ["train_sft_step", "train_grpo_update", "train_sft_step_fused_bwd"] {
+    let hopper = be.gpu.cc == (9, 0);
+    let kinds = ["train_sft_step", "train_grpo_update", "train_sft_step_fused_bwd", "train_sft_step_hopper"];
+    for kind in kinds.into_iter().filter(|k| hopper || !k.ends_with("_hopper")) {
         let grpo = kind == "train_grpo_update";
-        let variant = if kind.ends_with("_fused_bwd") { FlashVariant::Fused } else { dispatched };
+        let variant = match kind {
+            _ if kind.ends_with("_fused_bwd") => FlashVariant::Fused,
+            _ if kind.ends_with("_hopper") => FlashVariant::Hopper,
+            _ => dispatched,
+        };
         be.gpu.set_flash_variant(variant);
         let mut times = Vec::new();
         let mut phases = Vec::new();

@@ -396,15 +396,38 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
     launch(k_dkdv, bp, nb, H, THREADS, s_dkdv);
   }
   if (G > 1) launch(flash_attention_dkdv_sum, bp, (T * KV * D + 255) / 256, 1, 256, 0);
+  // The wgmma one-pass backward (on a GPU sm_90a only), beside the fused one.
+  double e_wg_dq = 0, e_wg_dk = 0, e_wg_dv = 0;
+  if (fused) {
+    std::vector<uint16_t> dq2(q.size(), 0xffff), dk2(k.size(), 0xffff), dv2(v.size(), 0xffff);
+    std::vector<float> acc2(q.size(), NAN), dkp2(G > 1 ? q.size() : 0, NAN), dvp2(G > 1 ? q.size() : 0, NAN);
+    std::vector<uint32_t> sem2((size_t)T * H + 2, 0);
+    FlashBwdParams wp = bp;
+    wp.dq = dp(dq2.data());
+    wp.dk = dp(dk2.data());
+    wp.dv = dp(dv2.data());
+    wp.dk_part = G > 1 ? dp(dkp2.data()) : 0;
+    wp.dv_part = G > 1 ? dp(dvp2.data()) : 0;
+    wp.dq_accum = dp(acc2.data());
+    wp.dq_sem = dp(sem2.data());
+    wp.wgmma_desc = ENGINE_FLASH_WGMMA_DESC;
+    launch(flash_attention_bwd_wgmma_d64, wp, nb, H, THREADS, wg_bwd_smem());
+    launch(flash_attention_dq_from_accum, wp, (T * H * D + 255) / 256, 1, 256, 0);
+    if (G > 1) launch(flash_attention_dkdv_sum, wp, (T * KV * D + 255) / 256, 1, 256, 0);
+    e_wg_dq = rel(from_bf(dq2), dq);
+    e_wg_dk = rel(from_bf(dk2), dk);
+    e_wg_dv = rel(from_bf(dv2), dv);
+  }
   const double e_out = rel(from_bf(ob), out), e_lse = rel(lse_k, lse), e_dq = rel(from_bf(dqb), dq),
                e_dk = rel(from_bf(dkb), dk), e_dv = rel(from_bf(dvb), dv);
   const bool ok = e_out < 1e-2 && e_lse < 1e-5 && e_dq < 1e-2 && e_dk < 1e-2 && e_dv < 1e-2 && e_wg_out < 1e-2 &&
-                  e_wg_lse < 1e-5;
+                  e_wg_lse < 1e-5 && e_wg_dq < 1e-2 && e_wg_dk < 1e-2 && e_wg_dv < 1e-2;
   printf("%s %s d%d h%u/%u tiles %u (fwd %u) lens", ok ? "ok  " : "FAIL", fused ? "fused " : fast ? "fast  " : "simple", D,
          H, KV, nb, nb_fwd);
   for (auto l : lens) printf(" %u", l);
   printf(": out %.2e lse %.2e dq %.2e dk %.2e dv %.2e", e_out, e_lse, e_dq, e_dk, e_dv);
   if (fast && !fused) printf("; wgmma fwd out %.2e lse %.2e", e_wg_out, e_wg_lse);
+  if (fused) printf("; wgmma bwd dq %.2e dk %.2e dv %.2e", e_wg_dq, e_wg_dk, e_wg_dv);
   printf("\n");
   return ok ? 0 : 1;
 }

@@ -50,13 +50,18 @@ pub enum FlashVariant {
     /// dims as `Fast`. Not the dispatch's choice until a GPU has measured
     /// it correct and faster.
     Fused,
+    /// `Fused`, with the Hopper kernels where the GPU is compute capability
+    /// 9.0: the forward on `wgmma` (both head dims) and the one-pass
+    /// backward on `wgmma` (head_dim 64); elsewhere exactly `Fused`. Not the
+    /// dispatch's choice until measured.
+    Hopper,
 }
 
 impl FlashVariant {
     /// The build of the kernels the variant runs (all but the fused backward).
     fn builds(self) -> FlashVariant {
         match self {
-            FlashVariant::Fused => FlashVariant::Fast,
+            FlashVariant::Fused | FlashVariant::Hopper => FlashVariant::Fast,
             v => v,
         }
     }
@@ -107,6 +112,8 @@ pub struct Fns {
     /// The Hopper forward (sm_90a; an empty kernel on other GPUs).
     wgmma_d64: CudaFunction,
     wgmma_d128: CudaFunction,
+    /// The Hopper one-pass backward (head_dim 64; sm_90a).
+    wgmma_bwd_d64: CudaFunction,
 }
 
 /// The Hopper forward's default descriptor reading (kernels/include/flash_attention.h).
@@ -115,6 +122,18 @@ pub const WGMMA_DESC: u32 = ENGINE_FLASH_WGMMA_DESC;
 /// Extra shared memory for the other descriptor readings: the farthest a
 /// wrong reading reaches past the last V tile (about 27 KB at head_dim 128).
 const WGMMA_SLACK: usize = 32 << 10;
+
+/// Dynamic shared memory of the Hopper backward (`wg_bwd_smem`): K, V and
+/// two buffers of Q, dO tiles (64 × 64, canonical), two of lse and delta,
+/// dS (rows padded) and the ordered addition's flag and ticket.
+fn wgmma_bwd_smem() -> usize {
+    let tile = TILE * 64 * 2;
+    2 * tile
+        + 4 * tile
+        + 4 * TILE * 4
+        + TILE * (ENGINE_FLASH_DKDV_STEP_D64 as usize + ENGINE_FLASH_PAD as usize) * 2
+        + 16
+}
 
 /// Dynamic shared memory of the Hopper forward, as the kernel computes it
 /// (`wg_fwd_smem`): the query tile (rows padded) and two buffers of K and V
@@ -190,6 +209,7 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
         dq_from_accum: m.get("flash_attention", "flash_attention_dq_from_accum")?,
         wgmma_d64: wgmma_fn(64)?,
         wgmma_d128: wgmma_fn(128)?,
+        wgmma_bwd_d64: with_smem(m, "flash_attention_bwd_wgmma_d64", wgmma_bwd_smem())?,
     })
 }
 
@@ -304,6 +324,9 @@ impl Gpu {
         out: &mut impl DevicePtrMut<Bf16>,
         lse: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
+        if variant == FlashVariant::Hopper && self.cc == (9, 0) {
+            return self.flash_attention_fwd_wgmma(WGMMA_DESC, s, cu_seqlens, q, k, v, out, lse);
+        }
         let variant = variant.builds();
         let (f, rows, bytes) =
             (&self.flash_fns(variant, s.head_dim).fwd, fwd_tile(variant), smem(variant, s.head_dim).0);
@@ -426,7 +449,8 @@ impl Gpu {
         dv: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
         let what = "flash_attention_bwd";
-        let fused = variant == FlashVariant::Fused && s.head_dim == 64;
+        let fused = matches!(variant, FlashVariant::Fused | FlashVariant::Hopper) && s.head_dim == 64;
+        let hopper = fused && variant == FlashVariant::Hopper && self.cc == (9, 0);
         let variant = variant.builds();
         let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
         let (q_len, kv_len) =
@@ -497,6 +521,7 @@ impl Gpu {
             n_kv_heads: s.n_kv_heads as u32,
             head_dim: s.head_dim as u32,
             scale: s.scale,
+            wgmma_desc: WGMMA_DESC,
         };
         let (_, dq_smem, dkdv_smem) = smem(variant, s.head_dim);
         let block = (ENGINE_FLASH_THREADS, 1, 1);
@@ -528,14 +553,17 @@ impl Gpu {
             .map_err(|e| anyhow!("{what}: delta: {e}"))?;
         if fused {
             let fk = &self.k.flash_attention;
-            let cfg_fused = LaunchConfig { shared_mem_bytes: fused_smem() as u32, ..cfg_dkdv };
+            let (kernel, bytes) =
+                if hopper { (&fk.wgmma_bwd_d64, wgmma_bwd_smem()) } else { (&fk.fused_d64, fused_smem()) };
+            let cfg_fused = LaunchConfig { shared_mem_bytes: bytes as u32, ..cfg_dkdv };
             // SAFETY: as above; dq_accum holds tokens·n_heads·head_dim
             // floats and dq_sem tokens·n_heads + 2 zeroed words. A block
             // takes its tile by ticket (the order blocks start in) and waits
             // only for the key tile before it in the same sequence and head,
             // which took a lower ticket and so has started (a wait gives up
             // after about 2 s and makes dq NaN rather than hang).
-            unsafe { self.stream.launch_builder(&fk.fused_d64).arg(&p).launch(cfg_fused) }
+            // The Hopper kernel (sm_90a, launched on 9.0 only) works the same way.
+            unsafe { self.stream.launch_builder(kernel).arg(&p).launch(cfg_fused) }
                 .map_err(|e| anyhow!("{what}: fused: {e}"))?;
             let n = q_len.div_ceil(256) as u32;
             let cfg_dq = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };

@@ -190,6 +190,7 @@ impl Gpu {
         match self.flash_variant.load(std::sync::atomic::Ordering::Relaxed) {
             v if v == FlashVariant::Simple as u8 => FlashVariant::Simple,
             v if v == FlashVariant::Fused as u8 => FlashVariant::Fused,
+            v if v == FlashVariant::Hopper as u8 => FlashVariant::Hopper,
             _ => FlashVariant::Fast,
         }
     }
