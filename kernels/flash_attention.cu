@@ -741,6 +741,93 @@ __device__ __forceinline__ void add_rows_f32(float* dst, size_t stride, int row0
   });
 }
 
+// What the dk/dv kernels (mma.sync and wgmma) share.
+
+// lse·log2 e and delta of a step's BQ queries q0.. of head h into f_b (lse
+// first, delta after); 0 past the sequence's end.
+template <int BQ>
+__device__ __forceinline__ void load_lse_delta(const FlashBwdParams& p, float* f_b, uint32_t start, int q0, int len,
+                                               uint32_t h) {
+  for (int j = threadIdx.x; j < BQ; j += THREADS) {
+    const bool in = q0 + j < len;
+    const size_t row = (size_t)(start + q0 + j) * p.n_heads + h;
+    f_b[j] = in ? ptr<const float>(p.lse)[row] * LOG2E : 0.0f;
+    f_b[BQ + j] = in ? ptr<const float>(p.delta)[row] : 0.0f;
+  }
+}
+
+// From the transposed scores s and dP (rows: the warp's keys key0 + g
+// (+ 8); columns: the step's queries q0 + 8j + 2t (+ 1)): p_ij =
+// 2^(s·scale·log2 e − lse_i·log2 e) into s and ds_ij = p_ij·(dP_ij −
+// delta_i)·scale into dp; 0 where the key is after the query or the query
+// past the end (a key past the end is past every query).
+template <int NJ>
+__device__ __forceinline__ void probs_and_ds(float (&s)[NJ][4], float (&dp)[NJ][4], int key0, int q0, int len,
+                                             float scale, const float* lse_s, const float* dl_s) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const float sl2 = scale * LOG2E;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + g + 8 * (e >> 1), qc = j * 8 + 2 * t + (e & 1), qi = q0 + qc;
+      const bool off = key > qi || qi >= len;
+      const float pij = off ? 0.0f : exp2f(s[j][e] * sl2 - lse_s[qc]);
+      s[j][e] = pij;
+      dp[j][e] = pij * (dp[j][e] - dl_s[qc]) * scale;
+    }
+  }
+}
+
+// The warp's rows r0.. of dSᵀ (bf16) into the step's dS tile (row stride lds).
+template <int NJ>
+__device__ __forceinline__ void store_ds(bf16* ds_s, int lds, int r0, const float (&ds)[NJ][4]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      *reinterpret_cast<uint32_t*>(ds_s + (r0 + g + 8 * hf) * lds + j * 8 + 2 * t) = pack(ds[j][2 * hf], ds[j][2 * hf + 1]);
+    }
+  }
+}
+
+// Adds the warp's 16 rows of the step's dq (queries q0 + 16·warp ..) to
+// dq_accum in key-tile order: waits for key tile k0 / TILE's turn on the
+// (query tile, head) semaphore, adds (or writes, for the first key tile),
+// passes the turn.
+template <int D>
+__device__ __forceinline__ void add_dq_in_turn(const FlashBwdParams& p, const float (&dq)[D / 8][4], uint32_t start,
+                                               int q0, int k0, int len, uint32_t h, int* flag_s) {
+  const size_t q_stride = (size_t)p.n_heads * D;
+  uint32_t* sem = ptr<uint32_t>(p.dq_sem) + (size_t)(start + q0) * p.n_heads + h;
+  const uint32_t turn = (uint32_t)(k0 / TILE);
+  uint32_t* error = ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads + 1;
+  const bool ok = wait_turn(sem, turn, error, flag_s);
+  float* rows = ptr<float>(p.dq_accum) + (size_t)(start + q0) * q_stride + (size_t)h * D;
+  add_rows_f32<D>(rows, q_stride, (threadIdx.x >> 5) * 16, len - q0, dq, turn == 0, !ok);
+  pass_turn(sem, turn);
+}
+
+// The warp's keys r0.. of dk, dv: bf16 into dk, dv without GQA, else fp32
+// into head h's parts.
+template <int D>
+__device__ __forceinline__ void store_dkdv(const FlashBwdParams& p, const float (&dk)[D / 8][4],
+                                           const float (&dv)[D / 8][4], uint32_t start, int k0, int len, uint32_t h,
+                                           uint32_t kvh, int r0) {
+  const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
+  if (p.n_heads == p.n_kv_heads) {
+    const float one[2] = {1.0f, 1.0f};
+    const size_t kv_row0 = (size_t)(start + k0) * kv_stride + (size_t)kvh * D;
+    store_rows<D>(ptr<bf16>(p.dk) + kv_row0, kv_stride, r0, len - k0, dk, one);
+    store_rows<D>(ptr<bf16>(p.dv) + kv_row0, kv_stride, r0, len - k0, dv, one);
+  } else {
+    const size_t part_row0 = (size_t)(start + k0) * q_stride + (size_t)h * D;
+    store_rows_f32<D>(ptr<float>(p.dk_part) + part_row0, q_stride, r0, len - k0, dk);
+    store_rows_f32<D>(ptr<float>(p.dv_part) + part_row0, q_stride, r0, len - k0, dv);
+  }
+}
+
 // The part of dk, dv that query head h = blockIdx.y gives the tile's 64 keys
 // (of kv head h / group), over the queries from the tile's first key to the
 // sequence's end in steps of BQ, ascending:
@@ -807,19 +894,12 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
     bf16* q_b = qdo_s + b * 2 * BQ * LD;
     load_tile<D, BQ, FAST>(q_b, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
     load_tile<D, BQ, FAST>(q_b + BQ * LD, ptr<const bf16>(p.dout) + q_row0, q_stride, len - q0);
-    float* f_b = f_s + b * 2 * BQ;
-    for (int j = threadIdx.x; j < BQ; j += THREADS) {
-      const bool in = q0 + j < len;
-      const size_t row = (size_t)(tl.start + q0 + j) * p.n_heads + h;
-      f_b[j] = in ? ptr<const float>(p.lse)[row] * LOG2E : 0.0f;
-      f_b[BQ + j] = in ? ptr<const float>(p.delta)[row] : 0.0f;
-    }
+    load_lse_delta<BQ>(p, f_s + b * 2 * BQ, tl.start, q0, len, h);
     if (FAST) cp_async_commit();
   };
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5;
   const int r0 = warp * 16;  // the warp's first key in the tile
-  const float sl2 = p.scale * LOG2E;
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
@@ -854,29 +934,12 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
     }
     rows_dot_rows<D, NJ, FAST>(k_s, r0, q_s, 0, s);
     rows_dot_rows<D, NJ, FAST>(v_s, r0, do_s, 0, dp);
-#pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + r0 + g + 8 * (e >> 1), qc = j * 8 + 2 * t + (e & 1), qi = q0 + qc;
-        const bool off = key > qi || qi >= len;  // a key past the end is past every query
-        const float pij = off ? 0.0f : exp2f(s[j][e] * sl2 - lse_s[qc]);
-        s[j][e] = pij;
-        dp[j][e] = pij * (dp[j][e] - dl_s[qc]) * p.scale;  // ds
-      }
-    }
+    probs_and_ds(s, dp, k0 + r0, q0, len, p.scale, lse_s, dl_s);
     c_times_rows<D, BQ / 16, FAST>(s, do_s, dv);
     c_times_rows<D, BQ / 16, FAST>(dp, q_s, dk);
     if (DQ) {
       constexpr int DS_LD = ds_ld<D>();
-#pragma unroll
-      for (int j = 0; j < NJ; ++j) {
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          *reinterpret_cast<uint32_t*>(ds_s + (r0 + g + 8 * hf) * DS_LD + j * 8 + 2 * t) =
-              pack(dp[j][2 * hf], dp[j][2 * hf + 1]);
-        }
-      }
+      store_ds(ds_s, DS_LD, r0, dp);
       __syncthreads();  // dS in shared memory
       float dq[1][D / 8][4];
 #pragma unroll
@@ -884,25 +947,11 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
       // A = dSᵀ rows 16·warp .. (queries), columns the 64 keys; X = k.
       a_times_rows<D, TILE / 16, FAST, 1>(
           [&](int kk, int, uint32_t(&a)[4]) { ld_a_t<FAST>(ds_s, DS_LD, kk * 16, warp * 16, a); }, k_s, dq);
-      uint32_t* sem = ptr<uint32_t>(p.dq_sem) + (size_t)(tl.start + q0) * p.n_heads + h;
-      const uint32_t turn = (uint32_t)(k0 / TILE);
-      uint32_t* error = ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads + 1;
-      const bool ok = wait_turn(sem, turn, error, flag_s);
-      float* rows = ptr<float>(p.dq_accum) + (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
-      add_rows_f32<D>(rows, q_stride, warp * 16, len - q0, dq[0], turn == 0, !ok);
-      pass_turn(sem, turn);
+      add_dq_in_turn<D>(p, dq[0], tl.start, q0, k0, len, h, flag_s);
     }
     __syncthreads();  // every read of this step's buffer is done before it is refilled
   }
-  if (group == 1) {
-    const float one[2] = {1.0f, 1.0f};
-    store_rows<D>(ptr<bf16>(p.dk) + kv_row0, kv_stride, r0, len - k0, dk, one);
-    store_rows<D>(ptr<bf16>(p.dv) + kv_row0, kv_stride, r0, len - k0, dv, one);
-  } else {
-    const size_t part_row0 = (size_t)(tl.start + k0) * q_stride + (size_t)h * D;
-    store_rows_f32<D>(ptr<float>(p.dk_part) + part_row0, q_stride, r0, len - k0, dk);
-    store_rows_f32<D>(ptr<float>(p.dv_part) + part_row0, q_stride, r0, len - k0, dv);
-  }
+  store_dkdv<D>(p, dk, dv, tl.start, k0, len, h, kvh, r0);
 }
 
 // bwd_dkdv with the fused dq.
@@ -1347,20 +1396,13 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
     unsigned char* q_b = qdo_s + 2 * b * T_BYTES;
     load_tile_cm<D>(q_b, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
     load_tile_cm<D>(q_b + T_BYTES, ptr<const bf16>(p.dout) + q_row0, q_stride, len - q0);
-    float* f_b = f_s + 2 * b * BQ;
-    for (int j = threadIdx.x; j < BQ; j += THREADS) {
-      const bool in = q0 + j < len;
-      const size_t row = (size_t)(tl.start + q0 + j) * p.n_heads + h;
-      f_b[j] = in ? ptr<const float>(p.lse)[row] * LOG2E : 0.0f;
-      f_b[BQ + j] = in ? ptr<const float>(p.delta)[row] : 0.0f;
-    }
+    load_lse_delta<BQ>(p, f_s + 2 * b * BQ, tl.start, q0, len, h);
     cp_async_commit();
   };
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5;
   const int r0 = warp * 16;
   const uint32_t kl = (p.wgmma_desc & 1) ? D * 16 : 128, ks = (p.wgmma_desc & 1) ? 128 : D * 16;  // K-major
   const uint32_t ml = (p.wgmma_desc & 2) ? 128 : D * 16, ms = (p.wgmma_desc & 2) ? D * 16 : 128;  // MN-major
-  const float sl2 = p.scale * LOG2E;
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
@@ -1412,29 +1454,11 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
     wgmma_wait_all();
     fence_acc(s);
     fence_acc(dp);
-#pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + r0 + g + 8 * (e >> 1), qc = j * 8 + 2 * t + (e & 1), qi = q0 + qc;
-        const bool off = key > qi || qi >= len;
-        const float pij = off ? 0.0f : exp2f(s[j][e] * sl2 - lse_s[qc]);
-        s[j][e] = pij;
-        dp[j][e] = pij * (dp[j][e] - dl_s[qc]) * p.scale;  // ds
-      }
-    }
+    probs_and_ds(s, dp, k0 + r0, q0, len, p.scale, lse_s, dl_s);
     uint32_t pa[NJ / 2][4], dsa[NJ / 2][4];
     c_to_a(s, pa);
     c_to_a(dp, dsa);
-    // dS to shared memory for dQ (the same layout as bwd_dkdv's).
-#pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        *reinterpret_cast<uint32_t*>(ds_s + (r0 + g + 8 * hf) * DS_LD + j * 8 + 2 * t) =
-            pack(dp[j][2 * hf], dp[j][2 * hf + 1]);
-      }
-    }
+    store_ds(ds_s, DS_LD, r0, dp);  // for dQ (bwd_dkdv's layout)
     fence_frag(pa);
     fence_frag(dsa);
     fence_acc(dv);
@@ -1464,24 +1488,10 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
     fence_acc(dv);
     fence_acc(dk);
     fence_acc(dq);
-    uint32_t* sem = ptr<uint32_t>(p.dq_sem) + (size_t)(tl.start + q0) * p.n_heads + h;
-    const uint32_t turn = (uint32_t)(k0 / TILE);
-    uint32_t* error = counters + 1;
-    const bool ok = wait_turn(sem, turn, error, flag_s);
-    float* rows = ptr<float>(p.dq_accum) + (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
-    add_rows_f32<D>(rows, q_stride, warp * 16, len - q0, dq, turn == 0, !ok);
-    pass_turn(sem, turn);
+    add_dq_in_turn<D>(p, dq, tl.start, q0, k0, len, h, flag_s);
     __syncthreads();  // every read of this step's buffers is done before they are refilled
   }
-  if (group == 1) {
-    const float one[2] = {1.0f, 1.0f};
-    store_rows<D>(ptr<bf16>(p.dk) + kv_row0, kv_stride, r0, len - k0, dk, one);
-    store_rows<D>(ptr<bf16>(p.dv) + kv_row0, kv_stride, r0, len - k0, dv, one);
-  } else {
-    const size_t part_row0 = (size_t)(tl.start + k0) * q_stride + (size_t)h * D;
-    store_rows_f32<D>(ptr<float>(p.dk_part) + part_row0, q_stride, r0, len - k0, dk);
-    store_rows_f32<D>(ptr<float>(p.dv_part) + part_row0, q_stride, r0, len - k0, dv);
-  }
+  store_dkdv<D>(p, dk, dv, tl.start, k0, len, h, kvh, r0);
 }
 #else
 __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams&) {}
