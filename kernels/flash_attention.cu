@@ -429,6 +429,77 @@ __device__ __forceinline__ Tile tile_of(const uint32_t* blocks, const uint32_t* 
   return tl;
 }
 
+// What the forward kernels (mma.sync and wgmma) share, per 16-row m-tile.
+
+// One key step of the online softmax for the m-tile whose rows start at
+// query row0 (rows row0 + g, + 8 of this thread): scores s (keys k0 + 8j +
+// 2t (+ 1)) scaled to base 2 by sl2, masked to −inf after the row (or past
+// the sequence's end) where `mask`, then the running max m and sum l (this
+// thread's part) updated, o rescaled, and s turned into 2^(s − max).
+template <int D, int NJ>
+__device__ __forceinline__ void softmax_step(float (&s)[NJ][4], float (&m)[2], float (&l)[2], float (&o)[D / 8][4],
+                                             int row0, int k0, int len, bool mask, float sl2) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int row = row0 + g + 8 * (e >> 1), col = k0 + j * 8 + 2 * t + (e & 1);
+      s[j][e] = (mask && (col > row || col >= len)) ? -INFINITY : s[j][e] * sl2;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = m[r];
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    // A row with no key yet (only a padding row can be) keeps m = −inf:
+    // use 0 so no exp argument is inf − inf.
+    const float mu = mx == -INFINITY ? 0.0f : mx;
+    const float c = exp2f(m[r] - mu);  // 0 while m = −inf, else in (0, 1]
+    m[r] = mx;
+    l[r] *= c;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][2 * r] *= c;
+      o[n][2 * r + 1] *= c;
+    }
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      s[j][2 * r] = exp2f(s[j][2 * r] - mu);
+      s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - mu);
+      l[r] += s[j][2 * r] + s[j][2 * r + 1];
+    }
+  }
+}
+
+// The m-tile's out rows (o over the row sums; tile rows r0.., n_valid of
+// them, tile row 0 at out_row0, stride q_stride) and lse (base e) of its
+// rows row0 + g (+ 8) below len.
+template <int D>
+__device__ __forceinline__ void finish_rows(const FlashFwdParams& p, const float (&o)[D / 8][4], const float (&m)[2],
+                                            float (&l)[2], size_t out_row0, size_t q_stride, int r0, int n_valid,
+                                            uint32_t start, int row0, int len, uint32_t h) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    inv[r] = 1.0f / l[r];
+  }
+  store_rows<D>(ptr<bf16>(p.out) + out_row0, q_stride, r0, n_valid, o, inv);
+  if (t == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + g + 8 * r;
+      if (row < len) ptr<float>(p.lse)[(size_t)(start + row) * p.n_heads + h] = m[r] * LN2 + logf(l[r]);
+    }
+  }
+}
+
 // out and lse for the tile's QT query rows of head blockIdx.y: warp w owns
 // rows 16·MT·w .. 16·MT·(w + 1) (MT m-tiles of 16), and walks the keys in
 // steps of KT, online softmax in registers.
@@ -462,7 +533,7 @@ __device__ __forceinline__ void fwd(const FlashFwdParams& p) {
     if (FAST) cp_async_commit();
   };
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5;
   const int r0 = warp * 16 * MT;  // the warp's first row in the tile; m-tile i starts at r0 + 16i
   const float sl2 = p.scale * LOG2E;
   float o[MT][D / 8][4];
@@ -507,62 +578,14 @@ __device__ __forceinline__ void fwd(const FlashFwdParams& p) {
       rows_dot_rows_m<D, NJ, FAST, MT>(q_s, r0, k_s, 0, s);
       const bool mask = k0 + KT > q0 || k0 + KT > len;  // the diagonal steps (and the sequence's tail)
 #pragma unroll
-      for (int i = 0; i < MT; ++i) {
-#pragma unroll
-        for (int j = 0; j < NJ; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int row = q0 + r0 + 16 * i + g + 8 * (e >> 1), col = k0 + j * 8 + 2 * t + (e & 1);
-            s[i][j][e] = (mask && (col > row || col >= len)) ? -INFINITY : s[i][j][e] * sl2;
-          }
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float mx = m[i][r];
-#pragma unroll
-          for (int j = 0; j < NJ; ++j) mx = fmaxf(mx, fmaxf(s[i][j][2 * r], s[i][j][2 * r + 1]));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          // A row with no key yet (only a padding row can be) keeps m = −inf:
-          // use 0 so no exp argument is inf − inf.
-          const float mu = mx == -INFINITY ? 0.0f : mx;
-          const float c = exp2f(m[i][r] - mu);  // 0 while m = −inf, else in (0, 1]
-          m[i][r] = mx;
-          l[i][r] *= c;
-#pragma unroll
-          for (int n = 0; n < D / 8; ++n) {
-            o[i][n][2 * r] *= c;
-            o[i][n][2 * r + 1] *= c;
-          }
-#pragma unroll
-          for (int j = 0; j < NJ; ++j) {
-            s[i][j][2 * r] = exp2f(s[i][j][2 * r] - mu);
-            s[i][j][2 * r + 1] = exp2f(s[i][j][2 * r + 1] - mu);
-            l[i][r] += s[i][j][2 * r] + s[i][j][2 * r + 1];
-          }
-        }
-      }
+      for (int i = 0; i < MT; ++i) softmax_step<D>(s[i], m[i], l[i], o[i], q0 + r0 + 16 * i, k0, len, mask, sl2);
       c_times_rows_m<D, KT / 16, FAST, MT>(s, v_s, o);
     }
     __syncthreads();  // every read of this step's buffer is done before it is refilled
   }
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
-    float inv[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 1);
-      l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 2);
-      inv[r] = 1.0f / l[i][r];
-    }
-    store_rows<D>(ptr<bf16>(p.out) + q_row0, q_stride, r0 + 16 * i, len - q0, o[i], inv);
-    if (t == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = q0 + r0 + 16 * i + g + 8 * r;
-        if (row < len) ptr<float>(p.lse)[(size_t)(tl.start + row) * p.n_heads + h] = m[i][r] * LN2 + logf(l[i][r]);
-      }
-    }
+    finish_rows<D>(p, o[i], m[i], l[i], q_row0, q_stride, r0 + 16 * i, len - q0, tl.start, q0 + r0 + 16 * i, len, h);
   }
 }
 
@@ -1194,7 +1217,7 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
     load_tile_cm<D>(k_b + KV, vg + (size_t)k0 * kv_stride, kv_stride, len - k0);
     cp_async_commit();
   };
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5;
   const int r0 = warp * 16;
   // Byte offsets between core matrices: K (B of S, K-major: the reduction
   // runs along head_dim) steps 128 along head_dim and D·16 along keys; V (B
@@ -1240,37 +1263,7 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
     wgmma_wait_all();
     fence_acc(s);
     const bool mask = k0 + KT > q0 || k0 + KT > len;
-#pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = q0 + r0 + g + 8 * (e >> 1), col = k0 + j * 8 + 2 * t + (e & 1);
-        s[j][e] = (mask && (col > row || col >= len)) ? -INFINITY : s[j][e] * sl2;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = m[r];
-#pragma unroll
-      for (int j = 0; j < NJ; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mu = mx == -INFINITY ? 0.0f : mx;
-      const float c = exp2f(m[r] - mu);
-      m[r] = mx;
-      l[r] *= c;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[n][2 * r] *= c;
-        o[n][2 * r + 1] *= c;
-      }
-#pragma unroll
-      for (int j = 0; j < NJ; ++j) {
-        s[j][2 * r] = exp2f(s[j][2 * r] - mu);
-        s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - mu);
-        l[r] += s[j][2 * r] + s[j][2 * r + 1];
-      }
-    }
+    softmax_step<D>(s, m, l, o, q0 + r0, k0, len, mask, sl2);
     // P as A fragments: keys 16kk..16kk + 16 are column groups 2kk, 2kk + 1.
     uint32_t pa[KT / 16][4];
 #pragma unroll
@@ -1290,21 +1283,7 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
     fence_acc(o);
     __syncthreads();  // every read of this step's buffer is done before it is refilled
   }
-  float inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    inv[r] = 1.0f / l[r];
-  }
-  store_rows<D>(ptr<bf16>(p.out) + q_row0, q_stride, r0, len - q0, o, inv);
-  if (t == 0) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = q0 + r0 + g + 8 * r;
-      if (row < len) ptr<float>(p.lse)[(size_t)(tl.start + row) * p.n_heads + h] = m[r] * LN2 + logf(l[r]);
-    }
-  }
+  finish_rows<D>(p, o, m, l, q_row0, q_stride, r0, len - q0, tl.start, q0 + r0, len, h);
 }
 #else
 template <int D>
