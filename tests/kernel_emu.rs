@@ -313,7 +313,12 @@ fn gpu_decode_attention_code_matches_the_cpu_decode() {
 /// tail), 1 at 1031 (head and tail in one block), and 5 logits per row (no
 /// vectors at all). All of a split case's blocks run at once, so they take
 /// their tickets in whatever order the OS gives; each split case runs twice
-/// and must give the same bits.
+/// and must give the same bits. Then the 3-block case with only 3 blocks
+/// resident at a time, started first chunks first (blocks 0, 3, 6, …): a
+/// kernel that took its row from its block index would have 3 first chunks
+/// waiting for chunks that cannot start; the tickets must give the first 3
+/// blocks to start one whole row (else it stalls until the bounded wait
+/// gives up, and the rows come out NaN).
 #[test]
 fn gpu_distill_code_matches_the_cpu() {
     use engine::backend::cpu::distill::distill_row;
@@ -339,6 +344,9 @@ fn gpu_distill_code_matches_the_cpu() {
             for _ in 0..2 {
                 cases.push((code + 3, mode, beta, 64, vocab, Some(chunks)));
             }
+        }
+        for _ in 0..2 {
+            cases.push((code + 6, mode, beta, 64, 4133, Some(3)));
         }
     }
     let inv_temp = 1.0f32 / 0.8;

@@ -5,7 +5,10 @@
 //
 // Input (little-endian), from stdin: u32 cases; per case: u32 threads, mode
 // (0 forward, 1 reverse, 2 jsd: the row kernels; 3, 4, 5: the split kernels,
-// all of a case's blocks run at once), rows, vocab; f32 inv_temp, beta, log_beta,
+// all of a case's blocks run at once; 6, 7, 8: the split kernels with only
+// a row's worth of blocks resident, started in the order that would stall a
+// grid mapped by block index: block index c·rows + r for chunk c of row r,
+// all first chunks first), rows, vocab; f32 inv_temp, beta, log_beta,
 // log_1m_beta; u16 student[rows·vocab], teacher[rows·vocab] (bf16 bits);
 // f32 weight[rows]. Output: "L <bits>" per row's divergence, then
 // "Z <bits>" per element of dz (bf16 bits), in hex; split kernels first
@@ -53,9 +56,17 @@ int main() {
       std::vector<uint64_t> scratch((parts_word + (size_t)p.rows * p.chunks * 10) / 2 + 1, ~0ull);
       memset(scratch.data(), 0, 4 * (2 + (size_t)p.rows));
       p.scratch = (dptr)scratch.data();
-      void (*k)(DistillParams) =
-          mode == 3 ? distill_split_forward : mode == 4 ? distill_split_reverse : distill_split_jsd;
-      launch_at_once(k, p, p.rows * p.chunks, threads);
+      const uint32_t m = mode % 3;
+      void (*k)(DistillParams) = m == 0 ? distill_split_forward : m == 1 ? distill_split_reverse : distill_split_jsd;
+      if (mode < 6) {
+        launch_at_once(k, p, p.rows * p.chunks, threads);
+      } else {
+        std::vector<unsigned> order;
+        for (uint32_t c = 0; c < p.chunks; ++c) {
+          for (uint32_t r = 0; r < p.rows; ++r) order.push_back(r * p.chunks + c);
+        }
+        launch_limited(k, p, order, threads, p.chunks);
+      }
       if (((const uint32_t*)scratch.data())[1] != 0) fprintf(stderr, "distill emu: a wait gave up\n");
       printf("C %x\n", p.chunks);
     }

@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 thread_local EmuDim3 threadIdx, blockIdx;
@@ -71,14 +73,13 @@ struct EmuBlock {
 };
 
 // Runs `kernel(p)` for blocks first..first + count at the same time, with
-// `threads` threads each (a multiple of 32).
+// `threads` threads each (a multiple of 32; the caller sets blockDim).
 template <typename P>
 static void run_blocks(void (*kernel)(P), const P& p, unsigned first, unsigned count, unsigned threads) {
   if (threads == 0 || threads % 32 != 0 || threads > 1024) {
     fprintf(stderr, "kernel_emu: %u threads (a multiple of 32 up to 1024)\n", threads);
     exit(2);
   }
-  blockDim.x = threads;
   std::vector<std::unique_ptr<EmuBlock>> blocks;
   for (unsigned b = 0; b < count; ++b) blocks.push_back(std::make_unique<EmuBlock>(threads));
   std::vector<std::thread> ts;
@@ -103,7 +104,43 @@ static void run_blocks(void (*kernel)(P), const P& p, unsigned first, unsigned c
 template <typename P>
 static void launch(void (*kernel)(P), const P& p, unsigned blocks, unsigned threads) {
   gridDim.x = blocks;
+  blockDim.x = threads;
   for (unsigned b = 0; b < blocks; ++b) run_blocks(kernel, p, b, 1, threads);
+}
+
+// Runs `kernel(p)` for blocks 0..order.size() with at most `resident` of
+// them running at once, started in `order` (a block starts when one has
+// finished): a GPU with room for only `resident` blocks and a scheduler in
+// an unhelpful order. Shared memory as launch_at_once.
+template <typename P>
+static void launch_limited(void (*kernel)(P), const P& p, const std::vector<unsigned>& order, unsigned threads,
+                           unsigned resident) {
+  gridDim.x = (unsigned)order.size();
+  blockDim.x = threads;
+  std::mutex mu;
+  std::condition_variable cv;
+  unsigned running = 0;
+  size_t next = 0;  // the position in `order` that starts next
+  std::vector<std::thread> starters;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const unsigned b = order[i];
+    starters.emplace_back([&, i, b] {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return next == i && running < resident; });
+        ++running;
+        ++next;
+      }
+      cv.notify_all();
+      run_blocks(kernel, p, b, 1, threads);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        --running;
+      }
+      cv.notify_all();
+    });
+  }
+  for (auto& t : starters) t.join();
 }
 
 // Runs `kernel(p)` for blocks 0..blocks all at the same time (the kernel
@@ -111,5 +148,6 @@ static void launch(void (*kernel)(P), const P& p, unsigned blocks, unsigned thre
 template <typename P>
 static void launch_at_once(void (*kernel)(P), const P& p, unsigned blocks, unsigned threads) {
   gridDim.x = blocks;
+  blockDim.x = threads;
   run_blocks(kernel, p, 0, blocks, threads);
 }
