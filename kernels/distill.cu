@@ -316,17 +316,12 @@ __device__ __forceinline__ void distill_row(const DistillParams& p) {
   if (threadIdx.x == 0) ptr<float>(p.loss)[row] = (float)value;
 }
 
-extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) distill_forward(DistillParams p) {
-  distill_row<DISTILL_FORWARD>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) distill_reverse(DistillParams p) {
-  distill_row<DISTILL_REVERSE>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) distill_jsd(DistillParams p) {
-  distill_row<DISTILL_JSD>(p);
-}
+// Entry points: name, the kernel's body, its mode, its block size.
+#define ENGINE_DISTILL_ENTRY(name, fn, MODE, THREADS) \
+  extern "C" __global__ void __launch_bounds__(THREADS) name(DistillParams p) { fn<MODE>(p); }
+ENGINE_DISTILL_ENTRY(distill_forward, distill_row, DISTILL_FORWARD, ENGINE_ROW_THREADS)
+ENGINE_DISTILL_ENTRY(distill_reverse, distill_row, DISTILL_REVERSE, ENGINE_ROW_THREADS)
+ENGINE_DISTILL_ENTRY(distill_jsd, distill_row, DISTILL_JSD, ENGINE_ROW_THREADS)
 
 // ---- the split kernels: a row pair held in registers by several blocks -------
 //
@@ -584,14 +579,6 @@ __device__ __forceinline__ void distill_split(const DistillParams& p) {
   }
 }
 
-extern "C" __global__ void __launch_bounds__(ENGINE_DISTILL_SPLIT_THREADS) distill_split_forward(DistillParams p) {
-  distill_split<DISTILL_FORWARD>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(ENGINE_DISTILL_SPLIT_THREADS) distill_split_reverse(DistillParams p) {
-  distill_split<DISTILL_REVERSE>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(ENGINE_DISTILL_SPLIT_THREADS) distill_split_jsd(DistillParams p) {
-  distill_split<DISTILL_JSD>(p);
-}
+ENGINE_DISTILL_ENTRY(distill_split_forward, distill_split, DISTILL_FORWARD, ENGINE_DISTILL_SPLIT_THREADS)
+ENGINE_DISTILL_ENTRY(distill_split_reverse, distill_split, DISTILL_REVERSE, ENGINE_DISTILL_SPLIT_THREADS)
+ENGINE_DISTILL_ENTRY(distill_split_jsd, distill_split, DISTILL_JSD, ENGINE_DISTILL_SPLIT_THREADS)

@@ -15,7 +15,7 @@ use super::params::{
 use super::{check_len, grid_rows, Bf16, Gpu, Modules};
 use crate::loss::DistillMode;
 use anyhow::{anyhow, bail, Result};
-use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, PushKernelArg};
 
 super::params::device_repr!(DistillParams);
 
@@ -166,12 +166,7 @@ impl Gpu {
             chunks: chunks as u32,
         };
         let (f, cfg) = if split {
-            let cfg = LaunchConfig {
-                grid_dim: ((rows * chunks) as u32, 1, 1),
-                block_dim: (SPLIT_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            (&pair.split, cfg)
+            (&pair.split, grid_rows(rows * chunks, SPLIT_THREADS))
         } else {
             (&pair.row, grid_rows(rows, ROW_THREADS))
         };
