@@ -1075,6 +1075,32 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
 #endif
 }
 
+// d += A·B, m64n64k16, bf16 in, fp32 accumulators, A (64 × 16) and B
+// (16 × 64) both from shared memory through descriptors, both K-major: the
+// Hopper backward's Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ at head_dim 128, where K and V
+// as register fragments (64 registers) would not fit beside dK, dV, S, dP.
+__device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t a_desc, uint64_t b_desc) {
+#ifdef ENGINE_FLASH_EMU
+  emu_wgmma_ss(&d[0][0], 64, a_desc, b_desc);
+#endif
+#ifdef ENGINE_FLASH_WGMMA_ASM
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "l"(a_desc), "l"(b_desc), "r"(1));
+#endif
+}
+
 #ifdef ENGINE_FLASH_WGMMA_ASM
 template <>
 __device__ __forceinline__ void wgmma_rs<64, false>(float (&d)[64 / 8][4], const uint32_t (&a)[4],
@@ -1295,13 +1321,16 @@ __device__ __forceinline__ void fwd_wgmma_entry(const FlashFwdParams& p) {
   fwd_wgmma<D>(p);
 }
 
-// ---- the Hopper backward (sm_90a: wgmma), head_dim 64 ----------------------------
+// ---- the Hopper backward (sm_90a: wgmma), head_dim 64 and 128 --------------------
 //
 // bwd_dkdv's one-pass backward (DQ) with its five products on wgmma, one
 // warpgroup per tile of 64 keys (warp w: keys 16w..16w + 16), query steps of
-// 64. Every product takes A from registers and B from shared memory:
-//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ   A: K, V fragments (loaded once); B: the step's
-//                             Q, dO tiles, K-major (the reduction runs along d);
+// 64. B always comes from shared memory; A from registers except where said:
+//   Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ   A: K, V fragments (loaded once) at head_dim 64;
+//                             at 128 K, V tiles from shared memory (wgmma_ss:
+//                             their 64 registers would not fit beside dK, dV,
+//                             S, dP); B: the step's Q, dO tiles, K-major (the
+//                             reduction runs along d);
 //   dV += Pᵀ·dO, dK += dSᵀ·Q  A: P, dS packed from the accumulators; B: dO, Q
 //                             tiles, MN-major (the reduction runs along queries);
 //   dQ = dS·K                 A: dS from shared memory by ldmatrix.trans, as
@@ -1312,10 +1341,14 @@ __device__ __forceinline__ void fwd_wgmma_entry(const FlashFwdParams& p) {
 // swaps the pair of the K-major operands, bit 1 of the MN-major ones.
 
 #ifdef ENGINE_FLASH_WGMMA_BODY
+// Row stride (elements) of the dS tile: [TILE keys][TILE queries], padded.
+constexpr int WG_DS_LD = TILE + PAD;
+
 // Dynamic shared memory: K, V; per buffer Q, dO (canonical) and lse, delta
 // (fp32); dS (padded rows); the turn's outcome and the ticket.
+template <int D>
 constexpr uint32_t wg_bwd_smem() {
-  return 2 * TILE * 64 * 2 + 2 * 2 * TILE * 64 * 2 + 2 * 2 * TILE * 4 + TILE * ds_ld<64>() * 2 + 16;
+  return 2 * TILE * D * 2 + 2 * 2 * TILE * D * 2 + 2 * 2 * TILE * 4 + TILE * WG_DS_LD * 2 + 16;
 }
 
 // The four A registers of rows row0..row0 + 16, head-dim columns
@@ -1339,13 +1372,14 @@ __device__ __forceinline__ void c_to_a(const float (&c)[NJ][4], uint32_t (&a)[NJ
   }
 }
 
+template <int D>
 __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  constexpr int D = 64, BQ = TILE, NJ = BQ / 8;
+  constexpr int BQ = TILE, NJ = BQ / 8;
   constexpr uint32_t T_BYTES = TILE * D * 2;  // a canonical tile
-  constexpr int DS_LD = ds_ld<D>();
-  static_assert(dkdv_step<64>() == BQ, "the dS tile's padding is the mma.sync kernel's");
-  if (blockDim.x != THREADS || dyn_smem_bytes() < wg_bwd_smem()) return;
+  constexpr int DS_LD = WG_DS_LD;
+  constexpr bool KV_REGS = D == 64;  // K, V as A fragments in registers (else wgmma_ss)
+  if (blockDim.x != THREADS || dyn_smem_bytes() < wg_bwd_smem<D>()) return;
   unsigned char* k_s = smem;
   unsigned char* v_s = k_s + T_BYTES;
   unsigned char* qdo_s = v_s + T_BYTES;  // buffer b: Q at qdo_s + 2·b·T_BYTES, dO after it
@@ -1392,15 +1426,17 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
   load_q(0);
   cp_async_wait<1>();  // k and v
   __syncthreads();
-  uint32_t ka[D / 16][4], va[D / 16][4];
+  uint32_t ka[KV_REGS ? D / 16 : 1][4], va[KV_REGS ? D / 16 : 1][4];
+  if constexpr (KV_REGS) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    ld_a_cm<D>(k_s, r0, 16 * kk, ka[kk]);
-    ld_a_cm<D>(v_s, r0, 16 * kk, va[kk]);
+    for (int kk = 0; kk < D / 16; ++kk) {
+      ld_a_cm<D>(k_s, r0, 16 * kk, ka[kk]);
+      ld_a_cm<D>(v_s, r0, 16 * kk, va[kk]);
+    }
+    fence_frag(ka);
+    fence_frag(va);
   }
-  fence_frag(ka);
-  fence_frag(va);
-  const uint32_t k_addr = smem_u32(k_s);
+  const uint32_t k_addr = smem_u32(k_s), v_addr = smem_u32(v_s);
   for (int i = 0; i < n_steps; ++i) {
     const int q0 = k0 + i * BQ;
     if (i + 1 < n_steps) {
@@ -1426,8 +1462,15 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      wgmma_rs<BQ, false>(s, ka[kk], wg_desc(q_addr + 256 * kk, kl, ks));
-      wgmma_rs<BQ, false>(dp, va[kk], wg_desc(do_addr + 256 * kk, kl, ks));
+      const uint64_t qd = wg_desc(q_addr + 256 * kk, kl, ks), dod = wg_desc(do_addr + 256 * kk, kl, ks);
+      if constexpr (KV_REGS) {
+        wgmma_rs<BQ, false>(s, ka[kk], qd);
+        wgmma_rs<BQ, false>(dp, va[kk], dod);
+      } else {
+        // K and V tiles as K-major A: the same canonical layout as Q, dO.
+        wgmma_ss(s, wg_desc(k_addr + 256 * kk, kl, ks), qd);
+        wgmma_ss(dp, wg_desc(v_addr + 256 * kk, kl, ks), dod);
+      }
     }
     wgmma_commit();
     wgmma_wait_all();
@@ -1449,7 +1492,11 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
       wgmma_rs<D, true>(dk, dsa[kk], wg_desc(q_addr + kk * 2 * D * 16, ml, ms));
     }
     wgmma_commit();
-    __syncthreads();  // dS in shared memory (the products above run meanwhile)
+    // At head_dim 128, dV and dK finish before dQ starts: the P and dS
+    // fragments they read (32 registers) would not fit beside dQ's
+    // accumulators (ptxas serialises every wgmma of the kernel otherwise).
+    if constexpr (!KV_REGS) wgmma_wait_all();
+    __syncthreads();  // dS in shared memory (the products above run meanwhile, at head_dim 64)
     float dq[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
@@ -1473,12 +1520,13 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
   store_dkdv<D>(p, dk, dv, tl.start, k0, len, h, kvh, r0);
 }
 #else
+template <int D>
 __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams&) {}
 #endif
 
 template <int D, bool>
 __device__ __forceinline__ void bwd_wgmma_entry(const FlashBwdParams& p) {
-  bwd_wgmma(p);
+  bwd_wgmma<D>(p);
 }
 
 }  // namespace
@@ -1504,8 +1552,9 @@ ENGINE_FLASH_ENTRY(flash_attention_bwd_fused_d64, bwd_fused, FlashBwdParams, 64,
 // The Hopper forward (wgmma; sm_90a, empty elsewhere).
 ENGINE_FLASH_ENTRY(flash_attention_fwd_wgmma_d64, fwd_wgmma_entry, FlashFwdParams, 64, true)
 ENGINE_FLASH_ENTRY(flash_attention_fwd_wgmma_d128, fwd_wgmma_entry, FlashFwdParams, 128, true)
-// The Hopper one-pass backward (wgmma; head_dim 64; sm_90a, empty elsewhere).
+// The Hopper one-pass backward (wgmma; sm_90a, empty elsewhere).
 ENGINE_FLASH_ENTRY(flash_attention_bwd_wgmma_d64, bwd_wgmma_entry, FlashBwdParams, 64, true)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_wgmma_d128, bwd_wgmma_entry, FlashBwdParams, 128, true)
 
 // dq (bf16) = dq_accum (fp32), after the fused backward: one thread an
 // element; all NaN if any ordered addition gave up (its error word).

@@ -91,8 +91,8 @@ typedef struct FlashFwdParams {
  *     zero before the launch); grid (n_blocks, n_heads);
  *   flash_attention_dq_from_accum: dq = dq_accum in bf16; grid
  *     ceil(tokens·n_heads·head_dim / 256), 256 threads.
- * flash_attention_bwd_wgmma_d64 (sm_90a) in place of the fused kernel: the
- * same on wgmma. */
+ * flash_attention_bwd_wgmma_d{64,128} (sm_90a) in place of the fused kernel:
+ * the same on wgmma, at both head dims. */
 typedef struct FlashBwdParams {
   dptr q;
   dptr k;
@@ -116,6 +116,6 @@ typedef struct FlashBwdParams {
   uint32_t n_kv_heads;
   uint32_t head_dim;
   float scale;
-  /* flash_attention_bwd_wgmma_d64: as FlashFwdParams' wgmma_desc. */
+  /* flash_attention_bwd_wgmma_d*: as FlashFwdParams' wgmma_desc. */
   uint32_t wgmma_desc;
 } FlashBwdParams;

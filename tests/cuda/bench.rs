@@ -580,11 +580,14 @@ fn attention_at(
     b.run(&format!("attention_bwd{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
         g.attention_bwd(&s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
     })?;
-    if d == 64 {
-        // The one-pass backward (not yet the dispatch's choice), and on 9.0
-        // its Hopper kernel.
+    {
+        // The one-pass backward (not yet the dispatch's choice; mma.sync at
+        // head_dim 64), and on 9.0 its Hopper kernel (both head dims).
         use engine::backend::cuda::FlashVariant;
-        let mut variants = vec![("fused", FlashVariant::Fused)];
+        let mut variants = vec![];
+        if d == 64 {
+            variants.push(("fused", FlashVariant::Fused));
+        }
         if g.cc == (9, 0) {
             variants.push(("wgmma", FlashVariant::Hopper));
         }

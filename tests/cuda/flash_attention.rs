@@ -174,7 +174,8 @@ fn cases() -> Vec<Case> {
 
 /// Both builds of the flash kernels, the fast one with the one-pass
 /// backward (which only differs at head_dim 64), and the Hopper kernels
-/// (`wgmma`: on compute capability 9.0; elsewhere the same as `Fused`).
+/// (`wgmma`, forward and one-pass backward at both head dims: on compute
+/// capability 9.0; elsewhere the same as `Fused`).
 const VARIANTS: [FlashVariant; 4] =
     [FlashVariant::Fast, FlashVariant::Simple, FlashVariant::Fused, FlashVariant::Hopper];
 

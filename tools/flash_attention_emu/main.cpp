@@ -3,7 +3,7 @@
 // barriers and softmax on a machine without a GPU. What it cannot check is
 // the hardware: mma.sync is emulated from the PTX ISA's fragment layout (the
 // same layout the kernel assumes), so a misreading of that layout would pass
-// here and fail on a GPU. The same holds for wgmma (the Hopper forward).
+// here and fail on a GPU. The same holds for wgmma (the Hopper kernels).
 //
 //   tools/flash_attention_emu/run.sh
 #include <barrier>
@@ -132,47 +132,48 @@ void emu_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, 
 
 uint32_t emu_smem_offset(const void* p) { return (uint32_t)(static_cast<const unsigned char*>(p) - smem); }
 
-// wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 with A from registers,
-// as the PTX ISA describes it: the warpgroup is the block's 4 warps (the
-// wgmma forward's blocks are one warpgroup); warp w's A fragment holds rows
-// 16w..16w + 16 in mma.sync's A layout, and its D fragment rows 16w + g
-// (+ 8), columns 8j + 2t (+ 1) in d[4j..4j + 4]. B from shared memory through
-// a descriptor without swizzle: core matrices of 8 rows × 16 bytes (128
-// contiguous bytes) whose rows run along N (K-major: 8 elements of K in a
-// row) or along K (MN-major, trans_b: 8 elements of N in a row); core
-// matrices lie `leading` bytes apart along K and `stride` bytes apart along
-// N (the ISA's words taken literally). A read outside the dynamic shared
-// memory aborts.
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16, as the PTX ISA
+// describes it: the warpgroup is the block's 4 warps (the wgmma kernels'
+// blocks are one warpgroup); warp w's D fragment holds rows 16w + g (+ 8),
+// columns 8j + 2t (+ 1) in d[4j..4j + 4]. A from registers (warp w's
+// fragment holds rows 16w..16w + 16 in mma.sync's A layout) or, as B, from
+// shared memory through a descriptor without swizzle: core matrices of 8
+// rows × 16 bytes (128 contiguous bytes) whose rows run along M or N
+// (K-major: 8 elements of K in a row) or along K (MN-major, trans: 8
+// elements of M or N in a row); core matrices lie `leading` bytes apart
+// along K and `stride` bytes apart along M or N (the ISA's words taken
+// literally). A read outside the dynamic shared memory aborts.
 static uint32_t g_wg_a[128][4];
-void emu_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, bool trans_b) {
-  const int tid = threadIdx.x;
-  if (blockDim.x != 128) {
-    fprintf(stderr, "wgmma: the emulator's warpgroup is a block of 128 threads\n");
-    abort();
-  }
-  for (int i = 0; i < 4; ++i) g_wg_a[tid][i] = a[i];
-  g_block->arrive_and_wait();
+
+// Element (mn, k) of an operand in shared memory through desc.
+static float desc_elem(uint64_t desc, int mn, int k, bool trans, const char* what) {
   if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) {
     fprintf(stderr, "wgmma: only descriptors without swizzle or base offset are emulated\n");
     abort();
   }
   const uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lead = (uint32_t)((desc >> 16) & 0x3fff) << 4,
                  stride = (uint32_t)((desc >> 32) & 0x3fff) << 4;
-  auto A = [&](int row, int k) {
-    const int w = row / 16, r = row % 16;
-    return half_of(g_wg_a[32 * w + (r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2);
-  };
-  auto B = [&](int k, int col) {
-    const uint32_t at = start + (k / 8) * lead + (col / 8) * stride +
-                        (trans_b ? (k % 8) * 16 + (col % 8) * 2 : (col % 8) * 16 + (k % 8) * 2);
-    if (at + 2 > g_dyn) {
-      fprintf(stderr, "wgmma: B element (%d, %d) at byte %u, past the %u bytes of shared memory\n", k, col, at, g_dyn);
-      abort();
-    }
-    uint16_t v;
-    memcpy(&v, smem + at, 2);
-    return __bfloat162float(__nv_bfloat16{v});
-  };
+  const uint32_t at = start + (k / 8) * lead + (mn / 8) * stride +
+                      (trans ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2);
+  if (at + 2 > g_dyn) {
+    fprintf(stderr, "wgmma: %s element (mn %d, k %d) at byte %u, past the %u bytes of shared memory\n", what, mn, k,
+            at, g_dyn);
+    abort();
+  }
+  uint16_t v;
+  memcpy(&v, smem + at, 2);
+  return __bfloat162float(__nv_bfloat16{v});
+}
+
+// d += A·B over the warpgroup; A(row, k) and B(k, col) read the operands.
+template <typename FA, typename FB>
+static void wgmma_product(float* d, int n, FA A, FB B) {
+  const int tid = threadIdx.x;
+  if (blockDim.x != 128) {
+    fprintf(stderr, "wgmma: the emulator's warpgroup is a block of 128 threads\n");
+    abort();
+  }
+  g_block->arrive_and_wait();  // every thread's A registers are in g_wg_a
   const int w = tid / 32, l = tid % 32, g = l / 4, t = l % 4;
   for (int j = 0; j < n / 8; ++j) {
     for (int e = 0; e < 4; ++e) {
@@ -183,6 +184,23 @@ void emu_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, bool tran
     }
   }
   g_block->arrive_and_wait();
+}
+
+void emu_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, bool trans_b) {
+  for (int i = 0; i < 4; ++i) g_wg_a[threadIdx.x % 128][i] = a[i];
+  wgmma_product(
+      d, n,
+      [&](int row, int k) {
+        const int w = row / 16, r = row % 16;
+        return half_of(g_wg_a[32 * w + (r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2);
+      },
+      [&](int k, int col) { return desc_elem(desc, col, k, trans_b, "B"); });
+}
+
+void emu_wgmma_ss(float* d, int n, uint64_t a_desc, uint64_t b_desc) {
+  wgmma_product(
+      d, n, [&](int row, int k) { return desc_elem(a_desc, row, k, false, "A"); },
+      [&](int k, int col) { return desc_elem(b_desc, col, k, false, "B"); });
 }
 
 // Runs kernel k over the grid, `threads` threads a block, blocks one by one.
@@ -396,9 +414,11 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
     launch(k_dkdv, bp, nb, H, THREADS, s_dkdv);
   }
   if (G > 1) launch(flash_attention_dkdv_sum, bp, (T * KV * D + 255) / 256, 1, 256, 0);
-  // The wgmma one-pass backward (on a GPU sm_90a only), beside the fused one.
+  // The wgmma one-pass backward (on a GPU sm_90a only), beside the fused one
+  // at head_dim 64 and the fast two-pass one at 128.
   double e_wg_dq = 0, e_wg_dk = 0, e_wg_dv = 0;
-  if (fused) {
+  const bool wg_bwd = fused || (fast && D == 128);
+  if (wg_bwd) {
     std::vector<uint16_t> dq2(q.size(), 0xffff), dk2(k.size(), 0xffff), dv2(v.size(), 0xffff);
     std::vector<float> acc2(q.size(), NAN), dkp2(G > 1 ? q.size() : 0, NAN), dvp2(G > 1 ? q.size() : 0, NAN);
     std::vector<uint32_t> sem2((size_t)T * H + 2, 0);
@@ -411,7 +431,8 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
     wp.dq_accum = dp(acc2.data());
     wp.dq_sem = dp(sem2.data());
     wp.wgmma_desc = ENGINE_FLASH_WGMMA_DESC;
-    launch(flash_attention_bwd_wgmma_d64, wp, nb, H, THREADS, wg_bwd_smem());
+    launch(D == 64 ? flash_attention_bwd_wgmma_d64 : flash_attention_bwd_wgmma_d128, wp, nb, H, THREADS,
+           D == 64 ? wg_bwd_smem<64>() : wg_bwd_smem<128>());
     launch(flash_attention_dq_from_accum, wp, (T * H * D + 255) / 256, 1, 256, 0);
     if (G > 1) launch(flash_attention_dkdv_sum, wp, (T * KV * D + 255) / 256, 1, 256, 0);
     e_wg_dq = rel(from_bf(dq2), dq);
@@ -427,7 +448,7 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   for (auto l : lens) printf(" %u", l);
   printf(": out %.2e lse %.2e dq %.2e dk %.2e dv %.2e", e_out, e_lse, e_dq, e_dk, e_dv);
   if (fast && !fused) printf("; wgmma fwd out %.2e lse %.2e", e_wg_out, e_wg_lse);
-  if (fused) printf("; wgmma bwd dq %.2e dk %.2e dv %.2e", e_wg_dq, e_wg_dk, e_wg_dv);
+  if (wg_bwd) printf("; wgmma bwd dq %.2e dk %.2e dv %.2e", e_wg_dq, e_wg_dk, e_wg_dv);
   printf("\n");
   return ok ? 0 : 1;
 }

@@ -51,9 +51,9 @@ pub enum FlashVariant {
     /// it correct and faster.
     Fused,
     /// `Fused`, with the Hopper kernels where the GPU is compute capability
-    /// 9.0: the forward on `wgmma` (both head dims) and the one-pass
-    /// backward on `wgmma` (head_dim 64); elsewhere exactly `Fused`. Not the
-    /// dispatch's choice until measured.
+    /// 9.0: the forward and the one-pass backward on `wgmma`, both head
+    /// dims; elsewhere exactly `Fused`. Not the dispatch's choice until
+    /// measured.
     Hopper,
 }
 
@@ -112,8 +112,9 @@ pub struct Fns {
     /// The Hopper forward (sm_90a; an empty kernel on other GPUs).
     wgmma_d64: CudaFunction,
     wgmma_d128: CudaFunction,
-    /// The Hopper one-pass backward (head_dim 64; sm_90a).
+    /// The Hopper one-pass backward (sm_90a).
     wgmma_bwd_d64: CudaFunction,
+    wgmma_bwd_d128: CudaFunction,
 }
 
 /// The Hopper forward's default descriptor reading (kernels/include/flash_attention.h).
@@ -124,15 +125,11 @@ pub const WGMMA_DESC: u32 = ENGINE_FLASH_WGMMA_DESC;
 const WGMMA_SLACK: usize = 32 << 10;
 
 /// Dynamic shared memory of the Hopper backward (`wg_bwd_smem`): K, V and
-/// two buffers of Q, dO tiles (64 × 64, canonical), two of lse and delta,
-/// dS (rows padded) and the ordered addition's flag and ticket.
-fn wgmma_bwd_smem() -> usize {
-    let tile = TILE * 64 * 2;
-    2 * tile
-        + 4 * tile
-        + 4 * TILE * 4
-        + TILE * (ENGINE_FLASH_DKDV_STEP_D64 as usize + ENGINE_FLASH_PAD as usize) * 2
-        + 16
+/// two buffers of Q, dO tiles (64 rows, canonical), two of lse and delta,
+/// dS (64 × 64, rows padded) and the ordered addition's flag and ticket.
+fn wgmma_bwd_smem(head_dim: usize) -> usize {
+    let tile = TILE * head_dim * 2;
+    2 * tile + 4 * tile + 4 * TILE * 4 + TILE * (TILE + ENGINE_FLASH_PAD as usize) * 2 + 16
 }
 
 /// Dynamic shared memory of the Hopper forward, as the kernel computes it
@@ -183,12 +180,13 @@ fn with_smem(m: &Modules, name: &str, bytes: usize) -> Result<CudaFunction> {
 }
 
 pub(super) fn load(m: &Modules) -> Result<Fns> {
-    // A GPU whose shared memory is smaller than the Hopper forward's (with
-    // its slack) never launches it: keep the kernel without the attribute.
-    let wgmma_fn = |d: usize| -> Result<CudaFunction> {
-        let name = format!("flash_attention_fwd_wgmma_d{d}");
-        with_smem(m, &name, wgmma_smem(d) + WGMMA_SLACK).or_else(|_| m.get("flash_attention", &name))
+    // A GPU whose shared memory is smaller than a Hopper kernel's (the
+    // forward's with its slack) never launches it (they run on 9.0 only):
+    // keep the kernel without the attribute.
+    let hopper_fn = |name: &str, bytes: usize| -> Result<CudaFunction> {
+        with_smem(m, name, bytes).or_else(|_| m.get("flash_attention", name))
     };
+    let wgmma_fn = |d: usize| hopper_fn(&format!("flash_attention_fwd_wgmma_d{d}"), wgmma_smem(d) + WGMMA_SLACK);
     let dim = |d: usize, variant: FlashVariant| -> Result<PerDim> {
         let (fwd, dq, dkdv) = smem(variant, d);
         let suffix = if variant == FlashVariant::Fast { "" } else { "_simple" };
@@ -209,7 +207,8 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
         dq_from_accum: m.get("flash_attention", "flash_attention_dq_from_accum")?,
         wgmma_d64: wgmma_fn(64)?,
         wgmma_d128: wgmma_fn(128)?,
-        wgmma_bwd_d64: with_smem(m, "flash_attention_bwd_wgmma_d64", wgmma_bwd_smem())?,
+        wgmma_bwd_d64: hopper_fn("flash_attention_bwd_wgmma_d64", wgmma_bwd_smem(64))?,
+        wgmma_bwd_d128: hopper_fn("flash_attention_bwd_wgmma_d128", wgmma_bwd_smem(128))?,
     })
 }
 
@@ -449,8 +448,10 @@ impl Gpu {
         dv: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
         let what = "flash_attention_bwd";
-        let fused = matches!(variant, FlashVariant::Fused | FlashVariant::Hopper) && s.head_dim == 64;
-        let hopper = fused && variant == FlashVariant::Hopper && self.cc == (9, 0);
+        // The one-pass backward: on wgmma at both head dims (Hopper on 9.0),
+        // else on mma.sync at head_dim 64.
+        let hopper = variant == FlashVariant::Hopper && self.cc == (9, 0);
+        let fused = hopper || matches!(variant, FlashVariant::Fused | FlashVariant::Hopper) && s.head_dim == 64;
         let variant = variant.builds();
         let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
         let (q_len, kv_len) =
@@ -553,8 +554,11 @@ impl Gpu {
             .map_err(|e| anyhow!("{what}: delta: {e}"))?;
         if fused {
             let fk = &self.k.flash_attention;
-            let (kernel, bytes) =
-                if hopper { (&fk.wgmma_bwd_d64, wgmma_bwd_smem()) } else { (&fk.fused_d64, fused_smem()) };
+            let (kernel, bytes) = match (hopper, s.head_dim) {
+                (true, 64) => (&fk.wgmma_bwd_d64, wgmma_bwd_smem(64)),
+                (true, _) => (&fk.wgmma_bwd_d128, wgmma_bwd_smem(128)),
+                (false, _) => (&fk.fused_d64, fused_smem()),
+            };
             let cfg_fused = LaunchConfig { shared_mem_bytes: bytes as u32, ..cfg_dkdv };
             // SAFETY: as above; dq_accum holds tokens·n_heads·head_dim
             // floats and dq_sem tokens·n_heads + 2 zeroed words. A block
