@@ -1178,11 +1178,14 @@ __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void wgmma_wait_all() {
+// Waits until at most N of this warpgroup's committed wgmma groups are pending.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
 #ifdef ENGINE_FLASH_WGMMA_ASM
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
+__device__ __forceinline__ void wgmma_wait_all() { wgmma_wait<0>(); }
 // Shared memory this thread wrote through the generic proxy (cp.async, plain
 // stores) becomes visible to wgmma's reads after this and a barrier.
 __device__ __forceinline__ void fence_proxy_async() {
@@ -1485,22 +1488,28 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
     fence_frag(dsa);
     fence_acc(dv);
     fence_acc(dk);
-    wgmma_fence();
+    // dV += Pᵀ·dO, dK += dSᵀ·Q.
+    auto dv_dk = [&] {
 #pragma unroll
-    for (int kk = 0; kk < NJ / 2; ++kk) {
-      wgmma_rs<D, true>(dv, pa[kk], wg_desc(do_addr + kk * 2 * D * 16, ml, ms));
-      wgmma_rs<D, true>(dk, dsa[kk], wg_desc(q_addr + kk * 2 * D * 16, ml, ms));
+      for (int kk = 0; kk < NJ / 2; ++kk) {
+        wgmma_rs<D, true>(dv, pa[kk], wg_desc(do_addr + kk * 2 * D * 16, ml, ms));
+        wgmma_rs<D, true>(dk, dsa[kk], wg_desc(q_addr + kk * 2 * D * 16, ml, ms));
+      }
+      wgmma_commit();
+    };
+    if constexpr (!KV_REGS) {
+      // At head_dim 128, dV and dK finish before dQ starts: the P and dS
+      // fragments they read (32 registers) would not fit beside dQ's
+      // accumulators (ptxas serialises every wgmma of the kernel otherwise).
+      wgmma_fence();
+      dv_dk();
+      wgmma_wait<0>();
     }
-    wgmma_commit();
-    // At head_dim 128, dV and dK finish before dQ starts: the P and dS
-    // fragments they read (32 registers) would not fit beside dQ's
-    // accumulators (ptxas serialises every wgmma of the kernel otherwise).
-    if constexpr (!KV_REGS) wgmma_wait_all();
-    __syncthreads();  // dS in shared memory (the products above run meanwhile, at head_dim 64)
+    __syncthreads();  // dS in shared memory
+    // dQ = dS·K: A = dS (rows: the warp's 16 queries; columns: the tile's 64 keys), B = K.
     float dq[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-    // A = dS (rows: the warp's 16 queries; columns: the tile's 64 keys), B = K.
     uint32_t da[TILE / 16][4];
 #pragma unroll
     for (int kk = 0; kk < TILE / 16; ++kk) ld_a_t<true>(ds_s, DS_LD, kk * 16, warp * 16, da[kk]);
@@ -1510,11 +1519,19 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
 #pragma unroll
     for (int kk = 0; kk < TILE / 16; ++kk) wgmma_rs<D, true>(dq, da[kk], wg_desc(k_addr + kk * 2 * D * 16, ml, ms));
     wgmma_commit();
-    wgmma_wait_all();
-    fence_acc(dv);
-    fence_acc(dk);
+    if constexpr (KV_REGS) {
+      // At head_dim 64, dV and dK go after dQ, and run while dQ's ordered
+      // addition waits for its turn and adds.
+      dv_dk();
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
+    }
     fence_acc(dq);
     add_dq_in_turn<D>(p, dq, tl.start, q0, k0, len, h, flag_s);
+    wgmma_wait<0>();
+    fence_acc(dv);
+    fence_acc(dk);
     __syncthreads();  // every read of this step's buffers is done before they are refilled
   }
   store_dkdv<D>(p, dk, dv, tl.start, k0, len, h, kvh, r0);
