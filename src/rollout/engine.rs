@@ -112,6 +112,22 @@ pub struct Generator<'m, B: Backend> {
     cfg: GenerateConfig,
     cache: KvCache<B>,
     acts: Activations<B>,
+    stats: DecodeStats,
+}
+
+/// Where decode steps spent their time, for benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DecodeStats {
+    /// Decode steps run.
+    pub steps: usize,
+    /// Seconds the host spent issuing the steps' forwards: on a GPU the
+    /// kernels run asynchronously, so this is the host's share (every
+    /// launch's cost), not the step's; a step that takes little longer than
+    /// its issue is bound by the host (launches), not by the GPU.
+    pub forward_issue_s: f64,
+    /// Seconds of the whole steps: issue, sampling, and the wait for the
+    /// sampled tokens.
+    pub step_s: f64,
 }
 
 /// Which cache slots are free, and how many live samples read each prompt slot.
@@ -184,7 +200,12 @@ impl<'m, B: Backend> Generator<'m, B> {
         let cap = cfg.prefill_tokens.max(longest_prompt).max(cfg.max_batch);
         let chunk = backend_chunk(be, c, cfg.max_batch);
         let acts = Activations::with_positions(be, c, cap, chunk, false, capacity);
-        Ok(Generator { be, model, cfg, cache, acts })
+        Ok(Generator { be, model, cfg, cache, acts, stats: DecodeStats::default() })
+    }
+
+    /// Timing of the decode steps run so far.
+    pub fn decode_stats(&self) -> DecodeStats {
+        self.stats
     }
 
     /// The sizes of the KV cache's pools.
@@ -322,6 +343,7 @@ impl<'m, B: Backend> Generator<'m, B> {
 
     /// One new token for every active sequence.
     fn decode_step(&mut self, active: &mut [Active]) -> Result<()> {
+        let t0 = std::time::Instant::now();
         let b = active.len();
         let tokens: Vec<u32> = active.iter().map(|a| *a.tokens.last().unwrap()).collect();
         let positions: Vec<u32> = active.iter().map(|a| a.len as u32).collect();
@@ -341,7 +363,9 @@ impl<'m, B: Backend> Generator<'m, B> {
             next_tokens: vec![crate::backend::IGNORE; b],
         };
         self.cache.plan_decode(self.be, &seqs);
+        let t1 = std::time::Instant::now();
         self.model.forward_with(self.be, &mut self.acts, &batch, Attend::Decode(&mut self.cache))?;
+        self.stats.forward_issue_s += t1.elapsed().as_secs_f64();
         // Each sequence draws from its own stream, step = tokens so far.
         let draws: Vec<(u32, Draw)> =
             active.iter().enumerate().map(|(i, a)| (i as u32, a.stream.draw(a.tokens.len() as u64))).collect();
@@ -351,6 +375,8 @@ impl<'m, B: Backend> Generator<'m, B> {
             a.tokens.push(x.token);
             a.logprobs.push(x.logprob);
         }
+        self.stats.steps += 1;
+        self.stats.step_s += t0.elapsed().as_secs_f64();
         Ok(())
     }
 

@@ -5,5 +5,5 @@
 pub mod engine;
 pub mod sampler;
 
-pub use engine::{FinishReason, GenerateConfig, Generator, Sample};
+pub use engine::{DecodeStats, FinishReason, GenerateConfig, Generator, Sample};
 pub use sampler::{sample, Draw, KernelSettings, Sampled, SamplingParams, Stream};

@@ -272,7 +272,10 @@ fn bench_generate() {
     };
     // (seconds, memory in use after, the cache's shape) for `new` tokens of
     // each of `prompts` × n samples.
-    let time = |new: usize, prompts: &[Vec<u32>], n: usize| -> (f64, usize, engine::model::CacheShape) {
+    let time = |new: usize,
+                prompts: &[Vec<u32>],
+                n: usize|
+     -> (f64, usize, engine::model::CacheShape, engine::rollout::DecodeStats) {
         let mut g = Generator::new(&be, &model, gen_cfg(new, n), GEN_PROMPT).unwrap();
         be.check().unwrap();
         let t = Instant::now();
@@ -281,7 +284,7 @@ fn bench_generate() {
         let s = t.elapsed().as_secs_f64();
         let tokens: usize = out.iter().map(|s| s.tokens.len()).sum();
         assert_eq!(tokens, GEN_BATCH * new, "every sequence runs to max_new_tokens");
-        (s, used_bytes(&be), g.cache_shape())
+        (s, used_bytes(&be), g.cache_shape(), g.decode_stats())
     };
     time(8, &prompts, 1); // warm-up: cuBLASLt plans, scratch, module loads
 
@@ -307,8 +310,8 @@ fn bench_generate() {
     let tokens = GEN_BATCH * GEN_NEW;
     let groups = GEN_BATCH / 8;
     for (name, prompts, n) in [("generate_b64", &prompts[..], 1), ("generate_g8", &prompts[..groups], 8)] {
-        let (t1, _, _) = time(1, prompts, n);
-        let (t_all, used, cache) = time(GEN_NEW, prompts, n);
+        let (t1, _, _, _) = time(1, prompts, n);
+        let (t_all, used, cache, stats) = time(GEN_NEW, prompts, n);
         let kv_bytes = 2 * engine::model::KvCache::<Cuda>::elements(cfg.n_layers, cfg.kv_dim(), cache);
         let step_ms = (t_all - t1) / (GEN_NEW - 1) as f64 * 1e3;
         let row = serde_json::json!({
@@ -318,6 +321,10 @@ fn bench_generate() {
             "kv_cache_gib": kv_bytes as f64 / (1u64 << 30) as f64,
             "decode_step_ms": step_ms, "decode_bound_ms": bound_ms, "decode_over_bound": step_ms / bound_ms,
             "prefill_and_first_ms": t1 * 1e3, "copy_gb_s": copy_gb_s,
+            // The host's time to issue a step's forward (its launches) against
+            // the whole step: close to it, the step is bound by launches.
+            "decode_forward_issue_ms": stats.forward_issue_s / stats.steps.max(1) as f64 * 1e3,
+            "decode_step_in_loop_ms": stats.step_s / stats.steps.max(1) as f64 * 1e3,
             "bytes_per_step": {"weights": weights, "kv_cache": kv, "logits": logits},
             "source": "engine",
             "impl": "engine cuda: continuous batching, KV cache (a prompt once for its samples), decode attention kernel, sampling on the device",
