@@ -146,7 +146,9 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
     eprintln!("distill: {} examples, {} steps, teacher {}", stats.examples, lp.total, teacher_dir.display());
     let chunk = backend_chunk(be, &model.cfg, budget);
     let mut acts = Activations::new(be, &model.cfg, budget, chunk, true);
-    let mut tacts = Activations::new(be, &teacher.cfg, budget, chunk, false);
+    // The teacher's logits go to teacher_logits (head::distill), never to its
+    // arena's lm_head buffers: a one-row chunk, not another chunk × vocab.
+    let mut tacts = Activations::new(be, &teacher.cfg, budget, 1, false);
     let mut teacher_logits = be.alloc(chunk * model.cfg.vocab_size);
     let mut grads = model.zero_grads(be);
     let lambda = cfg.float("distill.on_policy_fraction");
