@@ -177,15 +177,18 @@ struct Row {
     if (threadIdx.x == first) {
       // The walk re-adds in token order; should its rounding not cross
       // (a boundary within an ulp), the chunk's last weighted token is taken.
+      // Only a weighted token is ever taken: the scan's and this thread's
+      // sums may round apart, so `before` alone can already exceed target,
+      // and the chunk's first tokens may weigh nothing (filtered out). A
+      // chunk with no weight at all gives NONE, and the caller's fallback.
       T run = before;
       uint32_t last = NONE;
       for (uint32_t j = j0; j < j1; ++j) {
         const T wj = w(j);
         run += wj;
-        if (wj > T(0)) last = j;
-        if (run > target) {
+        if (wj > T(0)) {
           last = j;
-          break;
+          if (run > target) break;
         }
       }
       sh->u[32] = last;
