@@ -1072,6 +1072,10 @@ template <int N, bool TRANS>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc) {
 #ifdef ENGINE_FLASH_EMU
   emu_wgmma(&d[0][0], N, a, desc, TRANS);
+#else
+  // On the GPU each shape is an asm specialisation below; a shape without
+  // one must not compile to nothing.
+  static_assert(N != N, "wgmma_rs: no asm specialisation for this shape");
 #endif
 }
 

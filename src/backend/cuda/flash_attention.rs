@@ -171,6 +171,17 @@ fn fused_smem() -> usize {
     smem(FlashVariant::Fast, 64).2 + TILE * (step + ENGINE_FLASH_PAD as usize) * 2 + 16
 }
 
+/// [`Gpu::fitting_build`] for a GPU with `smem_optin` bytes per block.
+fn fitting_build(variant: FlashVariant, head_dim: usize, smem_optin: usize) -> FlashVariant {
+    let build = variant.builds();
+    let (fwd, dq, dkdv) = smem(build, head_dim);
+    if build == FlashVariant::Fast && fwd.max(dq).max(dkdv) > smem_optin {
+        FlashVariant::Simple
+    } else {
+        build
+    }
+}
+
 /// A kernel allowed `bytes` of dynamic shared memory (above 48 KB needs the opt-in).
 fn with_smem(m: &Modules, name: &str, bytes: usize) -> Result<CudaFunction> {
     let f = m.get("flash_attention", name)?;
@@ -179,21 +190,26 @@ fn with_smem(m: &Modules, name: &str, bytes: usize) -> Result<CudaFunction> {
     Ok(f)
 }
 
-pub(super) fn load(m: &Modules) -> Result<Fns> {
-    // A GPU whose shared memory is smaller than a Hopper kernel's (the
-    // forward's with its slack) never launches it (they run on 9.0 only):
-    // keep the kernel without the attribute.
-    let hopper_fn = |name: &str, bytes: usize| -> Result<CudaFunction> {
-        with_smem(m, name, bytes).or_else(|_| m.get("flash_attention", name))
+/// The kernels, each allowed the shared memory it needs where the GPU has
+/// that much per block (`smem_optin`); one that needs more is kept without
+/// the attribute and never launched: the dispatch runs a build that fits
+/// ([`Gpu::fitting_build`]; the Hopper kernels run on 9.0 only, 227 KB).
+pub(super) fn load(m: &Modules, smem_optin: usize) -> Result<Fns> {
+    let kernel = |name: &str, bytes: usize| -> Result<CudaFunction> {
+        if bytes <= smem_optin {
+            with_smem(m, name, bytes)
+        } else {
+            m.get("flash_attention", name)
+        }
     };
-    let wgmma_fn = |d: usize| hopper_fn(&format!("flash_attention_fwd_wgmma_d{d}"), wgmma_smem(d) + WGMMA_SLACK);
+    let wgmma_fn = |d: usize| kernel(&format!("flash_attention_fwd_wgmma_d{d}"), wgmma_smem(d) + WGMMA_SLACK);
     let dim = |d: usize, variant: FlashVariant| -> Result<PerDim> {
         let (fwd, dq, dkdv) = smem(variant, d);
         let suffix = if variant == FlashVariant::Fast { "" } else { "_simple" };
         Ok(PerDim {
-            fwd: with_smem(m, &format!("flash_attention_fwd_d{d}{suffix}"), fwd)?,
-            dq: with_smem(m, &format!("flash_attention_bwd_dq_d{d}{suffix}"), dq)?,
-            dkdv: with_smem(m, &format!("flash_attention_bwd_dkdv_d{d}{suffix}"), dkdv)?,
+            fwd: kernel(&format!("flash_attention_fwd_d{d}{suffix}"), fwd)?,
+            dq: kernel(&format!("flash_attention_bwd_dq_d{d}{suffix}"), dq)?,
+            dkdv: kernel(&format!("flash_attention_bwd_dkdv_d{d}{suffix}"), dkdv)?,
         })
     };
     Ok(Fns {
@@ -203,12 +219,12 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
         d128_simple: dim(128, FlashVariant::Simple)?,
         delta: m.get("flash_attention", "flash_attention_delta")?,
         dkdv_sum: m.get("flash_attention", "flash_attention_dkdv_sum")?,
-        fused_d64: with_smem(m, "flash_attention_bwd_fused_d64", fused_smem())?,
+        fused_d64: kernel("flash_attention_bwd_fused_d64", fused_smem())?,
         dq_from_accum: m.get("flash_attention", "flash_attention_dq_from_accum")?,
         wgmma_d64: wgmma_fn(64)?,
         wgmma_d128: wgmma_fn(128)?,
-        wgmma_bwd_d64: hopper_fn("flash_attention_bwd_wgmma_d64", wgmma_bwd_smem(64))?,
-        wgmma_bwd_d128: hopper_fn("flash_attention_bwd_wgmma_d128", wgmma_bwd_smem(128))?,
+        wgmma_bwd_d64: kernel("flash_attention_bwd_wgmma_d64", wgmma_bwd_smem(64))?,
+        wgmma_bwd_d128: kernel("flash_attention_bwd_wgmma_d128", wgmma_bwd_smem(128))?,
     })
 }
 
@@ -298,6 +314,14 @@ impl Gpu {
         Ok((ptr, n as u32))
     }
 
+    /// The build (`Fast` or `Simple`) of `variant`'s mma.sync kernels at
+    /// this head dim that fits the GPU's shared memory: the fast one where
+    /// its three kernels do (Hopper, A100), else the simple one (the fast
+    /// dq kernel at head_dim 128 needs 102 KB; sm_86 / sm_89 allow 99).
+    pub fn fitting_build(&self, variant: FlashVariant, head_dim: usize) -> FlashVariant {
+        fitting_build(variant, head_dim, self.smem_optin)
+    }
+
     fn flash_fns(&self, variant: FlashVariant, head_dim: usize) -> &PerDim {
         let f = &self.k.flash_attention;
         match (variant.builds() == FlashVariant::Fast, head_dim == 64) {
@@ -326,7 +350,7 @@ impl Gpu {
         if variant == FlashVariant::Hopper && self.cc == (9, 0) {
             return self.flash_attention_fwd_wgmma(WGMMA_DESC, s, cu_seqlens, q, k, v, out, lse);
         }
-        let variant = variant.builds();
+        let variant = self.fitting_build(variant, s.head_dim);
         let (f, rows, bytes) =
             (&self.flash_fns(variant, s.head_dim).fwd, fwd_tile(variant), smem(variant, s.head_dim).0);
         self.flash_fwd_launch("flash_attention_fwd", f, rows, bytes, 0, s, cu_seqlens, q, k, v, out, lse)
@@ -451,8 +475,11 @@ impl Gpu {
         // The one-pass backward: on wgmma at both head dims (Hopper on 9.0),
         // else on mma.sync at head_dim 64.
         let hopper = variant == FlashVariant::Hopper && self.cc == (9, 0);
-        let fused = hopper || matches!(variant, FlashVariant::Fused | FlashVariant::Hopper) && s.head_dim == 64;
-        let variant = variant.builds();
+        let fused = hopper
+            || matches!(variant, FlashVariant::Fused | FlashVariant::Hopper)
+                && s.head_dim == 64
+                && fused_smem() <= self.smem_optin;
+        let variant = self.fitting_build(variant, s.head_dim);
         let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
         let (q_len, kv_len) =
             (elems(what, tokens, s.n_heads, s.head_dim)?, elems(what, tokens, s.n_kv_heads, s.head_dim)?);
@@ -596,7 +623,31 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::tiles;
+    use super::{fitting_build, fused_smem, smem, tiles, wgmma_bwd_smem, wgmma_smem, FlashVariant, WGMMA_SLACK};
+
+    #[test]
+    fn every_build_fits_the_gpus_it_is_chosen_for() {
+        // Shared memory per block (opt-in): H100 / H200, A100, sm_86 / sm_89.
+        let (hopper, a100, ada) = (232_448, 166_912, 101_376);
+        for v in [FlashVariant::Fast, FlashVariant::Fused, FlashVariant::Hopper, FlashVariant::Simple] {
+            for d in [64, 128] {
+                for limit in [hopper, a100, ada] {
+                    let b = fitting_build(v, d, limit);
+                    let (f, q, k) = smem(b, d);
+                    assert!(f.max(q).max(k) <= limit, "{v:?} d{d} at {limit}: {b:?} needs {}", f.max(q).max(k));
+                    // Only the fast d128 build is too big, and only for sm_86 / sm_89.
+                    let simple = v == FlashVariant::Simple || (limit == ada && d == 128);
+                    assert_eq!(b, if simple { FlashVariant::Simple } else { FlashVariant::Fast }, "{v:?} d{d} {limit}");
+                }
+            }
+        }
+        // The one-pass and Hopper kernels fit where they run (fused: checked
+        // against the limit at dispatch; Hopper: 9.0 only).
+        assert!(fused_smem() <= ada);
+        for d in [64, 128] {
+            assert!(wgmma_smem(d) + WGMMA_SLACK <= hopper && wgmma_bwd_smem(d) <= hopper);
+        }
+    }
 
     #[test]
     fn tiles_cover_every_sequence_longest_first() {

@@ -111,6 +111,10 @@ pub struct Gpu {
     pub sms: usize,
     /// Compute capability (major, minor): 9.0 runs the sm_90a kernels.
     pub cc: (u32, u32),
+    /// The most dynamic shared memory a block may opt in to (bytes): 227 KB
+    /// on Hopper, 163 KB on the A100, 99 KB on sm_86 / sm_89 (RTX 30xx /
+    /// 40xx, L4, L40); the flash dispatch runs only kernels that fit.
+    pub smem_optin: usize,
     /// copy_rows' last destination list and whether its rows are distinct.
     distinct_cache: std::sync::Mutex<Option<(Vec<u32>, bool)>>,
 }
@@ -137,6 +141,9 @@ impl Gpu {
             cap(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, "major")?,
             cap(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, "minor")?,
         );
+        let smem_optin = ctx
+            .attribute(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| anyhow!("{name}: shared memory per block: {e}"))? as usize;
         let mut by_file = HashMap::new();
         for (file, image) in modules::MODULES {
             let m = ctx
@@ -153,7 +160,7 @@ impl Gpu {
             dpo: dpo::load(&m)?,
             elementwise: elementwise::load(&m)?,
             embedding: embedding::load(&m)?,
-            flash_attention: flash_attention::load(&m)?,
+            flash_attention: flash_attention::load(&m, smem_optin)?,
             logprob: logprob::load(&m)?,
             policy: policy::load(&m)?,
             rmsnorm: rmsnorm::load(&m)?,
@@ -181,6 +188,7 @@ impl Gpu {
             flash_variant: std::sync::atomic::AtomicU8::new(FLASH_VARIANT as u8),
             sms,
             cc,
+            smem_optin,
             distinct_cache: std::sync::Mutex::new(None),
         })
     }
