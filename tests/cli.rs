@@ -346,6 +346,16 @@ fn generate_writes_one_line_per_sample() {
         &["--n", "3", "--max-new-tokens", "6", "--seed", "4"],
     );
     assert_eq!(lines, again);
+    // --cuda-graphs on the CPU: the decode steps padded (6 sequences to 8)
+    // and run as they are; the same tokens.
+    let padded = generate(
+        &fixtures().join("qwen3"),
+        &input,
+        &c.path("g3.jsonl"),
+        &["--n", "3", "--max-new-tokens", "6", "--seed", "4", "--cuda-graphs"],
+    );
+    let tokens = |v: &[Value]| v.iter().map(|l| l["tokens"].clone()).collect::<Vec<_>>();
+    assert_eq!(tokens(&lines), tokens(&padded));
 }
 
 #[test]

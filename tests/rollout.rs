@@ -144,8 +144,13 @@ fn prompt_slots_outlive_finished_siblings_and_are_reused() {
         lens.iter().any(|&l| l < 20) && lens.iter().any(|&l| l > 1),
         "samples should end at different steps: {lens:?}"
     );
-    for (prompt_slots, max_batch) in [(1, 3), (1, 5), (2, 4), (2, 6)] {
-        let got = run(&model, &ps, GenerateConfig { prompt_slots, max_batch, ..cfg.clone() });
+    // With `graphs`, each step is padded with dummy sequences to a batch of
+    // 1, 2, 4, 8… (at most max_batch): on the CPU the padded steps run as
+    // they are, and must change no sample.
+    for (prompt_slots, max_batch, graphs) in
+        [(1, 3, false), (1, 5, false), (2, 4, false), (2, 6, false), (2, 6, true), (1, 7, true), (3, 11, true)]
+    {
+        let got = run(&model, &ps, GenerateConfig { prompt_slots, max_batch, graphs, ..cfg.clone() });
         assert_eq!(got.len(), want.len());
         for (a, b) in got.iter().zip(&want) {
             assert_eq!((a.prompt_index, a.sample_index, &a.tokens), (b.prompt_index, b.sample_index, &b.tokens));
@@ -164,7 +169,7 @@ fn the_cache_holds_a_prompt_once_for_its_samples() {
     let model = load("qwen2");
     let cfg = GenerateConfig { n: 8, max_batch: 64, max_new_tokens: 50, ..Default::default() };
     let shape = Generator::new(&Cpu, &model, cfg.clone(), 100).unwrap().cache_shape();
-    assert_eq!(shape, CacheShape { prompt_slots: 16, prompt_cap: 100, gen_slots: 64, gen_cap: 50 });
+    assert_eq!(shape, CacheShape { prompt_slots: 16, prompt_cap: 100, gen_slots: 64, gen_cap: 50, pad_rows: 0 });
     assert_eq!(shape.rows(), 64 * 150 / 2);
     let separate = Generator::new(&Cpu, &model, GenerateConfig { share_prefill: false, ..cfg }, 100).unwrap();
     assert_eq!(separate.cache_shape().prompt_slots, 64);

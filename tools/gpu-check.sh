@@ -310,7 +310,7 @@ if tr_table:
                + (f", prefill + first token {r['prefill_and_first_ms']:.1f} ms" if r.get("prefill_and_first_ms") else "")
                + (f", KV {r['kv_cache_gib']:.2f} GiB" if r.get("kv_cache_gib") is not None else "")
                + (f"; a step in the loop {r['decode_step_in_loop_ms']:.2f} ms, of which the host issues its forward in "
-                  f"{r['decode_forward_issue_ms']:.2f} ms (close to the step: bound by launches)"
+                  f"{r['decode_forward_issue_ms']:.2f} ms (if close to the step, it is bound by launches)"
                   if r.get("decode_forward_issue_ms") is not None else "")
                for r in gen]
     heads = [r for r in tr_table if str(r["kernel"]).startswith("lm_head_")]

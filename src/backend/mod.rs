@@ -81,8 +81,31 @@ pub trait Backend: Sync {
     type Mut<'a>;
     /// Borrowed view of part of an `Idx`.
     type IdxRef<'a>: Copy;
+    /// A recorded sequence of device work, replayed without the host
+    /// ([`Backend::capture`]); `()` where the backend has none.
+    type Graph;
 
     fn name(&self) -> &'static str;
+
+    // ---- graphs: a step replayed without the host -------------------------
+    /// Records the device work `f` issues as a graph, without running it
+    /// (CUDA: stream capture); `None` where the backend has no graphs, and
+    /// then `f` has run, eagerly. `f` may only launch work on buffers that
+    /// stay where they are (no uploads, no reads, no allocation): every
+    /// argument is frozen, so what changes between replays must be written
+    /// to the buffers before each [`replay`](Self::replay).
+    fn capture(&self, f: &mut dyn FnMut()) -> Option<Self::Graph>;
+    /// Runs a captured graph.
+    fn replay(&self, graph: &Self::Graph);
+    /// Moves whenever a buffer the ops keep between calls is reallocated: a
+    /// graph captured at another value must not be replayed.
+    fn graph_epoch(&self) -> u64 {
+        0
+    }
+    /// Decode attention plans its work for sequences of up to `keys` keys
+    /// (0: from each plan), so that one captured decode step serves every
+    /// length up to it.
+    fn set_decode_keys_floor(&self, _keys: usize) {}
 
     /// How many logits the lm_head + loss path computes at once (its chunk
     /// of `[rows, vocab]`): small on the CPU (cache-friendly f32), large on a
@@ -394,6 +417,31 @@ pub trait Backend: Sync {
     ) -> Vec<crate::rollout::Sampled> {
         let z = self.read(logits);
         sample_on_host(&z, vocab, params, draws)
+    }
+
+    /// [`sample`](Self::sample) in three parts, for steps replayed as graphs:
+    /// `sample_stage` puts the draws where `sample_launch` (which issues
+    /// device work only, so it can be captured) reads them, and
+    /// `sample_collect` returns the rows `sample_launch` sampled. The
+    /// default samples in `sample_collect`, from the logits it is given
+    /// (the caller passes the same logits and draws to both).
+    fn sample_stage(&self, _draws: &[crate::rollout::Draw]) {}
+    fn sample_launch(
+        &self,
+        _logits: Self::Ref<'_>,
+        _vocab: usize,
+        _params: &crate::rollout::SamplingParams,
+        _rows: usize,
+    ) {
+    }
+    fn sample_collect(
+        &self,
+        logits: Self::Ref<'_>,
+        vocab: usize,
+        params: &crate::rollout::SamplingParams,
+        draws: &[crate::rollout::Draw],
+    ) -> Vec<crate::rollout::Sampled> {
+        self.sample(logits, vocab, params, draws)
     }
 
     // ---- distillation ------------------------------------------------------

@@ -47,6 +47,11 @@ pub struct SamplingArgs {
     /// Sequences decoded together.
     #[arg(long, default_value_t = 64)]
     pub max_batch: usize,
+    /// Replay each decode step as a CUDA graph (captured once per padded
+    /// batch size; no launch costs on the host). Not yet measured on a GPU:
+    /// off by default.
+    #[arg(long)]
+    pub cuda_graphs: bool,
     /// Render prompts with the model's chat template.
     #[arg(long)]
     pub chat: bool,
@@ -136,6 +141,7 @@ fn generate_on<B: Backend>(be: &B, model_dir: &Path, lines: &[Line], s: &Samplin
         eos_ids: eos,
         stop_strings: s.stop.clone(),
         max_batch: s.max_batch,
+        graphs: s.cuda_graphs,
         ..Default::default()
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);

@@ -7,6 +7,10 @@
 //!   sequence being decoded, holding the keys and values of the tokens it
 //!   generated.
 //!
+//! - **Padding rows** (`pad_rows`, last; none unless asked for): where
+//!   the dummy sequences that fill a decode step up to a fixed batch size
+//!   (a step replayed as a graph) write and read.
+//!
 //! So a prompt's G samples hold one copy of the prompt, not G: for a long
 //! prompt most of the cache. Decode attention reads a sequence's positions
 //! below the prompt length from its prompt slot and the rest from its own
@@ -23,6 +27,8 @@ pub struct KvCache<B: Backend> {
     pub gen_slots: usize,
     /// Rows per generation slot (the most tokens a sequence writes after its prompt).
     pub gen_cap: usize,
+    /// Rows for padding sequences, one each.
+    pub pad_rows: usize,
     pub kv_dim: usize,
     pub k: Vec<B::Buf>,
     pub v: Vec<B::Buf>,
@@ -44,11 +50,12 @@ pub struct CacheShape {
     pub prompt_cap: usize,
     pub gen_slots: usize,
     pub gen_cap: usize,
+    pub pad_rows: usize,
 }
 
 impl CacheShape {
     pub fn rows(&self) -> usize {
-        self.prompt_slots * self.prompt_cap + self.gen_slots * self.gen_cap
+        self.prompt_slots * self.prompt_cap + self.gen_slots * self.gen_cap + self.pad_rows
     }
 }
 
@@ -56,13 +63,15 @@ impl<B: Backend> KvCache<B> {
     pub fn new(be: &B, n_layers: usize, kv_dim: usize, shape: CacheShape) -> Self {
         let rows = shape.rows();
         assert!(rows > 0 && rows <= u32::MAX as usize, "kv cache: {rows} rows (must be in 1..2^32)");
-        // A prefill writes at most every prompt row, a decode step one row per slot.
-        let writes = (shape.prompt_slots * shape.prompt_cap).max(shape.gen_slots);
+        // A prefill writes at most every prompt row, a decode step one row
+        // per slot (and per padding row).
+        let writes = (shape.prompt_slots * shape.prompt_cap).max(shape.gen_slots + shape.pad_rows);
         KvCache {
             prompt_slots: shape.prompt_slots,
             prompt_cap: shape.prompt_cap,
             gen_slots: shape.gen_slots,
             gen_cap: shape.gen_cap,
+            pad_rows: shape.pad_rows,
             kv_dim,
             k: (0..n_layers).map(|_| be.alloc(rows * kv_dim)).collect(),
             v: (0..n_layers).map(|_| be.alloc(rows * kv_dim)).collect(),
@@ -70,7 +79,7 @@ impl<B: Backend> KvCache<B> {
             write_dst: be.alloc_idx(writes),
             n_writes: 0,
             max_writes: writes,
-            plan: be.alloc_idx(shape.gen_slots * DecodeSeq::WORDS),
+            plan: be.alloc_idx((shape.gen_slots + shape.pad_rows) * DecodeSeq::WORDS),
             n_decode: 0,
         }
     }
@@ -81,6 +90,7 @@ impl<B: Backend> KvCache<B> {
             prompt_cap: self.prompt_cap,
             gen_slots: self.gen_slots,
             gen_cap: self.gen_cap,
+            pad_rows: self.pad_rows,
         }
     }
 
@@ -122,9 +132,24 @@ impl<B: Backend> KvCache<B> {
     /// generation slot (a write into a shared prompt slot or the next
     /// generation slot would corrupt another sequence's keys).
     pub fn plan_decode(&mut self, be: &B, seqs: &[DecodeSeq]) {
+        self.plan_decode_padded(be, seqs, seqs.len());
+    }
+
+    /// [`plan_decode`](Self::plan_decode), then dummy sequences up to
+    /// `batch` (at most `pad_rows` of them): each one token long, in its own
+    /// padding row, so they disturb no real sequence's keys (their outputs
+    /// are to be ignored).
+    pub fn plan_decode_padded(&mut self, be: &B, seqs: &[DecodeSeq], batch: usize) {
         let rows = self.shape().rows();
         let gen0 = self.prompt_slots * self.prompt_cap;
+        let pad0 = gen0 + self.gen_slots * self.gen_cap;
         assert!(seqs.len() <= self.gen_slots, "kv cache: {} sequences for {} slots", seqs.len(), self.gen_slots);
+        assert!(
+            batch >= seqs.len() && batch - seqs.len() <= self.pad_rows,
+            "kv cache: {} sequences padded to {batch} with {} padding rows",
+            seqs.len(),
+            self.pad_rows
+        );
         for (b, s) in seqs.iter().enumerate() {
             if let Err(e) = s.check(rows) {
                 panic!("kv cache: sequence {b}: {e}");
@@ -133,14 +158,22 @@ impl<B: Backend> KvCache<B> {
             assert!(
                 s.prefix_len < s.len
                     && own >= gen0
+                    && own < pad0
                     && (own - gen0) % self.gen_cap + (s.len - s.prefix_len) as usize <= self.gen_cap,
                 "kv cache: sequence {b}: {s:?}: its own run must hold the new token and lie within one generation slot"
             );
         }
+        let mut seqs = seqs.to_vec();
+        seqs.extend((0..batch - seqs.len()).map(|i| DecodeSeq::contiguous((pad0 + i) as u32, 1)));
         let writes: Vec<(u32, u32)> = seqs.iter().enumerate().map(|(b, s)| (b as u32, s.row(s.len - 1))).collect();
         self.plan_writes(be, &writes);
-        be.write_idx(&DecodeSeq::encode(seqs), &mut self.plan);
+        be.write_idx(&DecodeSeq::encode(&seqs), &mut self.plan);
         self.n_decode = seqs.len();
+    }
+
+    /// Positions a sequence may span: a prompt slot's and a generation slot's.
+    pub fn max_len(&self) -> usize {
+        self.prompt_cap + self.gen_cap
     }
 
     /// Writes layer `l`'s keys and values of this forward's tokens where

@@ -84,25 +84,40 @@ impl<B: Backend> Model<B> {
     /// [`Self::forward`] with a choice of attention (see [`Attend`]). For
     /// `Decode`, each "sequence" of the batch is one new token and its
     /// position is that of the token in its own sequence.
-    pub fn forward_with(&self, be: &B, acts: &mut Activations<B>, batch: &Batch, mut attend: Attend<B>) -> Result<()> {
+    pub fn forward_with(&self, be: &B, acts: &mut Activations<B>, batch: &Batch, attend: Attend<B>) -> Result<()> {
+        self.stage(be, acts, batch)?;
+        self.forward_staged(be, acts, attend);
+        Ok(())
+    }
+
+    /// The host's half of [`Self::forward_with`]: checks `batch` and writes
+    /// its tokens, positions and sequence bounds into the arena.
+    pub fn stage(&self, be: &B, acts: &mut Activations<B>, batch: &Batch) -> Result<()> {
         self.check_batch(acts, batch)?;
-        let (n, d) = (batch.len(), self.cfg.hidden_size);
         let max_pos = B::len(&acts.rope_cos) / (self.cfg.head_dim / 2);
         if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= max_pos) {
             bail!("position {p} beyond the arena's RoPE table ({max_pos} positions)");
         }
-        acts.n = n;
+        acts.n = batch.len();
         acts.n_seqs = batch.n_seqs();
         acts.head.logits_hold_all = false;
         be.write_idx(&batch.tokens, &mut acts.ids);
         be.write_idx(&batch.positions, &mut acts.pos);
         be.write_idx(&batch.cu_seqlens, &mut acts.cu_seqlens);
+        Ok(())
+    }
 
-        let Activations { ids, pos, cu_seqlens, rope_cos, rope_sin, resid, layers, h, rstd_f, train, .. } = acts;
+    /// The device's half of [`Self::forward_with`], on the batch last
+    /// [`staged`](Self::stage): launches only, so a decode step can be
+    /// captured as a graph ([`Backend::capture`]).
+    pub fn forward_staged(&self, be: &B, acts: &mut Activations<B>, mut attend: Attend<B>) {
+        let (n, d) = (acts.n, self.cfg.hidden_size);
+        let Activations { ids, pos, cu_seqlens, rope_cos, rope_sin, resid, layers, h, rstd_f, train, n_seqs, .. } =
+            acts;
         let ctx = Ctx::<B> {
             n,
             pos: B::idx_view(pos, Span::new(0, n)),
-            cu: B::idx_view(cu_seqlens, Span::new(0, batch.n_seqs() + 1)),
+            cu: B::idx_view(cu_seqlens, Span::new(0, *n_seqs + 1)),
             cos: B::view(rope_cos, Span::new(0, B::len(rope_cos))),
             sin: B::view(rope_sin, Span::new(0, B::len(rope_sin))),
         };
@@ -132,7 +147,6 @@ impl<B: Backend> Model<B> {
             pm::<B>(h, n * d),
             pm::<B>(rstd_f, n),
         );
-        Ok(())
     }
 
     /// Samples one token for each `(row, draw)`: the logits of token row
@@ -178,6 +192,41 @@ impl<B: Backend> Model<B> {
         }
         acts.head.logits_hold_all = false;
         out
+    }
+
+    /// [`Self::sample_rows`] for token rows `0..rows` of the last forward
+    /// (a decode step: one row per sequence), in the two parts a graph-replayed
+    /// step needs. This one launches only (capturable): the lm_head's logits
+    /// of those rows, and the backend's sampling of them with the draws it
+    /// was given by [`Backend::sample_stage`].
+    pub fn sample_first_launch(&self, be: &B, acts: &mut Activations<B>, rows: usize, params: &SamplingParams) {
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        assert!(rows <= acts.n && rows <= acts.head.chunk, "sample_first_launch: {rows} rows");
+        let z = Span::new(0, rows * v);
+        be.matmul(
+            ms(rows, v, d),
+            pr::<B>(&acts.h, rows * d),
+            self.w(self.layout.lm_head),
+            None,
+            B::view_mut(&mut acts.head.logits, z),
+            false,
+        );
+        be.sample_launch(B::view(&acts.head.logits, z), v, params, rows);
+    }
+
+    /// The second part: the sampled tokens of the first `draws.len()` rows
+    /// (`draws` as staged; where the backend samples on the host, it does so
+    /// here, from the logits the first part left).
+    pub fn sample_first_collect(
+        &self,
+        be: &B,
+        acts: &mut Activations<B>,
+        draws: &[Draw],
+        params: &SamplingParams,
+    ) -> Vec<Sampled> {
+        let v = self.cfg.vocab_size;
+        acts.head.logits_hold_all = false;
+        be.sample_collect(B::view(&acts.head.logits, Span::new(0, draws.len() * v)), v, params, draws)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -39,6 +39,13 @@ pub struct GenerateConfig {
     /// Prefill each prompt once for its `n` samples (true) or once per
     /// sample (false, for testing the sharing).
     pub share_prefill: bool,
+    /// Replay each decode step's device work as a graph captured once per
+    /// batch size (CUDA graphs: no launch costs on the host). A step's batch
+    /// is padded with dummy sequences up to 1, 2, 4 or a multiple of 8
+    /// (at most `max_batch`), so a few graphs serve every step. Backends
+    /// without graphs run the padded steps as they are (the tests' check
+    /// that padding changes no sample).
+    pub graphs: bool,
 }
 
 impl Default for GenerateConfig {
@@ -54,6 +61,7 @@ impl Default for GenerateConfig {
             prompt_slots: 0,
             prefill_tokens: 4096,
             share_prefill: true,
+            graphs: false,
         }
     }
 }
@@ -113,6 +121,23 @@ pub struct Generator<'m, B: Backend> {
     cache: KvCache<B>,
     acts: Activations<B>,
     stats: DecodeStats,
+    /// Per padded batch size, with `cfg.graphs`.
+    graphs: Vec<(usize, StepGraph<B>)>,
+}
+
+/// Where a padded batch size stands: run eagerly once in an epoch (every
+/// buffer it needs at its size), then captured, then replayed while the
+/// backend's buffer epoch stays.
+enum StepGraph<B: Backend> {
+    WarmedUp(u64),
+    Captured(B::Graph, u64),
+}
+
+/// The batch a decode step of `b` sequences is padded to: 1, 2, 4, then
+/// multiples of 8, at most `max_batch`.
+pub fn padded_batch(b: usize, max_batch: usize) -> usize {
+    let p = if b <= 4 { b.next_power_of_two() } else { b.next_multiple_of(8) };
+    p.min(max_batch).max(b)
 }
 
 /// Where decode steps spent their time, for benchmarks.
@@ -192,6 +217,7 @@ impl<'m, B: Backend> Generator<'m, B> {
             prompt_cap: longest_prompt,
             gen_slots: cfg.max_batch,
             gen_cap: cfg.max_new_tokens,
+            pad_rows: if cfg.graphs { cfg.max_batch } else { 0 },
         };
         if shape.rows() > u32::MAX as usize {
             bail!("generate: a KV cache of {} rows does not fit 32-bit row indices", shape.rows());
@@ -200,7 +226,15 @@ impl<'m, B: Backend> Generator<'m, B> {
         let cap = cfg.prefill_tokens.max(longest_prompt).max(cfg.max_batch);
         let chunk = backend_chunk(be, c, cfg.max_batch);
         let acts = Activations::with_positions(be, c, cap, chunk, false, capacity);
-        Ok(Generator { be, model, cfg, cache, acts, stats: DecodeStats::default() })
+        if cfg.graphs {
+            if chunk < cfg.max_batch {
+                bail!("generate: graphs need the lm_head chunk ({chunk} rows) to hold max_batch ({})", cfg.max_batch);
+            }
+            // The sampler's buffers at their largest now, so that no later
+            // growth makes the captured steps stale.
+            be.sample_stage(&vec![Stream::new(0, 0, 0).draw(0); cfg.max_batch]);
+        }
+        Ok(Generator { be, model, cfg, cache, acts, stats: DecodeStats::default(), graphs: Vec::new() })
     }
 
     /// Timing of the decode steps run so far.
@@ -345,8 +379,12 @@ impl<'m, B: Backend> Generator<'m, B> {
     fn decode_step(&mut self, active: &mut [Active]) -> Result<()> {
         let t0 = std::time::Instant::now();
         let b = active.len();
-        let tokens: Vec<u32> = active.iter().map(|a| *a.tokens.last().unwrap()).collect();
-        let positions: Vec<u32> = active.iter().map(|a| a.len as u32).collect();
+        let rows = if self.cfg.graphs { padded_batch(b, self.cfg.max_batch) } else { b };
+        // Padding sequences: token 0 at position 0, in their own cache rows.
+        let mut tokens: Vec<u32> = active.iter().map(|a| *a.tokens.last().unwrap()).collect();
+        let mut positions: Vec<u32> = active.iter().map(|a| a.len as u32).collect();
+        tokens.resize(rows, 0);
+        positions.resize(rows, 0);
         let seqs: Vec<DecodeSeq> = active
             .iter()
             .map(|a| DecodeSeq {
@@ -359,17 +397,27 @@ impl<'m, B: Backend> Generator<'m, B> {
         let batch = Batch {
             tokens,
             positions,
-            cu_seqlens: (0..=b as u32).collect(),
-            next_tokens: vec![crate::backend::IGNORE; b],
+            cu_seqlens: (0..=rows as u32).collect(),
+            next_tokens: vec![crate::backend::IGNORE; rows],
         };
-        self.cache.plan_decode(self.be, &seqs);
-        let t1 = std::time::Instant::now();
-        self.model.forward_with(self.be, &mut self.acts, &batch, Attend::Decode(&mut self.cache))?;
-        self.stats.forward_issue_s += t1.elapsed().as_secs_f64();
+        self.cache.plan_decode_padded(self.be, &seqs, rows);
         // Each sequence draws from its own stream, step = tokens so far.
-        let draws: Vec<(u32, Draw)> =
-            active.iter().enumerate().map(|(i, a)| (i as u32, a.stream.draw(a.tokens.len() as u64))).collect();
-        let sampled = self.model.sample_rows(self.be, &mut self.acts, &draws, &self.cfg.sampling);
+        let mut draws: Vec<Draw> = active.iter().map(|a| a.stream.draw(a.tokens.len() as u64)).collect();
+        let sampled = if self.cfg.graphs {
+            self.model.stage(self.be, &mut self.acts, &batch)?;
+            draws.resize(rows, Stream::new(0, 0, 0).draw(0));
+            self.be.sample_stage(&draws);
+            let t1 = std::time::Instant::now();
+            self.run_graph_step(rows);
+            self.stats.forward_issue_s += t1.elapsed().as_secs_f64();
+            self.model.sample_first_collect(self.be, &mut self.acts, &draws[..b], &self.cfg.sampling)
+        } else {
+            let t1 = std::time::Instant::now();
+            self.model.forward_with(self.be, &mut self.acts, &batch, Attend::Decode(&mut self.cache))?;
+            self.stats.forward_issue_s += t1.elapsed().as_secs_f64();
+            let rows: Vec<(u32, Draw)> = draws.into_iter().enumerate().map(|(i, d)| (i as u32, d)).collect();
+            self.model.sample_rows(self.be, &mut self.acts, &rows, &self.cfg.sampling)
+        };
         for (a, x) in active.iter_mut().zip(sampled) {
             a.len += 1;
             a.tokens.push(x.token);
@@ -378,6 +426,43 @@ impl<'m, B: Backend> Generator<'m, B> {
         self.stats.steps += 1;
         self.stats.step_s += t0.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// The staged step's device work (forward, lm_head, sampling) for
+    /// `rows` token rows (`cfg.graphs`): run once, then captured and
+    /// replayed (recaptured when the backend's buffers move; see
+    /// [`StepGraph`]).
+    fn run_graph_step(&mut self, rows: usize) {
+        let Generator { be, model, cfg, cache, acts, graphs, .. } = self;
+        let be: &B = be;
+        // One launch shape for every length up to the cache's.
+        be.set_decode_keys_floor(cache.max_len());
+        let mut issue = || {
+            model.forward_staged(be, acts, Attend::Decode(cache));
+            model.sample_first_launch(be, acts, rows, &cfg.sampling);
+        };
+        let epoch = be.graph_epoch();
+        let at = graphs.iter().position(|(r, _)| *r == rows);
+        match at.map(|i| &graphs[i].1) {
+            Some(StepGraph::Captured(g, e)) if *e == epoch => be.replay(g),
+            Some(StepGraph::WarmedUp(e)) if *e == epoch => {
+                // None: the backend has no graphs, and `issue` has run.
+                if let Some(g) = be.capture(&mut issue) {
+                    assert_eq!(be.graph_epoch(), epoch, "generate: a buffer moved while a decode step was captured");
+                    be.replay(&g);
+                    graphs[at.expect("found")].1 = StepGraph::Captured(g, epoch);
+                }
+            }
+            _ => {
+                issue();
+                let warm = StepGraph::WarmedUp(be.graph_epoch());
+                match at {
+                    Some(i) => graphs[i].1 = warm,
+                    None => graphs.push((rows, warm)),
+                }
+            }
+        }
+        be.set_decode_keys_floor(0);
     }
 
     fn finished(&self, a: &Active, detok: Option<Detokenize>) -> Option<FinishReason> {

@@ -262,21 +262,23 @@ fn bench_generate() {
     let prompts: Vec<Vec<u32>> = (0..GEN_BATCH)
         .map(|_| (0..GEN_PROMPT).map(|_| (rng.next() * cfg.vocab_size as f32) as u32 % 151_936).collect())
         .collect();
-    let gen_cfg = |new: usize, n: usize| GenerateConfig {
+    let gen_cfg = |new: usize, n: usize, graphs: bool| GenerateConfig {
         n,
         max_new_tokens: new,
         max_batch: GEN_BATCH,
         sampling: SamplingParams { temperature: 1.0, ..Default::default() },
         seed: 1,
+        graphs,
         ..Default::default()
     };
     // (seconds, memory in use after, the cache's shape) for `new` tokens of
     // each of `prompts` × n samples.
     let time = |new: usize,
                 prompts: &[Vec<u32>],
-                n: usize|
+                n: usize,
+                graphs: bool|
      -> (f64, usize, engine::model::CacheShape, engine::rollout::DecodeStats) {
-        let mut g = Generator::new(&be, &model, gen_cfg(new, n), GEN_PROMPT).unwrap();
+        let mut g = Generator::new(&be, &model, gen_cfg(new, n, graphs), GEN_PROMPT).unwrap();
         be.check().unwrap();
         let t = Instant::now();
         let out = g.generate(prompts, None, |_| {}).unwrap();
@@ -286,7 +288,7 @@ fn bench_generate() {
         assert_eq!(tokens, GEN_BATCH * new, "every sequence runs to max_new_tokens");
         (s, used_bytes(&be), g.cache_shape(), g.decode_stats())
     };
-    time(8, &prompts, 1); // warm-up: cuBLASLt plans, scratch, module loads
+    time(8, &prompts, 1, false); // warm-up: cuBLASLt plans, scratch, module loads
 
     // The copy bandwidth here (read + write bytes per second), as bench_kernels counts it.
     let n = 1usize << 28; // 512 MiB of bf16 each way
@@ -309,9 +311,15 @@ fn bench_generate() {
     let bound_ms = (weights + kv + logits) / (copy_gb_s * 1e9) * 1e3;
     let tokens = GEN_BATCH * GEN_NEW;
     let groups = GEN_BATCH / 8;
-    for (name, prompts, n) in [("generate_b64", &prompts[..], 1), ("generate_g8", &prompts[..groups], 8)] {
-        let (t1, _, _, _) = time(1, prompts, n);
-        let (t_all, used, cache, stats) = time(GEN_NEW, prompts, n);
+    // `_graphs`: each decode step replayed as a CUDA graph (captured per
+    // padded batch size; not the default until measured).
+    for (name, prompts, n, graphs) in [
+        ("generate_b64", &prompts[..], 1, false),
+        ("generate_b64_graphs", &prompts[..], 1, true),
+        ("generate_g8", &prompts[..groups], 8, false),
+    ] {
+        let (t1, _, _, _) = time(1, prompts, n, graphs);
+        let (t_all, used, cache, stats) = time(GEN_NEW, prompts, n, graphs);
         let kv_bytes = 2 * engine::model::KvCache::<Cuda>::elements(cfg.n_layers, cfg.kv_dim(), cache);
         let step_ms = (t_all - t1) / (GEN_NEW - 1) as f64 * 1e3;
         let row = serde_json::json!({
@@ -327,7 +335,11 @@ fn bench_generate() {
             "decode_step_in_loop_ms": stats.step_s / stats.steps.max(1) as f64 * 1e3,
             "bytes_per_step": {"weights": weights, "kv_cache": kv, "logits": logits},
             "source": "engine",
-            "impl": "engine cuda: continuous batching, KV cache (a prompt once for its samples), decode attention kernel, sampling on the device",
+            "impl": if graphs {
+                "engine cuda, decode steps replayed as CUDA graphs"
+            } else {
+                "engine cuda: continuous batching, KV cache (a prompt once for its samples), decode attention kernel, sampling on the device"
+            },
         });
         println!("{row}");
         if let Some(f) = bench_out().as_mut() {

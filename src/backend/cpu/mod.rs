@@ -26,6 +26,14 @@ impl Backend for Cpu {
     type Ref<'a> = &'a [f32];
     type Mut<'a> = &'a mut [f32];
     type IdxRef<'a> = &'a [u32];
+    type Graph = ();
+
+    /// No graphs: `f` runs now.
+    fn capture(&self, f: &mut dyn FnMut()) -> Option<()> {
+        f();
+        None
+    }
+    fn replay(&self, _graph: &()) {}
 
     fn name(&self) -> &'static str {
         "cpu"

@@ -459,7 +459,9 @@ impl Gpu {
         };
         // One block per (sequence, kv head) and split of its keys.
         let units = batch * s.n_kv_heads;
-        let longest = seqs.iter().map(|x| x.len as usize).max().expect("batch > 0");
+        // At least the floor a graph-replayed step sets: one launch shape for all its steps.
+        let floor = self.decode_keys_floor.load(std::sync::atomic::Ordering::Relaxed);
+        let longest = seqs.iter().map(|x| x.len as usize).max().expect("batch > 0").max(floor);
         let (n_splits, split_keys) = match split {
             None => decode_splits(units, longest, self.sms),
             Some(keys) => (longest.div_ceil(keys.max(1)), keys.clamp(1, longest)),

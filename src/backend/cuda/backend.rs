@@ -66,6 +66,7 @@ fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, len: usize) -> Result<CudaS
 fn grow<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, s: &mut CudaSlice<T>, len: usize) {
     if s.len() < len {
         *s = must(zeros(gpu, len));
+        super::bump_buffer_epoch();
     }
 }
 
@@ -78,11 +79,8 @@ impl Cuda {
 
     /// Starts GPU `ordinal` (see [`Gpu::new`]).
     pub fn new(ordinal: usize) -> Result<Self> {
+        // One stream, cudarc's per-buffer events off (Gpu::new).
         let gpu = Gpu::new(ordinal)?;
-        // One stream: cudarc's per-buffer events guard cross-stream use only
-        // and would cost two event records per operand per launch.
-        // SAFETY: every buffer of this backend lives on `gpu.stream` alone.
-        unsafe { gpu.ctx.disable_event_tracking() };
         let scratch = Scratch {
             f64: zeros(&gpu, 1)?,
             f32: zeros(&gpu, 1)?,
@@ -155,9 +153,30 @@ impl Backend for Cuda {
     type Ref<'a> = DRef<'a>;
     type Mut<'a> = DMut<'a>;
     type IdxRef<'a> = IdxRef<'a>;
+    type Graph = cudarc::driver::CudaGraph;
 
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn capture(&self, f: &mut dyn FnMut()) -> Option<Self::Graph> {
+        if !self.gpu.graphs_on.load(std::sync::atomic::Ordering::Relaxed) {
+            f();
+            return None;
+        }
+        Some(must(self.gpu.capture(|| {
+            f();
+            Ok(())
+        })))
+    }
+    fn replay(&self, graph: &Self::Graph) {
+        must(graph.launch().map_err(|e| anyhow!("graph launch: {e}")));
+    }
+    fn graph_epoch(&self) -> u64 {
+        super::buffer_epoch()
+    }
+    fn set_decode_keys_floor(&self, keys: usize) {
+        self.gpu.set_decode_keys_floor(keys);
     }
     /// 2^30 bf16 logits (2 GiB): 7,067 rows of Qwen's 151,936, so a
     /// micro-batch of 16k tokens takes 3 chunks.
@@ -610,23 +629,54 @@ impl Backend for Cuda {
     }
 
     fn sample(&self, logits: DRef<'_>, vocab: usize, params: &SamplingParams, draws: &[Draw]) -> Vec<Sampled> {
-        let rows = draws.len();
-        if rows == 0 {
+        if draws.is_empty() {
             return Vec::new();
         }
+        self.sample_stage(draws);
+        self.sample_launch(logits, vocab, params, draws.len());
+        self.sample_collect(logits, vocab, params, draws)
+    }
+
+    /// The draws into the sampler's scratch (grown to `rows` first: a
+    /// graph captured before a growth is stale, see [`Backend::graph_epoch`]).
+    fn sample_stage(&self, draws: &[Draw]) {
+        let rows = draws.len();
         let host: Vec<u64> = draws.iter().flat_map(|d| [d.stream.key(), d.step]).collect();
         let mut guard = self.scratch();
         let s = &mut *guard;
         grow(&self.gpu, &mut s.draws, 2 * rows);
         grow(&self.gpu, &mut s.tokens, rows);
         grow(&self.gpu, &mut s.logprobs, rows);
-        let stream = &self.gpu.stream;
         let mut dv = s.draws.slice_mut(0..2 * rows);
-        must(stream.memcpy_htod(&host, &mut dv).map_err(|e| anyhow!("sample: draws: {e}")));
+        must(self.gpu.stream.memcpy_htod(&host, &mut dv).map_err(|e| anyhow!("sample: draws: {e}")));
+    }
+    /// Launches only: rows `0..rows` of `logits` with the staged draws.
+    fn sample_launch(&self, logits: DRef<'_>, vocab: usize, params: &SamplingParams, rows: usize) {
+        let mut guard = self.scratch();
+        let s = &mut *guard;
+        assert!(s.tokens.len() >= rows && s.draws.len() >= 2 * rows, "sample_launch: {rows} rows not staged");
+        let dv = s.draws.slice(0..2 * rows);
         let (mut tv, mut lv) = (s.tokens.slice_mut(0..rows), s.logprobs.slice_mut(0..rows));
         must(self.gpu.sample(&logits.bf16("sample"), vocab, params, &dv, &mut tv, &mut lv));
-        let tokens = must(stream.clone_dtoh(&tv).map_err(|e| anyhow!("sample: tokens: {e}")));
-        let logprobs = must(stream.clone_dtoh(&lv).map_err(|e| anyhow!("sample: log-probabilities: {e}")));
+    }
+    /// The first `draws.len()` rows of the last launch's tokens (waits).
+    fn sample_collect(
+        &self,
+        _logits: DRef<'_>,
+        _vocab: usize,
+        _params: &SamplingParams,
+        draws: &[Draw],
+    ) -> Vec<Sampled> {
+        let rows = draws.len();
+        if rows == 0 {
+            return Vec::new();
+        }
+        let guard = self.scratch();
+        let stream = &self.gpu.stream;
+        let tokens = must(stream.clone_dtoh(&guard.tokens.slice(0..rows)).map_err(|e| anyhow!("sample: tokens: {e}")));
+        let logprobs = must(
+            stream.clone_dtoh(&guard.logprobs.slice(0..rows)).map_err(|e| anyhow!("sample: log-probabilities: {e}")),
+        );
         drop(guard);
         must(self.check());
         tokens.into_iter().zip(logprobs).map(|(token, logprob)| Sampled { token, logprob }).collect()

@@ -35,9 +35,24 @@ pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT, WGMMA_DESC
 pub use policy::PolicyViews;
 
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, LaunchConfig};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// Bumped whenever a device buffer that ops keep between calls (scratch)
+/// is replaced by a larger one: a captured graph holds the old address, so
+/// a graph captured in an earlier epoch must not be replayed.
+static BUFFER_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The current [`BUFFER_EPOCH`].
+pub fn buffer_epoch() -> u64 {
+    BUFFER_EPOCH.load(Ordering::SeqCst)
+}
+
+pub(crate) fn bump_buffer_epoch() {
+    BUFFER_EPOCH.fetch_add(1, Ordering::SeqCst);
+}
 
 mod modules {
     include!(concat!(env!("OUT_DIR"), "/modules.rs"));
@@ -117,6 +132,13 @@ pub struct Gpu {
     pub smem_optin: usize,
     /// copy_rows' last destination list and whether its rows are distinct.
     distinct_cache: std::sync::Mutex<Option<(Vec<u32>, bool)>>,
+    /// Decode attention plans its key splits as if some sequence had at
+    /// least this many keys (0: from the plan's longest), so that a step
+    /// replayed as a graph keeps one launch shape while lengths grow.
+    decode_keys_floor: AtomicUsize,
+    /// Whether [`Backend::capture`](super::Backend::capture) records graphs
+    /// (on by default; off, it runs the work eagerly, for tests that compare).
+    pub graphs_on: std::sync::atomic::AtomicBool,
 }
 
 impl Gpu {
@@ -169,7 +191,13 @@ impl Gpu {
             sample: sample::load(&m)?,
             swiglu: swiglu::load(&m)?,
         };
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream, on which CUDA
+        // cannot capture graphs. Every buffer lives on it alone, so cudarc's
+        // per-buffer events (which guard cross-stream use, and would record
+        // events inside a capture) are off.
+        // SAFETY: no buffer of this context is used on another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| anyhow!("{name}: stream: {e}"))?;
         // SAFETY: only tries to open the library (cudarc panics on use without it).
         if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
             bail!("{name}: cuBLASLt (libcublasLt.so) could not be loaded");
@@ -190,7 +218,33 @@ impl Gpu {
             cc,
             smem_optin,
             distinct_cache: std::sync::Mutex::new(None),
+            decode_keys_floor: AtomicUsize::new(0),
+            graphs_on: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Records the work `f` issues on the stream as a graph, without running
+    /// it (CUDA stream capture; replay with [`CudaGraph::launch`]). `f` must
+    /// only launch: no copies from or to the host, no allocation, no wait;
+    /// such a call fails the capture. Every kernel argument is frozen, so
+    /// what changes between replays must live in device buffers at fixed
+    /// addresses. A graph is valid while [`buffer_epoch`] stays as it was.
+    pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| anyhow!("{}: begin capture: {e}", self.name))?;
+        let issued = f();
+        // The capture always ends, so the stream is usable whatever f did.
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        issued.context("while capturing a graph")?;
+        graph.map_err(|e| anyhow!("{}: end capture: {e}", self.name))?.ok_or_else(|| anyhow!("captured an empty graph"))
+    }
+
+    /// Decode attention's key splits planned for at least `keys` keys per
+    /// sequence (0: from each plan's longest); see [`attention::decode_splits`].
+    pub fn set_decode_keys_floor(&self, keys: usize) {
+        self.decode_keys_floor.store(keys, Ordering::Relaxed);
     }
 
     /// The flash variant the attention dispatch runs.

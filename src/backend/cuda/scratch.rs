@@ -13,7 +13,8 @@ pub(crate) struct Scratch(Mutex<Option<CudaSlice<f32>>>);
 impl Scratch {
     /// The address of at least `n` floats (at least one), **uninitialised**:
     /// the caller's kernels must write every element they read. A buffer
-    /// replaced while a kernel may still use it is freed in stream order.
+    /// replaced while a kernel may still use it is freed in stream order (and
+    /// the buffer epoch moves: captured graphs hold the old address).
     /// The address outlives the lock: two threads launching on one `Gpu` at
     /// once could replace the buffer under the other's kernel; the backend's
     /// ops run from one thread.
@@ -25,6 +26,7 @@ impl Scratch {
                          // SAFETY: uninitialised device memory; see the contract above.
             let fresh = unsafe { stream.alloc::<f32>(n) }.map_err(|e| anyhow!("{what} ({n} floats): {e}"))?;
             *buf = Some(fresh);
+            super::bump_buffer_epoch();
         }
         let b = buf.as_ref().expect("allocated above");
         let (p, _sync) = b.device_ptr(stream);
