@@ -448,9 +448,18 @@ impl<'m, B: Backend> Generator<'m, B> {
             Some(StepGraph::WarmedUp(e)) if *e == epoch => {
                 // None: the backend has no graphs, and `issue` has run.
                 if let Some(g) = be.capture(&mut issue) {
-                    assert_eq!(be.graph_epoch(), epoch, "generate: a buffer moved while a decode step was captured");
-                    be.replay(&g);
-                    graphs[at.expect("found")].1 = StepGraph::Captured(g, epoch);
+                    let i = at.expect("found");
+                    if be.graph_epoch() == epoch {
+                        be.replay(&g);
+                        graphs[i].1 = StepGraph::Captured(g, epoch);
+                    } else {
+                        // A buffer moved while the step was recorded (which
+                        // the warm-up should rule out): the graph is stale
+                        // and nothing ran. Run the step, warm up again.
+                        drop(g);
+                        issue();
+                        graphs[i].1 = StepGraph::WarmedUp(be.graph_epoch());
+                    }
                 }
             }
             _ => {

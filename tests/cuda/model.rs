@@ -246,66 +246,103 @@ fn greedy_generation_on_the_gpu_follows_transformers() {
     assert!(compared >= 64, "too few tokens compared ({compared})");
 }
 
+/// A small Qwen2 with head_dim 64 (4 heads, 2 KV heads, 2 layers), random
+/// weights: decode attention on the grouped kernel with its key splits.
+fn random_d64_model(be: &Cuda) -> Model<Cuda> {
+    use engine::model::{ModelConfig, ParamLayout};
+    let config = r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","vocab_size":512,
+      "hidden_size":256,"intermediate_size":512,"num_hidden_layers":2,"num_attention_heads":4,
+      "num_key_value_heads":2,"max_position_embeddings":4096,"rope_theta":10000.0,"rms_norm_eps":1e-6,
+      "tie_word_embeddings":true}"#;
+    let cfg = ModelConfig::from_json_str(config, "test config").unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let mut x = 12345u64;
+    let mut host = vec![0.0f32; layout.total];
+    for e in &layout.entries {
+        let norm = e.shape.len() == 1 && !e.name.ends_with("bias");
+        for v in &mut host[e.span.off..e.span.end()] {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *v = if norm { 1.0 } else { 0.2 * ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) };
+        }
+    }
+    Model::from_host(be, cfg, host)
+}
+
 /// Decode steps replayed as CUDA graphs (`GenerateConfig::graphs`) give
 /// the same bits as the same padded steps issued eagerly (capture off): the
-/// same kernels on the same buffers, only recorded once and replayed. 64
-/// new tokens for 3 prompts × 3 samples at temperature 1, an EOS that ends
-/// some samples early (so the padded batch size changes), a max_batch of 6
-/// (padding to 4 and 6). Then the same run without padding or graphs,
-/// which must agree to sampling's noise: the two differ in decode
-/// attention's key splits and the lm_head product's row count, so the
-/// bf16 logits may round apart and a sequence may branch at a near-tie:
-/// two thirds of the samples must agree on their first 8 tokens.
+/// same kernels on the same buffers, only recorded once and replayed. 3
+/// prompts × 3 samples at temperature 1, an EOS that ends some samples
+/// early (so the padded batch size changes), a max_batch of 6 (padding to
+/// 4 and 6); on the qwen2 fixture (head_dim 16: the simple decode kernel)
+/// and on a random model with head_dim 64 and 300 new tokens (the grouped
+/// kernel, its keys split in runs planned for the cache's length). The same
+/// generator runs twice, the sampler's scratch grown in between: the second
+/// run must recapture (the graphs hold the old buffers) and give the same
+/// samples. Then the same run without padding or graphs, which must agree
+/// to sampling's noise: the two differ in decode attention's key splits and
+/// the lm_head product's row count, so the bf16 logits may round apart and
+/// a sequence may branch at a near-tie: two thirds of the samples must
+/// agree on their first 8 tokens.
 #[test]
 fn decode_graphs_replay_the_eager_steps_bit_for_bit() {
-    use engine::rollout::{GenerateConfig, Generator, SamplingParams};
+    use engine::rollout::{GenerateConfig, Generator, SamplingParams, Stream};
     use std::sync::atomic::Ordering;
     let Some(be) = cuda("decode_graphs_replay_the_eager_steps_bit_for_bit") else { return };
-    let (model, _) = Model::load(&be, &fixtures().join("qwen2")).unwrap();
     let prompts: Vec<Vec<u32>> = vec![vec![5, 17, 99, 3], vec![42; 9], vec![7, 8]];
-    let base = GenerateConfig {
-        n: 3,
-        max_new_tokens: 64,
-        max_batch: 6,
-        sampling: SamplingParams { temperature: 1.0, ..Default::default() },
-        seed: 11,
-        ..Default::default()
-    };
-    let run = |cfg: GenerateConfig| {
-        let mut g = Generator::new(&be, &model, cfg, 9).unwrap();
-        g.generate(&prompts, None, |_| {}).unwrap()
-    };
-    // The token drawn most often in a free run, as an EOS.
-    let free = run(base.clone());
-    let mut counts = std::collections::HashMap::new();
-    free.iter().flat_map(|s| &s.tokens).for_each(|&t| *counts.entry(t).or_insert(0) += 1);
-    let (&eos, _) = counts.iter().max_by_key(|&(t, c)| (*c, std::cmp::Reverse(*t))).unwrap();
-    let cfg = GenerateConfig { eos_ids: vec![eos], graphs: true, ..base };
-    be.gpu.graphs_on.store(false, Ordering::Relaxed);
-    let eager = run(cfg.clone());
-    be.gpu.graphs_on.store(true, Ordering::Relaxed);
-    let replayed = run(cfg.clone());
-    let lens: Vec<usize> = eager.iter().map(|s| s.tokens.len()).collect();
-    println!("decode graphs: sample lengths {lens:?}");
-    assert!(lens.iter().any(|&l| l < 64), "no sample ended early: {lens:?}");
-    for (a, b) in replayed.iter().zip(&eager) {
-        assert_eq!(a.tokens, b.tokens, "prompt {} sample {}", a.prompt_index, a.sample_index);
+    let fixture = Model::load(&be, &fixtures().join("qwen2")).unwrap().0;
+    let d64 = random_d64_model(&be);
+    for (name, model, new) in [("qwen2 fixture", &fixture, 64), ("random head_dim 64", &d64, 300)] {
+        let base = GenerateConfig {
+            n: 3,
+            max_new_tokens: new,
+            max_batch: 6,
+            sampling: SamplingParams { temperature: 1.0, ..Default::default() },
+            seed: 11,
+            ..Default::default()
+        };
+        let run = |cfg: GenerateConfig| {
+            let mut g = Generator::new(&be, model, cfg, 9).unwrap();
+            g.generate(&prompts, None, |_| {}).unwrap()
+        };
+        // The token drawn most often in a free run, as an EOS.
+        let free = run(base.clone());
+        let mut counts = std::collections::HashMap::new();
+        free.iter().flat_map(|s| &s.tokens).for_each(|&t| *counts.entry(t).or_insert(0) += 1);
+        let (&eos, _) = counts.iter().max_by_key(|&(t, c)| (*c, std::cmp::Reverse(*t))).unwrap();
+        let cfg = GenerateConfig { eos_ids: vec![eos], graphs: true, ..base };
+        be.gpu.graphs_on.store(false, Ordering::Relaxed);
+        let eager = run(cfg.clone());
+        be.gpu.graphs_on.store(true, Ordering::Relaxed);
+        let mut g = Generator::new(&be, model, cfg.clone(), 9).unwrap();
+        let first = g.generate(&prompts, None, |_| {}).unwrap();
+        // A larger sampler scratch: the captured graphs are stale now.
+        be.sample_stage(&vec![Stream::new(0, 0, 0).draw(0); 64]);
+        let second = g.generate(&prompts, None, |_| {}).unwrap();
+        let lens: Vec<usize> = eager.iter().map(|s| s.tokens.len()).collect();
+        println!("decode graphs, {name}: sample lengths {lens:?}");
+        assert!(lens.iter().any(|&l| l < new), "{name}: no sample ended early: {lens:?}");
         let bits = |s: &engine::rollout::Sample| s.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(a), bits(b), "prompt {} sample {}: log-probs", a.prompt_index, a.sample_index);
+        for replayed in [&first, &second] {
+            for (a, b) in replayed.iter().zip(&eager) {
+                let which = format!("{name}: prompt {} sample {}", a.prompt_index, a.sample_index);
+                assert_eq!(a.tokens, b.tokens, "{which}");
+                assert_eq!(bits(a), bits(b), "{which}: log-probs");
+            }
+        }
+        // A broken decode path would branch at once; sampling noise rarely
+        // does within 8 tokens.
+        let plain = run(GenerateConfig { graphs: false, ..cfg });
+        let agree = first
+            .iter()
+            .zip(&plain)
+            .filter(|(a, b)| {
+                let k = 8.min(a.tokens.len()).min(b.tokens.len());
+                a.tokens[..k] == b.tokens[..k]
+            })
+            .count();
+        println!("decode graphs, {name}: {agree} of {} samples agree with the unpadded run on 8 tokens", plain.len());
+        assert!(agree * 3 >= plain.len() * 2, "{name}: {agree} of {} samples agree with the unpadded run", plain.len());
     }
-    // A broken decode path would branch at once; sampling noise rarely does
-    // within 8 tokens.
-    let plain = run(GenerateConfig { graphs: false, ..cfg });
-    let agree = replayed
-        .iter()
-        .zip(&plain)
-        .filter(|(a, b)| {
-            let k = 8.min(a.tokens.len()).min(b.tokens.len());
-            a.tokens[..k] == b.tokens[..k]
-        })
-        .count();
-    println!("decode graphs: {agree} of {} samples agree with the unpadded run on their first 8 tokens", plain.len());
-    assert!(agree * 3 >= plain.len() * 2, "{agree} of {} samples agree with the unpadded run", plain.len());
 }
 
 /// What one GRPO update gives on a backend.

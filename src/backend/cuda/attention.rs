@@ -468,7 +468,7 @@ impl Gpu {
         };
         if n_splits > 1 {
             let floats = elems(what, units * n_splits, s.n_heads / s.n_kv_heads, s.head_dim + 2)?;
-            p.partial = self.decode_scratch.get(&self.stream, "attention_decode: partial states", floats)?;
+            p.partial = self.decode_scratch.get(self, "attention_decode: partial states", floats)?;
             p.split_keys = split_keys as u32;
             p.n_splits = n_splits as u32;
         }

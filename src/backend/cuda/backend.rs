@@ -65,8 +65,9 @@ fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, len: usize) -> Result<CudaS
 /// Grows `s` to at least `len` elements (its contents are not kept).
 fn grow<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, s: &mut CudaSlice<T>, len: usize) {
     if s.len() < len {
+        must(gpu.check_not_capturing("scratch"));
         *s = must(zeros(gpu, len));
-        super::bump_buffer_epoch();
+        gpu.buffer_epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -173,7 +174,7 @@ impl Backend for Cuda {
         must(graph.launch().map_err(|e| anyhow!("graph launch: {e}")));
     }
     fn graph_epoch(&self) -> u64 {
-        super::buffer_epoch()
+        self.gpu.buffer_epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
     fn set_decode_keys_floor(&self, keys: usize) {
         self.gpu.set_decode_keys_floor(keys);

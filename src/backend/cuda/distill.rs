@@ -146,7 +146,7 @@ impl Gpu {
         };
         let scratch = if split {
             let (zeroed, words) = split_scratch_words(rows, chunks);
-            self.distill_scratch.get_zeroed_prefix(&self.stream, "distill: scratch", words, zeroed)?
+            self.distill_scratch.get_zeroed_prefix(self, "distill: scratch", words, zeroed)?
         } else {
             0
         };

@@ -500,16 +500,16 @@ impl Gpu {
         let gqa = s.n_heads != s.n_kv_heads;
         let scratch = &self.flash_scratch;
         let parts = if gqa { q_len } else { 1 };
-        let dlp = scratch.delta.get(&self.stream, "flash_attention_bwd: delta", rows)?;
-        let dkpp = scratch.dk_part.get(&self.stream, "flash_attention_bwd: dk parts", parts)?;
-        let dvpp = scratch.dv_part.get(&self.stream, "flash_attention_bwd: dv parts", parts)?;
+        let dlp = scratch.delta.get(self, "flash_attention_bwd: delta", rows)?;
+        let dkpp = scratch.dk_part.get(self, "flash_attention_bwd: dk parts", parts)?;
+        let dvpp = scratch.dv_part.get(self, "flash_attention_bwd: dv parts", parts)?;
         // The fused backward's dq sums (every element written by its first key
         // tile) and turns (cleared: each counts the key tiles that have added).
         let (dqap, semp) = if fused {
-            let accum = scratch.dq_accum.get(&self.stream, "flash_attention_bwd: dq sums", q_len)?;
+            let accum = scratch.dq_accum.get(self, "flash_attention_bwd: dq sums", q_len)?;
             // One counter per (token, head) (those of tile starts used), then
             // the launch's ticket counter and its error word.
-            (accum, scratch.dq_sem.get_zeroed(&self.stream, "flash_attention_bwd: dq turns", rows + 2)?)
+            (accum, scratch.dq_sem.get_zeroed(self, "flash_attention_bwd: dq turns", rows + 2)?)
         } else {
             (0, 0)
         };

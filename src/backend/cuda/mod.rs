@@ -40,20 +40,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Bumped whenever a device buffer that ops keep between calls (scratch)
-/// is replaced by a larger one: a captured graph holds the old address, so
-/// a graph captured in an earlier epoch must not be replayed.
-static BUFFER_EPOCH: AtomicU64 = AtomicU64::new(0);
-
-/// The current [`BUFFER_EPOCH`].
-pub fn buffer_epoch() -> u64 {
-    BUFFER_EPOCH.load(Ordering::SeqCst)
-}
-
-pub(crate) fn bump_buffer_epoch() {
-    BUFFER_EPOCH.fetch_add(1, Ordering::SeqCst);
-}
-
 mod modules {
     include!(concat!(env!("OUT_DIR"), "/modules.rs"));
 }
@@ -136,6 +122,10 @@ pub struct Gpu {
     /// least this many keys (0: from the plan's longest), so that a step
     /// replayed as a graph keeps one launch shape while lengths grow.
     decode_keys_floor: AtomicUsize,
+    /// Moves whenever a device buffer that ops keep between calls (scratch)
+    /// is replaced by a larger one: a captured graph holds the old address,
+    /// so a graph captured at another value must not be replayed.
+    pub buffer_epoch: AtomicU64,
     /// Whether [`Backend::capture`](super::Backend::capture) records graphs
     /// (on by default; off, it runs the work eagerly, for tests that compare).
     pub graphs_on: std::sync::atomic::AtomicBool,
@@ -220,6 +210,7 @@ impl Gpu {
             distinct_cache: std::sync::Mutex::new(None),
             decode_keys_floor: AtomicUsize::new(0),
             graphs_on: std::sync::atomic::AtomicBool::new(true),
+            buffer_epoch: AtomicU64::new(0),
         })
     }
 
@@ -228,17 +219,33 @@ impl Gpu {
     /// only launch: no copies from or to the host, no allocation, no wait;
     /// such a call fails the capture. Every kernel argument is frozen, so
     /// what changes between replays must live in device buffers at fixed
-    /// addresses. A graph is valid while [`buffer_epoch`] stays as it was.
+    /// addresses. A graph is valid while [`Gpu::buffer_epoch`] stays as it was.
     pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| anyhow!("{}: begin capture: {e}", self.name))?;
-        let issued = f();
-        // The capture always ends, so the stream is usable whatever f did.
+        let issued = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        // The capture always ends, so the stream is usable whatever f did
+        // (a failed launch panics in the backend's ops: the panic goes on
+        // once the stream is out of capture).
         let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
-        issued.context("while capturing a graph")?;
+        match issued {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(r) => r.context("while capturing a graph")?,
+        }
         graph.map_err(|e| anyhow!("{}: end capture: {e}", self.name))?.ok_or_else(|| anyhow!("captured an empty graph"))
+    }
+
+    /// Fails while the stream is being captured: an allocation there would
+    /// belong to the graph, not to the buffer that keeps it.
+    pub(crate) fn check_not_capturing(&self, what: &str) -> Result<()> {
+        use cudarc::driver::sys::CUstreamCaptureStatus;
+        let status = self.stream.capture_status().map_err(|e| anyhow!("{what}: capture status: {e}"))?;
+        if status != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            bail!("{what}: a buffer would grow while a graph is being captured (run the step once first)");
+        }
+        Ok(())
     }
 
     /// Decode attention's key splits planned for at least `keys` keys per
