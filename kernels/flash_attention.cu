@@ -435,10 +435,11 @@ __device__ __forceinline__ Tile tile_of(const uint32_t* blocks, const uint32_t* 
 // query row0 (rows row0 + g, + 8 of this thread): scores s (keys k0 + 8j +
 // 2t (+ 1)) scaled to base 2 by sl2, masked to −inf after the row (or past
 // the sequence's end) where `mask`, then the running max m and sum l (this
-// thread's part) updated, o rescaled, and s turned into 2^(s − max).
-template <int D, int NJ>
-__device__ __forceinline__ void softmax_step(float (&s)[NJ][4], float (&m)[2], float (&l)[2], float (&o)[D / 8][4],
-                                             int row0, int k0, int len, bool mask, float sl2) {
+// thread's part) updated, and s turned into 2^(s − max); c[r] is the factor
+// the row's output accumulated so far must be scaled by (rescale_rows).
+template <int NJ>
+__device__ __forceinline__ void softmax_scores(float (&s)[NJ][4], float (&m)[2], float (&l)[2], float (&c)[2],
+                                               int row0, int k0, int len, bool mask, float sl2) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int j = 0; j < NJ; ++j) {
@@ -458,14 +459,9 @@ __device__ __forceinline__ void softmax_step(float (&s)[NJ][4], float (&m)[2], f
     // A row with no key yet (only a padding row can be) keeps m = −inf:
     // use 0 so no exp argument is inf − inf.
     const float mu = mx == -INFINITY ? 0.0f : mx;
-    const float c = exp2f(m[r] - mu);  // 0 while m = −inf, else in (0, 1]
+    c[r] = exp2f(m[r] - mu);  // 0 while m = −inf, else in (0, 1]
     m[r] = mx;
-    l[r] *= c;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][2 * r] *= c;
-      o[n][2 * r + 1] *= c;
-    }
+    l[r] *= c[r];
 #pragma unroll
     for (int j = 0; j < NJ; ++j) {
       s[j][2 * r] = exp2f(s[j][2 * r] - mu);
@@ -473,6 +469,27 @@ __device__ __forceinline__ void softmax_step(float (&s)[NJ][4], float (&m)[2], f
       l[r] += s[j][2 * r] + s[j][2 * r + 1];
     }
   }
+}
+
+// o's rows (this thread's rows g, g + 8) scaled by c.
+template <int D>
+__device__ __forceinline__ void rescale_rows(float (&o)[D / 8][4], const float (&c)[2]) {
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    o[n][0] *= c[0];
+    o[n][1] *= c[0];
+    o[n][2] *= c[1];
+    o[n][3] *= c[1];
+  }
+}
+
+// softmax_scores, then o rescaled at once (the mma.sync forward).
+template <int D, int NJ>
+__device__ __forceinline__ void softmax_step(float (&s)[NJ][4], float (&m)[2], float (&l)[2], float (&o)[D / 8][4],
+                                             int row0, int k0, int len, bool mask, float sl2) {
+  float c[2];
+  softmax_scores(s, m, l, c, row0, k0, len, mask, sl2);
+  rescale_rows<D>(o, c);
 }
 
 // The m-tile's out rows (o over the row sums; tile rows r0.., n_valid of
@@ -1222,9 +1239,31 @@ __device__ __forceinline__ void fence_frag(uint32_t (&a)[N][4]) {
 #endif
 }
 
+// Accumulators in C layout (column groups 2kk, 2kk + 1) as the A fragments
+// of k-step kk, bf16.
+template <int NJ>
+__device__ __forceinline__ void c_to_a(const float (&c)[NJ][4], uint32_t (&a)[NJ / 2][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NJ / 2; ++kk) {
+    a[kk][0] = pack(c[2 * kk][0], c[2 * kk][1]);
+    a[kk][1] = pack(c[2 * kk][2], c[2 * kk][3]);
+    a[kk][2] = pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+    a[kk][3] = pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+  }
+}
+
 // out and lse for the tile's 64 query rows of head blockIdx.y, as fwd (one
 // m-tile per warp), the products on wgmma. Compiled for sm_90a only (an
 // empty body elsewhere; the host launches it on compute capability 9.0).
+//
+// The products of two key steps overlap the softmax (FlashAttention-3's
+// pipelining within a warpgroup): step j issues S_j = Q·K_jᵀ and O += P_{j−1}·
+// V_{j−1} together, turns S_j into P_j while both run (once S_j is done),
+// then scales O by step j's factor once P_{j−1}·V_{j−1} is done. So K and
+// V run on different schedules: buffer j % 2 of K holds K_j, read at step
+// j; buffer j % 2 of V holds V_j, read at step j + 1. At the top of step j
+// (after a barrier: every product of step j − 1 is done) K_{j+1} and V_j
+// are fetched into the buffers steps j − 1 and j − 2 read.
 template <int D>
 __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -1234,7 +1273,8 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
   if (blockDim.x != THREADS || dyn_smem_bytes() < wg_fwd_smem<D>()) return;
   if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
   bf16* q_s = reinterpret_cast<bf16*>(smem);
-  unsigned char* kv_s = smem + TILE * LD * 2;  // buffer b: K at kv_s + 2·b·KV, V after it
+  unsigned char* k_s = smem + TILE * LD * 2;  // K buffer b at k_s + b·KV
+  unsigned char* v_s = k_s + 2 * KV;          // V buffer b at v_s + b·KV
   const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x, TILE);
   const uint32_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
   const size_t q_stride = (size_t)p.n_heads * D, kv_stride = (size_t)p.n_kv_heads * D;
@@ -1242,12 +1282,15 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
   const bf16* kg = ptr<const bf16>(p.k) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
   const bf16* vg = ptr<const bf16>(p.v) + (size_t)tl.start * kv_stride + (size_t)kvh * D;
   const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
-  load_tile<D, TILE, false>(q_s, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
-  auto load_kv = [&](int kt) {
-    unsigned char* k_b = kv_s + (kt & 1) * 2 * KV;
-    const int k0 = kt * KT;
-    load_tile_cm<D>(k_b, kg + (size_t)k0 * kv_stride, kv_stride, len - k0);
-    load_tile_cm<D>(k_b + KV, vg + (size_t)k0 * kv_stride, kv_stride, len - k0);
+  const int kend = min(q0 + TILE, len);
+  const int n_kt = (kend + KT - 1) / KT;
+  // Step j's fetch (one cp.async group): K_{j+1} if there is one, and V_j.
+  auto fetch = [&](int j) {
+    if (j + 1 < n_kt) {
+      const int k1 = (j + 1) * KT;
+      load_tile_cm<D>(k_s + ((j + 1) & 1) * KV, kg + (size_t)k1 * kv_stride, kv_stride, len - k1);
+    }
+    load_tile_cm<D>(v_s + (j & 1) * KV, vg + (size_t)j * KT * kv_stride, kv_stride, len - j * KT);
     cp_async_commit();
   };
   const int warp = threadIdx.x >> 5;
@@ -1263,59 +1306,85 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  const int kend = min(q0 + TILE, len);
-  const int n_kt = (kend + KT - 1) / KT;
-  load_kv(0);
+  load_tile<D, TILE, false>(q_s, ptr<const bf16>(p.q) + q_row0, q_stride, len - q0);
+  load_tile_cm<D>(k_s, kg, kv_stride, len);  // K_0, a group of its own
+  cp_async_commit();
   __syncthreads();  // q is in shared memory
   uint32_t qa[D / 16][4];
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) ld_a<D, true>(q_s, r0, kk * 16, qa[kk]);
   fence_frag(qa);
-  for (int kt = 0; kt < n_kt; ++kt) {
-    const int k0 = kt * KT;
-    // Fetch the next step's tiles into the other buffer (its last readers,
-    // the previous step's wgmma, were waited for before the barrier that
-    // ended that step), then wait for this one.
-    if (kt + 1 < n_kt) {
-      load_kv(kt + 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async();
-    __syncthreads();  // this step's tiles are in shared memory, visible to wgmma
-    const uint32_t k_addr = smem_u32(kv_s + (kt & 1) * 2 * KV), v_addr = k_addr + KV;
-    float s[NJ][4];
+  const uint32_t k_addr = smem_u32(k_s), v_addr = smem_u32(v_s);
+  // S = Q·K_jᵀ into s (issued, not waited for).
+  float s[NJ][4];
+  auto issue_s = [&](int j) {
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    for (int i = 0; i < NJ; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
     fence_acc(s);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) wgmma_rs<KT, false>(s, qa[kk], wg_desc(k_addr + 256 * kk, kl, ks));
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma_rs<KT, false>(s, qa[kk], wg_desc(k_addr + (j & 1) * KV + 256 * kk, kl, ks));
     wgmma_commit();
-    wgmma_wait_all();
-    fence_acc(s);
-    const bool mask = k0 + KT > q0 || k0 + KT > len;
-    softmax_step<D>(s, m, l, o, q0 + r0, k0, len, mask, sl2);
-    // P as A fragments: keys 16kk..16kk + 16 are column groups 2kk, 2kk + 1.
-    uint32_t pa[KT / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < KT / 16; ++kk) {
-      pa[kk][0] = pack(s[2 * kk][0], s[2 * kk][1]);
-      pa[kk][1] = pack(s[2 * kk][2], s[2 * kk][3]);
-      pa[kk][2] = pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[kk][3] = pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    }
+  };
+  // O += P·V_j, P as A fragments (issued, not waited for).
+  uint32_t pa[KT / 16][4];
+  auto issue_pv = [&](int j) {
     fence_frag(pa);
     fence_acc(o);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < KT / 16; ++kk) wgmma_rs<D, true>(o, pa[kk], wg_desc(v_addr + kk * 2 * D * 16, vl, vs));
+    for (int kk = 0; kk < KT / 16; ++kk)
+      wgmma_rs<D, true>(o, pa[kk], wg_desc(v_addr + (j & 1) * KV + kk * 2 * D * 16, vl, vs));
     wgmma_commit();
-    wgmma_wait_all();
-    fence_acc(o);
-    __syncthreads();  // every read of this step's buffer is done before it is refilled
+  };
+  // S_j (done) → P_j in pn (pa may still be read by P_{j−1}·V_{j−1}: the
+  // A registers of a wgmma in flight must not be written); the factor for O
+  // in c.
+  uint32_t pn[KT / 16][4];
+  float c[2];
+  auto softmax = [&](int j) {
+    fence_acc(s);
+    const int k0 = j * KT;
+    const bool mask = k0 + KT > q0 || k0 + KT > len;
+    softmax_scores(s, m, l, c, q0 + r0, k0, len, mask, sl2);
+    // Keys 16kk..16kk + 16 are column groups 2kk, 2kk + 1.
+    c_to_a(s, pn);
+  };
+  auto take_p = [&] {
+#pragma unroll
+    for (int kk = 0; kk < KT / 16; ++kk) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+    }
+  };
+  for (int j = 0; j < n_kt; ++j) {
+    __syncthreads();  // every product of step j − 1 is done: its buffers may be refilled
+    fetch(j);
+    cp_async_wait<1>();  // K_j (and V_{j−1}) have landed
+    fence_proxy_async();
+    __syncthreads();  // ... for every thread, and visible to wgmma
+    issue_s(j);
+    if (j > 0) {
+      issue_pv(j - 1);
+      wgmma_wait<1>();  // S_j
+      softmax(j);
+      wgmma_wait<0>();  // P_{j−1}·V_{j−1}
+      fence_acc(o);
+      fence_frag(pa);
+      rescale_rows<D>(o, c);
+    } else {
+      wgmma_wait<0>();
+      softmax(j);  // O is still zero: no factor to apply
+    }
+    take_p();
   }
+  cp_async_wait<0>();  // V_{last}
+  fence_proxy_async();
+  __syncthreads();
+  issue_pv(n_kt - 1);
+  wgmma_wait<0>();
+  fence_acc(o);
   finish_rows<D>(p, o, m, l, q_row0, q_stride, r0, len - q0, tl.start, q0 + r0, len, h);
 }
 #else
@@ -1364,19 +1433,6 @@ template <int D>
 __device__ __forceinline__ void ld_a_cm(const unsigned char* s, int row0, int col0, uint32_t (&a)[4]) {
   const int lane = threadIdx.x & 31, m = lane >> 3, r = lane & 7;
   ldsm_x4(reinterpret_cast<const bf16*>(s + cm_off<D>(row0 + r + 8 * (m & 1), (col0 >> 3) + (m >> 1))), a);
-}
-
-// Accumulators in C layout (column groups 2kk, 2kk + 1) as the A fragments
-// of k-step kk, bf16.
-template <int NJ>
-__device__ __forceinline__ void c_to_a(const float (&c)[NJ][4], uint32_t (&a)[NJ / 2][4]) {
-#pragma unroll
-  for (int kk = 0; kk < NJ / 2; ++kk) {
-    a[kk][0] = pack(c[2 * kk][0], c[2 * kk][1]);
-    a[kk][1] = pack(c[2 * kk][2], c[2 * kk][3]);
-    a[kk][2] = pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
-    a[kk][3] = pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
-  }
 }
 
 template <int D>
