@@ -39,6 +39,12 @@ const OWN_KEYS: &[KeySpec] = &[
         help: "sampling and training temperature",
     },
     KeySpec { key: "grpo.top_p", kind: Kind::Float, default: Some("1.0"), help: "nucleus sampling" },
+    KeySpec {
+        key: "grpo.cuda_graphs",
+        kind: Kind::Bool,
+        default: Some("false"),
+        help: "replay rollout decode steps as CUDA graphs (not yet measured on a GPU)",
+    },
     KeySpec { key: "grpo.loss", kind: Kind::Str, default: Some("\"gppo\""), help: "ppo, gppo, cispo or gspo" },
     KeySpec { key: "grpo.eps_low", kind: Kind::Float, default: Some("0.2"), help: "lower clip ε" },
     KeySpec {
@@ -228,6 +234,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
             sampling: SamplingParams { temperature: t, top_p: cfg.float("grpo.top_p") as f32, ..Default::default() },
             seed: (cfg.int("seed") as u64).wrapping_mul(1_000_003).wrapping_add(step),
             eos_ids: eos.clone(),
+            graphs: cfg.bool("grpo.cuda_graphs"),
             ..Default::default()
         };
         let longest_prompt = step_prompts.iter().map(Vec::len).max().unwrap_or(1);
