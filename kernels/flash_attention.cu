@@ -1014,9 +1014,9 @@ __device__ __forceinline__ void bwd_fused(const FlashBwdParams& p) {
 // masking, online softmax and epilogue are the mma.sync forward's. K and V
 // tiles are staged with cp.async, double-buffered, in wgmma's canonical
 // layout without swizzle: 8 × 16-byte core matrices of 128 contiguous bytes,
-// a group of 8 keys' D/8 core matrices side by side (cm_off). Not yet here:
-// TMA, swizzled layouts, warp specialisation, and overlap of the softmax with
-// the products (each wgmma group is waited for at once).
+// a group of 8 keys' D/8 core matrices side by side (cm_off). The softmax
+// of a step overlaps the products (fwd_wgmma). Not yet here: TMA, swizzled
+// layouts, warp specialisation.
 //
 // Descriptors: which of a descriptor's two offsets (the ISA's "leading" and
 // "stride" byte offsets) runs along which direction is the one point of the
@@ -1166,6 +1166,9 @@ __device__ __forceinline__ void wgmma_fence() {
 #endif
 }
 __device__ __forceinline__ void wgmma_commit() {
+#ifdef ENGINE_FLASH_EMU
+  emu_wgmma_commit();
+#endif
 #ifdef ENGINE_FLASH_WGMMA_ASM
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
@@ -1173,6 +1176,9 @@ __device__ __forceinline__ void wgmma_commit() {
 // Waits until at most N of this warpgroup's committed wgmma groups are pending.
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
+#ifdef ENGINE_FLASH_EMU
+  emu_wgmma_wait(N);
+#endif
 #ifdef ENGINE_FLASH_WGMMA_ASM
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
@@ -1234,7 +1240,8 @@ __device__ __forceinline__ void c_to_a(const float (&c)[NJ][4], uint32_t (&a)[NJ
 // V run on different schedules: buffer j % 2 of K holds K_j, read at step
 // j; buffer j % 2 of V holds V_j, read at step j + 1. At the top of step j
 // (after a barrier: every product of step j − 1 is done) K_{j+1} and V_j
-// are fetched into the buffers steps j − 1 and j − 2 read.
+// are fetched into the buffers whose last readers, S_{j−1} and
+// P_{j−2}·V_{j−2}, both ran at step j − 1.
 template <int D>
 __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
   extern __shared__ __align__(16) unsigned char smem[];

@@ -3,7 +3,10 @@
 // barriers and softmax on a machine without a GPU. What it cannot check is
 // the hardware: mma.sync is emulated from the PTX ISA's fragment layout (the
 // same layout the kernel assumes), so a misreading of that layout would pass
-// here and fail on a GPU. The same holds for wgmma (the Hopper kernels).
+// here and fail on a GPU. The same holds for wgmma (the Hopper kernels),
+// whose products run asynchronously here as on the GPU: operands read and
+// accumulators written at the wait_group that retires them, accumulators
+// NaN until then (see emu_wgmma_wait).
 //
 //   tools/flash_attention_emu/run.sh
 #include <barrier>
@@ -186,21 +189,79 @@ static void wgmma_product(float* d, int n, FA A, FB B) {
   g_block->arrive_and_wait();
 }
 
+// wgmma runs asynchronously, as the PTX ISA allows: an issued product reads
+// its operands (A through the kernel's own register array, shared memory
+// through the descriptors) and writes its accumulators only when the
+// wait_group that retires its group runs, and from issue to then the
+// accumulators hold NaN. So a kernel that reads an accumulator before its
+// wait, rewrites an A fragment, or refills a tile while a product still
+// reads it gets wrong results here, as it could on the GPU.
+struct WgOp {
+  float* d;
+  int n;
+  const uint32_t* a;  // register A, or nullptr: A from a_desc
+  uint64_t a_desc, b_desc;
+  bool trans_b;
+  int group;
+};
+struct WgAcc {
+  float* d;
+  std::vector<float> value;  // the accumulators as the retired products left them
+  int pending;
+};
+static thread_local std::vector<WgOp> t_wg_ops;
+static thread_local std::vector<WgAcc> t_wg_accs;
+static thread_local int t_wg_groups = 0;  // groups committed by this thread
+
+static void wg_issue(WgOp op) {
+  auto acc = std::find_if(t_wg_accs.begin(), t_wg_accs.end(), [&](const WgAcc& x) { return x.d == op.d; });
+  if (acc == t_wg_accs.end()) {
+    t_wg_accs.push_back({op.d, std::vector<float>(op.d, op.d + op.n / 2), 1});
+    std::fill(op.d, op.d + op.n / 2, NAN);
+  } else {
+    ++acc->pending;
+  }
+  op.group = t_wg_groups;  // the group the next commit closes
+  t_wg_ops.push_back(op);
+}
+
 void emu_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, bool trans_b) {
-  for (int i = 0; i < 4; ++i) g_wg_a[threadIdx.x % 128][i] = a[i];
-  wgmma_product(
-      d, n,
-      [&](int row, int k) {
-        const int w = row / 16, r = row % 16;
-        return half_of(g_wg_a[32 * w + (r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2);
-      },
-      [&](int k, int col) { return desc_elem(desc, col, k, trans_b, "B"); });
+  wg_issue({d, n, a, 0, desc, trans_b, 0});
 }
 
 void emu_wgmma_ss(float* d, int n, uint64_t a_desc, uint64_t b_desc) {
-  wgmma_product(
-      d, n, [&](int row, int k) { return desc_elem(a_desc, row, k, false, "A"); },
-      [&](int k, int col) { return desc_elem(b_desc, col, k, false, "B"); });
+  wg_issue({d, n, nullptr, a_desc, b_desc, false, 0});
+}
+
+void emu_wgmma_commit() { ++t_wg_groups; }
+
+// Retires every committed group but the newest n, products in issue order
+// (all 128 threads arrive here together, with the same products pending).
+void emu_wgmma_wait(int n) {
+  std::vector<WgOp> keep;
+  for (const WgOp& op : t_wg_ops) {
+    if (op.group >= t_wg_groups - n) {
+      keep.push_back(op);
+      continue;
+    }
+    auto acc = std::find_if(t_wg_accs.begin(), t_wg_accs.end(), [&](const WgAcc& x) { return x.d == op.d; });
+    if (op.a) {
+      for (int i = 0; i < 4; ++i) g_wg_a[threadIdx.x % 128][i] = op.a[i];
+    }
+    wgmma_product(
+        acc->value.data(), op.n,
+        [&](int row, int k) {
+          if (!op.a) return desc_elem(op.a_desc, row, k, false, "A");
+          const int w = row / 16, r = row % 16;
+          return half_of(g_wg_a[32 * w + (r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2);
+        },
+        [&](int k, int col) { return desc_elem(op.b_desc, col, k, op.trans_b, "B"); });
+    if (--acc->pending == 0) {
+      std::copy(acc->value.begin(), acc->value.end(), op.d);
+      t_wg_accs.erase(acc);
+    }
+  }
+  t_wg_ops.swap(keep);
 }
 
 // Runs kernel k over the grid, `threads` threads a block, blocks one by one.
@@ -228,6 +289,10 @@ static void launch(void (*k)(P), const P& p, unsigned gx, unsigned gy, unsigned 
           k(p);
           if (!t_pending.empty()) {
             fprintf(stderr, "cp.async: a copy was never waited for\n");
+            abort();
+          }
+          if (!t_wg_ops.empty()) {
+            fprintf(stderr, "wgmma: a product was never waited for\n");
             abort();
           }
           block.arrive_and_wait();

@@ -44,6 +44,8 @@ void emu_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, 
 uint32_t emu_smem_offset(const void* p);
 void emu_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, bool trans_b);
 void emu_wgmma_ss(float* d, int n, uint64_t a_desc, uint64_t b_desc);
+void emu_wgmma_commit();
+void emu_wgmma_wait(int n);
 
 // The fused backward's ordering: blocks run one after another here, so a
 // turn is always already given; no cache to bypass.
