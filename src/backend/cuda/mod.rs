@@ -187,7 +187,12 @@ impl Gpu {
         // events inside a capture) are off.
         // SAFETY: no buffer of this context is used on another stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(|e| anyhow!("{name}: stream: {e}"))?;
+        // ENGINE_CUDA_LEGACY_STREAM=1: the legacy default stream instead (no
+        // graphs then), to tell a fault of the stream change from another
+        // without a rebuild.
+        let legacy = std::env::var_os("ENGINE_CUDA_LEGACY_STREAM").is_some_and(|v| v != "0");
+        let stream =
+            if legacy { ctx.default_stream() } else { ctx.new_stream().map_err(|e| anyhow!("{name}: stream: {e}"))? };
         // SAFETY: only tries to open the library (cudarc panics on use without it).
         if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
             bail!("{name}: cuBLASLt (libcublasLt.so) could not be loaded");
@@ -209,7 +214,7 @@ impl Gpu {
             smem_optin,
             distinct_cache: std::sync::Mutex::new(None),
             decode_keys_floor: AtomicUsize::new(0),
-            graphs_on: std::sync::atomic::AtomicBool::new(true),
+            graphs_on: std::sync::atomic::AtomicBool::new(!legacy),
             buffer_epoch: AtomicU64::new(0),
         })
     }
