@@ -529,6 +529,7 @@ int main(int argc, char** argv) {
       bad += run_case(fast, {129, 63}, 5, 1, 128, 8.0f, 4);
       bad += run_case(fast, {3, 64, 129, 1, 200}, 7, 1, 128, 2.0f, 5);
       bad += run_case(fast, {513}, 2, 1, 64, 4.0f, 6);
+      bad += run_case(fast, {100, 37}, 2, 2, 128, 4.0f, 7);  // d128 without GQA: dk, dv straight to bf16
     }
   }
   // The one-pass backward (head_dim 64): GQA, several sequences, partial tiles.
