@@ -249,23 +249,11 @@ fn greedy_generation_on_the_gpu_follows_transformers() {
 /// A small Qwen2 with head_dim 64 (4 heads, 2 KV heads, 2 layers), random
 /// weights: decode attention on the grouped kernel with its key splits.
 fn random_d64_model(be: &Cuda) -> Model<Cuda> {
-    use engine::model::{ModelConfig, ParamLayout};
     let config = r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","vocab_size":512,
       "hidden_size":256,"intermediate_size":512,"num_hidden_layers":2,"num_attention_heads":4,
       "num_key_value_heads":2,"max_position_embeddings":4096,"rope_theta":10000.0,"rms_norm_eps":1e-6,
       "tie_word_embeddings":true}"#;
-    let cfg = ModelConfig::from_json_str(config, "test config").unwrap();
-    let layout = ParamLayout::new(&cfg);
-    let mut x = 12345u64;
-    let mut host = vec![0.0f32; layout.total];
-    for e in &layout.entries {
-        let norm = e.shape.len() == 1 && !e.name.ends_with("bias");
-        for v in &mut host[e.span.off..e.span.end()] {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            *v = if norm { 1.0 } else { 0.2 * ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) };
-        }
-    }
-    Model::from_host(be, cfg, host)
+    super::util::random_model(be, config, 12345, 0.2).0
 }
 
 /// Decode steps replayed as CUDA graphs (`GenerateConfig::graphs`) give

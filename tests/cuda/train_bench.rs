@@ -23,7 +23,7 @@
 //! default what the trainers use on the GPU, `backend_chunk`: 7,067 rows,
 //! so 3 chunks whose logits phase 2 recomputes).
 
-use super::util::gpu;
+use super::util::{self, gpu, Lcg};
 use engine::backend::cuda::{Cuda, FlashVariant};
 use engine::backend::{Backend, MatShape, Span, IGNORE};
 use engine::data::Batch;
@@ -31,7 +31,7 @@ use engine::loss::policy::{policy_loss, PolicyBatch, PolicyConfig, PolicyKind};
 use engine::loss::sft::ce_coefs;
 use engine::loss::{masked_mean_ce, StepCounts, TokenCoefs};
 use engine::model::activations::backend_chunk;
-use engine::model::{head, Activations, Model, ModelConfig, ParamLayout};
+use engine::model::{head, Activations, Model, ModelConfig};
 use engine::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use std::io::Write;
 use std::time::Instant;
@@ -45,14 +45,6 @@ const SEQ: usize = 1024;
 const SHAPE: &str = "qwen2-0.5b 16x1024";
 /// Dense bf16 peak of an H100 / H200 SXM, TFLOP/s.
 const PEAK_TFLOPS: f64 = 989.4;
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
 
 /// FLOPs per token of one forward and backward: 6·N_mm + 6·L·q·S (causal
 /// attention at sequence length S), the count the PyTorch side uses.
@@ -91,17 +83,7 @@ fn lap(be: &Cuda, t: &mut Instant) -> f64 {
 /// The 0.5B-shaped model with random weights (norms 1), and the generator
 /// that made them, for the data.
 fn random_model(be: &Cuda) -> (Model<Cuda>, Lcg) {
-    let cfg = ModelConfig::from_json_str(CONFIG, "bench config").unwrap();
-    let layout = ParamLayout::new(&cfg);
-    let mut rng = Lcg(7);
-    let mut host = vec![0.0f32; layout.total];
-    for e in &layout.entries {
-        let norm = e.shape.len() == 1 && !e.name.ends_with("bias");
-        for v in &mut host[e.span.off..e.span.end()] {
-            *v = if norm { 1.0 } else { 0.04 * (rng.next() - 0.5) };
-        }
-    }
-    (Model::from_host(be, cfg, host), rng)
+    util::random_model(be, CONFIG, 7, 0.04)
 }
 
 fn bench_out() -> Option<std::fs::File> {

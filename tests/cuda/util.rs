@@ -18,6 +18,38 @@ pub fn gpu(test: &str) -> Option<Gpu> {
     }
 }
 
+/// A linear congruential generator: uniform values in [0, 1).
+pub struct Lcg(pub u64);
+impl Lcg {
+    pub fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// A model of this config.json on `be` with random weights: norms 1, every
+/// other parameter uniform in ±scale/2, from `Lcg(seed)`, which comes back
+/// for the caller's further draws.
+pub fn random_model(
+    be: &engine::backend::cuda::Cuda,
+    config: &str,
+    seed: u64,
+    scale: f32,
+) -> (engine::model::Model<engine::backend::cuda::Cuda>, Lcg) {
+    use engine::model::{Model, ModelConfig, ParamLayout};
+    let cfg = ModelConfig::from_json_str(config, "test config").unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let mut rng = Lcg(seed);
+    let mut host = vec![0.0f32; layout.total];
+    for e in &layout.entries {
+        let norm = e.shape.len() == 1 && !e.name.ends_with("bias");
+        for v in &mut host[e.span.off..e.span.end()] {
+            *v = if norm { 1.0 } else { scale * (rng.next() - 0.5) };
+        }
+    }
+    (Model::from_host(be, cfg, host), rng)
+}
+
 /// Deterministic values in [-1, 1), already representable in bf16.
 pub fn random_bf16(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
