@@ -1584,6 +1584,8 @@ __device__ __forceinline__ void bwd_wgmma_entry(const FlashBwdParams& p) {
   bwd_wgmma<D>(p);
 }
 
+#include "flash_fwd_ws.cuh"
+
 }  // namespace
 
 // Entry points: flash_attention_{fwd,bwd_dq,bwd_dkdv}_d{64,128} are the fast
@@ -1610,6 +1612,15 @@ ENGINE_FLASH_ENTRY(flash_attention_fwd_wgmma_d128, fwd_wgmma_entry, FlashFwdPara
 // The Hopper one-pass backward (wgmma; sm_90a, empty elsewhere).
 ENGINE_FLASH_ENTRY(flash_attention_bwd_wgmma_d64, bwd_wgmma_entry, FlashBwdParams, 64, true)
 ENGINE_FLASH_ENTRY(flash_attention_bwd_wgmma_d128, bwd_wgmma_entry, FlashBwdParams, 128, true)
+// The warp-specialised Hopper forward (TMA, mbarriers, wgmma; sm_90a, empty
+// elsewhere). Its tensor maps must stay in parameter space (__grid_constant__):
+// the TMA reads them by address.
+#define ENGINE_FLASH_WS_ENTRY(name, D)                                                     \
+  extern "C" __global__ void __launch_bounds__(ENGINE_FLASH_WS_THREADS, 1) name(const __grid_constant__ FlashWsParams p) { \
+    fwd_ws<D>(p);                                                                          \
+  }
+ENGINE_FLASH_WS_ENTRY(flash_attention_fwd_ws_d64, 64)
+ENGINE_FLASH_WS_ENTRY(flash_attention_fwd_ws_d128, 128)
 
 // dq (bf16) = dq_accum (fp32), after the fused backward: one thread an
 // element; all NaN if any ordered addition gave up (its error word).

@@ -71,6 +71,34 @@ typedef struct FlashFwdParams {
   uint32_t wgmma_desc;
 } FlashFwdParams;
 
+/* A TMA tensor map (CUtensorMap: 128 opaque bytes, 64-byte aligned), made
+ * on the host by cuTensorMapEncodeTiled; the emulator keeps its own fields in
+ * the same bytes. */
+typedef struct __attribute__((aligned(64))) EngineTmap {
+  uint64_t opaque[16];
+} EngineTmap;
+
+/* The warp-specialised Hopper forward (sm_90a): ENGINE_FLASH_WS_THREADS
+ * threads a block, one producer warpgroup (TMA) and two consumer
+ * warpgroups of 64 query rows each, so a block takes ENGINE_FLASH_FWD_TILE
+ * query rows; keys in steps of ENGINE_FLASH_WS_KEYS through
+ * ENGINE_FLASH_WS_STAGES buffers of K and of V. */
+#define ENGINE_FLASH_WS_THREADS 384
+#define ENGINE_FLASH_WS_KEYS 64
+#define ENGINE_FLASH_WS_STAGES 2
+
+/* flash_attention_fwd_ws_d{64,128}: out and lse, as flash_attention_fwd.
+ * Grid (n_blocks, n_heads) over tiles of ENGINE_FLASH_FWD_TILE queries.
+ * tq, tk, tv: 3-d tensor maps of q, k, v (dims head_dim, heads, tokens;
+ * boxes of 64 × 1 × 64 elements, bf16, 128-byte swizzle, zero fill out of
+ * bounds). */
+typedef struct FlashWsParams {
+  EngineTmap tq;
+  EngineTmap tk;
+  EngineTmap tv;
+  FlashFwdParams f;
+} FlashWsParams;
+
 /* The backward, three kernels in order:
  *   flash_attention_delta: delta[row] = Σ_d dout[row, d]·out[row, d];
  *     grid ceil(tokens·n_heads / ENGINE_FLASH_DELTA_ROWS);

@@ -6,11 +6,18 @@
 // here and fail on a GPU. The same holds for wgmma (the Hopper kernels),
 // whose products run asynchronously here as on the GPU: operands read and
 // accumulators written at the wait_group that retires them, accumulators
-// NaN until then (see emu_wgmma_wait).
+// NaN until then (see emu_wgmma_wait); and for the TMA and mbarriers of the
+// warp-specialised forward (emu_tma_load_3d): a load's bytes are NaN until
+// a wait on its barrier completes the phase.
 //
 //   tools/flash_attention_emu/run.sh
 #include <barrier>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -21,10 +28,11 @@ thread_local EmuDim3 threadIdx, blockIdx;
 EmuDim3 blockDim;
 // The kernels declare it (extern __shared__) inside the file's anonymous namespace.
 namespace {
-alignas(16) unsigned char smem[256 * 1024];
+alignas(1024) unsigned char smem[256 * 1024];
 }
 static uint32_t g_dyn;
 static std::barrier<>* g_block;
+static std::barrier<>* g_wgbar[8];  // per warpgroup (128 threads)
 static std::barrier<>* g_warp[32];
 struct WarpX {
   const unsigned char* addr[32];
@@ -145,19 +153,38 @@ uint32_t emu_smem_offset(const void* p) { return (uint32_t)(static_cast<const un
 // (K-major: 8 elements of K in a row) or along K (MN-major, trans: 8
 // elements of M or N in a row); core matrices lie `leading` bytes apart
 // along K and `stride` bytes apart along M or N (the ISA's words taken
-// literally). A read outside the dynamic shared memory aborts.
-static uint32_t g_wg_a[128][4];
+// literally). With the 128-byte swizzle (mode 1: the warp-specialised
+// forward) the canonical layouts of the PTX ISA: K-major, row mn at (mn / 8)
+// · stride + (mn % 8) · 128 and its 16 k-elements contiguous from the start
+// address (leading unused); MN-major, element (k, mn) at (mn / 64) · leading
+// + (k / 8) · stride + (k % 8) · 128 + (mn % 64) · 2; then the 16-byte chunk
+// bits (4–6) of the address XORed with bits 7–9. A read outside the dynamic
+// shared memory aborts.
+static uint32_t g_wg_a[512][4];
 
 // Element (mn, k) of an operand in shared memory through desc.
 static float desc_elem(uint64_t desc, int mn, int k, bool trans, const char* what) {
-  if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) {
-    fprintf(stderr, "wgmma: only descriptors without swizzle or base offset are emulated\n");
+  const uint64_t mode = desc >> 62;
+  if ((mode != 0 && mode != 1) || ((desc >> 49) & 7) != 0) {
+    fprintf(stderr, "wgmma: only descriptors without swizzle or with the 128-byte one, base offset 0, are emulated\n");
     abort();
   }
   const uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lead = (uint32_t)((desc >> 16) & 0x3fff) << 4,
                  stride = (uint32_t)((desc >> 32) & 0x3fff) << 4;
-  const uint32_t at = start + (k / 8) * lead + (mn / 8) * stride +
-                      (trans ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2);
+  uint32_t at;
+  if (mode == 0) {
+    at = start + (k / 8) * lead + (mn / 8) * stride + (trans ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2);
+  } else if (!trans) {
+    if (start % 128 + 32 > 128) {
+      fprintf(stderr, "wgmma: a K-major k-step crosses a 128-byte row of the swizzle atom\n");
+      abort();
+    }
+    at = start + (mn / 8) * stride + (mn % 8) * 128 + k * 2;
+    at ^= ((at >> 7) & 7) << 4;
+  } else {
+    at = start + (mn / 64) * lead + (k / 8) * stride + (k % 8) * 128 + (mn % 64) * 2;
+    at ^= ((at >> 7) & 7) << 4;
+  }
   if (at + 2 > g_dyn) {
     fprintf(stderr, "wgmma: %s element (mn %d, k %d) at byte %u, past the %u bytes of shared memory\n", what, mn, k,
             at, g_dyn);
@@ -172,12 +199,13 @@ static float desc_elem(uint64_t desc, int mn, int k, bool trans, const char* wha
 template <typename FA, typename FB>
 static void wgmma_product(float* d, int n, FA A, FB B) {
   const int tid = threadIdx.x;
-  if (blockDim.x != 128) {
-    fprintf(stderr, "wgmma: the emulator's warpgroup is a block of 128 threads\n");
+  if (blockDim.x % 128 != 0) {
+    fprintf(stderr, "wgmma: a block of whole warpgroups\n");
     abort();
   }
-  g_block->arrive_and_wait();  // every thread's A registers are in g_wg_a
-  const int w = tid / 32, l = tid % 32, g = l / 4, t = l % 4;
+  std::barrier<>* wgb = g_wgbar[tid / 128];
+  wgb->arrive_and_wait();  // every thread's A registers are in g_wg_a
+  const int w = tid % 128 / 32, l = tid % 32, g = l / 4, t = l % 4;
   for (int j = 0; j < n / 8; ++j) {
     for (int e = 0; e < 4; ++e) {
       const int row = 16 * w + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
@@ -186,7 +214,7 @@ static void wgmma_product(float* d, int n, FA A, FB B) {
       d[4 * j + e] += s;
     }
   }
-  g_block->arrive_and_wait();
+  wgb->arrive_and_wait();
 }
 
 // wgmma runs asynchronously, as the PTX ISA allows: an issued product reads
@@ -246,14 +274,15 @@ void emu_wgmma_wait(int n) {
     }
     auto acc = std::find_if(t_wg_accs.begin(), t_wg_accs.end(), [&](const WgAcc& x) { return x.d == op.d; });
     if (op.a) {
-      for (int i = 0; i < 4; ++i) g_wg_a[threadIdx.x % 128][i] = op.a[i];
+      for (int i = 0; i < 4; ++i) g_wg_a[threadIdx.x][i] = op.a[i];
     }
+    const int wg0 = threadIdx.x / 128 * 128;
     wgmma_product(
         acc->value.data(), op.n,
         [&](int row, int k) {
           if (!op.a) return desc_elem(op.a_desc, row, k, false, "A");
           const int w = row / 16, r = row % 16;
-          return half_of(g_wg_a[32 * w + (r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2);
+          return half_of(g_wg_a[wg0 + 32 * w + (r % 8) * 4 + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k % 2);
         },
         [&](int k, int col) { return desc_elem(op.b_desc, col, k, op.trans_b, "B"); });
     if (--acc->pending == 0) {
@@ -262,6 +291,146 @@ void emu_wgmma_wait(int n) {
     }
   }
   t_wg_ops.swap(keep);
+}
+
+// mbarriers, as the PTX ISA describes them: a phase completes when its
+// pending arrivals reach zero and its transaction count (bytes the TMA
+// still owes) is zero; a wait for parity p returns once the phase of parity
+// p has completed (the phase before the first, parity 1, counts as done). A
+// TMA load fills its destination with NaN at issue and copies its bytes
+// only when a thread waits on its barrier with every arrival in, so a read
+// of a buffer before its wait, or a refill before the readers' release,
+// shows in the results. A wait that lasts 20 s aborts (a deadlock).
+struct EmuMbar {
+  unsigned count = 0, pending = 0, phase = 0;
+  long tx = 0;
+  std::vector<std::function<void()>> loads;  // this phase's TMA copies, not yet done
+};
+static std::mutex g_mbar_mu;
+static std::condition_variable g_mbar_cv;
+static std::map<uint32_t, EmuMbar> g_mbars;  // by shared-memory offset
+
+static EmuMbar& mbar_at(void* bar) {
+  const uint32_t off = emu_smem_offset(bar);
+  if (off % 8 != 0 || off + 8 > g_dyn) {
+    fprintf(stderr, "mbarrier: at byte %u, misaligned or past the %u bytes of shared memory\n", off, g_dyn);
+    abort();
+  }
+  return g_mbars[off];
+}
+
+static void mbar_try_complete(EmuMbar& b) {
+  if (b.pending == 0 && b.tx == 0) {
+    ++b.phase;
+    b.pending = b.count;
+    g_mbar_cv.notify_all();
+  }
+}
+
+void emu_mbar_init(void* bar, unsigned count) {
+  std::lock_guard<std::mutex> lk(g_mbar_mu);
+  EmuMbar& b = mbar_at(bar);
+  b = EmuMbar{};
+  b.count = b.pending = count;
+}
+
+static void mbar_arrive_locked(EmuMbar& b) {
+  if (b.pending == 0 || b.count == 0) {
+    fprintf(stderr, "mbarrier: an arrival past the count (or on a barrier never initialised)\n");
+    abort();
+  }
+  --b.pending;
+  mbar_try_complete(b);
+}
+
+void emu_mbar_arrive(void* bar) {
+  std::lock_guard<std::mutex> lk(g_mbar_mu);
+  mbar_arrive_locked(mbar_at(bar));
+}
+
+void emu_mbar_arrive_expect_tx(void* bar, unsigned bytes) {
+  std::lock_guard<std::mutex> lk(g_mbar_mu);
+  EmuMbar& b = mbar_at(bar);
+  b.tx += bytes;
+  mbar_arrive_locked(b);
+}
+
+bool emu_mbar_wait(void* bar, unsigned parity) {
+  std::unique_lock<std::mutex> lk(g_mbar_mu);
+  EmuMbar& b = mbar_at(bar);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while ((b.phase & 1) == parity) {
+    if (b.pending == 0 && !b.loads.empty()) {
+      for (auto& f : b.loads) f();  // each subtracts its bytes from tx
+      b.loads.clear();
+      mbar_try_complete(b);
+      continue;
+    }
+    if (g_mbar_cv.wait_until(lk, give_up) == std::cv_status::timeout) {
+      fprintf(stderr, "mbarrier: a wait for parity %u never completed (deadlock)\n", parity);
+      abort();
+    }
+  }
+  return true;
+}
+
+// The emulator's tensor map in EngineTmap's bytes: base, dims[3], strides of
+// dims 1 and 2 (bytes), box[3], swizzle (128 or 0). bf16 elements.
+enum { TM_BASE = 0, TM_DIM = 1, TM_STRIDE = 4, TM_BOX = 6, TM_SWIZZLE = 9 };
+static EngineTmap emu_tmap(const void* base, uint64_t d0, uint64_t d1, uint64_t d2, uint64_t stride1,
+                           uint64_t stride2, uint64_t b0, uint64_t b1, uint64_t b2) {
+  EngineTmap m{};
+  m.opaque[TM_BASE] = (uint64_t)(uintptr_t)base;
+  m.opaque[TM_DIM] = d0;
+  m.opaque[TM_DIM + 1] = d1;
+  m.opaque[TM_DIM + 2] = d2;
+  m.opaque[TM_STRIDE] = stride1;
+  m.opaque[TM_STRIDE + 1] = stride2;
+  m.opaque[TM_BOX] = b0;
+  m.opaque[TM_BOX + 1] = b1;
+  m.opaque[TM_BOX + 2] = b2;
+  m.opaque[TM_SWIZZLE] = 128;
+  return m;
+}
+
+// cp.async.bulk.tensor.3d into shared memory at dst: the box's elements in
+// order (dim 0 fastest), 128-byte swizzled (the 16-byte chunk bits 4–6 of
+// each address XORed with bits 7–9), zeros out of bounds.
+void emu_tma_load_3d(void* dst, const void* map_p, int c0, int c1, int c2, void* bar) {
+  // A copy of the map: the kernel's parameters (where it lives) end with
+  // the issuing thread, which may be before the copy runs.
+  const EngineTmap map = *static_cast<const EngineTmap*>(map_p);
+  const uint64_t* w = map.opaque;
+  const uint32_t off = emu_smem_offset(dst);
+  const uint32_t bytes = (uint32_t)(w[TM_BOX] * w[TM_BOX + 1] * w[TM_BOX + 2] * 2);
+  if (w[TM_SWIZZLE] != 128 || w[TM_BOX] * 2 != 128 || off % 1024 != 0 || off + bytes > g_dyn) {
+    fprintf(stderr, "tma: the box must be 128-byte rows, swizzled, at a 1024-byte boundary inside shared memory\n");
+    abort();
+  }
+  memset(smem + off, 0xff, bytes);
+  auto copy = [map, off, bytes, c0, c1, c2, bar] {
+    const uint64_t* w = map.opaque;
+    const unsigned char* base = reinterpret_cast<const unsigned char*>((uintptr_t)w[TM_BASE]);
+    uint32_t i = 0;
+    for (uint64_t z = 0; z < w[TM_BOX + 2]; ++z) {
+      for (uint64_t y = 0; y < w[TM_BOX + 1]; ++y) {
+        for (uint64_t x = 0; x < w[TM_BOX]; ++x, i += 2) {
+          const int64_t g0 = c0 + (int64_t)x, g1 = c1 + (int64_t)y, g2 = c2 + (int64_t)z;
+          uint16_t v = 0;
+          if (g0 >= 0 && g1 >= 0 && g2 >= 0 && (uint64_t)g0 < w[TM_DIM] && (uint64_t)g1 < w[TM_DIM + 1] &&
+              (uint64_t)g2 < w[TM_DIM + 2]) {
+            memcpy(&v, base + g2 * w[TM_STRIDE + 1] + g1 * w[TM_STRIDE] + g0 * 2, 2);
+          }
+          uint32_t at = off + i;
+          at ^= ((at >> 7) & 7) << 4;
+          memcpy(smem + at, &v, 2);
+        }
+      }
+    }
+    g_mbars[emu_smem_offset(bar)].tx -= bytes;
+  };
+  std::lock_guard<std::mutex> lk(g_mbar_mu);
+  mbar_at(bar).loads.push_back(copy);
 }
 
 // Runs kernel k over the grid, `threads` threads a block, blocks one by one.
@@ -274,6 +443,10 @@ static void launch(void (*k)(P), const P& p, unsigned gx, unsigned gy, unsigned 
   for (unsigned w = 0; w < threads / 32; ++w) {
     warps.push_back(new std::barrier<>(32));
     g_warp[w] = warps.back();
+  }
+  for (unsigned w = 0; w < threads / 128; ++w) {
+    warps.push_back(new std::barrier<>(128));
+    g_wgbar[w] = warps.back();
   }
   g_block = &block;
   std::vector<std::thread> ts;
@@ -447,7 +620,7 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
                       : (fast ? flash_attention_bwd_dkdv_d128 : flash_attention_bwd_dkdv_d128_simple);
   launch(fwd, fp, nb_fwd, H, THREADS, s_fwd);
   // The wgmma forward (on a GPU sm_90a only) on the 64-row table, beside.
-  double e_wg_out = 0, e_wg_lse = 0;
+  double e_wg_out = 0, e_wg_lse = 0, e_ws_out = 0, e_ws_lse = 0;
   if (fast && !fused) {
     std::vector<uint16_t> ob_wg(out.size(), 0xffff);
     std::vector<float> lse_wg(lse.size(), NAN);
@@ -461,6 +634,20 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
            D == 64 ? wg_fwd_smem<64>() : wg_fwd_smem<128>());
     e_wg_out = rel(from_bf(ob_wg), out);
     e_wg_lse = rel(lse_wg, lse);
+    // The warp-specialised forward (TMA) on the 128-row table.
+    std::vector<uint16_t> ob_ws(out.size(), 0xffff);
+    std::vector<float> lse_ws(lse.size(), NAN);
+    FlashWsParams ws{};
+    ws.f = fp;
+    ws.f.out = dp(ob_ws.data());
+    ws.f.lse = dp(lse_ws.data());
+    ws.tq = emu_tmap(qb.data(), D, H, T, D * 2, (uint64_t)H * D * 2, 64, 1, 64);
+    ws.tk = emu_tmap(kb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, 64);
+    ws.tv = emu_tmap(vb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, 64);
+    launch(D == 64 ? flash_attention_fwd_ws_d64 : flash_attention_fwd_ws_d128, ws, nb_fwd, H,
+           ENGINE_FLASH_WS_THREADS, D == 64 ? ws_fwd_smem<64>() : ws_fwd_smem<128>());
+    e_ws_out = rel(from_bf(ob_ws), out);
+    e_ws_lse = rel(lse_ws, lse);
   }
   launch(flash_attention_delta, bp, (T * H + 3) / 4, 1, 128, 0);
   FlashBwdParams bp_dq = bp;
@@ -507,12 +694,14 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   const double e_out = rel(from_bf(ob), out), e_lse = rel(lse_k, lse), e_dq = rel(from_bf(dqb), dq),
                e_dk = rel(from_bf(dkb), dk), e_dv = rel(from_bf(dvb), dv);
   const bool ok = e_out < 1e-2 && e_lse < 1e-5 && e_dq < 1e-2 && e_dk < 1e-2 && e_dv < 1e-2 && e_wg_out < 1e-2 &&
-                  e_wg_lse < 1e-5 && e_wg_dq < 1e-2 && e_wg_dk < 1e-2 && e_wg_dv < 1e-2;
+                  e_wg_lse < 1e-5 && e_ws_out < 1e-2 && e_ws_lse < 1e-5 && e_wg_dq < 1e-2 && e_wg_dk < 1e-2 && e_wg_dv < 1e-2;
   printf("%s %s d%d h%u/%u tiles %u (fwd %u) lens", ok ? "ok  " : "FAIL", fused ? "fused " : fast ? "fast  " : "simple", D,
          H, KV, nb, nb_fwd);
   for (auto l : lens) printf(" %u", l);
   printf(": out %.2e lse %.2e dq %.2e dk %.2e dv %.2e", e_out, e_lse, e_dq, e_dk, e_dv);
-  if (fast && !fused) printf("; wgmma fwd out %.2e lse %.2e", e_wg_out, e_wg_lse);
+  if (fast && !fused) {
+    printf("; wgmma fwd out %.2e lse %.2e; ws fwd out %.2e lse %.2e", e_wg_out, e_wg_lse, e_ws_out, e_ws_lse);
+  }
   if (wg_bwd) printf("; wgmma bwd dq %.2e dk %.2e dv %.2e", e_wg_dq, e_wg_dk, e_wg_dv);
   printf("\n");
   return ok ? 0 : 1;

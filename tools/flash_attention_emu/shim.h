@@ -15,7 +15,8 @@
 #define __forceinline__ inline
 #define __shared__
 #define __align__(x)
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
+#define __grid_constant__
 #define ENGINE_FLASH_EMU 1
 
 struct EmuDim3 {
@@ -46,6 +47,11 @@ void emu_wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc, bool tran
 void emu_wgmma_ss(float* d, int n, uint64_t a_desc, uint64_t b_desc);
 void emu_wgmma_commit();
 void emu_wgmma_wait(int n);
+bool emu_mbar_wait(void* bar, unsigned parity);
+void emu_mbar_init(void* bar, unsigned count);
+void emu_mbar_arrive(void* bar);
+void emu_mbar_arrive_expect_tx(void* bar, unsigned bytes);
+void emu_tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, void* bar);
 
 // The fused backward's ordering: blocks run one after another here, so a
 // turn is always already given; no cache to bypass.

@@ -1,0 +1,303 @@
+// The Hopper forward, warp-specialised: TMA, mbarriers and wgmma (sm_90a).
+// Included by flash_attention.cu inside its anonymous namespace, after
+// fwd_wgmma: it uses that file's wgmma helpers, online softmax and epilogue.
+//
+// A block takes ENGINE_FLASH_FWD_TILE (128) query rows of one head with
+// three warpgroups (FlashAttention-3's structure):
+//   warpgroup 0, the producer: one thread loads the block's Q tile once,
+//     then each K and V tile of WS_KT keys into a ring of WS_STAGES buffers,
+//     by TMA. Each buffer has two mbarriers: `full` (its bytes have landed:
+//     the producer arms it with the byte count, the TMA completes it) and
+//     `empty` (every consumer thread is done reading it: 256 arrivals).
+//   warpgroups 1 and 2, the consumers: 64 query rows each. S = Q·Kᵀ with
+//     both operands from shared memory (wgmma_ss), O += P·V with P from
+//     registers, and fwd_wgmma's online softmax and pipelining: S_j is
+//     issued with P_{j−1}·V_{j−1}, K_j released once S_j is done, V_{j−1}
+//     once its product is.
+// So the loads run ahead of the products on their own warps, and no
+// consumer thread spends an instruction on addresses or copies.
+//
+// Tiles sit in shared memory as the TMA writes them with the 128-byte
+// swizzle: a tile of R rows × D columns is D/64 column blocks of R rows ×
+// 128 bytes, and the 16-byte chunk c of row r lies at chunk c ^ (r % 8). The
+// swizzle is of address bits, so every block starts on a 1024-byte
+// boundary. That is wgmma's 128-byte-swizzle canonical layout (PTX ISA,
+// "Shared Memory Matrix Layout"): K-major for Q and K (stride byte offset
+// 1024 between groups of 8 rows; leading byte offset unused; a k-step of 16
+// columns is 32 bytes further into the same block), MN-major for V (stride
+// 1024 between groups of 8 keys, leading byte offset R·128 between column
+// blocks).
+//
+// Rows of Q, K, V past the sequence are the next sequence's (or, past the
+// last token, the TMA's zeros): their scores are masked and their rows
+// never stored. Both consumers run every key step of the block (the first
+// one's last step is wholly masked when the block's keys reach past its
+// rows), so each empty barrier sees all 256 consumer threads on every use.
+//
+// A wait that lasts about a second gives up (sticky per thread): a bug
+// then shows as wrong results in the tests, not as a hung GPU.
+
+#ifdef ENGINE_FLASH_WGMMA_BODY
+constexpr int WS_KT = ENGINE_FLASH_WS_KEYS, WS_STAGES = ENGINE_FLASH_WS_STAGES;
+constexpr uint32_t WS_CONSUMERS = ENGINE_FLASH_WS_THREADS - 128;
+static_assert(WS_CONSUMERS == 256 && ENGINE_FLASH_FWD_TILE == 128, "two consumer warpgroups of 64 rows");
+static_assert(WS_KT == 64, "S = Q·Kᵀ is one wgmma_ss (m64n64k16) per k-step");
+
+// Bytes of a tile of `rows` rows (D/64 column blocks of rows·128 bytes).
+template <int D>
+constexpr uint32_t ws_tile(int rows) {
+  return (uint32_t)rows * D * 2;
+}
+
+// Dynamic shared memory: slack up to a 1024-byte boundary, Q (both
+// consumers' 64 rows), the K and V rings, then the mbarriers (q_full, and
+// k_full, k_empty, v_full, v_empty per stage).
+template <int D>
+constexpr uint32_t ws_fwd_smem() {
+  return 1024 + ws_tile<D>(128) + 2 * WS_STAGES * ws_tile<D>(WS_KT) + 8 * (1 + 4 * WS_STAGES);
+}
+
+// A shared-memory matrix descriptor with the 128-byte swizzle (mode 1 in
+// bits 62–63; base offset 0: every block is 1024-byte aligned).
+__device__ __forceinline__ uint64_t wg_desc_sw128(uint32_t addr, uint32_t lead, uint32_t stride) {
+  return wg_desc(addr, lead, stride) | (1ull << 62);
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+#ifdef ENGINE_FLASH_EMU
+  emu_mbar_init(bar, count);
+#else
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+
+// The inits visible to the TMA's completions (the async proxy); the block
+// barrier after it makes them visible to the other threads.
+__device__ __forceinline__ void mbar_init_fence() {
+#ifndef ENGINE_FLASH_EMU
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#ifdef ENGINE_FLASH_EMU
+  emu_mbar_arrive(bar);
+#else
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+#endif
+}
+
+// This thread's arrival, and `bytes` more for the phase to wait for.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#ifdef ENGINE_FLASH_EMU
+  emu_mbar_arrive_expect_tx(bar, bytes);
+#else
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+               : "memory");
+#endif
+}
+
+// Waits until the phase of parity `parity` has completed (the phase before
+// the first, parity 1, counts as completed). False if it gave up after
+// about a second, or if `ok` is already false (then it does not wait).
+__device__ __forceinline__ bool mbar_wait(uint64_t* bar, uint32_t parity, bool ok) {
+  if (!ok) return false;
+#ifdef ENGINE_FLASH_EMU
+  return emu_mbar_wait(bar, parity);
+#else
+  uint64_t t0 = 0;
+  for (uint32_t spin = 0;; ++spin) {
+    uint32_t done;
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+    if (done) return true;
+    if ((spin & 1023) == 0) {
+      uint64_t t;
+      asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+      if (spin == 0) {
+        t0 = t;
+      } else if (t - t0 > 1000000000ull) {
+        return false;
+      }
+    }
+  }
+#endif
+}
+
+// The box of `map` at coordinates (c0 along head_dim, c1 the head, c2 the
+// token) into shared memory at dst, completing its bytes on bar.
+__device__ __forceinline__ void tma_load(void* dst, const EngineTmap* map, int c0, int c1, int c2, uint64_t* bar) {
+#ifdef ENGINE_FLASH_EMU
+  emu_tma_load_3d(dst, map, c0, c1, c2, bar);
+#else
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+      : "memory");
+#endif
+}
+
+__device__ __forceinline__ void tma_prefetch(const EngineTmap* map) {
+#ifndef ENGINE_FLASH_EMU
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+#endif
+}
+
+// Rows row .. row + rows of one head of `map` (every head_dim block) into
+// the tile at dst.
+template <int D>
+__device__ __forceinline__ void tma_tile(unsigned char* dst, const EngineTmap* map, int rows, uint32_t head, int row,
+                                         uint64_t* bar) {
+#pragma unroll
+  for (int c = 0; c < D / 64; ++c) tma_load(dst + c * rows * 128, map, c * 64, (int)head, row, bar);
+}
+
+template <int D>
+__device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const FlashFwdParams& p = pw.f;
+  constexpr int KT = WS_KT, NJ = KT / 8;
+  constexpr uint32_t QW = ws_tile<D>(64), KV = ws_tile<D>(KT);
+  if (blockDim.x != ENGINE_FLASH_WS_THREADS || dyn_smem_bytes() < ws_fwd_smem<D>()) return;
+  if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
+  unsigned char* q_s = smem + ((1024 - (smem_u32(smem) & 1023)) & 1023);  // consumer w's Q at q_s + w·QW
+  unsigned char* k_s = q_s + 2 * QW;                                         // K stage s at k_s + s·KV
+  unsigned char* v_s = k_s + WS_STAGES * KV;                                 // V stage s at v_s + s·KV
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(v_s + WS_STAGES * KV);
+  uint64_t* k_full = q_full + 1;
+  uint64_t* k_empty = k_full + WS_STAGES;
+  uint64_t* v_full = k_empty + WS_STAGES;
+  uint64_t* v_empty = v_full + WS_STAGES;
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < WS_STAGES; ++s) {
+      mbar_init(k_full + s, 1);
+      mbar_init(v_full + s, 1);
+      mbar_init(k_empty + s, WS_CONSUMERS);
+      mbar_init(v_empty + s, WS_CONSUMERS);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last block-wide barrier: the warpgroups part here
+  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x,
+                          ENGINE_FLASH_FWD_TILE);
+  const uint32_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+  const int q0 = tl.t0, len = tl.len;
+  const int n_kt = (min(q0 + ENGINE_FLASH_FWD_TILE, len) + KT - 1) / KT;
+  bool ok = true;
+  if (threadIdx.x < 128) {
+    if (threadIdx.x != 0) return;
+    tma_prefetch(&pw.tq);
+    tma_prefetch(&pw.tk);
+    tma_prefetch(&pw.tv);
+    mbar_arrive_expect_tx(q_full, 2 * QW);
+    for (int w = 0; w < 2; ++w) tma_tile<D>(q_s + w * QW, &pw.tq, 64, h, (int)tl.start + q0 + 64 * w, q_full);
+    for (int j = 0; j < n_kt; ++j) {
+      // Use j / WS_STAGES of stage s waits for the consumers' release of
+      // the use before (the first use's wait passes at once).
+      const int s = j % WS_STAGES, row = (int)tl.start + j * KT;
+      const uint32_t parity = ((j / WS_STAGES) & 1) ^ 1;
+      ok = mbar_wait(k_empty + s, parity, ok);
+      mbar_arrive_expect_tx(k_full + s, KV);
+      tma_tile<D>(k_s + s * KV, &pw.tk, KT, kvh, row, k_full + s);
+      ok = mbar_wait(v_empty + s, parity, ok);
+      mbar_arrive_expect_tx(v_full + s, KV);
+      tma_tile<D>(v_s + s * KV, &pw.tv, KT, kvh, row, v_full + s);
+    }
+    return;
+  }
+  const int cw = threadIdx.x / 128 - 1;  // which consumer
+  const int r0 = 64 * cw + 16 * ((threadIdx.x >> 5) & 3);  // this warp's first row in the block's tile
+  const size_t q_stride = (size_t)p.n_heads * D;
+  const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
+  const float sl2 = p.scale * LOG2E;
+  const uint32_t q_addr = smem_u32(q_s + cw * QW), k_addr = smem_u32(k_s), v_addr = smem_u32(v_s);
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  // S = Q·K_jᵀ into s (issued, not waited for): k-step kk is 16 columns of
+  // head_dim block kk / 4, 32·(kk % 4) bytes into each row.
+  float s[NJ][4];
+  auto issue_s = [&](int j) {
+#pragma unroll
+    for (int i = 0; i < NJ; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+    fence_acc(s);
+    wgmma_fence();
+    const uint32_t kb = k_addr + (j % WS_STAGES) * KV;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t at = (kk % 4) * 32;
+      wgmma_ss(s, wg_desc_sw128(q_addr + (kk / 4) * 64 * 128 + at, 16, 1024),
+               wg_desc_sw128(kb + (kk / 4) * KT * 128 + at, 16, 1024));
+    }
+    wgmma_commit();
+  };
+  // O += P·V_j, P as A fragments (issued, not waited for): k-step kk is
+  // keys 16kk..16kk + 16, rows 16kk.. of every head_dim block.
+  uint32_t pa[KT / 16][4];
+  auto issue_pv = [&](int j) {
+    fence_frag(pa);
+    fence_acc(o);
+    wgmma_fence();
+    const uint32_t vb = v_addr + (j % WS_STAGES) * KV;
+#pragma unroll
+    for (int kk = 0; kk < KT / 16; ++kk) wgmma_rs<D, true>(o, pa[kk], wg_desc_sw128(vb + kk * 16 * 128, KT * 128, 1024));
+    wgmma_commit();
+  };
+  // S_j (done) → P_j in pn, as fwd_wgmma; the factor for O in c.
+  uint32_t pn[KT / 16][4];
+  float c[2];
+  auto softmax = [&](int j) {
+    fence_acc(s);
+    const int k0 = j * KT;
+    const bool mask = k0 + KT > q0 + 64 * cw || k0 + KT > len;
+    softmax_scores(s, m, l, c, q0 + r0, k0, len, mask, sl2);
+    c_to_a(s, pn);
+  };
+  auto take_p = [&] {
+#pragma unroll
+    for (int kk = 0; kk < KT / 16; ++kk) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+    }
+  };
+  ok = mbar_wait(q_full, 0, ok);
+  for (int j = 0; j < n_kt; ++j) {
+    const int st = j % WS_STAGES;
+    ok = mbar_wait(k_full + st, (j / WS_STAGES) & 1, ok);
+    issue_s(j);
+    if (j > 0) {
+      const int j1 = j - 1, s1 = j1 % WS_STAGES;
+      ok = mbar_wait(v_full + s1, (j1 / WS_STAGES) & 1, ok);
+      issue_pv(j1);
+      wgmma_wait<1>();  // S_j
+      mbar_arrive(k_empty + st);
+      softmax(j);
+      wgmma_wait<0>();  // P_{j−1}·V_{j−1}
+      mbar_arrive(v_empty + s1);
+      fence_acc(o);
+      fence_frag(pa);
+      rescale_rows<D>(o, c);
+    } else {
+      wgmma_wait<0>();
+      mbar_arrive(k_empty + st);
+      softmax(j);  // O is still zero: no factor to apply
+    }
+    take_p();
+  }
+  const int last = n_kt - 1;
+  ok = mbar_wait(v_full + last % WS_STAGES, (last / WS_STAGES) & 1, ok);
+  issue_pv(last);
+  wgmma_wait<0>();
+  fence_acc(o);
+  finish_rows<D>(p, o, m, l, q_row0, q_stride, r0, len - q0, tl.start, q0 + r0, len, h);
+}
+#else
+template <int D>
+__device__ __forceinline__ void fwd_ws(const FlashWsParams&) {}
+#endif
