@@ -71,10 +71,10 @@ typedef struct FlashFwdParams {
   uint32_t wgmma_desc;
 } FlashFwdParams;
 
-/* A TMA tensor map (CUtensorMap: 128 opaque bytes, 64-byte aligned), made
- * on the host by cuTensorMapEncodeTiled; the emulator keeps its own fields in
- * the same bytes. */
-typedef struct __attribute__((aligned(64))) EngineTmap {
+/* A TMA tensor map: CUtensorMap's 128 opaque bytes, made on the host by
+ * cuTensorMapEncodeTiled (the emulator keeps its own fields in them).
+ * Aligned as CUDA 13's cuda.h aligns CUtensorMap (128; the TMA needs 64). */
+typedef struct __attribute__((aligned(128))) EngineTmap {
   uint64_t opaque[16];
 } EngineTmap;
 

@@ -570,6 +570,10 @@ fn attention_at(
         b.run(&format!("attention_fwd_wgmma{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
             g.flash_attention_fwd_wgmma(desc, &s, &cum, &q, &k, &v, &mut out, &mut lse)
         })?;
+        // The warp-specialised Hopper forward (TMA, a producer warpgroup).
+        b.run(&format!("attention_fwd_ws{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
+            g.flash_attention_fwd_ws(&s, &cum, &q, &k, &v, &mut out, &mut lse)
+        })?;
     }
     b.run(&format!("attention_fwd{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
         g.attention_fwd(&s, &cum, &q, &k, &v, &mut out, &mut lse)

@@ -14,18 +14,20 @@
 use super::attention::{check_shape, elems};
 use super::buf::IndexArg;
 use super::params::{
-    FlashBwdParams, FlashFwdParams, ENGINE_FLASH_DELTA_ROWS, ENGINE_FLASH_DKDV_STEP_D128, ENGINE_FLASH_DKDV_STEP_D64,
-    ENGINE_FLASH_DQ_KEYS_D64, ENGINE_FLASH_DQ_TILE_D64, ENGINE_FLASH_FWD_KEYS_D128, ENGINE_FLASH_FWD_KEYS_D64,
-    ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE, ENGINE_FLASH_WGMMA_DESC,
+    FlashBwdParams, FlashFwdParams, FlashWsParams, ENGINE_FLASH_DELTA_ROWS, ENGINE_FLASH_DKDV_STEP_D128,
+    ENGINE_FLASH_DKDV_STEP_D64, ENGINE_FLASH_DQ_KEYS_D64, ENGINE_FLASH_DQ_TILE_D64, ENGINE_FLASH_FWD_KEYS_D128,
+    ENGINE_FLASH_FWD_KEYS_D64, ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
+    ENGINE_FLASH_WGMMA_DESC, ENGINE_FLASH_WS_KEYS, ENGINE_FLASH_WS_STAGES, ENGINE_FLASH_WS_THREADS,
 };
 use super::scratch::Scratch;
+use super::tma;
 use super::{check_len, Bf16, Gpu, Modules};
 use crate::backend::AttnShape;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-super::params::device_repr!(FlashFwdParams, FlashBwdParams);
+super::params::device_repr!(FlashFwdParams, FlashBwdParams, FlashWsParams);
 
 /// The one-line switch: `false` sends every call of [`Gpu::attention_fwd`] /
 /// [`Gpu::attention_bwd`] to the simple kernels.
@@ -115,6 +117,9 @@ pub struct Fns {
     /// The Hopper one-pass backward (sm_90a).
     wgmma_bwd_d64: CudaFunction,
     wgmma_bwd_d128: CudaFunction,
+    /// The warp-specialised Hopper forward (sm_90a: TMA, mbarriers, wgmma).
+    ws_d64: CudaFunction,
+    ws_d128: CudaFunction,
 }
 
 /// The Hopper forward's default descriptor reading (kernels/include/flash_attention.h).
@@ -137,6 +142,23 @@ fn wgmma_bwd_smem(head_dim: usize) -> usize {
 /// tiles of 64 keys in the canonical layout (unpadded).
 fn wgmma_smem(head_dim: usize) -> usize {
     TILE * (head_dim + ENGINE_FLASH_PAD as usize) * 2 + 2 * 2 * TILE * head_dim * 2
+}
+
+/// Which forward kernel a launch runs: an `mma.sync` one, the Hopper one on
+/// `wgmma` with its descriptor reading, or the warp-specialised Hopper one.
+#[derive(Clone, Copy)]
+enum FwdKernel {
+    MmaSync,
+    Wgmma(u32),
+    Ws,
+}
+
+/// Dynamic shared memory of the warp-specialised Hopper forward, as the
+/// kernel computes it (`ws_fwd_smem`): slack to a 1024-byte boundary, the
+/// 128-row query tile, the rings of K and V tiles, and the mbarriers.
+fn ws_smem(head_dim: usize) -> usize {
+    let (keys, stages) = (ENGINE_FLASH_WS_KEYS as usize, ENGINE_FLASH_WS_STAGES as usize);
+    1024 + ENGINE_FLASH_FWD_TILE as usize * head_dim * 2 + 2 * stages * keys * head_dim * 2 + 8 * (1 + 4 * stages)
 }
 
 /// Dynamic shared memory (bytes) of the (fwd, dq, dk/dv) kernels, as
@@ -225,6 +247,8 @@ pub(super) fn load(m: &Modules, smem_optin: usize) -> Result<Fns> {
         wgmma_d128: wgmma_fn(128)?,
         wgmma_bwd_d64: kernel("flash_attention_bwd_wgmma_d64", wgmma_bwd_smem(64))?,
         wgmma_bwd_d128: kernel("flash_attention_bwd_wgmma_d128", wgmma_bwd_smem(128))?,
+        ws_d64: kernel("flash_attention_fwd_ws_d64", ws_smem(64))?,
+        ws_d128: kernel("flash_attention_fwd_ws_d128", ws_smem(128))?,
     })
 }
 
@@ -353,7 +377,45 @@ impl Gpu {
         let variant = self.fitting_build(variant, s.head_dim);
         let (f, rows, bytes) =
             (&self.flash_fns(variant, s.head_dim).fwd, fwd_tile(variant), smem(variant, s.head_dim).0);
-        self.flash_fwd_launch("flash_attention_fwd", f, rows, bytes, 0, s, cu_seqlens, q, k, v, out, lse)
+        self.flash_fwd_launch(
+            "flash_attention_fwd",
+            f,
+            rows,
+            bytes,
+            FwdKernel::MmaSync,
+            s,
+            cu_seqlens,
+            q,
+            k,
+            v,
+            out,
+            lse,
+        )
+    }
+
+    /// [`flash_attention_fwd`](Self::flash_attention_fwd) on the
+    /// warp-specialised Hopper kernel (kernels/flash_fwd_ws.cuh: a producer
+    /// warpgroup loading by TMA, two consumer warpgroups on `wgmma`):
+    /// compute capability 9.0 only, else an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_fwd_ws(
+        &self,
+        s: &AttnShape,
+        cu_seqlens: &impl IndexArg,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+        lse: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        let what = "flash_attention_fwd_ws";
+        if self.cc != (9, 0) {
+            bail!("{what}: needs compute capability 9.0 (sm_90a), this GPU has {}.{}", self.cc.0, self.cc.1);
+        }
+        let f = &self.k.flash_attention;
+        let f = if s.head_dim == 64 { &f.ws_d64 } else { &f.ws_d128 };
+        let rows = ENGINE_FLASH_FWD_TILE as usize;
+        self.flash_fwd_launch(what, f, rows, ws_smem(s.head_dim), FwdKernel::Ws, s, cu_seqlens, q, k, v, out, lse)
     }
 
     /// [`flash_attention_fwd`](Self::flash_attention_fwd) on the Hopper
@@ -384,7 +446,7 @@ impl Gpu {
         let f = &self.k.flash_attention;
         let f = if s.head_dim == 64 { &f.wgmma_d64 } else { &f.wgmma_d128 };
         let bytes = wgmma_smem(s.head_dim) + if desc == WGMMA_DESC { 0 } else { WGMMA_SLACK };
-        self.flash_fwd_launch(what, f, TILE, bytes, desc, s, cu_seqlens, q, k, v, out, lse)
+        self.flash_fwd_launch(what, f, TILE, bytes, FwdKernel::Wgmma(desc), s, cu_seqlens, q, k, v, out, lse)
     }
 
     /// The forward's checks and launch: `f` takes tiles of `rows` queries and
@@ -396,7 +458,7 @@ impl Gpu {
         f: &CudaFunction,
         rows: usize,
         bytes: usize,
-        wgmma_desc: u32,
+        kind: FwdKernel,
         s: &AttnShape,
         cu_seqlens: &impl IndexArg,
         q: &impl DevicePtr<Bf16>,
@@ -438,17 +500,33 @@ impl Gpu {
             n_heads: s.n_heads as u32,
             n_kv_heads: s.n_kv_heads as u32,
             scale: s.scale,
-            wgmma_desc,
+            wgmma_desc: if let FwdKernel::Wgmma(d) = kind { d } else { 0 },
         };
+        let threads = if let FwdKernel::Ws = kind { ENGINE_FLASH_WS_THREADS } else { ENGINE_FLASH_THREADS };
         let cfg = LaunchConfig {
             grid_dim: (n_blocks, s.n_heads as u32, 1),
-            block_dim: (ENGINE_FLASH_THREADS, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: bytes as u32,
         };
         // SAFETY: every buffer has the length checked above and is 16-byte
         // aligned; cu_seqlens was checked on the host (0 .. tokens,
-        // non-decreasing) and the tile table was built from it.
-        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map_err(|e| anyhow!("{what}: {e}"))?;
+        // non-decreasing) and the tile table was built from it; the tensor
+        // maps cover exactly q, k and v.
+        unsafe {
+            if let FwdKernel::Ws = kind {
+                let box_rows = ENGINE_FLASH_WS_KEYS;
+                let pw = FlashWsParams {
+                    tq: tma::bf16_rows(&format!("{what}: q"), qp, tokens, s.n_heads, s.head_dim, box_rows)?,
+                    tk: tma::bf16_rows(&format!("{what}: k"), kp, tokens, s.n_kv_heads, s.head_dim, box_rows)?,
+                    tv: tma::bf16_rows(&format!("{what}: v"), vp, tokens, s.n_kv_heads, s.head_dim, box_rows)?,
+                    f: p,
+                };
+                self.stream.launch_builder(f).arg(&pw).launch(cfg)
+            } else {
+                self.stream.launch_builder(f).arg(&p).launch(cfg)
+            }
+        }
+        .map_err(|e| anyhow!("{what}: {e}"))?;
         Ok(())
     }
 
@@ -623,7 +701,9 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::{fitting_build, fused_smem, smem, tiles, wgmma_bwd_smem, wgmma_smem, FlashVariant, WGMMA_SLACK};
+    use super::{
+        fitting_build, fused_smem, smem, tiles, wgmma_bwd_smem, wgmma_smem, ws_smem, FlashVariant, WGMMA_SLACK,
+    };
 
     #[test]
     fn every_build_fits_the_gpus_it_is_chosen_for() {
@@ -645,7 +725,7 @@ mod tests {
         // against the limit at dispatch; Hopper: 9.0 only).
         assert!(fused_smem() <= ada);
         for d in [64, 128] {
-            assert!(wgmma_smem(d) + WGMMA_SLACK <= hopper && wgmma_bwd_smem(d) <= hopper);
+            assert!(wgmma_smem(d) + WGMMA_SLACK <= hopper && wgmma_bwd_smem(d) <= hopper && ws_smem(d) <= hopper);
         }
     }
 

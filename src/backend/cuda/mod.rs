@@ -26,6 +26,7 @@ mod rows;
 mod sample;
 mod scratch;
 mod swiglu;
+mod tma;
 
 pub use attention::{decode_splits, DecodeKernel};
 pub use backend::Cuda;
