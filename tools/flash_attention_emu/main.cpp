@@ -431,6 +431,7 @@ void emu_tma_load_3d(void* dst, const void* map_p, int c0, int c1, int c2, void*
   };
   std::lock_guard<std::mutex> lk(g_mbar_mu);
   mbar_at(bar).loads.push_back(copy);
+  g_mbar_cv.notify_all();  // a thread may be waiting on this barrier with every arrival in
 }
 
 // Runs kernel k over the grid, `threads` threads a block, blocks one by one.
