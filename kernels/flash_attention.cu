@@ -1122,6 +1122,23 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t a_desc, uint
 #endif
 }
 
+// The same at N = 128 (m64n128k16): the warp-specialised forward's S = Q·Kᵀ
+// over 128 keys.
+__device__ __forceinline__ void wgmma_ss(float (&d)[16][4], uint64_t a_desc, uint64_t b_desc) {
+#ifdef ENGINE_FLASH_EMU
+  emu_wgmma_ss(&d[0][0], 128, a_desc, b_desc);
+#endif
+#ifdef ENGINE_FLASH_WGMMA_ASM
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "%64, %65, p, 1, 1, 0, 0;\n}\n"
+      : WG_ACC32(d, 0), WG_ACC32(d, 8)
+      : "l"(a_desc), "l"(b_desc), "r"(1));
+#endif
+}
+
 #ifdef ENGINE_FLASH_WGMMA_ASM
 template <>
 __device__ __forceinline__ void wgmma_rs<64, false>(float (&d)[64 / 8][4], const uint32_t (&a)[4],

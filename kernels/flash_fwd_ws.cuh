@@ -41,7 +41,11 @@
 constexpr int WS_KT = ENGINE_FLASH_WS_KEYS, WS_STAGES = ENGINE_FLASH_WS_STAGES;
 constexpr uint32_t WS_CONSUMERS = ENGINE_FLASH_WS_THREADS - 128;
 static_assert(WS_CONSUMERS == 256 && ENGINE_FLASH_FWD_TILE == 128, "two consumer warpgroups of 64 rows");
-static_assert(WS_KT == 64, "S = Q·Kᵀ is one wgmma_ss (m64n64k16) per k-step");
+static_assert(WS_KT == 64 || WS_KT == 128, "S = Q·Kᵀ is one wgmma_ss (m64n64k16 or m64n128k16) per k-step");
+// Registers per thread after the split (setmaxnreg): the producer needs few,
+// the consumers hold S and O in fp32 and P twice in bf16 (at head_dim 128 and
+// 128 keys: 64 + 64 + 32 + 32). 128·24 + 256·240 fits the SM's 64K.
+constexpr uint32_t WS_PRODUCER_REGS = 24, WS_CONSUMER_REGS = 240;
 
 // Bytes of a tile of `rows` rows (D/64 column blocks of rows·128 bytes).
 template <int D>
@@ -141,6 +145,21 @@ __device__ __forceinline__ void tma_load(void* dst, const EngineTmap* map, int c
 #endif
 }
 
+// This warpgroup's registers per thread lowered / raised to N (every thread
+// of the warpgroup executes it).
+template <uint32_t N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#ifndef ENGINE_FLASH_EMU
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <uint32_t N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#ifndef ENGINE_FLASH_EMU
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
 __device__ __forceinline__ void tma_prefetch(const EngineTmap* map) {
 #ifndef ENGINE_FLASH_EMU
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
@@ -190,6 +209,7 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
   const int n_kt = (min(q0 + ENGINE_FLASH_FWD_TILE, len) + KT - 1) / KT;
   bool ok = true;
   if (threadIdx.x < 128) {
+    setmaxnreg_dec<WS_PRODUCER_REGS>();
     if (threadIdx.x != 0) return;
     tma_prefetch(&pw.tq);
     tma_prefetch(&pw.tk);
@@ -210,6 +230,7 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
     }
     return;
   }
+  setmaxnreg_inc<WS_CONSUMER_REGS>();
   const int cw = threadIdx.x / 128 - 1;  // which consumer
   const int r0 = 64 * cw + 16 * ((threadIdx.x >> 5) & 3);  // this warp's first row in the block's tile
   const size_t q_stride = (size_t)p.n_heads * D;

@@ -84,14 +84,14 @@ typedef struct __attribute__((aligned(128))) EngineTmap {
  * query rows; keys in steps of ENGINE_FLASH_WS_KEYS through
  * ENGINE_FLASH_WS_STAGES buffers of K and of V. */
 #define ENGINE_FLASH_WS_THREADS 384
-#define ENGINE_FLASH_WS_KEYS 64
+#define ENGINE_FLASH_WS_KEYS 128
 #define ENGINE_FLASH_WS_STAGES 2
 
 /* flash_attention_fwd_ws_d{64,128}: out and lse, as flash_attention_fwd.
  * Grid (n_blocks, n_heads) over tiles of ENGINE_FLASH_FWD_TILE queries.
  * tq, tk, tv: 3-d tensor maps of q, k, v (dims head_dim, heads, tokens;
- * boxes of 64 × 1 × 64 elements, bf16, 128-byte swizzle, zero fill out of
- * bounds). */
+ * boxes of 64 × 1 × rows elements, rows 64 for q and ENGINE_FLASH_WS_KEYS
+ * for k and v; bf16, 128-byte swizzle, zeros out of bounds). */
 typedef struct FlashWsParams {
   EngineTmap tq;
   EngineTmap tk;

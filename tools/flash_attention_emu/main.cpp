@@ -643,8 +643,8 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
     ws.f.out = dp(ob_ws.data());
     ws.f.lse = dp(lse_ws.data());
     ws.tq = emu_tmap(qb.data(), D, H, T, D * 2, (uint64_t)H * D * 2, 64, 1, 64);
-    ws.tk = emu_tmap(kb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, 64);
-    ws.tv = emu_tmap(vb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, 64);
+    ws.tk = emu_tmap(kb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, ENGINE_FLASH_WS_KEYS);
+    ws.tv = emu_tmap(vb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, ENGINE_FLASH_WS_KEYS);
     launch(D == 64 ? flash_attention_fwd_ws_d64 : flash_attention_fwd_ws_d128, ws, nb_fwd, H,
            ENGINE_FLASH_WS_THREADS, D == 64 ? ws_fwd_smem<64>() : ws_fwd_smem<128>());
     e_ws_out = rel(from_bf(ob_ws), out);

@@ -514,11 +514,12 @@ impl Gpu {
         // maps cover exactly q, k and v.
         unsafe {
             if let FwdKernel::Ws = kind {
-                let box_rows = ENGINE_FLASH_WS_KEYS;
+                // Q in boxes of 64 rows (a consumer's), K and V of a key step's rows.
+                let keys = ENGINE_FLASH_WS_KEYS;
                 let pw = FlashWsParams {
-                    tq: tma::bf16_rows(&format!("{what}: q"), qp, tokens, s.n_heads, s.head_dim, box_rows)?,
-                    tk: tma::bf16_rows(&format!("{what}: k"), kp, tokens, s.n_kv_heads, s.head_dim, box_rows)?,
-                    tv: tma::bf16_rows(&format!("{what}: v"), vp, tokens, s.n_kv_heads, s.head_dim, box_rows)?,
+                    tq: tma::bf16_rows(&format!("{what}: q"), qp, tokens, s.n_heads, s.head_dim, 64)?,
+                    tk: tma::bf16_rows(&format!("{what}: k"), kp, tokens, s.n_kv_heads, s.head_dim, keys)?,
+                    tv: tma::bf16_rows(&format!("{what}: v"), vp, tokens, s.n_kv_heads, s.head_dim, keys)?,
                     f: p,
                 };
                 self.stream.launch_builder(f).arg(&pw).launch(cfg)
