@@ -112,6 +112,7 @@ mod cuda {
             }
             report.push_str(&format!("==== kernels/{name}.cu\n{text}"));
             spills(&name, &text);
+            register_split(&name, &text);
             modules.push_str(&format!("    (\"{name}\", include_bytes!(\"{}\")),\n", fatbin.display()));
         }
         modules.push_str("];\n");
@@ -119,6 +120,31 @@ mod cuda {
         std::fs::write(out.join("modules.rs"), modules).expect("OUT_DIR is writable");
         println!("cargo:rustc-env=ENGINE_PTXAS_REPORT={}", out.join("ptxas-report.txt").display());
         params(&kernels.join("include"), &out);
+    }
+
+    /// The warp-specialised kernels (`*_ws_*`) split the SM's registers with
+    /// `setmaxnreg` (kernels/flash_fwd_ws.cuh: 128 producer threads at 24,
+    /// 256 consumer threads at 240), which only adds up if ptxas gave each of
+    /// the 384 threads 168 at launch; with fewer, `setmaxnreg.inc` would wait
+    /// forever. A build whose ptxas allots otherwise fails here, not on a GPU.
+    /// Also a `cargo:warning` where ptxas serialises a kernel's wgmma.
+    fn register_split(file: &str, report: &str) {
+        let mut function = String::new();
+        for line in report.lines() {
+            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                function = rest.replace('\'', "");
+            }
+            if line.contains("Potential Performance Loss") {
+                println!("cargo:warning=kernels/{file}.cu: {}", line.trim());
+            }
+            let Some(n) = line.split("Used ").nth(1).and_then(|r| r.split(" registers").next()) else { continue };
+            if function.contains("_ws_") && function.ends_with("sm_90a") && n != "168" {
+                fail(&format!(
+                    "kernels/{file}.cu: {function}: ptxas allots {n} registers a thread at launch; the \
+                     setmaxnreg split of the warp-specialised kernels (24 + 2 × 240 per 128 threads) needs 168"
+                ));
+            }
+        }
     }
 
     /// A `cargo:warning` per kernel and target that spills registers.

@@ -13,7 +13,10 @@
 //     both operands from shared memory (wgmma_ss), O += P·V with P from
 //     registers, and fwd_wgmma's online softmax and pipelining: S_j is
 //     issued with P_{j−1}·V_{j−1}, K_j released once S_j is done, V_{j−1}
-//     once its product is.
+//     once its product is. The two consumers take turns to issue their
+//     products (FlashAttention-3's ping-pong: named barriers 1 and 2), so
+//     one's softmax runs while the other's products keep the tensor cores
+//     busy; consumer 0 goes first.
 // So the loads run ahead of the products on their own warps, and no
 // consumer thread spends an instruction on addresses or copies.
 //
@@ -31,11 +34,12 @@
 // Rows of Q, K, V past the sequence are the next sequence's (or, past the
 // last token, the TMA's zeros): their scores are masked and their rows
 // never stored. Both consumers run every key step of the block (the first
-// one's last step is wholly masked when the block's keys reach past its
-// rows), so each empty barrier sees all 256 consumer threads on every use.
+// one's rows see only part of the last), so each empty barrier sees all
+// 256 consumer threads on every use.
 //
-// A wait that lasts about a second gives up (sticky per thread): a bug
-// then shows as wrong results in the tests, not as a hung GPU.
+// A wait that lasts about a second gives up (sticky per thread), and a
+// consumer that gave up writes NaN: a bug then shows as NaN in the tests,
+// not as a hung GPU.
 
 #ifdef ENGINE_FLASH_WGMMA_BODY
 constexpr int WS_KT = ENGINE_FLASH_WS_KEYS, WS_STAGES = ENGINE_FLASH_WS_STAGES;
@@ -160,6 +164,25 @@ __device__ __forceinline__ void setmaxnreg_inc() {
 #endif
 }
 
+// Named barriers over the two consumer warpgroups (barrier 0 is
+// __syncthreads'): bar_sync waits until `n` threads have arrived at barrier
+// `id`, itself included; bar_arrive counts this thread and goes on.
+constexpr int WS_TURN_BAR = 1;  // consumer w's turn: barrier WS_TURN_BAR + w
+__device__ __forceinline__ void bar_sync(int id, int n) {
+#ifdef ENGINE_FLASH_EMU
+  emu_bar_sync(id, n);
+#else
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+#endif
+}
+__device__ __forceinline__ void bar_arrive(int id, int n) {
+#ifdef ENGINE_FLASH_EMU
+  emu_bar_arrive(id, n);
+#else
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+#endif
+}
+
 __device__ __forceinline__ void tma_prefetch(const EngineTmap* map) {
 #ifndef ENGINE_FLASH_EMU
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
@@ -214,8 +237,12 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
     tma_prefetch(&pw.tq);
     tma_prefetch(&pw.tk);
     tma_prefetch(&pw.tv);
-    mbar_arrive_expect_tx(q_full, 2 * QW);
-    for (int w = 0; w < 2; ++w) tma_tile<D>(q_s + w * QW, &pw.tq, 64, h, (int)tl.start + q0 + 64 * w, q_full);
+    // Consumer 1's Q only where it has rows: a box wholly past the tensor's
+    // last token might not count its bytes (its rows are never stored, so
+    // what its buffer holds does not matter).
+    const int n_q = q0 + 64 < len ? 2 : 1;
+    mbar_arrive_expect_tx(q_full, n_q * QW);
+    for (int w = 0; w < n_q; ++w) tma_tile<D>(q_s + w * QW, &pw.tq, 64, h, (int)tl.start + q0 + 64 * w, q_full);
     for (int j = 0; j < n_kt; ++j) {
       // Use j / WS_STAGES of stage s waits for the consumers' release of
       // the use before (the first use's wait passes at once).
@@ -287,15 +314,24 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
       for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
     }
   };
+  // Turns: each consumer issues n_kt + 1 batches of products (steps 0 ..
+  // n_kt − 1, then the last P·V), each after its own turn comes and before
+  // handing the turn to the other. Consumer 1 hands consumer 0 its first
+  // turn and not a turn after its own last batch, so every arrival meets a
+  // wait and both barriers end balanced.
+  const int own = WS_TURN_BAR + cw, other = WS_TURN_BAR + 1 - cw;
+  if (cw == 1) bar_arrive(other, 2 * 128);
   ok = mbar_wait(q_full, 0, ok);
   for (int j = 0; j < n_kt; ++j) {
     const int st = j % WS_STAGES;
     ok = mbar_wait(k_full + st, (j / WS_STAGES) & 1, ok);
+    if (j > 0) ok = mbar_wait(v_full + (j - 1) % WS_STAGES, ((j - 1) / WS_STAGES) & 1, ok);
+    bar_sync(own, 2 * 128);
     issue_s(j);
     if (j > 0) {
-      const int j1 = j - 1, s1 = j1 % WS_STAGES;
-      ok = mbar_wait(v_full + s1, (j1 / WS_STAGES) & 1, ok);
-      issue_pv(j1);
+      const int s1 = (j - 1) % WS_STAGES;
+      issue_pv(j - 1);
+      bar_arrive(other, 2 * 128);
       wgmma_wait<1>();  // S_j
       mbar_arrive(k_empty + st);
       softmax(j);
@@ -305,6 +341,7 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
       fence_frag(pa);
       rescale_rows<D>(o, c);
     } else {
+      bar_arrive(other, 2 * 128);
       wgmma_wait<0>();
       mbar_arrive(k_empty + st);
       softmax(j);  // O is still zero: no factor to apply
@@ -313,9 +350,12 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
   }
   const int last = n_kt - 1;
   ok = mbar_wait(v_full + last % WS_STAGES, (last / WS_STAGES) & 1, ok);
+  bar_sync(own, 2 * 128);
   issue_pv(last);
+  if (cw == 0) bar_arrive(other, 2 * 128);
   wgmma_wait<0>();
   fence_acc(o);
+  if (!ok) l[0] = l[1] = NAN;  // a wait gave up: out and lse NaN, not silently wrong
   finish_rows<D>(p, o, m, l, q_row0, q_stride, r0, len - q0, tl.start, q0 + r0, len, h);
 }
 #else

@@ -434,6 +434,42 @@ void emu_tma_load_3d(void* dst, const void* map_p, int c0, int c1, int c2, void*
   g_mbar_cv.notify_all();  // a thread may be waiting on this barrier with every arrival in
 }
 
+// Named barriers (bar.sync / bar.arrive with a thread count): a generation
+// completes when `n` threads have arrived, waiting (sync) or not (arrive).
+// A barrier left with arrivals at the end of a block aborts the run (launch).
+struct EmuNamedBar {
+  int arrived = 0;
+  unsigned generation = 0;
+};
+static EmuNamedBar g_named[16];
+
+static void named_arrive_locked(EmuNamedBar& b, int n) {
+  if (++b.arrived == n) {
+    b.arrived = 0;
+    ++b.generation;
+    g_mbar_cv.notify_all();
+  }
+}
+
+void emu_bar_arrive(int id, int n) {
+  std::lock_guard<std::mutex> lk(g_mbar_mu);
+  named_arrive_locked(g_named[id], n);
+}
+
+void emu_bar_sync(int id, int n) {
+  std::unique_lock<std::mutex> lk(g_mbar_mu);
+  EmuNamedBar& b = g_named[id];
+  const unsigned gen = b.generation;
+  named_arrive_locked(b, n);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (b.generation == gen) {
+    if (g_mbar_cv.wait_until(lk, give_up) == std::cv_status::timeout) {
+      fprintf(stderr, "bar.sync %d: never completed (deadlock)\n", id);
+      abort();
+    }
+  }
+}
+
 // Runs kernel k over the grid, `threads` threads a block, blocks one by one.
 template <typename P>
 static void launch(void (*k)(P), const P& p, unsigned gx, unsigned gy, unsigned threads, uint32_t dyn) {
@@ -470,6 +506,14 @@ static void launch(void (*k)(P), const P& p, unsigned gx, unsigned gy, unsigned 
             abort();
           }
           block.arrive_and_wait();
+          if (tid == 0) {
+            for (const EmuNamedBar& b : g_named) {
+              if (b.arrived != 0) {
+                fprintf(stderr, "bar.arrive: a named barrier ends the block with arrivals no wait met\n");
+                abort();
+              }
+            }
+          }
         }
       }
     });

@@ -52,6 +52,8 @@ void emu_mbar_init(void* bar, unsigned count);
 void emu_mbar_arrive(void* bar);
 void emu_mbar_arrive_expect_tx(void* bar, unsigned bytes);
 void emu_tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, void* bar);
+void emu_bar_sync(int id, int n);
+void emu_bar_arrive(int id, int n);
 
 // The fused backward's ordering: blocks run one after another here, so a
 // turn is always already given; no cache to bypass.
