@@ -2,11 +2,13 @@
 // Included by flash_attention.cu inside its anonymous namespace, after
 // fwd_wgmma: it uses that file's wgmma helpers, online softmax and epilogue.
 //
-// A block takes ENGINE_FLASH_FWD_TILE (128) query rows of one head with
+// The grid is persistent (a block per SM, or fewer): a block walks work
+// items, each ENGINE_FLASH_FWD_TILE (128) query rows of one head, with
 // three warpgroups (FlashAttention-3's structure):
-//   warpgroup 0, the producer: one thread loads the block's Q tile once,
-//     then each K and V tile of WS_KT keys into a ring of WS_STAGES buffers,
-//     by TMA. Each buffer has two mbarriers: `full` (its bytes have landed:
+//   warpgroup 0, the producer: one thread loads each item's Q tile (once the
+//     consumers are done with the item before's: mbarriers q_full, q_empty),
+//     then its K and V tiles of WS_KT keys into a ring of WS_STAGES buffers
+//     shared by all items, by TMA. Each buffer has two mbarriers: `full` (its bytes have landed:
 //     the producer arms it with the byte count, the TMA completes it) and
 //     `empty` (every consumer thread is done reading it: 256 arrivals).
 //   warpgroups 1 and 2, the consumers: 64 query rows each. S = Q·Kᵀ with
@@ -17,8 +19,9 @@
 //     products (FlashAttention-3's ping-pong: named barriers 1 and 2), so
 //     one's softmax runs while the other's products keep the tensor cores
 //     busy; consumer 0 goes first.
-// So the loads run ahead of the products on their own warps, and no
-// consumer thread spends an instruction on addresses or copies.
+// So the loads run ahead of the products on their own warps (into the next
+// item while the consumers finish one), and no consumer thread spends an
+// instruction on addresses or copies.
 //
 // Tiles sit in shared memory as the TMA writes them with the 128-byte
 // swizzle: a tile of R rows × D columns is D/64 column blocks of R rows ×
@@ -58,11 +61,11 @@ constexpr uint32_t ws_tile(int rows) {
 }
 
 // Dynamic shared memory: slack up to a 1024-byte boundary, Q (both
-// consumers' 64 rows), the K and V rings, then the mbarriers (q_full, and
-// k_full, k_empty, v_full, v_empty per stage).
+// consumers' 64 rows), the K and V rings, then the mbarriers (q_full,
+// q_empty, and k_full, k_empty, v_full, v_empty per stage).
 template <int D>
 constexpr uint32_t ws_fwd_smem() {
-  return 1024 + ws_tile<D>(128) + 2 * WS_STAGES * ws_tile<D>(WS_KT) + 8 * (1 + 4 * WS_STAGES);
+  return 1024 + ws_tile<D>(128) + 2 * WS_STAGES * ws_tile<D>(WS_KT) + 8 * (2 + 4 * WS_STAGES);
 }
 
 // A shared-memory matrix descriptor with the 128-byte swizzle (mode 1 in
@@ -204,18 +207,21 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
   const FlashFwdParams& p = pw.f;
   constexpr int KT = WS_KT, NJ = KT / 8;
   constexpr uint32_t QW = ws_tile<D>(64), KV = ws_tile<D>(KT);
+  const uint32_t n_items = p.n_blocks * p.n_heads;
   if (blockDim.x != ENGINE_FLASH_WS_THREADS || dyn_smem_bytes() < ws_fwd_smem<D>()) return;
-  if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
+  if (blockIdx.x >= n_items || blockIdx.y != 0) return;
   unsigned char* q_s = smem + ((1024 - (smem_u32(smem) & 1023)) & 1023);  // consumer w's Q at q_s + w·QW
   unsigned char* k_s = q_s + 2 * QW;                                         // K stage s at k_s + s·KV
   unsigned char* v_s = k_s + WS_STAGES * KV;                                 // V stage s at v_s + s·KV
   uint64_t* q_full = reinterpret_cast<uint64_t*>(v_s + WS_STAGES * KV);
-  uint64_t* k_full = q_full + 1;
+  uint64_t* q_empty = q_full + 1;
+  uint64_t* k_full = q_empty + 1;
   uint64_t* k_empty = k_full + WS_STAGES;
   uint64_t* v_full = k_empty + WS_STAGES;
   uint64_t* v_empty = v_full + WS_STAGES;
   if (threadIdx.x == 0) {
     mbar_init(q_full, 1);
+    mbar_init(q_empty, WS_CONSUMERS);
     for (int s = 0; s < WS_STAGES; ++s) {
       mbar_init(k_full + s, 1);
       mbar_init(v_full + s, 1);
@@ -225,11 +231,23 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
     mbar_init_fence();
   }
   __syncthreads();  // the last block-wide barrier: the warpgroups part here
-  const Tile tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), blockIdx.x,
-                          ENGINE_FLASH_FWD_TILE);
-  const uint32_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
-  const int q0 = tl.t0, len = tl.len;
-  const int n_kt = (min(q0 + ENGINE_FLASH_FWD_TILE, len) + KT - 1) / KT;
+  // The block's work items, in the order every warpgroup walks them: item
+  // i is (tile i / n_heads of the table, head i % n_heads), so the longest
+  // tiles of every head come first; block b takes b, b + gridDim.x, ...
+  struct Item {
+    Tile tl;
+    uint32_t h;
+    int n_kt;  // key steps
+  };
+  auto item = [&](uint32_t i) {
+    Item it;
+    it.tl = tile_of(ptr<const uint32_t>(p.blocks), ptr<const uint32_t>(p.cu_seqlens), i / p.n_heads,
+                    ENGINE_FLASH_FWD_TILE);
+    it.h = i % p.n_heads;
+    it.n_kt = (min(it.tl.t0 + ENGINE_FLASH_FWD_TILE, it.tl.len) + KT - 1) / KT;
+    return it;
+  };
+  const uint32_t group = p.n_heads / p.n_kv_heads;
   bool ok = true;
   if (threadIdx.x < 128) {
     setmaxnreg_dec<WS_PRODUCER_REGS>();
@@ -237,23 +255,33 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
     tma_prefetch(&pw.tq);
     tma_prefetch(&pw.tk);
     tma_prefetch(&pw.tv);
-    // Consumer 1's Q only where it has rows: a box wholly past the tensor's
-    // last token might not count its bytes (its rows are never stored, so
-    // what its buffer holds does not matter).
-    const int n_q = q0 + 64 < len ? 2 : 1;
-    mbar_arrive_expect_tx(q_full, n_q * QW);
-    for (int w = 0; w < n_q; ++w) tma_tile<D>(q_s + w * QW, &pw.tq, 64, h, (int)tl.start + q0 + 64 * w, q_full);
-    for (int j = 0; j < n_kt; ++j) {
-      // Use j / WS_STAGES of stage s waits for the consumers' release of
-      // the use before (the first use's wait passes at once).
-      const int s = j % WS_STAGES, row = (int)tl.start + j * KT;
-      const uint32_t parity = ((j / WS_STAGES) & 1) ^ 1;
-      ok = mbar_wait(k_empty + s, parity, ok);
-      mbar_arrive_expect_tx(k_full + s, KV);
-      tma_tile<D>(k_s + s * KV, &pw.tk, KT, kvh, row, k_full + s);
-      ok = mbar_wait(v_empty + s, parity, ok);
-      mbar_arrive_expect_tx(v_full + s, KV);
-      tma_tile<D>(v_s + s * KV, &pw.tv, KT, kvh, row, v_full + s);
+    // Load u of a K or V stage waits for the consumers' release of load
+    // u − 1 (the first load's wait passes at once); `n` counts the K (and
+    // V) tiles loaded so far, over all items.
+    uint32_t n = 0, k = 0;
+    for (uint32_t i = blockIdx.x; i < n_items; i += gridDim.x, ++k) {
+      const Item w = item(i);
+      const int q0 = w.tl.t0;
+      // Q once the consumers are done with the item before's (every S of
+      // it retired). Consumer 1's Q only where it has rows: a box wholly
+      // past the tensor's last token might not count its bytes (its rows
+      // are never stored, so what its buffer holds does not matter).
+      ok = mbar_wait(q_empty, (k & 1) ^ 1, ok);
+      const int n_q = q0 + 64 < w.tl.len ? 2 : 1;
+      mbar_arrive_expect_tx(q_full, n_q * QW);
+      for (int c = 0; c < n_q; ++c) {
+        tma_tile<D>(q_s + c * QW, &pw.tq, 64, w.h, (int)w.tl.start + q0 + 64 * c, q_full);
+      }
+      for (int j = 0; j < w.n_kt; ++j, ++n) {
+        const int s = n % WS_STAGES, row = (int)w.tl.start + j * KT;
+        const uint32_t parity = ((n / WS_STAGES) & 1) ^ 1;
+        ok = mbar_wait(k_empty + s, parity, ok);
+        mbar_arrive_expect_tx(k_full + s, KV);
+        tma_tile<D>(k_s + s * KV, &pw.tk, KT, w.h / group, row, k_full + s);
+        ok = mbar_wait(v_empty + s, parity, ok);
+        mbar_arrive_expect_tx(v_full + s, KV);
+        tma_tile<D>(v_s + s * KV, &pw.tv, KT, w.h / group, row, v_full + s);
+      }
     }
     return;
   }
@@ -261,22 +289,18 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
   const int cw = threadIdx.x / 128 - 1;  // which consumer
   const int r0 = 64 * cw + 16 * ((threadIdx.x >> 5) & 3);  // this warp's first row in the block's tile
   const size_t q_stride = (size_t)p.n_heads * D;
-  const size_t q_row0 = (size_t)(tl.start + q0) * q_stride + (size_t)h * D;
   const float sl2 = p.scale * LOG2E;
   const uint32_t q_addr = smem_u32(q_s + cw * QW), k_addr = smem_u32(k_s), v_addr = smem_u32(v_s);
-  float o[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  // S = Q·K_jᵀ into s (issued, not waited for): k-step kk is 16 columns of
-  // head_dim block kk / 4, 32·(kk % 4) bytes into each row.
+  float o[D / 8][4], m[2], l[2];
+  // S = Q·Kᵀ of K tile n into s (issued, not waited for): k-step kk is 16
+  // columns of head_dim block kk / 4, 32·(kk % 4) bytes into each row.
   float s[NJ][4];
-  auto issue_s = [&](int j) {
+  auto issue_s = [&](uint32_t n) {
 #pragma unroll
     for (int i = 0; i < NJ; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
     fence_acc(s);
     wgmma_fence();
-    const uint32_t kb = k_addr + (j % WS_STAGES) * KV;
+    const uint32_t kb = k_addr + (n % WS_STAGES) * KV;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t at = (kk % 4) * 32;
@@ -285,26 +309,26 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
     }
     wgmma_commit();
   };
-  // O += P·V_j, P as A fragments (issued, not waited for): k-step kk is
-  // keys 16kk..16kk + 16, rows 16kk.. of every head_dim block.
+  // O += P·V of V tile n, P as A fragments (issued, not waited for): k-step
+  // kk is keys 16kk..16kk + 16, rows 16kk.. of every head_dim block.
   uint32_t pa[KT / 16][4];
-  auto issue_pv = [&](int j) {
+  auto issue_pv = [&](uint32_t n) {
     fence_frag(pa);
     fence_acc(o);
     wgmma_fence();
-    const uint32_t vb = v_addr + (j % WS_STAGES) * KV;
+    const uint32_t vb = v_addr + (n % WS_STAGES) * KV;
 #pragma unroll
     for (int kk = 0; kk < KT / 16; ++kk) wgmma_rs<D, true>(o, pa[kk], wg_desc_sw128(vb + kk * 16 * 128, KT * 128, 1024));
     wgmma_commit();
   };
-  // S_j (done) → P_j in pn, as fwd_wgmma; the factor for O in c.
+  // S of key step j (done) → P in pn, as fwd_wgmma; the factor for O in c.
   uint32_t pn[KT / 16][4];
   float c[2];
-  auto softmax = [&](int j) {
+  auto softmax = [&](const Item& w, int j) {
     fence_acc(s);
     const int k0 = j * KT;
-    const bool mask = k0 + KT > q0 + 64 * cw || k0 + KT > len;
-    softmax_scores(s, m, l, c, q0 + r0, k0, len, mask, sl2);
+    const bool mask = k0 + KT > w.tl.t0 + 64 * cw || k0 + KT > w.tl.len;
+    softmax_scores(s, m, l, c, w.tl.t0 + r0, k0, w.tl.len, mask, sl2);
     c_to_a(s, pn);
   };
   auto take_p = [&] {
@@ -314,49 +338,62 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
       for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
     }
   };
-  // Turns: each consumer issues n_kt + 1 batches of products (steps 0 ..
-  // n_kt − 1, then the last P·V), each after its own turn comes and before
-  // handing the turn to the other. Consumer 1 hands consumer 0 its first
-  // turn and not a turn after its own last batch, so every arrival meets a
-  // wait and both barriers end balanced.
+  // Turns: for each item each consumer issues n_kt + 1 batches of products
+  // (key steps 0 .. n_kt − 1, then the last P·V), each after its own turn
+  // comes and before handing the turn to the other. Consumer 1 hands
+  // consumer 0 its first turn; consumer 0 takes one turn more at the end
+  // (consumer 1's last hand-over), so both barriers end balanced.
   const int own = WS_TURN_BAR + cw, other = WS_TURN_BAR + 1 - cw;
   if (cw == 1) bar_arrive(other, 2 * 128);
-  ok = mbar_wait(q_full, 0, ok);
-  for (int j = 0; j < n_kt; ++j) {
-    const int st = j % WS_STAGES;
-    ok = mbar_wait(k_full + st, (j / WS_STAGES) & 1, ok);
-    if (j > 0) ok = mbar_wait(v_full + (j - 1) % WS_STAGES, ((j - 1) / WS_STAGES) & 1, ok);
-    bar_sync(own, 2 * 128);
-    issue_s(j);
-    if (j > 0) {
-      const int s1 = (j - 1) % WS_STAGES;
-      issue_pv(j - 1);
-      bar_arrive(other, 2 * 128);
-      wgmma_wait<1>();  // S_j
-      mbar_arrive(k_empty + st);
-      softmax(j);
-      wgmma_wait<0>();  // P_{j−1}·V_{j−1}
-      mbar_arrive(v_empty + s1);
-      fence_acc(o);
-      fence_frag(pa);
-      rescale_rows<D>(o, c);
-    } else {
-      bar_arrive(other, 2 * 128);
-      wgmma_wait<0>();
-      mbar_arrive(k_empty + st);
-      softmax(j);  // O is still zero: no factor to apply
+  uint32_t n = 0, k = 0;  // K/V tiles consumed before this item; items done
+  for (uint32_t i = blockIdx.x; i < n_items; i += gridDim.x, ++k) {
+    const Item w = item(i);
+#pragma unroll
+    for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+    ok = mbar_wait(q_full, k & 1, ok);
+    for (int j = 0; j < w.n_kt; ++j) {
+      const uint32_t nj = n + j;
+      ok = mbar_wait(k_full + nj % WS_STAGES, (nj / WS_STAGES) & 1, ok);
+      if (j > 0) ok = mbar_wait(v_full + (nj - 1) % WS_STAGES, ((nj - 1) / WS_STAGES) & 1, ok);
+      bar_sync(own, 2 * 128);
+      issue_s(nj);
+      if (j > 0) {
+        issue_pv(nj - 1);
+        bar_arrive(other, 2 * 128);
+        wgmma_wait<1>();  // S_j
+        mbar_arrive(k_empty + nj % WS_STAGES);
+        softmax(w, j);
+        wgmma_wait<0>();  // P_{j−1}·V_{j−1}
+        mbar_arrive(v_empty + (nj - 1) % WS_STAGES);
+        fence_acc(o);
+        fence_frag(pa);
+        rescale_rows<D>(o, c);
+      } else {
+        bar_arrive(other, 2 * 128);
+        wgmma_wait<0>();
+        mbar_arrive(k_empty + nj % WS_STAGES);
+        softmax(w, j);  // O is still zero: no factor to apply
+      }
+      take_p();
     }
-    take_p();
+    mbar_arrive(q_empty);  // every S of this item is done: the next item's Q may load
+    const uint32_t last = n + w.n_kt - 1;
+    ok = mbar_wait(v_full + last % WS_STAGES, (last / WS_STAGES) & 1, ok);
+    bar_sync(own, 2 * 128);
+    issue_pv(last);
+    bar_arrive(other, 2 * 128);
+    wgmma_wait<0>();
+    mbar_arrive(v_empty + last % WS_STAGES);
+    fence_acc(o);
+    if (!ok) l[0] = l[1] = NAN;  // a wait gave up: out and lse NaN, not silently wrong
+    const int q0 = w.tl.t0;
+    const size_t q_row0 = (size_t)(w.tl.start + q0) * q_stride + (size_t)w.h * D;
+    finish_rows<D>(p, o, m, l, q_row0, q_stride, r0, w.tl.len - q0, w.tl.start, q0 + r0, w.tl.len, w.h);
+    n += w.n_kt;
   }
-  const int last = n_kt - 1;
-  ok = mbar_wait(v_full + last % WS_STAGES, (last / WS_STAGES) & 1, ok);
-  bar_sync(own, 2 * 128);
-  issue_pv(last);
-  if (cw == 0) bar_arrive(other, 2 * 128);
-  wgmma_wait<0>();
-  fence_acc(o);
-  if (!ok) l[0] = l[1] = NAN;  // a wait gave up: out and lse NaN, not silently wrong
-  finish_rows<D>(p, o, m, l, q_row0, q_stride, r0, len - q0, tl.start, q0 + r0, len, h);
+  if (cw == 0) bar_sync(own, 2 * 128);
 }
 #else
 template <int D>

@@ -87,8 +87,11 @@ typedef struct __attribute__((aligned(128))) EngineTmap {
 #define ENGINE_FLASH_WS_KEYS 128
 #define ENGINE_FLASH_WS_STAGES 2
 
-/* flash_attention_fwd_ws_d{64,128}: out and lse, as flash_attention_fwd.
- * Grid (n_blocks, n_heads) over tiles of ENGINE_FLASH_FWD_TILE queries.
+/* flash_attention_fwd_ws_d{64,128}: out and lse, as flash_attention_fwd,
+ * over tiles of ENGINE_FLASH_FWD_TILE queries. Persistent: grid (g, 1) for
+ * any g ≥ 1 (the host takes one block per SM); block b takes the work
+ * items b, b + g, ... of the n_blocks · n_heads items (tile i / n_heads of
+ * the table, head i % n_heads).
  * tq, tk, tv: 3-d tensor maps of q, k, v (dims head_dim, heads, tokens;
  * boxes of 64 × 1 × rows elements, rows 64 for q and ENGINE_FLASH_WS_KEYS
  * for k and v; bf16, 128-byte swizzle, zeros out of bounds). */

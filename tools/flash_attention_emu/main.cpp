@@ -25,7 +25,7 @@
 #include "../../kernels/flash_attention.cu"
 
 thread_local EmuDim3 threadIdx, blockIdx;
-EmuDim3 blockDim;
+EmuDim3 blockDim, gridDim;
 // The kernels declare it (extern __shared__) inside the file's anonymous namespace.
 namespace {
 alignas(1024) unsigned char smem[256 * 1024];
@@ -474,6 +474,8 @@ void emu_bar_sync(int id, int n) {
 template <typename P>
 static void launch(void (*k)(P), const P& p, unsigned gx, unsigned gy, unsigned threads, uint32_t dyn) {
   blockDim.x = threads;
+  gridDim.x = gx;
+  gridDim.y = gy;
   g_dyn = dyn;
   std::barrier<> block(threads);
   std::vector<std::barrier<>*> warps;
@@ -689,7 +691,8 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
     ws.tq = emu_tmap(qb.data(), D, H, T, D * 2, (uint64_t)H * D * 2, 64, 1, 64);
     ws.tk = emu_tmap(kb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, ENGINE_FLASH_WS_KEYS);
     ws.tv = emu_tmap(vb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, ENGINE_FLASH_WS_KEYS);
-    launch(D == 64 ? flash_attention_fwd_ws_d64 : flash_attention_fwd_ws_d128, ws, nb_fwd, H,
+    // Persistent: 3 blocks (or fewer), so that blocks take several items.
+    launch(D == 64 ? flash_attention_fwd_ws_d64 : flash_attention_fwd_ws_d128, ws, std::min(nb_fwd * H, 3u), 1,
            ENGINE_FLASH_WS_THREADS, D == 64 ? ws_fwd_smem<64>() : ws_fwd_smem<128>());
     e_ws_out = rel(from_bf(ob_ws), out);
     e_ws_lse = rel(lse_ws, lse);

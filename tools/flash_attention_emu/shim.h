@@ -23,7 +23,7 @@ struct EmuDim3 {
   unsigned x = 0, y = 0, z = 0;
 };
 extern thread_local EmuDim3 threadIdx, blockIdx;
-extern EmuDim3 blockDim;
+extern EmuDim3 blockDim, gridDim;
 struct uint4 {
   unsigned x, y, z, w;
 };

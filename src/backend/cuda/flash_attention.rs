@@ -158,7 +158,7 @@ enum FwdKernel {
 /// 128-row query tile, the rings of K and V tiles, and the mbarriers.
 fn ws_smem(head_dim: usize) -> usize {
     let (keys, stages) = (ENGINE_FLASH_WS_KEYS as usize, ENGINE_FLASH_WS_STAGES as usize);
-    1024 + ENGINE_FLASH_FWD_TILE as usize * head_dim * 2 + 2 * stages * keys * head_dim * 2 + 8 * (1 + 4 * stages)
+    1024 + ENGINE_FLASH_FWD_TILE as usize * head_dim * 2 + 2 * stages * keys * head_dim * 2 + 8 * (2 + 4 * stages)
 }
 
 /// Dynamic shared memory (bytes) of the (fwd, dq, dk/dv) kernels, as
@@ -502,11 +502,24 @@ impl Gpu {
             scale: s.scale,
             wgmma_desc: if let FwdKernel::Wgmma(d) = kind { d } else { 0 },
         };
-        let threads = if let FwdKernel::Ws = kind { ENGINE_FLASH_WS_THREADS } else { ENGINE_FLASH_THREADS };
-        let cfg = LaunchConfig {
-            grid_dim: (n_blocks, s.n_heads as u32, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: bytes as u32,
+        let cfg = if let FwdKernel::Ws = kind {
+            // Persistent: a block per SM (one fits, by registers), each
+            // walking work items (tile, head).
+            let items = n_blocks as usize * s.n_heads;
+            if items > u32::MAX as usize {
+                bail!("{what}: {items} work items do not fit one launch");
+            }
+            LaunchConfig {
+                grid_dim: (items.min(self.sms.max(1)) as u32, 1, 1),
+                block_dim: (ENGINE_FLASH_WS_THREADS, 1, 1),
+                shared_mem_bytes: bytes as u32,
+            }
+        } else {
+            LaunchConfig {
+                grid_dim: (n_blocks, s.n_heads as u32, 1),
+                block_dim: (ENGINE_FLASH_THREADS, 1, 1),
+                shared_mem_bytes: bytes as u32,
+            }
         };
         // SAFETY: every buffer has the length checked above and is 16-byte
         // aligned; cu_seqlens was checked on the host (0 .. tokens,
