@@ -62,7 +62,8 @@ pub struct Activations<B: Backend> {
     pub gather_dst: B::Idx,
     pub rope_cos: B::Buf,
     pub rope_sin: B::Buf,
-    /// Residual stream at each layer boundary (L+1 in training, 2 otherwise).
+    /// Residual stream at each layer boundary in training (L+1); otherwise
+    /// one buffer, updated in place layer by layer.
     pub resid: Vec<B::Buf>,
     pub layers: Vec<LayerActs<B>>,
     /// Final RMSNorm output and its rstd.
@@ -111,7 +112,7 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize)
         ],
         n_layer_sets: if train { c.n_layers } else { 1 },
         resid: cap * d,
-        n_resid: if train { c.n_layers + 1 } else { 2 },
+        n_resid: if train { c.n_layers + 1 } else { 1 },
         // rope cos, sin, h, rstd_f
         rest: vec![max_pos * half, max_pos * half, cap * d, cap],
         head: super::head::elements(cap, chunk, c.vocab_size),

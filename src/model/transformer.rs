@@ -33,6 +33,15 @@ struct Ctx<'a, B: Backend> {
     sin: B::Ref<'a>,
 }
 
+/// A layer's residual stream: in training, its input (kept for the
+/// backward) and a separate output; otherwise one buffer updated in place
+/// (`x += attention`, `x += MLP`: the same bf16 sums as through a copy, two
+/// copies and their launches fewer per layer).
+enum Resid<'a, B: Backend> {
+    Kept { x_in: &'a B::Buf, x_out: &'a mut B::Buf },
+    InPlace(&'a mut B::Buf),
+}
+
 /// How the layers attend, and whether they fill a KV cache.
 pub enum Attend<'a, B: Backend> {
     /// Causal attention within the batch's packed sequences.
@@ -128,17 +137,15 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut resid[0], n * d),
         );
         for l in 0..self.cfg.n_layers {
-            let (i_in, i_out, i_acts) = if *train { (l, l + 1, l) } else { (l % 2, (l + 1) % 2, 0) };
-            let (x_in, x_out) = if i_in < i_out {
-                let (a, b) = resid.split_at_mut(i_out);
-                (&a[i_in], &mut b[0])
+            if *train {
+                let (a, b) = resid.split_at_mut(l + 1);
+                let x = Resid::Kept { x_in: &a[l], x_out: &mut b[0] };
+                self.layer_fwd(be, l, &ctx, x, &mut layers[l], &mut attend);
             } else {
-                let (a, b) = resid.split_at_mut(i_in);
-                (&b[0], &mut a[i_out])
-            };
-            self.layer_fwd(be, l, &ctx, x_in, x_out, &mut layers[i_acts], &mut attend);
+                self.layer_fwd(be, l, &ctx, Resid::InPlace(&mut resid[0]), &mut layers[0], &mut attend);
+            }
         }
-        let last = if *train { self.cfg.n_layers } else { self.cfg.n_layers % 2 };
+        let last = if *train { self.cfg.n_layers } else { 0 };
         be.rmsnorm_fwd(
             pr::<B>(&resid[last], n * d),
             self.w(self.layout.final_norm),
@@ -229,26 +236,19 @@ impl<B: Backend> Model<B> {
         be.sample_collect(B::view(&acts.head.logits, Span::new(0, draws.len() * v)), v, params, draws)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn layer_fwd(
-        &self,
-        be: &B,
-        l: usize,
-        c: &Ctx<B>,
-        x_in: &B::Buf,
-        x_out: &mut B::Buf,
-        a: &mut LayerActs<B>,
-        attend: &mut Attend<B>,
-    ) {
+    fn layer_fwd(&self, be: &B, l: usize, c: &Ctx<B>, mut x: Resid<B>, a: &mut LayerActs<B>, attend: &mut Attend<B>) {
         let cfg = &self.cfg;
         let p = &self.layout.layers[l];
         let (n, d, q, kv, i, hd) =
             (c.n, cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.head_dim);
         let eps = cfg.rms_norm_eps;
-        let x = pr::<B>(x_in, n * d);
+        let x_in = match &x {
+            Resid::Kept { x_in, .. } => pr::<B>(x_in, n * d),
+            Resid::InPlace(x) => pr::<B>(x, n * d),
+        };
 
         // Attention block: x2 = x + Attn(RMSNorm(x)) · Woᵀ.
-        be.rmsnorm_fwd(x, self.w(p.input_norm), d, eps, pm::<B>(&mut a.ln1, n * d), pm::<B>(&mut a.rstd1, n));
+        be.rmsnorm_fwd(x_in, self.w(p.input_norm), d, eps, pm::<B>(&mut a.ln1, n * d), pm::<B>(&mut a.rstd1, n));
         let ln1 = pr::<B>(&a.ln1, n * d);
         let (q_dst, k_dst) = if cfg.qk_norm { (&mut a.q_pre, &mut a.k_pre) } else { (&mut a.q, &mut a.k) };
         be.matmul(ms(n, q, d), ln1, self.w(p.q_w), p.q_b.map(|s| self.w(s)), pm::<B>(q_dst, n * q), false);
@@ -300,18 +300,30 @@ impl<B: Backend> Model<B> {
                 );
             }
         }
-        be.copy(x, pm::<B>(&mut a.x2, n * d));
-        be.matmul(ms(n, d, q), pr::<B>(&a.att, n * q), self.w(p.o_w), None, pm::<B>(&mut a.x2, n * d), true);
+        let x2 = match &mut x {
+            Resid::Kept { x_in, .. } => {
+                be.copy(pr::<B>(x_in, n * d), pm::<B>(&mut a.x2, n * d));
+                &mut a.x2
+            }
+            Resid::InPlace(x) => &mut **x,
+        };
+        be.matmul(ms(n, d, q), pr::<B>(&a.att, n * q), self.w(p.o_w), None, pm::<B>(x2, n * d), true);
 
         // MLP block: out = x2 + (silu(ln2·Wgᵀ) ∘ ln2·Wuᵀ) · Wdᵀ.
-        let x2 = pr::<B>(&a.x2, n * d);
+        let x2 = pr::<B>(x2, n * d);
         be.rmsnorm_fwd(x2, self.w(p.post_norm), d, eps, pm::<B>(&mut a.ln2, n * d), pm::<B>(&mut a.rstd2, n));
         let ln2 = pr::<B>(&a.ln2, n * d);
         be.matmul(ms(n, i, d), ln2, self.w(p.gate_w), None, pm::<B>(&mut a.gate, n * i), false);
         be.matmul(ms(n, i, d), ln2, self.w(p.up_w), None, pm::<B>(&mut a.up, n * i), false);
         be.swiglu_fwd(pr::<B>(&a.gate, n * i), pr::<B>(&a.up, n * i), pm::<B>(&mut a.act, n * i));
-        be.copy(x2, pm::<B>(x_out, n * d));
-        be.matmul(ms(n, d, i), pr::<B>(&a.act, n * i), self.w(p.down_w), None, pm::<B>(x_out, n * d), true);
+        let out = match x {
+            Resid::Kept { x_out, .. } => {
+                be.copy(pr::<B>(&a.x2, n * d), pm::<B>(x_out, n * d));
+                x_out
+            }
+            Resid::InPlace(x) => x,
+        };
+        be.matmul(ms(n, d, i), pr::<B>(&a.act, n * i), self.w(p.down_w), None, pm::<B>(out, n * d), true);
     }
 
     /// Phase 1 of the lm_head + loss (DESIGN.md §3, [`head::phase1`]):
