@@ -3,20 +3,28 @@
 // is the transpose of the forward's. `rope`, the simple version (for tests):
 // one thread per rotated pair (token, head, frequency); `rope8`, the fast
 // one: one thread per 8 pairs. Each element is read and written by one thread.
+// Both take a second tensor (x2, heads2) whose heads follow x's in each
+// token's thread range: q and k in one launch.
 #include "common.cuh"
 #include "rope.h"
 #include "vec.cuh"
 
+// Head h (of heads + heads2) of token `token`: x's head h, or x2's h − heads.
+__device__ __forceinline__ bf16* rope_head(const RopeParams& p, uint32_t token, uint32_t h) {
+  return h < p.heads ? ptr<bf16>(p.x) + ((size_t)token * p.heads + h) * p.head_dim
+                     : ptr<bf16>(p.x2) + ((size_t)token * p.heads2 + (h - p.heads)) * p.head_dim;
+}
+
 extern "C" __global__ void rope(RopeParams p) {
-  const uint32_t half = p.head_dim / 2;
+  const uint32_t half = p.head_dim / 2, heads = p.heads + p.heads2;
   if (half == 0 || p.heads == 0) return;
-  // tokens · heads · half ≤ 2^31 (the launcher checks x fits 32-bit counts).
-  const uint32_t pairs = p.tokens * p.heads * half;
+  // tokens · heads · half ≤ 2^31 (the launcher checks x, x2 fit 32-bit counts).
+  const uint32_t pairs = p.tokens * heads * half;
   const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= pairs) return;
   const uint32_t f = i % half;        // frequency
   const uint32_t th = i / half;       // token · heads + head
-  const uint32_t token = th / p.heads;  // < tokens since i < pairs
+  const uint32_t token = th / heads;  // < tokens since i < pairs
   const uint32_t pos = ptr<const uint32_t>(p.pos)[token];
   if (pos >= p.max_pos) {
     atomicMax(ptr<unsigned int>(p.bad), pos < 0xFFFFFFFFu ? pos + 1u : 0xFFFFFFFFu);
@@ -26,7 +34,7 @@ extern "C" __global__ void rope(RopeParams p) {
   const float c = ptr<const float>(p.cos)[t];
   const float sn = ptr<const float>(p.sin)[t];
   const float s = p.inverse ? -sn : sn;
-  bf16* x = ptr<bf16>(p.x) + (size_t)th * p.head_dim;  // this head's vector
+  bf16* x = rope_head(p, token, th % heads);  // this head's vector
   const float a = to_f(x[f]);
   const float b = to_f(x[f + half]);  // f + half < head_dim
   x[f] = to_bf(a * c - b * s);
@@ -39,15 +47,15 @@ extern "C" __global__ void rope(RopeParams p) {
 // (8 values of each half) and the tables in float4s; otherwise the same
 // pairs are done with scalar accesses. Each pair's arithmetic is rope's.
 extern "C" __global__ void rope8(RopeParams p) {
-  const uint32_t half = p.head_dim / 2;
+  const uint32_t half = p.head_dim / 2, heads = p.heads + p.heads2;
   if (half == 0 || p.heads == 0) return;
   const uint32_t groups = (half + 7) / 8;  // per head
   // tokens · heads · groups ≤ tokens · heads · half ≤ 2^31.
   const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= p.tokens * p.heads * groups) return;
+  if (i >= p.tokens * heads * groups) return;
   const uint32_t f0 = 8 * (i % groups);
-  const uint32_t th = i / groups;       // token · heads + head
-  const uint32_t token = th / p.heads;  // < tokens
+  const uint32_t th = i / groups;     // token · heads + head
+  const uint32_t token = th / heads;  // < tokens
   const uint32_t pos = ptr<const uint32_t>(p.pos)[token];
   if (pos >= p.max_pos) {
     atomicMax(ptr<unsigned int>(p.bad), pos < 0xFFFFFFFFu ? pos + 1u : 0xFFFFFFFFu);
@@ -55,8 +63,8 @@ extern "C" __global__ void rope8(RopeParams p) {
   }
   const float* cs = ptr<const float>(p.cos) + (size_t)pos * half;  // this position's row
   const float* sn = ptr<const float>(p.sin) + (size_t)pos * half;
-  bf16* x = ptr<bf16>(p.x) + (size_t)th * p.head_dim;  // this head's vector
-  if (half % 8 == 0 && ((p.x | p.cos | p.sin) & 15u) == 0) {
+  bf16* x = rope_head(p, token, th % heads);  // this head's vector
+  if (half % 8 == 0 && ((p.x | p.x2 | p.cos | p.sin) & 15u) == 0) {
     float a[8], b[8], c[8], s[8];
     unpack8(ld16(x + f0), a);
     unpack8(ld16(x + f0 + half), b);

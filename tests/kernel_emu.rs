@@ -455,3 +455,73 @@ fn gpu_dpo_coefficient_code_matches_the_cpu_loss_library() {
         assert_eq!((gs.pairs, gs.correct), (st.pairs, st.correct), "{}: pairs, correct", c.name);
     }
 }
+
+/// kernels/rope.cu (the fast and the simple kernel): q and k rotated by one
+/// launch give the bits of two launches, and the CPU's rotation to bf16
+/// rounding; with k unaligned (scalar accesses) and head dims whose halves
+/// are not multiples of 8.
+#[test]
+fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
+    let Some(exe) = build("rope") else { return };
+    // (tokens, q heads, k heads, head_dim, inverse, k's offset in elements)
+    let cases = [(37, 14, 2, 64, 0, 0), (21, 5, 1, 128, 1, 0), (9, 3, 3, 96, 0, 1), (5, 1, 2, 6, 1, 0)];
+    let max_pos = 300;
+    let put32 = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
+    let putf = |b: &mut Vec<u8>, v: &[f32]| v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+    let mut input = Vec::new();
+    let mut want = Vec::new();
+    put32(&mut input, cases.len() as u32);
+    let mut s = Stream::new(5, 0, 0);
+    let mut seed = 0u64;
+    let mut rnd = |n: usize| -> Vec<f32> {
+        seed += 1;
+        s = Stream::new(5, seed, 0);
+        (0..n).map(|i| half::bf16::from_f32((s.uniform(i as u64) * 2.0 - 1.0) as f32).to_f32()).collect()
+    };
+    for &(tokens, qh, kh, hd, inverse, k_off) in &cases {
+        let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64) as f32).collect();
+        let (cos, sin) = engine::model::rope::tables_from(&inv, max_pos);
+        let pos: Vec<u32> = (0..tokens as u32).map(|t| (t * 37 + 5) % max_pos as u32).collect();
+        let (q, k) = (rnd(tokens * qh * hd), rnd(tokens * kh * hd));
+        for v in [tokens, qh, kh, hd, max_pos, inverse, k_off] {
+            put32(&mut input, v as u32);
+        }
+        pos.iter().for_each(|&p| put32(&mut input, p));
+        putf(&mut input, &cos);
+        putf(&mut input, &sin);
+        putf(&mut input, &q);
+        putf(&mut input, &k);
+        let (mut wq, mut wk) = (q.clone(), k.clone());
+        engine::backend::cpu::rope::rope(&mut wq, &pos, qh, hd, &cos, &sin, inverse == 1);
+        engine::backend::cpu::rope::rope(&mut wk, &pos, kh, hd, &cos, &sin, inverse == 1);
+        want.push((wq, wk));
+    }
+    let out = run(&exe, &input);
+    let mut lines = Printed(out.lines());
+    fn floats(lines: &mut Printed<'_>, tag: &str, n: usize) -> Vec<f32> {
+        (0..n).map(|_| f32::from_bits(lines.next(tag)[0] as u32)).collect()
+    }
+    let rel = |a: &[f32], b: &[f32]| -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (num / den).sqrt()
+    };
+    for (c, (wq, wk)) in cases.iter().zip(&want) {
+        for kernel in ["rope8", "rope"] {
+            let (fq, fk) = (floats(&mut lines, "Q", wq.len()), floats(&mut lines, "K", wk.len()));
+            let (sq, sk) = (floats(&mut lines, "Q", wq.len()), floats(&mut lines, "K", wk.len()));
+            assert!(
+                fq.iter().zip(&sq).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{kernel} {c:?}: q, one launch vs two"
+            );
+            assert!(
+                fk.iter().zip(&sk).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{kernel} {c:?}: k, one launch vs two"
+            );
+            let (eq, ek) = (rel(&fq, wq), rel(&fk, wk));
+            println!("{kernel} {c:?}: q {eq:.2e}, k {ek:.2e} against the CPU");
+            assert!(eq < 4e-3 && ek < 4e-3, "{kernel} {c:?}: q {eq:.2e}, k {ek:.2e} against the CPU");
+        }
+        assert_eq!(lines.next("B"), vec![0], "{c:?}: every position is inside the table");
+    }
+}

@@ -11,7 +11,10 @@
  * `bad = max(bad, 1 + position)` (saturating at 0xFFFFFFFF); `bad` is never
  * cleared by the kernel, so one flag can serve many launches.
  * x: bf16 [tokens, heads, head_dim]; pos: uint32 [tokens];
- * cos, sin: fp32 [max_pos, head_dim/2]; bad: uint32 [1]. */
+ * cos, sin: fp32 [max_pos, head_dim/2]; bad: uint32 [1].
+ * x2 (with heads2 > 0): a second tensor bf16 [tokens, heads2, head_dim]
+ * rotated by the same launch (keys beside queries: one launch, not two);
+ * heads2 = 0 for none. */
 typedef struct RopeParams {
   dptr x;
   dptr pos;
@@ -23,4 +26,6 @@ typedef struct RopeParams {
   uint32_t head_dim;
   uint32_t max_pos;
   uint32_t inverse;
+  dptr x2;
+  uint32_t heads2;
 } RopeParams;

@@ -247,6 +247,25 @@ pub trait Backend: Sync {
         sin: Self::Ref<'_>,
         inverse: bool,
     );
+    /// [`rope`](Self::rope) of q (`q_heads` heads) and k (`k_heads`) at the
+    /// same positions: the same values as two calls (which is what it does
+    /// unless a backend does both at once).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_qk(
+        &self,
+        q: Self::Mut<'_>,
+        q_heads: usize,
+        k: Self::Mut<'_>,
+        k_heads: usize,
+        pos: Self::IdxRef<'_>,
+        head_dim: usize,
+        cos: Self::Ref<'_>,
+        sin: Self::Ref<'_>,
+        inverse: bool,
+    ) {
+        self.rope(q, pos, q_heads, head_dim, cos, sin, inverse);
+        self.rope(k, pos, k_heads, head_dim, cos, sin, inverse);
+    }
 
     // ---- attention ----------------------------------------------------------
     /// Causal attention over packed sequences (`cu_seqlens`); see

@@ -274,8 +274,8 @@ impl<B: Backend> Model<B> {
                 pm::<B>(&mut a.rstd_k, hk),
             );
         }
-        be.rope(pm::<B>(&mut a.q, n * q), c.pos, cfg.n_heads, hd, c.cos, c.sin, false);
-        be.rope(pm::<B>(&mut a.k, n * kv), c.pos, cfg.n_kv_heads, hd, c.cos, c.sin, false);
+        let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
+        be.rope_qk(pm::<B>(&mut a.q, n * q), qh, pm::<B>(&mut a.k, n * kv), kh, c.pos, hd, c.cos, c.sin, false);
         if let Attend::PackedFill(cache) | Attend::Decode(cache) = attend {
             cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
         }
@@ -481,8 +481,8 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut g.dk, n * kv),
             pm::<B>(&mut g.dv, n * kv),
         );
-        be.rope(pm::<B>(&mut g.dq, n * q), c.pos, cfg.n_heads, hd, c.cos, c.sin, true);
-        be.rope(pm::<B>(&mut g.dk, n * kv), c.pos, cfg.n_kv_heads, hd, c.cos, c.sin, true);
+        let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
+        be.rope_qk(pm::<B>(&mut g.dq, n * q), qh, pm::<B>(&mut g.dk, n * kv), kh, c.pos, hd, c.cos, c.sin, true);
         if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
             // Qwen3's per-head norms: rows are (token, head) vectors of head_dim.
             for (dy, x, w, rstd, width, dx) in [

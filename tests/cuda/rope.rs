@@ -88,6 +88,44 @@ fn rope_fast_matches_the_reference_and_views() {
     }
 }
 
+/// q and k rotated by one launch (`rope_qk`) give the bits of two `rope`
+/// calls, also with k at an odd element offset (scalar accesses for both).
+#[test]
+fn rope_qk_matches_two_launches() {
+    let Some(g) = gpu("rope_qk_matches_two_launches") else { return };
+    let pos = positions();
+    let tokens = pos.len();
+    let posd = g.stream.clone_htod(&pos).unwrap();
+    let mut bad = g.stream.alloc_zeros::<u32>(1).unwrap();
+    for (q_heads, k_heads, head_dim) in [(14, 2, 64), (5, 1, 128), (3, 3, 96), (1, 2, 6)] {
+        let (cos, sin) = tables(MAX_POS, head_dim);
+        let (cd, sd) = (g.stream.clone_htod(&cos).unwrap(), g.stream.clone_htod(&sin).unwrap());
+        let (nq, nk) = (tokens * q_heads * head_dim, tokens * k_heads * head_dim);
+        let q = random_bf16(nq, 11 + head_dim as u64);
+        let k = random_bf16(nk + 1, 13 + head_dim as u64);
+        for (offset, inverse) in [(0, false), (0, true), (1, false)] {
+            let k_view = &k[offset..offset + nk];
+            let (mut q1, mut k1) = (up(&g, &q), up(&g, k_view));
+            g.rope(&mut q1, &posd, q_heads, head_dim, &cd, &sd, inverse, &mut bad).unwrap();
+            g.rope(&mut k1, &posd, k_heads, head_dim, &cd, &sd, inverse, &mut bad).unwrap();
+            let (mut q2, mut k2) = (up(&g, &q), up(&g, &k));
+            let mut k2v = k2.slice_mut(offset..offset + nk);
+            g.rope_qk(&mut q2, q_heads, &mut k2v, k_heads, &posd, head_dim, &cd, &sd, inverse, &mut bad).unwrap();
+            let k2 = down(&g, &k2);
+            assert_eq!(down(&g, &q2), down(&g, &q1), "q, {q_heads}/{k_heads}×{head_dim} inverse={inverse}");
+            assert_eq!(
+                &k2[offset..offset + nk],
+                &down(&g, &k1)[..],
+                "k at offset {offset}, {q_heads}/{k_heads}×{head_dim}"
+            );
+            if offset == 1 {
+                assert_eq!(k2[0], k[0], "the element before k's view is untouched");
+            }
+        }
+        assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
+    }
+}
+
 #[test]
 fn rope_inverse_undoes_the_forward() {
     let Some(g) = gpu("rope_inverse_undoes_the_forward") else { return };

@@ -1,5 +1,5 @@
-// Forced-included (-include) before a kernel file when sample.cpp or
-// policy.cpp builds it for the host: CUDA keywords become nothing, `__shared__` becomes `static`
+// Forced-included (-include) before a kernel file when a tools/kernel_emu
+// program builds it for the host: CUDA keywords become nothing, `__shared__` becomes `static`
 // (one copy for the threads of the block in flight: `launch` runs blocks one
 // at a time), and barriers and warp shuffles are emulated with one OS thread
 // per CUDA thread. Kernels whose blocks wait for each other (`launch_at_once`
@@ -99,6 +99,16 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
 }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 inline unsigned atomicOr(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_or(v); }
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+  std::atomic_ref<unsigned> a(*p);
+  unsigned old = a.load();
+  while (old < v && !a.compare_exchange_weak(old, v)) {
+  }
+  return old;
+}
+struct float4 {
+  float x, y, z, w;
+};
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __nanosleep(unsigned) { std::this_thread::yield(); }
 template <typename T>

@@ -425,6 +425,33 @@ impl Backend for Cuda {
         ));
     }
 
+    fn rope_qk(
+        &self,
+        q: DMut<'_>,
+        q_heads: usize,
+        k: DMut<'_>,
+        k_heads: usize,
+        pos: IdxRef<'_>,
+        head_dim: usize,
+        cos: DRef<'_>,
+        sin: DRef<'_>,
+        inverse: bool,
+    ) {
+        let mut sc = self.scratch();
+        must(self.gpu.rope_qk(
+            &mut q.bf16("rope q"),
+            q_heads,
+            &mut k.bf16("rope k"),
+            k_heads,
+            &pos.view(),
+            head_dim,
+            &cos.f32("rope cos"),
+            &sin.f32("rope sin"),
+            inverse,
+            &mut sc.flag,
+        ));
+    }
+
     fn attention_fwd(
         &self,
         s: &AttnShape,

@@ -5,7 +5,7 @@
 use super::params::RopeParams;
 use super::{check_len, grid_1d, Bf16, Gpu, Modules};
 use anyhow::{anyhow, bail, Result};
-use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
 super::params::device_repr!(RopeParams);
 
@@ -39,7 +39,27 @@ impl Gpu {
         inverse: bool,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
-        self.rope_with(true, x, pos, heads, head_dim, cos, sin, inverse, bad)
+        self.rope_with(true, x, heads, None::<(&mut CudaSlice<Bf16>, usize)>, pos, head_dim, cos, sin, inverse, bad)
+    }
+
+    /// [`Gpu::rope`] of `q [tokens, q_heads, head_dim]` and `k [tokens,
+    /// k_heads, head_dim]` by one launch (the fast kernel): the same values
+    /// as two calls.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_qk(
+        &self,
+        q: &mut impl DevicePtrMut<Bf16>,
+        q_heads: usize,
+        k: &mut impl DevicePtrMut<Bf16>,
+        k_heads: usize,
+        pos: &impl DevicePtr<u32>,
+        head_dim: usize,
+        cos: &impl DevicePtr<f32>,
+        sin: &impl DevicePtr<f32>,
+        inverse: bool,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        self.rope_with(true, q, q_heads, Some((k, k_heads)), pos, head_dim, cos, sin, inverse, bad)
     }
 
     /// [`Gpu::rope`] by the simple kernel (one thread per rotated pair, scalar
@@ -56,16 +76,17 @@ impl Gpu {
         inverse: bool,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
-        self.rope_with(false, x, pos, heads, head_dim, cos, sin, inverse, bad)
+        self.rope_with(false, x, heads, None::<(&mut CudaSlice<Bf16>, usize)>, pos, head_dim, cos, sin, inverse, bad)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn rope_with(
+    fn rope_with<X2: DevicePtrMut<Bf16>>(
         &self,
         fast: bool,
         x: &mut impl DevicePtrMut<Bf16>,
-        pos: &impl DevicePtr<u32>,
         heads: usize,
+        x2: Option<(&mut X2, usize)>,
+        pos: &impl DevicePtr<u32>,
         head_dim: usize,
         cos: &impl DevicePtr<f32>,
         sin: &impl DevicePtr<f32>,
@@ -78,6 +99,12 @@ impl Gpu {
         let half = head_dim / 2;
         let tokens = pos.len();
         check_len("rope: x", x.len(), tokens * heads * head_dim)?;
+        let heads2 = x2.as_ref().map_or(0, |(_, h)| *h);
+        if let Some((x2, h2)) = &x2 {
+            check_len("rope: k", x2.len(), tokens * h2 * head_dim)?;
+            check_len("rope: q and k", x.len() + x2.len(), tokens * (heads + h2) * head_dim)?;
+            // fits 32-bit counts
+        }
         check_len("rope: sin", sin.len(), cos.len())?;
         if !cos.len().is_multiple_of(half) {
             bail!("rope: cos/sin tables of {} values are not rows of head_dim/2 = {half}", cos.len());
@@ -90,6 +117,13 @@ impl Gpu {
         let (cp, _g3) = cos.device_ptr(&self.stream);
         let (sp, _g4) = sin.device_ptr(&self.stream);
         let (bp, _g5) = bad.device_ptr_mut(&self.stream);
+        let (x2p, _g6) = match x2 {
+            Some((x2, _)) => {
+                let (p, g) = x2.device_ptr_mut(&self.stream);
+                (p, Some(g))
+            }
+            None => (0, None),
+        };
         let p = RopeParams {
             x: xp,
             pos: pp,
@@ -101,15 +135,19 @@ impl Gpu {
             head_dim: head_dim as u32,
             max_pos: max_pos as u32,
             inverse: inverse as u32,
+            x2: x2p,
+            heads2: heads2 as u32,
         };
         // One thread per rotated pair (simple) or per 8 pairs of a head (fast):
         // tokens · heads · half ≤ 2^31 (x was checked to fit u32).
+        let all = heads + heads2;
         let (f, cfg) = if fast {
-            (&self.k.rope.rope8, grid_1d(tokens * heads * half.div_ceil(8)))
+            (&self.k.rope.rope8, grid_1d(tokens * all * half.div_ceil(8)))
         } else {
-            (&self.k.rope.rope, grid_1d(tokens * heads * half))
+            (&self.k.rope.rope, grid_1d(tokens * all * half))
         };
-        // SAFETY: x holds tokens × heads × head_dim, pos tokens, cos and sin
+        // SAFETY: x holds tokens × heads × head_dim (x2 tokens × heads2 ×
+        // head_dim, or heads2 = 0 and x2 is never read), pos tokens, cos and sin
         // max_pos × half, bad one element (all checked above); the kernels
         // check every position against max_pos before reading the tables,
         // and rope8 uses 16-byte accesses only when half % 8 = 0 and x, cos,
