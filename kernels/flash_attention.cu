@@ -437,16 +437,19 @@ __device__ __forceinline__ Tile tile_of(const uint32_t* blocks, const uint32_t* 
 // the sequence's end) where `mask`, then the running max m and sum l (this
 // thread's part) updated, and s turned into 2^(s − max); c[r] is the factor
 // the row's output accumulated so far must be scaled by (rescale_rows).
-template <int NJ>
+// MASK: 2 takes `mask` as given; 0 and 1 fix it at compile time (a kernel
+// that branches on it keeps the mask's arithmetic out of its unmasked steps).
+template <int NJ, int MASK = 2>
 __device__ __forceinline__ void softmax_scores(float (&s)[NJ][4], float (&m)[2], float (&l)[2], float (&c)[2],
                                                int row0, int k0, int len, bool mask, float sl2) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const bool masked = MASK == 2 ? mask : MASK == 1;
 #pragma unroll
   for (int j = 0; j < NJ; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int row = row0 + g + 8 * (e >> 1), col = k0 + j * 8 + 2 * t + (e & 1);
-      s[j][e] = (mask && (col > row || col >= len)) ? -INFINITY : s[j][e] * sl2;
+      s[j][e] = (masked && (col > row || col >= len)) ? -INFINITY : s[j][e] * sl2;
     }
   }
 #pragma unroll

@@ -40,9 +40,10 @@
 // one's rows see only part of the last), so each empty barrier sees all
 // 256 consumer threads on every use.
 //
-// A wait that lasts about a second gives up (sticky per thread), and a
-// consumer that gave up writes NaN: a bug then shows as NaN in the tests,
-// not as a hung GPU.
+// A wait that lasts about 4 s gives up and tells the block (a flag in
+// shared memory): every thread then stops waiting, arriving and loading,
+// and the consumers write NaN. A bug then shows as NaN in the tests, not as
+// a hung GPU.
 
 #ifdef ENGINE_FLASH_WGMMA_BODY
 constexpr int WS_KT = ENGINE_FLASH_WS_KEYS, WS_STAGES = ENGINE_FLASH_WS_STAGES;
@@ -62,10 +63,11 @@ constexpr uint32_t ws_tile(int rows) {
 
 // Dynamic shared memory: slack up to a 1024-byte boundary, Q (both
 // consumers' 64 rows), the K and V rings, then the mbarriers (q_full,
-// q_empty, and k_full, k_empty, v_full, v_empty per stage).
+// q_empty, and k_full, k_empty, v_full, v_empty per stage) and the abort
+// flag (8 bytes).
 template <int D>
 constexpr uint32_t ws_fwd_smem() {
-  return 1024 + ws_tile<D>(128) + 2 * WS_STAGES * ws_tile<D>(WS_KT) + 8 * (2 + 4 * WS_STAGES);
+  return 1024 + ws_tile<D>(128) + 2 * WS_STAGES * ws_tile<D>(WS_KT) + 8 * (3 + 4 * WS_STAGES);
 }
 
 // A shared-memory matrix descriptor with the 128-byte swizzle (mode 1 in
@@ -109,10 +111,13 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t by
 }
 
 // Waits until the phase of parity `parity` has completed (the phase before
-// the first, parity 1, counts as completed). False if it gave up after
-// about a second, or if `ok` is already false (then it does not wait).
-__device__ __forceinline__ bool mbar_wait(uint64_t* bar, uint32_t parity, bool ok) {
-  if (!ok) return false;
+// the first, parity 1, counts as completed). False without waiting if `ok`
+// is already false or another thread of the block gave up (*abort set);
+// false, setting *abort, if it gives up itself after about 4 s. A thread
+// that got false stops arriving on mbarriers and issuing loads, so no
+// phase completes on a partial count and the block ends (with NaN out).
+__device__ __forceinline__ bool mbar_wait(uint64_t* bar, uint32_t parity, bool ok, volatile uint32_t* abort) {
+  if (!ok || *abort) return false;
 #ifdef ENGINE_FLASH_EMU
   return emu_mbar_wait(bar, parity);
 #else
@@ -126,11 +131,13 @@ __device__ __forceinline__ bool mbar_wait(uint64_t* bar, uint32_t parity, bool o
         : "memory");
     if (done) return true;
     if ((spin & 1023) == 0) {
+      if (*abort) return false;
       uint64_t t;
       asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
       if (spin == 0) {
         t0 = t;
-      } else if (t - t0 > 1000000000ull) {
+      } else if (t - t0 > 4000000000ull) {
+        *abort = 1;
         return false;
       }
     }
@@ -219,7 +226,9 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
   uint64_t* k_empty = k_full + WS_STAGES;
   uint64_t* v_full = k_empty + WS_STAGES;
   uint64_t* v_empty = v_full + WS_STAGES;
+  volatile uint32_t* abort = reinterpret_cast<volatile uint32_t*>(v_empty + WS_STAGES);
   if (threadIdx.x == 0) {
+    *abort = 0;
     mbar_init(q_full, 1);
     mbar_init(q_empty, WS_CONSUMERS);
     for (int s = 0; s < WS_STAGES; ++s) {
@@ -263,24 +272,30 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
       const Item w = item(i);
       const int q0 = w.tl.t0;
       // Q once the consumers are done with the item before's (every S of
-      // it retired). Consumer 1's Q only where it has rows: a box wholly
-      // past the tensor's last token might not count its bytes (its rows
-      // are never stored, so what its buffer holds does not matter).
-      ok = mbar_wait(q_empty, (k & 1) ^ 1, ok);
+      // it retired). Consumer 1's Q only where it has rows (its rows are
+      // never stored otherwise, so what its buffer holds does not matter):
+      // a load saved, and no box wholly past the tensor's last token.
+      ok = mbar_wait(q_empty, (k & 1) ^ 1, ok, abort);
       const int n_q = q0 + 64 < w.tl.len ? 2 : 1;
-      mbar_arrive_expect_tx(q_full, n_q * QW);
-      for (int c = 0; c < n_q; ++c) {
-        tma_tile<D>(q_s + c * QW, &pw.tq, 64, w.h, (int)w.tl.start + q0 + 64 * c, q_full);
+      if (ok) {
+        mbar_arrive_expect_tx(q_full, n_q * QW);
+        for (int c = 0; c < n_q; ++c) {
+          tma_tile<D>(q_s + c * QW, &pw.tq, 64, w.h, (int)w.tl.start + q0 + 64 * c, q_full);
+        }
       }
       for (int j = 0; j < w.n_kt; ++j, ++n) {
         const int s = n % WS_STAGES, row = (int)w.tl.start + j * KT;
         const uint32_t parity = ((n / WS_STAGES) & 1) ^ 1;
-        ok = mbar_wait(k_empty + s, parity, ok);
-        mbar_arrive_expect_tx(k_full + s, KV);
-        tma_tile<D>(k_s + s * KV, &pw.tk, KT, w.h / group, row, k_full + s);
-        ok = mbar_wait(v_empty + s, parity, ok);
-        mbar_arrive_expect_tx(v_full + s, KV);
-        tma_tile<D>(v_s + s * KV, &pw.tv, KT, w.h / group, row, v_full + s);
+        ok = mbar_wait(k_empty + s, parity, ok, abort);
+        if (ok) {
+          mbar_arrive_expect_tx(k_full + s, KV);
+          tma_tile<D>(k_s + s * KV, &pw.tk, KT, w.h / group, row, k_full + s);
+        }
+        ok = mbar_wait(v_empty + s, parity, ok, abort);
+        if (ok) {
+          mbar_arrive_expect_tx(v_full + s, KV);
+          tma_tile<D>(v_s + s * KV, &pw.tv, KT, w.h / group, row, v_full + s);
+        }
       }
     }
     return;
@@ -327,8 +342,13 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
   auto softmax = [&](const Item& w, int j) {
     fence_acc(s);
     const int k0 = j * KT;
-    const bool mask = k0 + KT > w.tl.t0 + 64 * cw || k0 + KT > w.tl.len;
-    softmax_scores(s, m, l, c, w.tl.t0 + r0, k0, w.tl.len, mask, sl2);
+    // Only the diagonal step and a sequence's last need the mask: the
+    // others skip its arithmetic (a branch, not a per-element test).
+    if (k0 + KT > w.tl.t0 + 64 * cw || k0 + KT > w.tl.len) {
+      softmax_scores<NJ, 1>(s, m, l, c, w.tl.t0 + r0, k0, w.tl.len, true, sl2);
+    } else {
+      softmax_scores<NJ, 0>(s, m, l, c, w.tl.t0 + r0, k0, w.tl.len, false, sl2);
+    }
     c_to_a(s, pn);
   };
   auto take_p = [&] {
@@ -346,47 +366,53 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
   const int own = WS_TURN_BAR + cw, other = WS_TURN_BAR + 1 - cw;
   if (cw == 1) bar_arrive(other, 2 * 128);
   uint32_t n = 0, k = 0;  // K/V tiles consumed before this item; items done
+  auto arrive = [&](uint64_t* bar) {
+    if (ok) mbar_arrive(bar);
+  };
   for (uint32_t i = blockIdx.x; i < n_items; i += gridDim.x, ++k) {
     const Item w = item(i);
 #pragma unroll
     for (int d = 0; d < D / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.0f;
-    ok = mbar_wait(q_full, k & 1, ok);
+    ok = mbar_wait(q_full, k & 1, ok, abort);
     for (int j = 0; j < w.n_kt; ++j) {
       const uint32_t nj = n + j;
-      ok = mbar_wait(k_full + nj % WS_STAGES, (nj / WS_STAGES) & 1, ok);
-      if (j > 0) ok = mbar_wait(v_full + (nj - 1) % WS_STAGES, ((nj - 1) / WS_STAGES) & 1, ok);
+      ok = mbar_wait(k_full + nj % WS_STAGES, (nj / WS_STAGES) & 1, ok, abort);
+      if (j > 0) ok = mbar_wait(v_full + (nj - 1) % WS_STAGES, ((nj - 1) / WS_STAGES) & 1, ok, abort);
       bar_sync(own, 2 * 128);
       issue_s(nj);
       if (j > 0) {
         issue_pv(nj - 1);
         bar_arrive(other, 2 * 128);
         wgmma_wait<1>();  // S_j
-        mbar_arrive(k_empty + nj % WS_STAGES);
+        arrive(k_empty + nj % WS_STAGES);
+        // The item's last S is done: its Q may be replaced by the next's.
+        if (j == w.n_kt - 1) arrive(q_empty);
         softmax(w, j);
         wgmma_wait<0>();  // P_{j−1}·V_{j−1}
-        mbar_arrive(v_empty + (nj - 1) % WS_STAGES);
+        arrive(v_empty + (nj - 1) % WS_STAGES);
         fence_acc(o);
         fence_frag(pa);
         rescale_rows<D>(o, c);
       } else {
         bar_arrive(other, 2 * 128);
         wgmma_wait<0>();
-        mbar_arrive(k_empty + nj % WS_STAGES);
+        arrive(k_empty + nj % WS_STAGES);
+        if (w.n_kt == 1) arrive(q_empty);
         softmax(w, j);  // O is still zero: no factor to apply
       }
       take_p();
     }
-    mbar_arrive(q_empty);  // every S of this item is done: the next item's Q may load
     const uint32_t last = n + w.n_kt - 1;
-    ok = mbar_wait(v_full + last % WS_STAGES, (last / WS_STAGES) & 1, ok);
+    ok = mbar_wait(v_full + last % WS_STAGES, (last / WS_STAGES) & 1, ok, abort);
     bar_sync(own, 2 * 128);
     issue_pv(last);
     bar_arrive(other, 2 * 128);
     wgmma_wait<0>();
-    mbar_arrive(v_empty + last % WS_STAGES);
+    arrive(v_empty + last % WS_STAGES);
     fence_acc(o);
+    ok = ok && !*abort;
     if (!ok) l[0] = l[1] = NAN;  // a wait gave up: out and lse NaN, not silently wrong
     const int q0 = w.tl.t0;
     const size_t q_row0 = (size_t)(w.tl.start + q0) * q_stride + (size_t)w.h * D;

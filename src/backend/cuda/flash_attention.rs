@@ -155,10 +155,11 @@ enum FwdKernel {
 
 /// Dynamic shared memory of the warp-specialised Hopper forward, as the
 /// kernel computes it (`ws_fwd_smem`): slack to a 1024-byte boundary, the
-/// 128-row query tile, the rings of K and V tiles, and the mbarriers.
+/// 128-row query tile, the rings of K and V tiles, the mbarriers and the
+/// abort flag.
 fn ws_smem(head_dim: usize) -> usize {
     let (keys, stages) = (ENGINE_FLASH_WS_KEYS as usize, ENGINE_FLASH_WS_STAGES as usize);
-    1024 + ENGINE_FLASH_FWD_TILE as usize * head_dim * 2 + 2 * stages * keys * head_dim * 2 + 8 * (2 + 4 * stages)
+    1024 + ENGINE_FLASH_FWD_TILE as usize * head_dim * 2 + 2 * stages * keys * head_dim * 2 + 8 * (3 + 4 * stages)
 }
 
 /// Dynamic shared memory (bytes) of the (fwd, dq, dk/dv) kernels, as
@@ -506,7 +507,8 @@ impl Gpu {
             // Persistent: a block per SM (one fits, by registers), each
             // walking work items (tile, head).
             let items = n_blocks as usize * s.n_heads;
-            if items > u32::MAX as usize {
+            // The kernel's item counter steps by the grid: keep it in u32.
+            if items + self.sms > u32::MAX as usize {
                 bail!("{what}: {items} work items do not fit one launch");
             }
             LaunchConfig {
