@@ -9,10 +9,12 @@ __device__ __forceinline__ void record_bad(dptr bad, uint32_t index) {
   atomicMax(ptr<unsigned int>(bad), index < 0xFFFFFFFFu ? index + 1u : 0xFFFFFFFFu);
 }
 
-// One block per copy i. Every early return below depends on blockIdx.x
+// One block per copy i (and, with src2, one more per copy i of the second
+// pair: block n + i). Every early return below depends on blockIdx.x
 // alone, so the whole block takes it together (needed by __syncthreads_or).
 extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) copy_rows(CopyRowsParams p) {
-  const uint32_t i = blockIdx.x;
+  const bool second = p.src2 != 0 && blockIdx.x >= p.n;
+  const uint32_t i = second ? blockIdx.x - p.n : blockIdx.x;
   if (i >= p.n) return;
   const uint32_t* src_rows = ptr<const uint32_t>(p.src_rows);
   const uint32_t* dst_rows = ptr<const uint32_t>(p.dst_rows);
@@ -35,9 +37,10 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) copy_rows(CopyR
     }
     if (__syncthreads_or(later)) return;
   }
-  const uint16_t* from = ptr<const uint16_t>(p.src) + (size_t)s * p.width;
-  uint16_t* to = ptr<uint16_t>(p.dst) + (size_t)d * p.width;
-  if (same_phase(p.src, p.dst) && p.width % 8 == 0) {
+  const dptr src = second ? p.src2 : p.src, dst = second ? p.dst2 : p.dst;
+  const uint16_t* from = ptr<const uint16_t>(src) + (size_t)s * p.width;
+  uint16_t* to = ptr<uint16_t>(dst) + (size_t)d * p.width;
+  if (same_phase(src, dst) && p.width % 8 == 0) {
     // Rows of whole 16-byte vectors at the same phase: the row starts share
     // the buffers' phase, so one head aligns both.
     const uint32_t h = bf16_head((dptr)to, p.width);

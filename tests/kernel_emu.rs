@@ -525,3 +525,62 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
         assert_eq!(lines.next("B"), vec![0], "{c:?}: every position is inside the table");
     }
 }
+
+/// kernels/rows.cu's copy_rows over two pairs of buffers in one launch (a KV
+/// cache's keys and values) against two launches and the CPU's copy_rows,
+/// bit for bit: repeated destinations (the last copy wins), distinct ones
+/// (`unique`), rows of whole 16-byte vectors and odd widths, the second pair
+/// at another phase, a row outside the buffers flagged and skipped.
+#[test]
+fn gpu_copy_rows_code_moves_two_pairs_in_one_launch_as_in_two() {
+    let Some(exe) = build("rows") else { return };
+    // (width, src rows, dst rows, unique, the second pair's offset)
+    let cases = [(128usize, 9usize, 12usize, 0u32, 0usize), (128, 9, 12, 1, 1), (203, 5, 7, 0, 8), (1, 4, 6, 1, 3)];
+    let put32 = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
+    let mut input = Vec::new();
+    let mut want = Vec::new();
+    put32(&mut input, cases.len() as u32);
+    let mut seed = 0u64;
+    let mut rnd = |n: usize| -> Vec<u16> {
+        seed += 1;
+        let s = Stream::new(9, seed, 0);
+        (0..n).map(|i| half::bf16::from_f32((s.uniform(i as u64) * 2.0 - 1.0) as f32).to_bits()).collect()
+    };
+    for &(width, src_n, dst_n, unique, off) in &cases {
+        let (mut src_rows, mut dst_rows): (Vec<u32>, Vec<u32>) = if unique == 1 {
+            ((0..src_n as u32).collect(), (0..src_n as u32).map(|i| (i * 5 + 1) % dst_n as u32).collect())
+        } else {
+            (vec![0, src_n as u32 - 1, 3, 3, 2], vec![dst_n as u32 - 1, 0, 4, 5, 4])
+        };
+        if unique == 0 {
+            src_rows.push(1);
+            dst_rows.push(dst_n as u32); // outside: flagged, skipped
+        }
+        let (src, src2, dst, dst2) = (rnd(src_n * width), rnd(src_n * width), rnd(dst_n * width), rnd(dst_n * width));
+        for v in [width, src_n, dst_n, src_rows.len(), unique as usize, off] {
+            put32(&mut input, v as u32);
+        }
+        for buf in [&src, &src2, &dst, &dst2] {
+            buf.iter().for_each(|x| input.extend_from_slice(&x.to_le_bytes()));
+        }
+        src_rows.iter().chain(&dst_rows).for_each(|&r| put32(&mut input, r));
+        let f = |v: &[u16]| -> Vec<f32> { v.iter().map(|&b| f32::from(half::bf16::from_bits(b))).collect() };
+        let valid: Vec<usize> = (0..src_rows.len()).filter(|&i| (dst_rows[i] as usize) < dst_n).collect();
+        let (sr, dr): (Vec<u32>, Vec<u32>) = valid.iter().map(|&i| (src_rows[i], dst_rows[i])).unzip();
+        let (mut w1, mut w2) = (f(&dst), f(&dst2));
+        engine::backend::cpu::elementwise::copy_rows(&f(&src), &mut w1, width, &sr, &dr);
+        engine::backend::cpu::elementwise::copy_rows(&f(&src2), &mut w2, width, &sr, &dr);
+        let bits = |v: &[f32]| -> Vec<u64> { v.iter().map(|&x| half::bf16::from_f32(x).to_bits() as u64).collect() };
+        want.push((bits(&w1), bits(&w2), if unique == 0 { dst_n as u64 + 1 } else { 0 }));
+    }
+    let out = run(&exe, &input);
+    let mut lines = Printed(out.lines());
+    for (c, (w1, w2, bad)) in cases.iter().zip(&want) {
+        let mut read = |n: usize| -> Vec<u64> { (0..n).map(|_| lines.next("D")[0]).collect() };
+        let (one1, one2, two1, two2) = (read(w1.len()), read(w2.len()), read(w1.len()), read(w2.len()));
+        assert_eq!(&one1, w1, "{c:?}: the first pair, one launch, against the CPU");
+        assert_eq!(&one2, w2, "{c:?}: the second pair, one launch, against the CPU");
+        assert_eq!((&two1, &two2), (w1, w2), "{c:?}: two launches against the CPU");
+        assert_eq!(lines.next("B"), vec![*bad], "{c:?}: the flag");
+    }
+}

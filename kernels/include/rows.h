@@ -13,7 +13,10 @@
  * unless `unique` is 1: the caller has checked that no two copies name the
  * same destination row (the KV cache's writes never do), and the scan is
  * skipped. src: [src_count, width]; dst: [dst_count, width]; src_rows,
- * dst_rows: uint32 [n]; bad: uint32 [1]. */
+ * dst_rows: uint32 [n]; bad: uint32 [1].
+ * src2, dst2 (non-zero): a second pair of buffers of the same shapes, copied
+ * with the same row indices by blocks n … 2n − 1 of the same launch (a KV
+ * cache's keys and values: one launch, not two); 0 for none. */
 typedef struct CopyRowsParams {
   dptr src;
   dptr dst;
@@ -25,6 +28,8 @@ typedef struct CopyRowsParams {
   uint32_t src_count;
   uint32_t dst_count;
   uint32_t unique;
+  dptr src2;
+  dptr dst2;
 } CopyRowsParams;
 
 /* The fixed order of the column sums of bias_grad and of RMSNorm's weight

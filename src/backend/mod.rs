@@ -321,6 +321,23 @@ pub trait Backend: Sync {
         src_rows: Self::IdxRef<'_>,
         dst_rows: Self::IdxRef<'_>,
     );
+    /// [`copy_rows`](Self::copy_rows) of two pairs of buffers with the same
+    /// row indices (a KV cache's keys and values): the same result as two
+    /// calls (which is what it does unless a backend does both at once).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows2(
+        &self,
+        src: Self::Ref<'_>,
+        dst: Self::Mut<'_>,
+        src2: Self::Ref<'_>,
+        dst2: Self::Mut<'_>,
+        width: usize,
+        src_rows: Self::IdxRef<'_>,
+        dst_rows: Self::IdxRef<'_>,
+    ) {
+        self.copy_rows(src, dst, width, src_rows, dst_rows);
+        self.copy_rows(src2, dst2, width, src_rows, dst_rows);
+    }
 
     // ---- MLP ----------------------------------------------------------------
     /// `out = silu(g) · u`.

@@ -182,8 +182,8 @@ impl<B: Backend> KvCache<B> {
         let s = Span::new(0, self.n_writes);
         let (src, dst) = (B::idx_view(&self.write_src, s), B::idx_view(&self.write_dst, s));
         let all = Span::new(0, self.shape().rows() * self.kv_dim);
-        be.copy_rows(k, B::view_mut(&mut self.k[l], all), self.kv_dim, src, dst);
-        be.copy_rows(v, B::view_mut(&mut self.v[l], all), self.kv_dim, src, dst);
+        let (kc, vc) = (B::view_mut(&mut self.k[l], all), B::view_mut(&mut self.v[l], all));
+        be.copy_rows2(k, kc, v, vc, self.kv_dim, src, dst);
     }
 
     pub(crate) fn decode_plan(&self) -> B::IdxRef<'_> {

@@ -111,6 +111,47 @@ fn copy_rows_on_views_at_offsets() {
     assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
 }
 
+/// Two pairs of buffers by one launch (`copy_rows2`, a KV cache's keys and
+/// values): each pair gets the CPU's rows, with repeated destinations (the
+/// last copy wins), one pair at other phases than the other, and a row
+/// outside the buffers flagged once and skipped in both.
+#[test]
+fn copy_rows2_moves_both_pairs_as_two_launches() {
+    let Some(g) = gpu("copy_rows2_moves_both_pairs_as_two_launches") else { return };
+    let (width, src_n, dst_n) = (128usize, 9usize, 12usize);
+    let src_rows: Vec<u32> = vec![0, 8, 3, 3, 5, 2];
+    let dst_rows: Vec<u32> = vec![11, 0, 4, 7, 4, 12]; // 4 twice (the last wins); 12 is outside
+    let valid = 5;
+    let (srd, drd) = (g.stream.clone_htod(&src_rows).unwrap(), g.stream.clone_htod(&dst_rows).unwrap());
+    let mut bad = g.stream.alloc_zeros::<u32>(1).unwrap();
+    for (o1, o2) in [(0usize, 0usize), (0, 1), (3, 8)] {
+        let (k, v) = (random_bf16(src_n * width + o1, 7), random_bf16(src_n * width + o2, 8));
+        let (kc0, vc0) = (random_bf16(dst_n * width + o1, 9), random_bf16(dst_n * width + o2, 10));
+        let (mut wk, mut wv) = (kc0[o1..].to_vec(), vc0[o2..].to_vec());
+        copy_rows(&k[o1..], &mut wk, width, &src_rows[..valid], &dst_rows[..valid]);
+        copy_rows(&v[o2..], &mut wv, width, &src_rows[..valid], &dst_rows[..valid]);
+        let (kd, vd) = (up(&g, &k), up(&g, &v));
+        let (mut kcd, mut vcd) = (up(&g, &kc0), up(&g, &vc0));
+        g.copy_rows2(
+            &kd.slice(o1..o1 + src_n * width),
+            &mut kcd.slice_mut(o1..o1 + dst_n * width),
+            &vd.slice(o2..o2 + src_n * width),
+            &mut vcd.slice_mut(o2..o2 + dst_n * width),
+            width,
+            &srd,
+            &drd,
+            &mut bad,
+        )
+        .unwrap();
+        let (gk, gv) = (down(&g, &kcd), down(&g, &vcd));
+        assert_eq!(gk[..o1], kc0[..o1], "nothing before k's view");
+        assert_eq!(gv[..o2], vc0[..o2], "nothing before v's view");
+        assert_eq!(gk[o1..], wk[..], "k at offset {o1}");
+        assert_eq!(gv[o2..], wv[..], "v at offset {o2}");
+        assert_eq!(g.take_bad_index(&mut bad).unwrap(), Some(12), "the row outside the buffers");
+    }
+}
+
 #[test]
 fn copy_rows_flags_rows_outside_the_buffers() {
     let Some(g) = gpu("copy_rows_flags_rows_outside_the_buffers") else { return };

@@ -50,6 +50,20 @@ T* emu_block_shared() {
 }
 
 inline void __syncthreads() { g_block->arrive_and_wait(); }
+// One slot for the block in flight (`launch` runs blocks one at a time).
+inline std::atomic<int>& emu_or_slot() {
+  static std::atomic<int> slot{0};
+  return slot;
+}
+inline int __syncthreads_or(int v) {
+  if (v) emu_or_slot() |= 1;
+  __syncthreads();
+  const int r = emu_or_slot().load();
+  __syncthreads();
+  if (threadIdx.x == 0) emu_or_slot() = 0;
+  __syncthreads();
+  return r;
+}
 
 // Every lane of the warp posts its value, then reads lane `src`'s.
 template <typename T>

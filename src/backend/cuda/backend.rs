@@ -535,6 +535,35 @@ impl Backend for Cuda {
         };
         must(r);
     }
+    fn copy_rows2(
+        &self,
+        src: DRef<'_>,
+        dst: DMut<'_>,
+        src2: DRef<'_>,
+        dst2: DMut<'_>,
+        width: usize,
+        src_rows: IdxRef<'_>,
+        dst_rows: IdxRef<'_>,
+    ) {
+        if [src.dtype(), dst.dtype(), src2.dtype(), dst2.dtype()] != [DType::Bf16; 4] {
+            self.copy_rows(src, dst, width, src_rows, dst_rows);
+            self.copy_rows(src2, dst2, width, src_rows, dst_rows);
+            return;
+        }
+        let mut sc = self.scratch();
+        let (sr, dr) = (src_rows.view(), dst_rows.mirrored());
+        let op = "copy_rows2";
+        must(self.gpu.copy_rows2(
+            &src.bf16(op),
+            &mut dst.bf16(op),
+            &src2.bf16(op),
+            &mut dst2.bf16(op),
+            width,
+            &sr,
+            &dr,
+            &mut sc.flag,
+        ));
+    }
     fn swiglu_fwd(&self, g: DRef<'_>, u: DRef<'_>, out: DMut<'_>) {
         must(self.gpu.swiglu_fwd(&g.bf16("swiglu_fwd"), &u.bf16("swiglu_fwd"), &mut out.bf16("swiglu_fwd")));
     }

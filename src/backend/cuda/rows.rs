@@ -43,7 +43,35 @@ impl Gpu {
         dst_rows: &impl IndexArg,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
-        self.copy_rows_units("copy_rows", 1, src, dst, width, src_rows, dst_rows, bad)
+        self.copy_rows_units(
+            "copy_rows",
+            1,
+            src,
+            dst,
+            None::<(&CudaSlice<Bf16>, &mut CudaSlice<Bf16>)>,
+            width,
+            src_rows,
+            dst_rows,
+            bad,
+        )
+    }
+
+    /// [`Gpu::copy_rows`] of two pairs of buffers (`src` → `dst`, `src2` →
+    /// `dst2`, each pair of the same shapes) with the same row indices, in
+    /// one launch: a KV cache's keys and values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_rows2(
+        &self,
+        src: &impl DevicePtr<Bf16>,
+        dst: &mut impl DevicePtrMut<Bf16>,
+        src2: &impl DevicePtr<Bf16>,
+        dst2: &mut impl DevicePtrMut<Bf16>,
+        width: usize,
+        src_rows: &impl DevicePtr<u32>,
+        dst_rows: &impl IndexArg,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        self.copy_rows_units("copy_rows2", 1, src, dst, Some((src2, dst2)), width, src_rows, dst_rows, bad)
     }
 
     /// [`Gpu::copy_rows`] for rows of fp32.
@@ -56,17 +84,28 @@ impl Gpu {
         dst_rows: &impl IndexArg,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
-        self.copy_rows_units("copy_rows_f32", 2, src, dst, width, src_rows, dst_rows, bad)
+        self.copy_rows_units(
+            "copy_rows_f32",
+            2,
+            src,
+            dst,
+            None::<(&CudaSlice<f32>, &mut CudaSlice<f32>)>,
+            width,
+            src_rows,
+            dst_rows,
+            bad,
+        )
     }
 
     /// The launch of both: rows of `width` elements of `units` 16-bit units each.
     #[allow(clippy::too_many_arguments)]
-    fn copy_rows_units<T>(
+    fn copy_rows_units<T, S2: DevicePtr<T>, D2: DevicePtrMut<T>>(
         &self,
         what: &str,
         units: usize,
         src: &impl DevicePtr<T>,
         dst: &mut impl DevicePtrMut<T>,
+        pair2: Option<(&S2, &mut D2)>,
         width: usize,
         src_rows: &impl DevicePtr<u32>,
         dst_rows: &impl IndexArg,
@@ -83,12 +122,17 @@ impl Gpu {
         let n = src_rows.len();
         check_len(&format!("{what}: dst_rows"), dst_rows.len(), n)?;
         check_len(&format!("{what}: bad"), bad.len(), 1)?;
+        if let Some((s2, d2)) = &pair2 {
+            check_len(&format!("{what}: src2"), s2.len(), src.len())?;
+            check_len(&format!("{what}: dst2"), d2.len(), dst.len())?;
+        }
         // Row counts and the row width in units are 32-bit in the kernel; one
         // block per copy (grid x ≤ 2^31 − 1).
         if src_count > u32::MAX as usize || dst_count > u32::MAX as usize || width * units > u32::MAX as usize {
             bail!("{what}: {src_count} / {dst_count} rows of {width} do not fit one launch");
         }
-        if n > i32::MAX as usize {
+        let blocks = if pair2.is_some() { 2 * n } else { n };
+        if blocks > i32::MAX as usize {
             bail!("{what}: {n} rows to copy do not fit one launch");
         }
         if n == 0 {
@@ -99,6 +143,14 @@ impl Gpu {
         let (srp, _g3) = src_rows.device_ptr(&self.stream);
         let (drp, _g4) = dst_rows.device_ptr(&self.stream);
         let (bp, _g5) = bad.device_ptr_mut(&self.stream);
+        let (s2p, d2p, _g6) = match pair2 {
+            Some((s2, d2)) => {
+                let (a, ga) = s2.device_ptr(&self.stream);
+                let (b, gb) = d2.device_ptr_mut(&self.stream);
+                (a, b, Some((ga, gb)))
+            }
+            None => (0, 0, None),
+        };
         let p = CopyRowsParams {
             src: sp,
             dst: dp,
@@ -110,12 +162,15 @@ impl Gpu {
             src_count: src_count as u32,
             dst_count: dst_count as u32,
             unique: dst_rows.host().is_some_and(|h| self.all_distinct(h)) as u32,
+            src2: s2p,
+            dst2: d2p,
         };
-        // SAFETY: src holds src_count rows and dst dst_count rows of `width`
-        // elements (width·units 16-bit units), src_rows and dst_rows n
-        // indices, bad one (checked above); the kernel checks every row index
-        // against its buffer's row count before touching the row.
-        unsafe { self.stream.launch_builder(&self.k.rows.copy_rows).arg(&p).launch(grid_rows(n, ROW_THREADS)) }
+        // SAFETY: src (and src2) hold src_count rows and dst (and dst2)
+        // dst_count rows of `width` elements (width·units 16-bit units),
+        // src_rows and dst_rows n indices, bad one (checked above); the
+        // kernel checks every row index against its buffer's row count
+        // before touching the row.
+        unsafe { self.stream.launch_builder(&self.k.rows.copy_rows).arg(&p).launch(grid_rows(blocks, ROW_THREADS)) }
             .map_err(|e| anyhow!("{what}: {e}"))?;
         Ok(())
     }
