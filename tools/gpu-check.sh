@@ -274,6 +274,36 @@ if tor:
 if errors:
     md += ["", "### Errors", ""] + [f"- {e['source']}: {e['kernel']}: {e['error']}" for e in errors]
 
+# Attention: every engine variant against PyTorch's FLASH and cuDNN backends,
+# per shape and direction (engine rows `attention_{fwd,bwd}[_variant][suffix]`,
+# PyTorch rows `attention_{fwd,bwd}[suffix][backend]`, matched by shape), so the
+# dispatch's choice (FLASH_VARIANT, the Hopper forward) can be read off.
+att = {}
+for r in eng:
+    k = r["kernel"]
+    for d in ("fwd", "bwd"):
+        if k.startswith(f"attention_{d}") and r.get("tflops") is not None:
+            rest = k[len(f"attention_{d}"):]
+            variant = next((v for v in ("_fused", "_wgmma", "_ws") if rest.startswith(v)), "")
+            att.setdefault((r["shape"], d), {})[variant.strip("_") or "dispatch"] = r["tflops"]
+for r in tor:
+    k = r["kernel"]
+    for d in ("fwd", "bwd"):
+        for b in ("flash", "cudnn"):
+            if k.startswith(f"attention_{d}") and k.endswith(f"[{b}]") and r.get("tflops") is not None:
+                att.setdefault((r["shape"], d), {})[f"torch {b}"] = r["tflops"]
+if att:
+    md += ["", "### Attention variants", "",
+           "TFLOP/s of each engine kernel (`dispatch`: what `attention_fwd`/`attention_bwd` ran; `fused`: the one-pass "
+           "mma.sync backward; `wgmma`: the Hopper kernels; `ws`: the warp-specialised Hopper forward) and of PyTorch's "
+           "FLASH and cuDNN backends, and the ratio of each to FLASH and to cuDNN. Targets: mma.sync ≥ 0.9× FLASH, "
+           "the Hopper path ≥ cuDNN.", "", "| shape | dir | variant | TFLOP/s | / FLASH | / cuDNN |", "|---|---|---|---|---|---|"]
+    for (shape, d), v in sorted(att.items(), key=lambda x: (x[0][1], x[0][0])):
+        fl, cd = v.get("torch flash"), v.get("torch cudnn")
+        for name, t in sorted(v.items(), key=lambda x: -x[1]):
+            md.append(f"| {shape} | {d} | {name} | {t:.0f} | {num(t / fl if fl else None, '.2f')} | "
+                      f"{num(t / cd if cd else None, '.2f')} |")
+
 def kilo(x):
     return "-" if x is None else f"{x / 1e3:.1f}k"
 
