@@ -1236,6 +1236,24 @@ __device__ __forceinline__ void fence_frag(uint32_t (&a)[N][4]) {
 #endif
 }
 
+// Accumulators zeroed for a product that starts them (pinned, as fence_acc).
+template <int N>
+__device__ __forceinline__ void zero_acc(float (&d)[N][4]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) d[j][0] = d[j][1] = d[j][2] = d[j][3] = 0.0f;
+  fence_acc(d);
+}
+
+// A fragments copied (the next step's P into the registers its product reads).
+template <int N>
+__device__ __forceinline__ void copy_frags(const uint32_t (&from)[N][4], uint32_t (&to)[N][4]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) to[j][e] = from[j][e];
+  }
+}
+
 // Accumulators in C layout (column groups 2kk, 2kk + 1) as the A fragments
 // of k-step kk, bf16.
 template <int NJ>
@@ -1316,9 +1334,7 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
   // S = Q·K_jᵀ into s (issued, not waited for).
   float s[NJ][4];
   auto issue_s = [&](int j) {
-#pragma unroll
-    for (int i = 0; i < NJ; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
-    fence_acc(s);
+    zero_acc(s);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
@@ -1349,13 +1365,7 @@ __device__ __forceinline__ void fwd_wgmma(const FlashFwdParams& p) {
     // Keys 16kk..16kk + 16 are column groups 2kk, 2kk + 1.
     c_to_a(s, pn);
   };
-  auto take_p = [&] {
-#pragma unroll
-    for (int kk = 0; kk < KT / 16; ++kk) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
-    }
-  };
+  auto take_p = [&] { copy_frags(pn, pa); };
   for (int j = 0; j < n_kt; ++j) {
     __syncthreads();  // every product of step j − 1 is done: its buffers may be refilled
     fetch(j);

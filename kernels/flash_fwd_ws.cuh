@@ -311,9 +311,7 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
   // columns of head_dim block kk / 4, 32·(kk % 4) bytes into each row.
   float s[NJ][4];
   auto issue_s = [&](uint32_t n) {
-#pragma unroll
-    for (int i = 0; i < NJ; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
-    fence_acc(s);
+    zero_acc(s);
     wgmma_fence();
     const uint32_t kb = k_addr + (n % WS_STAGES) * KV;
 #pragma unroll
@@ -351,13 +349,7 @@ __device__ __forceinline__ void fwd_ws(const FlashWsParams& pw) {
     }
     c_to_a(s, pn);
   };
-  auto take_p = [&] {
-#pragma unroll
-    for (int kk = 0; kk < KT / 16; ++kk) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
-    }
-  };
+  auto take_p = [&] { copy_frags(pn, pa); };
   // Turns: for each item each consumer issues n_kt + 1 batches of products
   // (key steps 0 .. n_kt − 1, then the last P·V), each after its own turn
   // comes and before handing the turn to the other. Consumer 1 hands
