@@ -120,6 +120,13 @@ if os.environ.get("GPU_CHECK_REREPORT") == "1":
 card, cuda = card or "not found (nvidia-smi)", cuda or "CUDA version: not found (nvidia-smi)"
 log = read("tests.log") or ""
 tests = [{"test": m.group(1), "result": m.group(2)} for m in re.finditer(r"^test (\S+) \.\.\. (ok|FAILED|ignored)", log, re.M)]
+# Section 1a: the failed (or unreported) tests rerun alone, each in its own process.
+alone_log = read("tests_alone.log") or ""
+alone = dict(re.findall(r"^test (\S+) \.\.\. (ok|FAILED|ignored)", alone_log, re.M))
+seen_tests = {t["test"] for t in tests}
+tests += [{"test": n, "result": "not reported"} for n in alone if n not in seen_tests]
+for t in tests:
+    t["alone"] = alone.get(t["test"], "")
 printed = [l for l in log.splitlines() if not l.startswith("test ") and l.strip() and not l.startswith("running")]
 try:
     commit = open(f"{bundle}/commit").read().strip()
@@ -248,8 +255,10 @@ if meta:
     md.append(f"- PyTorch {meta.get('torch')} (CUDA {meta.get('cuda')})")
 md += ["", "## Sections", "", "| section | status | seconds | note |", "|---|---|---|---|"]
 md += [f"| {s['section']} | {s['status']} | {s['seconds']} | {s['note']} |" for s in sections]
-md += ["", "## Tests", "", "| test | result |", "|---|---|"]
-md += [f"| {t['test']} | {t['result']} |" for t in tests]
+md += ["", "## Tests", "", "`alone`: a test that failed (or never reported: its process died) rerun by itself in a "
+       "process of its own; ok alone means it failed as the collateral of an earlier test that broke the CUDA context.",
+       "", "| test | result | alone |", "|---|---|---|"]
+md += [f"| {t['test']} | {t['result']} | {t['alone']} |" for t in tests]
 md += ["", f"{rep['passed']} passed, {rep['failed']} failed", ""]
 md += ["## Benchmarks", ""]
 cb = bench["copy_gb_s"]
@@ -380,6 +389,9 @@ elif show == "final":
         print(f"   {s['section']:11} {s['status']:10} {str(s['seconds']):>4} s  {s['note']}")
     failed = [t["test"] for t in tests if t["result"] == "FAILED"]
     print(f"   tests: {rep['passed']} passed, {rep['failed']} failed" + (f" ({', '.join(failed[:8])})" if failed else ""))
+    still = [t["test"] for t in tests if t["alone"] == "FAILED"]
+    if any(t["alone"] for t in tests):
+        print(f"   rerun alone: {len(still)} still fail" + (f" ({', '.join(still[:8])})" if still else " (the others were collateral)"))
     for e in errors:
         print(f"   error: {e['source']}: {e['kernel']}: {str(e['error'])[:100]}")
     for e in tr_errors:
@@ -475,6 +487,44 @@ run() {
   else
     : >"$out/tests.log"
     section_done tests "not run" 0 "no time left"
+  fi
+  write_report tests
+
+  # Section 1a: every test that failed in that run, or never reported (the
+  # process died), again alone in a process of its own (at most 60 s in
+  # all). A kernel that breaks the CUDA context fails every later test of
+  # its process; alone, those pass, and the report's `alone` column tells
+  # the culprit from the collateral. If a Hopper test (wgmma, the
+  # warp-specialised forward) still fails alone, the benchmarks skip the
+  # Hopper rows ("hopper" in ENGINE_BENCH_SKIP), so that they cannot break
+  # the other rows.
+  : >"$out/tests_alone.log"
+  t=$((budget - (SECONDS - start) - min_bench - min_torch - min_train - min_train_torch - 5))
+  t=$((t > 60 ? 60 : t))
+  t0=$SECONDS
+  local redo=() name hopper_bad
+  if ((t >= 10)) && [[ -s "$out/tests.log" ]]; then
+    mapfile -t redo < <(timeout 30 python3 - "$out/tests.log" "$dir/bin/cuda-tests" <<'PY' 2>/dev/null
+import re, subprocess, sys
+done = dict(re.findall(r"^test (\S+) \.\.\. (ok|FAILED|ignored)", open(sys.argv[1]).read(), re.M))
+listed = subprocess.run([sys.argv[2], "--list"], capture_output=True, text=True, timeout=20).stdout.splitlines()
+for name in (l[: -len(": test")] for l in listed if l.endswith(": test")):
+    if done.get(name) not in ("ok", "ignored"):
+        print(name)
+PY
+    )
+    for name in "${redo[@]}"; do
+      ((SECONDS - t0 < t)) || break
+      ENGINE_REQUIRE_CUDA=1 timeout -k 2 $((t - (SECONDS - t0) > 5 ? t - (SECONDS - t0) : 5)) "$dir/bin/cuda-tests" \
+        --exact "$name" --test-threads=1 --show-output >>"$out/tests_alone.log" 2>&1 || true
+    done
+    hopper_bad="$(grep -E '^test \S*(wgmma|_ws_|hopper)\S* \.\.\. FAILED' "$out/tests_alone.log" | head -1 || true)"
+    if [[ -n "$hopper_bad" ]]; then
+      export ENGINE_BENCH_SKIP="${ENGINE_BENCH_SKIP:+$ENGINE_BENCH_SKIP,}hopper"
+    fi
+    section_done alone ok $((SECONDS - t0)) "${#redo[@]} test(s) rerun alone${hopper_bad:+; Hopper rows skipped in the benchmarks}"
+  else
+    section_done alone "not run" 0 "nothing to rerun, or no time left"
   fi
   write_report tests
 

@@ -15,7 +15,8 @@
 //!   without it they are only printed.
 //! - `ENGINE_BENCH_SKIP`: sections to skip, comma-separated: copy,
 //!   elementwise, cast, rmsnorm, rope, swiglu, embedding, rows, adamw, gemm,
-//!   attention, decode, loss, sample.
+//!   attention, decode, loss, sample; and `hopper`: the rows of the Hopper
+//!   kernels (here and in the train-step bench).
 //! - `ENGINE_BENCH_TARGET_MS` (default 100): GPU time per timed loop.
 //! - `ENGINE_BENCH_BUDGET_S` (default 80): no section starts after this
 //!   many seconds.
@@ -563,18 +564,10 @@ fn attention_at(
     // cu_seqlens with its host copy, as the backend passes it (no read-back;
     // the tile table is built on the first call and kept, as across layers).
     let cum = engine::backend::cuda::buf::Mirrored::new(cud.slice(..), &cu);
-    if g.cc == (9, 0) {
-        // The Hopper forward (wgmma; not the dispatch's choice yet). First,
-        // so that the dispatch's row below leaves the outputs the backward reads.
-        let desc = engine::backend::cuda::WGMMA_DESC;
-        b.run(&format!("attention_fwd_wgmma{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
-            g.flash_attention_fwd_wgmma(desc, &s, &cum, &q, &k, &v, &mut out, &mut lse)
-        })?;
-        // The warp-specialised Hopper forward (TMA, a producer warpgroup).
-        b.run(&format!("attention_fwd_ws{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
-            g.flash_attention_fwd_ws(&s, &cum, &q, &k, &v, &mut out, &mut lse)
-        })?;
-    }
+    // The Hopper kernels (compute capability 9.0), unless skipped ("hopper"
+    // in ENGINE_BENCH_SKIP: the GPU check adds it when their tests failed,
+    // so that a kernel that breaks the CUDA context costs no other rows).
+    let hopper = g.cc == (9, 0) && !b.skip.iter().any(|s| s == "hopper");
     b.run(&format!("attention_fwd{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
         g.attention_fwd(&s, &cum, &q, &k, &v, &mut out, &mut lse)
     })?;
@@ -592,7 +585,7 @@ fn attention_at(
         if d == 64 {
             variants.push(("fused", FlashVariant::Fused));
         }
-        if g.cc == (9, 0) {
+        if hopper {
             variants.push(("wgmma", FlashVariant::Hopper));
         }
         for (name, variant) in variants {
@@ -600,6 +593,18 @@ fn attention_at(
                 g.flash_attention_bwd(variant, &s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
             })?;
         }
+    }
+    if hopper {
+        // The Hopper forwards (not the dispatch's choice yet), last: nothing
+        // after them reads out and lse.
+        let desc = engine::backend::cuda::WGMMA_DESC;
+        b.run(&format!("attention_fwd_wgmma{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
+            g.flash_attention_fwd_wgmma(desc, &s, &cum, &q, &k, &v, &mut out, &mut lse)
+        })?;
+        // The warp-specialised Hopper forward (TMA, a producer warpgroup).
+        b.run(&format!("attention_fwd_ws{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
+            g.flash_attention_fwd_ws(&s, &cum, &q, &k, &v, &mut out, &mut lse)
+        })?;
     }
     Ok(())
 }
