@@ -420,7 +420,7 @@ impl Gpu {
     }
 
     /// [`flash_attention_fwd`](Self::flash_attention_fwd) on the Hopper
-    /// kernel (`wgmma`, kernels/flash_attention.cu's `fwd_wgmma`): compute
+    /// kernel (`wgmma`, kernels/flash_fwd_wgmma.cuh's `fwd_wgmma`): compute
     /// capability 9.0 only, else an error. `desc` picks how its shared-memory
     /// descriptors are read ([`WGMMA_DESC`] is the default; the tests try all
     /// four); for the other three the launch reserves extra shared memory, so
