@@ -394,6 +394,14 @@ impl Gpu {
         )
     }
 
+    /// An error unless this GPU runs the sm_90a kernels (compute capability 9.0).
+    fn hopper_only(&self, what: &str) -> Result<()> {
+        if self.cc != (9, 0) {
+            bail!("{what}: needs compute capability 9.0 (sm_90a), this GPU has {}.{}", self.cc.0, self.cc.1);
+        }
+        Ok(())
+    }
+
     /// [`flash_attention_fwd`](Self::flash_attention_fwd) on the
     /// warp-specialised Hopper kernel (kernels/flash_fwd_ws.cuh: a producer
     /// warpgroup loading by TMA, two consumer warpgroups on `wgmma`):
@@ -410,9 +418,7 @@ impl Gpu {
         lse: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         let what = "flash_attention_fwd_ws";
-        if self.cc != (9, 0) {
-            bail!("{what}: needs compute capability 9.0 (sm_90a), this GPU has {}.{}", self.cc.0, self.cc.1);
-        }
+        self.hopper_only(what)?;
         let f = &self.k.flash_attention;
         let f = if s.head_dim == 64 { &f.ws_d64 } else { &f.ws_d128 };
         let rows = ENGINE_FLASH_FWD_TILE as usize;
@@ -438,9 +444,7 @@ impl Gpu {
         lse: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         let what = "flash_attention_fwd_wgmma";
-        if self.cc != (9, 0) {
-            bail!("{what}: needs compute capability 9.0 (sm_90a), this GPU has {}.{}", self.cc.0, self.cc.1);
-        }
+        self.hopper_only(what)?;
         if desc > 3 {
             bail!("{what}: descriptor reading {desc} (0..=3)");
         }
