@@ -13,7 +13,7 @@ __device__ __forceinline__ void record_bad(dptr bad, uint32_t index) {
 // pair: block n + i). Every early return below depends on blockIdx.x
 // alone, so the whole block takes it together (needed by __syncthreads_or).
 extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) copy_rows(CopyRowsParams p) {
-  const bool second = p.src2 != 0 && blockIdx.x >= p.n;
+  const bool second = p.src2 != 0 && p.dst2 != 0 && blockIdx.x >= p.n;
   const uint32_t i = second ? blockIdx.x - p.n : blockIdx.x;
   if (i >= p.n) return;
   const uint32_t* src_rows = ptr<const uint32_t>(p.src_rows);

@@ -23,7 +23,8 @@ pub struct LayerActs<B: Backend> {
     pub v: B::Buf,
     pub att: B::Buf,
     pub lse: B::Buf,
-    /// The residual stream after attention.
+    /// The residual stream after attention (training only: otherwise the
+    /// stream is updated in place and this is empty).
     pub x2: B::Buf,
     pub ln2: B::Buf,
     pub rstd2: B::Buf,
@@ -103,7 +104,8 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize)
             cap * kv,
             cap * q,
             cap * c.n_heads,
-            cap * d,
+            // x2: outside training the residual stream is updated in place.
+            if train { cap * d } else { 0 },
             cap * d,
             cap,
             cap * i,

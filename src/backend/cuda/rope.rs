@@ -150,8 +150,8 @@ impl Gpu {
         // head_dim, or heads2 = 0 and x2 is never read), pos tokens, cos and sin
         // max_pos × half, bad one element (all checked above); the kernels
         // check every position against max_pos before reading the tables,
-        // and rope8 uses 16-byte accesses only when half % 8 = 0 and x, cos,
-        // sin are 16-byte aligned.
+        // and rope8 uses 16-byte accesses only when half % 8 = 0 and x, x2,
+        // cos, sin are 16-byte aligned.
         unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map_err(|e| anyhow!("rope: {e}"))?;
         Ok(())
     }
