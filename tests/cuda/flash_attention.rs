@@ -89,8 +89,9 @@ enum Path {
     Reference,
     /// `flash_attention_fwd_wgmma` with this descriptor reading (forward only).
     Wgmma(u32),
-    /// `flash_attention_fwd_ws`: the warp-specialised Hopper forward.
-    Ws,
+    /// `flash_attention_fwd_ws_on`: the warp-specialised Hopper forward on
+    /// at most this many blocks (0: one per SM).
+    Ws(usize),
 }
 
 fn nan_bf16(g: &Gpu, n: usize) -> CudaSlice<Bf16> {
@@ -112,7 +113,7 @@ fn gpu_fwd(g: &Gpu, c: &Case, path: Path) -> anyhow::Result<(Vec<f32>, Vec<f32>)
         Path::Flash(l) => g.flash_attention_fwd(l, &c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
         Path::Reference => g.attention_fwd_reference(&c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
         Path::Wgmma(desc) => g.flash_attention_fwd_wgmma(desc, &c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
-        Path::Ws => g.flash_attention_fwd_ws(&c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
+        Path::Ws(blocks) => g.flash_attention_fwd_ws_on(blocks, &c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
     }
     g.sync()?;
     Ok((down(g, &out), g.stream.clone_dtoh(&lse).unwrap()))
@@ -133,7 +134,7 @@ fn gpu_bwd(g: &Gpu, c: &Case, out: &[f32], lse: &[f32], path: Path) -> anyhow::R
         Path::Reference => {
             g.attention_bwd_reference(&c.s, &cu, &q, &k, &v, &o, &lse, &dout, &mut dq, &mut dk, &mut dv)?
         }
-        Path::Wgmma(_) | Path::Ws => anyhow::bail!("the Hopper forward kernels have no backward"),
+        Path::Wgmma(_) | Path::Ws(_) => anyhow::bail!("the Hopper forward kernels have no backward"),
     }
     g.sync()?;
     Ok([down(g, &dq), down(g, &dk), down(g, &dv)])
@@ -280,8 +281,10 @@ fn flash_attention_fwd_wgmma_matches_the_cpu_and_the_simple_kernel() {
 
 /// The warp-specialised Hopper forward (TMA, mbarriers, wgmma on 128-byte
 /// swizzled tiles; sm_90a) on every case, against the CPU and the simple
-/// kernel, and twice on one case for identical bits. Skips with a line on
-/// GPUs other than compute capability 9.0.
+/// kernel; on 3 blocks (each walking many work items of its persistent
+/// loop) for the same bits as on one block per SM; and twice on one case
+/// for identical bits. Skips with a line on GPUs other than compute
+/// capability 9.0.
 #[test]
 fn flash_attention_fwd_ws_matches_the_cpu_and_the_simple_kernel() {
     let Some(g) = gpu("flash_attention_fwd_ws_matches_the_cpu_and_the_simple_kernel") else { return };
@@ -294,17 +297,22 @@ fn flash_attention_fwd_ws_matches_the_cpu_and_the_simple_kernel() {
         let (out, lse) = c.cpu_fwd();
         let (out_r, _) = gpu_fwd(&g, &c, Path::Reference).unwrap();
         let e_ref = rel_err(&out_r, &out);
-        let (out_w, lse_w) = gpu_fwd(&g, &c, Path::Ws).unwrap();
+        let (out_w, lse_w) = gpu_fwd(&g, &c, Path::Ws(0)).unwrap();
         let (e_out, e_lse) = (rel_err(&out_w, &out), rel_err(&lse_w, &lse));
         let line = format!("ws fwd {}: out {e_out:.2e} (simple {e_ref:.2e}), lse {e_lse:.2e}", c.name());
         println!("{line}");
         if !within(e_out, e_ref) || e_lse > 1e-4 {
             bad.push(line);
         }
+        let (out3, lse3) = gpu_fwd(&g, &c, Path::Ws(3)).unwrap();
+        let same = out3.iter().zip(&out_w).chain(lse3.iter().zip(&lse_w)).all(|(x, y)| x.to_bits() == y.to_bits());
+        if !same {
+            bad.push(format!("ws fwd {}: 3 blocks give other bits than one per SM", c.name()));
+        }
     }
     let c = Case::new(&[1000, 63, 65], 7, 1, 128, 2.0, 91);
-    let (a, la) = gpu_fwd(&g, &c, Path::Ws).unwrap();
-    let (b, lb) = gpu_fwd(&g, &c, Path::Ws).unwrap();
+    let (a, la) = gpu_fwd(&g, &c, Path::Ws(0)).unwrap();
+    let (b, lb) = gpu_fwd(&g, &c, Path::Ws(0)).unwrap();
     let same = a.iter().zip(&b).chain(la.iter().zip(&lb)).all(|(x, y)| x.to_bits() == y.to_bits());
     if !same {
         bad.push(format!("ws fwd {}: two runs differ", c.name()));

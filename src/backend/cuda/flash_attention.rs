@@ -150,7 +150,8 @@ fn wgmma_smem(head_dim: usize) -> usize {
 enum FwdKernel {
     MmaSync,
     Wgmma(u32),
-    Ws,
+    /// The persistent kernel on this many blocks at most (0: one per SM).
+    Ws(usize),
 }
 
 /// Dynamic shared memory of the warp-specialised Hopper forward, as the
@@ -417,12 +418,30 @@ impl Gpu {
         out: &mut impl DevicePtrMut<Bf16>,
         lse: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
+        self.flash_attention_fwd_ws_on(0, s, cu_seqlens, q, k, v, out, lse)
+    }
+
+    /// [`flash_attention_fwd_ws`](Self::flash_attention_fwd_ws) on at most
+    /// `blocks` blocks (0: one per SM), so that a test can make each block
+    /// walk many work items; the result does not depend on it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_fwd_ws_on(
+        &self,
+        blocks: usize,
+        s: &AttnShape,
+        cu_seqlens: &impl IndexArg,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &mut impl DevicePtrMut<Bf16>,
+        lse: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
         let what = "flash_attention_fwd_ws";
         self.hopper_only(what)?;
         let f = &self.k.flash_attention;
         let f = if s.head_dim == 64 { &f.ws_d64 } else { &f.ws_d128 };
-        let rows = ENGINE_FLASH_FWD_TILE as usize;
-        self.flash_fwd_launch(what, f, rows, ws_smem(s.head_dim), FwdKernel::Ws, s, cu_seqlens, q, k, v, out, lse)
+        let (rows, bytes) = (ENGINE_FLASH_FWD_TILE as usize, ws_smem(s.head_dim));
+        self.flash_fwd_launch(what, f, rows, bytes, FwdKernel::Ws(blocks), s, cu_seqlens, q, k, v, out, lse)
     }
 
     /// [`flash_attention_fwd`](Self::flash_attention_fwd) on the Hopper
@@ -507,7 +526,7 @@ impl Gpu {
             scale: s.scale,
             wgmma_desc: if let FwdKernel::Wgmma(d) = kind { d } else { 0 },
         };
-        let cfg = if let FwdKernel::Ws = kind {
+        let cfg = if let FwdKernel::Ws(cap) = kind {
             // Persistent: a block per SM (one fits, by registers), each
             // walking work items (tile, head).
             let items = n_blocks as usize * s.n_heads;
@@ -516,7 +535,7 @@ impl Gpu {
                 bail!("{what}: {items} work items do not fit one launch");
             }
             LaunchConfig {
-                grid_dim: (items.min(self.sms.max(1)) as u32, 1, 1),
+                grid_dim: (items.min(if cap > 0 { cap } else { self.sms.max(1) }) as u32, 1, 1),
                 block_dim: (ENGINE_FLASH_WS_THREADS, 1, 1),
                 shared_mem_bytes: bytes as u32,
             }
@@ -532,7 +551,7 @@ impl Gpu {
         // non-decreasing) and the tile table was built from it; the tensor
         // maps cover exactly q, k and v.
         unsafe {
-            if let FwdKernel::Ws = kind {
+            if let FwdKernel::Ws(_) = kind {
                 // Q in boxes of 64 rows (a consumer's), K and V of a key step's rows.
                 let keys = ENGINE_FLASH_WS_KEYS;
                 let pw = FlashWsParams {
