@@ -55,6 +55,18 @@ float __shfl_xor_sync(unsigned, float v, int o) {
 
 uint32_t emu_dyn_smem_bytes() { return g_dyn; }
 
+// FLASH_EMU_JITTER=1: the asynchronous operations (wgmma waits, mbarrier
+// arrivals and waits, TMA issues, named barriers) pause a random while
+// (up to 0.3 ms, a third of the time) before they act, so that the threads
+// interleave in orders the OS scheduler rarely picks: a race in a kernel's
+// protocol then shows in more runs. Each thread draws from its own stream.
+static bool g_jitter = false;
+static void jitter() {
+  if (!g_jitter) return;
+  thread_local std::mt19937 rng(std::hash<std::thread::id>{}(std::this_thread::get_id()));
+  if (rng() % 3 == 0) std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
+}
+
 static float half_of(uint32_t reg, int hi) {
   return __bfloat162float(__nv_bfloat16{(uint16_t)(hi ? reg >> 16 : reg & 0xffffu)});
 }
@@ -266,6 +278,7 @@ void emu_wgmma_commit() { ++t_wg_groups; }
 // Retires every committed group but the newest n, products in issue order
 // (all 128 threads arrive here together, with the same products pending).
 void emu_wgmma_wait(int n) {
+  jitter();
   std::vector<WgOp> keep;
   for (const WgOp& op : t_wg_ops) {
     if (op.group >= t_wg_groups - n) {
@@ -344,11 +357,13 @@ static void mbar_arrive_locked(EmuMbar& b) {
 }
 
 void emu_mbar_arrive(void* bar) {
+  jitter();
   std::lock_guard<std::mutex> lk(g_mbar_mu);
   mbar_arrive_locked(mbar_at(bar));
 }
 
 void emu_mbar_arrive_expect_tx(void* bar, unsigned bytes) {
+  jitter();
   std::lock_guard<std::mutex> lk(g_mbar_mu);
   EmuMbar& b = mbar_at(bar);
   b.tx += bytes;
@@ -356,6 +371,7 @@ void emu_mbar_arrive_expect_tx(void* bar, unsigned bytes) {
 }
 
 bool emu_mbar_wait(void* bar, unsigned parity) {
+  jitter();
   std::unique_lock<std::mutex> lk(g_mbar_mu);
   EmuMbar& b = mbar_at(bar);
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
@@ -397,6 +413,7 @@ static EngineTmap emu_tmap(const void* base, uint64_t d0, uint64_t d1, uint64_t 
 // order (dim 0 fastest), 128-byte swizzled (the 16-byte chunk bits 4–6 of
 // each address XORed with bits 7–9), zeros out of bounds.
 void emu_tma_load_3d(void* dst, const void* map_p, int c0, int c1, int c2, void* bar) {
+  jitter();
   // A copy of the map: the kernel's parameters (where it lives) end with
   // the issuing thread, which may be before the copy runs.
   const EngineTmap map = *static_cast<const EngineTmap*>(map_p);
@@ -452,11 +469,13 @@ static void named_arrive_locked(EmuNamedBar& b, int n) {
 }
 
 void emu_bar_arrive(int id, int n) {
+  jitter();
   std::lock_guard<std::mutex> lk(g_mbar_mu);
   named_arrive_locked(g_named[id], n);
 }
 
 void emu_bar_sync(int id, int n) {
+  jitter();
   std::unique_lock<std::mutex> lk(g_mbar_mu);
   EmuNamedBar& b = g_named[id];
   const unsigned gen = b.generation;
@@ -757,6 +776,7 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
 
 int main(int argc, char** argv) {
   int bad = 0;
+  g_jitter = getenv("FLASH_EMU_JITTER") && *getenv("FLASH_EMU_JITTER") == '1';
   const bool quick = argc > 1;
   for (bool fast : {true, false}) {
     bad += run_case(fast, {1, 7, 63, 65, 130}, 4, 2, 64, 2.0f, 1);
