@@ -603,7 +603,7 @@ fn attention_at(
         })?;
         // The warp-specialised Hopper forward (TMA, a producer warpgroup).
         b.run(&format!("attention_fwd_ws{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
-            g.flash_attention_fwd_ws(&s, &cum, &q, &k, &v, &mut out, &mut lse)
+            g.flash_attention_fwd_ws(0, &s, &cum, &q, &k, &v, &mut out, &mut lse)
         })?;
     }
     Ok(())

@@ -89,7 +89,7 @@ enum Path {
     Reference,
     /// `flash_attention_fwd_wgmma` with this descriptor reading (forward only).
     Wgmma(u32),
-    /// `flash_attention_fwd_ws_on`: the warp-specialised Hopper forward on
+    /// `flash_attention_fwd_ws`: the warp-specialised Hopper forward on
     /// at most this many blocks (0: one per SM).
     Ws(usize),
 }
@@ -113,7 +113,7 @@ fn gpu_fwd(g: &Gpu, c: &Case, path: Path) -> anyhow::Result<(Vec<f32>, Vec<f32>)
         Path::Flash(l) => g.flash_attention_fwd(l, &c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
         Path::Reference => g.attention_fwd_reference(&c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
         Path::Wgmma(desc) => g.flash_attention_fwd_wgmma(desc, &c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
-        Path::Ws(blocks) => g.flash_attention_fwd_ws_on(blocks, &c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
+        Path::Ws(blocks) => g.flash_attention_fwd_ws(blocks, &c.s, &cu, &q, &k, &v, &mut out, &mut lse)?,
     }
     g.sync()?;
     Ok((down(g, &out), g.stream.clone_dtoh(&lse).unwrap()))

@@ -405,27 +405,12 @@ impl Gpu {
 
     /// [`flash_attention_fwd`](Self::flash_attention_fwd) on the
     /// warp-specialised Hopper kernel (kernels/flash_fwd_ws.cuh: a producer
-    /// warpgroup loading by TMA, two consumer warpgroups on `wgmma`):
-    /// compute capability 9.0 only, else an error.
+    /// warpgroup loading by TMA, two consumer warpgroups on `wgmma`), a
+    /// persistent grid of at most `blocks` blocks (0: one per SM; a test
+    /// takes few, so that each block walks many work items; the result does
+    /// not depend on it): compute capability 9.0 only, else an error.
     #[allow(clippy::too_many_arguments)]
     pub fn flash_attention_fwd_ws(
-        &self,
-        s: &AttnShape,
-        cu_seqlens: &impl IndexArg,
-        q: &impl DevicePtr<Bf16>,
-        k: &impl DevicePtr<Bf16>,
-        v: &impl DevicePtr<Bf16>,
-        out: &mut impl DevicePtrMut<Bf16>,
-        lse: &mut impl DevicePtrMut<f32>,
-    ) -> Result<()> {
-        self.flash_attention_fwd_ws_on(0, s, cu_seqlens, q, k, v, out, lse)
-    }
-
-    /// [`flash_attention_fwd_ws`](Self::flash_attention_fwd_ws) on at most
-    /// `blocks` blocks (0: one per SM), so that a test can make each block
-    /// walk many work items; the result does not depend on it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn flash_attention_fwd_ws_on(
         &self,
         blocks: usize,
         s: &AttnShape,
