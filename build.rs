@@ -147,7 +147,15 @@ mod cuda {
         }
     }
 
-    /// A `cargo:warning` per kernel and target that spills registers.
+    /// Kernels allowed to spill, with the most bytes each may store: the
+    /// warp-specialised backward at head_dim 128 gives its producer
+    /// warpgroup 24 registers (its consumers need 240), and the dq writer
+    /// there keeps part of its loop state in local memory (a few loads per
+    /// 64-query step, L1-resident; kernels/flash_bwd_ws.cuh).
+    const SPILLS_ALLOWED: &[(&str, u32)] = &[("flash_attention_bwd_ws_d128", 64)];
+
+    /// A `cargo:warning` per kernel and target that spills registers (past
+    /// its allowance, [`SPILLS_ALLOWED`]).
     fn spills(file: &str, report: &str) {
         let mut function = String::new();
         for line in report.lines() {
@@ -155,7 +163,12 @@ mod cuda {
                 function = rest.replace('\'', "");
             }
             if line.contains("spill stores") && !line.contains(" 0 bytes spill stores, 0 bytes spill loads") {
-                println!("cargo:warning=kernels/{file}.cu: {function}: {}", line.trim());
+                let stores = line.split(" bytes spill stores").next().and_then(|l| l.rsplit(' ').next());
+                let stores: u32 = stores.and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
+                let allowed = SPILLS_ALLOWED.iter().any(|&(f, most)| function.starts_with(f) && stores <= most);
+                if !allowed {
+                    println!("cargo:warning=kernels/{file}.cu: {function}: {}", line.trim());
+                }
             }
         }
     }

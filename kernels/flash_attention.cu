@@ -725,6 +725,30 @@ __device__ __forceinline__ void bwd_dq(const FlashBwdParams& p) {
 // counters come the launch's ticket counter and its error word.
 constexpr uint32_t SEM_POISON = 0x80000000u;
 
+// The calling thread's part of wait_turn (the dq writer of the
+// warp-specialised backward calls it alone): waits unless `ok` is already
+// false; the outcome, after poisoning the counter where it is false.
+__device__ __forceinline__ bool wait_turn_here(uint32_t* sem, uint32_t turn, uint32_t* error, bool ok_before) {
+  bool ok = false;
+  if (ok_before) {
+    for (uint32_t spin = 0; spin < (1u << 25); ++spin) {
+      const uint32_t v = *reinterpret_cast<const volatile uint32_t*>(sem);
+      if (v == turn) {
+        ok = true;
+        break;
+      }
+      if (v & SEM_POISON) break;
+      __nanosleep(64);
+    }
+  }
+  if (!ok) {
+    atomicOr(sem, SEM_POISON);
+    atomicOr(error, 1u);
+  }
+  __threadfence();  // what the previous tiles wrote before their release is seen after it
+  return ok;
+}
+
 // Thread 0 waits until *sem == turn (the key tiles before this one have
 // added theirs), at most about 2 s; then every thread may read what they
 // wrote. False (and the counter poisoned, the error word set, so that the
@@ -732,26 +756,7 @@ constexpr uint32_t SEM_POISON = 0x80000000u;
 // if an earlier wait of this block or on this counter did. ok_s: a shared
 // int for the outcome, carried from step to step.
 __device__ __forceinline__ bool wait_turn(uint32_t* sem, uint32_t turn, uint32_t* error, int* ok_s) {
-  if (threadIdx.x == 0) {
-    int ok = 0;
-    if (*ok_s) {
-      for (uint32_t spin = 0; spin < (1u << 25); ++spin) {
-        const uint32_t v = *reinterpret_cast<const volatile uint32_t*>(sem);
-        if (v == turn) {
-          ok = 1;
-          break;
-        }
-        if (v & SEM_POISON) break;
-        __nanosleep(64);
-      }
-    }
-    if (!ok) {
-      atomicOr(sem, SEM_POISON);
-      atomicOr(error, 1u);
-    }
-    __threadfence();  // what the previous tiles wrote before their release is seen after it
-    *ok_s = ok;
-  }
+  if (threadIdx.x == 0) *ok_s = wait_turn_here(sem, turn, error, *ok_s != 0);
   __syncthreads();
   return *reinterpret_cast<volatile int*>(ok_s) != 0;
 }
@@ -787,11 +792,12 @@ __device__ __forceinline__ void add_rows_f32(float* dst, size_t stride, int row0
 // What the dk/dv kernels (mma.sync and wgmma) share.
 
 // lse·log2 e and delta of a step's BQ queries q0.. of head h into f_b (lse
-// first, delta after); 0 past the sequence's end.
+// first, delta after); 0 past the sequence's end. Thread `first` of `n`
+// takes queries first, first + n, ... (the block's THREADS by default).
 template <int BQ>
 __device__ __forceinline__ void load_lse_delta(const FlashBwdParams& p, float* f_b, uint32_t start, int q0, int len,
-                                               uint32_t h) {
-  for (int j = threadIdx.x; j < BQ; j += THREADS) {
+                                               uint32_t h, int first = -1, int n = THREADS) {
+  for (int j = first < 0 ? (int)threadIdx.x : first; j < BQ; j += n) {
     const bool in = q0 + j < len;
     const size_t row = (size_t)(start + q0 + j) * p.n_heads + h;
     f_b[j] = in ? ptr<const float>(p.lse)[row] * LOG2E : 0.0f;
@@ -1010,6 +1016,7 @@ __device__ __forceinline__ void bwd_fused(const FlashBwdParams& p) {
 #include "flash_fwd_wgmma.cuh"
 #include "flash_bwd_wgmma.cuh"
 #include "flash_fwd_ws.cuh"
+#include "flash_bwd_ws.cuh"
 
 }  // namespace
 
@@ -1046,6 +1053,13 @@ ENGINE_FLASH_ENTRY(flash_attention_bwd_wgmma_d128, bwd_wgmma_entry, FlashBwdPara
   }
 ENGINE_FLASH_WS_ENTRY(flash_attention_fwd_ws_d64, 64)
 ENGINE_FLASH_WS_ENTRY(flash_attention_fwd_ws_d128, 128)
+// The warp-specialised Hopper backward (as the forward; sm_90a, empty elsewhere).
+#define ENGINE_FLASH_WS_BWD_ENTRY(name, D)                                                   \
+  extern "C" __global__ void __launch_bounds__(ENGINE_FLASH_WS_THREADS, 1) name(const __grid_constant__ FlashBwdWsParams p) { \
+    bwd_ws<D>(p);                                                                            \
+  }
+ENGINE_FLASH_WS_BWD_ENTRY(flash_attention_bwd_ws_d64, 64)
+ENGINE_FLASH_WS_BWD_ENTRY(flash_attention_bwd_ws_d128, 128)
 
 // dq (bf16) = dq_accum (fp32), after the fused backward: one thread an
 // element; all NaN if any ordered addition gave up (its error word).

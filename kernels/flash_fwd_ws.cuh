@@ -116,12 +116,18 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t by
 // false, setting *abort, if it gives up itself after about 4 s. A thread
 // that got false stops arriving on mbarriers and issuing loads, so no
 // phase completes on a partial count and the block ends (with NaN out).
+// TIMED false: no timer of its own, for a waiter that is never the only
+// one (the backward's dq writer waits for the consumers, whose own waits
+// are timed): it gives up only once another thread has.
+template <bool TIMED = true>
 __device__ __forceinline__ bool mbar_wait(uint64_t* bar, uint32_t parity, bool ok, volatile uint32_t* abort) {
   if (!ok || *abort) return false;
 #ifdef ENGINE_FLASH_EMU
   return emu_mbar_wait(bar, parity);
 #else
-  uint64_t t0 = 0;
+  // The timer's low 32 bits: they wrap every 4.29 s, past the 4 s limit,
+  // so the difference is right (and the wait needs 2 registers fewer).
+  uint32_t t0 = 0;
   for (uint32_t spin = 0;; ++spin) {
     uint32_t done;
     asm volatile(
@@ -132,11 +138,12 @@ __device__ __forceinline__ bool mbar_wait(uint64_t* bar, uint32_t parity, bool o
     if (done) return true;
     if ((spin & 1023) == 0) {
       if (*abort) return false;
-      uint64_t t;
-      asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+      if (!TIMED) continue;
+      uint32_t t;
+      asm volatile("mov.u32 %0, %%globaltimer_lo;\n" : "=r"(t));
       if (spin == 0) {
         t0 = t;
-      } else if (t - t0 > 4000000000ull) {
+      } else if (t - t0 > 4000000000u) {
         *abort = 1;
         return false;
       }

@@ -304,7 +304,7 @@ for r in tor:
 if att:
     md += ["", "### Attention variants", "",
            "TFLOP/s of each engine kernel (`dispatch`: what `attention_fwd`/`attention_bwd` ran; `fused`: the one-pass "
-           "mma.sync backward; `wgmma`: the Hopper kernels; `ws`: the warp-specialised Hopper forward) and of PyTorch's "
+           "mma.sync backward; `wgmma`: the Hopper kernels; `ws`: the warp-specialised Hopper kernels) and of PyTorch's "
            "FLASH and cuDNN backends, and the ratio of each to FLASH and to cuDNN. Targets: mma.sync ≥ 0.9× FLASH, "
            "the Hopper path ≥ cuDNN.", "", "| shape | dir | variant | TFLOP/s | / FLASH | / cuDNN |", "|---|---|---|---|---|---|"]
     for (shape, d), v in sorted(att.items(), key=lambda x: (x[0][1], x[0][0])):
@@ -530,7 +530,7 @@ PY
       # kernel (the flash tests loop over every variant), or a flash test
       # that died (the unmeasured Hopper kernels are the likeliest cause).
       if grep -qE "^test $name \.\.\. FAILED" "$one" &&
-        { [[ "$name" =~ (wgmma|_ws_|hopper) ]] || sed -n '/panicked at/,$p' "$one" | grep -qE 'Hopper|wgmma|ws fwd' ||
+        { [[ "$name" =~ (wgmma|_ws_|hopper) ]] || sed -n '/panicked at/,$p' "$one" | grep -qE 'Hopper|wgmma|ws [fb]wd' ||
           { ((rc1 != 0 && rc1 != 101)) && [[ "$name" == *flash* ]]; }; }; then
         hopper_bad="${hopper_bad:-$name}"
       fi

@@ -150,3 +150,23 @@ typedef struct FlashBwdParams {
   /* flash_attention_bwd_wgmma_d*: as FlashFwdParams' wgmma_desc. */
   uint32_t wgmma_desc;
 } FlashBwdParams;
+
+/* The warp-specialised Hopper backward (sm_90a),
+ * flash_attention_bwd_ws_d{64,128}, in place of the fused kernel (the same
+ * outputs: dk, dv or their parts, dq_accum in key-tile order by dq_sem):
+ * ENGINE_FLASH_WS_THREADS threads a block, a producer warpgroup (TMA loads;
+ * the dq writer) and two consumer warpgroups of 64 keys each, so a block
+ * takes ENGINE_FLASH_WS_KEYS keys: grid (n_blocks, n_heads) over the table
+ * of ENGINE_FLASH_WS_KEYS-token tiles (each block takes its tile by ticket,
+ * as the fused kernel). tq, tdo: 3-d tensor maps of q and dout as the
+ * forward's tq (boxes of 64 rows); tk, tv as the forward's (boxes of
+ * ENGINE_FLASH_WS_KEYS rows). Q and dO go through ENGINE_FLASH_WS_BWD_STAGES
+ * buffers. */
+#define ENGINE_FLASH_WS_BWD_STAGES 2
+typedef struct FlashBwdWsParams {
+  EngineTmap tq;
+  EngineTmap tk;
+  EngineTmap tv;
+  EngineTmap tdo;
+  FlashBwdParams b;
+} FlashBwdWsParams;

@@ -593,6 +593,12 @@ fn attention_at(
                 g.flash_attention_bwd(variant, &s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
             })?;
         }
+        if hopper {
+            // The warp-specialised Hopper backward (TMA, a dq writer warp).
+            b.run(&format!("attention_bwd_ws{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
+                g.flash_attention_bwd_ws(&s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
+            })?;
+        }
     }
     if hopper {
         // The Hopper forwards (not the dispatch's choice yet), last: nothing

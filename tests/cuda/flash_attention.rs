@@ -90,7 +90,8 @@ enum Path {
     /// `flash_attention_fwd_wgmma` with this descriptor reading (forward only).
     Wgmma(u32),
     /// `flash_attention_fwd_ws`: the warp-specialised Hopper forward on
-    /// at most this many blocks (0: one per SM).
+    /// at most this many blocks (0: one per SM); the backward:
+    /// `flash_attention_bwd_ws` (its grid is not persistent).
     Ws(usize),
 }
 
@@ -134,7 +135,8 @@ fn gpu_bwd(g: &Gpu, c: &Case, out: &[f32], lse: &[f32], path: Path) -> anyhow::R
         Path::Reference => {
             g.attention_bwd_reference(&c.s, &cu, &q, &k, &v, &o, &lse, &dout, &mut dq, &mut dk, &mut dv)?
         }
-        Path::Wgmma(_) | Path::Ws(_) => anyhow::bail!("the Hopper forward kernels have no backward"),
+        Path::Ws(_) => g.flash_attention_bwd_ws(&c.s, &cu, &q, &k, &v, &o, &lse, &dout, &mut dq, &mut dk, &mut dv)?,
+        Path::Wgmma(_) => anyhow::bail!("the wgmma forward's backward is FlashVariant::Hopper's"),
     }
     g.sync()?;
     Ok([down(g, &dq), down(g, &dk), down(g, &dv)])
@@ -318,6 +320,56 @@ fn flash_attention_fwd_ws_matches_the_cpu_and_the_simple_kernel() {
         bad.push(format!("ws fwd {}: two runs differ", c.name()));
     }
     assert!(bad.is_empty(), "warp-specialised forward out of tolerance:\n{}", bad.join("\n"));
+}
+
+/// The warp-specialised Hopper backward (TMA, two consumer warpgroups of 64
+/// keys, dq added up by a writer warp's bulk reduce-adds in key-tile order;
+/// sm_90a) on every case, against the CPU and the simple kernel; then twice
+/// on a long case with GQA (700 tokens: 6 key tiles in turn on each query
+/// step) for identical bits. Skips with a line on GPUs other than compute
+/// capability 9.0.
+#[test]
+fn flash_attention_bwd_ws_matches_the_cpu_and_the_simple_kernel() {
+    let Some(g) = gpu("flash_attention_bwd_ws_matches_the_cpu_and_the_simple_kernel") else { return };
+    if g.cc != (9, 0) {
+        println!("skip the warp-specialised backward: compute capability {}.{}, it needs 9.0", g.cc.0, g.cc.1);
+        return;
+    }
+    let mut bad = Vec::new();
+    for c in cases() {
+        let (out, lse) = c.cpu_fwd();
+        let out = bf16_round(&out);
+        let want = c.cpu_bwd(&out, &lse);
+        let got_r = gpu_bwd(&g, &c, &out, &lse, Path::Reference).unwrap();
+        let got = gpu_bwd(&g, &c, &out, &lse, Path::Ws(0)).unwrap();
+        let mut line = format!("ws bwd {}:", c.name());
+        let mut ok = true;
+        for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let (e_ref, e) = (rel_err(&got_r[i], &want[i]), rel_err(&got[i], &want[i]));
+            line.push_str(&format!(" {name} {e:.2e} (simple {e_ref:.2e})"));
+            ok &= within(e, e_ref);
+        }
+        println!("{line}");
+        if !ok {
+            bad.push(line);
+        }
+    }
+    for (d, seed) in [(64, 92), (128, 93)] {
+        let c = Case::new(&[700, 1, 65, 130], 14, 2, d, 2.0, seed);
+        let (out, lse) = c.cpu_fwd();
+        let out = bf16_round(&out);
+        let a = gpu_bwd(&g, &c, &out, &lse, Path::Ws(0)).unwrap();
+        let b = gpu_bwd(&g, &c, &out, &lse, Path::Ws(0)).unwrap();
+        for (name, (x, y)) in ["dq", "dk", "dv"].iter().zip(a.iter().zip(&b)) {
+            if !x.iter().all(|v| v.is_finite()) {
+                bad.push(format!("ws bwd {}: {name} not finite", c.name()));
+            }
+            if !x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()) {
+                bad.push(format!("ws bwd {}: {name} differs between two runs", c.name()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "warp-specialised backward out of tolerance:\n{}", bad.join("\n"));
 }
 
 #[test]

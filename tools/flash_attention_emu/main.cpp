@@ -11,6 +11,7 @@
 // a wait on its barrier completes the phase.
 //
 //   tools/flash_attention_emu/run.sh
+#include <array>
 #include <barrier>
 #include <chrono>
 #include <condition_variable>
@@ -354,6 +355,9 @@ static void mbar_arrive_locked(EmuMbar& b) {
   }
   --b.pending;
   mbar_try_complete(b);
+  // Every arrival in but bytes still owed: a waiter runs the TMA's copies
+  // (the last arrival may come after the loads were issued).
+  if (b.pending == 0) g_mbar_cv.notify_all();
 }
 
 void emu_mbar_arrive(void* bar) {
@@ -383,7 +387,10 @@ bool emu_mbar_wait(void* bar, unsigned parity) {
       continue;
     }
     if (g_mbar_cv.wait_until(lk, give_up) == std::cv_status::timeout) {
-      fprintf(stderr, "mbarrier: a wait for parity %u never completed (deadlock)\n", parity);
+      fprintf(stderr,
+              "mbarrier at byte %u: thread %u's wait for parity %u never completed (deadlock; phase %u, %u of %u "
+              "arrivals pending, %ld bytes)\n",
+              emu_smem_offset(bar), threadIdx.x, parity, b.phase, b.pending, b.count, b.tx);
       abort();
     }
   }
@@ -449,6 +456,37 @@ void emu_tma_load_3d(void* dst, const void* map_p, int c0, int c1, int c2, void*
   std::lock_guard<std::mutex> lk(g_mbar_mu);
   mbar_at(bar).loads.push_back(copy);
   g_mbar_cv.notify_all();  // a thread may be waiting on this barrier with every arrival in
+}
+
+// cp.async.bulk / cp.reduce.async.bulk .add.f32 from shared to global
+// memory, as the worst case the PTX ISA allows: the source is read and the
+// destination written (or added to) only at this thread's wait, so a
+// source rewritten before the wait, or a destination read before it, shows.
+struct BulkOp {
+  float* dst;
+  const float* src;
+  unsigned n;
+  bool add;
+};
+static thread_local std::vector<BulkOp> t_bulk;
+
+void emu_bulk_to_global(float* dst, const float* src, unsigned bytes, bool add) {
+  const uint32_t off = emu_smem_offset(src);
+  if ((uintptr_t)dst % 16 != 0 || off % 16 != 0 || bytes % 16 != 0 || off + bytes > g_dyn) {
+    fprintf(stderr, "bulk copy: misaligned, or its source past the %u bytes of shared memory\n", g_dyn);
+    abort();
+  }
+  t_bulk.push_back({dst, src, bytes / 4, add});
+}
+
+void emu_bulk_wait_all() {
+  // Under jitter, a longer pause: a thread that frees the source before
+  // this wait then lets its readers' next writes land first.
+  if (g_jitter && !t_bulk.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  for (const BulkOp& b : t_bulk) {
+    for (unsigned i = 0; i < b.n; ++i) b.dst[i] = b.add ? b.dst[i] + b.src[i] : b.src[i];
+  }
+  t_bulk.clear();
 }
 
 // Named barriers (bar.sync / bar.arrive with a thread count): a generation
@@ -520,6 +558,10 @@ static void launch(void (*k)(P), const P& p, unsigned gx, unsigned gy, unsigned 
           k(p);
           if (!t_pending.empty()) {
             fprintf(stderr, "cp.async: a copy was never waited for\n");
+            abort();
+          }
+          if (!t_bulk.empty()) {
+            fprintf(stderr, "bulk copy: a copy was never waited for\n");
             abort();
           }
           if (!t_wg_ops.empty()) {
@@ -733,11 +775,10 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
     launch(k_dkdv, bp, nb, H, THREADS, s_dkdv);
   }
   if (G > 1) launch(flash_attention_dkdv_sum, bp, (T * KV * D + 255) / 256, 1, 256, 0);
-  // The wgmma one-pass backward (on a GPU sm_90a only), beside the fused one
-  // at head_dim 64 and the fast two-pass one at 128.
-  double e_wg_dq = 0, e_wg_dk = 0, e_wg_dv = 0;
-  const bool wg_bwd = fused || (fast && D == 128);
-  if (wg_bwd) {
+  // The Hopper one-pass backwards (on a GPU sm_90a only) on fresh outputs:
+  // `run` launches the kernel with the params it is given; then dq from its
+  // sums, and with GQA dk, dv from their parts. Errors of dq, dk, dv.
+  auto hopper_bwd = [&](auto run) {
     std::vector<uint16_t> dq2(q.size(), 0xffff), dk2(k.size(), 0xffff), dv2(v.size(), 0xffff);
     std::vector<float> acc2(q.size(), NAN), dkp2(G > 1 ? q.size() : 0, NAN), dvp2(G > 1 ? q.size() : 0, NAN);
     std::vector<uint32_t> sem2((size_t)T * H + 2, 0);
@@ -750,18 +791,43 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
     wp.dq_accum = dp(acc2.data());
     wp.dq_sem = dp(sem2.data());
     wp.wgmma_desc = ENGINE_FLASH_WGMMA_DESC;
-    launch(D == 64 ? flash_attention_bwd_wgmma_d64 : flash_attention_bwd_wgmma_d128, wp, nb, H, THREADS,
-           D == 64 ? wg_bwd_smem<64>() : wg_bwd_smem<128>());
+    run(wp);
     launch(flash_attention_dq_from_accum, wp, (T * H * D + 255) / 256, 1, 256, 0);
     if (G > 1) launch(flash_attention_dkdv_sum, wp, (T * KV * D + 255) / 256, 1, 256, 0);
-    e_wg_dq = rel(from_bf(dq2), dq);
-    e_wg_dk = rel(from_bf(dk2), dk);
-    e_wg_dv = rel(from_bf(dv2), dv);
+    return std::array<double, 3>{rel(from_bf(dq2), dq), rel(from_bf(dk2), dk), rel(from_bf(dv2), dv)};
+  };
+  // The wgmma one-pass backward beside the fused one at head_dim 64 and the
+  // fast two-pass one at 128.
+  std::array<double, 3> e_wg{0, 0, 0}, e_wsb{0, 0, 0};
+  const bool wg_bwd = fused || (fast && D == 128);
+  if (wg_bwd) {
+    e_wg = hopper_bwd([&](const FlashBwdParams& wp) {
+      launch(D == 64 ? flash_attention_bwd_wgmma_d64 : flash_attention_bwd_wgmma_d128, wp, nb, H, THREADS,
+             D == 64 ? wg_bwd_smem<64>() : wg_bwd_smem<128>());
+    });
+  }
+  // The warp-specialised backward (TMA) on the table of 128-key tiles.
+  const bool ws_bwd = fast && !fused;
+  if (ws_bwd) {
+    const std::vector<uint32_t> ws_table = tiles(ENGINE_FLASH_WS_KEYS);
+    e_wsb = hopper_bwd([&](const FlashBwdParams& wp) {
+      FlashBwdWsParams wb{};
+      wb.b = wp;
+      wb.b.blocks = dp(ws_table.data());
+      wb.b.n_blocks = ws_table.size() / 2;
+      wb.tq = emu_tmap(qb.data(), D, H, T, D * 2, (uint64_t)H * D * 2, 64, 1, 64);
+      wb.tdo = emu_tmap(dob.data(), D, H, T, D * 2, (uint64_t)H * D * 2, 64, 1, 64);
+      wb.tk = emu_tmap(kb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, ENGINE_FLASH_WS_KEYS);
+      wb.tv = emu_tmap(vb.data(), D, KV, T, D * 2, (uint64_t)KV * D * 2, 64, 1, ENGINE_FLASH_WS_KEYS);
+      launch(D == 64 ? flash_attention_bwd_ws_d64 : flash_attention_bwd_ws_d128, wb, wb.b.n_blocks, H,
+             ENGINE_FLASH_WS_THREADS, D == 64 ? ws_bwd_smem<64>() : ws_bwd_smem<128>());
+    });
   }
   const double e_out = rel(from_bf(ob), out), e_lse = rel(lse_k, lse), e_dq = rel(from_bf(dqb), dq),
                e_dk = rel(from_bf(dkb), dk), e_dv = rel(from_bf(dvb), dv);
   const bool ok = e_out < 1e-2 && e_lse < 1e-5 && e_dq < 1e-2 && e_dk < 1e-2 && e_dv < 1e-2 && e_wg_out < 1e-2 &&
-                  e_wg_lse < 1e-5 && e_ws_out < 1e-2 && e_ws_lse < 1e-5 && e_wg_dq < 1e-2 && e_wg_dk < 1e-2 && e_wg_dv < 1e-2;
+                  e_wg_lse < 1e-5 && e_ws_out < 1e-2 && e_ws_lse < 1e-5 && e_wg[0] < 1e-2 && e_wg[1] < 1e-2 && e_wg[2] < 1e-2 && e_wsb[0] < 1e-2 && e_wsb[1] < 1e-2 &&
+                  e_wsb[2] < 1e-2;
   printf("%s %s d%d h%u/%u tiles %u (fwd %u) lens", ok ? "ok  " : "FAIL", fused ? "fused " : fast ? "fast  " : "simple", D,
          H, KV, nb, nb_fwd);
   for (auto l : lens) printf(" %u", l);
@@ -769,7 +835,8 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   if (fast && !fused) {
     printf("; wgmma fwd out %.2e lse %.2e; ws fwd out %.2e lse %.2e", e_wg_out, e_wg_lse, e_ws_out, e_ws_lse);
   }
-  if (wg_bwd) printf("; wgmma bwd dq %.2e dk %.2e dv %.2e", e_wg_dq, e_wg_dk, e_wg_dv);
+  if (wg_bwd) printf("; wgmma bwd dq %.2e dk %.2e dv %.2e", e_wg[0], e_wg[1], e_wg[2]);
+  if (ws_bwd) printf("; ws bwd dq %.2e dk %.2e dv %.2e", e_wsb[0], e_wsb[1], e_wsb[2]);
   printf("\n");
   return ok ? 0 : 1;
 }

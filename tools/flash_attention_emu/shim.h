@@ -30,7 +30,11 @@ struct uint4 {
 struct float2 {
   float x, y;
 };
+struct float4 {
+  float x, y, z, w;
+};
 inline float2 make_float2(float a, float b) { return {a, b}; }
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 using std::max;
 using std::min;
@@ -52,6 +56,8 @@ void emu_mbar_init(void* bar, unsigned count);
 void emu_mbar_arrive(void* bar);
 void emu_mbar_arrive_expect_tx(void* bar, unsigned bytes);
 void emu_tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, void* bar);
+void emu_bulk_to_global(float* dst, const float* src, unsigned bytes, bool add);
+void emu_bulk_wait_all();
 void emu_bar_sync(int id, int n);
 void emu_bar_arrive(int id, int n);
 

@@ -14,10 +14,12 @@
 use super::attention::{check_shape, elems};
 use super::buf::IndexArg;
 use super::params::{
-    FlashBwdParams, FlashFwdParams, FlashWsParams, ENGINE_FLASH_DELTA_ROWS, ENGINE_FLASH_DKDV_STEP_D128,
+    FlashBwdParams, FlashBwdWsParams, FlashFwdParams, FlashWsParams, ENGINE_FLASH_DELTA_ROWS,
+    ENGINE_FLASH_DKDV_STEP_D128,
     ENGINE_FLASH_DKDV_STEP_D64, ENGINE_FLASH_DQ_KEYS_D64, ENGINE_FLASH_DQ_TILE_D64, ENGINE_FLASH_FWD_KEYS_D128,
     ENGINE_FLASH_FWD_KEYS_D64, ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
-    ENGINE_FLASH_WGMMA_DESC, ENGINE_FLASH_WS_KEYS, ENGINE_FLASH_WS_STAGES, ENGINE_FLASH_WS_THREADS,
+    ENGINE_FLASH_WGMMA_DESC, ENGINE_FLASH_WS_BWD_STAGES, ENGINE_FLASH_WS_KEYS, ENGINE_FLASH_WS_STAGES,
+    ENGINE_FLASH_WS_THREADS,
 };
 use super::scratch::Scratch;
 use super::tma;
@@ -27,7 +29,7 @@ use anyhow::{anyhow, bail, Result};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-super::params::device_repr!(FlashFwdParams, FlashBwdParams, FlashWsParams);
+super::params::device_repr!(FlashFwdParams, FlashBwdParams, FlashWsParams, FlashBwdWsParams);
 
 /// The one-line switch: `false` sends every call of [`Gpu::attention_fwd`] /
 /// [`Gpu::attention_bwd`] to the simple kernels.
@@ -120,6 +122,9 @@ pub struct Fns {
     /// The warp-specialised Hopper forward (sm_90a: TMA, mbarriers, wgmma).
     ws_d64: CudaFunction,
     ws_d128: CudaFunction,
+    /// The warp-specialised Hopper backward (sm_90a).
+    ws_bwd_d64: CudaFunction,
+    ws_bwd_d128: CudaFunction,
 }
 
 /// The Hopper forward's default descriptor reading (kernels/include/flash_attention.h).
@@ -161,6 +166,35 @@ enum FwdKernel {
 fn ws_smem(head_dim: usize) -> usize {
     let (keys, stages) = (ENGINE_FLASH_WS_KEYS as usize, ENGINE_FLASH_WS_STAGES as usize);
     1024 + ENGINE_FLASH_FWD_TILE as usize * head_dim * 2 + 2 * stages * keys * head_dim * 2 + 8 * (3 + 4 * stages)
+}
+
+/// Dynamic shared memory of the warp-specialised Hopper backward, as the
+/// kernel computes it (`ws_bwd_smem`): slack to a 1024-byte boundary, the K
+/// and V tiles (128 keys), the ring of Q, dO tiles (64 rows) with their lse
+/// and delta (64 floats each), the two consumers' dS tiles (64 × 64 bf16,
+/// rows padded) and dq parts (64 × head_dim fp32, rows padded by 8), the
+/// mbarriers, and 32 bytes of flags and the block's tile.
+fn ws_bwd_smem(head_dim: usize) -> usize {
+    let (keys, stages, pad) = (ENGINE_FLASH_WS_KEYS as usize, ENGINE_FLASH_WS_BWD_STAGES as usize, ENGINE_FLASH_PAD as usize);
+    1024 + 2 * keys * head_dim * 2
+        + stages * (2 * TILE * head_dim * 2 + 2 * TILE * 4)
+        + 2 * TILE * (TILE + pad) * 2
+        + 2 * TILE * (head_dim + 8) * 4
+        + 8 * (3 + 2 * stages)
+        + 32
+}
+
+/// Which backward kernels a launch runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BwdKernel {
+    /// dq, then dk/dv (`mma.sync`; the variant's build).
+    TwoPass,
+    /// The one-pass `mma.sync` kernel (head_dim 64).
+    Fused,
+    /// The one-pass Hopper kernel on `wgmma`.
+    Wgmma,
+    /// The warp-specialised Hopper kernel (TMA, `wgmma`, a dq writer).
+    Ws,
 }
 
 /// Dynamic shared memory (bytes) of the (fwd, dq, dk/dv) kernels, as
@@ -251,6 +285,8 @@ pub(super) fn load(m: &Modules, smem_optin: usize) -> Result<Fns> {
         wgmma_bwd_d128: kernel("flash_attention_bwd_wgmma_d128", wgmma_bwd_smem(128))?,
         ws_d64: kernel("flash_attention_fwd_ws_d64", ws_smem(64))?,
         ws_d128: kernel("flash_attention_fwd_ws_d128", ws_smem(128))?,
+        ws_bwd_d64: kernel("flash_attention_bwd_ws_d64", ws_bwd_smem(64))?,
+        ws_bwd_d128: kernel("flash_attention_bwd_ws_d128", ws_bwd_smem(128))?,
     })
 }
 
@@ -573,14 +609,69 @@ impl Gpu {
         dk: &mut impl DevicePtrMut<Bf16>,
         dv: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
-        let what = "flash_attention_bwd";
         // The one-pass backward: on wgmma at both head dims (Hopper on 9.0),
         // else on mma.sync at head_dim 64.
-        let hopper = variant == FlashVariant::Hopper && self.cc == (9, 0);
-        let fused = hopper
-            || matches!(variant, FlashVariant::Fused | FlashVariant::Hopper)
-                && s.head_dim == 64
-                && fused_smem() <= self.smem_optin;
+        let kind = if variant == FlashVariant::Hopper && self.cc == (9, 0) {
+            BwdKernel::Wgmma
+        } else if matches!(variant, FlashVariant::Fused | FlashVariant::Hopper)
+            && s.head_dim == 64
+            && fused_smem() <= self.smem_optin
+        {
+            BwdKernel::Fused
+        } else {
+            BwdKernel::TwoPass
+        };
+        let what = "flash_attention_bwd";
+        self.flash_bwd_launch(what, variant, kind, s, cu_seqlens, q, k, v, out, lse, dout, dq, dk, dv)
+    }
+
+    /// [`flash_attention_bwd`](Self::flash_attention_bwd) on the
+    /// warp-specialised Hopper kernel (kernels/flash_bwd_ws.cuh: a producer
+    /// warpgroup loading by TMA and adding dq up in key-tile order by bulk
+    /// reduce-adds, two consumer warpgroups on `wgmma`): compute capability
+    /// 9.0 only, else an error. Deterministic, as the other backwards.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_bwd_ws(
+        &self,
+        s: &AttnShape,
+        cu_seqlens: &impl IndexArg,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &impl DevicePtr<Bf16>,
+        lse: &impl DevicePtr<f32>,
+        dout: &impl DevicePtr<Bf16>,
+        dq: &mut impl DevicePtrMut<Bf16>,
+        dk: &mut impl DevicePtrMut<Bf16>,
+        dv: &mut impl DevicePtrMut<Bf16>,
+    ) -> Result<()> {
+        let what = "flash_attention_bwd_ws";
+        self.hopper_only(what)?;
+        let variant = FlashVariant::Hopper;
+        self.flash_bwd_launch(what, variant, BwdKernel::Ws, s, cu_seqlens, q, k, v, out, lse, dout, dq, dk, dv)
+    }
+
+    /// The backward's checks and launches: delta, then `kind`'s kernels,
+    /// then (with GQA) the sum of dk, dv's per-head parts.
+    #[allow(clippy::too_many_arguments)]
+    fn flash_bwd_launch(
+        &self,
+        what: &str,
+        variant: FlashVariant,
+        kind: BwdKernel,
+        s: &AttnShape,
+        cu_seqlens: &impl IndexArg,
+        q: &impl DevicePtr<Bf16>,
+        k: &impl DevicePtr<Bf16>,
+        v: &impl DevicePtr<Bf16>,
+        out: &impl DevicePtr<Bf16>,
+        lse: &impl DevicePtr<f32>,
+        dout: &impl DevicePtr<Bf16>,
+        dq: &mut impl DevicePtrMut<Bf16>,
+        dk: &mut impl DevicePtrMut<Bf16>,
+        dv: &mut impl DevicePtrMut<Bf16>,
+    ) -> Result<()> {
+        let fused = kind != BwdKernel::TwoPass;
         let variant = self.fitting_build(variant, s.head_dim);
         let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
         let (q_len, kv_len) =
@@ -681,23 +772,50 @@ impl Gpu {
         // run in order on one stream (delta before its readers).
         unsafe { self.stream.launch_builder(&self.k.flash_attention.delta).arg(&p).launch(cfg_delta) }
             .map_err(|e| anyhow!("{what}: delta: {e}"))?;
+        if kind == BwdKernel::Ws {
+            // Tiles of 128 keys; K, V by the forward's tensor maps, Q and dO in boxes of 64 rows.
+            let (ws_tp, ws_blocks) = self.flash_tiles(what, &cu_h, ENGINE_FLASH_WS_KEYS as usize)?;
+            let keys = ENGINE_FLASH_WS_KEYS;
+            let (n, kv_n) = (s.n_heads, s.n_kv_heads);
+            let pw = FlashBwdWsParams {
+                tq: tma::bf16_rows(&format!("{what}: q"), qp, tokens, n, s.head_dim, 64)?,
+                tk: tma::bf16_rows(&format!("{what}: k"), kp, tokens, kv_n, s.head_dim, keys)?,
+                tv: tma::bf16_rows(&format!("{what}: v"), vp, tokens, kv_n, s.head_dim, keys)?,
+                tdo: tma::bf16_rows(&format!("{what}: dout"), dop, tokens, n, s.head_dim, 64)?,
+                b: FlashBwdParams { blocks: ws_tp, n_blocks: ws_blocks, ..p },
+            };
+            let fk = &self.k.flash_attention;
+            let kernel = if s.head_dim == 64 { &fk.ws_bwd_d64 } else { &fk.ws_bwd_d128 };
+            let cfg_ws = LaunchConfig {
+                grid_dim: (ws_blocks, s.n_heads as u32, 1),
+                block_dim: (ENGINE_FLASH_WS_THREADS, 1, 1),
+                shared_mem_bytes: ws_bwd_smem(s.head_dim) as u32,
+            };
+            // SAFETY: as the fused kernel below (tickets, ordered dq
+            // additions); the tensor maps cover exactly q, k, v and dout.
+            unsafe { self.stream.launch_builder(kernel).arg(&pw).launch(cfg_ws) }
+                .map_err(|e| anyhow!("{what}: warp-specialised: {e}"))?;
+        }
         if fused {
             let fk = &self.k.flash_attention;
-            let (kernel, bytes) = match (hopper, s.head_dim) {
-                (true, 64) => (&fk.wgmma_bwd_d64, wgmma_bwd_smem(64)),
-                (true, _) => (&fk.wgmma_bwd_d128, wgmma_bwd_smem(128)),
-                (false, _) => (&fk.fused_d64, fused_smem()),
+            let chosen = match (kind, s.head_dim) {
+                (BwdKernel::Wgmma, 64) => Some((&fk.wgmma_bwd_d64, wgmma_bwd_smem(64))),
+                (BwdKernel::Wgmma, _) => Some((&fk.wgmma_bwd_d128, wgmma_bwd_smem(128))),
+                (BwdKernel::Ws, _) => None,
+                _ => Some((&fk.fused_d64, fused_smem())),
             };
-            let cfg_fused = LaunchConfig { shared_mem_bytes: bytes as u32, ..cfg_dkdv };
-            // SAFETY: as above; dq_accum holds tokens·n_heads·head_dim
-            // floats and dq_sem tokens·n_heads + 2 zeroed words. A block
-            // takes its tile by ticket (the order blocks start in) and waits
-            // only for the key tile before it in the same sequence and head,
-            // which took a lower ticket and so has started (a wait gives up
-            // after about 2 s and makes dq NaN rather than hang).
-            // The Hopper kernel (sm_90a, launched on 9.0 only) works the same way.
-            unsafe { self.stream.launch_builder(kernel).arg(&p).launch(cfg_fused) }
-                .map_err(|e| anyhow!("{what}: fused: {e}"))?;
+            if let Some((kernel, bytes)) = chosen {
+                let cfg_fused = LaunchConfig { shared_mem_bytes: bytes as u32, ..cfg_dkdv };
+                // SAFETY: as above; dq_accum holds tokens·n_heads·head_dim
+                // floats and dq_sem tokens·n_heads + 2 zeroed words. A block
+                // takes its tile by ticket (the order blocks start in) and waits
+                // only for the key tile before it in the same sequence and head,
+                // which took a lower ticket and so has started (a wait gives up
+                // after about 2 s and makes dq NaN rather than hang).
+                // The Hopper kernel (sm_90a, launched on 9.0 only) works the same way.
+                unsafe { self.stream.launch_builder(kernel).arg(&p).launch(cfg_fused) }
+                    .map_err(|e| anyhow!("{what}: fused: {e}"))?;
+            }
             let n = q_len.div_ceil(256) as u32;
             let cfg_dq = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: as above; every dq_accum element was written by the fused kernel.
@@ -726,7 +844,8 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::{
-        fitting_build, fused_smem, smem, tiles, wgmma_bwd_smem, wgmma_smem, ws_smem, FlashVariant, WGMMA_SLACK,
+        fitting_build, fused_smem, smem, tiles, wgmma_bwd_smem, wgmma_smem, ws_bwd_smem, ws_smem, FlashVariant,
+        WGMMA_SLACK,
     };
 
     #[test]
@@ -750,6 +869,7 @@ mod tests {
         assert!(fused_smem() <= ada);
         for d in [64, 128] {
             assert!(wgmma_smem(d) + WGMMA_SLACK <= hopper && wgmma_bwd_smem(d) <= hopper && ws_smem(d) <= hopper);
+            assert!(ws_bwd_smem(d) <= hopper, "ws bwd d{d}: {} bytes", ws_bwd_smem(d));
         }
     }
 
