@@ -7,8 +7,10 @@
 // whose products run asynchronously here as on the GPU: operands read and
 // accumulators written at the wait_group that retires them, accumulators
 // NaN until then (see emu_wgmma_wait); and for the TMA and mbarriers of the
-// warp-specialised forward (emu_tma_load_3d): a load's bytes are NaN until
-// a wait on its barrier completes the phase.
+// warp-specialised kernels (emu_tma_load_3d): a load's bytes are NaN until
+// a wait on its barrier completes the phase; and for the bulk copies to
+// global memory of the warp-specialised backward (emu_bulk_to_global),
+// which read their source only at their wait.
 //
 //   tools/flash_attention_emu/run.sh
 #include <array>
