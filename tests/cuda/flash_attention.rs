@@ -180,10 +180,11 @@ fn cases() -> Vec<Case> {
 
 /// Both builds of the flash kernels, the fast one with the one-pass
 /// backward (which only differs at head_dim 64), and the Hopper kernels
-/// (`wgmma`, forward and one-pass backward at both head dims: on compute
-/// capability 9.0; elsewhere the same as `Fused`).
-const VARIANTS: [FlashVariant; 4] =
-    [FlashVariant::Fast, FlashVariant::Simple, FlashVariant::Fused, FlashVariant::Hopper];
+/// (`wgmma`, forward and one-pass backward at both head dims, and the
+/// warp-specialised ones: on compute capability 9.0; elsewhere the same as
+/// `Fused`).
+const VARIANTS: [FlashVariant; 5] =
+    [FlashVariant::Fast, FlashVariant::Simple, FlashVariant::Fused, FlashVariant::Hopper, FlashVariant::HopperWs];
 
 /// ‖a − b‖ / max(‖b‖, 1e-3·√n): relative, except against a reference that
 /// is zero in exact arithmetic (a one-token sequence's dq and dk: dS = P·(dP −
@@ -436,6 +437,8 @@ fn flash_attention_is_deterministic() {
         (64, 53, FlashVariant::Fused),
         (64, 54, FlashVariant::Hopper),
         (128, 55, FlashVariant::Hopper),
+        (64, 56, FlashVariant::HopperWs),
+        (128, 57, FlashVariant::HopperWs),
     ];
     for (d, seed, variant) in runs {
         for (h, kv) in [(14, 2), (4, 4)] {

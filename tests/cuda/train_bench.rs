@@ -10,8 +10,10 @@
 //! - `train_grpo_update`: a forward for the old log-probs, then forward,
 //!   PPO-clip token loss (random advantages, ε 0.2), backward, clip, AdamW;
 //! - `train_sft_step_fused_bwd`: `train_sft_step` with the one-pass flash
-//!   backward (`FlashVariant::Fused`), and `train_sft_step_hopper` with the
-//!   Hopper kernels (`FlashVariant::Hopper`, compute capability 9.0 only),
+//!   backward (`FlashVariant::Fused`), `train_sft_step_hopper` with the
+//!   Hopper kernels (`FlashVariant::Hopper`, compute capability 9.0 only)
+//!   and `train_sft_step_hopper_ws` with the warp-specialised ones
+//!   (`FlashVariant::HopperWs`),
 //!   to decide the dispatch's variant on the whole step.
 //!
 //! `tools/gpu_bench_train_torch.py` runs the same steps in transformers +
@@ -126,12 +128,19 @@ fn bench_train_step() {
     // ENGINE_BENCH_SKIP, as in the kernel bench).
     let skip = std::env::var("ENGINE_BENCH_SKIP").unwrap_or_default().to_lowercase();
     let hopper = be.gpu.cc == (9, 0) && !skip.split(',').any(|s| s.trim() == "hopper");
-    let kinds = ["train_sft_step", "train_grpo_update", "train_sft_step_fused_bwd", "train_sft_step_hopper"];
-    for kind in kinds.into_iter().filter(|k| hopper || !k.ends_with("_hopper")) {
+    let kinds = [
+        "train_sft_step",
+        "train_grpo_update",
+        "train_sft_step_fused_bwd",
+        "train_sft_step_hopper",
+        "train_sft_step_hopper_ws",
+    ];
+    for kind in kinds.into_iter().filter(|k| hopper || !k.contains("_hopper")) {
         let grpo = kind == "train_grpo_update";
         let variant = match kind {
             _ if kind.ends_with("_fused_bwd") => FlashVariant::Fused,
             _ if kind.ends_with("_hopper") => FlashVariant::Hopper,
+            _ if kind.ends_with("_hopper_ws") => FlashVariant::HopperWs,
             _ => dispatched,
         };
         be.gpu.set_flash_variant(variant);

@@ -15,11 +15,10 @@ use super::attention::{check_shape, elems};
 use super::buf::IndexArg;
 use super::params::{
     FlashBwdParams, FlashBwdWsParams, FlashFwdParams, FlashWsParams, ENGINE_FLASH_DELTA_ROWS,
-    ENGINE_FLASH_DKDV_STEP_D128,
-    ENGINE_FLASH_DKDV_STEP_D64, ENGINE_FLASH_DQ_KEYS_D64, ENGINE_FLASH_DQ_TILE_D64, ENGINE_FLASH_FWD_KEYS_D128,
-    ENGINE_FLASH_FWD_KEYS_D64, ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD, ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE,
-    ENGINE_FLASH_WGMMA_DESC, ENGINE_FLASH_WS_BWD_STAGES, ENGINE_FLASH_WS_KEYS, ENGINE_FLASH_WS_STAGES,
-    ENGINE_FLASH_WS_THREADS,
+    ENGINE_FLASH_DKDV_STEP_D128, ENGINE_FLASH_DKDV_STEP_D64, ENGINE_FLASH_DQ_KEYS_D64, ENGINE_FLASH_DQ_TILE_D64,
+    ENGINE_FLASH_FWD_KEYS_D128, ENGINE_FLASH_FWD_KEYS_D64, ENGINE_FLASH_FWD_TILE, ENGINE_FLASH_PAD,
+    ENGINE_FLASH_THREADS, ENGINE_FLASH_TILE, ENGINE_FLASH_WGMMA_DESC, ENGINE_FLASH_WS_BWD_STAGES, ENGINE_FLASH_WS_KEYS,
+    ENGINE_FLASH_WS_STAGES, ENGINE_FLASH_WS_THREADS,
 };
 use super::scratch::Scratch;
 use super::tma;
@@ -59,13 +58,18 @@ pub enum FlashVariant {
     /// dims; elsewhere exactly `Fused`. Not the dispatch's choice until
     /// measured.
     Hopper,
+    /// `Fused`, with the warp-specialised Hopper kernels where the GPU is
+    /// compute capability 9.0 (TMA, a producer warpgroup: the persistent
+    /// forward and the backward with its dq writer, both head dims);
+    /// elsewhere exactly `Fused`. Not the dispatch's choice until measured.
+    HopperWs,
 }
 
 impl FlashVariant {
     /// The build of the kernels the variant runs (all but the fused backward).
     fn builds(self) -> FlashVariant {
         match self {
-            FlashVariant::Fused | FlashVariant::Hopper => FlashVariant::Fast,
+            FlashVariant::Fused | FlashVariant::Hopper | FlashVariant::HopperWs => FlashVariant::Fast,
             v => v,
         }
     }
@@ -175,7 +179,8 @@ fn ws_smem(head_dim: usize) -> usize {
 /// rows padded) and dq parts (64 × head_dim fp32, rows padded by 8), the
 /// mbarriers, and 32 bytes of flags and the block's tile.
 fn ws_bwd_smem(head_dim: usize) -> usize {
-    let (keys, stages, pad) = (ENGINE_FLASH_WS_KEYS as usize, ENGINE_FLASH_WS_BWD_STAGES as usize, ENGINE_FLASH_PAD as usize);
+    let (keys, stages, pad) =
+        (ENGINE_FLASH_WS_KEYS as usize, ENGINE_FLASH_WS_BWD_STAGES as usize, ENGINE_FLASH_PAD as usize);
     1024 + 2 * keys * head_dim * 2
         + stages * (2 * TILE * head_dim * 2 + 2 * TILE * 4)
         + 2 * TILE * (TILE + pad) * 2
@@ -412,6 +417,9 @@ impl Gpu {
         if variant == FlashVariant::Hopper && self.cc == (9, 0) {
             return self.flash_attention_fwd_wgmma(WGMMA_DESC, s, cu_seqlens, q, k, v, out, lse);
         }
+        if variant == FlashVariant::HopperWs && self.cc == (9, 0) {
+            return self.flash_attention_fwd_ws(0, s, cu_seqlens, q, k, v, out, lse);
+        }
         let variant = self.fitting_build(variant, s.head_dim);
         let (f, rows, bytes) =
             (&self.flash_fns(variant, s.head_dim).fwd, fwd_tile(variant), smem(variant, s.head_dim).0);
@@ -609,11 +617,14 @@ impl Gpu {
         dk: &mut impl DevicePtrMut<Bf16>,
         dv: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
-        // The one-pass backward: on wgmma at both head dims (Hopper on 9.0),
-        // else on mma.sync at head_dim 64.
-        let kind = if variant == FlashVariant::Hopper && self.cc == (9, 0) {
+        // The one-pass backward: on wgmma at both head dims (the Hopper
+        // variants on 9.0), else on mma.sync at head_dim 64.
+        let hopper = self.cc == (9, 0);
+        let kind = if variant == FlashVariant::Hopper && hopper {
             BwdKernel::Wgmma
-        } else if matches!(variant, FlashVariant::Fused | FlashVariant::Hopper)
+        } else if variant == FlashVariant::HopperWs && hopper {
+            BwdKernel::Ws
+        } else if matches!(variant, FlashVariant::Fused | FlashVariant::Hopper | FlashVariant::HopperWs)
             && s.head_dim == 64
             && fused_smem() <= self.smem_optin
         {
@@ -852,7 +863,13 @@ mod tests {
     fn every_build_fits_the_gpus_it_is_chosen_for() {
         // Shared memory per block (opt-in): H100 / H200, A100, sm_86 / sm_89.
         let (hopper, a100, ada) = (232_448, 166_912, 101_376);
-        for v in [FlashVariant::Fast, FlashVariant::Fused, FlashVariant::Hopper, FlashVariant::Simple] {
+        for v in [
+            FlashVariant::Fast,
+            FlashVariant::Fused,
+            FlashVariant::Hopper,
+            FlashVariant::HopperWs,
+            FlashVariant::Simple,
+        ] {
             for d in [64, 128] {
                 for limit in [hopper, a100, ada] {
                     let b = fitting_build(v, d, limit);

@@ -266,6 +266,7 @@ impl Gpu {
             v if v == FlashVariant::Simple as u8 => FlashVariant::Simple,
             v if v == FlashVariant::Fused as u8 => FlashVariant::Fused,
             v if v == FlashVariant::Hopper as u8 => FlashVariant::Hopper,
+            v if v == FlashVariant::HopperWs as u8 => FlashVariant::HopperWs,
             _ => FlashVariant::Fast,
         }
     }
