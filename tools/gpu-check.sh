@@ -90,7 +90,7 @@ PY
 # benchmark table; none).
 write_report() {
   python3 - "$1" "$out" "$dir" "$card" "$cuda_ver" "$LD_LIBRARY_PATH" "$((SECONDS - start))" <<'PY' || echo "gpu-check: the report writer failed" >&2
-import datetime, json, os, re, sys
+import datetime, json, math, os, re, sys
 show, out, bundle, card, cuda, ldpath, secs = sys.argv[1:]
 
 def read(name):
@@ -312,6 +312,17 @@ if att:
         for name, t in sorted(v.items(), key=lambda x: -x[1]):
             md.append(f"| {shape} | {d} | {name} | {t:.0f} | {num(t / fl if fl else None, '.2f')} | "
                       f"{num(t / cd if cd else None, '.2f')} |")
+    # The dispatch's choice at a glance: per direction, each engine variant's
+    # geometric mean over the shapes that have every variant (the tests say
+    # which are correct: a failed one is not a candidate).
+    for d in ("fwd", "bwd"):
+        rows = [v for (shape, dd), v in att.items() if dd == d]
+        names = sorted({n for v in rows for n in v if not n.startswith("torch")})
+        full = [v for v in rows if all(n in v for n in names)]
+        if names and full:
+            gm = {n: math.exp(sum(math.log(v[n]) for v in full) / len(full)) for n in names}
+            ranked = ", ".join(f"{n} {t:.0f}" for n, t in sorted(gm.items(), key=lambda x: -x[1]))
+            md.append(f"\n{d}: geometric mean TFLOP/s over {len(full)} shapes: {ranked}.")
 
 def kilo(x):
     return "-" if x is None else f"{x / 1e3:.1f}k"
