@@ -63,15 +63,18 @@ constexpr uint32_t wsb_consumer_regs() {
   return D == 64 ? 232 : WS_CONSUMER_REGS;
 }
 static_assert((168 - wsb_producer_regs<64>()) * 128 == (wsb_consumer_regs<64>() - 168) * 256, "the split frees what it takes");
+static_assert((168 - wsb_producer_regs<128>()) * 128 == (wsb_consumer_regs<128>() - 168) * 256, "the split frees what it takes");
 // Named barriers: consumer w's 128 threads WSB_CONSUMER_BAR + w, the
 // writer's 64 threads WSB_WRITER_BAR (barrier 0 is __syncthreads').
 constexpr int WSB_CONSUMER_BAR = 1, WSB_WRITER_BAR = 3;
 
 // What the block's threads share besides the tiles: the abort flag, the
-// dq writer's outcome of its last turn, and the block's tile.
+// dq writer's outcome of its last turn, the block's tile, and whether a
+// writer thread's wait gave up (so that all poison the step alike).
 struct WsbShared {
   uint32_t abort, turn_ok, start, h;
-  int len, k0, pad[2];
+  int len, k0;
+  uint32_t writer_bad, pad;
 };
 static_assert(sizeof(WsbShared) == 32, "ws_bwd_smem counts 32 bytes");
 
@@ -87,7 +90,8 @@ constexpr uint32_t ws_bwd_smem() {
 
 // `bytes` of fp32 from shared memory at src to global memory at dst by the
 // TMA's bulk copy, adding to what is there (in L2) where `add`; this
-// thread's copies are done (read and written) after bulk_wait_all. Both
+// thread's copies are read after bulk_commit_wait_read and done (read and
+// written) after bulk_wait_all. Both
 // addresses and the size are multiples of 16 bytes.
 __device__ __forceinline__ void bulk_to_global(float* dst, const float* src, uint32_t bytes, bool add) {
 #ifdef ENGINE_FLASH_EMU
@@ -104,12 +108,31 @@ __device__ __forceinline__ void bulk_to_global(float* dst, const float* src, uin
   }
 #endif
 }
-__device__ __forceinline__ void bulk_wait_all() {
+// Closes this thread's bulk copies into a group and waits until their
+// sources are read (the shared memory may be rewritten).
+__device__ __forceinline__ void bulk_commit_wait_read() {
 #ifdef ENGINE_FLASH_EMU
-  emu_bulk_wait_all();
+  emu_bulk_wait(true);
 #else
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
+}
+// Waits until this thread's committed bulk copies are complete: their
+// writes to global memory done (and visible to this thread).
+__device__ __forceinline__ void bulk_wait_all() {
+#ifdef ENGINE_FLASH_EMU
+  emu_bulk_wait(false);
+#else
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#endif
+}
+// Orders this thread's generic-proxy accesses to global memory (and the
+// acquire of a turn before them) before its later async-proxy ones (a bulk
+// reduce-add into rows another block's bulk copies wrote).
+__device__ __forceinline__ void fence_proxy_async_global() {
+#ifdef ENGINE_FLASH_WGMMA_ASM
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
 #endif
 }
 
@@ -136,6 +159,7 @@ __device__ __forceinline__ void bwd_ws(const FlashBwdWsParams& pw) {
   uint32_t* counters = ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads;  // the ticket counter, the error word
   if (threadIdx.x == 0) {
     *abort = 0;
+    sh->writer_bad = 0;
     // The block's tile by ticket (a head past the last: none).
     const uint32_t ticket = atomicAdd(counters, 1u);
     const uint32_t bx = ticket % p.n_blocks, by = ticket / p.n_blocks;
@@ -225,16 +249,19 @@ __device__ __forceinline__ void bwd_ws(const FlashBwdWsParams& pw) {
         }
         fence_proxy_async();  // these stores visible to the bulk copy's read
       }
+      if (!ok) sh->writer_bad = 1;  // every writer thread poisons alike (read after the barrier)
       bar_sync(WSB_WRITER_BAR, 64);  // the turn is known
-      const bool poison = !ok || !sh->turn_ok;
+      const bool poison = sh->writer_bad || !sh->turn_ok;
       if (wt < n_rows) {
+        fence_proxy_async_global();  // the turn's acquire before the reduce-add's access
         // A poisoned row is copied as it stands (NaN, or a part without the
         // tiles before it: the error word is set, so dq comes out NaN).
         bulk_to_global(row, sum, D * 4, turn != 0 && !poison);
-        bulk_wait_all();  // done: the row's sum is in dq_accum, its shared source free
+        bulk_commit_wait_read();  // the shared source is read: the consumers may rewrite it
       }
       if (ok) mbar_arrive(dq_empty);  // the consumers may write the next step's parts
-      bar_sync(WSB_WRITER_BAR, 64);   // every row of the step is in dq_accum
+      if (wt < n_rows) bulk_wait_all();  // the row's sum is in dq_accum
+      bar_sync(WSB_WRITER_BAR, 64);      // every row of the step is
       if (wt == 0) {
         if (poison) {
           atomicOr(sem, SEM_POISON);
@@ -363,6 +390,7 @@ __device__ __forceinline__ void bwd_ws(const FlashBwdWsParams& pw) {
         }
       }
     }
+    fence_proxy_async();  // the part's stores visible to the bulk copy's read (the async proxy)
     arrive(dq_full);
     if constexpr (D == 64) {
       wgmma_wait<0>();

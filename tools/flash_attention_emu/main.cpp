@@ -481,7 +481,11 @@ void emu_bulk_to_global(float* dst, const float* src, unsigned bytes, bool add) 
   t_bulk.push_back({dst, src, bytes / 4, add});
 }
 
-void emu_bulk_wait_all() {
+// read: cp.async.bulk.wait_group.read (the sources read); else the full
+// wait_group. The copies run at the first wait that covers them: the
+// sources are read as late as the PTX ISA allows.
+void emu_bulk_wait(bool read) {
+  (void)read;
   // Under jitter, a longer pause: a thread that frees the source before
   // this wait then lets its readers' next writes land first.
   if (g_jitter && !t_bulk.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));

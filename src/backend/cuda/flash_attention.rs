@@ -763,14 +763,6 @@ impl Gpu {
             block_dim: (32 * ENGINE_FLASH_DELTA_ROWS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // dq walks its own tiles (128 queries in the fast d64 kernel).
-        let (dq_tp, dq_blocks) = self.flash_tiles(what, &cu_h, dq_tile(variant, s.head_dim))?;
-        let p_dq = FlashBwdParams { blocks: dq_tp, n_blocks: dq_blocks, ..p };
-        let cfg_dq = LaunchConfig {
-            grid_dim: (dq_blocks, s.n_heads as u32, 1),
-            block_dim: block,
-            shared_mem_bytes: dq_smem as u32,
-        };
         let cfg_dkdv = LaunchConfig {
             grid_dim: (n_blocks, s.n_heads as u32, 1),
             block_dim: block,
@@ -833,6 +825,14 @@ impl Gpu {
             unsafe { self.stream.launch_builder(&fk.dq_from_accum).arg(&p).launch(cfg_dq) }
                 .map_err(|e| anyhow!("{what}: dq from its sums: {e}"))?;
         } else {
+            // dq walks its own tiles (128 queries in the fast d64 kernel).
+            let (dq_tp, dq_blocks) = self.flash_tiles(what, &cu_h, dq_tile(variant, s.head_dim))?;
+            let p_dq = FlashBwdParams { blocks: dq_tp, n_blocks: dq_blocks, ..p };
+            let cfg_dq = LaunchConfig {
+                grid_dim: (dq_blocks, s.n_heads as u32, 1),
+                block_dim: block,
+                shared_mem_bytes: dq_smem as u32,
+            };
             // SAFETY: as above.
             unsafe { self.stream.launch_builder(&f.dq).arg(&p_dq).launch(cfg_dq) }
                 .map_err(|e| anyhow!("{what}: dq: {e}"))?;
