@@ -184,6 +184,9 @@ __device__ __forceinline__ void wgmma_wait_all() { wgmma_wait<0>(); }
 // Shared memory this thread wrote through the generic proxy (cp.async, plain
 // stores) becomes visible to wgmma's reads after this and a barrier.
 __device__ __forceinline__ void fence_proxy_async() {
+#ifdef ENGINE_FLASH_EMU
+  emu_fence_proxy_async();
+#endif
 #ifdef ENGINE_FLASH_WGMMA_ASM
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif

@@ -10,7 +10,9 @@
 // warp-specialised kernels (emu_tma_load_3d): a load's bytes are NaN until
 // a wait on its barrier completes the phase; and for the bulk copies to
 // global memory of the warp-specialised backward (emu_bulk_to_global),
-// which read their source only at their wait.
+// which read their source only at their wait. wgmma and the bulk copies
+// read shared memory through the async proxy's view (g_async_view), which
+// a plain store reaches only at a fence.proxy.async.
 //
 //   tools/flash_attention_emu/run.sh
 #include <array>
@@ -22,6 +24,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <shared_mutex>
 #include <thread>
 #include <vector>
 
@@ -32,6 +35,30 @@ EmuDim3 blockDim, gridDim;
 // The kernels declare it (extern __shared__) inside the file's anonymous namespace.
 namespace {
 alignas(1024) unsigned char smem[256 * 1024];
+}
+
+// Shared memory as the async proxy sees it (wgmma's operands, the bulk
+// copies' sources): the TMA writes both views; a generic write (a plain
+// store, cp.async) reaches this one only at a fence.proxy.async, and then
+// generously: the first async read after any thread's fence copies every
+// generic write so far. So a generic write that no fence follows before
+// wgmma or a bulk copy reads it shows (stale bytes: the NaN of the block's
+// start, or an older tile), as it may on the GPU.
+static unsigned char g_async_view[sizeof smem];
+static std::shared_mutex g_view_mu;
+static bool g_fence_pending = false;  // under g_view_mu
+
+void emu_fence_proxy_async() {
+  std::unique_lock<std::shared_mutex> lk(g_view_mu);
+  g_fence_pending = true;
+}
+
+static void view_refresh() {
+  std::unique_lock<std::shared_mutex> lk(g_view_mu);
+  if (g_fence_pending) {
+    memcpy(g_async_view, smem, sizeof smem);
+    g_fence_pending = false;
+  }
 }
 static uint32_t g_dyn;
 static std::barrier<>* g_block;
@@ -206,7 +233,7 @@ static float desc_elem(uint64_t desc, int mn, int k, bool trans, const char* wha
     abort();
   }
   uint16_t v;
-  memcpy(&v, smem + at, 2);
+  memcpy(&v, g_async_view + at, 2);
   return __bfloat162float(__nv_bfloat16{v});
 }
 
@@ -221,6 +248,7 @@ static void wgmma_product(float* d, int n, FA A, FB B) {
   std::barrier<>* wgb = g_wgbar[tid / 128];
   wgb->arrive_and_wait();  // every thread's A registers are in g_wg_a
   const int w = tid % 128 / 32, l = tid % 32, g = l / 4, t = l % 4;
+  std::shared_lock<std::shared_mutex> view(g_view_mu);
   for (int j = 0; j < n / 8; ++j) {
     for (int e = 0; e < 4; ++e) {
       const int row = 16 * w + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
@@ -229,6 +257,7 @@ static void wgmma_product(float* d, int n, FA A, FB B) {
       d[4 * j + e] += s;
     }
   }
+  view.unlock();
   wgb->arrive_and_wait();
 }
 
@@ -282,6 +311,7 @@ void emu_wgmma_commit() { ++t_wg_groups; }
 // (all 128 threads arrive here together, with the same products pending).
 void emu_wgmma_wait(int n) {
   jitter();
+  view_refresh();
   std::vector<WgOp> keep;
   for (const WgOp& op : t_wg_ops) {
     if (op.group >= t_wg_groups - n) {
@@ -433,8 +463,13 @@ void emu_tma_load_3d(void* dst, const void* map_p, int c0, int c1, int c2, void*
     fprintf(stderr, "tma: the box must be 128-byte rows, swizzled, at a 1024-byte boundary inside shared memory\n");
     abort();
   }
-  memset(smem + off, 0xff, bytes);
+  {
+    std::unique_lock<std::shared_mutex> view(g_view_mu);
+    memset(smem + off, 0xff, bytes);
+    memset(g_async_view + off, 0xff, bytes);
+  }
   auto copy = [map, off, bytes, c0, c1, c2, bar] {
+    std::unique_lock<std::shared_mutex> view(g_view_mu);
     const uint64_t* w = map.opaque;
     const unsigned char* base = reinterpret_cast<const unsigned char*>((uintptr_t)w[TM_BASE]);
     uint32_t i = 0;
@@ -450,6 +485,7 @@ void emu_tma_load_3d(void* dst, const void* map_p, int c0, int c1, int c2, void*
           uint32_t at = off + i;
           at ^= ((at >> 7) & 7) << 4;
           memcpy(smem + at, &v, 2);
+          memcpy(g_async_view + at, &v, 2);
         }
       }
     }
@@ -489,8 +525,15 @@ void emu_bulk_wait(bool read) {
   // Under jitter, a longer pause: a thread that frees the source before
   // this wait then lets its readers' next writes land first.
   if (g_jitter && !t_bulk.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  view_refresh();
+  std::shared_lock<std::shared_mutex> view(g_view_mu);
   for (const BulkOp& b : t_bulk) {
-    for (unsigned i = 0; i < b.n; ++i) b.dst[i] = b.add ? b.dst[i] + b.src[i] : b.src[i];
+    const unsigned char* src = g_async_view + emu_smem_offset(b.src);
+    for (unsigned i = 0; i < b.n; ++i) {
+      float x;
+      memcpy(&x, src + 4 * i, 4);
+      b.dst[i] = b.add ? b.dst[i] + x : x;
+    }
   }
   t_bulk.clear();
 }
@@ -559,7 +602,11 @@ static void launch(void (*k)(P), const P& p, unsigned gx, unsigned gy, unsigned 
         for (unsigned x = 0; x < gx; ++x) {
           blockIdx.x = x;
           blockIdx.y = y;
-          if (tid == 0) memset(smem, 0xff, sizeof smem);  // NaN-filled shared memory
+          if (tid == 0) {  // NaN-filled shared memory, in both views
+            memset(smem, 0xff, sizeof smem);
+            memset(g_async_view, 0xff, sizeof smem);
+            g_fence_pending = false;
+          }
           block.arrive_and_wait();
           k(p);
           if (!t_pending.empty()) {

@@ -58,6 +58,7 @@ void emu_mbar_arrive_expect_tx(void* bar, unsigned bytes);
 void emu_tma_load_3d(void* dst, const void* map, int c0, int c1, int c2, void* bar);
 void emu_bulk_to_global(float* dst, const float* src, unsigned bytes, bool add);
 void emu_bulk_wait(bool read);
+void emu_fence_proxy_async();
 void emu_bar_sync(int id, int n);
 void emu_bar_arrive(int id, int n);
 
