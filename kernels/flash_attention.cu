@@ -750,7 +750,8 @@ __device__ __forceinline__ bool wait_turn_here(uint32_t* sem, uint32_t turn, uin
 }
 
 // Thread 0 waits until *sem == turn (the key tiles before this one have
-// added theirs), at most about 2 s; then every thread may read what they
+// added theirs), at most 2²⁵ polls 64 ns of sleep apart (the sleep is a hint:
+// 2 s to about 15 s in all); then every thread may read what they
 // wrote. False (and the counter poisoned, the error word set, so that the
 // tiles after this one fail at once and dq comes out NaN) if it gave up, or
 // if an earlier wait of this block or on this counter did. ok_s: a shared

@@ -37,6 +37,24 @@ __device__ __forceinline__ void ld_a_cm(const unsigned char* s, int row0, int co
   ldsm_x4(reinterpret_cast<const bf16*>(s + cm_off<D>(row0 + r + 8 * (m & 1), (col0 >> 3) + (m >> 1))), a);
 }
 
+// The step's retired Sᵀ and dPᵀ (rows: the warp's keys key0 + …) → P and dS
+// packed as the A fragments of dV's and dK's products (pa, dsa), and dS into
+// the tile at ds_s (row stride lds) for dQ's: the part of a step every
+// one-pass wgmma backward shares.
+template <int NJ>
+__device__ __forceinline__ void p_ds_frags(float (&s)[NJ][4], float (&dp)[NJ][4], int key0, int q0, int len,
+                                           float scale, const float* lse_s, const float* dl_s, bf16* ds_s, int lds,
+                                           int r0, uint32_t (&pa)[NJ / 2][4], uint32_t (&dsa)[NJ / 2][4]) {
+  fence_acc(s);
+  fence_acc(dp);
+  probs_and_ds(s, dp, key0, q0, len, scale, lse_s, dl_s);
+  c_to_a(s, pa);
+  c_to_a(dp, dsa);
+  store_ds(ds_s, lds, r0, dp);
+  fence_frag(pa);
+  fence_frag(dsa);
+}
+
 template <int D>
 __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -139,15 +157,8 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
     }
     wgmma_commit();
     wgmma_wait_all();
-    fence_acc(s);
-    fence_acc(dp);
-    probs_and_ds(s, dp, k0 + r0, q0, len, p.scale, lse_s, dl_s);
     uint32_t pa[NJ / 2][4], dsa[NJ / 2][4];
-    c_to_a(s, pa);
-    c_to_a(dp, dsa);
-    store_ds(ds_s, DS_LD, r0, dp);  // for dQ (bwd_dkdv's layout)
-    fence_frag(pa);
-    fence_frag(dsa);
+    p_ds_frags(s, dp, k0 + r0, q0, len, p.scale, lse_s, dl_s, ds_s, DS_LD, r0, pa, dsa);  // dS in bwd_dkdv's layout
     fence_acc(dv);
     fence_acc(dk);
     // dV += Pᵀ·dO, dK += dSᵀ·Q.

@@ -320,15 +320,8 @@ __device__ __forceinline__ void bwd_ws(const FlashBwdWsParams& pw) {
     }
     wgmma_commit();
     wgmma_wait<0>();
-    fence_acc(st);
-    fence_acc(dp);
-    probs_and_ds(st, dp, kc0 + r0, q0, len, p.scale, lse_s, dl_s);
     uint32_t pa[NJ / 2][4], dsa[NJ / 2][4];
-    c_to_a(st, pa);
-    c_to_a(dp, dsa);
-    store_ds(ds_c, DS_LD, r0, dp);  // for dQ
-    fence_frag(pa);
-    fence_frag(dsa);
+    p_ds_frags(st, dp, kc0 + r0, q0, len, p.scale, lse_s, dl_s, ds_c, DS_LD, r0, pa, dsa);
     fence_acc(dv);
     fence_acc(dk);
     // dV += Pᵀ·dO, dK += dSᵀ·Q: k-step kk is the step's queries 16kk..,

@@ -814,7 +814,7 @@ impl Gpu {
                 // takes its tile by ticket (the order blocks start in) and waits
                 // only for the key tile before it in the same sequence and head,
                 // which took a lower ticket and so has started (a wait gives up
-                // after about 2 s and makes dq NaN rather than hang).
+                // after 2²⁵ polls, seconds, and makes dq NaN rather than hang).
                 // The Hopper kernel (sm_90a, launched on 9.0 only) works the same way.
                 unsafe { self.stream.launch_builder(kernel).arg(&p).launch(cfg_fused) }
                     .map_err(|e| anyhow!("{what}: fused: {e}"))?;
