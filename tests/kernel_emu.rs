@@ -584,3 +584,59 @@ fn gpu_copy_rows_code_moves_two_pairs_in_one_launch_as_in_two() {
         assert_eq!(lines.next("B"), vec![*bad], "{c:?}: the flag");
     }
 }
+
+/// kernels/swiglu.cu on the pair layout (gate and up as the two halves of
+/// each row of one product's output, as the model's MLP lays them out)
+/// against the same kernel on flat buffers, bit for bit, and both against
+/// the CPU's SwiGLU: rows whose 16-byte vectors stay inside a row (widths a
+/// multiple of 8, aligned), odd widths and unaligned buffers (all scalar),
+/// one row (as flat).
+#[test]
+fn gpu_swiglu_code_on_gate_up_rows_matches_flat_buffers() {
+    let Some(exe) = build("swiglu") else { return };
+    // (rows, cols, off)
+    let cases = [(5usize, 64usize, 0usize), (3, 24, 1), (4, 13, 0), (1, 40, 0), (7, 8, 3), (2, 4864, 0)];
+    let put32 = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
+    let putf = |b: &mut Vec<u8>, v: &[f32]| v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+    let mut input = Vec::new();
+    let mut want = Vec::new();
+    put32(&mut input, cases.len() as u32);
+    let mut seed = 0u64;
+    let mut rnd = |n: usize, scale: f64| -> Vec<f32> {
+        seed += 1;
+        let s = Stream::new(7, seed, 0);
+        (0..n).map(|i| half::bf16::from_f32(((s.uniform(i as u64) * 2.0 - 1.0) * scale) as f32).to_f32()).collect()
+    };
+    for &(rows, cols, off) in &cases {
+        let (gu, dout) = (rnd(2 * rows * cols, 8.0), rnd(rows * cols, 1.0));
+        for v in [rows, cols, off] {
+            put32(&mut input, v as u32);
+        }
+        putf(&mut input, &gu);
+        putf(&mut input, &dout);
+        let mut out = vec![0.0; rows * cols];
+        engine::backend::cpu::elementwise::swiglu_fwd_pair(&gu, cols, &mut out);
+        let mut dgu = vec![0.0; 2 * rows * cols];
+        engine::backend::cpu::elementwise::swiglu_bwd_pair(&dout, &gu, cols, &mut dgu);
+        want.push((out, dgu));
+    }
+    let out = run(&exe, &input);
+    let mut lines = Printed(out.lines());
+    let rel = |a: &[f32], b: &[f32]| -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt()
+    };
+    for (c, (w_out, w_dgu)) in cases.iter().zip(&want) {
+        let mut read =
+            |tag: &str, n: usize| -> Vec<f32> { (0..n).map(|_| f32::from_bits(lines.next(tag)[0] as u32)).collect() };
+        let (p_out, p_dgu) = (read("O", w_out.len()), read("G", w_dgu.len()));
+        let (f_out, f_dgu) = (read("O", w_out.len()), read("G", w_dgu.len()));
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same(&p_out, &f_out), "{c:?}: out, pair layout vs flat buffers");
+        assert!(same(&p_dgu, &f_dgu), "{c:?}: dgu, pair layout vs flat buffers");
+        let (eo, eg) = (rel(&p_out, w_out), rel(&p_dgu, w_dgu));
+        println!("swiglu {c:?}: out {eo:.2e}, dgu {eg:.2e} against the CPU");
+        assert!(eo < 8e-3 && eg < 8e-3, "{c:?}: out {eo:.2e}, dgu {eg:.2e} against the CPU");
+    }
+}

@@ -340,10 +340,13 @@ pub trait Backend: Sync {
     }
 
     // ---- MLP ----------------------------------------------------------------
-    /// `out = silu(g) · u`.
-    fn swiglu_fwd(&self, g: Self::Ref<'_>, u: Self::Ref<'_>, out: Self::Mut<'_>);
-    /// Overwrites `dg`, `du`.
-    fn swiglu_bwd(&self, dout: Self::Ref<'_>, g: Self::Ref<'_>, u: Self::Ref<'_>, dg: Self::Mut<'_>, du: Self::Mut<'_>);
+    /// `out[r, c] = silu(gu[r, c]) · gu[r, cols + c]`: `gu [rows, 2·cols]` is
+    /// one product's output (gate_proj and up_proj side by side in the
+    /// weights), the gate in the first `cols` columns of each row and up in
+    /// the last; `out [rows, cols]`.
+    fn swiglu_fwd(&self, gu: Self::Ref<'_>, cols: usize, out: Self::Mut<'_>);
+    /// Overwrites `dgu [rows, 2·cols]` (dgate, then dup, in each row).
+    fn swiglu_bwd(&self, dout: Self::Ref<'_>, gu: Self::Ref<'_>, cols: usize, dgu: Self::Mut<'_>);
 
     // ---- log-probabilities (phase 1 and 2 of the lm_head + loss) ------------
     /// Per row of `logits [rows, vocab]`: `lse = logsumexp(z/T)`,

@@ -28,8 +28,9 @@ pub struct LayerActs<B: Backend> {
     pub x2: B::Buf,
     pub ln2: B::Buf,
     pub rstd2: B::Buf,
-    pub gate: B::Buf,
-    pub up: B::Buf,
+    /// The MLP's gate and up projections as one product's output:
+    /// `[tokens, 2·intermediate]`, gate then up in each row.
+    pub gu: B::Buf,
     pub act: B::Buf,
 }
 
@@ -44,8 +45,8 @@ pub struct GradScratch<B: Backend> {
     pub dq_pre: B::Buf,
     pub dk_pre: B::Buf,
     pub d_act: B::Buf,
-    pub d_gate: B::Buf,
-    pub d_up: B::Buf,
+    /// dgate and dup, laid out as `gu`.
+    pub d_gu: B::Buf,
 }
 
 pub struct Activations<B: Backend> {
@@ -108,8 +109,7 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize)
             if train { cap * d } else { 0 },
             cap * d,
             cap,
-            cap * i,
-            cap * i,
+            2 * cap * i,
             cap * i,
         ],
         n_layer_sets: if train { c.n_layers } else { 1 },
@@ -129,8 +129,7 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize)
                 qk(cap * q),
                 qk(cap * kv),
                 cap * i,
-                cap * i,
-                cap * i,
+                2 * cap * i,
             ]
         } else {
             vec![]
@@ -209,8 +208,7 @@ impl<B: Backend> Activations<B> {
                 x2: next(),
                 ln2: next(),
                 rstd2: next(),
-                gate: next(),
-                up: next(),
+                gu: next(),
                 act: next(),
             }
         };
@@ -235,8 +233,7 @@ impl<B: Backend> Activations<B> {
                 dq_pre: g(),
                 dk_pre: g(),
                 d_act: g(),
-                d_gate: g(),
-                d_up: g(),
+                d_gu: g(),
             }
         });
         Activations {

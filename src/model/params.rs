@@ -56,6 +56,16 @@ impl Builder {
     }
 }
 
+impl LayerParams {
+    /// gate_proj and up_proj as one `[2·intermediate, hidden]` matrix: the
+    /// layout puts up right after gate, so one product makes both (the
+    /// forward's `[tokens, 2·intermediate]`, gate then up in each row).
+    pub fn gate_up_w(&self) -> Span {
+        assert_eq!(self.up_w.off, self.gate_w.end(), "the layout keeps up_proj right after gate_proj");
+        Span::new(self.gate_w.off, self.gate_w.len + self.up_w.len)
+    }
+}
+
 impl ParamLayout {
     pub fn new(c: &ModelConfig) -> Self {
         let mut b = Builder { entries: Vec::new(), total: 0 };

@@ -313,9 +313,9 @@ impl<B: Backend> Model<B> {
         let x2 = pr::<B>(x2, n * d);
         be.rmsnorm_fwd(x2, self.w(p.post_norm), d, eps, pm::<B>(&mut a.ln2, n * d), pm::<B>(&mut a.rstd2, n));
         let ln2 = pr::<B>(&a.ln2, n * d);
-        be.matmul(ms(n, i, d), ln2, self.w(p.gate_w), None, pm::<B>(&mut a.gate, n * i), false);
-        be.matmul(ms(n, i, d), ln2, self.w(p.up_w), None, pm::<B>(&mut a.up, n * i), false);
-        be.swiglu_fwd(pr::<B>(&a.gate, n * i), pr::<B>(&a.up, n * i), pm::<B>(&mut a.act, n * i));
+        // gate and up in one product: [n, 2i], gate then up in each row.
+        be.matmul(ms(n, 2 * i, d), ln2, self.w(p.gate_up_w()), None, pm::<B>(&mut a.gu, 2 * n * i), false);
+        be.swiglu_fwd(pr::<B>(&a.gu, 2 * n * i), i, pm::<B>(&mut a.act, n * i));
         let out = match x {
             Resid::Kept { x_out, .. } => {
                 be.copy(pr::<B>(&a.x2, n * d), pm::<B>(x_out, n * d));
@@ -443,18 +443,10 @@ impl<B: Backend> Model<B> {
         let dout = pr::<B>(&g.d_resid, n * d);
         let d_act = pm::<B>(&mut g.d_act, n * i);
         self.linear_bwd(be, ms(n, d, i), dout, pr::<B>(&a.act, n * i), p.down_w, None, grads, d_act, false);
-        be.swiglu_bwd(
-            pr::<B>(&g.d_act, n * i),
-            pr::<B>(&a.gate, n * i),
-            pr::<B>(&a.up, n * i),
-            pm::<B>(&mut g.d_gate, n * i),
-            pm::<B>(&mut g.d_up, n * i),
-        );
-        let ln2 = pr::<B>(&a.ln2, n * d);
-        for (dy, w, accumulate) in [(&g.d_gate, p.gate_w, false), (&g.d_up, p.up_w, true)] {
-            let d_ln = pm::<B>(&mut g.d_ln, n * d);
-            self.linear_bwd(be, ms(n, i, d), pr::<B>(dy, n * i), ln2, w, None, grads, d_ln, accumulate);
-        }
+        be.swiglu_bwd(pr::<B>(&g.d_act, n * i), pr::<B>(&a.gu, 2 * n * i), i, pm::<B>(&mut g.d_gu, 2 * n * i));
+        // gate and up in one product's backward: d_ln = dgu · W_gu, dW_gu += dguᵀ · ln2.
+        let (ln2, d_gu, d_ln) = (pr::<B>(&a.ln2, n * d), pr::<B>(&g.d_gu, 2 * n * i), pm::<B>(&mut g.d_ln, n * d));
+        self.linear_bwd(be, ms(n, 2 * i, d), d_gu, ln2, p.gate_up_w(), None, grads, d_ln, false);
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),
             pr::<B>(&a.x2, n * d),

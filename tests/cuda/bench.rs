@@ -390,6 +390,16 @@ fn swiglu(b: &mut Bench) -> Result<()> {
     let mut du: CudaSlice<Bf16> = b.zeros(n)?;
     b.run("swiglu_bwd", &shape, Work::Bytes(5.0 * bytes_bf16(n)), false, MAX_N, || {
         g.swiglu_bwd(&out, &gate, &up, &mut dg, &mut du)
+    })?;
+    // The model's layout: gate and up as the halves of each row of one
+    // product's output (the same bytes).
+    let gu = b.random(2 * n, 10)?;
+    let mut dgu: CudaSlice<Bf16> = b.zeros(2 * n)?;
+    b.run("swiglu_fwd_pair", &shape, Work::Bytes(3.0 * bytes_bf16(n)), false, MAX_N, || {
+        g.swiglu_fwd_pair(&gu, INTER, &mut out)
+    })?;
+    b.run("swiglu_bwd_pair", &shape, Work::Bytes(5.0 * bytes_bf16(n)), false, MAX_N, || {
+        g.swiglu_bwd_pair(&out, &gu, INTER, &mut dgu)
     })
 }
 

@@ -1,7 +1,7 @@
 //! kernels/swiglu.cu against the CPU's SwiGLU.
 
 use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
-use engine::backend::cpu::elementwise::{swiglu_bwd, swiglu_fwd};
+use engine::backend::cpu::elementwise::{swiglu_bwd, swiglu_bwd_pair, swiglu_fwd, swiglu_fwd_pair};
 
 /// Gates over [−8, 8) (both tails of the sigmoid), exact in bf16.
 fn gates(n: usize, seed: u64) -> Vec<f32> {
@@ -63,6 +63,47 @@ fn swiglu_on_views_at_offsets() {
         assert!(e_o < BF16_TOL && e_dg < BF16_TOL && e_du < BF16_TOL, "swiglu at {offs:?}");
         assert!(o1[..oa].iter().chain(&dg1[..oa]).chain(&du1[..ob]).all(|&v| v == 0.0), "nothing before the views");
     }
+}
+
+/// The model's layout: gate and up as the two halves of each row of one
+/// product's output `[rows, 2·cols]`, dgate and dup written the same way;
+/// widths whose rows take 16-byte vectors (multiples of 8), odd ones, and
+/// a view at an odd offset (all scalar), against the CPU and bitwise on a
+/// second run; every element of dgu overwritten.
+#[test]
+fn swiglu_pair_matches_the_cpu() {
+    let Some(g) = gpu("swiglu_pair_matches_the_cpu") else { return };
+    for (rows, cols, off) in [(16usize, 4864usize, 0usize), (7, 896, 0), (5, 13, 0), (1, 40, 0), (9, 64, 3)] {
+        let n = rows * cols;
+        let (gu, dout) = (gates(2 * n, 6), random_bf16(n, 7));
+        let mut out = vec![0.0; n];
+        swiglu_fwd_pair(&gu, cols, &mut out);
+        let mut dgu = vec![0.0; 2 * n];
+        swiglu_bwd_pair(&dout, &gu, cols, &mut dgu);
+        let mut gu_host = vec![0.0; off];
+        gu_host.extend_from_slice(&gu);
+        let (gud, dd) = (up(&g, &gu_host), up(&g, &dout));
+        let guv = gud.slice(off..off + 2 * n);
+        let mut od = g.stream.alloc_zeros(n).unwrap();
+        g.swiglu_fwd_pair(&guv, cols, &mut od).unwrap();
+        let mut dgud = up(&g, &random_bf16(2 * n, 8));
+        g.swiglu_bwd_pair(&dd, &guv, cols, &mut dgud).unwrap();
+        let (o1, dgu1) = (down(&g, &od), down(&g, &dgud));
+        let (e_o, e_d) = (rel_err(&o1, &out), rel_err(&dgu1, &dgu));
+        println!("swiglu pair {rows}x{cols} at {off}: out {e_o:.2e} dgu {e_d:.2e}");
+        assert!(e_o < BF16_TOL && e_d < BF16_TOL, "swiglu pair {rows}x{cols} at {off}");
+        g.swiglu_fwd_pair(&guv, cols, &mut od).unwrap();
+        g.swiglu_bwd_pair(&dd, &guv, cols, &mut dgud).unwrap();
+        assert_eq!(down(&g, &od), o1);
+        assert_eq!(down(&g, &dgud), dgu1);
+    }
+    // Rows that do not divide the buffers are refused.
+    let (a, b) = (up(&g, &random_bf16(20, 1)), up(&g, &random_bf16(10, 2)));
+    let mut o = g.stream.alloc_zeros(10).unwrap();
+    assert!(g.swiglu_fwd_pair(&a, 3, &mut o).is_err());
+    let mut d = g.stream.alloc_zeros(20).unwrap();
+    assert!(g.swiglu_bwd_pair(&b, &a, 4, &mut d).is_err());
+    g.sync().unwrap();
 }
 
 #[test]

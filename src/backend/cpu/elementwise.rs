@@ -45,15 +45,49 @@ pub fn swiglu_fwd(g: &[f32], u: &[f32], out: &mut [f32]) {
     });
 }
 
-/// `dg = dout · u · silu'(g)`, `du = dout · silu(g)`, silu'(g) = σ(g)(1 + g(1 − σ(g))).
+/// (dg, du) of one element: `dg = d · u · silu'(g)`, `du = d · silu(g)`,
+/// silu'(g) = σ(g)(1 + g(1 − σ(g))).
+fn swiglu_grad(d: f32, g: f32, u: f32) -> (f32, f32) {
+    let s = sigmoid(g);
+    (d * u * s * (1.0 + g * (1.0 - s)), d * g * s)
+}
+
+/// `dg = dout · u · silu'(g)`, `du = dout · silu(g)`.
 pub fn swiglu_bwd(dout: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) {
     assert!(dout.len() == g.len() && g.len() == u.len(), "swiglu_bwd: lengths");
     assert!(dg.len() == g.len() && du.len() == g.len(), "swiglu_bwd: outputs");
-    dg.par_iter_mut().zip(du.par_iter_mut()).zip(dout.par_iter().zip(g.par_iter().zip(u.par_iter()))).for_each(
-        |((dgi, dui), (&d, (&gi, &ui)))| {
-            let s = sigmoid(gi);
-            *dui = d * gi * s;
-            *dgi = d * ui * s * (1.0 + gi * (1.0 - s));
+    dg.par_iter_mut()
+        .zip(du.par_iter_mut())
+        .zip(dout.par_iter().zip(g.par_iter().zip(u.par_iter())))
+        .for_each(|((dgi, dui), (&d, (&gi, &ui)))| (*dgi, *dui) = swiglu_grad(d, gi, ui));
+}
+
+/// `out[r, c] = silu(gu[r, c]) · gu[r, cols + c]`: `gu [rows, 2·cols]` is one
+/// product's output, the gate in the first `cols` columns of each row and up
+/// in the last; `out [rows, cols]`. The same bits as [`swiglu_fwd`] on the
+/// two halves.
+pub fn swiglu_fwd_pair(gu: &[f32], cols: usize, out: &mut [f32]) {
+    assert!(cols > 0 && out.len().is_multiple_of(cols) && gu.len() == 2 * out.len(), "swiglu_fwd_pair: lengths");
+    out.par_chunks_mut(cols).zip(gu.par_chunks(2 * cols)).for_each(|(o, row)| {
+        let (g, u) = row.split_at(cols);
+        for ((o, &gi), &ui) in o.iter_mut().zip(g).zip(u) {
+            *o = gi * sigmoid(gi) * ui;
+        }
+    });
+}
+
+/// The backward of [`swiglu_fwd_pair`]: overwrites `dgu [rows, 2·cols]`
+/// (dg, then du, in each row) from `dout [rows, cols]`.
+pub fn swiglu_bwd_pair(dout: &[f32], gu: &[f32], cols: usize, dgu: &mut [f32]) {
+    assert!(cols > 0 && dout.len().is_multiple_of(cols) && gu.len() == 2 * dout.len(), "swiglu_bwd_pair: lengths");
+    assert_eq!(dgu.len(), gu.len(), "swiglu_bwd_pair: output");
+    dgu.par_chunks_mut(2 * cols).zip(gu.par_chunks(2 * cols)).zip(dout.par_chunks(cols)).for_each(
+        |((drow, row), d)| {
+            let (g, u) = row.split_at(cols);
+            let (dg, du) = drow.split_at_mut(cols);
+            for c in 0..cols {
+                (dg[c], du[c]) = swiglu_grad(d[c], g[c], u[c]);
+            }
         },
     );
 }

@@ -156,11 +156,11 @@ impl Backend for Cpu {
     fn copy_rows(&self, src: &[f32], dst: &mut [f32], width: usize, src_rows: &[u32], dst_rows: &[u32]) {
         elementwise::copy_rows(src, dst, width, src_rows, dst_rows);
     }
-    fn swiglu_fwd(&self, g: &[f32], u: &[f32], out: &mut [f32]) {
-        elementwise::swiglu_fwd(g, u, out);
+    fn swiglu_fwd(&self, gu: &[f32], cols: usize, out: &mut [f32]) {
+        elementwise::swiglu_fwd_pair(gu, cols, out);
     }
-    fn swiglu_bwd(&self, dout: &[f32], g: &[f32], u: &[f32], dg: &mut [f32], du: &mut [f32]) {
-        elementwise::swiglu_bwd(dout, g, u, dg, du);
+    fn swiglu_bwd(&self, dout: &[f32], gu: &[f32], cols: usize, dgu: &mut [f32]) {
+        elementwise::swiglu_bwd_pair(dout, gu, cols, dgu);
     }
 
     fn logprob_fwd(

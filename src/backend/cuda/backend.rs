@@ -564,12 +564,12 @@ impl Backend for Cuda {
             &mut sc.flag,
         ));
     }
-    fn swiglu_fwd(&self, g: DRef<'_>, u: DRef<'_>, out: DMut<'_>) {
-        must(self.gpu.swiglu_fwd(&g.bf16("swiglu_fwd"), &u.bf16("swiglu_fwd"), &mut out.bf16("swiglu_fwd")));
+    fn swiglu_fwd(&self, gu: DRef<'_>, cols: usize, out: DMut<'_>) {
+        must(self.gpu.swiglu_fwd_pair(&gu.bf16("swiglu_fwd"), cols, &mut out.bf16("swiglu_fwd")));
     }
-    fn swiglu_bwd(&self, dout: DRef<'_>, g: DRef<'_>, u: DRef<'_>, dg: DMut<'_>, du: DMut<'_>) {
+    fn swiglu_bwd(&self, dout: DRef<'_>, gu: DRef<'_>, cols: usize, dgu: DMut<'_>) {
         let op = "swiglu_bwd";
-        must(self.gpu.swiglu_bwd(&dout.bf16(op), &g.bf16(op), &u.bf16(op), &mut dg.bf16(op), &mut du.bf16(op)));
+        must(self.gpu.swiglu_bwd_pair(&dout.bf16(op), &gu.bf16(op), cols, &mut dgu.bf16(op)));
     }
 
     fn logprob_fwd(
