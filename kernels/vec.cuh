@@ -36,8 +36,26 @@ __device__ __forceinline__ uint4 pack8(const float f[8]) {
   return make_uint4(pack2(f[0], f[1]), pack2(f[2], f[3]), pack2(f[4], f[5]), pack2(f[6], f[7]));
 }
 
-__device__ __forceinline__ uint4 ld16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
-__device__ __forceinline__ void st16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
+#ifdef ENGINE_KERNEL_EMU
+// Under tools/kernel_emu: a misaligned 16-byte access aborts (on the host it
+// would quietly work; on a GPU it faults).
+__device__ __forceinline__ void check16(const void* p) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+    fprintf(stderr, "a 16-byte access at a misaligned address\n");
+    abort();
+  }
+}
+#else
+__device__ __forceinline__ void check16(const void*) {}
+#endif
+__device__ __forceinline__ uint4 ld16(const void* p) {
+  check16(p);
+  return *reinterpret_cast<const uint4*>(p);
+}
+__device__ __forceinline__ void st16(void* p, uint4 v) {
+  check16(p);
+  *reinterpret_cast<uint4*>(p) = v;
+}
 
 // This thread's first index and the grid's stride, in 64 bits.
 __device__ __forceinline__ size_t grid_first() { return (size_t)blockIdx.x * blockDim.x + threadIdx.x; }

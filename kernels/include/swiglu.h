@@ -3,7 +3,7 @@
 #include "params.h"
 
 /* out = silu(g) · u elementwise, silu(g) = g·σ(g). out: bf16 [n], rows of
- * `cols`; g, u: bf16, the same rows `ld` elements apart (ld == cols: flat
+ * `cols` (≥ 1, or n = 0); g, u: bf16, the same rows `ld` ≥ cols elements apart (ld == cols: flat
  * [n]; ld == 2·cols with u = g + cols: one product's [rows, 2·cols] output,
  * gate in the first cols columns and up in the last). */
 typedef struct SwiGluFwdParams {

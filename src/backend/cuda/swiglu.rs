@@ -19,10 +19,22 @@ pub(super) fn load(m: &Modules) -> Result<Fns> {
     Ok(Fns { fwd: m.get("swiglu", "swiglu_fwd")?, bwd: m.get("swiglu", "swiglu_bwd")? })
 }
 
-/// Rows of `cols` in `n` elements, for the pair layout; an error unless whole.
-fn pair_rows(what: &str, n: usize, cols: usize) -> Result<()> {
+/// The pair layout's checks: `n` elements (out, dout) in whole rows of
+/// `cols`, n and the row stride 2·cols within the kernel's 32-bit counts,
+/// and each `[rows, 2·cols]` buffer of 2·n elements (it may exceed 32 bits:
+/// the kernel indexes it in 64).
+fn pair_checks(what: &str, n: usize, cols: usize, pairs: &[(&str, usize)]) -> Result<()> {
+    check_len(what, n, n)?;
     if cols == 0 || !n.is_multiple_of(cols) {
         bail!("{what}: {n} elements are not whole rows of {cols}");
+    }
+    if 2 * cols > u32::MAX as usize {
+        bail!("{what}: rows of {cols} do not fit one kernel launch");
+    }
+    for &(name, len) in pairs {
+        if len != 2 * n {
+            bail!("{name}: {len} elements, expected {}", 2 * n);
+        }
     }
     Ok(())
 }
@@ -53,8 +65,7 @@ impl Gpu {
         out: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
         let n = out.len();
-        pair_rows("swiglu_fwd_pair: out", n, cols)?;
-        check_len("swiglu_fwd_pair: gu", gu.len(), 2 * n)?;
+        pair_checks("swiglu_fwd_pair: out", n, cols, &[("swiglu_fwd_pair: gu", gu.len())])?;
         let (gp, _g1) = gu.device_ptr(&self.stream);
         self.swiglu_fwd_launch(gp, gp + 2 * cols as u64, cols, 2 * cols, out)
     }
@@ -72,7 +83,8 @@ impl Gpu {
         let (op, _g3) = out.device_ptr_mut(&self.stream);
         let p = SwiGluFwdParams { g: gp, u: up, out: op, n: n as u32, cols: cols as u32, ld: ld as u32 };
         // SAFETY: out holds n elements; g and u hold n / cols rows ld apart
-        // (checked by the callers), n fits 32 bits.
+        // (checked by the callers: u = g + cols within each row of ld), n
+        // and ld fit 32 bits.
         unsafe { self.stream.launch_builder(&self.k.swiglu.fwd).arg(&p).launch(grid_8(n)) }
             .map_err(|e| anyhow!("swiglu_fwd: {e}"))?;
         Ok(())
@@ -109,13 +121,12 @@ impl Gpu {
         dgu: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
         let n = dout.len();
-        pair_rows("swiglu_bwd_pair: dout", n, cols)?;
-        check_len("swiglu_bwd_pair: gu", gu.len(), 2 * n)?;
-        check_len("swiglu_bwd_pair: dgu", dgu.len(), 2 * n)?;
+        let pairs = [("swiglu_bwd_pair: gu", gu.len()), ("swiglu_bwd_pair: dgu", dgu.len())];
+        pair_checks("swiglu_bwd_pair: dout", n, cols, &pairs)?;
         let (b, _g2) = gu.device_ptr(&self.stream);
         let (d, _g4) = dgu.device_ptr_mut(&self.stream);
-        let half = 2 * cols as u64;
-        self.swiglu_bwd_launch(dout, [b, b + half, d, d + half], cols, 2 * cols)
+        let up_bytes = 2 * cols as u64; // where each row's second half (up, du) starts
+        self.swiglu_bwd_launch(dout, [b, b + up_bytes, d, d + up_bytes], cols, 2 * cols)
     }
 
     /// The backward's launch: dout (n elements) in rows of `cols`; g, u, dg,
@@ -126,7 +137,8 @@ impl Gpu {
         let [g, u, dg, du] = gudd;
         let p = SwiGluBwdParams { dout: a, g, u, dg, du, n: n as u32, cols: cols as u32, ld: ld as u32 };
         // SAFETY: dout holds n elements; the other four n / cols rows ld
-        // apart (checked by the callers), n fits 32 bits.
+        // apart (checked by the callers: u, du = g, dg + cols within each
+        // row of ld), n and ld fit 32 bits.
         unsafe { self.stream.launch_builder(&self.k.swiglu.bwd).arg(&p).launch(grid_8(n)) }
             .map_err(|e| anyhow!("swiglu_bwd: {e}"))?;
         Ok(())
