@@ -38,6 +38,18 @@ static std::vector<T> get_n(size_t n) {
   return v;
 }
 
+// bf16 bits of x (rounded to nearest even) after `pad` zeros, and back.
+static std::vector<uint16_t> to_bf(const std::vector<float>& x, size_t pad) {
+  std::vector<uint16_t> r(pad + x.size(), 0);
+  for (size_t i = 0; i < x.size(); ++i) r[pad + i] = __float2bfloat16_rn(x[i]).x;
+  return r;
+}
+static std::vector<float> from_bf(const uint16_t* x, size_t n) {
+  std::vector<float> r(n);
+  for (size_t i = 0; i < n; ++i) r[i] = __bfloat162float(__nv_bfloat16{x[i]});
+  return r;
+}
+
 // One output line per float: "TAG <bits>" (hex), as the Rust tests read them.
 static void put_floats(const char* tag, const std::vector<float>& v) {
   for (float x : v) {

@@ -15,17 +15,6 @@
 
 #include "launch.h"
 
-static std::vector<uint16_t> to_bf(const std::vector<float>& x, size_t pad) {
-  std::vector<uint16_t> r(pad + x.size(), 0);
-  for (size_t i = 0; i < x.size(); ++i) r[pad + i] = __float2bfloat16_rn(x[i]).x;
-  return r;
-}
-static std::vector<float> from_bf(const uint16_t* x, size_t n) {
-  std::vector<float> r(n);
-  for (size_t i = 0; i < n; ++i) r[i] = __bfloat162float(__nv_bfloat16{x[i]});
-  return r;
-}
-
 int main() {
   const uint32_t cases = get<uint32_t>();
   for (uint32_t c = 0; c < cases; ++c) {

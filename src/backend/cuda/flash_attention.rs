@@ -682,7 +682,7 @@ impl Gpu {
         dk: &mut impl DevicePtrMut<Bf16>,
         dv: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
-        let fused = kind != BwdKernel::TwoPass;
+        let one_pass = kind != BwdKernel::TwoPass;
         let variant = self.fitting_build(variant, s.head_dim);
         let (cu_h, tokens) = self.flash_checks(what, s, cu_seqlens)?;
         let (q_len, kv_len) =
@@ -707,9 +707,9 @@ impl Gpu {
         let dlp = scratch.delta.get(self, "flash_attention_bwd: delta", rows)?;
         let dkpp = scratch.dk_part.get(self, "flash_attention_bwd: dk parts", parts)?;
         let dvpp = scratch.dv_part.get(self, "flash_attention_bwd: dv parts", parts)?;
-        // The fused backward's dq sums (every element written by its first key
+        // The one-pass backwards' dq sums (every element written by its first key
         // tile) and turns (cleared: each counts the key tiles that have added).
-        let (dqap, semp) = if fused {
+        let (dqap, semp) = if one_pass {
             let accum = scratch.dq_accum.get(self, "flash_attention_bwd: dq sums", q_len)?;
             // One counter per (token, head) (those of tile starts used), then
             // the launch's ticket counter and its error word.
@@ -775,39 +775,36 @@ impl Gpu {
         // run in order on one stream (delta before its readers).
         unsafe { self.stream.launch_builder(&self.k.flash_attention.delta).arg(&p).launch(cfg_delta) }
             .map_err(|e| anyhow!("{what}: delta: {e}"))?;
-        if kind == BwdKernel::Ws {
-            // Tiles of 128 keys; K, V by the forward's tensor maps, Q and dO in boxes of 64 rows.
-            let (ws_tp, ws_blocks) = self.flash_tiles(what, &cu_h, ENGINE_FLASH_WS_KEYS as usize)?;
-            let keys = ENGINE_FLASH_WS_KEYS;
-            let (n, kv_n) = (s.n_heads, s.n_kv_heads);
-            let pw = FlashBwdWsParams {
-                tq: tma::bf16_rows(&format!("{what}: q"), qp, tokens, n, s.head_dim, 64)?,
-                tk: tma::bf16_rows(&format!("{what}: k"), kp, tokens, kv_n, s.head_dim, keys)?,
-                tv: tma::bf16_rows(&format!("{what}: v"), vp, tokens, kv_n, s.head_dim, keys)?,
-                tdo: tma::bf16_rows(&format!("{what}: dout"), dop, tokens, n, s.head_dim, 64)?,
-                b: FlashBwdParams { blocks: ws_tp, n_blocks: ws_blocks, ..p },
-            };
+        if one_pass {
             let fk = &self.k.flash_attention;
-            let kernel = if s.head_dim == 64 { &fk.ws_bwd_d64 } else { &fk.ws_bwd_d128 };
-            let cfg_ws = LaunchConfig {
-                grid_dim: (ws_blocks, s.n_heads as u32, 1),
-                block_dim: (ENGINE_FLASH_WS_THREADS, 1, 1),
-                shared_mem_bytes: ws_bwd_smem(s.head_dim) as u32,
-            };
-            // SAFETY: as the fused kernel below (tickets, ordered dq
-            // additions); the tensor maps cover exactly q, k, v and dout.
-            unsafe { self.stream.launch_builder(kernel).arg(&pw).launch(cfg_ws) }
-                .map_err(|e| anyhow!("{what}: warp-specialised: {e}"))?;
-        }
-        if fused {
-            let fk = &self.k.flash_attention;
-            let chosen = match (kind, s.head_dim) {
-                (BwdKernel::Wgmma, 64) => Some((&fk.wgmma_bwd_d64, wgmma_bwd_smem(64))),
-                (BwdKernel::Wgmma, _) => Some((&fk.wgmma_bwd_d128, wgmma_bwd_smem(128))),
-                (BwdKernel::Ws, _) => None,
-                _ => Some((&fk.fused_d64, fused_smem())),
-            };
-            if let Some((kernel, bytes)) = chosen {
+            if kind == BwdKernel::Ws {
+                // Tiles of 128 keys; K, V by the forward's tensor maps, Q and dO in boxes of 64 rows.
+                let (ws_tp, ws_blocks) = self.flash_tiles(what, &cu_h, ENGINE_FLASH_WS_KEYS as usize)?;
+                let keys = ENGINE_FLASH_WS_KEYS;
+                let (n, kv_n) = (s.n_heads, s.n_kv_heads);
+                let pw = FlashBwdWsParams {
+                    tq: tma::bf16_rows(&format!("{what}: q"), qp, tokens, n, s.head_dim, 64)?,
+                    tk: tma::bf16_rows(&format!("{what}: k"), kp, tokens, kv_n, s.head_dim, keys)?,
+                    tv: tma::bf16_rows(&format!("{what}: v"), vp, tokens, kv_n, s.head_dim, keys)?,
+                    tdo: tma::bf16_rows(&format!("{what}: dout"), dop, tokens, n, s.head_dim, 64)?,
+                    b: FlashBwdParams { blocks: ws_tp, n_blocks: ws_blocks, ..p },
+                };
+                let kernel = if s.head_dim == 64 { &fk.ws_bwd_d64 } else { &fk.ws_bwd_d128 };
+                let cfg_ws = LaunchConfig {
+                    grid_dim: (ws_blocks, s.n_heads as u32, 1),
+                    block_dim: (ENGINE_FLASH_WS_THREADS, 1, 1),
+                    shared_mem_bytes: ws_bwd_smem(s.head_dim) as u32,
+                };
+                // SAFETY: as the other one-pass kernels (below); the tensor
+                // maps cover exactly q, k, v and dout.
+                unsafe { self.stream.launch_builder(kernel).arg(&pw).launch(cfg_ws) }
+                    .map_err(|e| anyhow!("{what}: warp-specialised: {e}"))?;
+            } else {
+                let (kernel, bytes) = match (kind, s.head_dim) {
+                    (BwdKernel::Wgmma, 64) => (&fk.wgmma_bwd_d64, wgmma_bwd_smem(64)),
+                    (BwdKernel::Wgmma, _) => (&fk.wgmma_bwd_d128, wgmma_bwd_smem(128)),
+                    _ => (&fk.fused_d64, fused_smem()),
+                };
                 let cfg_fused = LaunchConfig { shared_mem_bytes: bytes as u32, ..cfg_dkdv };
                 // SAFETY: as above; dq_accum holds tokens·n_heads·head_dim
                 // floats and dq_sem tokens·n_heads + 2 zeroed words. A block
@@ -821,7 +818,7 @@ impl Gpu {
             }
             let n = q_len.div_ceil(256) as u32;
             let cfg_dq = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: as above; every dq_accum element was written by the fused kernel.
+            // SAFETY: as above; every dq_accum element was written by the one-pass kernel.
             unsafe { self.stream.launch_builder(&fk.dq_from_accum).arg(&p).launch(cfg_dq) }
                 .map_err(|e| anyhow!("{what}: dq from its sums: {e}"))?;
         } else {
