@@ -205,6 +205,20 @@ fn within(e: f64, base: f64) -> bool {
     e <= 2.0 * base + FLOOR && e < OUTER
 }
 
+/// A backward's line (dq, dk, dv: the error against the CPU beside the
+/// simple kernel's) and whether each is within the bf16 rule of the simple
+/// kernel's.
+fn bwd_report(label: &str, simple: &[Vec<f32>; 3], got: &[Vec<f32>; 3], want: &[Vec<f32>; 3]) -> (String, bool) {
+    let mut line = format!("{label}:");
+    let mut ok = true;
+    for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        let (e_ref, e) = (rel_err(&simple[i], &want[i]), rel_err(&got[i], &want[i]));
+        line.push_str(&format!(" {name} {e:.2e} (simple {e_ref:.2e})"));
+        ok &= within(e, e_ref);
+    }
+    (line, ok)
+}
+
 #[test]
 fn flash_attention_fwd_matches_the_cpu_and_the_simple_kernel() {
     let Some(g) = gpu("flash_attention_fwd_matches_the_cpu_and_the_simple_kernel") else { return };
@@ -343,13 +357,7 @@ fn flash_attention_bwd_ws_matches_the_cpu_and_the_simple_kernel() {
         let want = c.cpu_bwd(&out, &lse);
         let got_r = gpu_bwd(&g, &c, &out, &lse, Path::Reference).unwrap();
         let got = gpu_bwd(&g, &c, &out, &lse, Path::Ws(0)).unwrap();
-        let mut line = format!("ws bwd {}:", c.name());
-        let mut ok = true;
-        for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
-            let (e_ref, e) = (rel_err(&got_r[i], &want[i]), rel_err(&got[i], &want[i]));
-            line.push_str(&format!(" {name} {e:.2e} (simple {e_ref:.2e})"));
-            ok &= within(e, e_ref);
-        }
+        let (line, ok) = bwd_report(&format!("ws bwd {}", c.name()), &got_r, &got, &want);
         println!("{line}");
         if !ok {
             bad.push(line);
@@ -385,13 +393,7 @@ fn flash_attention_bwd_matches_the_cpu_and_the_simple_kernel() {
         let got_r = gpu_bwd(&g, &c, &out, &lse, Path::Reference).unwrap();
         for variant in VARIANTS {
             let got_f = gpu_bwd(&g, &c, &out, &lse, Path::Flash(variant)).unwrap();
-            let mut line = format!("flash bwd {variant:?} {}:", c.name());
-            let mut ok = true;
-            for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
-                let (e_ref, e) = (rel_err(&got_r[i], &want[i]), rel_err(&got_f[i], &want[i]));
-                line.push_str(&format!(" {name} {e:.2e} (simple {e_ref:.2e})"));
-                ok &= within(e, e_ref);
-            }
+            let (line, ok) = bwd_report(&format!("flash bwd {variant:?} {}", c.name()), &got_r, &got_f, &want);
             println!("{line}");
             if !ok {
                 bad.push(line);
