@@ -456,10 +456,27 @@ fn gpu_dpo_coefficient_code_matches_the_cpu_loss_library() {
     }
 }
 
+/// One rope case's inputs and the CPU's results.
+struct RopeWant {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// q and k rotated in place (the case's direction).
+    wq: Vec<f32>,
+    wk: Vec<f32>,
+    /// The fused rows' split (forward rotation), the join of q, k, v
+    /// (rotated back), and the fused rows themselves.
+    split: (Vec<f32>, Vec<f32>, Vec<f32>),
+    joined: Vec<f32>,
+    fused: Vec<f32>,
+}
+
 /// kernels/rope.cu (the fast and the simple kernel): q and k rotated by one
 /// launch give the bits of two launches, and the CPU's rotation to bf16
 /// rounding; with k unaligned (scalar accesses) and head dims whose halves
-/// are not multiples of 8.
+/// are not multiples of 8. The fused q/k/v rows split into q, k, v (rotated,
+/// and not) and joined back (rotated back) give the CPU's `qkv_split` /
+/// `qkv_join`, the in-place rotation's bits, and v's bits unchanged.
 #[test]
 fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
     let Some(exe) = build("rope") else { return };
@@ -482,7 +499,7 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
         let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64) as f32).collect();
         let (cos, sin) = engine::model::rope::tables_from(&inv, max_pos);
         let pos: Vec<u32> = (0..tokens as u32).map(|t| (t * 37 + 5) % max_pos as u32).collect();
-        let (q, k) = (rnd(tokens * qh * hd), rnd(tokens * kh * hd));
+        let (q, k, v) = (rnd(tokens * qh * hd), rnd(tokens * kh * hd), rnd(tokens * kh * hd));
         for v in [tokens, qh, kh, hd, max_pos, inverse, k_off] {
             put32(&mut input, v as u32);
         }
@@ -491,10 +508,24 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
         putf(&mut input, &sin);
         putf(&mut input, &q);
         putf(&mut input, &k);
+        putf(&mut input, &v);
         let (mut wq, mut wk) = (q.clone(), k.clone());
         engine::backend::cpu::rope::rope(&mut wq, &pos, qh, hd, &cos, &sin, inverse == 1);
         engine::backend::cpu::rope::rope(&mut wk, &pos, kh, hd, &cos, &sin, inverse == 1);
-        want.push((wq, wk));
+        // The fused rows, their split and the join of q, k, v on the CPU.
+        let s = engine::backend::QkvShape { q: qh, kv: kh, head_dim: hd };
+        let fused: Vec<f32> = (0..tokens)
+            .flat_map(|t| {
+                let (qr, kr) = (&q[t * qh * hd..(t + 1) * qh * hd], &k[t * kh * hd..(t + 1) * kh * hd]);
+                qr.iter().chain(kr).chain(&v[t * kh * hd..(t + 1) * kh * hd]).copied().collect::<Vec<_>>()
+            })
+            .collect();
+        let tables = Some((&pos[..], &cos[..], &sin[..]));
+        let mut split = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        engine::backend::cpu::rope::qkv_split(&fused, s, &mut split.0, &mut split.1, &mut split.2, tables);
+        let mut joined = vec![0.0; fused.len()];
+        engine::backend::cpu::rope::qkv_join(&q, &k, &v, s, &mut joined, tables);
+        want.push(RopeWant { q, k, v, wq, wk, split, joined, fused });
     }
     let out = run(&exe, &input);
     let mut lines = Printed(out.lines());
@@ -506,7 +537,16 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
         let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
         (num / den).sqrt()
     };
-    for (c, (wq, wk)) in cases.iter().zip(&want) {
+    let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    for (c, w) in cases.iter().zip(&want) {
+        let (wq, wk) = (&w.wq, &w.wk);
+        let (tokens, qh, kh, hd, inverse) = (c.0, c.1, c.2, c.3, c.4);
+        let (qw, kw) = (qh * hd, kh * hd);
+        let row = qw + 2 * kw;
+        // Columns [a, b) of each fused row.
+        let cols = |x: &[f32], a: usize, b: usize| -> Vec<f32> {
+            (0..tokens).flat_map(|t| x[t * row + a..t * row + b].to_vec()).collect()
+        };
         for kernel in ["rope8", "rope"] {
             let (fq, fk) = (floats(&mut lines, "Q", wq.len()), floats(&mut lines, "K", wk.len()));
             let (sq, sk) = (floats(&mut lines, "Q", wq.len()), floats(&mut lines, "K", wk.len()));
@@ -521,6 +561,38 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
             let (eq, ek) = (rel(&fq, wq), rel(&fk, wk));
             println!("{kernel} {c:?}: q {eq:.2e}, k {ek:.2e} against the CPU");
             assert!(eq < 4e-3 && ek < 4e-3, "{kernel} {c:?}: q {eq:.2e}, k {ek:.2e} against the CPU");
+            // The split, rotated: the CPU's split; the in-place rotation's bits
+            // where that was the forward; v moved bit for bit.
+            let (sq, sk, sv) = (
+                floats(&mut lines, "S", w.q.len()),
+                floats(&mut lines, "S", w.k.len()),
+                floats(&mut lines, "S", w.v.len()),
+            );
+            let (eq, ek) = (rel(&sq, &w.split.0), rel(&sk, &w.split.1));
+            println!("{kernel} {c:?}: split q {eq:.2e}, k {ek:.2e} against the CPU");
+            assert!(eq < 4e-3 && ek < 4e-3, "{kernel} {c:?}: split q {eq:.2e}, k {ek:.2e}");
+            assert!(same(&sv, &w.v), "{kernel} {c:?}: split v moved unchanged");
+            if inverse == 0 {
+                assert!(same(&sq, &fq) && same(&sk, &fk), "{kernel} {c:?}: split q, k as the in-place rotation");
+            }
+            // Unrotated: every head moved bit for bit.
+            let (nq, nk, nv) = (
+                floats(&mut lines, "N", w.q.len()),
+                floats(&mut lines, "N", w.k.len()),
+                floats(&mut lines, "N", w.v.len()),
+            );
+            assert!(same(&nq, &w.q) && same(&nk, &w.k) && same(&nv, &w.v), "{kernel} {c:?}: unrotated split");
+            // The join, rotated back: the CPU's join; the in-place inverse
+            // rotation's bits where that was the case's direction.
+            let j = floats(&mut lines, "J", w.fused.len());
+            let (jq, jk, jv) = (cols(&j, 0, qw), cols(&j, qw, qw + kw), cols(&j, qw + kw, row));
+            let e = rel(&j, &w.joined);
+            println!("{kernel} {c:?}: join {e:.2e} against the CPU");
+            assert!(e < 4e-3, "{kernel} {c:?}: join {e:.2e}");
+            assert!(same(&jv, &w.v), "{kernel} {c:?}: join v moved unchanged");
+            if inverse == 1 {
+                assert!(same(&jq, &fq) && same(&jk, &fk), "{kernel} {c:?}: joined q, k as the in-place inverse");
+            }
         }
         assert_eq!(lines.next("B"), vec![0], "{c:?}: every position is inside the table");
     }

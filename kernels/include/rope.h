@@ -2,30 +2,41 @@
 #pragma once
 #include "params.h"
 
-/* Rotary position embedding in HF's rotate-half layout, in place: for each
- * token t, head h and frequency i < head_dim/2, with a = x[t,h,i],
- * b = x[t,h,i + head_dim/2], c = cos[pos[t], i], s = ±sin[pos[t], i]:
- *   x[t,h,i] = a·c − b·s,  x[t,h,i + head_dim/2] = b·c + a·s.
+/* One tensor of a launch: `tokens` rows, each `heads` head vectors of
+ * head_dim bf16 values, read from `src` (row stride `src_ld` elements) and
+ * written to `dst` (row stride `dst_ld`). src = dst (with equal strides)
+ * rotates in place; `rotate` = 0 moves the heads unrotated (v beside q and
+ * k when the fused q/k/v product's rows are split). heads = 0: no tensor. */
+typedef struct RopeTensor {
+  dptr src;
+  dptr dst;
+  uint32_t heads;
+  uint32_t src_ld;
+  uint32_t dst_ld;
+  uint32_t rotate;
+} RopeTensor;
+
+/* Rotary position embedding in HF's rotate-half layout: for each token t,
+ * head h and frequency i < head_dim/2, with a = src[t,h,i],
+ * b = src[t,h,i + head_dim/2], c = cos[pos[t], i], s = ±sin[pos[t], i]:
+ *   dst[t,h,i] = a·c − b·s,  dst[t,h,i + head_dim/2] = b·c + a·s.
  * `inverse` non-zero rotates by the opposite angle (s = −sin): the backward.
- * A position ≥ max_pos leaves its token untouched and records
- * `bad = max(bad, 1 + position)` (saturating at 0xFFFFFFFF); `bad` is never
- * cleared by the kernel, so one flag can serve many launches.
- * x: bf16 [tokens, heads, head_dim]; pos: uint32 [tokens];
- * cos, sin: fp32 [max_pos, head_dim/2]; bad: uint32 [1].
- * x2 (with heads2 > 0): a second tensor bf16 [tokens, heads2, head_dim]
- * rotated by the same launch (keys beside queries: one launch, not two);
- * heads2 = 0 for none. */
+ * Up to three tensors per launch (q and k in place; or the fused product's
+ * q, k, v parts split out, and back for the backward), their heads one
+ * after another in each token's thread range.
+ * A position ≥ max_pos leaves its token's rotated heads unwritten and
+ * records `bad = max(bad, 1 + position)` (saturating at 0xFFFFFFFF); `bad`
+ * is never cleared by the kernel, so one flag can serve many launches.
+ * Positions and tables are read only for rotated heads.
+ * pos: uint32 [tokens]; cos, sin: fp32 [max_pos, head_dim/2]; bad: uint32 [1]. */
 typedef struct RopeParams {
-  dptr x;
+  RopeTensor t[3];
   dptr pos;
   dptr cos;
   dptr sin;
   dptr bad;
   uint32_t tokens;
-  uint32_t heads;
   uint32_t head_dim;
   uint32_t max_pos;
   uint32_t inverse;
-  dptr x2;
-  uint32_t heads2;
 } RopeParams;

@@ -34,6 +34,36 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// The heads of one fused q/k/v product's rows: `[tokens, (q + 2·kv)·head_dim]`,
+/// q's `q` heads, then k's `kv`, then v's `kv` in each row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QkvShape {
+    pub q: usize,
+    pub kv: usize,
+    pub head_dim: usize,
+}
+
+impl QkvShape {
+    /// Elements of one row of the fused product.
+    pub fn row(&self) -> usize {
+        (self.q + 2 * self.kv) * self.head_dim
+    }
+}
+
+/// Each token's position and the RoPE tables `[max_pos, head_dim/2]`.
+pub struct RopeAt<'a, B: Backend + ?Sized> {
+    pub pos: B::IdxRef<'a>,
+    pub cos: B::Ref<'a>,
+    pub sin: B::Ref<'a>,
+}
+
+impl<B: Backend + ?Sized> Clone for RopeAt<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend + ?Sized> Copy for RopeAt<'_, B> {}
+
 /// A contiguous range of a flat buffer, in elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -266,6 +296,33 @@ pub trait Backend: Sync {
         self.rope(q, pos, q_heads, head_dim, cos, sin, inverse);
         self.rope(k, pos, k_heads, head_dim, cos, sin, inverse);
     }
+
+    /// The fused q/k/v product's rows `qkv [tokens, s.row()]` split into `q
+    /// [tokens, s.q, head_dim]`, `k` and `v [tokens, s.kv, head_dim]`; with
+    /// `rope`, q and k are rotated on the way ([`rope`](Self::rope)'s values:
+    /// the same as a copy, then `rope_qk`). Without it (Qwen3 normalises q
+    /// and k before their rotation) the heads are only moved.
+    fn qkv_split(
+        &self,
+        qkv: Self::Ref<'_>,
+        s: QkvShape,
+        q: Self::Mut<'_>,
+        k: Self::Mut<'_>,
+        v: Self::Mut<'_>,
+        rope: Option<RopeAt<'_, Self>>,
+    );
+    /// The backward of [`qkv_split`](Self::qkv_split): `dq`, `dk` (rotated
+    /// back with `rope`) and `dv` written into the rows `d_qkv [tokens,
+    /// s.row()]`, ready for the fused product's backward.
+    fn qkv_join(
+        &self,
+        dq: Self::Ref<'_>,
+        dk: Self::Ref<'_>,
+        dv: Self::Ref<'_>,
+        s: QkvShape,
+        d_qkv: Self::Mut<'_>,
+        rope: Option<RopeAt<'_, Self>>,
+    );
 
     // ---- attention ----------------------------------------------------------
     /// Causal attention over packed sequences (`cu_seqlens`); see

@@ -47,6 +47,8 @@ pub struct GradScratch<B: Backend> {
     pub d_act: B::Buf,
     /// dgate and dup, laid out as `gu`.
     pub d_gu: B::Buf,
+    /// dq, dk, dv laid out as `Activations::qkv`.
+    pub d_qkv: B::Buf,
 }
 
 pub struct Activations<B: Backend> {
@@ -71,6 +73,10 @@ pub struct Activations<B: Backend> {
     /// Final RMSNorm output and its rstd.
     pub h: B::Buf,
     pub rstd_f: B::Buf,
+    /// The fused q/k/v product's rows `[tokens, q_dim + 2·kv_dim]`, split
+    /// into each layer's q, k and v straight away (so one buffer serves
+    /// every layer).
+    pub qkv: B::Buf,
     /// The lm_head + loss path's logit chunk and per-token arrays.
     pub head: HeadBuffers<B>,
     pub grad: Option<GradScratch<B>>,
@@ -115,8 +121,8 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize)
         n_layer_sets: if train { c.n_layers } else { 1 },
         resid: cap * d,
         n_resid: if train { c.n_layers + 1 } else { 1 },
-        // rope cos, sin, h, rstd_f
-        rest: vec![max_pos * half, max_pos * half, cap * d, cap],
+        // rope cos, sin, h, rstd_f, qkv
+        rest: vec![max_pos * half, max_pos * half, cap * d, cap, cap * (q + 2 * kv)],
         head: super::head::elements(cap, chunk, c.vocab_size),
         scratch: if train {
             vec![
@@ -130,6 +136,7 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize)
                 qk(cap * kv),
                 cap * i,
                 2 * cap * i,
+                cap * (q + 2 * kv),
             ]
         } else {
             vec![]
@@ -212,11 +219,12 @@ impl<B: Backend> Activations<B> {
                 act: next(),
             }
         };
-        // rope cos, sin and rstd_f are fp32; h has the activations' type.
-        let mut rest = s.rest.iter().enumerate().map(|(i, &n)| if i == 2 { be.alloc(n) } else { be.alloc_f32(n) });
+        // rope cos, sin and rstd_f are fp32; h and qkv have the activations' type.
+        let mut rest =
+            s.rest.iter().enumerate().map(|(i, &n)| if i == 2 || i == 4 { be.alloc(n) } else { be.alloc_f32(n) });
         let mut r = || rest.next().unwrap();
         let (mut rope_cos, mut rope_sin) = (r(), r());
-        let (h, rstd_f) = (r(), r());
+        let (h, rstd_f, qkv) = (r(), r(), r());
         let (cos, sin) = super::rope::tables(c, max_pos);
         be.write(&cos, B::view_mut(&mut rope_cos, Span::new(0, cos.len())));
         be.write(&sin, B::view_mut(&mut rope_sin, Span::new(0, sin.len())));
@@ -234,6 +242,7 @@ impl<B: Backend> Activations<B> {
                 dk_pre: g(),
                 d_act: g(),
                 d_gu: g(),
+                d_qkv: g(),
             }
         });
         Activations {
@@ -252,6 +261,7 @@ impl<B: Backend> Activations<B> {
             layers: (0..s.n_layer_sets).map(|_| layer()).collect(),
             h,
             rstd_f,
+            qkv,
             head: HeadBuffers::new(be, cap, chunk, c.vocab_size),
             grad,
         }

@@ -64,6 +64,29 @@ impl LayerParams {
         assert_eq!(self.up_w.off, self.gate_w.end(), "the layout keeps up_proj right after gate_proj");
         Span::new(self.gate_w.off, self.gate_w.len + self.up_w.len)
     }
+
+    /// q_proj, k_proj and v_proj as one `[q_dim + 2·kv_dim, hidden]` matrix
+    /// (the layout keeps them side by side): one product makes the rows
+    /// `[tokens, q_dim + 2·kv_dim]`, q then k then v in each row.
+    pub fn qkv_w(&self) -> Span {
+        assert!(
+            self.k_w.off == self.q_w.end() && self.v_w.off == self.k_w.end(),
+            "the layout keeps q_proj, k_proj and v_proj side by side"
+        );
+        Span::new(self.q_w.off, self.q_w.len + self.k_w.len + self.v_w.len)
+    }
+
+    /// Their biases as one vector, laid out as [`Self::qkv_w`]'s rows (Qwen2).
+    pub fn qkv_b(&self) -> Option<Span> {
+        match (self.q_b, self.k_b, self.v_b) {
+            (Some(q), Some(k), Some(v)) => {
+                assert!(k.off == q.end() && v.off == k.end(), "the layout keeps the q, k, v biases side by side");
+                Some(Span::new(q.off, q.len + k.len + v.len))
+            }
+            (None, None, None) => None,
+            _ => panic!("q, k and v biases come together"),
+        }
+    }
 }
 
 impl ParamLayout {
@@ -75,11 +98,13 @@ impl ParamLayout {
             .map(|l| {
                 let p = format!("model.layers.{l}");
                 let input_norm = b.add(format!("{p}.input_layernorm.weight"), &[d]);
+                // q, k, v weights side by side, then their biases: one
+                // product makes all three (`LayerParams::qkv_w`).
                 let q_w = b.add(format!("{p}.self_attn.q_proj.weight"), &[q, d]);
-                let q_b = c.qkv_bias.then(|| b.add(format!("{p}.self_attn.q_proj.bias"), &[q]));
                 let k_w = b.add(format!("{p}.self_attn.k_proj.weight"), &[kv, d]);
-                let k_b = c.qkv_bias.then(|| b.add(format!("{p}.self_attn.k_proj.bias"), &[kv]));
                 let v_w = b.add(format!("{p}.self_attn.v_proj.weight"), &[kv, d]);
+                let q_b = c.qkv_bias.then(|| b.add(format!("{p}.self_attn.q_proj.bias"), &[q]));
+                let k_b = c.qkv_bias.then(|| b.add(format!("{p}.self_attn.k_proj.bias"), &[kv]));
                 let v_b = c.qkv_bias.then(|| b.add(format!("{p}.self_attn.v_proj.bias"), &[kv]));
                 let o_w = b.add(format!("{p}.self_attn.o_proj.weight"), &[d, q]);
                 let q_norm = c.qk_norm.then(|| b.add(format!("{p}.self_attn.q_norm.weight"), &[c.head_dim]));

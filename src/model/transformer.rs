@@ -6,7 +6,7 @@ use super::activations::{Activations, GradScratch, LayerActs};
 use super::head::{self, HeadShape};
 use super::kv_cache::KvCache;
 use super::Model;
-use crate::backend::{AttnShape, Backend, MatShape, Span};
+use crate::backend::{AttnShape, Backend, MatShape, QkvShape, RopeAt, Span};
 use crate::data::Batch;
 use crate::loss::TokenCoefs;
 use crate::rollout::{Draw, Sampled, SamplingParams};
@@ -31,6 +31,12 @@ struct Ctx<'a, B: Backend> {
     cu: B::IdxRef<'a>,
     cos: B::Ref<'a>,
     sin: B::Ref<'a>,
+}
+
+impl<'a, B: Backend> Ctx<'a, B> {
+    fn rope(&self) -> RopeAt<'a, B> {
+        RopeAt { pos: self.pos, cos: self.cos, sin: self.sin }
+    }
 }
 
 /// A layer's residual stream: in training, its input (kept for the
@@ -63,6 +69,11 @@ impl<B: Backend> Model<B> {
             head_dim: c.head_dim,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
         }
+    }
+
+    /// The heads of the fused q/k/v product's rows.
+    pub fn qkv_shape(&self) -> QkvShape {
+        QkvShape { q: self.cfg.n_heads, kv: self.cfg.n_kv_heads, head_dim: self.cfg.head_dim }
     }
 
     fn w(&self, s: Span) -> B::Ref<'_> {
@@ -121,8 +132,9 @@ impl<B: Backend> Model<B> {
     /// captured as a graph ([`Backend::capture`]).
     pub fn forward_staged(&self, be: &B, acts: &mut Activations<B>, mut attend: Attend<B>) {
         let (n, d) = (acts.n, self.cfg.hidden_size);
-        let Activations { ids, pos, cu_seqlens, rope_cos, rope_sin, resid, layers, h, rstd_f, train, n_seqs, .. } =
-            acts;
+        let Activations {
+            ids, pos, cu_seqlens, rope_cos, rope_sin, resid, layers, h, rstd_f, qkv, train, n_seqs, ..
+        } = acts;
         let ctx = Ctx::<B> {
             n,
             pos: B::idx_view(pos, Span::new(0, n)),
@@ -140,9 +152,9 @@ impl<B: Backend> Model<B> {
             if *train {
                 let (a, b) = resid.split_at_mut(l + 1);
                 let x = Resid::Kept { x_in: &a[l], x_out: &mut b[0] };
-                self.layer_fwd(be, l, &ctx, x, &mut layers[l], &mut attend);
+                self.layer_fwd(be, l, &ctx, x, &mut layers[l], qkv, &mut attend);
             } else {
-                self.layer_fwd(be, l, &ctx, Resid::InPlace(&mut resid[0]), &mut layers[0], &mut attend);
+                self.layer_fwd(be, l, &ctx, Resid::InPlace(&mut resid[0]), &mut layers[0], qkv, &mut attend);
             }
         }
         let last = if *train { self.cfg.n_layers } else { 0 };
@@ -236,7 +248,18 @@ impl<B: Backend> Model<B> {
         be.sample_collect(B::view(&acts.head.logits, Span::new(0, draws.len() * v)), v, params, draws)
     }
 
-    fn layer_fwd(&self, be: &B, l: usize, c: &Ctx<B>, mut x: Resid<B>, a: &mut LayerActs<B>, attend: &mut Attend<B>) {
+    /// One layer's forward; `qkv` is scratch for the fused q/k/v product.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_fwd(
+        &self,
+        be: &B,
+        l: usize,
+        c: &Ctx<B>,
+        mut x: Resid<B>,
+        a: &mut LayerActs<B>,
+        qkv: &mut B::Buf,
+        attend: &mut Attend<B>,
+    ) {
         let cfg = &self.cfg;
         let p = &self.layout.layers[l];
         let (n, d, q, kv, i, hd) =
@@ -250,10 +273,15 @@ impl<B: Backend> Model<B> {
         // Attention block: x2 = x + Attn(RMSNorm(x)) · Woᵀ.
         be.rmsnorm_fwd(x_in, self.w(p.input_norm), d, eps, pm::<B>(&mut a.ln1, n * d), pm::<B>(&mut a.rstd1, n));
         let ln1 = pr::<B>(&a.ln1, n * d);
+        // q, k and v by one product, then moved into their own tensors, q
+        // and k rotated on the way (Qwen3 normalises them first: RoPE after).
+        let qs = self.qkv_shape();
+        let w = (self.w(p.qkv_w()), p.qkv_b().map(|s| self.w(s)));
+        be.matmul(ms(n, qs.row(), d), ln1, w.0, w.1, pm::<B>(qkv, n * qs.row()), false);
+        let rope = (!cfg.qk_norm).then(|| c.rope());
         let (q_dst, k_dst) = if cfg.qk_norm { (&mut a.q_pre, &mut a.k_pre) } else { (&mut a.q, &mut a.k) };
-        be.matmul(ms(n, q, d), ln1, self.w(p.q_w), p.q_b.map(|s| self.w(s)), pm::<B>(q_dst, n * q), false);
-        be.matmul(ms(n, kv, d), ln1, self.w(p.k_w), p.k_b.map(|s| self.w(s)), pm::<B>(k_dst, n * kv), false);
-        be.matmul(ms(n, kv, d), ln1, self.w(p.v_w), p.v_b.map(|s| self.w(s)), pm::<B>(&mut a.v, n * kv), false);
+        let (q_dst, k_dst) = (pm::<B>(q_dst, n * q), pm::<B>(k_dst, n * kv));
+        be.qkv_split(pr::<B>(qkv, n * qs.row()), qs, q_dst, k_dst, pm::<B>(&mut a.v, n * kv), rope);
         if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
             // Qwen3: RMSNorm over each head's vector, before RoPE.
             let (hq, hk) = (n * cfg.n_heads, n * cfg.n_kv_heads);
@@ -273,9 +301,9 @@ impl<B: Backend> Model<B> {
                 pm::<B>(&mut a.k, n * kv),
                 pm::<B>(&mut a.rstd_k, hk),
             );
+            let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
+            be.rope_qk(pm::<B>(&mut a.q, n * q), qh, pm::<B>(&mut a.k, n * kv), kh, c.pos, hd, c.cos, c.sin, false);
         }
-        let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
-        be.rope_qk(pm::<B>(&mut a.q, n * q), qh, pm::<B>(&mut a.k, n * kv), kh, c.pos, hd, c.cos, c.sin, false);
         if let Attend::PackedFill(cache) | Attend::Decode(cache) = attend {
             cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
         }
@@ -473,9 +501,9 @@ impl<B: Backend> Model<B> {
             pm::<B>(&mut g.dk, n * kv),
             pm::<B>(&mut g.dv, n * kv),
         );
-        let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
-        be.rope_qk(pm::<B>(&mut g.dq, n * q), qh, pm::<B>(&mut g.dk, n * kv), kh, c.pos, hd, c.cos, c.sin, true);
         if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
+            let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
+            be.rope_qk(pm::<B>(&mut g.dq, n * q), qh, pm::<B>(&mut g.dk, n * kv), kh, c.pos, hd, c.cos, c.sin, true);
             // Qwen3's per-head norms: rows are (token, head) vectors of head_dim.
             for (dy, x, w, rstd, width, dx) in [
                 (&g.dq, &a.q_pre, qn, &a.rstd_q, q, &mut g.dq_pre),
@@ -486,14 +514,14 @@ impl<B: Backend> Model<B> {
                 be.rmsnorm_bwd(dy, x, self.w(w), rstd, hd, pm::<B>(dx, n * width), B::view_mut(grads, w));
             }
         }
+        // dq, dk (rotated back, unless Qwen3's norms came between) and dv as
+        // the fused product's rows, then that product's backward.
         let (dq, dk) = if cfg.qk_norm { (&g.dq_pre, &g.dk_pre) } else { (&g.dq, &g.dk) };
-        let ln1 = pr::<B>(&a.ln1, n * d);
-        for (dy, width, w, b, accumulate) in
-            [(dq, q, p.q_w, p.q_b, false), (dk, kv, p.k_w, p.k_b, true), (&g.dv, kv, p.v_w, p.v_b, true)]
-        {
-            let d_ln = pm::<B>(&mut g.d_ln, n * d);
-            self.linear_bwd(be, ms(n, width, d), pr::<B>(dy, n * width), ln1, w, b, grads, d_ln, accumulate);
-        }
+        let (qs, rope) = (self.qkv_shape(), (!cfg.qk_norm).then(|| c.rope()));
+        let (dq, dk, dv) = (pr::<B>(dq, n * q), pr::<B>(dk, n * kv), pr::<B>(&g.dv, n * kv));
+        be.qkv_join(dq, dk, dv, qs, pm::<B>(&mut g.d_qkv, n * qs.row()), rope);
+        let (d_qkv, ln1, d_ln) = (pr::<B>(&g.d_qkv, n * qs.row()), pr::<B>(&a.ln1, n * d), pm::<B>(&mut g.d_ln, n * d));
+        self.linear_bwd(be, ms(n, qs.row(), d), d_qkv, ln1, p.qkv_w(), p.qkv_b(), grads, d_ln, false);
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),
             pr::<B>(x_in, n * d),

@@ -372,6 +372,22 @@ fn rope(b: &mut Bench) -> Result<()> {
             g.rope(&mut x, &posd, HEADS, HEAD_DIM, &cd, &sd, inverse, &mut bad)
         })?;
     }
+    // The fused q/k/v rows of the 0.5B layer split into q, k (rotated) and v,
+    // and joined back: the rows read and q, k, v written (or the reverse).
+    let s = engine::backend::QkvShape { q: HEADS, kv: KV_HEADS, head_dim: HEAD_DIM };
+    let (nq, nk) = (TOKENS * HEADS * HEAD_DIM, TOKENS * KV_HEADS * HEAD_DIM);
+    let mut fused = b.random(TOKENS * s.row(), 9)?;
+    let (mut q, mut k, mut v) = (b.random(nq, 10)?, b.random(nk, 11)?, b.random(nk, 12)?);
+    let (pv, cv, sv) = (posd.as_view(), cd.as_view(), sd.as_view());
+    let t = Some(engine::backend::cuda::RopeTables { pos: &pv, cos: &cv, sin: &sv });
+    let shape = format!("{TOKENS}x({HEADS}+2x{KV_HEADS})x{HEAD_DIM}");
+    let bytes = 2.0 * bytes_bf16(TOKENS * s.row()) + 4.0 * TOKENS as f64 + 2.0 * 4.0 * (TOKENS * half) as f64;
+    b.run("qkv_split", &shape, Work::Bytes(bytes), false, MAX_N, || {
+        g.qkv_split(true, &fused, s, &mut q, &mut k, &mut v, t, &mut bad)
+    })?;
+    b.run("qkv_join", &shape, Work::Bytes(bytes), false, MAX_N, || {
+        g.qkv_join(true, &q, &k, &v, s, &mut fused, t, &mut bad)
+    })?;
     match g.take_bad_index(&mut bad)? {
         None => Ok(()),
         Some(i) => Err(anyhow!("rope flagged position {i}")),

@@ -195,3 +195,73 @@ fn rope_rejects_bad_shapes() {
     g.rope(&mut xd, &posd, 2, 64, &cd, &sd, false, &mut bad).unwrap();
     assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
 }
+
+/// The fused q/k/v product's rows split into q, k, v and joined back (both
+/// kernels, rotated and not, the rows at an odd element offset too: scalar
+/// accesses) against the CPU's `qkv_split` / `qkv_join`; v and unrotated
+/// heads move bit for bit.
+#[test]
+fn qkv_split_and_join_match_the_cpu() {
+    use engine::backend::cpu::rope::{qkv_join, qkv_split};
+    use engine::backend::cuda::RopeTables;
+    use engine::backend::QkvShape;
+    let Some(g) = gpu("qkv_split_and_join_match_the_cpu") else { return };
+    let pos = positions();
+    let tokens = pos.len();
+    let posd = g.stream.clone_htod(&pos).unwrap();
+    let mut bad = g.stream.alloc_zeros::<u32>(1).unwrap();
+    for (q_heads, kv_heads, head_dim) in [(14, 2, 64), (5, 1, 128), (3, 3, 96), (1, 2, 6)] {
+        let s = QkvShape { q: q_heads, kv: kv_heads, head_dim };
+        let (nq, nk, nf) = (tokens * q_heads * head_dim, tokens * kv_heads * head_dim, tokens * s.row());
+        let (cos, sin) = tables(MAX_POS, head_dim);
+        let (cd, sd) = (g.stream.clone_htod(&cos).unwrap(), g.stream.clone_htod(&sin).unwrap());
+        let (pv, cv, sv) = (posd.as_view(), cd.as_view(), sd.as_view());
+        let fused = random_bf16(nf + 1, 21 + head_dim as u64);
+        let parts = [random_bf16(nq, 22), random_bf16(nk, 23), random_bf16(nk, 24)];
+        for (offset, rotate, fast) in [(0, true, true), (0, true, false), (1, true, true), (0, false, true)] {
+            let what = format!("{q_heads}/{kv_heads}×{head_dim} offset {offset} rotate={rotate} fast={fast}");
+            let rope = rotate.then_some(RopeTables { pos: &pv, cos: &cv, sin: &sv });
+            let host = rotate.then_some((&pos[..], &cos[..], &sin[..]));
+            // Split.
+            let rows = &fused[offset..offset + nf];
+            let mut want = (vec![0.0; nq], vec![0.0; nk], vec![0.0; nk]);
+            qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, host);
+            let fd = up(&g, &fused);
+            let (mut qd, mut kd, mut vd) = (up(&g, &want.0), up(&g, &want.1), up(&g, &want.2));
+            g.qkv_split(fast, &fd.slice(offset..offset + nf), s, &mut qd, &mut kd, &mut vd, rope, &mut bad).unwrap();
+            let (gq, gk, gv) = (down(&g, &qd), down(&g, &kd), down(&g, &vd));
+            assert_eq!(gv, want.2, "split v moves unchanged, {what}");
+            if rotate {
+                let (eq, ek) = (rel_err(&gq, &want.0), rel_err(&gk, &want.1));
+                println!("qkv_split {what}: q {eq:.2e}, k {ek:.2e}");
+                assert!(eq < BF16_TOL && ek < BF16_TOL, "qkv_split {what}: q {eq:.2e}, k {ek:.2e}");
+            } else {
+                assert_eq!((gq, gk), (want.0, want.1), "unrotated split, {what}");
+            }
+            // Join, into rows at the same offset; the element before stays.
+            let mut want = vec![0.0; nf];
+            qkv_join(&parts[0], &parts[1], &parts[2], s, &mut want, host);
+            let (dq, dk, dv) = (up(&g, &parts[0]), up(&g, &parts[1]), up(&g, &parts[2]));
+            let mut jd = up(&g, &fused);
+            let mut view = jd.slice_mut(offset..offset + nf);
+            g.qkv_join(fast, &dq, &dk, &dv, s, &mut view, rope, &mut bad).unwrap();
+            let got = down(&g, &jd);
+            if offset == 1 {
+                assert_eq!(got[0], fused[0], "the element before the rows is untouched, {what}");
+            }
+            let e = rel_err(&got[offset..offset + nf], &want);
+            println!("qkv_join {what}: {e:.2e}");
+            assert!(if rotate { e < BF16_TOL } else { e == 0.0 }, "qkv_join {what}: {e:.2e}");
+        }
+        assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
+        // Wrong lengths are errors, not launches.
+        let (fd, mut qd, mut kd, mut vd) =
+            (up(&g, &fused[..nf]), up(&g, &parts[0]), up(&g, &parts[1]), up(&g, &parts[1]));
+        let short = up(&g, &parts[1][1..]);
+        let mut short_mut = up(&g, &parts[1][1..]);
+        assert!(g.qkv_split(true, &fd, s, &mut qd, &mut kd, &mut short_mut, None, &mut bad).is_err(), "v too short");
+        assert!(g.qkv_split(true, &fd.slice(1..), s, &mut qd, &mut kd, &mut vd, None, &mut bad).is_err(), "rows");
+        let mut jd = up(&g, &fused[..nf]);
+        assert!(g.qkv_join(true, &qd, &short, &vd, s, &mut jd, None, &mut bad).is_err(), "dk too short");
+    }
+}

@@ -13,7 +13,7 @@ pub mod optim;
 pub mod reduce;
 pub mod rope;
 
-use super::{AdamWStep, AttnShape, Backend, MatShape, Span};
+use super::{AdamWStep, AttnShape, Backend, MatShape, QkvShape, RopeAt, Span};
 use rayon::prelude::*;
 
 /// The CPU backend. Stateless: threads come from the ambient rayon pool.
@@ -120,6 +120,28 @@ impl Backend for Cpu {
 
     fn rope(&self, x: &mut [f32], pos: &[u32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32], inverse: bool) {
         rope::rope(x, pos, heads, head_dim, cos, sin, inverse);
+    }
+    fn qkv_split(
+        &self,
+        qkv: &[f32],
+        s: QkvShape,
+        q: &mut [f32],
+        k: &mut [f32],
+        v: &mut [f32],
+        rope: Option<RopeAt<'_, Self>>,
+    ) {
+        rope::qkv_split(qkv, s, q, k, v, rope.map(|r| (r.pos, r.cos, r.sin)));
+    }
+    fn qkv_join(
+        &self,
+        dq: &[f32],
+        dk: &[f32],
+        dv: &[f32],
+        s: QkvShape,
+        d_qkv: &mut [f32],
+        rope: Option<RopeAt<'_, Self>>,
+    ) {
+        rope::qkv_join(dq, dk, dv, s, d_qkv, rope.map(|r| (r.pos, r.cos, r.sin)));
     }
 
     fn attention_fwd(

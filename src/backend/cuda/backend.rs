@@ -11,8 +11,9 @@
 
 use super::buf::{DBuf, DIdx, DMut, DRef, DType, IdxRef};
 use super::PolicyViews;
+use super::RopeTables;
 use super::{Bf16, Gpu};
-use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, PolicyInputs, Span};
+use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, PolicyInputs, QkvShape, RopeAt, Span};
 use crate::loss::{DistillMode, DpoConfig, DpoStats, PolicyConfig, PolicyStats, StepCounts};
 use crate::rollout::{Draw, Sampled, SamplingParams};
 use anyhow::{anyhow, bail, Result};
@@ -450,6 +451,47 @@ impl Backend for Cuda {
             inverse,
             &mut sc.flag,
         ));
+    }
+
+    fn qkv_split(
+        &self,
+        qkv: DRef<'_>,
+        s: QkvShape,
+        q: DMut<'_>,
+        k: DMut<'_>,
+        v: DMut<'_>,
+        rope: Option<RopeAt<'_, Self>>,
+    ) {
+        let mut sc = self.scratch();
+        let tables = rope.map(|r| (r.pos.view(), r.cos.f32("qkv_split cos"), r.sin.f32("qkv_split sin")));
+        let tables = tables.as_ref().map(|(pos, cos, sin)| RopeTables { pos, cos, sin });
+        let (q, k, v) = (q.bf16("qkv_split q"), k.bf16("qkv_split k"), v.bf16("qkv_split v"));
+        must(self.gpu.qkv_split(
+            true,
+            &qkv.bf16("qkv_split"),
+            s,
+            &mut { q },
+            &mut { k },
+            &mut { v },
+            tables,
+            &mut sc.flag,
+        ));
+    }
+
+    fn qkv_join(
+        &self,
+        dq: DRef<'_>,
+        dk: DRef<'_>,
+        dv: DRef<'_>,
+        s: QkvShape,
+        d_qkv: DMut<'_>,
+        rope: Option<RopeAt<'_, Self>>,
+    ) {
+        let mut sc = self.scratch();
+        let tables = rope.map(|r| (r.pos.view(), r.cos.f32("qkv_join cos"), r.sin.f32("qkv_join sin")));
+        let tables = tables.as_ref().map(|(pos, cos, sin)| RopeTables { pos, cos, sin });
+        let (dq, dk, dv) = (dq.bf16("qkv_join dq"), dk.bf16("qkv_join dk"), dv.bf16("qkv_join dv"));
+        must(self.gpu.qkv_join(true, &dq, &dk, &dv, s, &mut d_qkv.bf16("qkv_join"), tables, &mut sc.flag));
     }
 
     fn attention_fwd(

@@ -1,11 +1,13 @@
 //! Rotary position embedding on the GPU (kernels/rope.cu): the in-place
 //! rotation of q or k by each token's position, and its inverse (the
-//! backward).
+//! backward); and the fused q/k/v product's rows split into q, k, v with
+//! the rotation on the way (joined back, rotated back, in the backward).
 
-use super::params::RopeParams;
+use super::params::{RopeParams, RopeTensor};
 use super::{check_len, grid_1d, Bf16, Gpu, Modules};
+use crate::backend::QkvShape;
 use anyhow::{anyhow, bail, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaView, DevicePtr, DevicePtrMut, PushKernelArg};
 
 super::params::device_repr!(RopeParams);
 
@@ -93,66 +95,239 @@ impl Gpu {
         inverse: bool,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
-        if heads == 0 || head_dim == 0 || !head_dim.is_multiple_of(2) {
-            bail!("rope: {heads} heads of dimension {head_dim} (needs heads ≥ 1 and an even head_dim ≥ 2)");
-        }
-        let half = head_dim / 2;
+        check_head_dim("rope", heads, head_dim)?;
         let tokens = pos.len();
         check_len("rope: x", x.len(), tokens * heads * head_dim)?;
-        let heads2 = x2.as_ref().map_or(0, |(_, h)| *h);
-        if let Some((x2, h2)) = &x2 {
-            check_len("rope: k", x2.len(), tokens * h2 * head_dim)?;
-            check_len("rope: q and k", x.len() + x2.len(), tokens * (heads + h2) * head_dim)?;
-            // fits 32-bit counts
-        }
-        check_len("rope: sin", sin.len(), cos.len())?;
-        if !cos.len().is_multiple_of(half) {
-            bail!("rope: cos/sin tables of {} values are not rows of head_dim/2 = {half}", cos.len());
-        }
-        let max_pos = cos.len() / half;
-        check_len("rope: cos", cos.len(), max_pos * half)?; // fits 32-bit counts
-        check_len("rope: bad", bad.len(), 1)?;
+        let (n, w) = (x.len(), heads * head_dim);
         let (xp, _g1) = x.device_ptr_mut(&self.stream);
-        let (pp, _g2) = pos.device_ptr(&self.stream);
-        let (cp, _g3) = cos.device_ptr(&self.stream);
-        let (sp, _g4) = sin.device_ptr(&self.stream);
-        let (bp, _g5) = bad.device_ptr_mut(&self.stream);
-        let (x2p, _g6) = match x2 {
-            Some((x2, _)) => {
+        let mut t = [RopeTensor::default(); 3];
+        t[0] = tensor("rope: x", tokens, head_dim, heads, (xp, n, w), (xp, n, w), true)?;
+        let _g2 = match x2 {
+            Some((x2, h2)) => {
+                check_len("rope: k", x2.len(), tokens * h2 * head_dim)?;
+                let (w, n) = (h2 * head_dim, x2.len());
                 let (p, g) = x2.device_ptr_mut(&self.stream);
-                (p, Some(g))
+                t[1] = tensor("rope: k", tokens, head_dim, h2, (p, n, w), (p, n, w), true)?;
+                Some(g)
             }
-            None => (0, None),
+            None => None,
         };
+        let (pp, _g3) = pos.device_ptr(&self.stream);
+        let (cp, _g4) = cos.device_ptr(&self.stream);
+        let (sp, _g5) = sin.device_ptr(&self.stream);
+        let tables = Tables::new("rope", head_dim, (pp, tokens), (cp, cos.len()), (sp, sin.len()))?;
+        self.rope_launch("rope", fast, tokens, head_dim, t, Some(tables), inverse, bad)
+    }
+
+    /// [`crate::backend::Backend::qkv_split`]: the fused q/k/v product's rows
+    /// `qkv [tokens, s.row()]` into `q`, `k`, `v`, q and k rotated when `rope`
+    /// is given; `fast` picks the kernel (`rope8`, or `rope` for tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_split(
+        &self,
+        fast: bool,
+        qkv: &impl DevicePtr<Bf16>,
+        s: QkvShape,
+        q: &mut impl DevicePtrMut<Bf16>,
+        k: &mut impl DevicePtrMut<Bf16>,
+        v: &mut impl DevicePtrMut<Bf16>,
+        rope: Option<RopeTables<'_>>,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        let lens = [q.len(), k.len(), v.len()];
+        let (fused, _g0) = qkv.device_ptr(&self.stream);
+        let (qp, _g1) = q.device_ptr_mut(&self.stream);
+        let (kp, _g2) = k.device_ptr_mut(&self.stream);
+        let (vp, _g3) = v.device_ptr_mut(&self.stream);
+        let parts = [(qp, lens[0]), (kp, lens[1]), (vp, lens[2])];
+        self.qkv_move("qkv_split", fast, s, (fused, qkv.len()), parts, true, rope, bad)
+    }
+
+    /// [`crate::backend::Backend::qkv_join`]: `dq`, `dk` (rotated back when
+    /// `rope` is given) and `dv` into the rows `d_qkv [tokens, s.row()]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_join(
+        &self,
+        fast: bool,
+        dq: &impl DevicePtr<Bf16>,
+        dk: &impl DevicePtr<Bf16>,
+        dv: &impl DevicePtr<Bf16>,
+        s: QkvShape,
+        d_qkv: &mut impl DevicePtrMut<Bf16>,
+        rope: Option<RopeTables<'_>>,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        let n = d_qkv.len();
+        let (fused, _g0) = d_qkv.device_ptr_mut(&self.stream);
+        let (qp, _g1) = dq.device_ptr(&self.stream);
+        let (kp, _g2) = dk.device_ptr(&self.stream);
+        let (vp, _g3) = dv.device_ptr(&self.stream);
+        let parts = [(qp, dq.len()), (kp, dk.len()), (vp, dv.len())];
+        self.qkv_move("qkv_join", fast, s, (fused, n), parts, false, rope, bad)
+    }
+
+    /// Moves the q, k, v heads between the fused rows and their own tensors
+    /// (`split`: fused → parts, else parts → fused, rotated back).
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_move(
+        &self,
+        what: &str,
+        fast: bool,
+        s: QkvShape,
+        fused: (u64, usize),
+        parts: [(u64, usize); 3],
+        split: bool,
+        rope: Option<RopeTables<'_>>,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        check_head_dim(what, s.q.min(s.kv), s.head_dim)?;
+        let (row, hd) = (s.row(), s.head_dim);
+        let tokens = fused.1 / row;
+        check_len(&format!("{what}: the fused rows"), fused.1, tokens * row)?;
+        let mut t = [RopeTensor::default(); 3];
+        let mut col = 0;
+        for (i, (heads, (ptr, len))) in [s.q, s.kv, s.kv].into_iter().zip(parts).enumerate() {
+            let name = format!("{what}: {}", ["q", "k", "v"][i]);
+            check_len(&name, len, tokens * heads * hd)?;
+            // This part's columns of the fused rows (bf16: 2 bytes each).
+            let rows = (fused.0 + 2 * col as u64, fused.1 - col, row);
+            let own = (ptr, len, heads * hd);
+            let (src, dst) = if split { (rows, own) } else { (own, rows) };
+            t[i] = tensor(&name, tokens, hd, heads, src, dst, rope.is_some() && i < 2)?;
+            col += heads * hd;
+        }
+        let (_guards, tables) = match &rope {
+            Some(r) => {
+                let (pp, g1) = r.pos.device_ptr(&self.stream);
+                let (cp, g2) = r.cos.device_ptr(&self.stream);
+                let (sp, g3) = r.sin.device_ptr(&self.stream);
+                let tables = Tables::new(what, hd, (pp, r.pos.len()), (cp, r.cos.len()), (sp, r.sin.len()))?;
+                if r.pos.len() != tokens {
+                    bail!("{what}: {} positions for {tokens} tokens", r.pos.len());
+                }
+                (Some((g1, g2, g3)), Some(tables))
+            }
+            None => (None, None),
+        };
+        self.rope_launch(what, fast, tokens, hd, t, tables, !split, bad)
+    }
+
+    /// Launches `rope8` (`fast`) or `rope` over the tensors `t` (checked by
+    /// [`tensor`]) with the tables, if any tensor rotates.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_launch(
+        &self,
+        what: &str,
+        fast: bool,
+        tokens: usize,
+        head_dim: usize,
+        t: [RopeTensor; 3],
+        tables: Option<Tables>,
+        inverse: bool,
+        bad: &mut impl DevicePtrMut<u32>,
+    ) -> Result<()> {
+        if t.iter().any(|t| t.rotate != 0) && tables.is_none() {
+            bail!("{what}: rotation without tables");
+        }
+        check_len(&format!("{what}: bad"), bad.len(), 1)?;
+        let half = head_dim / 2;
+        let heads: usize = t.iter().map(|t| t.heads as usize).sum();
+        // One thread per rotated pair (simple) or per 8 pairs of a head (fast).
+        let threads = if fast { tokens * heads * half.div_ceil(8) } else { tokens * heads * half };
+        if tokens * heads * half > 1 << 31 {
+            bail!("{what}: {tokens} tokens × {heads} heads × {half} pairs do not fit one launch");
+        }
+        let tables = tables.unwrap_or_default();
+        let (bp, _g) = bad.device_ptr_mut(&self.stream);
         let p = RopeParams {
-            x: xp,
-            pos: pp,
-            cos: cp,
-            sin: sp,
+            t,
+            pos: tables.pos,
+            cos: tables.cos,
+            sin: tables.sin,
             bad: bp,
             tokens: tokens as u32,
-            heads: heads as u32,
             head_dim: head_dim as u32,
-            max_pos: max_pos as u32,
+            max_pos: tables.max_pos,
             inverse: inverse as u32,
-            x2: x2p,
-            heads2: heads2 as u32,
         };
-        // One thread per rotated pair (simple) or per 8 pairs of a head (fast):
-        // tokens · heads · half ≤ 2^31 (x was checked to fit u32).
-        let all = heads + heads2;
-        let (f, cfg) = if fast {
-            (&self.k.rope.rope8, grid_1d(tokens * all * half.div_ceil(8)))
-        } else {
-            (&self.k.rope.rope, grid_1d(tokens * all * half))
-        };
-        // SAFETY: x holds tokens × heads × head_dim (x2 tokens × heads2 ×
-        // head_dim, or heads2 = 0 and x2 is never read), pos tokens, cos and sin
-        // max_pos × half, bad one element (all checked above); the kernels
-        // check every position against max_pos before reading the tables,
-        // and rope8 uses 16-byte accesses only when half % 8 = 0 and x, x2,
-        // cos, sin are 16-byte aligned.
-        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map_err(|e| anyhow!("rope: {e}"))?;
+        let f = if fast { &self.k.rope.rope8 } else { &self.k.rope.rope };
+        // SAFETY: every tensor's rows lie in its buffers (`tensor` checked
+        // that (tokens − 1)·ld + heads·head_dim elements fit each side);
+        // pos holds tokens values and cos, sin max_pos × half (`Tables::new`),
+        // read only for rotated heads (and every rotating launch has tables),
+        // after each position is checked against max_pos; bad is one element;
+        // rope8 uses 16-byte accesses only where every pointer is 16-byte
+        // aligned and every row stride a multiple of 8 elements.
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(grid_1d(threads)) }
+            .map_err(|e| anyhow!("{what}: {e}"))?;
         Ok(())
     }
+}
+
+/// Positions and RoPE tables on the device, for [`Gpu::qkv_split`] and
+/// [`Gpu::qkv_join`].
+#[derive(Clone, Copy)]
+pub struct RopeTables<'a> {
+    pub pos: &'a CudaView<'a, u32>,
+    pub cos: &'a CudaView<'a, f32>,
+    pub sin: &'a CudaView<'a, f32>,
+}
+
+/// The tables' device addresses, checked: `max_pos` rows of head_dim/2.
+#[derive(Clone, Copy, Default)]
+struct Tables {
+    pos: u64,
+    cos: u64,
+    sin: u64,
+    max_pos: u32,
+}
+
+impl Tables {
+    fn new(what: &str, head_dim: usize, pos: (u64, usize), cos: (u64, usize), sin: (u64, usize)) -> Result<Tables> {
+        let half = head_dim / 2;
+        check_len(&format!("{what}: sin"), sin.1, cos.1)?;
+        if !cos.1.is_multiple_of(half) {
+            bail!("{what}: cos/sin tables of {} values are not rows of head_dim/2 = {half}", cos.1);
+        }
+        check_len(&format!("{what}: positions"), pos.1, pos.1)?; // fits 32-bit counts
+        Ok(Tables { pos: pos.0, cos: cos.0, sin: sin.0, max_pos: (cos.1 / half) as u32 })
+    }
+}
+
+/// `heads` ≥ 1 heads of an even `head_dim` ≥ 2.
+fn check_head_dim(what: &str, heads: usize, head_dim: usize) -> Result<()> {
+    if heads == 0 || head_dim == 0 || !head_dim.is_multiple_of(2) {
+        bail!("{what}: {heads} heads of dimension {head_dim} (needs heads ≥ 1 and an even head_dim ≥ 2)");
+    }
+    Ok(())
+}
+
+/// One tensor of a launch, checked: `tokens` rows of `heads` head vectors,
+/// each side `(address, elements from it, row stride in elements)`.
+fn tensor(
+    what: &str,
+    tokens: usize,
+    head_dim: usize,
+    heads: usize,
+    src: (u64, usize, usize),
+    dst: (u64, usize, usize),
+    rotate: bool,
+) -> Result<RopeTensor> {
+    let width = heads * head_dim;
+    for (side, (_, len, ld)) in [("source", src), ("destination", dst)] {
+        let need = if tokens == 0 { 0 } else { (tokens - 1) * ld + width };
+        if ld < width || ld > u32::MAX as usize || len < need {
+            bail!(
+                "{what}: a {side} of {len} elements (rows {ld} apart) for {tokens} rows of {heads} heads of {head_dim}"
+            );
+        }
+    }
+    Ok(RopeTensor {
+        src: src.0,
+        dst: dst.0,
+        heads: heads as u32,
+        src_ld: src.2 as u32,
+        dst_ld: dst.2 as u32,
+        rotate: rotate as u32,
+    })
 }
