@@ -18,12 +18,12 @@ struct RopeHead {
 };
 
 __device__ __forceinline__ RopeHead rope_head(const RopeParams& p, uint32_t token, uint32_t h) {
-  // Field by field through selects, not p.t[i] with a computed i (or a
-  // reference to the chosen element): either would take the parameters'
-  // address and copy them to local memory.
+  // Field by field through selects of values (unary + makes each operand
+  // an rvalue), not p.t[i] with a computed i or a select of lvalues: those
+  // take the parameters' address, and nvcc may copy them to local memory.
   const uint32_t h0 = p.t[0].heads, h01 = h0 + p.t[1].heads;
   const bool in0 = h < h0, in1 = !in0 && h < h01;
-#define ROPE_PICK(field) (in0 ? p.t[0].field : in1 ? p.t[1].field : p.t[2].field)
+#define ROPE_PICK(field) (in0 ? +p.t[0].field : in1 ? +p.t[1].field : +p.t[2].field)
   const size_t col = (size_t)(in0 ? h : in1 ? h - h0 : h - h01) * p.head_dim;
   const RopeHead x = {ptr<const bf16>(ROPE_PICK(src)) + (size_t)token * ROPE_PICK(src_ld) + col,
                       ptr<bf16>(ROPE_PICK(dst)) + (size_t)token * ROPE_PICK(dst_ld) + col, ROPE_PICK(rotate) != 0};

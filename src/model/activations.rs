@@ -47,8 +47,6 @@ pub struct GradScratch<B: Backend> {
     pub d_act: B::Buf,
     /// dgate and dup, laid out as `gu`.
     pub d_gu: B::Buf,
-    /// dq, dk, dv laid out as `Activations::qkv`.
-    pub d_qkv: B::Buf,
 }
 
 pub struct Activations<B: Backend> {
@@ -75,7 +73,7 @@ pub struct Activations<B: Backend> {
     pub rstd_f: B::Buf,
     /// The fused q/k/v product's rows `[tokens, q_dim + 2·kv_dim]`, split
     /// into each layer's q, k and v straight away (so one buffer serves
-    /// every layer).
+    /// every layer); in the backward, dq, dk and dv joined the same way.
     pub qkv: B::Buf,
     /// The lm_head + loss path's logit chunk and per-token arrays.
     pub head: HeadBuffers<B>,
@@ -136,7 +134,6 @@ fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize)
                 qk(cap * kv),
                 cap * i,
                 2 * cap * i,
-                cap * (q + 2 * kv),
             ]
         } else {
             vec![]
@@ -242,7 +239,6 @@ impl<B: Backend> Activations<B> {
                 dk_pre: g(),
                 d_act: g(),
                 d_gu: g(),
-                d_qkv: g(),
             }
         });
         Activations {

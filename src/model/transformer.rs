@@ -394,7 +394,20 @@ impl<B: Backend> Model<B> {
         assert!(acts.train, "backward needs an arena built for training");
         assert_eq!(B::len(grads), self.layout.total, "backward: gradient buffer does not match the layout");
         let Activations {
-            ids, pos, cu_seqlens, rope_cos, rope_sin, resid, layers, h, rstd_f, head, grad, n_seqs, ..
+            ids,
+            pos,
+            cu_seqlens,
+            rope_cos,
+            rope_sin,
+            resid,
+            layers,
+            h,
+            rstd_f,
+            qkv,
+            head,
+            grad,
+            n_seqs,
+            ..
         } = acts;
         let g = grad.as_mut().expect("training arena has gradient scratch");
         let s = HeadShape { n, d, v: cfg.vocab_size };
@@ -418,7 +431,7 @@ impl<B: Backend> Model<B> {
             sin: B::view(rope_sin, Span::new(0, B::len(rope_sin))),
         };
         for l in (0..cfg.n_layers).rev() {
-            self.layer_bwd(be, l, &ctx, &resid[l], &layers[l], g, grads);
+            self.layer_bwd(be, l, &ctx, &resid[l], &layers[l], g, qkv, grads);
         }
         be.embedding_bwd(
             pr::<B>(&g.d_resid, n * d),
@@ -451,6 +464,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// On entry `g.d_resid` holds ∂L/∂(layer output); on exit ∂L/∂(layer input).
+    /// `d_qkv` is scratch for the fused q/k/v rows' gradient.
     #[allow(clippy::too_many_arguments)]
     fn layer_bwd(
         &self,
@@ -460,6 +474,7 @@ impl<B: Backend> Model<B> {
         x_in: &B::Buf,
         a: &LayerActs<B>,
         g: &mut GradScratch<B>,
+        d_qkv: &mut B::Buf,
         grads: &mut B::Buf,
     ) {
         let cfg = &self.cfg;
@@ -519,8 +534,8 @@ impl<B: Backend> Model<B> {
         let (dq, dk) = if cfg.qk_norm { (&g.dq_pre, &g.dk_pre) } else { (&g.dq, &g.dk) };
         let (qs, rope) = (self.qkv_shape(), (!cfg.qk_norm).then(|| c.rope()));
         let (dq, dk, dv) = (pr::<B>(dq, n * q), pr::<B>(dk, n * kv), pr::<B>(&g.dv, n * kv));
-        be.qkv_join(dq, dk, dv, qs, pm::<B>(&mut g.d_qkv, n * qs.row()), rope);
-        let (d_qkv, ln1, d_ln) = (pr::<B>(&g.d_qkv, n * qs.row()), pr::<B>(&a.ln1, n * d), pm::<B>(&mut g.d_ln, n * d));
+        be.qkv_join(dq, dk, dv, qs, pm::<B>(d_qkv, n * qs.row()), rope);
+        let (d_qkv, ln1, d_ln) = (pr::<B>(d_qkv, n * qs.row()), pr::<B>(&a.ln1, n * d), pm::<B>(&mut g.d_ln, n * d));
         self.linear_bwd(be, ms(n, qs.row(), d), d_qkv, ln1, p.qkv_w(), p.qkv_b(), grads, d_ln, false);
         be.rmsnorm_bwd(
             pr::<B>(&g.d_ln, n * d),

@@ -227,7 +227,9 @@ fn qkv_split_and_join_match_the_cpu() {
             let mut want = (vec![0.0; nq], vec![0.0; nk], vec![0.0; nk]);
             qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, host);
             let fd = up(&g, &fused);
-            let (mut qd, mut kd, mut vd) = (up(&g, &want.0), up(&g, &want.1), up(&g, &want.2));
+            // NaN where the kernel must write: a missed element shows.
+            let nan = |n: usize| up(&g, &vec![f32::NAN; n]);
+            let (mut qd, mut kd, mut vd) = (nan(nq), nan(nk), nan(nk));
             g.qkv_split(fast, &fd.slice(offset..offset + nf), s, &mut qd, &mut kd, &mut vd, rope, &mut bad).unwrap();
             let (gq, gk, gv) = (down(&g, &qd), down(&g, &kd), down(&g, &vd));
             assert_eq!(gv, want.2, "split v moves unchanged, {what}");

@@ -101,13 +101,13 @@ impl Gpu {
         let (n, w) = (x.len(), heads * head_dim);
         let (xp, _g1) = x.device_ptr_mut(&self.stream);
         let mut t = [RopeTensor::default(); 3];
-        t[0] = tensor("rope: x", tokens, head_dim, heads, (xp, n, w), (xp, n, w), true)?;
+        t[0] = tensor("rope", "x", tokens, head_dim, heads, (xp, n, w), (xp, n, w), true)?;
         let _g2 = match x2 {
             Some((x2, h2)) => {
                 check_len("rope: k", x2.len(), tokens * h2 * head_dim)?;
                 let (w, n) = (h2 * head_dim, x2.len());
                 let (p, g) = x2.device_ptr_mut(&self.stream);
-                t[1] = tensor("rope: k", tokens, head_dim, h2, (p, n, w), (p, n, w), true)?;
+                t[1] = tensor("rope", "k", tokens, head_dim, h2, (p, n, w), (p, n, w), true)?;
                 Some(g)
             }
             None => None,
@@ -183,17 +183,22 @@ impl Gpu {
         check_head_dim(what, s.q.min(s.kv), s.head_dim)?;
         let (row, hd) = (s.row(), s.head_dim);
         let tokens = fused.1 / row;
-        check_len(&format!("{what}: the fused rows"), fused.1, tokens * row)?;
+        exact(what, "the fused rows", fused.1, tokens * row)?;
+        for (part, heads, (_, len)) in [("q", s.q, parts[0]), ("k", s.kv, parts[1]), ("v", s.kv, parts[2])] {
+            exact(what, part, len, tokens * heads * hd)?;
+        }
+        if tokens == 0 {
+            return Ok(());
+        }
         let mut t = [RopeTensor::default(); 3];
         let mut col = 0;
         for (i, (heads, (ptr, len))) in [s.q, s.kv, s.kv].into_iter().zip(parts).enumerate() {
-            let name = format!("{what}: {}", ["q", "k", "v"][i]);
-            check_len(&name, len, tokens * heads * hd)?;
-            // This part's columns of the fused rows (bf16: 2 bytes each).
+            // This part's columns of the fused rows (bf16: 2 bytes each);
+            // col < row ≤ fused.1 since tokens ≥ 1.
             let rows = (fused.0 + 2 * col as u64, fused.1 - col, row);
             let own = (ptr, len, heads * hd);
             let (src, dst) = if split { (rows, own) } else { (own, rows) };
-            t[i] = tensor(&name, tokens, hd, heads, src, dst, rope.is_some() && i < 2)?;
+            t[i] = tensor(what, ["q", "k", "v"][i], tokens, hd, heads, src, dst, rope.is_some() && i < 2)?;
             col += heads * hd;
         }
         let (_guards, tables) = match &rope {
@@ -229,7 +234,7 @@ impl Gpu {
         if t.iter().any(|t| t.rotate != 0) && tables.is_none() {
             bail!("{what}: rotation without tables");
         }
-        check_len(&format!("{what}: bad"), bad.len(), 1)?;
+        exact(what, "bad", bad.len(), 1)?;
         let half = head_dim / 2;
         let heads: usize = t.iter().map(|t| t.heads as usize).sum();
         // One thread per rotated pair (simple) or per 8 pairs of a head (fast).
@@ -285,11 +290,11 @@ struct Tables {
 impl Tables {
     fn new(what: &str, head_dim: usize, pos: (u64, usize), cos: (u64, usize), sin: (u64, usize)) -> Result<Tables> {
         let half = head_dim / 2;
-        check_len(&format!("{what}: sin"), sin.1, cos.1)?;
+        exact(what, "sin", sin.1, cos.1)?;
         if !cos.1.is_multiple_of(half) {
             bail!("{what}: cos/sin tables of {} values are not rows of head_dim/2 = {half}", cos.1);
         }
-        check_len(&format!("{what}: positions"), pos.1, pos.1)?; // fits 32-bit counts
+        exact(what, "positions", pos.1, pos.1)?; // fits 32-bit counts
         Ok(Tables { pos: pos.0, cos: cos.0, sin: sin.0, max_pos: (cos.1 / half) as u32 })
     }
 }
@@ -302,10 +307,21 @@ fn check_head_dim(what: &str, heads: usize, head_dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// Fails unless `len` is `want` and fits 32-bit counts (labels are only
+/// formatted on failure: these checks run on every decode step).
+fn exact(what: &str, part: &str, len: usize, want: usize) -> Result<()> {
+    if len != want || want > u32::MAX as usize {
+        bail!("{what}: {part}: {len} elements, expected {want} (within 32-bit counts)");
+    }
+    Ok(())
+}
+
 /// One tensor of a launch, checked: `tokens` rows of `heads` head vectors,
 /// each side `(address, elements from it, row stride in elements)`.
+#[allow(clippy::too_many_arguments)]
 fn tensor(
     what: &str,
+    part: &str,
     tokens: usize,
     head_dim: usize,
     heads: usize,
@@ -318,7 +334,7 @@ fn tensor(
         let need = if tokens == 0 { 0 } else { (tokens - 1) * ld + width };
         if ld < width || ld > u32::MAX as usize || len < need {
             bail!(
-                "{what}: a {side} of {len} elements (rows {ld} apart) for {tokens} rows of {heads} heads of {head_dim}"
+                "{what}: {part}: a {side} of {len} elements (rows {ld} apart) for {tokens} rows of {heads} heads of {head_dim}"
             );
         }
     }
