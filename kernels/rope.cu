@@ -10,12 +10,18 @@
 #include "rope.h"
 #include "vec.cuh"
 
-// Head h (of all the tensors' heads, in order) of token `token`.
+// Head h (of all the tensors' heads, in order) of token `token`; dst is
+// null where the token's destination row is outside its tensor.
 struct RopeHead {
   const bf16* src;
   bf16* dst;
   bool rotate;
 };
+
+// Records index i (a position or a row) outside its table in `bad`.
+__device__ __forceinline__ void rope_flag(const RopeParams& p, uint32_t i) {
+  atomicMax(ptr<unsigned int>(p.bad), i < 0xFFFFFFFFu ? i + 1u : 0xFFFFFFFFu);
+}
 
 __device__ __forceinline__ RopeHead rope_head(const RopeParams& p, uint32_t token, uint32_t h) {
   // Field by field through selects of values (unary + makes each operand
@@ -25,8 +31,13 @@ __device__ __forceinline__ RopeHead rope_head(const RopeParams& p, uint32_t toke
   const bool in0 = h < h0, in1 = !in0 && h < h01;
 #define ROPE_PICK(field) (in0 ? +p.t[0].field : in1 ? +p.t[1].field : +p.t[2].field)
   const size_t col = (size_t)(in0 ? h : in1 ? h - h0 : h - h01) * p.head_dim;
+  const dptr rows = ROPE_PICK(dst_rows);
+  const uint32_t row = rows ? ptr<const uint32_t>(rows)[token] : token;
+  const bool row_ok = !rows || row < ROPE_PICK(dst_limit);
+  if (!row_ok) rope_flag(p, row);
   const RopeHead x = {ptr<const bf16>(ROPE_PICK(src)) + (size_t)token * ROPE_PICK(src_ld) + col,
-                      ptr<bf16>(ROPE_PICK(dst)) + (size_t)token * ROPE_PICK(dst_ld) + col, ROPE_PICK(rotate) != 0};
+                      row_ok ? ptr<bf16>(ROPE_PICK(dst)) + (size_t)row * ROPE_PICK(dst_ld) + col : nullptr,
+                      ROPE_PICK(rotate) != 0};
 #undef ROPE_PICK
   return x;
 }
@@ -40,7 +51,7 @@ __device__ __forceinline__ uint32_t rope_heads(const RopeParams& p) {
 __device__ __forceinline__ bool rope_pos(const RopeParams& p, uint32_t token, uint32_t* pos) {
   *pos = ptr<const uint32_t>(p.pos)[token];
   if (*pos < p.max_pos) return true;
-  atomicMax(ptr<unsigned int>(p.bad), *pos < 0xFFFFFFFFu ? *pos + 1u : 0xFFFFFFFFu);
+  rope_flag(p, *pos);
   return false;
 }
 
@@ -55,6 +66,7 @@ extern "C" __global__ void rope(RopeParams p) {
   const uint32_t th = i / half;       // token · heads + head
   const uint32_t token = th / heads;  // < tokens since i < pairs
   const RopeHead x = rope_head(p, token, th % heads);
+  if (!x.dst) return;
   const float a = to_f(x.src[f]);
   const float b = to_f(x.src[f + half]);  // f + half < head_dim
   if (!x.rotate) {
@@ -101,6 +113,7 @@ extern "C" __global__ void rope8(RopeParams p) {
   const uint32_t th = i / groups;     // token · heads + head
   const uint32_t token = th / heads;  // < tokens
   const RopeHead x = rope_head(p, token, th % heads);
+  if (!x.dst) return;
   uint32_t pos = 0;
   if (x.rotate && !rope_pos(p, token, &pos)) return;
   const float* cs = ptr<const float>(p.cos) + (size_t)pos * half;  // this position's row

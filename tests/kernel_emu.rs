@@ -475,8 +475,9 @@ struct RopeWant {
 /// launch give the bits of two launches, and the CPU's rotation to bf16
 /// rounding; with k unaligned (scalar accesses) and head dims whose halves
 /// are not multiples of 8. The fused q/k/v rows split into q, k, v (rotated,
-/// and not) and joined back (rotated back) give the CPU's `qkv_split` /
-/// `qkv_join`, the in-place rotation's bits, and v's bits unchanged.
+/// and not; k and v into tables of rows too) and joined back (rotated back)
+/// give the CPU's `qkv_split` / `qkv_join`, the in-place rotation's bits,
+/// and v's bits unchanged.
 #[test]
 fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
     let Some(exe) = build("rope") else { return };
@@ -522,7 +523,7 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
             .collect();
         let tables = Some((&pos[..], &cos[..], &sin[..]));
         let mut split = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-        engine::backend::cpu::rope::qkv_split(&fused, s, &mut split.0, &mut split.1, &mut split.2, tables);
+        engine::backend::cpu::rope::qkv_split(&fused, s, &mut split.0, &mut split.1, &mut split.2, None, tables);
         let mut joined = vec![0.0; fused.len()];
         engine::backend::cpu::rope::qkv_join(&q, &k, &v, s, &mut joined, tables);
         want.push(RopeWant { q, k, v, wq, wk, split, joined, fused });
@@ -582,6 +583,22 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
                 floats(&mut lines, "N", w.v.len()),
             );
             assert!(same(&nq, &w.q) && same(&nk, &w.k) && same(&nv, &w.v), "{kernel} {c:?}: unrotated split");
+            // Into tables of rows: token t's k and v in row R − 1 − t (the
+            // split's bits), the last token's row outside (flagged, nothing
+            // written), every other row untouched.
+            let big = tokens + 3;
+            let tq = floats(&mut lines, "T", w.q.len());
+            let (tk, tv) = (floats(&mut lines, "T", big * kw), floats(&mut lines, "T", big * kw));
+            assert!(same(&tq, &sq), "{kernel} {c:?}: q beside the tables");
+            for (table, split) in [(&tk, &sk), (&tv, &sv)] {
+                let mut want = vec![0.0f32; big * kw];
+                for t in 0..tokens - 1 {
+                    let r = big - 1 - t;
+                    want[r * kw..(r + 1) * kw].copy_from_slice(&split[t * kw..(t + 1) * kw]);
+                }
+                assert!(same(table, &want), "{kernel} {c:?}: k or v in the tables' rows");
+            }
+            assert_eq!(lines.next("b"), vec![big as u64 + 8], "{kernel} {c:?}: the row outside the tables");
             // The join, rotated back: the CPU's join; the in-place inverse
             // rotation's bits where that was the case's direction.
             let j = floats(&mut lines, "J", w.fused.len());

@@ -14,6 +14,12 @@ typedef struct RopeTensor {
   uint32_t src_ld;
   uint32_t dst_ld;
   uint32_t rotate;
+  /* 0, or uint32 [tokens]: token t's heads go to row dst_rows[t] of dst
+   * (a KV cache layer in a decode step), which holds dst_limit rows; a row
+   * ≥ dst_limit is skipped and recorded in `bad` as 1 + row. */
+  dptr dst_rows;
+  uint32_t dst_limit;
+  uint32_t pad_;
 } RopeTensor;
 
 /* Rotary position embedding in HF's rotate-half layout: for each token t,

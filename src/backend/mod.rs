@@ -301,7 +301,11 @@ pub trait Backend: Sync {
     /// [tokens, s.q, head_dim]`, `k` and `v [tokens, s.kv, head_dim]`; with
     /// `rope`, q and k are rotated on the way ([`rope`](Self::rope)'s values:
     /// the same as a copy, then `rope_qk`). Without it (Qwen3 normalises q
-    /// and k before their rotation) the heads are only moved.
+    /// and k before their rotation) the heads are only moved. With
+    /// `kv_rows` (one per token), `k` and `v` are tables of rows of `s.kv`
+    /// heads (a KV cache layer) and token t's key and value go to row
+    /// `kv_rows[t]`: a decode step writes its cache without a copy.
+    #[allow(clippy::too_many_arguments)]
     fn qkv_split(
         &self,
         qkv: Self::Ref<'_>,
@@ -309,6 +313,7 @@ pub trait Backend: Sync {
         q: Self::Mut<'_>,
         k: Self::Mut<'_>,
         v: Self::Mut<'_>,
+        kv_rows: Option<Self::IdxRef<'_>>,
         rope: Option<RopeAt<'_, Self>>,
     );
     /// The backward of [`qkv_split`](Self::qkv_split): `dq`, `dk` (rotated

@@ -186,6 +186,17 @@ impl<B: Backend> KvCache<B> {
         be.copy_rows2(k, kc, v, vc, self.kv_dim, src, dst);
     }
 
+    /// A decode step's destinations for layer `l`'s new keys and values:
+    /// the layer's tables, and the row of each token (the step's token b is
+    /// sequence b's, staged by [`plan_decode`](Self::plan_decode)), for
+    /// [`Backend::qkv_split`] to write into directly.
+    pub(crate) fn decode_rows(&mut self, l: usize) -> (B::Mut<'_>, B::Mut<'_>, B::IdxRef<'_>) {
+        assert!(self.n_decode > 0 && self.n_writes == self.n_decode, "kv cache: no decode step staged");
+        let all = Span::new(0, self.shape().rows() * self.kv_dim);
+        let Self { k, v, write_dst, n_writes, .. } = self;
+        (B::view_mut(&mut k[l], all), B::view_mut(&mut v[l], all), B::idx_view(write_dst, Span::new(0, *n_writes)))
+    }
+
     pub(crate) fn decode_plan(&self) -> B::IdxRef<'_> {
         B::idx_view(&self.plan, Span::new(0, self.n_decode * DecodeSeq::WORDS))
     }

@@ -262,8 +262,7 @@ impl<B: Backend> Model<B> {
     ) {
         let cfg = &self.cfg;
         let p = &self.layout.layers[l];
-        let (n, d, q, kv, i, hd) =
-            (c.n, cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.head_dim);
+        let (n, d, q, kv, i) = (c.n, cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let eps = cfg.rms_norm_eps;
         let x_in = match &x {
             Resid::Kept { x_in, .. } => pr::<B>(x_in, n * d),
@@ -278,34 +277,20 @@ impl<B: Backend> Model<B> {
         let qs = self.qkv_shape();
         let w = (self.w(p.qkv_w()), p.qkv_b().map(|s| self.w(s)));
         be.matmul(ms(n, qs.row(), d), ln1, w.0, w.1, pm::<B>(qkv, n * qs.row()), false);
-        let rope = (!cfg.qk_norm).then(|| c.rope());
-        let (q_dst, k_dst) = if cfg.qk_norm { (&mut a.q_pre, &mut a.k_pre) } else { (&mut a.q, &mut a.k) };
-        let (q_dst, k_dst) = (pm::<B>(q_dst, n * q), pm::<B>(k_dst, n * kv));
-        be.qkv_split(pr::<B>(qkv, n * qs.row()), qs, q_dst, k_dst, pm::<B>(&mut a.v, n * kv), rope);
-        if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
-            // Qwen3: RMSNorm over each head's vector, before RoPE.
-            let (hq, hk) = (n * cfg.n_heads, n * cfg.n_kv_heads);
-            be.rmsnorm_fwd(
-                pr::<B>(&a.q_pre, n * q),
-                self.w(qn),
-                hd,
-                eps,
-                pm::<B>(&mut a.q, n * q),
-                pm::<B>(&mut a.rstd_q, hq),
-            );
-            be.rmsnorm_fwd(
-                pr::<B>(&a.k_pre, n * kv),
-                self.w(kn),
-                hd,
-                eps,
-                pm::<B>(&mut a.k, n * kv),
-                pm::<B>(&mut a.rstd_k, hk),
-            );
-            let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
-            be.rope_qk(pm::<B>(&mut a.q, n * q), qh, pm::<B>(&mut a.k, n * kv), kh, c.pos, hd, c.cos, c.sin, false);
-        }
-        if let Attend::PackedFill(cache) | Attend::Decode(cache) = attend {
-            cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
+        let fused = pr::<B>(qkv, n * qs.row());
+        match attend {
+            // A decode step writes its keys and values straight into the
+            // cache (unless Qwen3's norms come between the product and RoPE).
+            Attend::Decode(cache) if !cfg.qk_norm => {
+                let (kc, vc, rows) = cache.decode_rows(l);
+                be.qkv_split(fused, qs, pm::<B>(&mut a.q, n * q), kc, vc, Some(rows), Some(c.rope()));
+            }
+            _ => {
+                self.qkv_fwd(be, l, c, fused, a);
+                if let Attend::PackedFill(cache) | Attend::Decode(cache) = attend {
+                    cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
+                }
+            }
         }
         match attend {
             Attend::Packed | Attend::PackedFill(_) => be.attention_fwd(
@@ -352,6 +337,41 @@ impl<B: Backend> Model<B> {
             Resid::InPlace(x) => x,
         };
         be.matmul(ms(n, d, i), pr::<B>(&a.act, n * i), self.w(p.down_w), None, pm::<B>(out, n * d), true);
+    }
+
+    /// The fused q/k/v rows `fused` into the layer's q, k and v: moved, q
+    /// and k rotated on the way, or (Qwen3) normalised per head, then
+    /// rotated.
+    fn qkv_fwd(&self, be: &B, l: usize, c: &Ctx<B>, fused: B::Ref<'_>, a: &mut LayerActs<B>) {
+        let cfg = &self.cfg;
+        let p = &self.layout.layers[l];
+        let (n, q, kv, hd, eps) = (c.n, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim, cfg.rms_norm_eps);
+        let rope = (!cfg.qk_norm).then(|| c.rope());
+        let (q_dst, k_dst) = if cfg.qk_norm { (&mut a.q_pre, &mut a.k_pre) } else { (&mut a.q, &mut a.k) };
+        let (q_dst, k_dst) = (pm::<B>(q_dst, n * q), pm::<B>(k_dst, n * kv));
+        be.qkv_split(fused, self.qkv_shape(), q_dst, k_dst, pm::<B>(&mut a.v, n * kv), None, rope);
+        if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
+            // Qwen3: RMSNorm over each head's vector, before RoPE.
+            let (hq, hk) = (n * cfg.n_heads, n * cfg.n_kv_heads);
+            be.rmsnorm_fwd(
+                pr::<B>(&a.q_pre, n * q),
+                self.w(qn),
+                hd,
+                eps,
+                pm::<B>(&mut a.q, n * q),
+                pm::<B>(&mut a.rstd_q, hq),
+            );
+            be.rmsnorm_fwd(
+                pr::<B>(&a.k_pre, n * kv),
+                self.w(kn),
+                hd,
+                eps,
+                pm::<B>(&mut a.k, n * kv),
+                pm::<B>(&mut a.rstd_k, hk),
+            );
+            let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
+            be.rope_qk(pm::<B>(&mut a.q, n * q), qh, pm::<B>(&mut a.k, n * kv), kh, c.pos, hd, c.cos, c.sin, false);
+        }
     }
 
     /// Phase 1 of the lm_head + loss (DESIGN.md §3, [`head::phase1`]):

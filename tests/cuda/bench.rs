@@ -383,7 +383,7 @@ fn rope(b: &mut Bench) -> Result<()> {
     let shape = format!("{TOKENS}x({HEADS}+2x{KV_HEADS})x{HEAD_DIM}");
     let bytes = 2.0 * bytes_bf16(TOKENS * s.row()) + 4.0 * TOKENS as f64 + 2.0 * 4.0 * (TOKENS * half) as f64;
     b.run("qkv_split", &shape, Work::Bytes(bytes), false, MAX_N, || {
-        g.qkv_split(true, &fused, s, &mut q, &mut k, &mut v, t, &mut bad)
+        g.qkv_split(true, &fused, s, &mut q, &mut k, &mut v, None, t, &mut bad)
     })?;
     b.run("qkv_join", &shape, Work::Bytes(bytes), false, MAX_N, || {
         g.qkv_join(true, &q, &k, &v, s, &mut fused, t, &mut bad)

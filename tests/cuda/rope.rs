@@ -225,12 +225,13 @@ fn qkv_split_and_join_match_the_cpu() {
             // Split.
             let rows = &fused[offset..offset + nf];
             let mut want = (vec![0.0; nq], vec![0.0; nk], vec![0.0; nk]);
-            qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, host);
+            qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, None, host);
             let fd = up(&g, &fused);
             // NaN where the kernel must write: a missed element shows.
             let nan = |n: usize| up(&g, &vec![f32::NAN; n]);
             let (mut qd, mut kd, mut vd) = (nan(nq), nan(nk), nan(nk));
-            g.qkv_split(fast, &fd.slice(offset..offset + nf), s, &mut qd, &mut kd, &mut vd, rope, &mut bad).unwrap();
+            let fv = fd.slice(offset..offset + nf);
+            g.qkv_split(fast, &fv, s, &mut qd, &mut kd, &mut vd, None, rope, &mut bad).unwrap();
             let (gq, gk, gv) = (down(&g, &qd), down(&g, &kd), down(&g, &vd));
             assert_eq!(gv, want.2, "split v moves unchanged, {what}");
             if rotate {
@@ -239,6 +240,30 @@ fn qkv_split_and_join_match_the_cpu() {
                 assert!(eq < BF16_TOL && ek < BF16_TOL, "qkv_split {what}: q {eq:.2e}, k {ek:.2e}");
             } else {
                 assert_eq!((gq, gk), (want.0, want.1), "unrotated split, {what}");
+            }
+            if rotate {
+                // k and v into tables of rows, as a decode step writes its KV
+                // cache: token t to row R − 1 − t of R = tokens + 3.
+                let big = tokens + 3;
+                let kv_rows: Vec<u32> = (0..tokens).map(|t| (big - 1 - t) as u32).collect();
+                let table = big * kv_heads * head_dim;
+                let mut want = (vec![0.0; nq], vec![0.0; table], vec![0.0; table]);
+                qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, Some(&kv_rows), host);
+                let rd = g.stream.clone_htod(&kv_rows).unwrap();
+                let (mut qd, mut kt, mut vt) = (nan(nq), up(&g, &want.1), up(&g, &want.2));
+                g.qkv_split(fast, &fv, s, &mut qd, &mut kt, &mut vt, Some(&rd.as_view()), rope, &mut bad).unwrap();
+                let (gq, gk, gv) = (down(&g, &qd), down(&g, &kt), down(&g, &vt));
+                assert_eq!(gv, want.2, "v in the tables' rows, {what}");
+                let (eq, ek) = (rel_err(&gq, &want.0), rel_err(&gk, &want.1));
+                println!("qkv_split into tables {what}: q {eq:.2e}, k {ek:.2e}");
+                assert!(eq < BF16_TOL && ek < BF16_TOL, "qkv_split into tables {what}: q {eq:.2e}, k {ek:.2e}");
+                // A row outside the tables is skipped and flagged.
+                let mut outside = kv_rows.clone();
+                outside[5] = big as u32;
+                let rd = g.stream.clone_htod(&outside).unwrap();
+                g.qkv_split(fast, &fv, s, &mut qd, &mut kt, &mut vt, Some(&rd.as_view()), rope, &mut bad).unwrap();
+                assert_eq!(g.take_bad_index(&mut bad).unwrap(), Some(big as u32), "the row outside, {what}");
+                assert_eq!(down(&g, &vt), want.2, "nothing written outside or elsewhere, {what}");
             }
             // Join, into rows at the same offset; the element before stays.
             let mut want = vec![0.0; nf];
@@ -261,8 +286,11 @@ fn qkv_split_and_join_match_the_cpu() {
             (up(&g, &fused[..nf]), up(&g, &parts[0]), up(&g, &parts[1]), up(&g, &parts[1]));
         let short = up(&g, &parts[1][1..]);
         let mut short_mut = up(&g, &parts[1][1..]);
-        assert!(g.qkv_split(true, &fd, s, &mut qd, &mut kd, &mut short_mut, None, &mut bad).is_err(), "v too short");
-        assert!(g.qkv_split(true, &fd.slice(1..), s, &mut qd, &mut kd, &mut vd, None, &mut bad).is_err(), "rows");
+        assert!(
+            g.qkv_split(true, &fd, s, &mut qd, &mut kd, &mut short_mut, None, None, &mut bad).is_err(),
+            "v too short"
+        );
+        assert!(g.qkv_split(true, &fd.slice(1..), s, &mut qd, &mut kd, &mut vd, None, None, &mut bad).is_err(), "rows");
         let mut jd = up(&g, &fused[..nf]);
         assert!(g.qkv_join(true, &qd, &short, &vd, s, &mut jd, None, &mut bad).is_err(), "dk too short");
     }

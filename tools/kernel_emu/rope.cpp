@@ -4,7 +4,8 @@
 // launches (in place), so the test can compare the fused launch with the
 // separate ones bit for bit and both with the CPU's rotation; then the fused
 // q/k/v product's rows split into q, k, v (rotated, as the launcher's
-// qkv_split), split without rotation (Qwen3's path), and q, k, v joined
+// qkv_split), split without rotation (Qwen3's path), split with k and v
+// into tables of rows (a decode step's KV cache write), and q, k, v joined
 // back into rows (rotated back, as qkv_join).
 //
 // Input (little-endian), from stdin: u32 cases; per case: u32 tokens,
@@ -16,8 +17,10 @@
 // Output per case and kernel (rope8, then rope): "Q <bits>" per q element and
 // "K <bits>" per k element (as f32) from the fused launch, then the same
 // from the two launches; "S" per element of the split's q, k, v; "N" the
-// same for the unrotated split; "J" per element of the joined rows. Then
-// "B <bad>" (the position flag of all launches).
+// same for the unrotated split; "T" per element of q and of the k and v
+// tables (rows tokens + 3) of the split into tables, then "b <bad>" (its row
+// flag); "J" per element of the joined rows. Then "B <bad>" (the position
+// flag of all launches).
 #include "../../kernels/rope.cu"
 
 #include "launch.h"
@@ -95,6 +98,32 @@ int main() {
         put_floats(tag, from_bf(qs.data(), nq));
         put_floats(tag, from_bf(ks.data(), nk));
         put_floats(tag, from_bf(vs.data(), nk));
+      }
+      // The split with k and v into tables of rows, as a decode step writes
+      // its KV cache: token t to row R − 1 − t of R = tokens + 3, except the
+      // last token's row, outside the tables (skipped and flagged).
+      {
+        const uint32_t R = tokens + 3;
+        std::vector<uint32_t> dst_rows(tokens);
+        for (uint32_t t = 0; t < tokens; ++t) dst_rows[t] = R - 1 - t;
+        dst_rows[tokens - 1] = R + 7;
+        std::vector<uint16_t> qt(nq), kt((size_t)R * kw, 0), vt((size_t)R * kw, 0);
+        uint32_t bad_rows = 0;
+        p.bad = (dptr)&bad_rows;
+        p.inverse = 0;
+        p.t[0] = tensor(f, qt.data(), qh, row, qw, 1);
+        p.t[1] = tensor(f + qw, kt.data(), kh, row, kw, 1);
+        p.t[2] = tensor(f + qw + kw, vt.data(), kh, row, kw, 0);
+        for (int i = 1; i < 3; ++i) {
+          p.t[i].dst_rows = (dptr)dst_rows.data();
+          p.t[i].dst_limit = R;
+        }
+        go(qh + 2 * kh);
+        put_floats("T", from_bf(qt.data(), nq));
+        put_floats("T", from_bf(kt.data(), kt.size()));
+        put_floats("T", from_bf(vt.data(), vt.size()));
+        printf("b %x\n", bad_rows);
+        p.bad = (dptr)&bad;
       }
       // q, k, v joined into rows (rotated back).
       const std::vector<uint16_t> qj = to_bf(q, 0), kj = to_bf(k, 0), vj = to_bf(v, 0);

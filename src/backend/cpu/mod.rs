@@ -128,9 +128,10 @@ impl Backend for Cpu {
         q: &mut [f32],
         k: &mut [f32],
         v: &mut [f32],
+        kv_rows: Option<&[u32]>,
         rope: Option<RopeAt<'_, Self>>,
     ) {
-        rope::qkv_split(qkv, s, q, k, v, rope.map(|r| (r.pos, r.cos, r.sin)));
+        rope::qkv_split(qkv, s, q, k, v, kv_rows, rope.map(|r| (r.pos, r.cos, r.sin)));
     }
     fn qkv_join(
         &self,

@@ -42,18 +42,13 @@ pub fn rope(x: &mut [f32], pos: &[u32], heads: usize, head_dim: usize, cos: &[f3
     });
 }
 
-/// Checks the buffers of a split or join of `tokens` rows and returns
-/// `tokens`.
-fn check_qkv(s: QkvShape, fused: usize, q: usize, k: usize, v: usize, rope: Option<Tables>) -> usize {
+/// Checks the fused rows and q of a split or join and returns `tokens`.
+fn check_qkv(s: QkvShape, fused: usize, q: usize, rope: Option<Tables>) -> usize {
     let hd = s.head_dim;
     assert!(hd > 0 && hd.is_multiple_of(2) && s.q > 0 && s.kv > 0, "qkv: {s:?}");
     let tokens = fused / s.row();
     assert_eq!(fused, tokens * s.row(), "qkv: fused rows");
-    assert_eq!(
-        (q, k, v),
-        (tokens * s.q * hd, tokens * s.kv * hd, tokens * s.kv * hd),
-        "qkv: q, k, v for {tokens} tokens"
-    );
+    assert_eq!(q, tokens * s.q * hd, "qkv: q for {tokens} tokens");
     if let Some((pos, cos, sin)) = rope {
         assert_eq!(pos.len(), tokens, "qkv: positions");
         assert_eq!(cos.len(), sin.len(), "qkv: tables");
@@ -62,25 +57,54 @@ fn check_qkv(s: QkvShape, fused: usize, q: usize, k: usize, v: usize, rope: Opti
 }
 
 /// [`crate::backend::Backend::qkv_split`] on the CPU.
-pub fn qkv_split(qkv: &[f32], s: QkvShape, q: &mut [f32], k: &mut [f32], v: &mut [f32], rope: Option<Tables>) {
-    check_qkv(s, qkv.len(), q.len(), k.len(), v.len(), rope);
+pub fn qkv_split(
+    qkv: &[f32],
+    s: QkvShape,
+    q: &mut [f32],
+    k: &mut [f32],
+    v: &mut [f32],
+    kv_rows: Option<&[u32]>,
+    rope: Option<Tables>,
+) {
+    let tokens = check_qkv(s, qkv.len(), q.len(), rope);
     let (hd, qd, kd) = (s.head_dim, s.q * s.head_dim, s.kv * s.head_dim);
-    let rows = q.par_chunks_mut(qd).zip(k.par_chunks_mut(kd)).zip(v.par_chunks_mut(kd));
-    rows.zip(qkv.par_chunks(s.row())).enumerate().for_each(|(t, (((q, k), v), src))| {
-        q.copy_from_slice(&src[..qd]);
+    let angles = |t: usize| rope.map(|(pos, cos, sin)| at(cos, sin, hd / 2, pos[t]));
+    let move_kv = |src: &[f32], k: &mut [f32], v: &mut [f32], t: usize| {
         k.copy_from_slice(&src[qd..qd + kd]);
         v.copy_from_slice(&src[qd + kd..]);
-        if let Some((pos, cos, sin)) = rope {
-            let (c, sn) = at(cos, sin, hd / 2, pos[t]);
-            rotate(q, hd, c, sn, false);
+        if let Some((c, sn)) = angles(t) {
             rotate(k, hd, c, sn, false);
         }
+    };
+    q.par_chunks_mut(qd).zip(qkv.par_chunks(s.row())).enumerate().for_each(|(t, (q, src))| {
+        q.copy_from_slice(&src[..qd]);
+        if let Some((c, sn)) = angles(t) {
+            rotate(q, hd, c, sn, false);
+        }
     });
+    match kv_rows {
+        None => {
+            assert_eq!((k.len(), v.len()), (tokens * kd, tokens * kd), "qkv: k, v for {tokens} tokens");
+            let kv = k.par_chunks_mut(kd).zip(v.par_chunks_mut(kd));
+            kv.zip(qkv.par_chunks(s.row())).enumerate().for_each(|(t, ((k, v), src))| move_kv(src, k, v, t));
+        }
+        // A decode step's few tokens, each to its own row of the tables.
+        Some(rows) => {
+            assert_eq!(rows.len(), tokens, "qkv: kv_rows");
+            assert!(k.len() == v.len() && k.len().is_multiple_of(kd), "qkv: k, v tables of rows of {kd}");
+            for (t, (&r, src)) in rows.iter().zip(qkv.chunks(s.row())).enumerate() {
+                let r = r as usize;
+                assert!((r + 1) * kd <= k.len(), "qkv: row {r} outside the tables of {} rows", k.len() / kd);
+                move_kv(src, &mut k[r * kd..(r + 1) * kd], &mut v[r * kd..(r + 1) * kd], t);
+            }
+        }
+    }
 }
 
 /// [`crate::backend::Backend::qkv_join`] on the CPU.
 pub fn qkv_join(dq: &[f32], dk: &[f32], dv: &[f32], s: QkvShape, d_qkv: &mut [f32], rope: Option<Tables>) {
-    check_qkv(s, d_qkv.len(), dq.len(), dk.len(), dv.len(), rope);
+    let tokens = check_qkv(s, d_qkv.len(), dq.len(), rope);
+    assert_eq!((dk.len(), dv.len()), (tokens * s.kv * s.head_dim, tokens * s.kv * s.head_dim), "qkv: dk, dv");
     let (hd, qd, kd) = (s.head_dim, s.q * s.head_dim, s.kv * s.head_dim);
     let rows = dq.par_chunks(qd).zip(dk.par_chunks(kd)).zip(dv.par_chunks(kd));
     rows.zip(d_qkv.par_chunks_mut(s.row())).enumerate().for_each(|(t, (((dq, dk), dv), dst))| {

@@ -460,22 +460,16 @@ impl Backend for Cuda {
         q: DMut<'_>,
         k: DMut<'_>,
         v: DMut<'_>,
+        kv_rows: Option<IdxRef<'_>>,
         rope: Option<RopeAt<'_, Self>>,
     ) {
         let mut sc = self.scratch();
         let tables = rope.map(|r| (r.pos.view(), r.cos.f32("qkv_split cos"), r.sin.f32("qkv_split sin")));
         let tables = tables.as_ref().map(|(pos, cos, sin)| RopeTables { pos, cos, sin });
-        let (q, k, v) = (q.bf16("qkv_split q"), k.bf16("qkv_split k"), v.bf16("qkv_split v"));
-        must(self.gpu.qkv_split(
-            true,
-            &qkv.bf16("qkv_split"),
-            s,
-            &mut { q },
-            &mut { k },
-            &mut { v },
-            tables,
-            &mut sc.flag,
-        ));
+        let rows = kv_rows.map(|r| r.view());
+        let (mut q, mut k, mut v) = (q.bf16("qkv_split q"), k.bf16("qkv_split k"), v.bf16("qkv_split v"));
+        let qkv = qkv.bf16("qkv_split");
+        must(self.gpu.qkv_split(true, &qkv, s, &mut q, &mut k, &mut v, rows.as_ref(), tables, &mut sc.flag));
     }
 
     fn qkv_join(

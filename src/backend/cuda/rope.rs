@@ -101,13 +101,13 @@ impl Gpu {
         let (n, w) = (x.len(), heads * head_dim);
         let (xp, _g1) = x.device_ptr_mut(&self.stream);
         let mut t = [RopeTensor::default(); 3];
-        t[0] = tensor("rope", "x", tokens, head_dim, heads, (xp, n, w), (xp, n, w), true)?;
+        t[0] = tensor("rope", "x", head_dim, heads, (xp, n, w, tokens), (xp, n, w, tokens), true)?;
         let _g2 = match x2 {
             Some((x2, h2)) => {
                 check_len("rope: k", x2.len(), tokens * h2 * head_dim)?;
                 let (w, n) = (h2 * head_dim, x2.len());
                 let (p, g) = x2.device_ptr_mut(&self.stream);
-                t[1] = tensor("rope", "k", tokens, head_dim, h2, (p, n, w), (p, n, w), true)?;
+                t[1] = tensor("rope", "k", head_dim, h2, (p, n, w, tokens), (p, n, w, tokens), true)?;
                 Some(g)
             }
             None => None,
@@ -121,7 +121,10 @@ impl Gpu {
 
     /// [`crate::backend::Backend::qkv_split`]: the fused q/k/v product's rows
     /// `qkv [tokens, s.row()]` into `q`, `k`, `v`, q and k rotated when `rope`
-    /// is given; `fast` picks the kernel (`rope8`, or `rope` for tests).
+    /// is given; with `kv_rows` (u32 per token), `k` and `v` are tables of
+    /// rows (a KV cache layer) and token t's go to row `kv_rows[t]` (a row
+    /// outside them is skipped and flagged in `bad`); `fast` picks the
+    /// kernel (`rope8`, or `rope` for tests).
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_split(
         &self,
@@ -131,6 +134,7 @@ impl Gpu {
         q: &mut impl DevicePtrMut<Bf16>,
         k: &mut impl DevicePtrMut<Bf16>,
         v: &mut impl DevicePtrMut<Bf16>,
+        kv_rows: Option<&CudaView<'_, u32>>,
         rope: Option<RopeTables<'_>>,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
@@ -140,7 +144,12 @@ impl Gpu {
         let (kp, _g2) = k.device_ptr_mut(&self.stream);
         let (vp, _g3) = v.device_ptr_mut(&self.stream);
         let parts = [(qp, lens[0]), (kp, lens[1]), (vp, lens[2])];
-        self.qkv_move("qkv_split", fast, s, (fused, qkv.len()), parts, true, rope, bad)
+        let rows = kv_rows.map(|r| (r.device_ptr(&self.stream), r.len()));
+        let (rows, _g4) = match rows {
+            Some(((p, g), n)) => (Some((p, n)), Some(g)),
+            None => (None, None),
+        };
+        self.qkv_move("qkv_split", fast, s, (fused, qkv.len()), parts, true, rows, rope, bad)
     }
 
     /// [`crate::backend::Backend::qkv_join`]: `dq`, `dk` (rotated back when
@@ -163,11 +172,13 @@ impl Gpu {
         let (kp, _g2) = dk.device_ptr(&self.stream);
         let (vp, _g3) = dv.device_ptr(&self.stream);
         let parts = [(qp, dq.len()), (kp, dk.len()), (vp, dv.len())];
-        self.qkv_move("qkv_join", fast, s, (fused, n), parts, false, rope, bad)
+        self.qkv_move("qkv_join", fast, s, (fused, n), parts, false, None, rope, bad)
     }
 
     /// Moves the q, k, v heads between the fused rows and their own tensors
-    /// (`split`: fused → parts, else parts → fused, rotated back).
+    /// (`split`: fused → parts, else parts → fused, rotated back). With
+    /// `kv_rows` (a split only: device address, count), k and v are tables
+    /// of rows, token t's going to row `kv_rows[t]`.
     #[allow(clippy::too_many_arguments)]
     fn qkv_move(
         &self,
@@ -177,16 +188,34 @@ impl Gpu {
         fused: (u64, usize),
         parts: [(u64, usize); 3],
         split: bool,
+        kv_rows: Option<(u64, usize)>,
         rope: Option<RopeTables<'_>>,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
         check_head_dim(what, s.q.min(s.kv), s.head_dim)?;
+        if kv_rows.is_some() && !split {
+            bail!("{what}: rows of k and v are for a split (the kernel scatters, it does not gather)");
+        }
         let (row, hd) = (s.row(), s.head_dim);
         let tokens = fused.1 / row;
         exact(what, "the fused rows", fused.1, tokens * row)?;
-        for (part, heads, (_, len)) in [("q", s.q, parts[0]), ("k", s.kv, parts[1]), ("v", s.kv, parts[2])] {
-            exact(what, part, len, tokens * heads * hd)?;
-        }
+        exact(what, "q", parts[0].1, tokens * s.q * hd)?;
+        let kw = s.kv * hd;
+        // Rows of k and of v: one per token, or the tables' own.
+        let kv_table = match kv_rows {
+            None => {
+                exact(what, "k", parts[1].1, tokens * kw)?;
+                exact(what, "v", parts[2].1, tokens * kw)?;
+                tokens
+            }
+            Some((_, n)) => {
+                exact(what, "kv_rows", n, tokens)?;
+                let rows = parts[1].1 / kw;
+                exact(what, "k (rows of kv heads)", parts[1].1, rows * kw)?;
+                exact(what, "v (as k)", parts[2].1, rows * kw)?;
+                rows
+            }
+        };
         if tokens == 0 {
             return Ok(());
         }
@@ -195,10 +224,14 @@ impl Gpu {
         for (i, (heads, (ptr, len))) in [s.q, s.kv, s.kv].into_iter().zip(parts).enumerate() {
             // This part's columns of the fused rows (bf16: 2 bytes each);
             // col < row ≤ fused.1 since tokens ≥ 1.
-            let rows = (fused.0 + 2 * col as u64, fused.1 - col, row);
-            let own = (ptr, len, heads * hd);
+            let rows = (fused.0 + 2 * col as u64, fused.1 - col, row, tokens);
+            let own = (ptr, len, heads * hd, if i == 0 { tokens } else { kv_table });
             let (src, dst) = if split { (rows, own) } else { (own, rows) };
-            t[i] = tensor(what, ["q", "k", "v"][i], tokens, hd, heads, src, dst, rope.is_some() && i < 2)?;
+            t[i] = tensor(what, ["q", "k", "v"][i], hd, heads, src, dst, rope.is_some() && i < 2)?;
+            if let (Some((p, _)), true) = (kv_rows, i > 0) {
+                // Each row index is checked by the kernel against the table.
+                (t[i].dst_rows, t[i].dst_limit) = (p, kv_table as u32);
+            }
             col += heads * hd;
         }
         let (_guards, tables) = match &rope {
@@ -316,25 +349,24 @@ fn exact(what: &str, part: &str, len: usize, want: usize) -> Result<()> {
     Ok(())
 }
 
-/// One tensor of a launch, checked: `tokens` rows of `heads` head vectors,
-/// each side `(address, elements from it, row stride in elements)`.
+/// One tensor of a launch, checked: rows of `heads` head vectors, each side
+/// `(address, elements from it, row stride in elements, rows)`.
 #[allow(clippy::too_many_arguments)]
 fn tensor(
     what: &str,
     part: &str,
-    tokens: usize,
     head_dim: usize,
     heads: usize,
-    src: (u64, usize, usize),
-    dst: (u64, usize, usize),
+    src: (u64, usize, usize, usize),
+    dst: (u64, usize, usize, usize),
     rotate: bool,
 ) -> Result<RopeTensor> {
     let width = heads * head_dim;
-    for (side, (_, len, ld)) in [("source", src), ("destination", dst)] {
-        let need = if tokens == 0 { 0 } else { (tokens - 1) * ld + width };
+    for (side, (_, len, ld, rows)) in [("source", src), ("destination", dst)] {
+        let need = if rows == 0 { 0 } else { (rows - 1) * ld + width };
         if ld < width || ld > u32::MAX as usize || len < need {
             bail!(
-                "{what}: {part}: a {side} of {len} elements (rows {ld} apart) for {tokens} rows of {heads} heads of {head_dim}"
+                "{what}: {part}: a {side} of {len} elements (rows {ld} apart) for {rows} rows of {heads} heads of {head_dim}"
             );
         }
     }
@@ -345,5 +377,6 @@ fn tensor(
         src_ld: src.2 as u32,
         dst_ld: dst.2 as u32,
         rotate: rotate as u32,
+        ..Default::default()
     })
 }
