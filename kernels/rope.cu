@@ -2,8 +2,8 @@
 // same kernel with `inverse` set: the rotation by the opposite angle is the
 // transpose of the forward's. `rope`, the simple version (for tests): one
 // thread per rotated pair (token, head, frequency); `rope8`, the fast one:
-// one thread per 8 pairs. Each element is read and written by one thread,
-// so a tensor may be rotated in place. A launch serves up to three tensors
+// one thread per 8 pairs. Each element is read and written by one thread
+// (destination rows are distinct), so a tensor may be rotated in place. A launch serves up to three tensors
 // (rope.h): q and k in place, or the fused q/k/v product's rows split into
 // q, k (rotated) and v (moved), and joined back in the backward.
 #include "common.cuh"

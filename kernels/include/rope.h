@@ -14,9 +14,10 @@ typedef struct RopeTensor {
   uint32_t src_ld;
   uint32_t dst_ld;
   uint32_t rotate;
-  /* 0, or uint32 [tokens]: token t's heads go to row dst_rows[t] of dst
-   * (a KV cache layer in a decode step), which holds dst_limit rows; a row
-   * ≥ dst_limit is skipped and recorded in `bad` as 1 + row. */
+  /* 0, or uint32 [tokens], distinct: token t's heads go to row
+   * dst_rows[t] of dst (a KV cache layer in a decode step), which holds
+   * dst_limit rows; a row ≥ dst_limit is skipped and recorded in `bad` as
+   * 1 + row. */
   dptr dst_rows;
   uint32_t dst_limit;
   uint32_t pad_;
@@ -31,7 +32,8 @@ typedef struct RopeTensor {
  * q, k, v parts split out, and back for the backward), their heads one
  * after another in each token's thread range.
  * A position ≥ max_pos leaves its token's rotated heads unwritten and
- * records `bad = max(bad, 1 + position)` (saturating at 0xFFFFFFFF); `bad`
+ * records `bad = max(bad, 1 + position)` (saturating at 0xFFFFFFFF; a
+ * destination row outside its table likewise); `bad`
  * is never cleared by the kernel, so one flag can serve many launches.
  * Positions and tables are read only for rotated heads.
  * pos: uint32 [tokens]; cos, sin: fp32 [max_pos, head_dim/2]; bad: uint32 [1]. */

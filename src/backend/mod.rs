@@ -302,9 +302,9 @@ pub trait Backend: Sync {
     /// `rope`, q and k are rotated on the way ([`rope`](Self::rope)'s values:
     /// the same as a copy, then `rope_qk`). Without it (Qwen3 normalises q
     /// and k before their rotation) the heads are only moved. With
-    /// `kv_rows` (one per token), `k` and `v` are tables of rows of `s.kv`
-    /// heads (a KV cache layer) and token t's key and value go to row
-    /// `kv_rows[t]`: a decode step writes its cache without a copy.
+    /// `kv_rows` (one per token, distinct), `k` and `v` are tables of rows
+    /// of `s.kv` heads (a KV cache layer) and token t's key and value go to
+    /// row `kv_rows[t]`: a decode step writes its cache without a copy.
     #[allow(clippy::too_many_arguments)]
     fn qkv_split(
         &self,

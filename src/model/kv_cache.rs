@@ -166,6 +166,10 @@ impl<B: Backend> KvCache<B> {
         let mut seqs = seqs.to_vec();
         seqs.extend((0..batch - seqs.len()).map(|i| DecodeSeq::contiguous((pad0 + i) as u32, 1)));
         let writes: Vec<(u32, u32)> = seqs.iter().enumerate().map(|(b, s)| (b as u32, s.row(s.len - 1))).collect();
+        // Distinct: the split writes a step's rows in parallel.
+        let mut rows: Vec<u32> = writes.iter().map(|w| w.1).collect();
+        rows.sort_unstable();
+        assert!(rows.windows(2).all(|w| w[0] < w[1]), "kv cache: two sequences write one row in a decode step");
         self.plan_writes(be, &writes);
         be.write_idx(&DecodeSeq::encode(&seqs), &mut self.plan);
         self.n_decode = seqs.len();

@@ -1,7 +1,9 @@
 //! kernels/rope.cu against the CPU's rotation.
 
 use super::util::{down, gpu, random_bf16, rel_err, up, BF16_TOL};
+use cudarc::driver::CudaSlice;
 use engine::backend::cpu::rope::rope;
+use engine::backend::cuda::Bf16;
 
 /// Tables as transformers computes them: `inv_freq = θ^(−2i/d)`, the angle
 /// `p · inv_freq` in f32; `[max_pos, head_dim/2]` each.
@@ -243,27 +245,41 @@ fn qkv_split_and_join_match_the_cpu() {
             }
             if rotate {
                 // k and v into tables of rows, as a decode step writes its KV
-                // cache: token t to row R − 1 − t of R = tokens + 3.
+                // cache: token t to row R − 1 − t of R = tokens + 3. The
+                // tables start as filler, so a missed row shows, and the rows
+                // no token owns must keep it.
                 let big = tokens + 3;
                 let kv_rows: Vec<u32> = (0..tokens).map(|t| (big - 1 - t) as u32).collect();
                 let table = big * kv_heads * head_dim;
-                let mut want = (vec![0.0; nq], vec![0.0; table], vec![0.0; table]);
-                qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, Some(&kv_rows), host);
-                let rd = g.stream.clone_htod(&kv_rows).unwrap();
-                let (mut qd, mut kt, mut vt) = (nan(nq), up(&g, &want.1), up(&g, &want.2));
-                g.qkv_split(fast, &fv, s, &mut qd, &mut kt, &mut vt, Some(&rd.as_view()), rope, &mut bad).unwrap();
-                let (gq, gk, gv) = (down(&g, &qd), down(&g, &kt), down(&g, &vt));
+                let filler = (random_bf16(table, 31), random_bf16(table, 32));
+                let split_into = |kv_rows: &[u32], bad: &mut CudaSlice<u32>| {
+                    let mut want = (vec![0.0; nq], filler.0.clone(), filler.1.clone());
+                    qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, Some(kv_rows), host);
+                    let rd = g.stream.clone_htod(kv_rows).unwrap();
+                    let (mut qd, mut kt, mut vt) = (nan(nq), up(&g, &filler.0), up(&g, &filler.1));
+                    let r = g.qkv_split(fast, &fv, s, &mut qd, &mut kt, &mut vt, Some(&rd.as_view()), rope, bad);
+                    r.unwrap();
+                    (want, (down(&g, &qd), down(&g, &kt), down(&g, &vt)))
+                };
+                let (want, (gq, gk, gv)) = split_into(&kv_rows, &mut bad);
                 assert_eq!(gv, want.2, "v in the tables' rows, {what}");
                 let (eq, ek) = (rel_err(&gq, &want.0), rel_err(&gk, &want.1));
                 println!("qkv_split into tables {what}: q {eq:.2e}, k {ek:.2e}");
                 assert!(eq < BF16_TOL && ek < BF16_TOL, "qkv_split into tables {what}: q {eq:.2e}, k {ek:.2e}");
-                // A row outside the tables is skipped and flagged.
+                assert_eq!(g.take_bad_index(&mut bad).unwrap(), None);
+                // A row outside the tables: skipped and flagged; token 5's own
+                // row keeps its filler.
                 let mut outside = kv_rows.clone();
                 outside[5] = big as u32;
-                let rd = g.stream.clone_htod(&outside).unwrap();
-                g.qkv_split(fast, &fv, s, &mut qd, &mut kt, &mut vt, Some(&rd.as_view()), rope, &mut bad).unwrap();
+                let (_, (_, gk, gv)) = split_into(&outside, &mut bad);
                 assert_eq!(g.take_bad_index(&mut bad).unwrap(), Some(big as u32), "the row outside, {what}");
-                assert_eq!(down(&g, &vt), want.2, "nothing written outside or elsewhere, {what}");
+                let (kw, r5) = (kv_heads * head_dim, big - 1 - 5);
+                let (mut want_k, mut want_v) = (want.1.clone(), want.2.clone());
+                want_k[r5 * kw..(r5 + 1) * kw].copy_from_slice(&filler.0[r5 * kw..(r5 + 1) * kw]);
+                want_v[r5 * kw..(r5 + 1) * kw].copy_from_slice(&filler.1[r5 * kw..(r5 + 1) * kw]);
+                assert_eq!(gv, want_v, "v with one row outside, {what}");
+                assert!(rel_err(&gk, &want_k) < BF16_TOL, "k with one row outside, {what}");
+                assert_eq!(gk[r5 * kw..(r5 + 1) * kw], filler.0[r5 * kw..(r5 + 1) * kw], "k's skipped row, {what}");
             }
             // Join, into rows at the same offset; the element before stays.
             let mut want = vec![0.0; nf];
@@ -293,5 +309,18 @@ fn qkv_split_and_join_match_the_cpu() {
         assert!(g.qkv_split(true, &fd.slice(1..), s, &mut qd, &mut kd, &mut vd, None, None, &mut bad).is_err(), "rows");
         let mut jd = up(&g, &fused[..nf]);
         assert!(g.qkv_join(true, &qd, &short, &vd, s, &mut jd, None, &mut bad).is_err(), "dk too short");
+        // Tables of rows: a row per token, whole rows, v as long as k.
+        let kw = kv_heads * head_dim;
+        let rows_ok = g.stream.clone_htod(&(0..tokens as u32).collect::<Vec<_>>()).unwrap();
+        let rows_short = g.stream.clone_htod(&(1..tokens as u32).collect::<Vec<_>>()).unwrap();
+        let (mut kt, mut vt) = (up(&g, &vec![0.0; (tokens + 1) * kw]), up(&g, &vec![0.0; (tokens + 1) * kw]));
+        let (mut odd, mut long) = (up(&g, &vec![0.0; (tokens + 1) * kw - 1]), up(&g, &vec![0.0; (tokens + 2) * kw]));
+        let mut split = |k: &mut CudaSlice<Bf16>, v: &mut CudaSlice<Bf16>, r: &CudaSlice<u32>| {
+            g.qkv_split(true, &fd, s, &mut qd, k, v, Some(&r.as_view()), None, &mut bad)
+        };
+        split(&mut kt, &mut vt, &rows_ok).unwrap();
+        assert!(split(&mut kt, &mut vt, &rows_short).is_err(), "a row for each token");
+        assert!(split(&mut odd, &mut vt, &rows_ok).is_err(), "k not whole rows");
+        assert!(split(&mut kt, &mut long, &rows_ok).is_err(), "v longer than k");
     }
 }

@@ -120,3 +120,42 @@ pub fn qkv_join(dq: &[f32], dk: &[f32], dv: &[f32], s: QkvShape, d_qkv: &mut [f3
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The split into tables of rows puts each token's k and v in its row
+    /// with the values of the split into contiguous k, v (other rows keep
+    /// what they held); the join, rotating back, undoes the split (the
+    /// rotation is orthogonal: equal to f32 rounding).
+    #[test]
+    fn split_into_rows_matches_the_contiguous_split_and_join_undoes_it() {
+        let s = QkvShape { q: 3, kv: 2, head_dim: 8 };
+        let (tokens, kw, qw) = (5, 2 * 8, 3 * 8);
+        let fused: Vec<f32> = (0..tokens * s.row()).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let inv: Vec<f32> = (0..4).map(|i| 1.0 / 10000f32.powf(i as f32 / 4.0)).collect();
+        let (cos, sin) = crate::model::rope::tables_from(&inv, 16);
+        let pos = [3u32, 0, 7, 15, 2];
+        let tables = Some((&pos[..], &cos[..], &sin[..]));
+        let (mut q, mut k, mut v) = (vec![0.0; tokens * qw], vec![0.0; tokens * kw], vec![0.0; tokens * kw]);
+        qkv_split(&fused, s, &mut q, &mut k, &mut v, None, tables);
+        let rows = [9u32, 1, 4, 0, 6];
+        let (mut q2, mut kt, mut vt) = (vec![0.0; tokens * qw], vec![-7.0; 10 * kw], vec![-7.0; 10 * kw]);
+        qkv_split(&fused, s, &mut q2, &mut kt, &mut vt, Some(&rows), tables);
+        assert_eq!(q2, q);
+        for r in 0..10 {
+            let (kr, vr) = (&kt[r * kw..(r + 1) * kw], &vt[r * kw..(r + 1) * kw]);
+            match rows.iter().position(|&x| x as usize == r) {
+                Some(t) => assert_eq!((kr, vr), (&k[t * kw..(t + 1) * kw], &v[t * kw..(t + 1) * kw]), "row {r}"),
+                None => assert!(kr.iter().chain(vr).all(|&x| x == -7.0), "row {r} untouched"),
+            }
+        }
+        // The split rotated q and k: they differ from the rows' own values.
+        assert_ne!(&q[..qw], &fused[..qw]);
+        let mut back = vec![0.0; fused.len()];
+        qkv_join(&q, &k, &v, s, &mut back, tables);
+        let err = back.iter().zip(&fused).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-5, "join after split: {err:e}");
+    }
+}

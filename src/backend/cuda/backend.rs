@@ -109,7 +109,10 @@ impl Cuda {
         self.gpu.sync()?;
         let mut s = self.scratch();
         if let Some(i) = self.gpu.take_bad_index(&mut s.flag)? {
-            bail!("{}: a kernel met index {i} outside its buffer (RoPE position, row copy or token id)", self.gpu.name);
+            bail!(
+                "{}: a kernel met index {i} outside its buffer (RoPE position, row copy, KV cache row or token id)",
+                self.gpu.name
+            );
         }
         Ok(())
     }

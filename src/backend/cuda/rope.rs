@@ -210,9 +210,16 @@ impl Gpu {
             }
             Some((_, n)) => {
                 exact(what, "kv_rows", n, tokens)?;
+                // Whole rows of kw, v as k; the tables may pass 2^32 elements
+                // (offsets are 64-bit), their rows not.
                 let rows = parts[1].1 / kw;
-                exact(what, "k (rows of kv heads)", parts[1].1, rows * kw)?;
-                exact(what, "v (as k)", parts[2].1, rows * kw)?;
+                if parts[1].1 != rows * kw || parts[2].1 != parts[1].1 || rows > u32::MAX as usize {
+                    bail!(
+                        "{what}: k, v tables of {} and {} elements are not the same whole rows of {kw}",
+                        parts[1].1,
+                        parts[2].1
+                    );
+                }
                 rows
             }
         };
@@ -290,7 +297,9 @@ impl Gpu {
         };
         let f = if fast { &self.k.rope.rope8 } else { &self.k.rope.rope };
         // SAFETY: every tensor's rows lie in its buffers (`tensor` checked
-        // that (tokens − 1)·ld + heads·head_dim elements fit each side);
+        // that (rows − 1)·ld + heads·head_dim elements fit each side, rows
+        // being the tokens or a table's rows; the kernel checks each
+        // destination row index against dst_limit before its writes);
         // pos holds tokens values and cos, sin max_pos × half (`Tables::new`),
         // read only for rotated heads (and every rotating launch has tables),
         // after each position is checked against max_pos; bad is one element;
