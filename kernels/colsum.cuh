@@ -74,16 +74,3 @@ __device__ __forceinline__ float colsum_span(const Src& src, uint32_t rows, uint
   }
   return total;
 }
-
-// Eight bf16 of row `row` from column j0 (16-byte load when vec; else scalar
-// loads, 0 past `cols`), as one uint4 either way.
-__device__ __forceinline__ uint4 load_row8(const bf16* row, uint32_t j0, uint32_t cols, bool vec) {
-  if (vec) return ld16(row + j0);
-  uint32_t w[4] = {0, 0, 0, 0};
-  const unsigned short* u = reinterpret_cast<const unsigned short*>(row);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    if (j0 + e < cols) w[e / 2] |= (uint32_t)u[j0 + e] << (16 * (e % 2));
-  }
-  return make_uint4(w[0], w[1], w[2], w[3]);
-}

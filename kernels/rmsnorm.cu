@@ -96,19 +96,6 @@ __device__ __forceinline__ uint32_t group_start(uint32_t t, int k) {
   return 8u * (t + (uint32_t)k * 32u * W);
 }
 
-// Stores the 8 bf16 of v at row + e0 (all of them when vec; else those < dim).
-__device__ __forceinline__ void store_row8(bf16* row, uint32_t e0, uint32_t dim, bool vec, uint4 v) {
-  if (vec) {
-    st16(row + e0, v);
-    return;
-  }
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-  unsigned short* u = reinterpret_cast<unsigned short*>(row);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    if (e0 + e < dim) u[e0 + e] = (unsigned short)(w[e / 2] >> (16 * (e % 2)));
-  }
-}
 
 // Σ over the row's threads (a warp, or the block's 8 warps): the warp's
 // butterfly (every lane gets the same bits), then the 8 warp sums in order.

@@ -57,6 +57,33 @@ __device__ __forceinline__ void st16(void* p, uint4 v) {
   *reinterpret_cast<uint4*>(p) = v;
 }
 
+// Eight bf16 of row `row` from column j0 (16-byte load when vec; else scalar
+// loads, 0 past `cols`), as one uint4 either way.
+__device__ __forceinline__ uint4 load_row8(const bf16* row, uint32_t j0, uint32_t cols, bool vec) {
+  if (vec) return ld16(row + j0);
+  uint32_t w[4] = {0, 0, 0, 0};
+  const unsigned short* u = reinterpret_cast<const unsigned short*>(row);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    if (j0 + e < cols) w[e / 2] |= (uint32_t)u[j0 + e] << (16 * (e % 2));
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Stores the 8 bf16 of v at row + e0 (all of them when vec; else those < dim).
+__device__ __forceinline__ void store_row8(bf16* row, uint32_t e0, uint32_t dim, bool vec, uint4 v) {
+  if (vec) {
+    st16(row + e0, v);
+    return;
+  }
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  unsigned short* u = reinterpret_cast<unsigned short*>(row);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    if (e0 + e < dim) u[e0 + e] = (unsigned short)(w[e / 2] >> (16 * (e % 2)));
+  }
+}
+
 // This thread's first index and the grid's stride, in 64 bits.
 __device__ __forceinline__ size_t grid_first() { return (size_t)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ size_t grid_stride() { return (size_t)gridDim.x * blockDim.x; }

@@ -467,6 +467,8 @@ struct RopeWant {
     /// The fused rows' split (forward rotation), the join of q, k, v
     /// (rotated back), and the fused rows themselves.
     split: (Vec<f32>, Vec<f32>, Vec<f32>),
+    /// The split with Qwen3's norms, then the rotation.
+    normed: (Vec<f32>, Vec<f32>, Vec<f32>),
     joined: Vec<f32>,
     fused: Vec<f32>,
 }
@@ -510,6 +512,14 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
         putf(&mut input, &q);
         putf(&mut input, &k);
         putf(&mut input, &v);
+        // Qwen3's norm weights, around 1 (bf16 values), and eps.
+        let bf = |x: f32| half::bf16::from_f32(x).to_f32();
+        let qn: Vec<f32> = rnd(hd).iter().map(|x| bf(1.0 + x / 2.0)).collect();
+        let kn: Vec<f32> = rnd(hd).iter().map(|x| bf(1.0 + x / 2.0)).collect();
+        let eps = 1e-6f32;
+        putf(&mut input, &qn);
+        putf(&mut input, &kn);
+        putf(&mut input, &[eps]);
         let (mut wq, mut wk) = (q.clone(), k.clone());
         engine::backend::cpu::rope::rope(&mut wq, &pos, qh, hd, &cos, &sin, inverse == 1);
         engine::backend::cpu::rope::rope(&mut wk, &pos, kh, hd, &cos, &sin, inverse == 1);
@@ -521,12 +531,16 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
                 qr.iter().chain(kr).chain(&v[t * kh * hd..(t + 1) * kh * hd]).copied().collect::<Vec<_>>()
             })
             .collect();
+        use engine::backend::cpu::rope::{qkv_split, Split};
         let tables = Some((&pos[..], &cos[..], &sin[..]));
         let mut split = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-        engine::backend::cpu::rope::qkv_split(&fused, s, &mut split.0, &mut split.1, &mut split.2, None, tables);
+        qkv_split(&fused, s, &mut split.0, &mut split.1, &mut split.2, Split { rope: tables, ..Split::default() });
+        let mut normed = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        let how = Split { rope: tables, norm: Some((&qn, &kn, eps)), kv_rows: None };
+        qkv_split(&fused, s, &mut normed.0, &mut normed.1, &mut normed.2, how);
         let mut joined = vec![0.0; fused.len()];
         engine::backend::cpu::rope::qkv_join(&q, &k, &v, s, &mut joined, tables);
-        want.push(RopeWant { q, k, v, wq, wk, split, joined, fused });
+        want.push(RopeWant { q, k, v, wq, wk, split, normed, joined, fused });
     }
     let out = run(&exe, &input);
     let mut lines = Printed(out.lines());
@@ -583,6 +597,17 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
                 floats(&mut lines, "N", w.v.len()),
             );
             assert!(same(&nq, &w.q) && same(&nk, &w.k) && same(&nv, &w.v), "{kernel} {c:?}: unrotated split");
+            // Normalised, then rotated: the CPU's values (one more bf16
+            // rounding on the GPU, of the norm's output); v unchanged.
+            let (mq, mk, mv) = (
+                floats(&mut lines, "M", w.q.len()),
+                floats(&mut lines, "M", w.k.len()),
+                floats(&mut lines, "M", w.v.len()),
+            );
+            let (eq, ek) = (rel(&mq, &w.normed.0), rel(&mk, &w.normed.1));
+            println!("{kernel} {c:?}: normalised split q {eq:.2e}, k {ek:.2e} against the CPU");
+            assert!(eq < 4e-3 && ek < 4e-3, "{kernel} {c:?}: normalised split q {eq:.2e}, k {ek:.2e}");
+            assert!(same(&mv, &w.v), "{kernel} {c:?}: normalised split's v moved unchanged");
             // Into tables of rows: token t's k and v in row R − 1 − t (the
             // split's bits), the last token's row outside (flagged, nothing
             // written), every other row untouched.

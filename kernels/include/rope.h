@@ -21,6 +21,12 @@ typedef struct RopeTensor {
   dptr dst_rows;
   uint32_t dst_limit;
   uint32_t pad_;
+  /* 0, or bf16 [head_dim]: each head vector is first normalised, RMSNorm
+   * with these weights and RopeParams.eps (Qwen3's q/k norms), the result
+   * rounded to bf16 as a stored norm output would be, then rotated (if
+   * `rotate`). Only where src and dst are distinct (a head's threads read
+   * the whole head). */
+  dptr norm_w;
 } RopeTensor;
 
 /* Rotary position embedding in HF's rotate-half layout: for each token t,
@@ -47,4 +53,6 @@ typedef struct RopeParams {
   uint32_t head_dim;
   uint32_t max_pos;
   uint32_t inverse;
+  float eps;
+  uint32_t pad_;
 } RopeParams;

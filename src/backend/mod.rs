@@ -64,6 +64,20 @@ impl<B: Backend + ?Sized> Clone for RopeAt<'_, B> {
 }
 impl<B: Backend + ?Sized> Copy for RopeAt<'_, B> {}
 
+/// Qwen3's RMSNorm of each q and k head: weights `[head_dim]` each, and eps.
+pub struct QkNorm<'a, B: Backend + ?Sized> {
+    pub q_w: B::Ref<'a>,
+    pub k_w: B::Ref<'a>,
+    pub eps: f32,
+}
+
+impl<B: Backend + ?Sized> Clone for QkNorm<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend + ?Sized> Copy for QkNorm<'_, B> {}
+
 /// A contiguous range of a flat buffer, in elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -298,13 +312,14 @@ pub trait Backend: Sync {
     }
 
     /// The fused q/k/v product's rows `qkv [tokens, s.row()]` split into `q
-    /// [tokens, s.q, head_dim]`, `k` and `v [tokens, s.kv, head_dim]`; with
-    /// `rope`, q and k are rotated on the way ([`rope`](Self::rope)'s values:
-    /// the same as a copy, then `rope_qk`). Without it (Qwen3 normalises q
-    /// and k before their rotation) the heads are only moved. With
-    /// `kv_rows` (one per token, distinct), `k` and `v` are tables of rows
-    /// of `s.kv` heads (a KV cache layer) and token t's key and value go to
-    /// row `kv_rows[t]`: a decode step writes its cache without a copy.
+    /// [tokens, s.q, head_dim]`, `k` and `v [tokens, s.kv, head_dim]`, and
+    /// on the way, in this order: q and k normalised per head (`norm`,
+    /// Qwen3), rotated (`rope`); the values of a copy, then
+    /// [`rmsnorm_fwd`](Self::rmsnorm_fwd) per head, then
+    /// [`rope_qk`](Self::rope_qk). With `kv_rows` (one per token, distinct),
+    /// `k` and `v` are tables of rows of `s.kv` heads (a KV cache layer) and
+    /// token t's go to row `kv_rows[t]`: a decode step writes its cache
+    /// without a copy.
     #[allow(clippy::too_many_arguments)]
     fn qkv_split(
         &self,
@@ -313,8 +328,9 @@ pub trait Backend: Sync {
         q: Self::Mut<'_>,
         k: Self::Mut<'_>,
         v: Self::Mut<'_>,
-        kv_rows: Option<Self::IdxRef<'_>>,
+        norm: Option<QkNorm<'_, Self>>,
         rope: Option<RopeAt<'_, Self>>,
+        kv_rows: Option<Self::IdxRef<'_>>,
     );
     /// The backward of [`qkv_split`](Self::qkv_split): `dq`, `dk` (rotated
     /// back with `rope`) and `dv` written into the rows `d_qkv [tokens,

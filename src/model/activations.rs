@@ -12,7 +12,8 @@ use crate::backend::{Backend, Span};
 pub struct LayerActs<B: Backend> {
     pub ln1: B::Buf,
     pub rstd1: B::Buf,
-    /// q, k before the Qwen3 q/k RMSNorm (empty otherwise) and its rstd.
+    /// q, k before the Qwen3 q/k RMSNorm and its rstd (training only;
+    /// empty otherwise).
     pub q_pre: B::Buf,
     pub k_pre: B::Buf,
     pub rstd_q: B::Buf,
@@ -93,7 +94,9 @@ struct Sizes {
 
 fn sizes(c: &ModelConfig, cap: usize, chunk: usize, train: bool, max_pos: usize) -> Sizes {
     let (d, q, kv, i) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-    let qk = |x: usize| if c.qk_norm { x } else { 0 };
+    // Qwen3's q, k before their norms and the norms' rstd: kept for the
+    // backward (outside training the split normalises on the way).
+    let qk = |x: usize| if c.qk_norm && train { x } else { 0 };
     let half = c.head_dim / 2;
     Sizes {
         // Order as in LayerActs.

@@ -6,7 +6,7 @@ use super::activations::{Activations, GradScratch, LayerActs};
 use super::head::{self, HeadShape};
 use super::kv_cache::KvCache;
 use super::Model;
-use crate::backend::{AttnShape, Backend, MatShape, QkvShape, RopeAt, Span};
+use crate::backend::{AttnShape, Backend, MatShape, QkNorm, QkvShape, RopeAt, Span};
 use crate::data::Batch;
 use crate::loss::TokenCoefs;
 use crate::rollout::{Draw, Sampled, SamplingParams};
@@ -273,24 +273,30 @@ impl<B: Backend> Model<B> {
         be.rmsnorm_fwd(x_in, self.w(p.input_norm), d, eps, pm::<B>(&mut a.ln1, n * d), pm::<B>(&mut a.rstd1, n));
         let ln1 = pr::<B>(&a.ln1, n * d);
         // q, k and v by one product, then moved into their own tensors, q
-        // and k rotated on the way (Qwen3 normalises them first: RoPE after).
+        // and k normalised (Qwen3) and rotated on the way.
         let qs = self.qkv_shape();
         let w = (self.w(p.qkv_w()), p.qkv_b().map(|s| self.w(s)));
         be.matmul(ms(n, qs.row(), d), ln1, w.0, w.1, pm::<B>(qkv, n * qs.row()), false);
         let fused = pr::<B>(qkv, n * qs.row());
+        let norm = p.q_norm.zip(p.k_norm).map(|(qn, kn)| QkNorm { q_w: self.w(qn), k_w: self.w(kn), eps });
+        // Training Qwen3 keeps q and k before their norms for the backward.
+        let kept = matches!(x, Resid::Kept { .. }) && norm.is_some();
         match attend {
-            // A decode step writes its keys and values straight into the
-            // cache (unless Qwen3's norms come between the product and RoPE).
-            Attend::Decode(cache) if !cfg.qk_norm => {
+            _ if kept => self.qk_norm_kept(be, l, c, fused, a),
+            // A decode step writes its keys and values straight into the cache.
+            Attend::Decode(cache) => {
                 let (kc, vc, rows) = cache.decode_rows(l);
-                be.qkv_split(fused, qs, pm::<B>(&mut a.q, n * q), kc, vc, Some(rows), Some(c.rope()));
+                be.qkv_split(fused, qs, pm::<B>(&mut a.q, n * q), kc, vc, norm, Some(c.rope()), Some(rows));
             }
             _ => {
-                self.qkv_fwd(be, l, c, fused, a);
-                if let Attend::PackedFill(cache) | Attend::Decode(cache) = attend {
-                    cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
-                }
+                let (qd, kd, vd) = (pm::<B>(&mut a.q, n * q), pm::<B>(&mut a.k, n * kv), pm::<B>(&mut a.v, n * kv));
+                be.qkv_split(fused, qs, qd, kd, vd, norm, Some(c.rope()), None);
             }
+        }
+        if let Attend::PackedFill(cache) = attend {
+            cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
+        } else if let (Attend::Decode(cache), true) = (&mut *attend, kept) {
+            cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
         }
         match attend {
             Attend::Packed | Attend::PackedFill(_) => be.attention_fwd(
@@ -339,39 +345,36 @@ impl<B: Backend> Model<B> {
         be.matmul(ms(n, d, i), pr::<B>(&a.act, n * i), self.w(p.down_w), None, pm::<B>(out, n * d), true);
     }
 
-    /// The fused q/k/v rows `fused` into the layer's q, k and v: moved, q
-    /// and k rotated on the way, or (Qwen3) normalised per head, then
-    /// rotated.
-    fn qkv_fwd(&self, be: &B, l: usize, c: &Ctx<B>, fused: B::Ref<'_>, a: &mut LayerActs<B>) {
+    /// Training Qwen3's split: the fused q/k/v rows moved into the layer's
+    /// q and k before their norms (kept for the backward) and v, then the
+    /// per-head norms (their rstd kept too) and RoPE.
+    fn qk_norm_kept(&self, be: &B, l: usize, c: &Ctx<B>, fused: B::Ref<'_>, a: &mut LayerActs<B>) {
         let cfg = &self.cfg;
         let p = &self.layout.layers[l];
         let (n, q, kv, hd, eps) = (c.n, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim, cfg.rms_norm_eps);
-        let rope = (!cfg.qk_norm).then(|| c.rope());
-        let (q_dst, k_dst) = if cfg.qk_norm { (&mut a.q_pre, &mut a.k_pre) } else { (&mut a.q, &mut a.k) };
-        let (q_dst, k_dst) = (pm::<B>(q_dst, n * q), pm::<B>(k_dst, n * kv));
-        be.qkv_split(fused, self.qkv_shape(), q_dst, k_dst, pm::<B>(&mut a.v, n * kv), None, rope);
-        if let (Some(qn), Some(kn)) = (p.q_norm, p.k_norm) {
-            // Qwen3: RMSNorm over each head's vector, before RoPE.
-            let (hq, hk) = (n * cfg.n_heads, n * cfg.n_kv_heads);
-            be.rmsnorm_fwd(
-                pr::<B>(&a.q_pre, n * q),
-                self.w(qn),
-                hd,
-                eps,
-                pm::<B>(&mut a.q, n * q),
-                pm::<B>(&mut a.rstd_q, hq),
-            );
-            be.rmsnorm_fwd(
-                pr::<B>(&a.k_pre, n * kv),
-                self.w(kn),
-                hd,
-                eps,
-                pm::<B>(&mut a.k, n * kv),
-                pm::<B>(&mut a.rstd_k, hk),
-            );
-            let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
-            be.rope_qk(pm::<B>(&mut a.q, n * q), qh, pm::<B>(&mut a.k, n * kv), kh, c.pos, hd, c.cos, c.sin, false);
-        }
+        let (qd, kd, vd) = (pm::<B>(&mut a.q_pre, n * q), pm::<B>(&mut a.k_pre, n * kv), pm::<B>(&mut a.v, n * kv));
+        be.qkv_split(fused, self.qkv_shape(), qd, kd, vd, None, None, None);
+        let (qn, kn) = (p.q_norm.expect("Qwen3's q_norm"), p.k_norm.expect("Qwen3's k_norm"));
+        // RMSNorm over each head's vector, before RoPE.
+        let (hq, hk) = (n * cfg.n_heads, n * cfg.n_kv_heads);
+        be.rmsnorm_fwd(
+            pr::<B>(&a.q_pre, n * q),
+            self.w(qn),
+            hd,
+            eps,
+            pm::<B>(&mut a.q, n * q),
+            pm::<B>(&mut a.rstd_q, hq),
+        );
+        be.rmsnorm_fwd(
+            pr::<B>(&a.k_pre, n * kv),
+            self.w(kn),
+            hd,
+            eps,
+            pm::<B>(&mut a.k, n * kv),
+            pm::<B>(&mut a.rstd_k, hk),
+        );
+        let (qh, kh) = (cfg.n_heads, cfg.n_kv_heads);
+        be.rope_qk(pm::<B>(&mut a.q, n * q), qh, pm::<B>(&mut a.k, n * kv), kh, c.pos, hd, c.cos, c.sin, false);
     }
 
     /// Phase 1 of the lm_head + loss (DESIGN.md §3, [`head::phase1`]):

@@ -380,10 +380,11 @@ fn rope(b: &mut Bench) -> Result<()> {
     let (mut q, mut k, mut v) = (b.random(nq, 10)?, b.random(nk, 11)?, b.random(nk, 12)?);
     let (pv, cv, sv) = (posd.as_view(), cd.as_view(), sd.as_view());
     let t = Some(engine::backend::cuda::RopeTables { pos: &pv, cos: &cv, sin: &sv });
+    use engine::backend::cuda::SplitOn;
     let shape = format!("{TOKENS}x({HEADS}+2x{KV_HEADS})x{HEAD_DIM}");
     let bytes = 2.0 * bytes_bf16(TOKENS * s.row()) + 4.0 * TOKENS as f64 + 2.0 * 4.0 * (TOKENS * half) as f64;
     b.run("qkv_split", &shape, Work::Bytes(bytes), false, MAX_N, || {
-        g.qkv_split(true, &fused, s, &mut q, &mut k, &mut v, None, t, &mut bad)
+        g.qkv_split(true, &fused, s, &mut q, &mut k, &mut v, SplitOn { rope: t, ..SplitOn::default() }, &mut bad)
     })?;
     b.run("qkv_join", &shape, Work::Bytes(bytes), false, MAX_N, || {
         g.qkv_join(true, &q, &k, &v, s, &mut fused, t, &mut bad)

@@ -204,8 +204,8 @@ fn rope_rejects_bad_shapes() {
 /// heads move bit for bit.
 #[test]
 fn qkv_split_and_join_match_the_cpu() {
-    use engine::backend::cpu::rope::{qkv_join, qkv_split};
-    use engine::backend::cuda::RopeTables;
+    use engine::backend::cpu::rope::{qkv_join, qkv_split, Split};
+    use engine::backend::cuda::{QkNormOn, RopeTables, SplitOn};
     use engine::backend::QkvShape;
     let Some(g) = gpu("qkv_split_and_join_match_the_cpu") else { return };
     let pos = positions();
@@ -220,23 +220,35 @@ fn qkv_split_and_join_match_the_cpu() {
         let (pv, cv, sv) = (posd.as_view(), cd.as_view(), sd.as_view());
         let fused = random_bf16(nf + 1, 21 + head_dim as u64);
         let parts = [random_bf16(nq, 22), random_bf16(nk, 23), random_bf16(nk, 24)];
-        for (offset, rotate, fast) in [(0, true, true), (0, true, false), (1, true, true), (0, false, true)] {
-            let what = format!("{q_heads}/{kv_heads}×{head_dim} offset {offset} rotate={rotate} fast={fast}");
+        // Qwen3's norm weights, around 1, and eps.
+        let (qn, kn) = (random_bf16(head_dim, 25), random_bf16(head_dim, 26));
+        let around1 = |w: &[f32]| w.iter().map(|x| half::bf16::from_f32(1.0 + x / 2.0).to_f32()).collect::<Vec<_>>();
+        let (qn, kn) = (around1(&qn), around1(&kn));
+        let (qnd, knd) = (up(&g, &qn), up(&g, &kn));
+        let (qnv, knv) = (qnd.as_view(), knd.as_view());
+        let eps = 1e-6;
+        let cases = [(0, true, false, true), (0, true, false, false), (1, true, false, true), (0, false, false, true)];
+        let normed = [(0, true, true, true), (0, true, true, false), (1, true, true, true)];
+        for (offset, rotate, norm, fast) in cases.into_iter().chain(normed) {
+            let what =
+                format!("{q_heads}/{kv_heads}×{head_dim} offset {offset} rotate={rotate} norm={norm} fast={fast}");
             let rope = rotate.then_some(RopeTables { pos: &pv, cos: &cv, sin: &sv });
             let host = rotate.then_some((&pos[..], &cos[..], &sin[..]));
+            let on = SplitOn { rope, kv_rows: None, norm: norm.then_some(QkNormOn { q_w: &qnv, k_w: &knv, eps }) };
+            let how = Split { rope: host, kv_rows: None, norm: norm.then_some((&qn[..], &kn[..], eps)) };
             // Split.
             let rows = &fused[offset..offset + nf];
             let mut want = (vec![0.0; nq], vec![0.0; nk], vec![0.0; nk]);
-            qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, None, host);
+            qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, how);
             let fd = up(&g, &fused);
             // NaN where the kernel must write: a missed element shows.
             let nan = |n: usize| up(&g, &vec![f32::NAN; n]);
             let (mut qd, mut kd, mut vd) = (nan(nq), nan(nk), nan(nk));
             let fv = fd.slice(offset..offset + nf);
-            g.qkv_split(fast, &fv, s, &mut qd, &mut kd, &mut vd, None, rope, &mut bad).unwrap();
+            g.qkv_split(fast, &fv, s, &mut qd, &mut kd, &mut vd, on, &mut bad).unwrap();
             let (gq, gk, gv) = (down(&g, &qd), down(&g, &kd), down(&g, &vd));
             assert_eq!(gv, want.2, "split v moves unchanged, {what}");
-            if rotate {
+            if rotate || norm {
                 let (eq, ek) = (rel_err(&gq, &want.0), rel_err(&gk, &want.1));
                 println!("qkv_split {what}: q {eq:.2e}, k {ek:.2e}");
                 assert!(eq < BF16_TOL && ek < BF16_TOL, "qkv_split {what}: q {eq:.2e}, k {ek:.2e}");
@@ -254,10 +266,12 @@ fn qkv_split_and_join_match_the_cpu() {
                 let filler = (random_bf16(table, 31), random_bf16(table, 32));
                 let split_into = |kv_rows: &[u32], bad: &mut CudaSlice<u32>| {
                     let mut want = (vec![0.0; nq], filler.0.clone(), filler.1.clone());
-                    qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, Some(kv_rows), host);
+                    qkv_split(rows, s, &mut want.0, &mut want.1, &mut want.2, Split { kv_rows: Some(kv_rows), ..how });
                     let rd = g.stream.clone_htod(kv_rows).unwrap();
                     let (mut qd, mut kt, mut vt) = (nan(nq), up(&g, &filler.0), up(&g, &filler.1));
-                    let r = g.qkv_split(fast, &fv, s, &mut qd, &mut kt, &mut vt, Some(&rd.as_view()), rope, bad);
+                    let rv = rd.as_view();
+                    let r =
+                        g.qkv_split(fast, &fv, s, &mut qd, &mut kt, &mut vt, SplitOn { kv_rows: Some(&rv), ..on }, bad);
                     r.unwrap();
                     (want, (down(&g, &qd), down(&g, &kt), down(&g, &vt)))
                 };
@@ -303,10 +317,13 @@ fn qkv_split_and_join_match_the_cpu() {
         let short = up(&g, &parts[1][1..]);
         let mut short_mut = up(&g, &parts[1][1..]);
         assert!(
-            g.qkv_split(true, &fd, s, &mut qd, &mut kd, &mut short_mut, None, None, &mut bad).is_err(),
+            g.qkv_split(true, &fd, s, &mut qd, &mut kd, &mut short_mut, SplitOn::default(), &mut bad).is_err(),
             "v too short"
         );
-        assert!(g.qkv_split(true, &fd.slice(1..), s, &mut qd, &mut kd, &mut vd, None, None, &mut bad).is_err(), "rows");
+        assert!(
+            g.qkv_split(true, &fd.slice(1..), s, &mut qd, &mut kd, &mut vd, SplitOn::default(), &mut bad).is_err(),
+            "rows"
+        );
         let mut jd = up(&g, &fused[..nf]);
         assert!(g.qkv_join(true, &qd, &short, &vd, s, &mut jd, None, &mut bad).is_err(), "dk too short");
         // Tables of rows: a row per token, whole rows, v as long as k.
@@ -316,7 +333,8 @@ fn qkv_split_and_join_match_the_cpu() {
         let (mut kt, mut vt) = (up(&g, &vec![0.0; (tokens + 1) * kw]), up(&g, &vec![0.0; (tokens + 1) * kw]));
         let (mut odd, mut long) = (up(&g, &vec![0.0; (tokens + 1) * kw - 1]), up(&g, &vec![0.0; (tokens + 2) * kw]));
         let mut split = |k: &mut CudaSlice<Bf16>, v: &mut CudaSlice<Bf16>, r: &CudaSlice<u32>| {
-            g.qkv_split(true, &fd, s, &mut qd, k, v, Some(&r.as_view()), None, &mut bad)
+            let rv = r.as_view();
+            g.qkv_split(true, &fd, s, &mut qd, k, v, SplitOn { kv_rows: Some(&rv), ..SplitOn::default() }, &mut bad)
         };
         split(&mut kt, &mut vt, &rows_ok).unwrap();
         assert!(split(&mut kt, &mut vt, &rows_short).is_err(), "a row for each token");

@@ -12,12 +12,13 @@
 // q_heads, k_heads, head_dim, max_pos, inverse, k_offset (elements of
 // padding before k and before the fused rows, so that they are not 16-byte
 // aligned); u32 pos[tokens]; f32 cos[max_pos·head_dim/2], sin[…]; f32
-// q[tokens·q_heads·head_dim], k[tokens·k_heads·head_dim], v[same as k]
-// (bf16 values).
+// q[tokens·q_heads·head_dim], k[tokens·k_heads·head_dim], v[same as k],
+// q_norm[head_dim], k_norm[head_dim] (bf16 values); f32 eps.
 // Output per case and kernel (rope8, then rope): "Q <bits>" per q element and
 // "K <bits>" per k element (as f32) from the fused launch, then the same
 // from the two launches; "S" per element of the split's q, k, v; "N" the
-// same for the unrotated split; "T" per element of q and of the k and v
+// same for the unrotated split; "M" the same for the split with q and k
+// normalised per head, then rotated; "T" per element of q and of the k and v
 // tables (rows tokens + 3) of the split into tables, then "b <bad>" (its row
 // flag); "J" per element of the joined rows. Then "B <bad>" (the position
 // flag of all launches).
@@ -47,6 +48,8 @@ int main() {
     const std::vector<float> cos = get_n<float>((size_t)max_pos * hd / 2), sin = get_n<float>((size_t)max_pos * hd / 2);
     const size_t nq = (size_t)tokens * qh * hd, nk = (size_t)tokens * kh * hd;
     const std::vector<float> q = get_n<float>(nq), k = get_n<float>(nk), v = get_n<float>(nk);
+    const std::vector<uint16_t> qn = to_bf(get_n<float>(hd), 0), kn = to_bf(get_n<float>(hd), 0);
+    const float eps = get<float>();
     const uint32_t qw = qh * hd, kw = kh * hd, row = qw + 2 * kw;
     // The fused rows [tokens, row] (q, k, v in each), after k_off elements.
     std::vector<float> rows((size_t)tokens * row);
@@ -98,6 +101,22 @@ int main() {
         put_floats(tag, from_bf(qs.data(), nq));
         put_floats(tag, from_bf(ks.data(), nk));
         put_floats(tag, from_bf(vs.data(), nk));
+      }
+      // The split with Qwen3's norms, then the rotation.
+      {
+        std::vector<uint16_t> qs(nq), ks(nk), vs(nk);
+        p.inverse = 0;
+        p.eps = eps;
+        p.t[0] = tensor(f, qs.data(), qh, row, qw, 1);
+        p.t[1] = tensor(f + qw, ks.data(), kh, row, kw, 1);
+        p.t[2] = tensor(f + qw + kw, vs.data(), kh, row, kw, 0);
+        p.t[0].norm_w = (dptr)qn.data();
+        p.t[1].norm_w = (dptr)kn.data();
+        go(qh + 2 * kh);
+        put_floats("M", from_bf(qs.data(), nq));
+        put_floats("M", from_bf(ks.data(), nk));
+        put_floats("M", from_bf(vs.data(), nk));
+        p.t[0].norm_w = p.t[1].norm_w = 0;
       }
       // The split with k and v into tables of rows, as a decode step writes
       // its KV cache: token t to row R − 1 − t of R = tokens + 3, except the

@@ -13,7 +13,7 @@ pub mod optim;
 pub mod reduce;
 pub mod rope;
 
-use super::{AdamWStep, AttnShape, Backend, MatShape, QkvShape, RopeAt, Span};
+use super::{AdamWStep, AttnShape, Backend, MatShape, QkNorm, QkvShape, RopeAt, Span};
 use rayon::prelude::*;
 
 /// The CPU backend. Stateless: threads come from the ambient rayon pool.
@@ -128,10 +128,16 @@ impl Backend for Cpu {
         q: &mut [f32],
         k: &mut [f32],
         v: &mut [f32],
-        kv_rows: Option<&[u32]>,
+        norm: Option<QkNorm<'_, Self>>,
         rope: Option<RopeAt<'_, Self>>,
+        kv_rows: Option<&[u32]>,
     ) {
-        rope::qkv_split(qkv, s, q, k, v, kv_rows, rope.map(|r| (r.pos, r.cos, r.sin)));
+        let how = rope::Split {
+            norm: norm.map(|n| (n.q_w, n.k_w, n.eps)),
+            rope: rope.map(|r| (r.pos, r.cos, r.sin)),
+            kv_rows,
+        };
+        rope::qkv_split(qkv, s, q, k, v, how);
     }
     fn qkv_join(
         &self,

@@ -9,12 +9,25 @@ pub fn rmsnorm_fwd(x: &[f32], w: &[f32], dim: usize, eps: f32, y: &mut [f32], rs
     assert_eq!(y.len(), x.len(), "rmsnorm: y");
     assert_eq!(rstd.len(), x.len() / dim, "rmsnorm: rstd");
     y.par_chunks_mut(dim).zip(rstd.par_iter_mut()).zip(x.par_chunks(dim)).for_each(|((yr, r), xr)| {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-        *r = 1.0 / (ms + eps).sqrt();
+        *r = rstd_of(xr, eps);
         for ((yo, xi), wi) in yr.iter_mut().zip(xr).zip(w) {
             *yo = xi * *r * wi;
         }
     });
+}
+
+/// A row's `1 / √(mean(x²) + eps)`.
+pub fn rstd_of(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+/// [`rmsnorm_fwd`] of one row in place (the same values).
+pub fn rmsnorm_row(x: &mut [f32], w: &[f32], eps: f32) {
+    let r = rstd_of(x, eps);
+    for (xi, wi) in x.iter_mut().zip(w) {
+        *xi = *xi * r * wi;
+    }
 }
 
 /// `dx += r·w·dy − r³/dim · x · Σ(dy·w·x)`, `dw += Σ_rows dy·x·r`.

@@ -56,33 +56,43 @@ fn check_qkv(s: QkvShape, fused: usize, q: usize, rope: Option<Tables>) -> usize
     tokens
 }
 
+/// What a split does besides moving the heads ([`crate::backend::QkvSplit`]
+/// on the CPU): q's and k's norm weights and eps, the rotation, k's and v's
+/// destination rows.
+#[derive(Clone, Copy, Default)]
+pub struct Split<'a> {
+    pub norm: Option<(&'a [f32], &'a [f32], f32)>,
+    pub rope: Option<Tables<'a>>,
+    pub kv_rows: Option<&'a [u32]>,
+}
+
 /// [`crate::backend::Backend::qkv_split`] on the CPU.
-pub fn qkv_split(
-    qkv: &[f32],
-    s: QkvShape,
-    q: &mut [f32],
-    k: &mut [f32],
-    v: &mut [f32],
-    kv_rows: Option<&[u32]>,
-    rope: Option<Tables>,
-) {
-    let tokens = check_qkv(s, qkv.len(), q.len(), rope);
+pub fn qkv_split(qkv: &[f32], s: QkvShape, q: &mut [f32], k: &mut [f32], v: &mut [f32], how: Split) {
+    let tokens = check_qkv(s, qkv.len(), q.len(), how.rope);
     let (hd, qd, kd) = (s.head_dim, s.q * s.head_dim, s.kv * s.head_dim);
-    let angles = |t: usize| rope.map(|(pos, cos, sin)| at(cos, sin, hd / 2, pos[t]));
+    if let Some((qw, kw, _)) = how.norm {
+        assert_eq!((qw.len(), kw.len()), (hd, hd), "qkv: norm weights");
+    }
+    // A head set of one token (q's or k's): normalised, then rotated.
+    let finish = |x: &mut [f32], t: usize, norm_w: Option<&[f32]>| {
+        if let (Some(w), Some((_, _, eps))) = (norm_w, how.norm) {
+            x.chunks_exact_mut(hd).for_each(|h| super::norm::rmsnorm_row(h, w, eps));
+        }
+        if let Some((pos, cos, sin)) = how.rope {
+            let (c, sn) = at(cos, sin, hd / 2, pos[t]);
+            rotate(x, hd, c, sn, false);
+        }
+    };
     let move_kv = |src: &[f32], k: &mut [f32], v: &mut [f32], t: usize| {
         k.copy_from_slice(&src[qd..qd + kd]);
         v.copy_from_slice(&src[qd + kd..]);
-        if let Some((c, sn)) = angles(t) {
-            rotate(k, hd, c, sn, false);
-        }
+        finish(k, t, how.norm.map(|n| n.1));
     };
     q.par_chunks_mut(qd).zip(qkv.par_chunks(s.row())).enumerate().for_each(|(t, (q, src))| {
         q.copy_from_slice(&src[..qd]);
-        if let Some((c, sn)) = angles(t) {
-            rotate(q, hd, c, sn, false);
-        }
+        finish(q, t, how.norm.map(|n| n.0));
     });
-    match kv_rows {
+    match how.kv_rows {
         None => {
             assert_eq!((k.len(), v.len()), (tokens * kd, tokens * kd), "qkv: k, v for {tokens} tokens");
             let kv = k.par_chunks_mut(kd).zip(v.par_chunks_mut(kd));
@@ -139,10 +149,10 @@ mod tests {
         let pos = [3u32, 0, 7, 15, 2];
         let tables = Some((&pos[..], &cos[..], &sin[..]));
         let (mut q, mut k, mut v) = (vec![0.0; tokens * qw], vec![0.0; tokens * kw], vec![0.0; tokens * kw]);
-        qkv_split(&fused, s, &mut q, &mut k, &mut v, None, tables);
+        qkv_split(&fused, s, &mut q, &mut k, &mut v, Split { rope: tables, ..Split::default() });
         let rows = [9u32, 1, 4, 0, 6];
         let (mut q2, mut kt, mut vt) = (vec![0.0; tokens * qw], vec![-7.0; 10 * kw], vec![-7.0; 10 * kw]);
-        qkv_split(&fused, s, &mut q2, &mut kt, &mut vt, Some(&rows), tables);
+        qkv_split(&fused, s, &mut q2, &mut kt, &mut vt, Split { rope: tables, kv_rows: Some(&rows), norm: None });
         assert_eq!(q2, q);
         for r in 0..10 {
             let (kr, vr) = (&kt[r * kw..(r + 1) * kw], &vt[r * kw..(r + 1) * kw]);

@@ -11,9 +11,9 @@
 
 use super::buf::{DBuf, DIdx, DMut, DRef, DType, IdxRef};
 use super::PolicyViews;
-use super::RopeTables;
 use super::{Bf16, Gpu};
-use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, PolicyInputs, QkvShape, RopeAt, Span};
+use super::{QkNormOn, RopeTables, SplitOn};
+use crate::backend::{AdamWStep, AttnShape, Backend, MatShape, PolicyInputs, QkNorm, QkvShape, RopeAt, Span};
 use crate::loss::{DistillMode, DpoConfig, DpoStats, PolicyConfig, PolicyStats, StepCounts};
 use crate::rollout::{Draw, Sampled, SamplingParams};
 use anyhow::{anyhow, bail, Result};
@@ -463,16 +463,21 @@ impl Backend for Cuda {
         q: DMut<'_>,
         k: DMut<'_>,
         v: DMut<'_>,
-        kv_rows: Option<IdxRef<'_>>,
+        norm: Option<QkNorm<'_, Self>>,
         rope: Option<RopeAt<'_, Self>>,
+        kv_rows: Option<IdxRef<'_>>,
     ) {
         let mut sc = self.scratch();
         let tables = rope.map(|r| (r.pos.view(), r.cos.f32("qkv_split cos"), r.sin.f32("qkv_split sin")));
-        let tables = tables.as_ref().map(|(pos, cos, sin)| RopeTables { pos, cos, sin });
+        let norm = norm.map(|n| (n.q_w.bf16("qkv_split q norm"), n.k_w.bf16("qkv_split k norm"), n.eps));
         let rows = kv_rows.map(|r| r.view());
+        let on = SplitOn {
+            rope: tables.as_ref().map(|(pos, cos, sin)| RopeTables { pos, cos, sin }),
+            kv_rows: rows.as_ref(),
+            norm: norm.as_ref().map(|(q_w, k_w, eps)| QkNormOn { q_w, k_w, eps: *eps }),
+        };
         let (mut q, mut k, mut v) = (q.bf16("qkv_split q"), k.bf16("qkv_split k"), v.bf16("qkv_split v"));
-        let qkv = qkv.bf16("qkv_split");
-        must(self.gpu.qkv_split(true, &qkv, s, &mut q, &mut k, &mut v, rows.as_ref(), tables, &mut sc.flag));
+        must(self.gpu.qkv_split(true, &qkv.bf16("qkv_split"), s, &mut q, &mut k, &mut v, on, &mut sc.flag));
     }
 
     fn qkv_join(

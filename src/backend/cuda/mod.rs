@@ -34,7 +34,7 @@ pub use buf::{DBuf, DIdx};
 pub use distill::{split_chunks, DistillKernel};
 pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT, WGMMA_DESC};
 pub use policy::PolicyViews;
-pub use rope::RopeTables;
+pub use rope::{QkNormOn, RopeTables, SplitOn};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, LaunchConfig};

@@ -116,12 +116,13 @@ impl Gpu {
         let (cp, _g4) = cos.device_ptr(&self.stream);
         let (sp, _g5) = sin.device_ptr(&self.stream);
         let tables = Tables::new("rope", head_dim, (pp, tokens), (cp, cos.len()), (sp, sin.len()))?;
-        self.rope_launch("rope", fast, tokens, head_dim, t, Some(tables), inverse, bad)
+        self.rope_launch("rope", fast, tokens, head_dim, t, Some(tables), inverse, 0.0, bad)
     }
 
     /// [`crate::backend::Backend::qkv_split`]: the fused q/k/v product's rows
-    /// `qkv [tokens, s.row()]` into `q`, `k`, `v`, q and k rotated when `rope`
-    /// is given; with `kv_rows` (u32 per token), `k` and `v` are tables of
+    /// `qkv [tokens, s.row()]` into `q`, `k`, `v`; with `how.norm`, q and k
+    /// are normalised per head (Qwen3), with `how.rope` rotated; with
+    /// `how.kv_rows` (u32 per token, distinct), `k` and `v` are tables of
     /// rows (a KV cache layer) and token t's go to row `kv_rows[t]` (a row
     /// outside them is skipped and flagged in `bad`); `fast` picks the
     /// kernel (`rope8`, or `rope` for tests).
@@ -134,10 +135,10 @@ impl Gpu {
         q: &mut impl DevicePtrMut<Bf16>,
         k: &mut impl DevicePtrMut<Bf16>,
         v: &mut impl DevicePtrMut<Bf16>,
-        kv_rows: Option<&CudaView<'_, u32>>,
-        rope: Option<RopeTables<'_>>,
+        how: SplitOn<'_>,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
+        let SplitOn { rope, kv_rows, norm } = how;
         let lens = [q.len(), k.len(), v.len()];
         let (fused, _g0) = qkv.device_ptr(&self.stream);
         let (qp, _g1) = q.device_ptr_mut(&self.stream);
@@ -149,7 +150,15 @@ impl Gpu {
             Some(((p, g), n)) => (Some((p, n)), Some(g)),
             None => (None, None),
         };
-        self.qkv_move("qkv_split", fast, s, (fused, qkv.len()), parts, true, rows, rope, bad)
+        let norm = norm.map(|n| {
+            let ((qw, g1), (kw, g2)) = (n.q_w.device_ptr(&self.stream), n.k_w.device_ptr(&self.stream));
+            (([(qw, n.q_w.len()), (kw, n.k_w.len())], n.eps), (g1, g2))
+        });
+        let (norm, _g5) = match norm {
+            Some((n, g)) => (Some(n), Some(g)),
+            None => (None, None),
+        };
+        self.qkv_move("qkv_split", fast, s, (fused, qkv.len()), parts, true, rows, norm, rope, bad)
     }
 
     /// [`crate::backend::Backend::qkv_join`]: `dq`, `dk` (rotated back when
@@ -172,13 +181,15 @@ impl Gpu {
         let (kp, _g2) = dk.device_ptr(&self.stream);
         let (vp, _g3) = dv.device_ptr(&self.stream);
         let parts = [(qp, dq.len()), (kp, dk.len()), (vp, dv.len())];
-        self.qkv_move("qkv_join", fast, s, (fused, n), parts, false, None, rope, bad)
+        self.qkv_move("qkv_join", fast, s, (fused, n), parts, false, None, None, rope, bad)
     }
 
     /// Moves the q, k, v heads between the fused rows and their own tensors
     /// (`split`: fused → parts, else parts → fused, rotated back). With
     /// `kv_rows` (a split only: device address, count), k and v are tables
-    /// of rows, token t's going to row `kv_rows[t]`.
+    /// of rows, token t's going to row `kv_rows[t]`. `norm` (a split only:
+    /// q's and k's norm weights, address and length, and eps) normalises q
+    /// and k per head first.
     #[allow(clippy::too_many_arguments)]
     fn qkv_move(
         &self,
@@ -189,12 +200,19 @@ impl Gpu {
         parts: [(u64, usize); 3],
         split: bool,
         kv_rows: Option<(u64, usize)>,
+        norm: Option<([(u64, usize); 2], f32)>,
         rope: Option<RopeTables<'_>>,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
         check_head_dim(what, s.q.min(s.kv), s.head_dim)?;
-        if kv_rows.is_some() && !split {
-            bail!("{what}: rows of k and v are for a split (the kernel scatters, it does not gather)");
+        if (kv_rows.is_some() || norm.is_some()) && !split {
+            // The kernel scatters rows, it does not gather them; a norm reads
+            // its whole head, which a join would overwrite in place.
+            bail!("{what}: rows of k and v, and q/k norms, are for a split");
+        }
+        if let Some((w, _)) = norm {
+            exact(what, "q norm weight", w[0].1, s.head_dim)?;
+            exact(what, "k norm weight", w[1].1, s.head_dim)?;
         }
         let (row, hd) = (s.row(), s.head_dim);
         let tokens = fused.1 / row;
@@ -239,6 +257,9 @@ impl Gpu {
                 // Each row index is checked by the kernel against the table.
                 (t[i].dst_rows, t[i].dst_limit) = (p, kv_table as u32);
             }
+            if let (Some((w, _)), true) = (norm, i < 2) {
+                t[i].norm_w = w[i].0;
+            }
             col += heads * hd;
         }
         let (_guards, tables) = match &rope {
@@ -254,7 +275,8 @@ impl Gpu {
             }
             None => (None, None),
         };
-        self.rope_launch(what, fast, tokens, hd, t, tables, !split, bad)
+        let eps = norm.map_or(0.0, |n| n.1);
+        self.rope_launch(what, fast, tokens, hd, t, tables, !split, eps, bad)
     }
 
     /// Launches `rope8` (`fast`) or `rope` over the tensors `t` (checked by
@@ -269,6 +291,7 @@ impl Gpu {
         t: [RopeTensor; 3],
         tables: Option<Tables>,
         inverse: bool,
+        eps: f32,
         bad: &mut impl DevicePtrMut<u32>,
     ) -> Result<()> {
         if t.iter().any(|t| t.rotate != 0) && tables.is_none() {
@@ -294,6 +317,8 @@ impl Gpu {
             head_dim: head_dim as u32,
             max_pos: tables.max_pos,
             inverse: inverse as u32,
+            eps,
+            pad_: 0,
         };
         let f = if fast { &self.k.rope.rope8 } else { &self.k.rope.rope };
         // SAFETY: every tensor's rows lie in its buffers (`tensor` checked
@@ -309,6 +334,23 @@ impl Gpu {
             .map_err(|e| anyhow!("{what}: {e}"))?;
         Ok(())
     }
+}
+
+/// What [`Gpu::qkv_split`] does besides moving the heads.
+#[derive(Clone, Copy, Default)]
+pub struct SplitOn<'a> {
+    pub rope: Option<RopeTables<'a>>,
+    /// Destination rows of k and v (u32 per token, distinct).
+    pub kv_rows: Option<&'a CudaView<'a, u32>>,
+    pub norm: Option<QkNormOn<'a>>,
+}
+
+/// Qwen3's q and k norms on the device: weights `[head_dim]` each, and eps.
+#[derive(Clone, Copy)]
+pub struct QkNormOn<'a> {
+    pub q_w: &'a CudaView<'a, Bf16>,
+    pub k_w: &'a CudaView<'a, Bf16>,
+    pub eps: f32,
 }
 
 /// Positions and RoPE tables on the device, for [`Gpu::qkv_split`] and
