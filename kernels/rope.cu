@@ -3,7 +3,9 @@
 // transpose of the forward's. `rope`, the simple version (for tests): one
 // thread per rotated pair (token, head, frequency); `rope8`, the fast one:
 // one thread per 8 pairs. Each element is read and written by one thread
-// (destination rows are distinct), so a tensor may be rotated in place. A launch serves up to three tensors
+// (destination rows are distinct), so a tensor may be rotated in place,
+// unless it is normalised (a head's threads read the whole head: the
+// launcher allows norms only from the fused rows into other buffers). A launch serves up to three tensors
 // (rope.h): q and k in place, or the fused q/k/v product's rows split into
 // q, k (rotated) and v (moved), and joined back in the backward; a split
 // may also normalise q and k first (Qwen3's per-head RMSNorm) and send k
@@ -131,7 +133,8 @@ __device__ __forceinline__ bool rope_vectors(const RopeParams& p) {
 // multiple of 8, every pointer 16-byte aligned and every row stride a
 // multiple of 8 elements, the heads move in 16-byte vectors (8 values of
 // each half) and the tables in float4s; otherwise the same pairs are done
-// with scalar accesses. Each pair's arithmetic is rope's. A normalised
+// with scalar accesses. Each pair's arithmetic is rope's (but for the
+// order of a normalised head's Σ x²). A normalised
 // head's Σ x² is shared by its lanes through shuffles where they are an
 // aligned run of one warp (groups a power of two ≤ 32: head_dim 16 … 512);
 // otherwise each lane sums the whole head, as rope does.

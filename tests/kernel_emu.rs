@@ -484,7 +484,7 @@ struct RopeWant {
 fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
     let Some(exe) = build("rope") else { return };
     // (tokens, q heads, k heads, head_dim, inverse, k's offset in elements)
-    let cases = [(37, 14, 2, 64, 0, 0), (21, 5, 1, 128, 1, 0), (9, 3, 3, 96, 0, 1), (5, 1, 2, 6, 1, 0)];
+    let cases = [(37, 14, 2, 64, 0, 0), (21, 5, 1, 128, 1, 1), (9, 3, 3, 96, 0, 1), (5, 1, 2, 6, 1, 0)];
     let max_pos = 300;
     let put32 = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
     let putf = |b: &mut Vec<u8>, v: &[f32]| v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
@@ -608,14 +608,15 @@ fn gpu_rope_code_rotates_q_and_k_in_one_launch_as_in_two() {
             println!("{kernel} {c:?}: normalised split q {eq:.2e}, k {ek:.2e} against the CPU");
             assert!(eq < 4e-3 && ek < 4e-3, "{kernel} {c:?}: normalised split q {eq:.2e}, k {ek:.2e}");
             assert!(same(&mv, &w.v), "{kernel} {c:?}: normalised split's v moved unchanged");
-            // Into tables of rows: token t's k and v in row R − 1 − t (the
+            // Into tables of rows, normalised and rotated (a Qwen3 decode
+            // step): token t's k and v in row R − 1 − t (the normalised
             // split's bits), the last token's row outside (flagged, nothing
             // written), every other row untouched.
             let big = tokens + 3;
             let tq = floats(&mut lines, "T", w.q.len());
             let (tk, tv) = (floats(&mut lines, "T", big * kw), floats(&mut lines, "T", big * kw));
-            assert!(same(&tq, &sq), "{kernel} {c:?}: q beside the tables");
-            for (table, split) in [(&tk, &sk), (&tv, &sv)] {
+            assert!(same(&tq, &mq), "{kernel} {c:?}: q beside the tables");
+            for (table, split) in [(&tk, &mk), (&tv, &mv)] {
                 let mut want = vec![0.0f32; big * kw];
                 for t in 0..tokens - 1 {
                     let r = big - 1 - t;

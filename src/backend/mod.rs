@@ -316,7 +316,8 @@ pub trait Backend: Sync {
     /// on the way, in this order: q and k normalised per head (`norm`,
     /// Qwen3), rotated (`rope`); the values of a copy, then
     /// [`rmsnorm_fwd`](Self::rmsnorm_fwd) per head, then
-    /// [`rope_qk`](Self::rope_qk). With `kv_rows` (one per token, distinct),
+    /// [`rope_qk`](Self::rope_qk) (on a GPU up to the order of the norm's
+    /// Σ x², so within an ulp of its rstd). With `kv_rows` (one per token, distinct),
     /// `k` and `v` are tables of rows of `s.kv` heads (a KV cache layer) and
     /// token t's go to row `kv_rows[t]`: a decode step writes its cache
     /// without a copy.

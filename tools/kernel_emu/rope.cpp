@@ -19,7 +19,7 @@
 // from the two launches; "S" per element of the split's q, k, v; "N" the
 // same for the unrotated split; "M" the same for the split with q and k
 // normalised per head, then rotated; "T" per element of q and of the k and v
-// tables (rows tokens + 3) of the split into tables, then "b <bad>" (its row
+// tables (rows tokens + 3) of that split into tables, then "b <bad>" (its row
 // flag); "J" per element of the joined rows. Then "B <bad>" (the position
 // flag of all launches).
 #include "../../kernels/rope.cu"
@@ -137,6 +137,8 @@ int main() {
           p.t[i].dst_rows = (dptr)dst_rows.data();
           p.t[i].dst_limit = R;
         }
+        p.t[0].norm_w = (dptr)qn.data();  // as a Qwen3 decode step
+        p.t[1].norm_w = (dptr)kn.data();
         go(qh + 2 * kh);
         put_floats("T", from_bf(qt.data(), nq));
         put_floats("T", from_bf(kt.data(), kt.size()));

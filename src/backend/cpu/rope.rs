@@ -56,8 +56,8 @@ fn check_qkv(s: QkvShape, fused: usize, q: usize, rope: Option<Tables>) -> usize
     tokens
 }
 
-/// What a split does besides moving the heads ([`crate::backend::QkvSplit`]
-/// on the CPU): q's and k's norm weights and eps, the rotation, k's and v's
+/// What a split does besides moving the heads (the options of
+/// [`Backend::qkv_split`](crate::backend::Backend::qkv_split) on the CPU): q's and k's norm weights and eps, the rotation, k's and v's
 /// destination rows.
 #[derive(Clone, Copy, Default)]
 pub struct Split<'a> {
