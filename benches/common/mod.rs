@@ -28,7 +28,16 @@ impl Lcg {
 
 /// The benchmark model: norms at 1, matrices uniform in ±0.02.
 pub fn model_10m() -> Model<Cpu> {
-    let cfg = ModelConfig::from_json_str(CONFIG, "bench config").unwrap();
+    model_from(CONFIG)
+}
+
+/// The same shape as a Qwen3 (q and k normalised per head before RoPE).
+pub fn model_10m_qwen3() -> Model<Cpu> {
+    model_from(&CONFIG.replace("LlamaForCausalLM", "Qwen3ForCausalLM"))
+}
+
+fn model_from(config: &str) -> Model<Cpu> {
+    let cfg = ModelConfig::from_json_str(config, "bench config").unwrap();
     let layout = ParamLayout::new(&cfg);
     let mut rng = Lcg(0);
     let mut host = vec![0.0f32; layout.total];
