@@ -92,7 +92,7 @@ const DECODE_MIN_SPLIT: usize = 128;
 /// split_keys)` for `units` (sequence, kv head) pairs whose longest sequence
 /// has `longest` keys on a GPU of `sms` multiprocessors. Enough blocks for
 /// about 4 per multiprocessor (its registers allow 3 resident), but no more
-/// runs than `longest` holds [`DECODE_MIN_SPLIT`]s (rounded up), so runs
+/// runs than `longest` holds `DECODE_MIN_SPLIT`s (rounded up), so runs
 /// average about that length or more; each a multiple of 16 keys (one round
 /// of the 4 warps). `(1, longest)` where the pairs alone fill the GPU.
 pub fn decode_splits(units: usize, longest: usize, sms: usize) -> (usize, usize) {
@@ -494,7 +494,7 @@ impl Gpu {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeKernel {
     /// The simple kernel (kernels/attention.cu): one block per (sequence,
-    /// query head), any head_dim up to [`MAX_HEAD_DIM`] and any grouping.
+    /// query head), any head_dim up to `MAX_HEAD_DIM` and any grouping.
     Simple,
     /// The grouped kernel where it takes the call (else the simple one),
     /// each sequence's keys split as [`decode_splits`] says: what

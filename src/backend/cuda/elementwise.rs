@@ -110,7 +110,7 @@ impl Gpu {
         )
     }
 
-    /// `Σ x²` in f64, deterministic: fixed chunks of [`SUMSQ_CHUNK`] summed by
+    /// `Σ x²` in f64, deterministic: fixed chunks of `SUMSQ_CHUNK` summed by
     /// one block each, then the partials summed by one block in a fixed
     /// order. `scratch` holds at least [`Gpu::sum_squares_scratch_len`]`(x.len())`
     /// f64. Reads the result back, so it waits for the stream.
