@@ -293,10 +293,11 @@ impl<B: Backend> Model<B> {
                 be.qkv_split(fused, qs, qd, kd, vd, norm, Some(c.rope()), None);
             }
         }
-        if let Attend::PackedFill(cache) = attend {
-            cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
-        } else if let (Attend::Decode(cache), true) = (&mut *attend, kept) {
-            cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv));
+        // The cache from k and v, where the split did not write it.
+        match attend {
+            Attend::PackedFill(cache) => cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv)),
+            Attend::Decode(cache) if kept => cache.write_layer(be, l, pr::<B>(&a.k, n * kv), pr::<B>(&a.v, n * kv)),
+            _ => {}
         }
         match attend {
             Attend::Packed | Attend::PackedFill(_) => be.attention_fwd(
