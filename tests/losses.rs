@@ -394,6 +394,44 @@ fn lm_head_path_matches_pytorch() {
             head::one_pass(&be, &mut hb1, s, &hidden, &weight, &targets, &coefs, t, &mut dh1, &mut grads1, span);
             assert!(dh1 == dh2 && grads1 == grads2, "{name} chunk {chunk}: one pass differs from the two phases");
             assert_eq!(hb1.read_logp(&be, lay.n), hb2.read_logp(&be, lay.n), "{name} chunk {chunk}: log-probabilities");
+            // A policy loss but GSPO's is token-local: its coefficient pass
+            // after each chunk's log-probabilities (head::one_pass_with, as
+            // the GRPO trainer runs it over several chunks) gives the two
+            // phases' bits, and its last call the loss.
+            let cfg = (kind != "sft").then(|| policy_config(&j)).filter(PolicyConfig::token_local);
+            if let Some(cfg) = cfg {
+                let mut hb3 = HeadBuffers::<Cpu>::new(&be, lay.n, chunk, v);
+                let (mut dh3, mut grads3) = (vec![0.0f32; lay.n * d], vec![0.0f32; v * d]);
+                let (mut calls, mut last) = (Vec::new(), None);
+                let pass = |be: &Cpu, hb: &mut HeadBuffers<Cpu>, end: usize| {
+                    let (logp, ent) = (hb.read_logp(be, lay.n), hb.read_entropy(be, lay.n));
+                    let (l, c, _) = policy_step(&cfg, &r, &lay, &logp, &ent);
+                    hb.coef[..lay.n].copy_from_slice(&c.logp);
+                    if let Some(e) = &c.entropy {
+                        hb.ent_coef[..lay.n].copy_from_slice(e);
+                    }
+                    calls.push(end);
+                    last = Some(l);
+                };
+                head::one_pass_with(
+                    &be,
+                    &mut hb3,
+                    s,
+                    &hidden,
+                    &weight,
+                    &targets,
+                    t,
+                    ent_on,
+                    pass,
+                    &mut dh3,
+                    &mut grads3,
+                    span,
+                );
+                let ends: Vec<usize> = (1..=lay.n.div_ceil(chunk)).map(|c| (c * chunk).min(lay.n)).collect();
+                assert_eq!(calls, ends, "{name} chunk {chunk}: one coefficient pass after each chunk");
+                assert!(dh3 == dh2 && grads3 == grads2, "{name} chunk {chunk}: one pass with coefficients differs");
+                assert_eq!(last, Some(loss), "{name} chunk {chunk}: the last pass's loss");
+            }
             results.push((dh, grads));
         }
         // Same numbers up to rounding (the two chunkings run GEMMs of different shapes).

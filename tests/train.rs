@@ -177,6 +177,33 @@ fn grpo_runs_end_to_end() {
     assert!(out.join("checkpoint-2").is_dir());
 }
 
+/// GRPO with the logits in chunks of 5 rows (`logit_chunk_rows`): the
+/// token-local PPO loss runs the lm_head once per chunk with its coefficient
+/// pass after each (`head::one_pass_with`), where one chunk of every row
+/// runs the two phases; the first step (same rollouts, same old log-probs)
+/// logs the same loss, gradient norm and statistics, to the rounding of
+/// GEMMs of other shapes.
+#[test]
+fn grpo_one_pass_head_matches_two_phases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = rl_data(tmp.path());
+    let mut first = Vec::new();
+    for rows in ["0", "5"] {
+        let out = tmp.path().join(format!("run{rows}"));
+        let mut sets = grpo_sets(&data, &out);
+        sets.extend(["max_steps=1".into(), format!("logit_chunk_rows={rows}")]);
+        let (code, err) = train("grpo", &sets, None);
+        assert_eq!(code, 0, "{err}");
+        first.push(metrics(&out).remove(0));
+    }
+    let (a, b) = (&first[0], &first[1]);
+    for key in ["loss", "grad_norm", "ratio_mean", "ppo_kl", "kl", "entropy", "clip_frac_low", "clip_frac_high"] {
+        let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{key}: {x} with one chunk, {y} in chunks of 5");
+    }
+    assert_eq!(a["updates"], b["updates"]);
+}
+
 /// `engine train distill`: a student (the qwen3 fixture) distilled towards
 /// an SFT-trained copy of itself; the forward KL falls. A teacher with
 /// another vocabulary or tokenizer is a clear error.

@@ -78,6 +78,14 @@ impl PolicyConfig {
         }
     }
 
+    /// Whether a token's coefficient depends on no other token's
+    /// log-probability (every loss but GSPO, whose ratio is its sequence's
+    /// mean): the lm_head can then run both phases in one pass per chunk
+    /// (`model::head::one_pass_with`).
+    pub fn token_local(&self) -> bool {
+        !matches!(self.kind, PolicyKind::Gspo { .. })
+    }
+
     /// Token counts of the whole step, plus the unmasked tokens of correct
     /// responses (the NLL term's denominator).
     pub fn correct_tokens<'a>(

@@ -9,9 +9,12 @@
 //!    held the whole batch in phase 1), the gradient written over them in
 //!    place, then `dh = dz · W` and `dW += dzᵀ · h`.
 //!
-//! Distillation is token-local and needs the teacher's rows: [`distill`]
-//! does both phases in one pass, with a chunk of teacher logits beside the
-//! student's.
+//! A token-local loss can run both phases in one pass per chunk, computing
+//! each chunk's logits once: [`one_pass`] (coefficients known beforehand, as
+//! SFT's), [`one_pass_with`] (coefficients from the chunk's log-probs, as
+//! the policy losses but GSPO's). Distillation is token-local and needs the
+//! teacher's rows: [`distill`] does both phases in one pass, with a chunk of
+//! teacher logits beside the student's.
 
 use crate::backend::{Backend, MatShape, Span};
 use crate::loss::{DistillMode, TokenCoefs};
@@ -256,11 +259,57 @@ pub fn one_pass<B: Backend>(
 ) {
     hb.put_targets(be, targets, s.n, "head one pass");
     let entropy = hb.put_coefs(be, coefs, s.n);
+    chunk_passes(be, hb, s, (h, w), temperature, entropy, |_, _, _| {}, (dh, grads, dw));
+}
+
+/// [`one_pass`] for a token-local loss whose coefficients need the
+/// log-probabilities (the policy losses but GSPO, whose ratio is a
+/// sequence's): after each chunk's `logp`, `lse` (and entropy, if
+/// `entropy`), `coefs(be, hb, end)` must leave in `hb.coef` (and, with
+/// `entropy`, `hb.ent_coef`) the coefficients of at least the tokens before
+/// `end`, whose log-probabilities are final by then; the gradient of the
+/// chunk follows. A coefficient pass over the whole batch is fine (the
+/// tokens past `end` get values from stale log-probabilities that no chunk
+/// reads), and its last call sees every token's. The numbers are the two
+/// phases' when the coefficients are: the logits are computed once.
+#[allow(clippy::too_many_arguments)]
+pub fn one_pass_with<B: Backend>(
+    be: &B,
+    hb: &mut HeadBuffers<B>,
+    s: HeadShape,
+    h: &B::Buf,
+    w: B::Ref<'_>,
+    targets: &[u32],
+    temperature: f32,
+    entropy: bool,
+    coefs: impl FnMut(&B, &mut HeadBuffers<B>, usize),
+    dh: &mut B::Buf,
+    grads: &mut B::Buf,
+    dw: Span,
+) {
+    hb.put_targets(be, targets, s.n, "head one pass");
+    chunk_passes(be, hb, s, (h, w), temperature, entropy, coefs, (dh, grads, dw));
+}
+
+/// The chunks of [`one_pass`] and [`one_pass_with`]: logits, log-probs,
+/// `coefs(be, hb, end of the chunk)`, gradient, `dh` and `dW`.
+#[allow(clippy::too_many_arguments)]
+fn chunk_passes<B: Backend>(
+    be: &B,
+    hb: &mut HeadBuffers<B>,
+    s: HeadShape,
+    (h, w): (&B::Buf, B::Ref<'_>),
+    temperature: f32,
+    entropy: bool,
+    mut coefs: impl FnMut(&B, &mut HeadBuffers<B>, usize),
+    (dh, grads, dw): (&mut B::Buf, &mut B::Buf, Span),
+) {
     hb.has_entropy = entropy;
     let inv_t = 1.0 / temperature;
     for (r0, rows) in chunks(s.n, hb.chunk) {
         hb.chunk_logits(be, s, h, w, r0, rows);
         hb.chunk_logprobs(be, s.v, r0, rows, inv_t, entropy);
+        coefs(be, hb, r0 + rows);
         hb.chunk_grads(be, s, (h, w), (r0, rows), inv_t, entropy, dh, grads, dw);
     }
     hb.logits_hold_all = false;

@@ -64,6 +64,12 @@ pub const COMMON_KEYS: &[KeySpec] = &[
         help: "truncate or skip longer examples",
     },
     KeySpec { key: "micro_batch_tokens", kind: Kind::Int, default: Some("4096"), help: "tokens per forward pass" },
+    KeySpec {
+        key: "logit_chunk_rows",
+        kind: Kind::Int,
+        default: Some("0"),
+        help: "tokens whose logits the lm_head holds at once (0: the backend's choice; fewer saves memory)",
+    },
     KeySpec { key: "epochs", kind: Kind::Int, default: Some("1"), help: "passes over the data" },
     KeySpec {
         key: "max_steps",
@@ -134,6 +140,16 @@ pub fn positive(c: &Config, key: &str) -> Result<usize> {
         bail!("key `{key}` must be positive, got {v}");
     }
     Ok(v as usize)
+}
+
+/// Rows of logits per lm_head chunk for an arena of `cap` tokens: the key
+/// `logit_chunk_rows`, or the backend's choice where it is 0 (at most `cap`).
+pub fn head_chunk<B: Backend>(be: &B, cfg: &Config, model: &crate::model::ModelConfig, cap: usize) -> Result<usize> {
+    match cfg.int("logit_chunk_rows") {
+        0 => Ok(crate::model::activations::backend_chunk(be, model, cap)),
+        v if v < 0 => bail!("key `logit_chunk_rows` must be 0 (the backend's choice) or positive, got {v}"),
+        v => Ok((v as usize).min(cap)),
+    }
 }
 
 /// The model, tokenizer, template and data lines of a run.

@@ -10,13 +10,12 @@
 //! at the start of the step; `{"prompt"}` lines without a completion are
 //! always sampled.
 
-use super::common::{completion_examples, keys, plan_steps, positive, zero, Loop, Setup};
+use super::common::{completion_examples, head_chunk, keys, plan_steps, positive, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{micro_batches, Example, MicroBatch};
 use crate::backend::{Backend, IGNORE};
 use crate::data::tokenizer::Tokenizer;
 use crate::loss::DistillMode;
-use crate::model::activations::backend_chunk;
 use crate::model::head::{self, Teacher};
 use crate::model::{Activations, Model};
 use crate::rollout::{GenerateConfig, Generator, SamplingParams, Stream};
@@ -144,7 +143,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
     let eos = setup.eos();
     let model = &mut setup.model;
     eprintln!("distill: {} examples, {} steps, teacher {}", stats.examples, lp.total, teacher_dir.display());
-    let chunk = backend_chunk(be, &model.cfg, budget);
+    let chunk = head_chunk(be, cfg, &model.cfg, budget)?;
     let mut acts = Activations::new(be, &model.cfg, budget, chunk, true);
     // The teacher's logits go to teacher_logits (head::distill), never to its
     // arena's lm_head buffers: a one-row chunk, not another chunk × vocab.

@@ -3,13 +3,12 @@
 //! policy is the starting model: its log-probabilities are computed once,
 //! before the first update (and from the starting weights on a resume).
 
-use super::common::{keys, plan_steps, positive, token_logps, zero, Loop, Setup};
+use super::common::{head_chunk, keys, plan_steps, positive, token_logps, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
 use crate::backend::{Backend, Span};
 use crate::data::chat::Message;
 use crate::loss::{DpoConfig, DpoLossType, DpoStats};
-use crate::model::activations::backend_chunk;
 use crate::model::head::Coefs;
 use crate::model::Activations;
 use anyhow::{anyhow, bail, Result};
@@ -121,7 +120,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
     }
     setup.check_vocab(all.iter().flat_map(|p| p.chosen.tokens.iter().chain(&p.rejected.tokens)))?;
     let budget = positive(cfg, "micro_batch_tokens")?.max(2 * setup.max_len);
-    let mut acts = Activations::new(be, &setup.model.cfg, budget, backend_chunk(be, &setup.model.cfg, budget), true);
+    let mut acts = Activations::new(be, &setup.model.cfg, budget, head_chunk(be, cfg, &setup.model.cfg, budget)?, true);
     // A micro-batch's reference log-probs, on the backend beside its log-probs.
     let mut ref_dev = be.alloc_f32(budget);
 

@@ -9,15 +9,14 @@
 //! loss, KL penalty and entropy bonus. Each step's rollouts are appended to
 //! `rollouts.jsonl` in the run folder.
 
-use super::common::{keys, plan_steps, positive, token_logps, zero, Loop, Setup};
+use super::common::{head_chunk, keys, plan_steps, positive, token_logps, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{Example, MicroBatch};
 use crate::backend::IGNORE;
 use crate::backend::{Backend, PolicyInputs, Span};
 use crate::loss::advantages::{grpo_advantages, ScaleRewards};
 use crate::loss::{Aggregation, KlKind, KlPenalty, PolicyConfig, PolicyKind, PolicyStats, StepCounts};
-use crate::model::activations::backend_chunk;
-use crate::model::head::Coefs;
+use crate::model::head::{self, Coefs, HeadBuffers};
 use crate::model::{Activations, Model};
 use crate::reward::command::CommandReward;
 use crate::reward::shaping::length_penalty;
@@ -201,7 +200,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
     let tok = &setup.tok;
     let longest = prompts.iter().map(|(p, _)| p.len()).max().unwrap_or(1) + max_new;
     let budget = positive(cfg, "micro_batch_tokens")?.max(longest);
-    let mut acts = Activations::new(be, &model.cfg, budget, backend_chunk(be, &model.cfg, budget), true);
+    let mut acts = Activations::new(be, &model.cfg, budget, head_chunk(be, cfg, &model.cfg, budget)?, true);
     // The old, reference and sampler log-probs of a micro-batch, on the
     // backend beside phase 1's log-probs for the coefficient pass.
     let mut dev_logps: [B::Buf; 3] = std::array::from_fn(|_| be.alloc_f32(budget));
@@ -344,7 +343,6 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
                 for ((gi, mb), mask) in mbs.iter().zip(&masks) {
                     let entropy = pcfg.entropy_coef != 0.0;
                     model.forward(be, &mut acts, &mb.batch)?;
-                    model.head_fwd(be, &mut acts, &mb.targets, t, entropy);
                     let n = mb.batch.len();
                     let rs = &rollouts[starts[*gi]..starts[*gi] + groups[*gi].len()];
                     // The sampler's log-probs, placed at the positions that predict each response token.
@@ -362,29 +360,44 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
                     }
                     let adv: Vec<f32> = rs.iter().map(|r| r.advantage).collect();
                     let rew: Vec<f32> = rs.iter().map(|r| if r.correct { 1.0 } else { 0.0 }).collect();
-                    let x = PolicyInputs::<B> {
-                        logp: B::view(&acts.head.logp, span),
-                        old_logp: B::view(old_d, span),
-                        ref_logp: refl.get(*gi).map(|_| B::view(ref_d, span)),
-                        sampler_logp: Some(B::view(sampler_d, span)),
-                        entropy: entropy.then(|| B::view(&acts.head.entropy, span)),
-                        mask,
-                        cu_seqlens: &mb.batch.cu_seqlens,
-                        advantages: &adv,
-                        rewards: &rew,
+                    // The coefficient pass over the micro-batch from the head
+                    // buffers' log-probs (and entropies); the coefficients
+                    // land in the head buffers, on the device on a GPU.
+                    let (old_d, ref_d, sampler_d) = (&*old_d, &*ref_d, &*sampler_d);
+                    let coefs = |be: &B, hb: &mut HeadBuffers<B>| {
+                        let HeadBuffers { logp, entropy: ent, coef, ent_coef, .. } = hb;
+                        let x = PolicyInputs::<B> {
+                            logp: B::view(logp, span),
+                            old_logp: B::view(old_d, span),
+                            ref_logp: refl.get(*gi).map(|_| B::view(ref_d, span)),
+                            sampler_logp: Some(B::view(sampler_d, span)),
+                            entropy: entropy.then(|| B::view(ent, span)),
+                            mask,
+                            cu_seqlens: &mb.batch.cu_seqlens,
+                            advantages: &adv,
+                            rewards: &rew,
+                        };
+                        let ec = entropy.then(|| B::view_mut(ent_coef, span));
+                        be.policy_loss(&pcfg, &x, &counts, correct_tokens, B::view_mut(coef, span), ec)
                     };
-                    // The coefficients land in the head buffers, on the device on a GPU.
-                    let (l, st) = be.policy_loss(
-                        &pcfg,
-                        &x,
-                        &counts,
-                        correct_tokens,
-                        B::view_mut(&mut acts.head.coef, span),
-                        entropy.then(|| B::view_mut(&mut acts.head.ent_coef, span)),
-                    );
+                    let (l, st) = if pcfg.token_local() && n > acts.head.chunk {
+                        // Several logit chunks and token-local coefficients:
+                        // each chunk's logits once (the coefficient pass after
+                        // every chunk; its last call sees every token).
+                        let mut last = None;
+                        model.backward_with_head(be, &mut acts, &mut grads, |be, hb, s, h, w, dh, g, dw| {
+                            let per_chunk = |be: &B, hb: &mut HeadBuffers<B>, _end: usize| last = Some(coefs(be, hb));
+                            head::one_pass_with(be, hb, s, h, w, &mb.targets, t, entropy, per_chunk, dh, g, dw)
+                        });
+                        last.expect("a micro-batch has a chunk")
+                    } else {
+                        model.head_fwd(be, &mut acts, &mb.targets, t, entropy);
+                        let out = coefs(be, &mut acts.head);
+                        model.backward_from(be, &mut acts, Coefs::InBuffers { entropy }, t, &mut grads);
+                        out
+                    };
                     loss += l;
                     stats.merge(&st);
-                    model.backward_from(be, &mut acts, Coefs::InBuffers { entropy }, t, &mut grads);
                 }
                 let (lr, norm) = lp.update(be, model, &mut grads, step, loss)?;
                 (loss_sum, last_lr, last_norm) = (loss_sum + loss, lr, norm);

@@ -6,11 +6,10 @@
 //! again with the resumed weights, so a resume is exact only at round
 //! boundaries.
 
-use super::common::{keys, plan, positive, sft_accumulate, zero, Loop, Setup};
+use super::common::{head_chunk, keys, plan, positive, sft_accumulate, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{micro_batches, Example, MicroBatch};
 use crate::backend::Backend;
-use crate::model::activations::backend_chunk;
 use crate::model::{Activations, Model};
 use crate::reward::math_reward;
 use crate::rollout::{GenerateConfig, Generator, Sample, SamplingParams};
@@ -88,7 +87,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
         seed,
     };
     let budget = positive(cfg, "micro_batch_tokens")?.max(setup.max_len);
-    let mut acts = Activations::new(be, &model.cfg, budget, backend_chunk(be, &model.cfg, budget), true);
+    let mut acts = Activations::new(be, &model.cfg, budget, head_chunk(be, cfg, &model.cfg, budget)?, true);
     let mut grads = model.zero_grads(be);
     let mut step = lp.start;
     while step < lp.total {

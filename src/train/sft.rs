@@ -2,11 +2,10 @@
 //! the prompt masked from the loss, token-mean cross-entropy over each
 //! optimizer step (DESIGN.md §4.8).
 
-use super::common::{completion_examples, keys, plan_steps, positive, sft_accumulate, zero, Loop, Setup};
+use super::common::{completion_examples, head_chunk, keys, plan_steps, positive, sft_accumulate, zero, Loop, Setup};
 use super::config::{Config, KeySpec, Kind};
 use super::data::{micro_batches, Example, MicroBatch};
 use crate::backend::Backend;
-use crate::model::activations::backend_chunk;
 use crate::model::Activations;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -30,7 +29,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
         "sft: {} examples ({} truncated, {} skipped), {} steps, {} parameters",
         stats.examples, stats.truncated, stats.skipped, lp.total, model.layout.total
     );
-    let mut acts = Activations::new(be, &model.cfg, mb_tokens, backend_chunk(be, &model.cfg, mb_tokens), true);
+    let mut acts = Activations::new(be, &model.cfg, mb_tokens, head_chunk(be, cfg, &model.cfg, mb_tokens)?, true);
     let mut grads = model.zero_grads(be);
     let bar = indicatif::ProgressBar::new(lp.total);
     bar.set_style(
