@@ -18,7 +18,7 @@
 mod common;
 
 use common::decode_cases::{cache_for, grouped_plan};
-use common::policy_cases::{policy_cases, policy_mismatches};
+use common::policy_cases::{policy_cases, policy_mismatches, Regions};
 use common::sampling::{cases, mismatches};
 use engine::rollout::{Sampled, Stream};
 use std::io::Write;
@@ -194,6 +194,7 @@ fn gpu_policy_coefficient_code_matches_the_cpu_loss_library() {
     let mut out = Printed(text.lines());
     let mut field = |tag: &str| out.next(tag);
     let mut bad = Vec::new();
+    let mut regions = Regions::default();
     for c in &cases {
         let n = c.logp.len();
         let coef: Vec<f32> = (0..n).map(|_| f32::from_bits(field("C")[0] as u32)).collect();
@@ -201,6 +202,7 @@ fn gpu_policy_coefficient_code_matches_the_cpu_loss_library() {
             (c.cfg.entropy_coef != 0.0).then(|| (0..n).map(|_| f32::from_bits(field("E")[0] as u32)).collect());
         let rows: Vec<f64> = (0..c.advantages.len()).flat_map(|_| field("S")).map(f64::from_bits).collect();
         bad.extend(policy_mismatches(c, &coef, ent.as_deref(), &rows));
+        regions.add(c, &rows);
         let st = c.expected().stats;
         println!(
             "{}: {} tokens, clipped low/high/dual {}/{}/{}",
@@ -208,6 +210,7 @@ fn gpu_policy_coefficient_code_matches_the_cpu_loss_library() {
         );
     }
     assert!(bad.is_empty(), "{} differences:\n{}", bad.len(), bad.join("\n"));
+    regions.assert_all_reached();
 }
 
 /// kernels/decode_attention.cu's `attention_decode_gqa` (the fast decode

@@ -2,8 +2,10 @@
 //! (tests/cuda/policy.rs) and its CPU emulation (tests/kernel_emu.rs): every
 //! variant, KL estimator and aggregation, with TIS, the entropy bonus and
 //! GPPO's NLL term, over sequences of odd lengths (one fully masked, one
-//! longer than a block) with ratios in every clip region; the reference is
-//! the CPU loss library's `policy_loss`.
+//! longer than a block) with ratios in every clip region, GSPO sequence
+//! log-ratios past its clamp at 10 and k3 log-ratios past its ±20 clamp; the
+//! reference is the CPU loss library's `policy_loss`. [`Regions`] tallies
+//! what the cases reach, so a test can insist every region stays covered.
 
 use engine::loss::policy::{policy_loss, stats_from_rows, PolicyBatch, PolicyConfig, PolicyKind, PolicyOutput};
 use engine::loss::{Aggregation, KlKind, KlPenalty, StepCounts};
@@ -208,7 +210,139 @@ pub fn policy_cases() -> Vec<PolicyCase> {
             true,
             64,
         ),
+        gspo_past_the_clamp(case(
+            9,
+            "gspo, sequence log-ratios past the clamp at 10",
+            PolicyConfig::new(PolicyKind::gspo()),
+            0.5,
+            false,
+            false,
+            false,
+            64,
+        )),
+        k3_past_the_clamp(case(
+            10,
+            "ppo, k3 with |ref − logp| past 20",
+            with(PolicyKind::ppo(), &|c| c.kl = kl(KlKind::K3, 0.1)),
+            1.5,
+            true,
+            false,
+            false,
+            128,
+        )),
+        k3_past_the_clamp(case(
+            11,
+            "gppo, k3+ with |ref − logp| past 20",
+            with(PolicyKind::gppo(), &|c| c.kl = kl(KlKind::K3Plus, 0.05)),
+            1.5,
+            true,
+            false,
+            false,
+            256,
+        )),
     ]
+}
+
+/// GSPO's sequence log-ratio `log s` (the mean of `logp − old_logp` over
+/// the unmasked tokens) moved per sequence (LENS: 9, 1, 23, 6, 40, 300
+/// tokens): past the clamp at 10 with A < 0 (where the clamp stops a
+/// gradient that would otherwise be −A·s·w) and with A > 0 (clipped high
+/// anyway), 9.5 (just under it: the gradient flows, s ≈ 1.3e4) and −12 (s
+/// near 0). The case's spread of 0.5 keeps each mean within ±0.5 of the
+/// shift, away from 10.
+fn gspo_past_the_clamp(mut c: PolicyCase) -> PolicyCase {
+    let shift = [12.0f32, -12.0, 0.0, 11.0, 9.5, 10.5];
+    c.advantages = vec![-1.2, 0.7, 0.0, -0.5, -0.9, 1.1];
+    for (s, w) in c.cu_seqlens.windows(2).enumerate() {
+        for t in w[0] as usize..w[1] as usize {
+            c.old_logp[t] -= shift[s];
+        }
+    }
+    c
+}
+
+/// k3's `raw = ref_logp − logp` past its clamp at ±20 on some tokens: +25
+/// every seventh token, −25 every eleventh; the rest keep the case's ±3,
+/// which reaches the value's clamp at 10 alone above raw ≈ 2.6. Wherever
+/// the ±20 clamp bites the value's clamp bites too (e^20 − 21 and 19 are
+/// past 10), so its effect cannot be seen on its own: these tokens check
+/// the value 10 and k3's gradient 0 there (k3+'s is `logp − ref`), with no
+/// overflow on the way (an emulated kernel without the ±20 clamp passes).
+fn k3_past_the_clamp(mut c: PolicyCase) -> PolicyCase {
+    let refl = c.ref_logp.as_mut().expect("a KL case has ref_logp");
+    for (t, r) in refl.iter_mut().enumerate() {
+        if t % 7 == 2 {
+            *r = c.logp[t] + 25.0;
+        } else if t % 11 == 5 {
+            *r = c.logp[t] - 25.0;
+        }
+    }
+    c
+}
+
+/// What a set of cases reaches: the clip counts from the coefficient pass's
+/// per-sequence sums (`rows`, as [`stats_from_rows`] reads them), GPPO's
+/// clipped tokens (where its gradient is preserved: GPPO's low and high
+/// regions are exactly PPO's zero-gradient ones outside the dual clip), and,
+/// from the inputs, GSPO sequences past the clamp at 10 with A < 0 and k3
+/// tokens past the clamp at ±20.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Regions {
+    pub clipped_low: usize,
+    pub clipped_high: usize,
+    pub clipped_dual: usize,
+    pub gppo_kept_low: usize,
+    pub gppo_kept_high: usize,
+    pub gspo_clamped: usize,
+    pub k3_clamped: usize,
+}
+
+impl Regions {
+    /// Adds one case, with the per-sequence sums of its run.
+    pub fn add(&mut self, c: &PolicyCase, rows: &[f64]) {
+        let (_, st) = stats_from_rows(rows);
+        self.clipped_low += st.clipped_low;
+        self.clipped_high += st.clipped_high;
+        self.clipped_dual += st.clipped_dual;
+        if matches!(c.cfg.kind, PolicyKind::Gppo { .. }) {
+            self.gppo_kept_low += st.clipped_low;
+            self.gppo_kept_high += st.clipped_high;
+        }
+        let unmasked = |w: &[u32]| (w[0] as usize..w[1] as usize).filter(|&t| c.mask[t]);
+        if matches!(c.cfg.kind, PolicyKind::Gspo { .. }) {
+            for (s, w) in c.cu_seqlens.windows(2).enumerate() {
+                let lr: Vec<f64> = unmasked(w).map(|t| c.logp[t] as f64 - c.old_logp[t] as f64).collect();
+                if !lr.is_empty() && lr.iter().sum::<f64>() / lr.len() as f64 > 10.0 && c.advantages[s] < 0.0 {
+                    self.gspo_clamped += 1;
+                }
+            }
+        }
+        if let (Some(KlPenalty { kind: KlKind::K3 | KlKind::K3Plus, .. }), Some(refl)) = (c.cfg.kl, &c.ref_logp) {
+            self.k3_clamped += c
+                .mask
+                .iter()
+                .enumerate()
+                .filter(|&(t, &m)| m && (refl[t] as f64 - c.logp[t] as f64).abs() > 20.0)
+                .count();
+        }
+    }
+
+    /// Panics unless every region was reached at least once.
+    pub fn assert_all_reached(&self) {
+        println!("regions reached: {self:?}");
+        let r = self;
+        for (what, n) in [
+            ("clipped low", r.clipped_low),
+            ("clipped high", r.clipped_high),
+            ("dual clip", r.clipped_dual),
+            ("GPPO's preserved gradient below the band", r.gppo_kept_low),
+            ("GPPO's preserved gradient above the band", r.gppo_kept_high),
+            ("GSPO's clamp at log s = 10 with A < 0", r.gspo_clamped),
+            ("k3's clamp at |ref − logp| = 20", r.k3_clamped),
+        ] {
+            assert!(n > 0, "no case reaches {what}: {r:?}");
+        }
+    }
 }
 
 /// Where the kernel's coefficients and per-sequence sums differ from

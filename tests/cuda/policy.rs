@@ -4,7 +4,7 @@
 //! coefficients and per-sequence sums, and the backend's `policy_loss` op
 //! that the GRPO trainer calls.
 
-use super::common::policy_cases::{policy_cases, policy_mismatches, PolicyCase};
+use super::common::policy_cases::{policy_cases, policy_mismatches, PolicyCase, Regions};
 use super::util::gpu;
 use engine::backend::cuda::{Cuda, Gpu, PolicyViews};
 use engine::backend::{Backend, PolicyInputs, Span};
@@ -45,9 +45,11 @@ fn run(g: &Gpu, c: &PolicyCase) -> (Vec<f32>, Option<Vec<f32>>, Vec<f64>) {
 fn policy_coefficients_match_the_cpu_loss_library() {
     let Some(g) = gpu("policy_coefficients_match_the_cpu_loss_library") else { return };
     let mut bad = Vec::new();
+    let mut regions = Regions::default();
     for c in policy_cases() {
         let (coef, ent, rows) = run(&g, &c);
         bad.extend(policy_mismatches(&c, &coef, ent.as_deref(), &rows));
+        regions.add(&c, &rows);
         let st = c.expected().stats;
         println!(
             "{}: {} tokens, clipped {}/{}/{}",
@@ -55,6 +57,7 @@ fn policy_coefficients_match_the_cpu_loss_library() {
         );
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
+    regions.assert_all_reached();
 }
 
 /// The backend op (its uploads, scratch and read-back): the same loss,
