@@ -1,11 +1,11 @@
 /* The per-token coefficient pass of the policy losses (DESIGN.md §4.2–4.4):
  * parameters of kernels/policy.cu, and the per-token arithmetic as
  * `__host__ __device__` functions, so that a host build of them (the CPU
- * emulation in tools/policy_emu, run in CI) is checked against the CPU loss
- * library (src/loss/policy.rs, `policy_loss`), which is the specification:
- * the same branches, the same clamps, the same ties (a tie between the two
- * branches of max shares the gradient evenly, as torch.maximum does), all in
- * double.
+ * emulation in tools/kernel_emu/policy.cpp, run in CI by tests/kernel_emu.rs)
+ * is checked against the CPU loss library (src/loss/policy.rs,
+ * `policy_loss`), which is the specification: the same branches, the same
+ * clamps, the same ties (a tie between the two branches of max shares the
+ * gradient evenly, as torch.maximum does), all in double.
  *
  * One block per sequence of the micro-batch. Per token t of sequence s with
  * mask[t] set: r = exp(clamp(logp − old_logp, ±20)), the variant's value and

@@ -1,8 +1,8 @@
 /* The sampler's random stream, one definition for the GPU sampler
  * (kernels/sample.cu) and for a host build of the same arithmetic
- * (tools/host_device_check), which CI compares with the CPU sampler's
- * (src/rollout/sampler.rs, `Stream`), so the CPU and the GPU draw the same
- * numbers for a seed (DESIGN.md §6).
+ * (tools/kernel_emu/sample.cpp, run by tests/kernel_emu.rs), which CI
+ * compares with the CPU sampler's (src/rollout/sampler.rs, `Stream`), so the
+ * CPU and the GPU draw the same numbers for a seed (DESIGN.md §6).
  *
  * A stream is a 64-bit key made from (seed, prompt, sample); draw `step` of
  * it is a pure function of (key, step): a counter-based generator, so a
