@@ -909,6 +909,9 @@ int main(int argc, char** argv) {
       bad += run_case(fast, {100, 37}, 2, 2, 128, 4.0f, 7);  // d128 without GQA: dk, dv straight to bf16
     }
   }
+  // GQA 7:1 on the fast kernels in the quick run too (seven heads' dK, dV summed
+  // into one KV head), with a 1-token sequence and a partial tile.
+  bad += run_case(true, {1, 65}, 7, 1, 64, 2.0f, 8);
   // The one-pass backward (head_dim 64): GQA, several sequences, partial tiles.
   bad += run_case(true, {1, 7, 63, 65, 130}, 4, 2, 64, 2.0f, 1, true);
   if (!quick) {
