@@ -436,6 +436,9 @@ fn flash_attention_is_deterministic() {
         (64, 50, FlashVariant::Fast),
         (128, 51, FlashVariant::Fast),
         (64, 52, FlashVariant::Simple),
+        // What the dispatch picks at head_dim 128 on sm_86 / sm_89 (the fast
+        // kernel's d128 tiles need more shared memory than those cards have).
+        (128, 58, FlashVariant::Simple),
         (64, 53, FlashVariant::Fused),
         (64, 54, FlashVariant::Hopper),
         (128, 55, FlashVariant::Hopper),
