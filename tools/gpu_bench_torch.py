@@ -428,13 +428,19 @@ def s_gemm(b):
 
 
 # (suffix, tokens, seq, heads, kv heads, head dim): the layer's shape, then
-# DESIGN.md §8's 16k-token yardsticks; the same list as tests/cuda/bench.rs.
+# issue 8's and DESIGN.md §8's 16k-token yardsticks (heads of 128 and of 64
+# at sequence lengths 1k, 2k, 4k, 8k); the same list as tests/cuda/bench.rs.
 def attention_shapes(c):
     return [
         ("", c["tokens"], c["seq"], c["heads"], c["kv_heads"], c["head_dim"]),
         ("_d128_s1k", 16384, 1024, 16, 16, 128),
+        ("_d128_s2k", 16384, 2048, 16, 16, 128),
         ("_d128_s4k", 16384, 4096, 16, 16, 128),
+        ("_d128_s8k", 16384, 8192, 16, 16, 128),
+        ("_d64_s1k", 16384, 1024, 16, 16, 64),
+        ("_d64_s2k", 16384, 2048, 16, 16, 64),
         ("_d64_s4k", 16384, 4096, 16, 16, 64),
+        ("_d64_s8k", 16384, 8192, 16, 16, 64),
     ]
 
 
@@ -559,18 +565,100 @@ def s_loss(b):
     w = rand(b, R, dtype=torch.float32)
     dl = torch.empty(R, dtype=torch.float32, device=b.dev)
 
-    def distill():
-        # KL(p_t || p_s) per row and w * its gradient, written over the student's logits.
-        for r0, r1 in spans:
-            s = zs[r0:r1].float().requires_grad_()
-            ls = torch.log_softmax(s * inv_t, -1)
-            lt = torch.log_softmax(zt[r0:r1].float() * inv_t, -1)
-            kl = F.kl_div(ls, lt, reduction="none", log_target=True).sum(-1)
-            (g,) = torch.autograd.grad(kl, s, w[r0:r1])
-            dl[r0:r1] = kl.detach()
-            zs[r0:r1].copy_(g)
+    def distill(mode):
+        # The divergence per row and w * its gradient, written over the student's logits.
+        def f():
+            for r0, r1 in spans:
+                s = zs[r0:r1].float().requires_grad_()
+                ls = torch.log_softmax(s * inv_t, -1)
+                lt = torch.log_softmax(zt[r0:r1].float() * inv_t, -1)
+                if mode == "forward":  # KL(p_t || p_s)
+                    d = F.kl_div(ls, lt, reduction="none", log_target=True).sum(-1)
+                elif mode == "reverse":  # KL(p_s || p_t)
+                    d = F.kl_div(lt, ls, reduction="none", log_target=True).sum(-1)
+                else:  # JSD, beta 0.5: beta KL(p_t || m) + (1 - beta) KL(p_s || m), m the mixture
+                    lm = torch.logaddexp(lt + math.log(0.5), ls + math.log(0.5))
+                    d = 0.5 * F.kl_div(lm, lt, reduction="none", log_target=True).sum(-1) + 0.5 * F.kl_div(
+                        lm, ls, reduction="none", log_target=True
+                    ).sum(-1)
+                (g,) = torch.autograd.grad(d, s, w[r0:r1])
+                dl[r0:r1] = d.detach()
+                zs[r0:r1].copy_(g)
 
-    b.run("distill_forward", shape, distill, nbytes=3 * logits + 2 * per_row, impl="F.kl_div(log_softmax) + autograd.grad, copy_ into z_s" + chunked)
+        return f
+
+    nb = 3 * logits + 2 * per_row
+    grad = " + autograd.grad, copy_ into z_s" + chunked
+    b.run("distill_forward", shape, distill("forward"), nbytes=nb, impl="F.kl_div(log_softmax)" + grad)
+    b.run("distill_reverse", shape, distill("reverse"), nbytes=nb, impl="F.kl_div(log_softmax), reversed" + grad)
+    b.run("distill_jsd", shape, distill("jsd"), nbytes=nb, impl="logaddexp mixture, two F.kl_div (beta 0.5)" + grad)
+    del zs, zt
+    if b.cuda:
+        torch.cuda.empty_cache()
+    coefficient_passes(b)
+
+
+def coefficient_passes(b):
+    """The per-token coefficient passes at the loss rows' token count (tests/cuda/bench.rs's `coefficient_passes`).
+
+    policy_coefs_ppo: PPO-clip (eps 0.2, dual clip 3, token mean) on 16
+    sequences, the first eighth of each masked, with the statistics a trainer
+    logs (clip fractions, ratio mean), as eager tensor ops; dpo_coefs: DPO
+    (sigmoid, beta 0.1) on 16 pairs, the first eighth of each sequence
+    masked: sequence sums by index_add_, then each token's coefficient.
+    Nothing is read back (the engine's rows read nothing back either).
+    """
+    torch = b.torch
+    F = torch.nn.functional
+    n = b.c["loss_rows"]
+    logp, old = rand(b, n, dtype=torch.float32), rand(b, n, dtype=torch.float32)
+    coef = torch.empty(n, dtype=torch.float32, device=b.dev)
+    per_token = 13.0 * n
+
+    def layout(seqs):
+        length = n // seqs
+        pos = torch.arange(n, device=b.dev)
+        return pos // length, (pos % length >= length // 8).float()
+
+    seqs = 16
+    seq_id, mask = layout(seqs)
+    adv = rand(b, seqs, dtype=torch.float32)
+    eps, dual = 0.2, 3.0
+    stats = torch.empty(4, dtype=torch.float32, device=b.dev)
+
+    def ppo():
+        a = adv[seq_id]
+        r = (logp - old).clamp(-20, 20).exp()
+        s1, s2 = -a * r, -a * r.clamp(1 - eps, 1 + eps)
+        clipped = torch.maximum(s1, s2)
+        dual_on = (a < 0) & (clipped > -a * dual)
+        loss = torch.where(dual_on, -a * dual, clipped)
+        # The gradient with respect to logp flows through the unclipped branch only.
+        live = (s1 >= s2) & ~dual_on
+        w = mask / mask.sum()
+        coef.copy_(torch.where(live, -a * r, torch.zeros_like(r)) * w)
+        stats[0] = (loss * w).sum()
+        stats[1] = ((r < 1 - eps) & (a < 0) & ~dual_on).float().mul(w).sum()
+        stats[2] = ((r > 1 + eps) & (a > 0)).float().mul(w).sum()
+        stats[3] = (r * w).sum()
+
+    bytes_ppo = per_token + 4.0 * (seqs + 1) + 8.0 * seqs + 8.0 * 12 * seqs
+    b.run("policy_coefs_ppo", f"{seqs}x{n // seqs}", ppo, nbytes=bytes_ppo, impl="eager PPO-clip + dual clip, token mean, clip stats")
+
+    pairs, beta = 16, 0.1
+    seq_id, mask = layout(2 * pairs)
+    sums = torch.empty(2 * pairs, dtype=torch.float32, device=b.dev)
+    out = torch.empty(pairs, dtype=torch.float32, device=b.dev)
+
+    def dpo():
+        sums.zero_().index_add_(0, seq_id, (logp - old) * mask)
+        x = beta * (sums[0::2] - sums[1::2])
+        out.copy_(-F.logsigmoid(x) / pairs)
+        g = -beta * torch.sigmoid(-x) / pairs
+        coef.copy_(torch.stack((g, -g), 1).reshape(-1)[seq_id] * mask)
+
+    bytes_dpo = per_token + 4.0 * (2 * pairs + 1) + 32.0 * pairs
+    b.run("dpo_coefs", f"{pairs} pairs x2x{n // (2 * pairs)}", dpo, nbytes=bytes_dpo, impl="eager: index_add_ sums, logsigmoid, per-token gather")
 
 
 def s_sample(b):

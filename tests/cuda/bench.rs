@@ -545,14 +545,40 @@ fn gemm(b: &mut Bench) -> Result<()> {
 }
 
 /// Attention shapes: the layer's own (4 × 1024, 14 / 2 heads of 64), then
-/// DESIGN.md §8's yardstick, 16k tokens per batch with 16 heads of 128 (and
-/// of 64) at sequence lengths 1k and 4k; the name's suffix says which.
-const ATTENTION_SHAPES: [(&str, usize, usize, usize, usize, usize); 4] = [
+/// issue 8's and DESIGN.md §8's yardstick, 16k tokens per batch with 16
+/// heads of 128 and of 64 at sequence lengths 1k, 2k, 4k and 8k; the name's
+/// suffix says which (`_d{D}_s{S}`). The same list as
+/// `tools/gpu_bench_torch.py`'s `attention_shapes`.
+///
+/// Time: the FLOPs of a call are 4·tokens·seq·heads·d / 2 forward (2.5× that
+/// backward): 69 / 137 / 275 / 550 GFLOP forward at d128 and 1k / 2k / 4k /
+/// 8k, half at d64. A row takes a warm-up call, a sizing call and a loop of
+/// about `ENGINE_BENCH_TARGET_MS` (100 ms) of calls, capped at
+/// [`attention_calls`]; at a worst case of 100 TFLOP/s the slowest call (the
+/// d128 8k backward) is 14 ms, so a row stays under about 0.15 s, and the 9
+/// shapes' 6–7 rows each (Hopper) under 10 s.
+const ATTENTION_SHAPES: [(&str, usize, usize, usize, usize, usize); 9] = [
     ("", TOKENS, SEQ, HEADS, KV_HEADS, HEAD_DIM),
     ("_d128_s1k", 16384, 1024, 16, 16, 128),
+    ("_d128_s2k", 16384, 2048, 16, 16, 128),
     ("_d128_s4k", 16384, 4096, 16, 16, 128),
+    ("_d128_s8k", 16384, 8192, 16, 16, 128),
+    ("_d64_s1k", 16384, 1024, 16, 16, 64),
+    ("_d64_s2k", 16384, 2048, 16, 16, 64),
     ("_d64_s4k", 16384, 4096, 16, 16, 64),
+    ("_d64_s8k", 16384, 8192, 16, 16, 64),
 ];
+
+/// The most calls in one timed loop of an attention row: 20, and 10 at 8k
+/// (a d128 8k call takes 3–14 ms, so 10 calls still give 30 ms or more of
+/// GPU time between the events).
+fn attention_calls(seq: usize) -> usize {
+    if seq >= 8192 {
+        10
+    } else {
+        20
+    }
+}
 
 fn attention(b: &mut Bench) -> Result<()> {
     for (suffix, tokens, seq, heads, kv_heads, d) in ATTENTION_SHAPES {
@@ -595,13 +621,14 @@ fn attention_at(
     // in ENGINE_BENCH_SKIP: the GPU check adds it when their tests failed,
     // so that a kernel that breaks the CUDA context costs no other rows).
     let hopper = g.cc == (9, 0) && !b.skip.iter().any(|s| s == "hopper");
-    b.run(&format!("attention_fwd{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
+    let calls = attention_calls(seq);
+    b.run(&format!("attention_fwd{suffix}"), &shape, Work::Flops(fwd), false, calls, || {
         g.attention_fwd(&s, &cum, &q, &k, &v, &mut out, &mut lse)
     })?;
     let mut dq: CudaSlice<Bf16> = b.zeros(qn)?;
     let mut dk: CudaSlice<Bf16> = b.zeros(kvn)?;
     let mut dv: CudaSlice<Bf16> = b.zeros(kvn)?;
-    b.run(&format!("attention_bwd{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
+    b.run(&format!("attention_bwd{suffix}"), &shape, Work::Flops(bwd), false, calls, || {
         g.attention_bwd(&s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
     })?;
     {
@@ -616,13 +643,13 @@ fn attention_at(
             variants.push(("wgmma", FlashVariant::Hopper));
         }
         for (name, variant) in variants {
-            b.run(&format!("attention_bwd_{name}{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
+            b.run(&format!("attention_bwd_{name}{suffix}"), &shape, Work::Flops(bwd), false, calls, || {
                 g.flash_attention_bwd(variant, &s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
             })?;
         }
         if hopper {
             // The warp-specialised Hopper backward (TMA, a dq writer warp).
-            b.run(&format!("attention_bwd_ws{suffix}"), &shape, Work::Flops(bwd), false, 20, || {
+            b.run(&format!("attention_bwd_ws{suffix}"), &shape, Work::Flops(bwd), false, calls, || {
                 g.flash_attention_bwd_ws(&s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
             })?;
         }
@@ -631,11 +658,11 @@ fn attention_at(
         // The Hopper forwards (not the dispatch's choice yet), last: nothing
         // after them reads out and lse.
         let desc = engine::backend::cuda::WGMMA_DESC;
-        b.run(&format!("attention_fwd_wgmma{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
+        b.run(&format!("attention_fwd_wgmma{suffix}"), &shape, Work::Flops(fwd), false, calls, || {
             g.flash_attention_fwd_wgmma(desc, &s, &cum, &q, &k, &v, &mut out, &mut lse)
         })?;
         // The warp-specialised Hopper forward (TMA, a producer warpgroup).
-        b.run(&format!("attention_fwd_ws{suffix}"), &shape, Work::Flops(fwd), false, 20, || {
+        b.run(&format!("attention_fwd_ws{suffix}"), &shape, Work::Flops(fwd), false, calls, || {
             g.flash_attention_fwd_ws(0, &s, &cum, &q, &k, &v, &mut out, &mut lse)
         })?;
     }
@@ -699,7 +726,8 @@ fn sample(b: &mut Bench) -> Result<()> {
 
 /// The loss kernels at 16k tokens × 151,936 (issue 7): log-probabilities
 /// (with and without the entropy), their in-place backward, and the
-/// distillation kernel (forward KL), at T = 0.7. Bytes: the logits read once
+/// distillation kernel (forward KL, reverse KL, JSD), at T = 0.7; then the
+/// coefficient passes ([`coefficient_passes`]). Bytes: the logits read once
 /// (forward), read and written (backward), both rows read and the student's
 /// written (distillation), plus the per-row arrays. The backward and the
 /// distillation overwrite their logits with gradients, so later calls see
@@ -740,13 +768,77 @@ fn loss(b: &mut Bench) -> Result<()> {
     for (name, how, mode) in [
         ("distill_forward", DistillKernel::Auto, DistillMode::Forward),
         ("distill_forward_row", DistillKernel::Row, DistillMode::Forward),
+        ("distill_reverse", DistillKernel::Auto, DistillMode::Reverse),
         ("distill_jsd", DistillKernel::Auto, DistillMode::Jsd { beta: 0.5 }),
     ] {
         b.run(name, &shape, distill_bytes, false, MAX_N, || {
             g.distill_with(how, &mut zs, &zt, vocab, mode, inv_temp, &w, &mut dl)
         })?;
     }
-    Ok(())
+    drop((zs, zt));
+    coefficient_passes(b)
+}
+
+/// The per-token coefficient passes on the small arrays (issue 7), at the
+/// loss rows' 16,384 tokens: `policy_coefs_ppo`, the policy losses' kernel
+/// (kernels/policy.cu) for PPO-clip (ε 0.2, dual clip 3, token mean) on 16
+/// sequences × 1024 tokens, the first 128 of each masked (the prompt), as
+/// the GRPO trainer calls it through `Backend::policy_loss` (less that op's
+/// uploads and read-back of 16 rows); `dpo_coefs`, DPO's (kernels/dpo.cu,
+/// sigmoid, β 0.1) on 16 pairs of 512-token sequences, the first 64 of each
+/// masked. Bytes: logp and old (or reference) logp read, the mask read, the
+/// coefficients written, and the per-sequence arrays; a few hundred KB, so
+/// these rows are bound by the launch and one block per sequence, not by
+/// bandwidth: their figure is the time.
+fn coefficient_passes(b: &mut Bench) -> Result<()> {
+    use engine::backend::cuda::PolicyViews;
+    use engine::loss::{DpoConfig, DpoLossType, PolicyConfig, PolicyKind, StepCounts};
+    let g = b.g;
+    let n = LOSS_ROWS;
+    let layout = |seqs: usize, prompt: usize| -> (Vec<u32>, Vec<bool>) {
+        let len = n / seqs;
+        let cu: Vec<u32> = (0..=seqs).map(|i| (i * len) as u32).collect();
+        (cu, (0..n).map(|t| t % len >= prompt).collect())
+    };
+    let per_token = 13.0 * n as f64;
+    let logp = b.random_f32(n, 70)?;
+    let old = b.random_f32(n, 71)?;
+    let mut coef: CudaSlice<f32> = b.zeros(n)?;
+
+    let seqs = 16;
+    let (cu, mask) = layout(seqs, 128);
+    let counts = StepCounts::of([(mask.as_slice(), cu.as_slice())]);
+    let k = PolicyConfig::new(PolicyKind::ppo()).kernel_settings(&counts, 0);
+    let mask_d =
+        g.stream.clone_htod(&mask.iter().map(|&m| m as u8).collect::<Vec<u8>>()).map_err(|e| anyhow!("{e}"))?;
+    let cu_d = b.u32s(&cu)?;
+    let seq_in = b.random_f32(2 * seqs, 72)?;
+    let cols = engine::backend::cuda::params::ENGINE_POLICY_STATS as usize;
+    let mut seq_out: CudaSlice<f64> = b.zeros(seqs * cols)?;
+    let views = PolicyViews {
+        logp: logp.slice(..),
+        old_logp: old.slice(..),
+        ref_logp: None,
+        sampler_logp: None,
+        entropy: None,
+    };
+    let bytes = per_token + 4.0 * (seqs + 1) as f64 + 8.0 * seqs as f64 + 8.0 * (seqs * cols) as f64;
+    b.run("policy_coefs_ppo", &format!("{seqs}x{}", n / seqs), Work::Bytes(bytes), false, MAX_N, || {
+        g.policy_coefs(&k, &views, &mask_d, &cu_d, &seq_in, &mut coef, None, &mut seq_out)
+    })?;
+
+    let pairs = 16;
+    let (cu, mask) = layout(2 * pairs, 64);
+    let cfg = DpoConfig { loss_type: DpoLossType::Sigmoid, beta: 0.1, label_smoothing: 0.0 };
+    let k = cfg.kernel_settings(pairs);
+    let mask_d =
+        g.stream.clone_htod(&mask.iter().map(|&m| m as u8).collect::<Vec<u8>>()).map_err(|e| anyhow!("{e}"))?;
+    let cu_d = b.u32s(&cu)?;
+    let mut pair_out: CudaSlice<f64> = b.zeros(pairs * 4)?;
+    let bytes = per_token + 4.0 * (2 * pairs + 1) as f64 + 32.0 * pairs as f64;
+    b.run("dpo_coefs", &format!("{pairs} pairs x2x{}", n / (2 * pairs)), Work::Bytes(bytes), false, MAX_N, || {
+        g.dpo_coefs(&k, &logp, &old, &mask_d, &cu_d, &mut coef, &mut pair_out)
+    })
 }
 
 #[test]
