@@ -8,7 +8,10 @@
 //!   as the SFT trainer runs it, the lm_head and the loss in one pass over
 //!   the logit chunks (`head::one_pass`, counted in the backward's phase);
 //! - `train_grpo_update`: a forward for the old log-probs, then forward,
-//!   PPO-clip token loss (random advantages, ε 0.2), backward, clip, AdamW;
+//!   PPO-clip token loss (random advantages, ε 0.2) by the trainer's GPU
+//!   coefficient pass (`Backend::policy_loss`) as src/train/grpo.rs runs
+//!   it (with 3 logit chunks: inside the one pass over the chunks,
+//!   `head::one_pass_with`), backward, clip, AdamW;
 //! - `train_sft_step_fused_bwd`: `train_sft_step` with the one-pass flash
 //!   backward (`FlashVariant::Fused`), `train_sft_step_hopper` with the
 //!   Hopper kernels (`FlashVariant::Hopper`, compute capability 9.0 only)
@@ -27,12 +30,13 @@
 
 use super::util::{self, gpu, Lcg};
 use engine::backend::cuda::{Cuda, FlashVariant};
-use engine::backend::{Backend, MatShape, Span, IGNORE};
+use engine::backend::{Backend, MatShape, PolicyInputs, Span, IGNORE};
 use engine::data::Batch;
-use engine::loss::policy::{policy_loss, PolicyBatch, PolicyConfig, PolicyKind};
+use engine::loss::policy::{PolicyConfig, PolicyKind};
 use engine::loss::sft::ce_coefs;
 use engine::loss::{masked_mean_ce, StepCounts, TokenCoefs};
 use engine::model::activations::backend_chunk;
+use engine::model::head::{Coefs, HeadBuffers};
 use engine::model::{head, Activations, Model, ModelConfig};
 use engine::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use std::io::Write;
@@ -116,6 +120,8 @@ fn bench_train_step() {
     let mask: Vec<bool> = targets.iter().map(|&t| t != IGNORE).collect();
     let advantages: Vec<f32> = (0..SEQS).map(|_| 2.0 * rng.next() - 1.0).collect();
     let policy = PolicyConfig::new(PolicyKind::ppo());
+    // The old log-probs on the device, as the trainer holds them.
+    let mut old_d = be.alloc_f32(n);
     let (n_mm, attn) = flops_per_token(&cfg);
     println!(
         "bench_train_step: {} on {}, {} parameters, {n} tokens, lm_head chunk {chunk}",
@@ -176,24 +182,49 @@ fn bench_train_step() {
                     loss = masked_mean_ce(&acts.head.read_logp(&be, n), &targets).0;
                 }
                 Some(old) => {
-                    model.head_fwd(&be, &mut acts, &targets, 1.0, false);
-                    let logp = acts.head.read_logp(&be, n);
-                    let b = PolicyBatch {
-                        logp: &logp,
-                        old_logp: old,
-                        ref_logp: None,
-                        sampler_logp: None,
-                        entropy: None,
-                        mask: &mask,
-                        cu_seqlens: &batch.cu_seqlens,
-                        advantages: &advantages,
-                        rewards: &advantages,
-                    };
+                    // As the GRPO trainer runs it (src/train/grpo.rs): the old
+                    // log-probs written to a device buffer, the coefficient
+                    // pass on the device (`Backend::policy_loss`, which reads
+                    // back only its per-sequence sums) into the head
+                    // buffers; with several logit chunks and a token-local
+                    // loss (PPO here), after each chunk's log-probs inside
+                    // the one pass over the chunks (`head::one_pass_with`,
+                    // in the backward's time, as SFT's), else after phase 1
+                    // and before the backward from those coefficients.
+                    let span = Span::new(0, n);
+                    be.write(old, Cuda::view_mut(&mut old_d, span));
                     let counts = StepCounts::of([(mask.as_slice(), batch.cu_seqlens.as_slice())]);
-                    let o = policy_loss(&policy, &b, &counts, 0);
-                    loss = o.loss;
-                    p.forward = lap(&be, &mut t);
-                    model.backward(&be, &mut acts, &o.coefs, 1.0, &mut grads);
+                    let old_d = &old_d;
+                    let coefs = |be: &Cuda, hb: &mut HeadBuffers<Cuda>| {
+                        let HeadBuffers { logp, coef, .. } = hb;
+                        let x = PolicyInputs::<Cuda> {
+                            logp: Cuda::view(logp, span),
+                            old_logp: Cuda::view(old_d, span),
+                            ref_logp: None,
+                            sampler_logp: None,
+                            entropy: None,
+                            mask: &mask,
+                            cu_seqlens: &batch.cu_seqlens,
+                            advantages: &advantages,
+                            rewards: &advantages,
+                        };
+                        be.policy_loss(&policy, &x, &counts, 0, Cuda::view_mut(coef, span), None).0
+                    };
+                    if policy.token_local() && n > acts.head.chunk {
+                        p.forward = lap(&be, &mut t);
+                        let mut last = None;
+                        model.backward_with_head(&be, &mut acts, &mut grads, |be, hb, s, h, w, dh, g, dw| {
+                            let per_chunk =
+                                |be: &Cuda, hb: &mut HeadBuffers<Cuda>, _end: usize| last = Some(coefs(be, hb));
+                            head::one_pass_with(be, hb, s, h, w, &targets, 1.0, false, per_chunk, dh, g, dw)
+                        });
+                        loss = last.expect("a chunk");
+                    } else {
+                        model.head_fwd(&be, &mut acts, &targets, 1.0, false);
+                        loss = coefs(&be, &mut acts.head);
+                        p.forward = lap(&be, &mut t);
+                        model.backward_from(&be, &mut acts, Coefs::InBuffers { entropy: false }, 1.0, &mut grads);
+                    }
                 }
             }
             p.backward = lap(&be, &mut t);
@@ -349,7 +380,8 @@ fn bench_generate() {
 /// products of the same shapes over the whole `[tokens, vocab]` logits
 /// (forward, dh, dW) as the yardstick: useful TFLOP/s = 6·n·v·d / time
 /// (target ≥ 85% of the plain products' rate), and the device memory each
-/// holds for logits.
+/// path takes: measured (`peak_mem_gib`: in use after its calls, above what
+/// was in use before it) and its logits' share computed (`logits_gib`).
 #[test]
 #[ignore = "a benchmark; run by tools/gpu-check.sh"]
 fn bench_lm_head() {
@@ -370,8 +402,13 @@ fn bench_lm_head() {
     let wv = Span::new(0, v * d);
     let useful = 6.0 * n as f64 * v as f64 * d as f64;
     let steps = env_usize("ENGINE_TRAIN_BENCH_STEPS", 2).max(1) + 1;
-    let time = |f: &mut dyn FnMut()| -> f64 {
+    // (median ms, the most device memory in use after a call): sampled with
+    // the stream drained, so a buffer allocated and freed inside one call is
+    // not seen, but every buffer the path keeps (its logits, the backend's
+    // scratch and cuBLASLt's workspace) is.
+    let time = |f: &mut dyn FnMut()| -> (f64, usize) {
         let mut ms = Vec::new();
+        let mut peak = 0;
         for i in 0..=steps {
             be.check().unwrap();
             let t = Instant::now();
@@ -380,35 +417,52 @@ fn bench_lm_head() {
             if i > 0 {
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
             }
+            peak = peak.max(used_bytes(&be));
         }
         ms.sort_by(f64::total_cmp);
-        ms[ms.len() / 2]
+        (ms[ms.len() / 2], peak)
     };
+    let gib = |bytes: usize| bytes as f64 / (1u64 << 30) as f64;
+    // (kernel, ms, measured GiB, computed logits GiB, what): measured is the
+    // device memory in use after the calls above what was in use before the
+    // block (h, W, dh and dW were there already).
     let mut rows = Vec::new();
     let shape = format!("{n}x{d} -> {v}");
     {
+        be.check().unwrap();
+        let base = used_bytes(&be);
         let mut hb = HeadBuffers::new(&be, n, chunk, v);
-        let held = (chunk * v * 2) as f64 / (1u64 << 30) as f64;
-        let ms = time(&mut || {
+        let held = gib(chunk * v * 2);
+        let (ms, peak) = time(&mut || {
             head::phase1(&be, &mut hb, s, &h, Cuda::view(&w, wv), &targets, 1.0, false);
             head::phase2(&be, &mut hb, s, &h, Cuda::view(&w, wv), &coefs, 1.0, &mut dh, &mut dw, wv);
         });
         rows.push((
             "lm_head_two_phase",
             ms,
+            gib(peak.saturating_sub(base)),
             held,
             "phase 1 then phase 2 (logits computed twice), chunks of 7,067 rows",
         ));
-        let ms = time(&mut || {
+        let (ms, peak) = time(&mut || {
             head::one_pass(&be, &mut hb, s, &h, Cuda::view(&w, wv), &targets, &coefs, 1.0, &mut dh, &mut dw, wv);
         });
-        rows.push(("lm_head_one_pass", ms, held, "one pass (logits once), chunks of 7,067 rows"));
+        rows.push((
+            "lm_head_one_pass",
+            ms,
+            gib(peak.saturating_sub(base)),
+            held,
+            "one pass (logits once), chunks of 7,067 rows",
+        ));
     }
     {
+        // The head buffers are gone; the stream drained returns their memory.
+        be.check().unwrap();
+        let base = used_bytes(&be);
         let mut z = be.alloc(n * v);
         let zs = Span::new(0, n * v);
         let ms_shape = MatShape { m: n, n: v, k: d };
-        let ms = time(&mut || {
+        let (ms, peak) = time(&mut || {
             be.matmul(
                 ms_shape,
                 Cuda::view(&h, Span::new(0, n * d)),
@@ -431,16 +485,22 @@ fn bench_lm_head() {
                 Cuda::view_mut(&mut dw, wv),
             );
         });
-        let held = (n * v * 2) as f64 / (1u64 << 30) as f64;
-        rows.push(("lm_head_plain_gemms", ms, held, "the three products over the whole logits, no loss"));
+        let held = gib(n * v * 2);
+        rows.push((
+            "lm_head_plain_gemms",
+            ms,
+            gib(peak.saturating_sub(base)),
+            held,
+            "the three products over the whole logits, no loss",
+        ));
     }
     let plain_ms = rows.last().unwrap().1;
     let mut out = bench_out();
-    for (kernel, ms, held, what) in rows {
+    for (kernel, ms, peak, held, what) in rows {
         let tflops = useful / (ms * 1e-3) / 1e12;
         let row = serde_json::json!({
             "kernel": kernel, "shape": shape, "ms": ms, "tokens": n, "tflops": tflops, "flops": useful,
-            "gemm_fraction": plain_ms / ms, "logits_gib": held, "source": "engine",
+            "gemm_fraction": plain_ms / ms, "peak_mem_gib": peak, "logits_gib": held, "source": "engine",
             "impl": format!("engine cuda: {what}"),
         });
         println!("{row}");
