@@ -13,8 +13,8 @@
 #       OUT/bench.jsonl, then the same ops in PyTorch
 #       (tools/gpu_bench_torch.py) into OUT/torch.jsonl, then one training
 #       step, `generate` and the lm_head + loss path of a Qwen2-0.5B-shaped
-#       model in the engine (cuda-tests --ignored bench_train_step
-#       bench_generate bench_lm_head) into
+#       model in the engine (cuda-tests --ignored bench_train_step, then
+#       bench_generate, then bench_lm_head, each under its own timeout) into
 #       OUT/train.jsonl and in HF transformers
 #       (tools/gpu_bench_train_torch.py) into OUT/train_torch.jsonl; writes
 #       OUT/report.md and OUT/report.json after each section, and prints a
@@ -200,8 +200,10 @@ tr_tor = [tr_fill(r) for r in tr_tor_all if tr_ok(r)]
 tr_errors = [dict(r, source=r.get("source", s)) for s, rs in (("engine", tr_eng_all), ("torch", tr_tor_all)) for r in rs if "error" in r]
 train_log, train_torch_log = read("train.log"), read("train_torch.log")
 tr_notes = []
-if train_log is not None and re.search(r"^running 0 tests", train_log, re.M):
-    tr_notes.append("engine: cuda-tests has no test bench_train_step (not measured)")
+# train.log: each benchmark's output after a "== name (limit N s)" line.
+for m in re.finditer(r"^== (\S+) .*?(?=^== |\Z)", train_log or "", re.M | re.S):
+    if re.search(r"^running 0 tests", m.group(0), re.M):
+        tr_notes.append(f"engine: cuda-tests has no test {m.group(1)} (not measured)")
 for name, text, pat in (("engine", train_log, r"skip bench_train_step: .*"), ("PyTorch", train_torch_log, r"skip gpu_bench_train_torch: .*")):
     m = re.search(pat, text or "")
     if m:
@@ -283,10 +285,12 @@ if tor:
 if errors:
     md += ["", "### Errors", ""] + [f"- {e['source']}: {e['kernel']}: {e['error']}" for e in errors]
 
-# Attention: every engine variant against PyTorch's FLASH and cuDNN backends,
-# per shape and direction (engine rows `attention_{fwd,bwd}[_variant][suffix]`,
-# PyTorch rows `attention_{fwd,bwd}[suffix][backend]`, matched by shape), so the
+# Attention: every engine variant against PyTorch's FLASH, cuDNN and
+# EFFICIENT backends, per shape and direction (engine rows
+# `attention_{fwd,bwd}[_variant][suffix]`, PyTorch rows
+# `attention_{fwd,bwd}[suffix][backend]`, matched by shape), so the
 # dispatch's choice (FLASH_VARIANT, the Hopper forward) can be read off.
+TORCH_BACKENDS = ("flash", "cudnn", "efficient")
 att = {}
 for r in eng:
     k = r["kernel"]
@@ -298,31 +302,39 @@ for r in eng:
 for r in tor:
     k = r["kernel"]
     for d in ("fwd", "bwd"):
-        for b in ("flash", "cudnn"):
+        for b in TORCH_BACKENDS:
             if k.startswith(f"attention_{d}") and k.endswith(f"[{b}]") and r.get("tflops") is not None:
                 att.setdefault((r["shape"], d), {})[f"torch {b}"] = r["tflops"]
 if att:
     md += ["", "### Attention variants", "",
            "TFLOP/s of each engine kernel (`dispatch`: what `attention_fwd`/`attention_bwd` ran; `fused`: the one-pass "
            "mma.sync backward; `wgmma`: the Hopper kernels; `ws`: the warp-specialised Hopper kernels) and of PyTorch's "
-           "FLASH and cuDNN backends, and the ratio of each to FLASH and to cuDNN. Targets: mma.sync ≥ 0.9× FLASH, "
-           "the Hopper path ≥ cuDNN.", "", "| shape | dir | variant | TFLOP/s | / FLASH | / cuDNN |", "|---|---|---|---|---|---|"]
+           "FLASH, cuDNN and EFFICIENT backends, and the ratio of each to FLASH and to cuDNN. Targets: mma.sync ≥ 0.9× "
+           "FLASH, the Hopper path ≥ cuDNN.", "", "| shape | dir | variant | TFLOP/s | / FLASH | / cuDNN |",
+           "|---|---|---|---|---|---|"]
     for (shape, d), v in sorted(att.items(), key=lambda x: (x[0][1], x[0][0])):
         fl, cd = v.get("torch flash"), v.get("torch cudnn")
         for name, t in sorted(v.items(), key=lambda x: -x[1]):
             md.append(f"| {shape} | {d} | {name} | {t:.0f} | {num(t / fl if fl else None, '.2f')} | "
                       f"{num(t / cd if cd else None, '.2f')} |")
-    # The dispatch's choice at a glance: per direction, each engine variant's
-    # geometric mean over the shapes that have every variant (the tests say
-    # which are correct: a failed one is not a candidate).
+    # The dispatch's choice at a glance: per direction, each variant (and
+    # each PyTorch backend) against the dispatch's row, as the geometric mean
+    # of the ratio over the shapes both have (fused exists only at d64, the
+    # Hopper kernels only on 9.0), with the count of shapes; no shape is
+    # dropped for a variant that lacks it. The tests say which are correct:
+    # a failed one is not a candidate.
     for d in ("fwd", "bwd"):
         rows = [v for (shape, dd), v in att.items() if dd == d]
-        names = sorted({n for v in rows for n in v if not n.startswith("torch")})
-        full = [v for v in rows if all(n in v for n in names)]
-        if names and full:
-            gm = {n: math.exp(sum(math.log(v[n]) for v in full) / len(full)) for n in names}
-            ranked = ", ".join(f"{n} {t:.0f}" for n, t in sorted(gm.items(), key=lambda x: -x[1]))
-            md.append(f"\n{d}: geometric mean TFLOP/s over {len(full)} shapes: {ranked}.")
+        names = sorted({n for v in rows for n in v if n != "dispatch"})
+        ranked = []
+        for n in names:
+            both = [v for v in rows if n in v and "dispatch" in v and v[n] > 0 and v["dispatch"] > 0]
+            if both:
+                ranked.append((math.exp(sum(math.log(v[n] / v["dispatch"]) for v in both) / len(both)), n, len(both)))
+        if ranked:
+            md.append(f"\n{d}: each against the dispatch's row on the shapes both have (geometric mean of the ratio; "
+                      f"the dispatch has {sum('dispatch' in v for v in rows)} shapes): "
+                      + ", ".join(f"{n} {g:.2f}× ({c} shape{'s' if c != 1 else ''})" for g, n, c in sorted(ranked, reverse=True)) + ".")
 
 def kilo(x):
     return "-" if x is None else f"{x / 1e3:.1f}k"
@@ -370,7 +382,8 @@ if tr_table:
                "the yardstick is `lm_head_plain_gemms`, the same three products over the whole logits (target: ≥ 85% "
                "of its rate)."]
         md += [f"- {r['kernel']}: {r['ms']:.2f} ms, {num(r.get('tflops'), '.0f')} TFLOP/s, "
-               f"{pct(r.get('gemm_fraction'))} of the plain products' rate, logits held {num(r.get('logits_gib'), '.2f')} GiB"
+               f"{pct(r.get('gemm_fraction'))} of the plain products' rate, device memory {num(r.get('peak_mem_gib'), '.2f')} GiB "
+               f"measured (in use after its calls, above before), logits {num(r.get('logits_gib'), '.2f')} GiB computed"
                for r in heads]
     if not tr_eng:
         md += ["", "Engine: not measured."]
@@ -558,8 +571,8 @@ PY
 
   # Section 1b: the engine binary itself on the GPU: `engine score --device
   # cuda` on the qwen2 fixture's scored sequences, against their float64
-  # log-probabilities (the note gives the largest difference), and `engine
-  # generate` (below). Its files
+  # log-probabilities (the note gives the largest difference), `engine
+  # generate` and `engine eval` (below). Its files
   # stay in a temporary folder: only the section line comes back.
   local cli_tmp
   cli_tmp="$(mktemp -d)"
@@ -600,6 +613,29 @@ print("engine generate --device cuda: %d of %d greedy samples equal to the CPU'"
       cli_note="$cli_note; generate: $(tail -1 "$cli_tmp/log" | tr '\t' ' ')"
     fi
   fi
+  # `engine eval --device cuda`: 3 math problems × 4 greedy samples of up to
+  # 24 tokens on the qwen3 fixture (random weights: the answers are wrong;
+  # what is checked is that it runs and writes a whole report), under its
+  # own timeout, whatever score and generate did.
+  local eval_rc=0
+  printf '%s\n' '{"prompt": "What is 2 + 3?", "answer": "5"}' '{"prompt": "12*7 =", "answer": 84}' \
+    '{"prompt": "Half of 10 is", "answer": "5"}' >"$cli_tmp/eval.jsonl"
+  timeout -k 5 30 "$dir/bin/engine" eval --model "$ENGINE_FIXTURES/qwen3" --data "$cli_tmp/eval.jsonl" \
+    --output "$cli_tmp/eval_cuda.json" --n 4 --k 2 --max-new-tokens 24 --temperature 0 --device cuda \
+    >>"$cli_tmp/log" 2>&1 || eval_rc=$?
+  if ((eval_rc == 0)); then
+    local eval_note
+    eval_note="$(python3 -c 'import json,sys
+r=json.load(open(sys.argv[1]))
+assert (r["prompts"], r["n"], r["k"]) == (3, 4, 2), (r["prompts"], r["n"], r["k"])
+assert all(len(l["answers"]) == 4 for l in r["per_line"]), "a line without its 4 answers"
+print("engine eval --device cuda: %d prompts x %d, pass@1 %.2f, pass@2 %.2f, maj@2 %.2f" % (r["prompts"], r["n"], r["pass@1"], r["pass@2"], r["maj@2"]))' \
+      "$cli_tmp/eval_cuda.json" 2>&1)" || eval_rc=1
+    cli_note="$cli_note; $(tail -1 <<<"$eval_note")"
+  else
+    cli_note="$cli_note; eval: $(status_of $eval_rc): $(tail -1 "$cli_tmp/log" | tr '\t' ' ')"
+  fi
+  ((rc != 0)) || rc=$eval_rc
   section_done cli "$(status_of $rc)" $((SECONDS - t0)) "$cli_note"
   rm -rf "$cli_tmp"
   write_report tests
@@ -651,24 +687,53 @@ print("engine generate --device cuda: %d of %d greedy samples equal to the CPU'"
   fi
   write_report none
 
-  # Section 4: one training step (SFT, GRPO update) and `generate` of a
-  # Qwen2-0.5B-shaped model, first in the engine, then in HF transformers on
-  # the same card.
+  # Section 4: one training step (SFT, GRPO update), `generate` and the
+  # lm_head + loss path of a Qwen2-0.5B-shaped model, first in the engine
+  # (three benchmarks, each under its own timeout), then in HF transformers
+  # on the same card.
   if ((train)); then
     t=$((budget - (SECONDS - start) - min_train_torch - 5))
     t=$((t > 90 ? 90 : t))
     t0=$SECONDS rc=0
     if ((t >= 15)); then
-      echo "gpu-check: engine train step (limit ${t} s)"
-      ENGINE_BENCH_OUT="$out/train.jsonl" ENGINE_BENCH_BUDGET_S="$((t > 45 ? t - 30 : t / 2))" \
-        timeout -k 5 "$t" "$dir/bin/cuda-tests" --ignored bench_train_step bench_generate bench_lm_head --test-threads=1 --nocapture \
-        >"$out/train.log" 2>&1 || rc=$?
+      # Each benchmark under its own timeout, in turn, appending to
+      # train.log (a "== name" line before each), so a slow one cannot cut
+      # the others. `left` is the section's time left less the 5 s that this
+      # call's `timeout -k` may add; a later benchmark is kept 20 s (15 s and
+      # its own 5). bench_train_step first, with all of it but 2 × 20 s (when
+      # there is that much: 45 s of a 90 s section); bench_generate what is
+      # left but 20 s, at most 40 s; bench_lm_head what is left, at most 40 s.
+      echo "gpu-check: engine train step, generate, lm_head (limit ${t} s in all)"
+      local bname blimit brc left notes=()
+      : >"$out/train.log"
+      for bname in bench_train_step bench_generate bench_lm_head; do
+        left=$((t - (SECONDS - t0) - 5))
+        case "$bname" in
+          bench_train_step) blimit=$((left >= 55 ? left - 40 : left)) ;;
+          bench_generate) blimit=$((left >= 35 ? left - 20 : left)); blimit=$((blimit > 40 ? 40 : blimit)) ;;
+          *) blimit=$((left > 40 ? 40 : left)) ;;
+        esac
+        if ((blimit < 5)); then
+          notes+=("$bname not run (no time left)")
+          ((rc != 0)) || rc=124
+          continue
+        fi
+        echo "== $bname (limit ${blimit} s)" >>"$out/train.log"
+        brc=0
+        ENGINE_BENCH_OUT="$out/train.jsonl" ENGINE_BENCH_BUDGET_S="$((blimit > 45 ? blimit - 30 : blimit / 2))" \
+          timeout -k 5 "$blimit" "$dir/bin/cuda-tests" --ignored "$bname" --test-threads=1 --nocapture \
+          >>"$out/train.log" 2>&1 || brc=$?
+        notes+=("$bname $(status_of $brc) (limit ${blimit} s)")
+        ((rc != 0)) || rc=$brc
+      done
+      local joined
+      joined="$(printf '%s; ' "${notes[@]}")"
       if ((rc == 0)) && grep -q '^running 0 tests' "$out/train.log"; then
-        section_done train missing $((SECONDS - t0)) "cuda-tests has no test bench_train_step"
+        section_done train missing $((SECONDS - t0)) "cuda-tests lacks a benchmark: ${joined%; }"
       elif ((rc == 0)) && grep -q 'skip bench_train_step:' "$out/train.log"; then
         section_done train "no GPU" $((SECONDS - t0)) "$(grep -o 'skip bench_train_step:.*' "$out/train.log" | head -1)"
       else
-        section_done train "$(status_of $rc)" $((SECONDS - t0)) "limit ${t} s"
+        section_done train "$(status_of $rc)" $((SECONDS - t0)) "limit ${t} s: ${joined%; }"
       fi
     else
       section_done train "not run" 0 "no time left"
