@@ -1,16 +1,19 @@
 // Log-probabilities of the target tokens under softmax(z·inv_temp), the
 // optional entropy (forward), and the gradient written over the logits in
 // place (backward): the GPU twins of src/backend/cpu/logprob.rs, DESIGN.md
-// §4.1. One block per row; bf16 logits read once per pass; all math in fp32.
+// §4.1. One block per row; logits read once per pass; all math in fp32.
+// Logits are bf16 or fp32 (the params' `fp32`): every kernel is a template
+// over the element type, chosen per launch; the arithmetic is the same.
 //
 // Two versions of each kernel:
 // - logprob_fwd / logprob_bwd (the fast ones, bottom of the file): each row
 //   is split into a scalar head up to its first 16-byte boundary (rows start
 //   at row·vocab, so the head differs per row when vocab is odd), 16-byte
-//   vectors of 8 bf16 read 4 at a time per thread, and a scalar tail;
+//   vectors (8 bf16 or 4 fp32) read 4 at a time per thread, and a scalar
+//   tail;
 //   exponentials as 2^(d·log2 e) with one ex2.approx (as __expf), where the
 //   reference calls the accurate expf.
-// - logprob_fwd_reference / logprob_bwd_reference: scalar 2-byte accesses,
+// - logprob_fwd_reference / logprob_bwd_reference: scalar accesses,
 //   columns i, i + blockDim, …, natural-base expf; the simple twins the fast
 //   ones are tested against.
 // Both are deterministic: each thread folds a fixed set of columns in a fixed
@@ -23,6 +26,14 @@
 #include "vec.cuh"
 
 #define LOGPROB_IGNORE 0xFFFFFFFFu
+
+// A logit as fp32, and a gradient stored as a logit (bf16: rounded to
+// nearest even, as to_bf).
+__device__ __forceinline__ float load_f(const bf16* z, uint32_t i) { return to_f(z[i]); }
+__device__ __forceinline__ float load_f(const float* z, uint32_t i) { return z[i]; }
+__device__ __forceinline__ void store_f(bf16* z, uint32_t i, float v) { z[i] = to_bf(v); }
+__device__ __forceinline__ void store_f(float* z, uint32_t i, float v) { z[i] = v; }
+__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fc00000); }
 
 // Running softmax statistics of values s: m a running maximum, sum = Σ e^(s−m),
 // wsum = Σ e^(s−m)·(s−m) (kept only with the entropy). Then
@@ -81,10 +92,10 @@ __device__ __forceinline__ SoftmaxStats warp_merge(SoftmaxStats st) {
 // Every s is the rounded product (__fmul_rn: never contracted into an FMA),
 // as the CPU computes it, so a one-token vocabulary gives logp exactly 0.
 // `scratch` holds 32 entries.
-template <bool ENT>
-__device__ SoftmaxStats row_stats(const bf16* z, uint32_t vocab, float inv_temp, SoftmaxStats* scratch) {
+template <bool ENT, typename T>
+__device__ SoftmaxStats row_stats(const T* z, uint32_t vocab, float inv_temp, SoftmaxStats* scratch) {
   SoftmaxStats st = stats_empty();
-  for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) stats_push<ENT>(st, __fmul_rn(to_f(z[i]), inv_temp));
+  for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) stats_push<ENT>(st, __fmul_rn(load_f(z, i), inv_temp));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int warps = (blockDim.x + 31) >> 5;
   st = warp_merge<ENT>(st);
@@ -97,11 +108,10 @@ __device__ SoftmaxStats row_stats(const bf16* z, uint32_t vocab, float inv_temp,
   return st;
 }
 
-extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) logprob_fwd_reference(LogprobFwdParams p) {
-  __shared__ SoftmaxStats scratch[32];
+template <typename T>
+__device__ void fwd_row_reference(const LogprobFwdParams& p, SoftmaxStats* scratch) {
   const uint32_t row = blockIdx.x;
-  if (row >= p.rows) return;
-  const bf16* z = ptr<const bf16>(p.logits) + (size_t)row * p.vocab;
+  const T* z = ptr<const T>(p.logits) + (size_t)row * p.vocab;
   const SoftmaxStats st = p.entropy ? row_stats<true>(z, p.vocab, p.inv_temp, scratch)
                                     : row_stats<false>(z, p.vocab, p.inv_temp, scratch);
   if (threadIdx.x != 0) return;
@@ -114,24 +124,33 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) logprob_fwd_ref
   if (y == LOGPROB_IGNORE) {
     logp = 0.0f;
   } else if (y < p.vocab) {
-    logp = __fmul_rn(to_f(z[y]), p.inv_temp) - lse;
+    logp = __fmul_rn(load_f(z, y), p.inv_temp) - lse;
   } else {
-    logp = __int_as_float(0x7fc00000);  // a target outside the vocabulary: NaN
+    logp = nan_f();  // a target outside the vocabulary: NaN
   }
   ptr<float>(p.logp)[row] = logp;
+}
+
+extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) logprob_fwd_reference(LogprobFwdParams p) {
+  __shared__ SoftmaxStats scratch[32];
+  if (blockIdx.x >= p.rows) return;
+  if (p.fp32) {
+    fwd_row_reference<float>(p, scratch);
+  } else {
+    fwd_row_reference<bf16>(p, scratch);
+  }
 }
 
 // dz = −T⁻¹·p·(c + e·(s − (lse − H))) + c·T⁻¹·onehot(y), as the CPU writes it
 // (∂H/∂s_j = −p_j (s_j − Σ p s), Σ p s = lse − H). Every branch below
 // depends on the row alone, so the block takes it together.
-extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) logprob_bwd_reference(LogprobBwdParams p) {
+template <typename T>
+__device__ void bwd_row_reference(const LogprobBwdParams& p) {
   const uint32_t row = blockIdx.x;
-  if (row >= p.rows) return;
-  bf16* z = ptr<bf16>(p.logits) + (size_t)row * p.vocab;
+  T* z = ptr<T>(p.logits) + (size_t)row * p.vocab;
   const uint32_t y = ptr<const uint32_t>(p.targets)[row];
   if (y != LOGPROB_IGNORE && y >= p.vocab) {
-    const bf16 nan = to_bf(__int_as_float(0x7fc00000));
-    for (uint32_t i = threadIdx.x; i < p.vocab; i += blockDim.x) z[i] = nan;
+    for (uint32_t i = threadIdx.x; i < p.vocab; i += blockDim.x) store_f(z, i, nan_f());
     return;
   }
   const float inv_temp = p.inv_temp;
@@ -139,24 +158,33 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) logprob_bwd_ref
   const float c = y == LOGPROB_IGNORE ? 0.0f : ptr<const float>(p.coef)[row];
   const float e = p.ent_coef ? ptr<const float>(p.ent_coef)[row] : 0.0f;
   if (c == 0.0f && e == 0.0f) {
-    for (uint32_t i = threadIdx.x; i < p.vocab; i += blockDim.x) z[i] = to_bf(0.0f);
+    for (uint32_t i = threadIdx.x; i < p.vocab; i += blockDim.x) store_f(z, i, 0.0f);
     return;
   }
   const float onehot = c * inv_temp;
   if (e == 0.0f) {
     for (uint32_t i = threadIdx.x; i < p.vocab; i += blockDim.x) {
-      float d = -onehot * expf(__fmul_rn(to_f(z[i]), inv_temp) - lse);
+      float d = -onehot * expf(__fmul_rn(load_f(z, i), inv_temp) - lse);
       if (i == y) d += onehot;
-      z[i] = to_bf(d);
+      store_f(z, i, d);
     }
   } else {
     const float mean_s = lse - ptr<const float>(p.entropy)[row];
     for (uint32_t i = threadIdx.x; i < p.vocab; i += blockDim.x) {
-      const float s = __fmul_rn(to_f(z[i]), inv_temp);
+      const float s = __fmul_rn(load_f(z, i), inv_temp);
       float d = -inv_temp * expf(s - lse) * (c + e * (s - mean_s));
       if (i == y) d += onehot;
-      z[i] = to_bf(d);
+      store_f(z, i, d);
     }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) logprob_bwd_reference(LogprobBwdParams p) {
+  if (blockIdx.x >= p.rows) return;
+  if (p.fp32) {
+    bwd_row_reference<float>(p);
+  } else {
+    bwd_row_reference<bf16>(p);
   }
 }
 
@@ -171,9 +199,13 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS) logprob_bwd_ref
 // 2^x in one MUFU instruction (relative error ~2^-22; results below 2^-126
 // flush to 0, which only drops terms under 1e-38 of the row's maximum).
 __device__ __forceinline__ float exp2_fast(float x) {
+#ifdef ENGINE_KERNEL_EMU
+  return exp2f(x);  // tools/kernel_emu: within the instruction's 2^-22
+#else
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
+#endif
 }
 
 // Σ a[k] in a fixed pairwise tree, N a power of two.
@@ -261,26 +293,57 @@ __device__ __forceinline__ uint4 pack8_rn(const float* f) {
   return make_uint4(pack2_rn(f[0], f[1]), pack2_rn(f[2], f[3]), pack2_rn(f[4], f[5]), pack2_rn(f[6], f[7]));
 }
 
+// A 16-byte vector of logits: VecOf<T>::N elements, unpacked to fp32 and
+// packed back (bf16 rounded to nearest even, as to_bf).
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<bf16> {
+  static constexpr int N = 8;
+  __device__ static __forceinline__ void unpack(uint4 v, float* f) { unpack8(v, f); }
+  __device__ static __forceinline__ uint4 pack(const float* f) { return pack8_rn(f); }
+};
+template <>
+struct VecOf<float> {
+  static constexpr int N = 4;
+  __device__ static __forceinline__ void unpack(uint4 v, float* f) {
+    f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y), f[2] = __uint_as_float(v.z), f[3] = __uint_as_float(v.w);
+  }
+  __device__ static __forceinline__ uint4 pack(const float* f) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+  }
+};
+
+// Elements of T from p up to its next 16-byte boundary, at most n (p is
+// aligned to sizeof(T)).
+template <typename T>
+__device__ __forceinline__ uint32_t vec_head(dptr p, uint32_t n) {
+  const uint32_t h = ((16u - (uint32_t)(p & 15u)) & 15u) / (uint32_t)sizeof(T);
+  return h < n ? h : n;
+}
+
 // Calls op.run<N>(z, first) on this thread's share of the row, z the raw
-// logits in fp32, N = 8 for a 16-byte vector and 1 for a head or tail
-// element; z[k] is the row's element first + k. The vectors' loads are
-// issued LOGPROB_UNROLL at a time (all of a group's loads before any use).
-// With WRITE, op leaves dz in z and it is stored over the row (each element
-// read and written by one thread).
-// Order per thread: head element i = tid (< 8), vectors tid, tid + step, …
+// logits in fp32, N = VecOf<T>::N for a 16-byte vector (8 bf16, 4 fp32) and
+// 1 for a head or tail element; z[k] is the row's element first + k. The
+// vectors' loads are issued LOGPROB_UNROLL at a time (all of a group's loads
+// before any use). With WRITE, op leaves dz in z and it is stored over the
+// row (each element read and written by one thread).
+// Order per thread: head element i = tid (< N), vectors tid, tid + step, …
 // in order (loaded in groups of LOGPROB_UNROLL while whole groups remain,
 // then one at a time), tail.
-template <bool WRITE, typename Op>
-__device__ __forceinline__ void walk_row(bf16* z, uint32_t n, Op& op) {
+template <bool WRITE, typename T, typename Op>
+__device__ __forceinline__ void walk_row(T* z, uint32_t n, Op& op) {
+  constexpr int N = VecOf<T>::N;
   const uint32_t tid = threadIdx.x, step = blockDim.x;
-  const uint32_t head = bf16_head((dptr)z, n);
+  const uint32_t head = vec_head<T>((dptr)z, n);
   for (uint32_t i = tid; i < head; i += step) {
-    float f[1] = {to_f(z[i])};
+    float f[1] = {load_f(z, i)};
     op.template run<1>(f, i);
-    if (WRITE) z[i] = to_bf(f[0]);
+    if (WRITE) store_f(z, i, f[0]);
   }
-  const uint32_t nv = (n - head) / 8;
+  const uint32_t nv = (n - head) / N;
   uint4* v = reinterpret_cast<uint4*>(z + head);
+  check16(v);
   uint32_t j = tid;
   for (; j + (LOGPROB_UNROLL - 1) * step < nv; j += LOGPROB_UNROLL * step) {
     uint4 a[LOGPROB_UNROLL];
@@ -288,49 +351,53 @@ __device__ __forceinline__ void walk_row(bf16* z, uint32_t n, Op& op) {
     for (int u = 0; u < LOGPROB_UNROLL; ++u) a[u] = v[j + u * step];
 #pragma unroll
     for (int u = 0; u < LOGPROB_UNROLL; ++u) {
-      float f[8];
-      unpack8(a[u], f);
-      op.template run<8>(f, head + 8 * (j + u * step));
-      if (WRITE) v[j + u * step] = pack8_rn(f);
+      float f[N];
+      VecOf<T>::unpack(a[u], f);
+      op.template run<N>(f, head + N * (j + u * step));
+      if (WRITE) v[j + u * step] = VecOf<T>::pack(f);
     }
   }
   for (; j < nv; j += step) {
-    float f[8];
-    unpack8(v[j], f);
-    op.template run<8>(f, head + 8 * j);
-    if (WRITE) v[j] = pack8_rn(f);
+    float f[N];
+    VecOf<T>::unpack(v[j], f);
+    op.template run<N>(f, head + N * j);
+    if (WRITE) v[j] = VecOf<T>::pack(f);
   }
-  for (uint32_t i = head + 8 * nv + tid; i < n; i += step) {
-    float f[1] = {to_f(z[i])};
+  for (uint32_t i = head + N * nv + tid; i < n; i += step) {
+    float f[1] = {load_f(z, i)};
     op.template run<1>(f, i);
-    if (WRITE) z[i] = to_bf(f[0]);
+    if (WRITE) store_f(z, i, f[0]);
   }
 }
 
 // Writes `value` over the row (head, 16-byte vectors, tail; no reads).
-__device__ __forceinline__ void fill_row(bf16* z, uint32_t n, bf16 value) {
+template <typename T>
+__device__ __forceinline__ void fill_row(T* z, uint32_t n, float value) {
+  constexpr int N = VecOf<T>::N;
   const uint32_t tid = threadIdx.x, step = blockDim.x;
-  const uint32_t head = bf16_head((dptr)z, n);
-  for (uint32_t i = tid; i < head; i += step) z[i] = value;
-  const uint32_t nv = (n - head) / 8;
+  const uint32_t head = vec_head<T>((dptr)z, n);
+  for (uint32_t i = tid; i < head; i += step) store_f(z, i, value);
+  const uint32_t nv = (n - head) / N;
   uint4* v = reinterpret_cast<uint4*>(z + head);
-  const uint32_t b = bits(value) | (bits(value) << 16);
-  const uint4 w = make_uint4(b, b, b, b);
+  float f[N];
+#pragma unroll
+  for (int k = 0; k < N; ++k) f[k] = value;
+  const uint4 w = VecOf<T>::pack(f);
   for (uint32_t j = tid; j < nv; j += step) v[j] = w;
-  for (uint32_t i = head + 8 * nv + tid; i < n; i += step) z[i] = value;
+  for (uint32_t i = head + N * nv + tid; i < n; i += step) store_f(z, i, value);
 }
 
-template <bool ENT>
+template <bool ENT, typename T>
 __device__ __forceinline__ void fwd_row(const LogprobFwdParams& p, SoftmaxStats* scratch) {
   const uint32_t row = blockIdx.x;
   const uint32_t n = p.vocab;
-  bf16* z = ptr<bf16>(p.logits) + (size_t)row * n;  // only read
+  T* z = ptr<T>(p.logits) + (size_t)row * n;  // only read
   // Thread 0 fetches the target's logit now, not after the reduction.
   uint32_t y = 0;
   float zy = 0.0f;
   if (threadIdx.x == 0) {
     y = ptr<const uint32_t>(p.targets)[row];
-    if (y < n) zy = to_f(z[y]);
+    if (y < n) zy = load_f(z, y);
   }
   FoldFast<ENT> f{p.inv_temp, stats_empty()};
   walk_row<false>(z, n, f);
@@ -352,7 +419,7 @@ __device__ __forceinline__ void fwd_row(const LogprobFwdParams& p, SoftmaxStats*
   } else if (y < n) {
     logp = __fmul_rn(zy, p.inv_temp) - lse;
   } else {
-    logp = __int_as_float(0x7fc00000);  // a target outside the vocabulary: NaN
+    logp = nan_f();  // a target outside the vocabulary: NaN
   }
   ptr<float>(p.logp)[row] = logp;
 }
@@ -360,10 +427,16 @@ __device__ __forceinline__ void fwd_row(const LogprobFwdParams& p, SoftmaxStats*
 extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS, LOGPROB_MIN_BLOCKS) logprob_fwd(LogprobFwdParams p) {
   __shared__ SoftmaxStats scratch[32];
   if (blockIdx.x >= p.rows) return;
-  if (p.entropy) {
-    fwd_row<true>(p, scratch);
+  if (p.fp32) {
+    if (p.entropy) {
+      fwd_row<true, float>(p, scratch);
+    } else {
+      fwd_row<false, float>(p, scratch);
+    }
+  } else if (p.entropy) {
+    fwd_row<true, bf16>(p, scratch);
   } else {
-    fwd_row<false>(p, scratch);
+    fwd_row<false, bf16>(p, scratch);
   }
 }
 
@@ -391,11 +464,11 @@ struct GradFast {
   }
 };
 
-extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS, LOGPROB_MIN_BLOCKS) logprob_bwd(LogprobBwdParams p) {
+template <typename T>
+__device__ __forceinline__ void bwd_row(const LogprobBwdParams& p) {
   const uint32_t row = blockIdx.x;
-  if (row >= p.rows) return;
   const uint32_t n = p.vocab;
-  bf16* z = ptr<bf16>(p.logits) + (size_t)row * n;
+  T* z = ptr<T>(p.logits) + (size_t)row * n;
   // The row's scalars, loaded together (coef even where y is IGNORE).
   const uint32_t y = ptr<const uint32_t>(p.targets)[row];
   const float lse = ptr<const float>(p.lse)[row];
@@ -403,13 +476,13 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS, LOGPROB_MIN_BLO
   const float e = p.ent_coef ? ptr<const float>(p.ent_coef)[row] : 0.0f;
   const float h = p.ent_coef ? ptr<const float>(p.entropy)[row] : 0.0f;
   if (y != LOGPROB_IGNORE && y >= n) {
-    fill_row(z, n, to_bf(__int_as_float(0x7fc00000)));
+    fill_row(z, n, nan_f());
     return;
   }
   const float inv = p.inv_temp;
   const float c = y == LOGPROB_IGNORE ? 0.0f : coef;
   if (c == 0.0f && e == 0.0f) {
-    fill_row(z, n, to_bf(0.0f));
+    fill_row(z, n, 0.0f);
     return;
   }
   const float onehot = c * inv;
@@ -420,5 +493,14 @@ extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS, LOGPROB_MIN_BLO
     const float mean_s = lse - h;
     GradFast<true> g{inv, lse, c, e, mean_s, onehot, y};
     walk_row<true>(z, n, g);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(ENGINE_ROW_THREADS, LOGPROB_MIN_BLOCKS) logprob_bwd(LogprobBwdParams p) {
+  if (blockIdx.x >= p.rows) return;
+  if (p.fp32) {
+    bwd_row<float>(p);
+  } else {
+    bwd_row<bf16>(p);
   }
 }

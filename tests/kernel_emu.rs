@@ -758,3 +758,114 @@ fn gpu_swiglu_code_on_gate_up_rows_matches_flat_buffers() {
         assert!(eo < 8e-3 && eg < 8e-3, "{c:?}: out {eo:.2e}, dgu {eg:.2e} against the CPU");
     }
 }
+
+/// kernels/logprob.cu, the fast kernels and the scalar reference kernels, on
+/// bf16 and on fp32 logits at element offsets (every 16-byte phase: head,
+/// vectors in groups of 4, tail), against the CPU's `logprob_fwd` /
+/// `logprob_bwd` on the same values: logp, lse and the entropy within 1e-5
+/// (issue 7's fp32 rule), dz to its storage's rounding; IGNORE rows (no
+/// one-hot term), a row with no coefficient (zeroed), and a target outside
+/// the vocabulary (logp NaN, its dz row NaN).
+#[test]
+fn gpu_logprob_code_on_bf16_and_fp32_logits_matches_the_cpu() {
+    use engine::backend::cpu::logprob::{logprob_bwd, logprob_fwd};
+    use engine::backend::IGNORE;
+    let Some(exe) = build("logprob") else { return };
+    // (rows, vocab, off, fp32, entropy, temperature)
+    let cases: [(usize, usize, u32, bool, bool, f32); 7] = [
+        (5, 37, 1, false, true, 0.7),
+        (5, 37, 3, true, true, 1.0),
+        (5, 37, 2, true, false, 0.7),
+        (2, 9001, 5, false, true, 1.0),
+        (2, 5003, 1, true, true, 0.7),
+        (2, 5003, 0, true, false, 1.0),
+        (1, 1, 0, true, true, 1.0),
+    ];
+    let s = Stream::new(7, 1, 0);
+    let mut input = Vec::new();
+    let put32 = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
+    let putf = |b: &mut Vec<u8>, v: &[f32]| v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+    put32(&mut input, cases.len() as u32);
+    let mut want = Vec::new();
+    let mut draw = 0u64;
+    for &(rows, vocab, off, fp32, entropy, t) in &cases {
+        let mut u = || {
+            draw += 1;
+            s.uniform(draw) as f32
+        };
+        // Logits of a few units, fp32 values that bf16 cannot hold (the fp32
+        // path must read them whole); rounded to bf16 for the bf16 cases.
+        let z: Vec<f32> = (0..rows * vocab)
+            .map(|_| {
+                let x = 6.0 * u() - 3.0;
+                if fp32 {
+                    x
+                } else {
+                    half::bf16::from_f32(x).to_f32()
+                }
+            })
+            .collect();
+        // Row 1 IGNORE, row 2 without coefficients, row 3 outside the vocabulary.
+        let mut targets: Vec<u32> = (0..rows).map(|_| (u() * vocab as f32) as u32 % vocab as u32).collect();
+        let mut coef: Vec<f32> = (0..rows).map(|_| u() - 0.5).collect();
+        let mut ent_coef: Vec<f32> = (0..rows).map(|_| 0.1 * (u() - 0.5)).collect();
+        if rows >= 4 {
+            targets[1] = IGNORE;
+            (coef[2], ent_coef[2]) = (0.0, 0.0);
+            targets[3] = vocab as u32 + 3;
+        }
+        for v in [rows as u32, vocab as u32, off, fp32 as u32, entropy as u32] {
+            put32(&mut input, v);
+        }
+        putf(&mut input, &[1.0 / t]);
+        putf(&mut input, &z);
+        targets.iter().for_each(|&y| put32(&mut input, y));
+        putf(&mut input, &coef);
+        putf(&mut input, &ent_coef);
+        // The CPU on the same values, the row outside the vocabulary as IGNORE.
+        let cpu_targets: Vec<u32> = targets.iter().map(|&y| if y as usize >= vocab { IGNORE } else { y }).collect();
+        let (mut logp, mut lse, mut ent) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows]);
+        logprob_fwd(&z, &cpu_targets, vocab, 1.0 / t, &mut logp, &mut lse, entropy.then_some(&mut ent[..]));
+        let mut dz = z.clone();
+        let e = entropy.then_some((&ent_coef[..], &ent[..]));
+        logprob_bwd(&mut dz, &cpu_targets, vocab, 1.0 / t, &lse, &coef, e);
+        want.push((targets, logp, lse, ent, dz));
+    }
+    let text = run(&exe, &input);
+    let mut lines = Printed(text.lines());
+    for (&(rows, vocab, _, fp32, entropy, _), (targets, logp, lse, ent, dz)) in cases.iter().zip(&want) {
+        let name = format!("rows {rows} vocab {vocab} {}", if fp32 { "fp32" } else { "bf16" });
+        for kernel in ["fast", "reference"] {
+            let mut read = |tag: &str, n: usize| -> Vec<f32> {
+                (0..n).map(|_| f32::from_bits(lines.next(tag)[0] as u32)).collect()
+            };
+            let (g_logp, g_lse) = (read("L", rows), read("S", rows));
+            let g_ent = if entropy { read("H", rows) } else { vec![0.0; rows] };
+            let g_dz = read("D", rows * vocab);
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+            for r in 0..rows {
+                let what = format!("{name} {kernel} row {r}");
+                assert!(close(g_lse[r], lse[r]), "{what}: lse {} vs {}", g_lse[r], lse[r]);
+                if entropy {
+                    assert!(close(g_ent[r], ent[r]), "{what}: entropy {} vs {}", g_ent[r], ent[r]);
+                }
+                let row = &g_dz[r * vocab..(r + 1) * vocab];
+                if targets[r] != IGNORE && targets[r] as usize >= vocab {
+                    assert!(g_logp[r].is_nan() && row.iter().all(|x| x.is_nan()), "{what}: NaN for a bad target");
+                    continue;
+                }
+                assert!(close(g_logp[r], logp[r]), "{what}: logp {} vs {}", g_logp[r], logp[r]);
+                // dz to the rounding of its storage (bf16: half an ulp, 2^-9).
+                let want_row = &dz[r * vocab..(r + 1) * vocab];
+                let scale = want_row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let rel = if fp32 { 1e-5 } else { 2f32.powi(-8) };
+                for (i, (&g, &w)) in row.iter().zip(want_row).enumerate() {
+                    assert!(
+                        (g - w).abs() <= rel * w.abs() + 1e-6 * scale,
+                        "{what}: dz[{i}] {g} vs {w} (row max {scale})"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -9,8 +9,9 @@
  * 0xFFFFFFFF), and with `entropy` non-zero H = lse − Σ softmax(s)·s.
  * A target y ≥ vocab that is not IGNORE writes logp = NaN for its row (lse
  * and H are still written); there is no error flag.
- * logits: bf16 [rows, vocab]; targets: u32 [rows]; logp, lse, entropy:
- * fp32 [rows] (entropy may be 0: not computed). */
+ * logits: bf16 [rows, vocab], or fp32 where `fp32` is non-zero; targets:
+ * u32 [rows]; logp, lse, entropy: fp32 [rows] (entropy may be 0: not
+ * computed). */
 typedef struct LogprobFwdParams {
   dptr logits;
   dptr targets;
@@ -20,6 +21,7 @@ typedef struct LogprobFwdParams {
   uint32_t rows;
   uint32_t vocab;
   float inv_temp;
+  uint32_t fp32;
 } LogprobFwdParams;
 
 /* Overwrites the logits with dz, in place, per row with p = exp(s − lse):
@@ -28,7 +30,8 @@ typedef struct LogprobFwdParams {
  * (e = 0 when ent_coef is 0: no entropy term). A row with c = e = 0 is
  * zeroed. A target y ≥ vocab that is not IGNORE writes NaN over its whole
  * row (so the gradient's norm shows it).
- * logits: bf16 [rows, vocab] (in: z, out: dz); targets: u32 [rows];
+ * logits: bf16 [rows, vocab], or fp32 where `fp32` is non-zero (in: z,
+ * out: dz, in the logits' type); targets: u32 [rows];
  * lse, coef, ent_coef, entropy: fp32 [rows] (ent_coef and entropy both 0
  * or both set). */
 typedef struct LogprobBwdParams {
@@ -41,4 +44,5 @@ typedef struct LogprobBwdParams {
   uint32_t rows;
   uint32_t vocab;
   float inv_temp;
+  uint32_t fp32;
 } LogprobBwdParams;

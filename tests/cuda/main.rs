@@ -20,6 +20,7 @@ mod flash_attention;
 mod gemm;
 mod indices;
 mod logprob;
+mod logprob_f32;
 mod model;
 mod policy;
 mod rmsnorm;

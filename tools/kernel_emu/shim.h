@@ -20,7 +20,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define ENGINE_KERNEL_EMU 1
 
 struct EmuDim3 {
@@ -108,6 +108,9 @@ inline float __int_as_float(int32_t i) {
   return f;
 }
 inline double __dmul_rn(double a, double b) { return a * b; }
+// A rounded product, never contracted into an FMA (the emulators build with
+// -ffp-contract=off, so a plain product is one).
+inline float __fmul_rn(float a, float b) { return a * b; }
 // The GPU's rsqrtf is within 2 ulp of this; the tests that use it compare
 // against the CPU with a tolerance.
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }

@@ -628,15 +628,11 @@ impl Backend for Cuda {
     ) {
         let op = "logprob_fwd";
         let mut ent: Option<CudaViewMut<'_, f32>> = entropy.map(|e| e.f32(op));
-        must(self.gpu.logprob_fwd(
-            &logits.bf16(op),
-            &targets.view(),
-            vocab,
-            inv_temp,
-            &mut logp.f32(op),
-            &mut lse.f32(op),
-            ent.as_mut(),
-        ));
+        let (t, lp, ls) = (&targets.view(), &mut logp.f32(op), &mut lse.f32(op));
+        must(match logits.dtype() {
+            DType::Bf16 => self.gpu.logprob_fwd(&logits.bf16(op), t, vocab, inv_temp, lp, ls, ent.as_mut()),
+            DType::F32 => self.gpu.logprob_fwd(&logits.f32(op), t, vocab, inv_temp, lp, ls, ent.as_mut()),
+        });
     }
     fn logprob_bwd(
         &self,
@@ -650,15 +646,11 @@ impl Backend for Cuda {
     ) {
         let op = "logprob_bwd";
         let ent: Option<(CudaView<'_, f32>, CudaView<'_, f32>)> = entropy.map(|(c, h)| (c.f32(op), h.f32(op)));
-        must(self.gpu.logprob_bwd(
-            &mut logits.bf16(op),
-            &targets.view(),
-            vocab,
-            inv_temp,
-            &lse.f32(op),
-            &coef.f32(op),
-            ent.as_ref().map(|(c, h)| (c, h)),
-        ));
+        let (t, ls, c, e) = (&targets.view(), &lse.f32(op), &coef.f32(op), ent.as_ref().map(|(c, h)| (c, h)));
+        must(match logits.dtype() {
+            DType::Bf16 => self.gpu.logprob_bwd(&mut logits.bf16(op), t, vocab, inv_temp, ls, c, e),
+            DType::F32 => self.gpu.logprob_bwd(&mut logits.f32(op), t, vocab, inv_temp, ls, c, e),
+        });
     }
 
     /// kernels/distill.cu: one block per row, the gradient written in place.

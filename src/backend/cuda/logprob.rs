@@ -1,7 +1,8 @@
 //! Log-probabilities on the GPU (kernels/logprob.cu), the twins of
 //! `cpu::logprob`: the forward (`logp`, `lse`, optional entropy) in one
-//! online pass over each row of bf16 logits, and the backward that writes
-//! `dz` over the logits in place (DESIGN.md §4.1, §3's two phases).
+//! online pass over each row of logits, and the backward that writes `dz`
+//! over the logits in place (DESIGN.md §4.1, §3's two phases). Logits are
+//! bf16 or fp32 ([`LogitElem`]); the math is fp32 either way.
 //!
 //! A target outside the vocabulary that is not [`IGNORE`](crate::backend::IGNORE)
 //! is not an error flag here: the forward writes `logp = NaN` for its row and
@@ -20,6 +21,19 @@ use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
 
 super::params::device_repr!(LogprobFwdParams, LogprobBwdParams);
+
+/// An element type the log-probability kernels read logits in (and write
+/// their gradient in): bf16 or fp32.
+pub trait LogitElem: cudarc::driver::DeviceRepr {
+    /// The kernels' `fp32` flag.
+    const FP32: u32;
+}
+impl LogitElem for Bf16 {
+    const FP32: u32 = 0;
+}
+impl LogitElem for f32 {
+    const FP32: u32 = 1;
+}
 
 pub struct Fns {
     fwd: CudaFunction,
@@ -49,14 +63,14 @@ fn check_shape(what: &str, rows: usize, vocab: usize) -> Result<()> {
 }
 
 impl Gpu {
-    /// Per row of `vocab` logits (`rows = targets.len()`), with `s = z·inv_temp`:
+    /// Per row of `vocab` logits (bf16 or fp32; `rows = targets.len()`), with `s = z·inv_temp`:
     /// `lse = log Σ exp(s)`, `logp = s[y] − lse` (0 where the target is
     /// `IGNORE`, NaN where it is outside the vocabulary), and with `entropy`
     /// `H = lse − Σ softmax(s)·s`. `logp`, `lse`, `entropy`: fp32 `[rows]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn logprob_fwd(
+    pub fn logprob_fwd<T: LogitElem>(
         &self,
-        logits: &impl DevicePtr<Bf16>,
+        logits: &impl DevicePtr<T>,
         targets: &impl DevicePtr<u32>,
         vocab: usize,
         inv_temp: f32,
@@ -69,9 +83,9 @@ impl Gpu {
 
     /// [`Gpu::logprob_fwd`] on the simple scalar kernel (the fast one's twin in tests).
     #[allow(clippy::too_many_arguments)]
-    pub fn logprob_fwd_reference(
+    pub fn logprob_fwd_reference<T: LogitElem>(
         &self,
-        logits: &impl DevicePtr<Bf16>,
+        logits: &impl DevicePtr<T>,
         targets: &impl DevicePtr<u32>,
         vocab: usize,
         inv_temp: f32,
@@ -83,10 +97,10 @@ impl Gpu {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn launch_logprob_fwd(
+    fn launch_logprob_fwd<T: LogitElem>(
         &self,
         f: &CudaFunction,
-        logits: &impl DevicePtr<Bf16>,
+        logits: &impl DevicePtr<T>,
         targets: &impl DevicePtr<u32>,
         vocab: usize,
         inv_temp: f32,
@@ -125,6 +139,7 @@ impl Gpu {
             rows: rows as u32,
             vocab: vocab as u32,
             inv_temp,
+            fp32: T::FP32,
         };
         // SAFETY: logits hold rows × vocab elements, targets, logp, lse and
         // entropy (when non-zero) rows (checked above); the kernel reads a
@@ -134,15 +149,15 @@ impl Gpu {
         Ok(())
     }
 
-    /// Overwrites the logits with `dz = coef·(onehot(y) − p)/T` per row
+    /// Overwrites the logits (bf16 or fp32) with `dz = coef·(onehot(y) − p)/T` per row
     /// (`rows = targets.len()`, `p = softmax(z·inv_temp)`, `lse` from
     /// [`Gpu::logprob_fwd`]; an `IGNORE` row has no one-hot term), plus with
     /// `entropy = Some((ent_coef, h))` the term `−ent_coef·p∘(z/T − lse + h)/T`.
     /// A row whose target is outside the vocabulary is written with NaN.
     #[allow(clippy::too_many_arguments)]
-    pub fn logprob_bwd(
+    pub fn logprob_bwd<T: LogitElem>(
         &self,
-        logits: &mut impl DevicePtrMut<Bf16>,
+        logits: &mut impl DevicePtrMut<T>,
         targets: &impl DevicePtr<u32>,
         vocab: usize,
         inv_temp: f32,
@@ -155,9 +170,9 @@ impl Gpu {
 
     /// [`Gpu::logprob_bwd`] on the simple scalar kernel (the fast one's twin in tests).
     #[allow(clippy::too_many_arguments)]
-    pub fn logprob_bwd_reference(
+    pub fn logprob_bwd_reference<T: LogitElem>(
         &self,
-        logits: &mut impl DevicePtrMut<Bf16>,
+        logits: &mut impl DevicePtrMut<T>,
         targets: &impl DevicePtr<u32>,
         vocab: usize,
         inv_temp: f32,
@@ -169,10 +184,10 @@ impl Gpu {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn launch_logprob_bwd(
+    fn launch_logprob_bwd<T: LogitElem>(
         &self,
         f: &CudaFunction,
-        logits: &mut impl DevicePtrMut<Bf16>,
+        logits: &mut impl DevicePtrMut<T>,
         targets: &impl DevicePtr<u32>,
         vocab: usize,
         inv_temp: f32,
@@ -214,8 +229,9 @@ impl Gpu {
             rows: rows as u32,
             vocab: vocab as u32,
             inv_temp,
+            fp32: T::FP32,
         };
-        // SAFETY: logits hold rows × vocab elements, targets, lse, coef and
+        // SAFETY: logits hold rows × vocab elements (of T), targets, lse, coef and
         // (both or neither) ent_coef and entropy rows (checked above).
         unsafe { self.stream.launch_builder(f).arg(&p).launch(grid_rows(rows, ROW_THREADS)) }
             .map_err(|e| anyhow!("logprob_bwd: {e}"))?;

@@ -33,6 +33,7 @@ pub use backend::Cuda;
 pub use buf::{DBuf, DIdx};
 pub use distill::{split_chunks, DistillKernel};
 pub use flash_attention::{FlashVariant, FLASH_ENABLED, FLASH_VARIANT, WGMMA_DESC};
+pub use logprob::LogitElem;
 pub use policy::PolicyViews;
 pub use rope::{QkNormOn, RopeTables, SplitOn};
 
