@@ -246,6 +246,183 @@ fn greedy_generation_on_the_gpu_follows_transformers() {
     assert!(compared >= 64, "too few tokens compared ({compared})");
 }
 
+/// The near-tie margin of the CUDA-vs-CPU greedy comparison, on the CPU's
+/// top-2 logit gap. DESIGN.md §6 stops fp32-vs-fp32 comparisons at 1e-3;
+/// the GPU runs the model in bf16, whose logits move by the bf16 rule's
+/// scale: PyTorch's own bf16 run of these fixture models is off by at most
+/// 0.024–0.032 in any log-probability of their reference batch
+/// (`<name>.bf16.safetensors` against float64), the rule lets the engine be
+/// twice that (≤ 0.064), and a gap is the difference of two such logits
+/// (√2 · 0.064 ≈ 0.09 for independent errors): 0.1. The transformers
+/// comparison above uses the same margin, and an H100 run of it matched
+/// every token it compared.
+const GREEDY_NEAR_TIE: f64 = 0.1;
+
+/// New tokens per prompt in the CUDA-vs-CPU greedy comparison.
+const GREEDY_NEW: usize = 64;
+
+/// Prompts for the CUDA-vs-CPU greedy comparison: the four of
+/// rollout/greedy.json (lengths 1, 5, 9, 17), then 60 more of lengths 1 to
+/// 31 with ids below 400 from a fixed LCG. More prompts than the
+/// transformers comparison (no reference file needed): the fixtures' random
+/// weights give small top-2 gaps, so each sequence meets a near-tie early,
+/// and many sequences make up a meaningful count of compared tokens.
+fn greedy_prompts() -> Vec<Vec<u32>> {
+    let text = std::fs::read_to_string(fixtures().join("rollout/greedy.json")).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let mut prompts: Vec<Vec<u32>> = Vec::new();
+    for c in cases.iter().filter(|c| c["model"] == "llama") {
+        prompts.push(c["prompt"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect());
+    }
+    let mut rng = super::util::Lcg(0x5eed);
+    for i in 0..60 {
+        let len = 1 + (i * 7) % 31;
+        prompts.push((0..len).map(|_| (rng.next() * 400.0) as u32 % 400).collect());
+    }
+    prompts
+}
+
+/// Greedy samples (one per prompt, `GREEDY_NEW` tokens, no EOS) on `be`.
+fn greedy_samples<B: Backend>(be: &B, model: &Model<B>, prompts: &[Vec<u32>]) -> Vec<engine::rollout::Sample> {
+    use engine::rollout::{GenerateConfig, Generator, SamplingParams};
+    let cfg = GenerateConfig {
+        max_new_tokens: GREEDY_NEW,
+        sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+        ..Default::default()
+    };
+    let longest = prompts.iter().map(Vec::len).max().unwrap();
+    let mut g = Generator::new(be, model, cfg, longest).unwrap();
+    let mut out = g.generate(prompts, None, |_| {}).unwrap();
+    out.sort_by_key(|s| (s.prompt_index, s.sample_index));
+    out
+}
+
+/// The CPU's top-2 logit gap before each of `tokens` (greedy ones after
+/// `prompt`), from one full forward over prompt + tokens: row
+/// `prompt.len() − 1 + i` of the logits predicts token `i`. Checks that the
+/// row's argmax is the token wherever the gap is clear of fp32 noise (1e-4:
+/// the cached decode path and the full forward sum in other orders), so a
+/// misaligned row cannot go unnoticed.
+fn cpu_top2_gaps(model: &Model<Cpu>, prompt: &[u32], tokens: &[u32]) -> Vec<f64> {
+    let seq: Vec<u32> = prompt.iter().chain(tokens).copied().collect();
+    let batch = engine::data::Batch::pack(&[&seq]);
+    let (n, v) = (batch.len(), model.cfg.vocab_size);
+    let mut acts = Activations::new(&Cpu, &model.cfg, n, n, false);
+    model.forward(&Cpu, &mut acts, &batch).unwrap();
+    model.head_fwd(&Cpu, &mut acts, &batch.next_tokens, 1.0, false);
+    assert!(acts.head.logits_hold_all, "one chunk holds every row's logits");
+    let logits = Cpu.read(Cpu::view(&acts.head.logits, Span::new(0, n * v)));
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &tok)| {
+            let row = &logits[(prompt.len() - 1 + i) * v..][..v];
+            let (mut best, mut first, mut second) = (0, f32::NEG_INFINITY, f32::NEG_INFINITY);
+            for (j, &z) in row.iter().enumerate() {
+                if z > first {
+                    (best, first, second) = (j, z, first);
+                } else if z > second {
+                    second = z;
+                }
+            }
+            let gap = (first - second) as f64;
+            assert!(gap < 1e-4 || best == tok as usize, "position {i}: argmax {best}, greedy token {tok}");
+            gap
+        })
+        .collect()
+}
+
+/// How far `got`'s greedy tokens agree with the CPU's (`want`, with the
+/// CPU's gaps): the tokens compared up to the first near-tie (`margin`,
+/// where the comparison stops without blame), and a failure where a token
+/// or a log-probability (within `lp_tol`) differs before it.
+fn greedy_agreement(
+    what: &str,
+    want: &engine::rollout::Sample,
+    gaps: &[f64],
+    got: &engine::rollout::Sample,
+    margin: f64,
+    lp_tol: f64,
+) -> (usize, Option<String>) {
+    let stop = gaps.iter().position(|&g| g < margin).unwrap_or(gaps.len());
+    assert!(got.tokens.len() >= stop, "{what}: {} tokens generated, {stop} to compare", got.tokens.len());
+    if let Some(i) = (0..stop).find(|&i| got.tokens[i] != want.tokens[i]) {
+        let msg = format!(
+            "{what}: token {i} is {} on this backend, {} on the CPU (CPU top-2 gap {:.3}, first near-tie at {stop})",
+            got.tokens[i], want.tokens[i], gaps[i]
+        );
+        return (i, Some(msg));
+    }
+    let lp = max_abs(&to_f64(&got.logprobs[..stop]), &to_f64(&want.logprobs[..stop]));
+    let fail = (lp > lp_tol).then(|| format!("{what}: log-probabilities off by {lp:.2e} (> {lp_tol}) within {stop}"));
+    (stop, fail)
+}
+
+/// Greedy generation on `be` against the CPU backend's on the three
+/// fixture models, over [`greedy_prompts`]: (tokens compared, of them from
+/// decode steps, failures).
+fn greedy_against_the_cpu<B: Backend>(be: &B) -> (usize, usize, Vec<String>) {
+    let prompts = greedy_prompts();
+    let (mut compared, mut decoded, mut failed) = (0, 0, Vec::new());
+    for name in FAMILIES {
+        let (cpu_model, _) = Model::load(&Cpu, &fixtures().join(name)).unwrap();
+        let (model, _) = Model::load(be, &fixtures().join(name)).unwrap();
+        let want = greedy_samples(&Cpu, &cpu_model, &prompts);
+        let got = greedy_samples(be, &model, &prompts);
+        let mut here = 0;
+        for (p, (w, g)) in prompts.iter().zip(want.iter().zip(&got)) {
+            let gaps = cpu_top2_gaps(&cpu_model, p, &w.tokens);
+            let what = format!("{name} prompt {p:?}");
+            let (k, fail) = greedy_agreement(&what, w, &gaps, g, GREEDY_NEAR_TIE, 0.1);
+            here += k;
+            decoded += k.saturating_sub(1);
+            failed.extend(fail);
+        }
+        println!("{name}: {here} greedy tokens compared with the CPU over {} prompts", prompts.len());
+        compared += here;
+    }
+    println!("greedy on {} against the CPU: {compared} tokens compared, {decoded} from decode steps", be.name());
+    (compared, decoded, failed)
+}
+
+/// The least [`greedy_against_the_cpu`] must compare: (tokens, of them from
+/// decode steps). Where the backends agree, the CPU's gaps alone fix the
+/// count: 622 over the 192 sequences when this was written, 495 from decode
+/// steps (the rest are the prefill's first tokens); the random fixture
+/// models' gaps are small, so most sequences meet a near-tie within a few
+/// tokens.
+const GREEDY_MIN_COMPARED: (usize, usize) = (450, 350);
+
+/// Greedy generation on CUDA (prefill, KV cache, decode attention, the
+/// sampler's argmax) gives the CPU backend's tokens on the three fixture
+/// models (issue 7), position by position until the CPU's top-2 logit gap
+/// falls under [`GREEDY_NEAR_TIE`] (the near-tie rule with a bf16 margin);
+/// log-probabilities within 0.1 (twice PyTorch's bf16 error of ≤ 0.032,
+/// with room); at least [`GREEDY_MIN_COMPARED`] tokens compared, so the
+/// test cannot pass by stopping at once.
+#[test]
+fn greedy_generation_on_the_gpu_equals_the_cpu() {
+    let Some(be) = cuda("greedy_generation_on_the_gpu_equals_the_cpu") else { return };
+    let (compared, decoded, failed) = greedy_against_the_cpu(&be);
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let (min, min_decoded) = GREEDY_MIN_COMPARED;
+    assert!(
+        compared >= min && decoded >= min_decoded,
+        "too few tokens compared ({compared}, {decoded} from decode steps): the near-tie rule stopped almost at once"
+    );
+}
+
+/// The comparison's own machinery without a GPU: the CPU against itself
+/// (the gaps' rows aligned with the tokens, every token compared up to the
+/// near-ties), and the prompts still reach [`GREEDY_MIN_COMPARED`].
+#[test]
+fn greedy_comparison_with_the_cpu_compares_enough_tokens() {
+    let (compared, decoded, failed) = greedy_against_the_cpu(&Cpu);
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let (min, min_decoded) = GREEDY_MIN_COMPARED;
+    assert!(compared >= min && decoded >= min_decoded, "{compared} tokens compared, {decoded} from decode steps");
+}
+
 /// A small Qwen2 with head_dim 64 (4 heads, 2 KV heads, 2 layers), random
 /// weights: decode attention on the grouped kernel with its key splits.
 fn random_d64_model(be: &Cuda) -> Model<Cuda> {
