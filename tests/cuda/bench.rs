@@ -725,7 +725,8 @@ fn sample(b: &mut Bench) -> Result<()> {
 }
 
 /// The loss kernels at 16k tokens × 151,936 (issue 7): log-probabilities
-/// (with and without the entropy), their in-place backward, and the
+/// (with and without the entropy; and on fp32 logits), their in-place
+/// backward, and the
 /// distillation kernel (forward KL, reverse KL, JSD), at T = 0.7; then the
 /// coefficient passes ([`coefficient_passes`]). Bytes: the logits read once
 /// (forward), read and written (backward), both rows read and the student's
@@ -753,6 +754,19 @@ fn loss(b: &mut Bench) -> Result<()> {
     })?;
     let coef = b.random_f32(rows, 41)?;
     // Targets, lse and coef read.
+    // The same rows as fp32 logits (the kernels' fp32 flag: 4 floats per
+    // 16-byte vector, twice the bytes), before the backward overwrites z.
+    {
+        let mut zf: CudaSlice<f32> = b.zeros(n)?;
+        g.cast_to_f32(&z, &mut zf)?;
+        let logits_f32 = 2.0 * logits;
+        b.run("logprob_fwd_f32", &shape, Work::Bytes(logits_f32 + 3.0 * per_row), false, MAX_N, || {
+            g.logprob_fwd(&zf, &y, vocab, inv_temp, &mut logp, &mut lse, None)
+        })?;
+        b.run("logprob_bwd_f32", &shape, Work::Bytes(2.0 * logits_f32 + 3.0 * per_row), false, MAX_N, || {
+            g.logprob_bwd(&mut zf, &y, vocab, inv_temp, &lse, &coef, None)
+        })?;
+    }
     b.run("logprob_bwd", &shape, Work::Bytes(2.0 * logits + 3.0 * per_row), false, MAX_N, || {
         g.logprob_bwd(&mut z, &y, vocab, inv_temp, &lse, &coef, None)
     })?;
