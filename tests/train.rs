@@ -204,6 +204,38 @@ fn grpo_one_pass_head_matches_two_phases() {
     assert_eq!(a["updates"], b["updates"]);
 }
 
+/// On-policy GRPO (one epoch, one mini-batch) reads the update's own
+/// log-probs as the old ones instead of running a forward for them: the
+/// first step logs what the run that recomputes them (`grpo.recompute_old_logp`)
+/// logs to rounding, with the ratio exactly 1.
+#[test]
+fn grpo_on_policy_skips_the_old_log_prob_forward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = rl_data(tmp.path());
+    let mut first = Vec::new();
+    for recompute in [false, true] {
+        let out = tmp.path().join(format!("run{recompute}"));
+        let mut sets = grpo_sets(&data, &out);
+        sets.extend([
+            "max_steps=1".into(),
+            "grpo.epochs=1".into(),
+            "grpo.mini_batches=1".into(),
+            format!("grpo.recompute_old_logp={recompute}"),
+        ]);
+        let (code, err) = train("grpo", &sets, None);
+        assert_eq!(code, 0, "{err}");
+        first.push(metrics(&out).remove(0));
+    }
+    let (a, b) = (&first[0], &first[1]);
+    assert_eq!((a["ratio_mean"].as_f64(), a["ppo_kl"].as_f64()), (Some(1.0), Some(0.0)), "{a}");
+    for key in ["loss", "grad_norm", "ratio_mean", "ppo_kl", "kl", "entropy", "sampler_abs_diff_max"] {
+        let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+        // The recomputed old log-probs differ by rounding (its forward skips
+        // the entropy, whose pass rounds lse differently on the CPU).
+        assert!((x - y).abs() <= 1e-5 * x.abs() + 1e-6, "{key}: {x} on-policy, {y} recomputed");
+    }
+}
+
 /// `engine train distill`: a student (the qwen3 fixture) distilled towards
 /// an SFT-trained copy of itself; the forward KL falls. A teacher with
 /// another vocabulary or tokenizer is a clear error.

@@ -77,6 +77,12 @@ const OWN_KEYS: &[KeySpec] = &[
     KeySpec { key: "grpo.epochs", kind: Kind::Int, default: Some("1"), help: "passes (μ) over each step's rollouts" },
     KeySpec { key: "grpo.mini_batches", kind: Kind::Int, default: Some("1"), help: "optimizer updates per pass" },
     KeySpec {
+        key: "grpo.recompute_old_logp",
+        kind: Kind::Bool,
+        default: Some("false"),
+        help: "a forward for the old log-probs even on-policy (one epoch, one mini-batch), where the update's own are theirs",
+    },
+    KeySpec {
         key: "grpo.dynamic_sampling",
         kind: Kind::Bool,
         default: Some("false"),
@@ -221,6 +227,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
     });
     let w_command = cfg.float("reward.command_weight");
     let (epochs, n_mini) = (positive(cfg, "grpo.epochs")?, positive(cfg, "grpo.mini_batches")?);
+    let recompute_old = cfg.bool("grpo.recompute_old_logp");
     eprintln!("grpo: {} prompts, {} steps, G = {g}", prompts.len(), lp.total);
 
     for step in lp.start..lp.total {
@@ -297,11 +304,21 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
         let order: Vec<usize> = (0..rollouts.len()).collect();
         let seqs: Vec<&Example> = order.iter().map(|&i| &rollouts[i].seq).collect();
         let groups = super::data::micro_batches(&seqs, budget);
+        let per_mini = groups.len().div_ceil(n_mini).max(1);
+        // On-policy (one epoch, one mini-batch: every micro-batch's forward
+        // runs on the weights before the step's only update): the old
+        // log-probs are the update's own — the same deterministic forward on
+        // the same micro-batch gives their bits — so it reads them as the
+        // old ones (ratio 1) and skips a forward per micro-batch, as TRL and
+        // verl do at μ = 1.
+        let on_policy = epochs == 1 && per_mini >= groups.len() && !recompute_old;
         let mut old: Vec<Vec<f32>> = Vec::new();
         let mut refl: Vec<Vec<f32>> = Vec::new();
         for grp in &groups {
             let mb = MicroBatch::pack(grp);
-            old.push(token_logps(be, model, &mut acts, &mb, t, false)?.0);
+            if !on_policy {
+                old.push(token_logps(be, model, &mut acts, &mb, t, false)?.0);
+            }
             if let Some(r) = &reference {
                 refl.push(token_logps(be, r, &mut acts, &mb, t, false)?.0);
             }
@@ -310,7 +327,6 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
         // μ epochs × mini-batches (here: the micro-batch groups split evenly).
         let mut stats = PolicyStats::default();
         let (mut loss_sum, mut last_lr, mut last_norm) = (0.0, 0.0, 0.0);
-        let per_mini = groups.len().div_ceil(n_mini).max(1);
         // Index of each micro-batch's first rollout (rollouts are in order).
         let starts: Vec<usize> =
             groups.iter().scan(0, |first, grp| Some(std::mem::replace(first, *first + grp.len()))).collect();
@@ -353,7 +369,9 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
                     }
                     let [old_d, ref_d, sampler_d] = &mut dev_logps;
                     let span = Span::new(0, n);
-                    be.write(&old[*gi], B::view_mut(old_d, span));
+                    if let Some(o) = old.get(*gi) {
+                        be.write(o, B::view_mut(old_d, span));
+                    }
                     be.write(&sampler, B::view_mut(sampler_d, span));
                     if let Some(r) = refl.get(*gi) {
                         be.write(r, B::view_mut(ref_d, span));
@@ -368,7 +386,7 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
                         let HeadBuffers { logp, entropy: ent, coef, ent_coef, .. } = hb;
                         let x = PolicyInputs::<B> {
                             logp: B::view(logp, span),
-                            old_logp: B::view(old_d, span),
+                            old_logp: B::view(if on_policy { &*logp } else { old_d }, span),
                             ref_logp: refl.get(*gi).map(|_| B::view(ref_d, span)),
                             sampler_logp: Some(B::view(sampler_d, span)),
                             entropy: entropy.then(|| B::view(ent, span)),
