@@ -83,3 +83,139 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 
 /// bf16 keeps 8 bits of mantissa: one rounding is at most 2^-9 relative.
 pub const BF16_TOL: f64 = 1e-2;
+
+/// A loss fixture of tests/fixtures/losses (tools/make_loss_fixtures.py,
+/// PyTorch autograd in float64): its settings and reference values (the
+/// CPU's tests/losses.rs reads the same files).
+pub fn loss_fixture(name: &str) -> (serde_json::Value, super::common::Reference) {
+    let dir = super::common::fixtures().join("losses");
+    let json = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap_or_else(|e| panic!("{name}.json: {e}"));
+    let r = super::common::Reference::open_path(&dir.join(format!("{name}.safetensors")));
+    (serde_json::from_str(&json).unwrap(), r)
+}
+
+/// A number of a fixture's settings.
+pub fn num(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("`{key}` missing or not a number in {v}"))
+}
+
+pub fn opt_num(v: &serde_json::Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(serde_json::Value::as_f64)
+}
+
+/// A loss fixture's tokens: sequences, mask, and the micro-batches the
+/// step is split in (sequence-index boundaries; one when absent).
+pub struct LossLayout {
+    pub n: usize,
+    pub cu: Vec<u32>,
+    pub mask: Vec<bool>,
+    pub micro: Vec<usize>,
+}
+
+impl LossLayout {
+    pub fn read(r: &super::common::Reference) -> Self {
+        let cu = r.u32("cu_seqlens");
+        let mask: Vec<bool> = r.f64("mask").iter().map(|&m| m != 0.0).collect();
+        let micro = if r.has("micro_batches") {
+            r.u32("micro_batches").iter().map(|&x| x as usize).collect()
+        } else {
+            vec![0, cu.len() - 1]
+        };
+        LossLayout { n: mask.len(), cu, mask, micro }
+    }
+
+    /// For each micro-batch: (token range, sequence range, local cu_seqlens).
+    #[allow(clippy::type_complexity)]
+    pub fn micro_batches(&self) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>, Vec<u32>)> {
+        self.micro
+            .windows(2)
+            .map(|w| {
+                let t0 = self.cu[w[0]];
+                let local = self.cu[w[0]..=w[1]].iter().map(|&c| c - t0).collect();
+                (t0 as usize..self.cu[w[1]] as usize, w[0]..w[1], local)
+            })
+            .collect()
+    }
+
+    pub fn counts(&self) -> engine::loss::StepCounts {
+        let mbs = self.micro_batches();
+        engine::loss::StepCounts::of(mbs.iter().map(|(t, _, cu)| (&self.mask[t.clone()], cu.as_slice())))
+    }
+}
+
+/// `v` in a new f32 buffer of `be` (fp32 on every backend: the per-token
+/// arrays and coefficients).
+pub fn put_f32<B: engine::backend::Backend>(be: &B, v: &[f32]) -> B::Buf {
+    let mut b = be.alloc_f32(v.len());
+    be.write(v, B::view_mut(&mut b, engine::backend::Span::new(0, v.len())));
+    b
+}
+
+/// `v` in a new index buffer of `be`.
+pub fn put_idx<B: engine::backend::Backend>(be: &B, v: &[u32]) -> B::Idx {
+    let mut b = be.alloc_idx(v.len());
+    be.write_idx(v, &mut b);
+    b
+}
+
+/// All of a buffer of `be`, on the host.
+pub fn read_all<B: engine::backend::Backend>(be: &B, b: &B::Buf) -> Vec<f32> {
+    be.read(B::view(b, engine::backend::Span::new(0, B::len(b))))
+}
+
+/// `log Σ exp(z/t)` of each row of `vocab` logits, in f64: the fixtures
+/// store no lse, so phase 1's is checked against this.
+pub fn lse_f64(logits: &[f64], vocab: usize, t: f64) -> Vec<f64> {
+    logits
+        .chunks(vocab)
+        .map(|row| {
+            let m = row.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z / t));
+            m + row.iter().map(|&z| (z / t - m).exp()).sum::<f64>().ln()
+        })
+        .collect()
+}
+
+/// Comparisons with reference values, each printed; [`Checks::finish`]
+/// fails listing every one over its tolerance (so one GPU run shows all).
+#[derive(Default)]
+pub struct Checks(pub Vec<String>);
+
+impl Checks {
+    /// ‖got − want‖ / ‖want‖ ≤ tol (NaN never passes).
+    pub fn rel(&mut self, what: &str, got: &[f64], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+        let den: f64 = want.iter().map(|b| b * b).sum();
+        let e = (num / den.max(1e-300)).sqrt();
+        println!("{what}: rel {e:.2e} (tolerance {tol:.0e})");
+        if e.is_nan() || e > tol {
+            self.0.push(format!("{what}: relative error {e:.2e} > {tol:.0e}"));
+        }
+    }
+
+    /// |got − want| ≤ tol · scale.
+    pub fn scalar(&mut self, what: &str, got: f64, want: f64, scale: f64, tol: f64) {
+        let e = (got - want).abs() / scale;
+        println!("{what}: {got} vs {want} (error {e:.2e} of {scale:.3e}, tolerance {tol:.0e})");
+        if e.is_nan() || e > tol {
+            self.0.push(format!("{what}: {got} vs {want}, error {e:.2e} of {scale:.3e} > {tol:.0e}"));
+        }
+    }
+
+    pub fn finish(self, test: &str) {
+        assert!(self.0.is_empty(), "{test}: {} comparisons failed:\n{}", self.0.len(), self.0.join("\n"));
+    }
+}
+
+/// Tolerances of the PyTorch-fixture checks: `data` for what passes through
+/// bf16 data on the GPU (phase 1 from rounded logits, dz, dh, dW, a loss
+/// from rounded logits), `fp32` for the coefficient passes on fp32 inputs
+/// (DESIGN.md §6: 1e-5). On the CPU backend both are 1e-5.
+#[derive(Clone, Copy, Debug)]
+pub struct FixtureTol {
+    pub data: f64,
+    pub fp32: f64,
+}
+
+/// The CPU backend's: DESIGN.md §6's f32 rule.
+pub const CPU_FIXTURE_TOL: FixtureTol = FixtureTol { data: 1e-5, fp32: 1e-5 };
