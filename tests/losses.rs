@@ -5,6 +5,7 @@
 //! micro-batches of unequal size. Losses and gradients ≤ 1e-5 relative.
 
 mod common;
+use common::loss_fixtures::*;
 use common::*;
 use engine::backend::cpu::Cpu;
 use engine::backend::{Backend, Span};
@@ -13,26 +14,6 @@ use engine::loss::kl::kl_in_reward;
 use engine::loss::sft::masked_ce_with_count;
 use engine::loss::*;
 use engine::model::head::{self, HeadBuffers, HeadShape};
-use serde_json::Value;
-use std::path::PathBuf;
-
-fn dir() -> PathBuf {
-    fixtures().join("losses")
-}
-
-fn case(name: &str) -> (Value, Reference) {
-    let json =
-        std::fs::read_to_string(dir().join(format!("{name}.json"))).unwrap_or_else(|e| panic!("{name}.json: {e}"));
-    (serde_json::from_str(&json).unwrap(), Reference::open_path(&dir().join(format!("{name}.safetensors"))))
-}
-
-fn num(v: &Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or_else(|| panic!("`{key}` missing or not a number in {v}"))
-}
-
-fn opt_num(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
-}
 
 fn check_rel(what: &str, got: &[f64], want: &[f64], tol: f64) {
     let e = rel_err(got, want);
@@ -43,46 +24,6 @@ fn check_rel(what: &str, got: &[f64], want: &[f64], tol: f64) {
 fn check_scalar(what: &str, got: f64, want: f64, tol: f64) {
     let e = (got - want).abs() / want.abs().max(1e-12);
     assert!(e <= tol || (got - want).abs() < 1e-12, "{what}: {got} vs {want} (rel {e:.2e})");
-}
-
-/// Token layout shared by the cases.
-struct Layout {
-    n: usize,
-    cu: Vec<u32>,
-    mask: Vec<bool>,
-    /// Sequence-index boundaries of the micro-batches.
-    micro: Vec<usize>,
-}
-
-impl Layout {
-    fn read(r: &Reference) -> Self {
-        let cu = r.u32("cu_seqlens");
-        let mask = r.f64("mask").iter().map(|&m| m != 0.0).collect::<Vec<_>>();
-        let micro = if r.has("micro_batches") {
-            r.u32("micro_batches").iter().map(|&x| x as usize).collect()
-        } else {
-            vec![0, cu.len() - 1]
-        };
-        Layout { n: mask.len(), cu, mask, micro }
-    }
-
-    /// For each micro-batch: (token range, sequence range, local cu_seqlens).
-    fn micro_batches(&self) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>, Vec<u32>)> {
-        self.micro
-            .windows(2)
-            .map(|w| {
-                let (s0, s1) = (w[0], w[1]);
-                let t0 = self.cu[s0];
-                let local = self.cu[s0..=s1].iter().map(|&c| c - t0).collect();
-                (t0 as usize..self.cu[s1] as usize, s0..s1, local)
-            })
-            .collect()
-    }
-
-    fn counts(&self) -> StepCounts {
-        let mbs = self.micro_batches();
-        StepCounts::of(mbs.iter().map(|(t, _, cu)| (&self.mask[t.clone()], cu.as_slice())))
-    }
 }
 
 /// Phase 1 on stored logits: (logp, lse, entropy).
@@ -99,36 +40,6 @@ fn phase2(logits: &[f32], targets: &[u32], v: usize, t: f32, lse: &[f32], h: &[f
     let ent = c.entropy.as_deref().map(|e| (e, h));
     Cpu.logprob_bwd(&mut dz, targets, v, 1.0 / t, lse, &c.logp, ent);
     dz
-}
-
-fn policy_config(j: &Value) -> PolicyConfig {
-    let eps = |k| num(j, k);
-    let dual = opt_num(j, "dual_clip");
-    let kind = match j["policy_loss"].as_str().unwrap() {
-        "ppo" => PolicyKind::Ppo { eps_low: eps("eps_low"), eps_high: eps("eps_high"), dual_clip: dual },
-        "gppo" => PolicyKind::Gppo {
-            eps_low: eps("eps_low"),
-            eps_high: eps("eps_high"),
-            dual_clip: dual,
-            beta1: num(j, "beta1"),
-            beta2: num(j, "beta2"),
-        },
-        "cispo" => PolicyKind::Cispo { floor: opt_num(j, "floor"), cap: num(j, "cap") },
-        "gspo" => PolicyKind::Gspo { eps_low: eps("eps_low"), eps_high: eps("eps_high") },
-        other => panic!("unknown policy loss {other}"),
-    };
-    let l_max = j.get("l_max").and_then(Value::as_u64).map(|x| x as usize);
-    let mut cfg = PolicyConfig::new(kind);
-    cfg.agg = Aggregation::parse(j["agg"].as_str().unwrap(), l_max).unwrap();
-    cfg.kl = j
-        .get("kl")
-        .filter(|k| !k.is_null())
-        .map(|k| KlPenalty { kind: KlKind::parse(k["kind"].as_str().unwrap()).unwrap(), coef: num(k, "coef") });
-    cfg.entropy_coef = opt_num(j, "entropy_coef").unwrap_or(0.0);
-    cfg.tis_cap = opt_num(j, "tis_cap");
-    cfg.positive_nll_coef = opt_num(j, "positive_nll_coef").unwrap_or(0.0);
-    cfg.correct_score = opt_num(j, "correct_score").unwrap_or(1.0);
-    cfg
 }
 
 /// The policy loss of a whole step, micro-batch by micro-batch, from

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod decode_cases;
+pub mod loss_fixtures;
 pub mod policy_cases;
 pub mod runs;
 pub mod sampling;

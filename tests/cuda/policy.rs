@@ -162,38 +162,7 @@ fn backend_dpo_loss_matches_the_cpu_loss_library() {
     }
 }
 
-/// A policy fixture's settings (as tests/losses.rs reads them).
-pub(super) fn policy_config(j: &serde_json::Value) -> engine::loss::PolicyConfig {
-    use super::util::{num, opt_num};
-    use engine::loss::{Aggregation, KlKind, KlPenalty, PolicyConfig, PolicyKind};
-    let eps = |k| num(j, k);
-    let dual = opt_num(j, "dual_clip");
-    let kind = match j["policy_loss"].as_str().unwrap() {
-        "ppo" => PolicyKind::Ppo { eps_low: eps("eps_low"), eps_high: eps("eps_high"), dual_clip: dual },
-        "gppo" => PolicyKind::Gppo {
-            eps_low: eps("eps_low"),
-            eps_high: eps("eps_high"),
-            dual_clip: dual,
-            beta1: num(j, "beta1"),
-            beta2: num(j, "beta2"),
-        },
-        "cispo" => PolicyKind::Cispo { floor: opt_num(j, "floor"), cap: num(j, "cap") },
-        "gspo" => PolicyKind::Gspo { eps_low: eps("eps_low"), eps_high: eps("eps_high") },
-        other => panic!("unknown policy loss {other}"),
-    };
-    let l_max = j.get("l_max").and_then(serde_json::Value::as_u64).map(|x| x as usize);
-    let mut cfg = PolicyConfig::new(kind);
-    cfg.agg = Aggregation::parse(j["agg"].as_str().unwrap(), l_max).unwrap();
-    cfg.kl = j
-        .get("kl")
-        .filter(|k| !k.is_null())
-        .map(|k| KlPenalty { kind: KlKind::parse(k["kind"].as_str().unwrap()).unwrap(), coef: num(k, "coef") });
-    cfg.entropy_coef = opt_num(j, "entropy_coef").unwrap_or(0.0);
-    cfg.tis_cap = opt_num(j, "tis_cap");
-    cfg.positive_nll_coef = opt_num(j, "positive_nll_coef").unwrap_or(0.0);
-    cfg.correct_score = opt_num(j, "correct_score").unwrap_or(1.0);
-    cfg
-}
+pub(super) use super::common::loss_fixtures::policy_config;
 
 /// A policy fixture's whole step through `be`'s coefficient pass
 /// ([`Backend::policy_loss`], kernels/policy.cu on the GPU), micro-batch by

@@ -84,64 +84,8 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 /// bf16 keeps 8 bits of mantissa: one rounding is at most 2^-9 relative.
 pub const BF16_TOL: f64 = 1e-2;
 
-/// A loss fixture of tests/fixtures/losses (tools/make_loss_fixtures.py,
-/// PyTorch autograd in float64): its settings and reference values (the
-/// CPU's tests/losses.rs reads the same files).
-pub fn loss_fixture(name: &str) -> (serde_json::Value, super::common::Reference) {
-    let dir = super::common::fixtures().join("losses");
-    let json = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap_or_else(|e| panic!("{name}.json: {e}"));
-    let r = super::common::Reference::open_path(&dir.join(format!("{name}.safetensors")));
-    (serde_json::from_str(&json).unwrap(), r)
-}
-
-/// A number of a fixture's settings.
-pub fn num(v: &serde_json::Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or_else(|| panic!("`{key}` missing or not a number in {v}"))
-}
-
-pub fn opt_num(v: &serde_json::Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(serde_json::Value::as_f64)
-}
-
-/// A loss fixture's tokens: sequences, mask, and the micro-batches the
-/// step is split in (sequence-index boundaries; one when absent).
-pub struct LossLayout {
-    pub n: usize,
-    pub cu: Vec<u32>,
-    pub mask: Vec<bool>,
-    pub micro: Vec<usize>,
-}
-
-impl LossLayout {
-    pub fn read(r: &super::common::Reference) -> Self {
-        let cu = r.u32("cu_seqlens");
-        let mask: Vec<bool> = r.f64("mask").iter().map(|&m| m != 0.0).collect();
-        let micro = if r.has("micro_batches") {
-            r.u32("micro_batches").iter().map(|&x| x as usize).collect()
-        } else {
-            vec![0, cu.len() - 1]
-        };
-        LossLayout { n: mask.len(), cu, mask, micro }
-    }
-
-    /// For each micro-batch: (token range, sequence range, local cu_seqlens).
-    #[allow(clippy::type_complexity)]
-    pub fn micro_batches(&self) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>, Vec<u32>)> {
-        self.micro
-            .windows(2)
-            .map(|w| {
-                let t0 = self.cu[w[0]];
-                let local = self.cu[w[0]..=w[1]].iter().map(|&c| c - t0).collect();
-                (t0 as usize..self.cu[w[1]] as usize, w[0]..w[1], local)
-            })
-            .collect()
-    }
-
-    pub fn counts(&self) -> engine::loss::StepCounts {
-        let mbs = self.micro_batches();
-        engine::loss::StepCounts::of(mbs.iter().map(|(t, _, cu)| (&self.mask[t.clone()], cu.as_slice())))
-    }
-}
+// The loss fixtures (shared with the CPU's tests/losses.rs).
+pub use super::common::loss_fixtures::{case as loss_fixture, num, opt_num, Layout as LossLayout};
 
 /// `v` in a new f32 buffer of `be` (fp32 on every backend: the per-token
 /// arrays and coefficients).
