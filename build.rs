@@ -6,7 +6,9 @@
 //!   compute_90 PTX (files named `*_sm90.cu` hold Hopper-only code and get
 //!   sm_90a alone), embedded in the binary by `include_bytes!`;
 //! - keeps ptxas's resource report (registers, shared memory, spills) in
-//!   `OUT_DIR/ptxas-report.txt` and warns on any spill;
+//!   `OUT_DIR/ptxas-report.txt` and fails on a spill past a kernel's
+//!   allowance (a spill would slow a memory-bound kernel or break a
+//!   register split, and no GPU may run the build before it lands);
 //! - runs bindgen over `kernels/include/*.h`, so kernel parameter structs
 //!   have one definition for CUDA and Rust.
 
@@ -154,9 +156,10 @@ mod cuda {
     /// 64-query step, L1-resident; kernels/flash_bwd_ws.cuh).
     const SPILLS_ALLOWED: &[(&str, u32)] = &[("flash_attention_bwd_ws_d128", 64)];
 
-    /// A `cargo:warning` per kernel and target that spills registers (past
-    /// its allowance, [`SPILLS_ALLOWED`]).
+    /// A failed build, naming each kernel and target that spills registers
+    /// past its allowance ([`SPILLS_ALLOWED`]).
     fn spills(file: &str, report: &str) {
+        let mut bad = Vec::new();
         let mut function = String::new();
         for line in report.lines() {
             if let Some(rest) = line.split("Compiling entry function '").nth(1) {
@@ -167,9 +170,12 @@ mod cuda {
                 let stores: u32 = stores.and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
                 let allowed = SPILLS_ALLOWED.iter().any(|&(f, most)| function.starts_with(f) && stores <= most);
                 if !allowed {
-                    println!("cargo:warning=kernels/{file}.cu: {function}: {}", line.trim());
+                    bad.push(format!("kernels/{file}.cu: {function}: {}", line.trim()));
                 }
             }
+        }
+        if !bad.is_empty() {
+            fail(&format!("register spills past the allowance (build.rs SPILLS_ALLOWED):\n{}", bad.join("\n")));
         }
     }
 

@@ -343,7 +343,7 @@ __device__ __forceinline__ void walk_row(T* z, uint32_t n, Op& op) {
   }
   const uint32_t nv = (n - head) / N;
   uint4* v = reinterpret_cast<uint4*>(z + head);
-  check16(v);
+  if (nv) check16(v);  // (a row shorter than its head has no vectors)
   uint32_t j = tid;
   for (; j + (LOGPROB_UNROLL - 1) * step < nv; j += LOGPROB_UNROLL * step) {
     uint4 a[LOGPROB_UNROLL];

@@ -213,22 +213,30 @@ fn grpo_on_policy_skips_the_old_log_prob_forward() {
     let tmp = tempfile::tempdir().unwrap();
     let data = rl_data(tmp.path());
     let mut first = Vec::new();
-    for recompute in [false, true] {
-        let out = tmp.path().join(format!("run{recompute}"));
+    // (recompute, logit chunk rows): on-policy with one chunk, on-policy in
+    // chunks of 5 (the one-pass head reading the live log-probs as the old
+    // ones), and the run that recomputes them.
+    for (recompute, rows) in [(false, 0), (false, 5), (true, 0)] {
+        let out = tmp.path().join(format!("run{recompute}{rows}"));
         let mut sets = grpo_sets(&data, &out);
         sets.extend([
             "max_steps=1".into(),
             "grpo.epochs=1".into(),
             "grpo.mini_batches=1".into(),
             format!("grpo.recompute_old_logp={recompute}"),
+            format!("logit_chunk_rows={rows}"),
         ]);
         let (code, err) = train("grpo", &sets, None);
         assert_eq!(code, 0, "{err}");
         first.push(metrics(&out).remove(0));
     }
-    let (a, b) = (&first[0], &first[1]);
-    assert_eq!((a["ratio_mean"].as_f64(), a["ppo_kl"].as_f64()), (Some(1.0), Some(0.0)), "{a}");
-    for key in ["loss", "grad_norm", "ratio_mean", "ppo_kl", "kl", "entropy", "sampler_abs_diff_max"] {
+    let b = &first[2];
+    for a in &first[..2] {
+        assert_eq!((a["ratio_mean"].as_f64(), a["ppo_kl"].as_f64()), (Some(1.0), Some(0.0)), "{a}");
+    }
+    for (a, key) in first[..2].iter().flat_map(|a| {
+        ["loss", "grad_norm", "ratio_mean", "ppo_kl", "kl", "entropy", "sampler_abs_diff_max"].map(|k| (a, k))
+    }) {
         let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
         // The recomputed old log-probs differ by rounding (its forward skips
         // the entropy, whose pass rounds lse differently on the CPU).

@@ -83,7 +83,11 @@ impl PolicyConfig {
     /// mean): the lm_head can then run both phases in one pass per chunk
     /// (`model::head::one_pass_with`).
     pub fn token_local(&self) -> bool {
-        !matches!(self.kind, PolicyKind::Gspo { .. })
+        // Exhaustive, so that a new kind must say which it is.
+        match self.kind {
+            PolicyKind::Ppo { .. } | PolicyKind::Gppo { .. } | PolicyKind::Cispo { .. } => true,
+            PolicyKind::Gspo { .. } => false,
+        }
     }
 
     /// Token counts of the whole step, plus the unmasked tokens of correct

@@ -1,5 +1,5 @@
 //! Sampling cases shared by the GPU sampler's tests (tests/cuda/sample.rs)
-//! and its CPU emulation (tests/sample_emu.rs): random logit rows (bf16
+//! and its CPU emulation (tests/kernel_emu.rs): random logit rows (bf16
 //! values, some with many ties), every filter alone and together, odd
 //! vocabularies, each row with its own draw.
 

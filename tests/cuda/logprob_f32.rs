@@ -1,7 +1,7 @@
 //! kernels/logprob.cu on fp32 logits (issue 7: "fp32 math on bf16 or fp32
 //! logits"): values bf16 cannot hold, at an odd element offset, through the
 //! CUDA backend's ops on an fp32 buffer (the fast kernels) and through the
-//! scalar reference kernels, against the CPU's log-probabilities: logp, lse
+//! scalar reference kernels (forward and backward), against the CPU's log-probabilities: logp, lse
 //! and the entropy within 1e-5, dz within 1e-5 of each value (plus 1e-6 of
 //! its row's largest). The kernels' logic on fp32 rows also runs under
 //! tools/kernel_emu in CI (tests/kernel_emu.rs).
@@ -100,6 +100,12 @@ fn logprob_on_fp32_logits_matches_the_cpu() {
             if entropy {
                 close(&get(&l3), &h, &format!("{what}: reference entropy"));
             }
+            let mut zr = zs.clone();
+            let (cs, es) = (g.stream.clone_htod(&coef).unwrap(), g.stream.clone_htod(&ent_coef).unwrap());
+            let ent = entropy.then(|| (es.as_view(), l3.as_view()));
+            let ent = ent.as_ref().map(|(e, h)| (e, h));
+            g.logprob_bwd_reference(&mut zr, &ys, vocab, inv_temp, &l2, &cs, ent).unwrap();
+            close_rows(&get(&zr), &dz, vocab, &format!("{what}: reference dz"));
         }
     }
 }
