@@ -298,9 +298,11 @@ __device__ __forceinline__ void rows_dot_rows(const bf16* as, int a_row0, const 
 
 // acc[i] += A_i · X for the MT m-tiles i: A_i is 16 × (16·NK), its
 // fragments for k-step kk given by a(kk, i, regs); X the shared tile's rows
-// 0..16·NK (all D columns); acc[i][n] = output columns 8n..8n+8. Each B
-// fragment (from X) is loaded once and feeds the MT m-tiles.
-template <int D, int NK, bool LDSM, int MT, typename A>
+// 0..16·NK (D columns from xs, rows LDX elements apart: ld<D>() for a whole
+// tile, a wider tile's stride for D of its columns); acc[i][n] = output
+// columns 8n..8n+8. Each B fragment (from X) is loaded once and feeds the MT
+// m-tiles.
+template <int D, int NK, bool LDSM, int MT, int LDX = ld<D>(), typename A>
 __device__ __forceinline__ void a_times_rows(A a_frag, const bf16* xs, float (&acc)[MT][D / 8][4]) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -315,7 +317,7 @@ __device__ __forceinline__ void a_times_rows(A a_frag, const bf16* xs, float (&a
 #pragma unroll
       for (int n = 0; n < D / 8; n += 2) {
         uint32_t b[4];
-        ldsm_x4_t(xs + (kk * 16 + 8 * (m & 1) + r) * ld<D>() + (n + (m >> 1)) * 8, b);
+        ldsm_x4_t(xs + (kk * 16 + 8 * (m & 1) + r) * LDX + (n + (m >> 1)) * 8, b);
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
           mma(acc[i][n], a[i][0], a[i][1], a[i][2], a[i][3], b[0], b[1]);
@@ -325,8 +327,8 @@ __device__ __forceinline__ void a_times_rows(A a_frag, const bf16* xs, float (&a
     } else {
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        const bf16* x = xs + (kk * 16 + 2 * t) * ld<D>() + n * 8 + g;
-        const uint32_t b0 = ld2_col(x, ld<D>()), b1 = ld2_col(x + 8 * ld<D>(), ld<D>());
+        const bf16* x = xs + (kk * 16 + 2 * t) * LDX + n * 8 + g;
+        const uint32_t b0 = ld2_col(x, LDX), b1 = ld2_col(x + 8 * LDX, LDX);
 #pragma unroll
         for (int i = 0; i < MT; ++i) mma(acc[i][n], a[i][0], a[i][1], a[i][2], a[i][3], b0, b1);
       }
@@ -842,20 +844,20 @@ __device__ __forceinline__ void store_ds(bf16* ds_s, int lds, int r0, const floa
   }
 }
 
-// Adds the warp's 16 rows of the step's dq (queries q0 + 16·warp ..) to
-// dq_accum in key-tile order: waits for key tile k0 / TILE's turn on the
-// (query tile, head) semaphore, adds (or writes, for the first key tile),
-// passes the turn.
-template <int D>
-__device__ __forceinline__ void add_dq_in_turn(const FlashBwdParams& p, const float (&dq)[D / 8][4], uint32_t start,
-                                               int q0, int k0, int len, uint32_t h, int* flag_s) {
+// Adds the warp's part of the step's dq, 16 rows × DC columns (queries
+// q0 + row0 .., columns col0 .. of head_dim D), to dq_accum in key-tile
+// order: waits for key tile k0 / TILE's turn on the (query step, head)
+// semaphore, adds (or writes, for the first key tile), passes the turn.
+template <int D, int DC>
+__device__ __forceinline__ void add_dq_in_turn(const FlashBwdParams& p, const float (&dq)[DC / 8][4], uint32_t start,
+                                               int q0, int k0, int len, uint32_t h, int row0, int col0, int* flag_s) {
   const size_t q_stride = (size_t)p.n_heads * D;
   uint32_t* sem = ptr<uint32_t>(p.dq_sem) + (size_t)(start + q0) * p.n_heads + h;
   const uint32_t turn = (uint32_t)(k0 / TILE);
   uint32_t* error = ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads + 1;
   const bool ok = wait_turn(sem, turn, error, flag_s);
-  float* rows = ptr<float>(p.dq_accum) + (size_t)(start + q0) * q_stride + (size_t)h * D;
-  add_rows_f32<D>(rows, q_stride, (threadIdx.x >> 5) * 16, len - q0, dq, turn == 0, !ok);
+  float* rows = ptr<float>(p.dq_accum) + (size_t)(start + q0) * q_stride + (size_t)h * D + col0;
+  add_rows_f32<DC>(rows, q_stride, row0, len - q0, dq, turn == 0, !ok);
   pass_turn(sem, turn);
 }
 
@@ -887,13 +889,17 @@ __device__ __forceinline__ void store_dkdv(const FlashBwdParams& p, const float 
 // and flash_attention_dkdv_sum adds the group's parts in head order.
 // Tiles are taken in the reverse of the table's order (most work first).
 //
-// DQ (the fused backward, BQ = 64): also dq, in the same pass. Each step's
-// dS goes through shared memory so that warp w takes the step's queries
-// 16w .. 16w + 16 over all 64 keys, dq_i += Σ_j ds_ij·k_j; the block adds
-// that to dq_accum (fp32 [tokens, n_heads, head_dim]) in key-tile order:
-// the semaphore of (query tile, head), dq_sem[tile's first token·n_heads +
-// h], counts the key tiles that have added, so the sums run in the same
-// order on every run. The first key tile writes rather than adds, so
+// DQ (the fused backward): also dq, in the same pass. Each step's dS goes
+// through shared memory so that each warp takes 16 of the step's queries
+// over all 64 keys, dq_i += Σ_j ds_ij·k_j, for D / CW of the columns (BQ =
+// 64 at head_dim 64: warp w has queries 16w.., every column; BQ = 32 at
+// 128: warp w has queries 16·(w % 2).., columns 64·(w / 2).., so that its
+// dq is 32 registers, as at 64); the block adds that to dq_accum (fp32
+// [tokens, n_heads, head_dim]) in key-tile order: the semaphore of (query
+// step, head), dq_sem[step's first token·n_heads + h], counts the key
+// tiles that have added (every key tile k0 ≤ q0 visits step q0: k0 and the
+// steps are multiples of BQ), so the sums run in the same order on every
+// run. The first key tile writes rather than adds, so
 // dq_accum needs no clearing (dq_sem does). Key tile j waits for tile j − 1
 // of the same sequence and head, which has a lower block index (the table
 // reversed is in ascending tile order) and so started first.
@@ -903,7 +909,10 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
   constexpr int LD = ld<D>();
   constexpr int BQ = dkdv_step<D>();
   constexpr int NJ = BQ / 8;
-  static_assert(!DQ || BQ == 4 * 16, "the fused dq gives each warp 16 of the step's queries");
+  // The fused dq: QW warps across the step's queries (16 each), CW across
+  // head_dim (DC columns each).
+  constexpr int QW = BQ / 16, CW = 4 / QW, DC = D / CW;
+  static_assert(!DQ || (BQ % 16 == 0 && QW * CW == 4 && DC % 16 == 0), "the fused dq's warps cover the step");
   if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)dkdv_smem<D, FAST, DQ>()) return;
   if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
   bf16* k_s = reinterpret_cast<bf16*>(smem);
@@ -991,13 +1000,15 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
       constexpr int DS_LD = ds_ld<D>();
       store_ds(ds_s, DS_LD, r0, dp);
       __syncthreads();  // dS in shared memory
-      float dq[1][D / 8][4];
+      const int qw = warp % QW, cw = warp / QW;
+      float dq[1][DC / 8][4];
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) dq[0][n][0] = dq[0][n][1] = dq[0][n][2] = dq[0][n][3] = 0.0f;
-      // A = dSᵀ rows 16·warp .. (queries), columns the 64 keys; X = k.
-      a_times_rows<D, TILE / 16, FAST, 1>(
-          [&](int kk, int, uint32_t(&a)[4]) { ld_a_t<FAST>(ds_s, DS_LD, kk * 16, warp * 16, a); }, k_s, dq);
-      add_dq_in_turn<D>(p, dq[0], tl.start, q0, k0, len, h, flag_s);
+      for (int n = 0; n < DC / 8; ++n) dq[0][n][0] = dq[0][n][1] = dq[0][n][2] = dq[0][n][3] = 0.0f;
+      // A = dSᵀ rows 16·qw .. (queries), columns the 64 keys; X = k's
+      // columns DC·cw ...
+      a_times_rows<DC, TILE / 16, FAST, 1, LD>(
+          [&](int kk, int, uint32_t(&a)[4]) { ld_a_t<FAST>(ds_s, DS_LD, kk * 16, qw * 16, a); }, k_s + DC * cw, dq);
+      add_dq_in_turn<D, DC>(p, dq[0], tl.start, q0, k0, len, h, 16 * qw, DC * cw, flag_s);
     }
     __syncthreads();  // every read of this step's buffer is done before it is refilled
   }
@@ -1037,8 +1048,9 @@ ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d64_simple, bwd_dq, FlashBwdParams, 64
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dq_d128_simple, bwd_dq, FlashBwdParams, 128, false)
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d64_simple, bwd_dkdv, FlashBwdParams, 64, false)
 ENGINE_FLASH_ENTRY(flash_attention_bwd_dkdv_d128_simple, bwd_dkdv, FlashBwdParams, 128, false)
-// The fused backward (dk, dv and dq in one pass; head_dim 64, fast variant).
+// The fused backward (dk, dv and dq in one pass; fast variant).
 ENGINE_FLASH_ENTRY(flash_attention_bwd_fused_d64, bwd_fused, FlashBwdParams, 64, true)
+ENGINE_FLASH_ENTRY(flash_attention_bwd_fused_d128, bwd_fused, FlashBwdParams, 128, true)
 // The Hopper forward (wgmma; sm_90a, empty elsewhere).
 ENGINE_FLASH_ENTRY(flash_attention_fwd_wgmma_d64, fwd_wgmma_entry, FlashFwdParams, 64, true)
 ENGINE_FLASH_ENTRY(flash_attention_fwd_wgmma_d128, fwd_wgmma_entry, FlashFwdParams, 128, true)

@@ -201,7 +201,7 @@ __device__ __forceinline__ void bwd_wgmma(const FlashBwdParams& p) {
       wgmma_wait<0>();
     }
     fence_acc(dq);
-    add_dq_in_turn<D>(p, dq, tl.start, q0, k0, len, h, flag_s);
+    add_dq_in_turn<D, D>(p, dq, tl.start, q0, k0, len, h, (threadIdx.x >> 5) * 16, 0, flag_s);
     wgmma_wait<0>();
     fence_acc(dv);
     fence_acc(dk);

@@ -319,7 +319,7 @@ if att:
                       f"{num(t / cd if cd else None, '.2f')} |")
     # The dispatch's choice at a glance: per direction, each variant (and
     # each PyTorch backend) against the dispatch's row, as the geometric mean
-    # of the ratio over the shapes both have (fused exists only at d64, the
+    # of the ratio over the shapes both have (the
     # Hopper kernels only on 9.0), with the count of shapes; no shape is
     # dropped for a variant that lacks it. The tests say which are correct:
     # a failed one is not a candidate.

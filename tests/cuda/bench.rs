@@ -632,13 +632,10 @@ fn attention_at(
         g.attention_bwd(&s, &cum, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv)
     })?;
     {
-        // The one-pass backward (not yet the dispatch's choice; mma.sync at
-        // head_dim 64), and on 9.0 its Hopper kernel (both head dims).
+        // The one-pass backward (not yet the dispatch's choice; mma.sync),
+        // and on 9.0 its Hopper kernel (both head dims).
         use engine::backend::cuda::FlashVariant;
-        let mut variants = vec![];
-        if d == 64 {
-            variants.push(("fused", FlashVariant::Fused));
-        }
+        let mut variants = vec![("fused", FlashVariant::Fused)];
         if hopper {
             variants.push(("wgmma", FlashVariant::Hopper));
         }

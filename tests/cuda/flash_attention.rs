@@ -179,7 +179,7 @@ fn cases() -> Vec<Case> {
 }
 
 /// Both builds of the flash kernels, the fast one with the one-pass
-/// backward (which only differs at head_dim 64), and the Hopper kernels
+/// backward (both head dims), and the Hopper kernels
 /// (`wgmma`, forward and one-pass backward at both head dims, and the
 /// warp-specialised ones: on compute capability 9.0; elsewhere the same as
 /// `Fused`).
@@ -440,6 +440,7 @@ fn flash_attention_is_deterministic() {
         // kernel's d128 tiles need more shared memory than those cards have).
         (128, 58, FlashVariant::Simple),
         (64, 53, FlashVariant::Fused),
+        (128, 59, FlashVariant::Fused),
         (64, 54, FlashVariant::Hopper),
         (128, 55, FlashVariant::Hopper),
         (64, 56, FlashVariant::HopperWs),

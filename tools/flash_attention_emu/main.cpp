@@ -660,7 +660,7 @@ static double rel(const std::vector<float>& a, const std::vector<double>& b) {
 
 static uint64_t dp(const void* p) { return (uint64_t)(uintptr_t)p; }
 
-// fused: the fast kernels with the one-pass backward (head_dim 64 only).
+// fused: the fast kernels with the one-pass backward.
 static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t KV, int D, float q_mul,
                     unsigned seed, bool fused = false) {
   std::vector<uint32_t> cu{0};
@@ -821,8 +821,9 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   if (fused) {
     bp.dq_accum = dp(dq_accum.data());
     bp.dq_sem = dp(dq_sem.data());
-    const uint32_t s_fused = s_dkdv + TILE * (ENGINE_FLASH_DKDV_STEP_D64 + PAD) * 2 + 16;
-    launch(flash_attention_bwd_fused_d64, bp, nb, H, THREADS, s_fused);
+    const uint32_t step = D == 64 ? ENGINE_FLASH_DKDV_STEP_D64 : ENGINE_FLASH_DKDV_STEP_D128;
+    const uint32_t s_fused = s_dkdv + TILE * (step + PAD) * 2 + 16;
+    launch(D == 64 ? flash_attention_bwd_fused_d64 : flash_attention_bwd_fused_d128, bp, nb, H, THREADS, s_fused);
     launch(flash_attention_dq_from_accum, bp, (T * H * D + 255) / 256, 1, 256, 0);
   } else {
     launch(k_dkdv, bp, nb, H, THREADS, s_dkdv);
@@ -852,7 +853,7 @@ static int run_case(bool fast, std::vector<uint32_t> lens, uint32_t H, uint32_t 
   // The wgmma one-pass backward beside the fused one at head_dim 64 and the
   // fast two-pass one at 128.
   std::array<double, 3> e_wg{0, 0, 0}, e_wsb{0, 0, 0};
-  const bool wg_bwd = fused || (fast && D == 128);
+  const bool wg_bwd = fused ? D == 64 : fast && D == 128;
   if (wg_bwd) {
     e_wg = hopper_bwd([&](const FlashBwdParams& wp) {
       launch(D == 64 ? flash_attention_bwd_wgmma_d64 : flash_attention_bwd_wgmma_d128, wp, nb, H, THREADS,
@@ -912,11 +913,15 @@ int main(int argc, char** argv) {
   // GQA 7:1 on the fast kernels in the quick run too (seven heads' dK, dV summed
   // into one KV head), with a 1-token sequence and a partial tile.
   bad += run_case(true, {1, 65}, 7, 1, 64, 2.0f, 8);
-  // The one-pass backward (head_dim 64): GQA, several sequences, partial tiles.
+  // The one-pass backward: GQA, several sequences, partial tiles; at head_dim
+  // 128 its steps are 32 queries and each warp adds half of dq's columns.
   bad += run_case(true, {1, 7, 63, 65, 130}, 4, 2, 64, 2.0f, 1, true);
+  bad += run_case(true, {1, 33, 97}, 2, 1, 128, 2.0f, 9, true);
   if (!quick) {
     bad += run_case(true, {200, 7}, 2, 2, 64, 8.0f, 3, true);
     bad += run_case(true, {513}, 7, 1, 64, 4.0f, 6, true);
+    bad += run_case(true, {129, 63}, 5, 1, 128, 8.0f, 4, true);
+    bad += run_case(true, {100, 37}, 2, 2, 128, 4.0f, 7, true);  // without GQA: dk, dv straight to bf16
   }
   printf("%s\n", bad ? "FAILED" : "all ok");
   return bad;

@@ -47,11 +47,10 @@ pub enum FlashVariant {
     /// Fragments loaded with 32- and 16-bit shared loads straight from the
     /// fragment layout; tiles loaded synchronously into one buffer.
     Simple,
-    /// The fast kernels, but the backward in one pass at head_dim 64
-    /// (`flash_attention_bwd_fused_d64`: dk, dv and dq together, dq added
-    /// up in fp32 in key-tile order, so still deterministic); other head
-    /// dims as `Fast`. Not the dispatch's choice until a GPU has measured
-    /// it correct and faster.
+    /// The fast kernels, but the backward in one pass
+    /// (`flash_attention_bwd_fused_d{64,128}`: dk, dv and dq together, dq
+    /// added up in fp32 in key-tile order, so still deterministic). Not the
+    /// dispatch's choice until a GPU has measured it correct and faster.
     Fused,
     /// `Fused`, with the Hopper kernels where the GPU is compute capability
     /// 9.0: the forward and the one-pass backward on `wgmma`, both head
@@ -114,8 +113,9 @@ pub struct Fns {
     d128_simple: PerDim,
     delta: CudaFunction,
     dkdv_sum: CudaFunction,
-    /// The fused backward (head_dim 64) and its dq conversion.
+    /// The fused backward (head_dim 64, 128) and its dq conversion.
     fused_d64: CudaFunction,
+    fused_d128: CudaFunction,
     dq_from_accum: CudaFunction,
     /// The Hopper forward (sm_90a; an empty kernel on other GPUs).
     wgmma_d64: CudaFunction,
@@ -194,7 +194,7 @@ fn ws_bwd_smem(head_dim: usize) -> usize {
 enum BwdKernel {
     /// dq, then dk/dv (`mma.sync`; the variant's build).
     TwoPass,
-    /// The one-pass `mma.sync` kernel (head_dim 64).
+    /// The one-pass `mma.sync` kernel.
     Fused,
     /// The one-pass Hopper kernel on `wgmma`.
     Wgmma,
@@ -226,12 +226,12 @@ fn smem(variant: FlashVariant, head_dim: usize) -> (usize, usize, usize) {
     )
 }
 
-/// Dynamic shared memory of the fused backward at head_dim 64: the fast
-/// dk/dv kernel's, plus the step's dS ([64 keys][64 queries] bf16, rows
-/// padded) and the ordered addition's flag.
-fn fused_smem() -> usize {
-    let step = ENGINE_FLASH_DKDV_STEP_D64 as usize;
-    smem(FlashVariant::Fast, 64).2 + TILE * (step + ENGINE_FLASH_PAD as usize) * 2 + 16
+/// Dynamic shared memory of the fused backward: the fast dk/dv kernel's,
+/// plus the step's dS ([64 keys][step queries] bf16, rows padded) and the
+/// ordered addition's flag.
+fn fused_smem(head_dim: usize) -> usize {
+    let step = if head_dim == 64 { ENGINE_FLASH_DKDV_STEP_D64 } else { ENGINE_FLASH_DKDV_STEP_D128 } as usize;
+    smem(FlashVariant::Fast, head_dim).2 + TILE * (step + ENGINE_FLASH_PAD as usize) * 2 + 16
 }
 
 /// [`Gpu::fitting_build`] for a GPU with `smem_optin` bytes per block.
@@ -282,7 +282,8 @@ pub(super) fn load(m: &Modules, smem_optin: usize) -> Result<Fns> {
         d128_simple: dim(128, FlashVariant::Simple)?,
         delta: m.get("flash_attention", "flash_attention_delta")?,
         dkdv_sum: m.get("flash_attention", "flash_attention_dkdv_sum")?,
-        fused_d64: kernel("flash_attention_bwd_fused_d64", fused_smem())?,
+        fused_d64: kernel("flash_attention_bwd_fused_d64", fused_smem(64))?,
+        fused_d128: kernel("flash_attention_bwd_fused_d128", fused_smem(128))?,
         dq_from_accum: m.get("flash_attention", "flash_attention_dq_from_accum")?,
         wgmma_d64: wgmma_fn(64)?,
         wgmma_d128: wgmma_fn(128)?,
@@ -618,15 +619,14 @@ impl Gpu {
         dv: &mut impl DevicePtrMut<Bf16>,
     ) -> Result<()> {
         // The one-pass backward: on wgmma at both head dims (the Hopper
-        // variants on 9.0), else on mma.sync at head_dim 64.
+        // variants on 9.0), else on mma.sync.
         let hopper = self.cc == (9, 0);
         let kind = if variant == FlashVariant::Hopper && hopper {
             BwdKernel::Wgmma
         } else if variant == FlashVariant::HopperWs && hopper {
             BwdKernel::Ws
         } else if matches!(variant, FlashVariant::Fused | FlashVariant::Hopper | FlashVariant::HopperWs)
-            && s.head_dim == 64
-            && fused_smem() <= self.smem_optin
+            && fused_smem(s.head_dim) <= self.smem_optin
         {
             BwdKernel::Fused
         } else {
@@ -803,7 +803,8 @@ impl Gpu {
                 let (kernel, bytes) = match (kind, s.head_dim) {
                     (BwdKernel::Wgmma, 64) => (&fk.wgmma_bwd_d64, wgmma_bwd_smem(64)),
                     (BwdKernel::Wgmma, _) => (&fk.wgmma_bwd_d128, wgmma_bwd_smem(128)),
-                    _ => (&fk.fused_d64, fused_smem()),
+                    (_, 64) => (&fk.fused_d64, fused_smem(64)),
+                    _ => (&fk.fused_d128, fused_smem(128)),
                 };
                 let cfg_fused = LaunchConfig { shared_mem_bytes: bytes as u32, ..cfg_dkdv };
                 // SAFETY: as above; dq_accum holds tokens·n_heads·head_dim
@@ -880,7 +881,8 @@ mod tests {
         }
         // The one-pass and Hopper kernels fit where they run (fused: checked
         // against the limit at dispatch; Hopper: 9.0 only).
-        assert!(fused_smem() <= ada);
+        assert!(fused_smem(64) <= ada);
+        assert!(fused_smem(128) <= ada, "fused d128: {} bytes", fused_smem(128));
         for d in [64, 128] {
             assert!(wgmma_smem(d) + WGMMA_SLACK <= hopper && wgmma_bwd_smem(d) <= hopper && ws_smem(d) <= hopper);
             assert!(ws_bwd_smem(d) <= hopper, "ws bwd d{d}: {} bytes", ws_bwd_smem(d));
