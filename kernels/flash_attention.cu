@@ -30,9 +30,9 @@
 // pre-multiplied by scale·log2 e). Sums run in a fixed order (no atomics), so
 // every run gives the same bits.
 //
-// The backward is two passes (dq; dk and dv), or, fused at head_dim 64, one:
-// the dk/dv kernel also makes dq and adds it up in key-tile order through a
-// semaphore per (query tile, head) (bwd_dkdv with DQ).
+// The backward is two passes (dq; dk and dv), or, fused, one: the dk/dv
+// kernel also makes dq and adds it up in key-tile order through a semaphore
+// per (query step, head) (bwd_dkdv with DQ).
 #include "common.cuh"
 #include "flash_attention.h"
 
@@ -722,7 +722,7 @@ __device__ __forceinline__ void bwd_dq(const FlashBwdParams& p) {
 }
 
 // The fused backward's ordered dq additions (DQ below). dq_sem holds, per
-// (query tile, head), how many key tiles have added theirs, with
+// (query step, head), how many key tiles have added theirs, with
 // SEM_POISON set once any wait on it gave up; after the tokens·n_heads
 // counters come the launch's ticket counter and its error word.
 constexpr uint32_t SEM_POISON = 0x80000000u;
@@ -911,9 +911,14 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
   constexpr int NJ = BQ / 8;
   // The fused dq: QW warps across the step's queries (16 each), CW across
   // head_dim (DC columns each).
-  constexpr int QW = BQ / 16, CW = 4 / QW, DC = D / CW;
+  constexpr int QW = DQ ? BQ / 16 : 4, CW = 4 / QW, DC = D / CW;
   static_assert(!DQ || (BQ % 16 == 0 && QW * CW == 4 && DC % 16 == 0), "the fused dq's warps cover the step");
-  if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)dkdv_smem<D, FAST, DQ>()) return;
+  if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)dkdv_smem<D, FAST, DQ>()) {
+    // A bad launch: with DQ, set the error word, so that dq comes out NaN
+    // rather than unwritten sums.
+    if (DQ && threadIdx.x == 0) atomicOr(ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads + 1, 1u);
+    return;
+  }
   if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
   bf16* k_s = reinterpret_cast<bf16*>(smem);
   bf16* v_s = k_s + TILE * LD;

@@ -711,7 +711,8 @@ impl Gpu {
         // tile) and turns (cleared: each counts the key tiles that have added).
         let (dqap, semp) = if one_pass {
             let accum = scratch.dq_accum.get(self, "flash_attention_bwd: dq sums", q_len)?;
-            // One counter per (token, head) (those of tile starts used), then
+            // One counter per (token, head) (those of query-step starts used:
+            // every 64 tokens, every 32 in the fused d128 kernel), then
             // the launch's ticket counter and its error word.
             (accum, scratch.dq_sem.get_zeroed(self, "flash_attention_bwd: dq turns", rows + 2)?)
         } else {
