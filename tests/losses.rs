@@ -120,18 +120,7 @@ fn policy_losses_match_pytorch() {
         check_rel(&format!("{name}: dlogits"), &to_f64(&dz), &r.f64("dlogits"), 1e-5);
         let m = stats.finish();
         let st = &j["stats"];
-        for (key, got) in [
-            ("clip_frac_low", m.clip_frac_low),
-            ("clip_frac_high", m.clip_frac_high),
-            ("clip_frac_dual", m.clip_frac_dual),
-            ("ratio_mean", m.ratio_mean),
-            ("ratio_max", m.ratio_max),
-            ("ppo_kl", m.ppo_kl),
-            ("entropy_mean", m.entropy_mean),
-            ("kl_mean", m.kl_mean),
-            ("sampler_abs_diff_mean", m.sampler_abs_diff_mean),
-            ("sampler_abs_diff_max", m.sampler_abs_diff_max),
-        ] {
+        for (key, got) in stat_pairs(&m) {
             let want = num(st, key);
             assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{name}: stat {key} {got} vs {want}");
         }

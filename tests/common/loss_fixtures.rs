@@ -4,6 +4,7 @@
 //! Read by the CPU's tests/losses.rs and the GPU's tests/cuda.
 
 use super::{fixtures, Reference};
+use engine::loss::policy::PolicyMeans;
 use engine::loss::{Aggregation, KlKind, KlPenalty, PolicyConfig, PolicyKind, StepCounts};
 use serde_json::Value;
 
@@ -92,4 +93,21 @@ pub fn policy_config(j: &Value) -> PolicyConfig {
     cfg.positive_nll_coef = opt_num(j, "positive_nll_coef").unwrap_or(0.0);
     cfg.correct_score = opt_num(j, "correct_score").unwrap_or(1.0);
     cfg
+}
+
+/// The statistics a trainer logs, by the names a policy fixture's `stats`
+/// gives them.
+pub fn stat_pairs(m: &PolicyMeans) -> [(&'static str, f64); 10] {
+    [
+        ("clip_frac_low", m.clip_frac_low),
+        ("clip_frac_high", m.clip_frac_high),
+        ("clip_frac_dual", m.clip_frac_dual),
+        ("ratio_mean", m.ratio_mean),
+        ("ratio_max", m.ratio_max),
+        ("ppo_kl", m.ppo_kl),
+        ("entropy_mean", m.entropy_mean),
+        ("kl_mean", m.kl_mean),
+        ("sampler_abs_diff_mean", m.sampler_abs_diff_mean),
+        ("sampler_abs_diff_max", m.sampler_abs_diff_max),
+    ]
 }

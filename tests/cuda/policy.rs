@@ -225,18 +225,7 @@ pub(super) fn check_policy_stats(
 ) {
     let m = stats.finish();
     let st = &j["stats"];
-    for (key, got) in [
-        ("clip_frac_low", m.clip_frac_low),
-        ("clip_frac_high", m.clip_frac_high),
-        ("clip_frac_dual", m.clip_frac_dual),
-        ("ratio_mean", m.ratio_mean),
-        ("ratio_max", m.ratio_max),
-        ("ppo_kl", m.ppo_kl),
-        ("entropy_mean", m.entropy_mean),
-        ("kl_mean", m.kl_mean),
-        ("sampler_abs_diff_mean", m.sampler_abs_diff_mean),
-        ("sampler_abs_diff_max", m.sampler_abs_diff_max),
-    ] {
+    for (key, got) in super::common::loss_fixtures::stat_pairs(&m) {
         let want = super::util::num(st, key);
         ch.scalar(&format!("{name}: stat {key}"), got, want, 1.0 + want.abs(), tol);
     }
