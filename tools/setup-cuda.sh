@@ -5,7 +5,12 @@
 # repository (ignored by git), and libclang for bindgen. Idempotent: a second
 # run installs nothing. Prints the variables to export; `source` it to have
 # them set:  source tools/setup-cuda.sh
-set -euo pipefail
+# Sourced, it leaves the caller's shell options as they were (a `set -e`
+# here would stay in an interactive shell and end it at the next failing
+# command) and returns rather than exits on failure.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  set -euo pipefail
+fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="$ROOT/.cuda"
 PINS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-nvvm==13.0.88
@@ -13,13 +18,16 @@ PINS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13
 STAMP="$DEST/.installed"
 if [[ ! -f "$STAMP" ]] || [[ "$(cat "$STAMP")" != "${PINS[*]}" ]]; then
   rm -rf "$DEST"
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$DEST" "${PINS[@]}"
+  if ! python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$DEST" "${PINS[@]}"; then
+    echo "setup-cuda: pip could not install ${PINS[*]}" >&2
+    return 1 2>/dev/null || exit 1
+  fi
   echo "${PINS[*]}" > "$STAMP"
 fi
 CUDA_HOME="$DEST/nvidia/cu13"
 if [[ ! -x "$CUDA_HOME/bin/nvcc" ]]; then
   echo "setup-cuda: $CUDA_HOME/bin/nvcc missing after the install" >&2
-  exit 1
+  return 1 2>/dev/null || exit 1
 fi
 # nvcc finds cicc, ptxas and its headers relative to itself; the PyPI wheels
 # keep nvvm (cicc, libdevice) beside bin/ under the same root.
