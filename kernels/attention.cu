@@ -26,7 +26,6 @@ static_assert(MAX_D % THREADS == 0, "head_dim elements split evenly over the thr
 
 __device__ __forceinline__ float as_f(float x) { return x; }
 __device__ __forceinline__ float as_f(bf16 x) { return to_f(x); }
-__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fc00000); }
 
 // Σ_d a[d]·b[d], d = 0, 1, ..., n−1 in order (as the CPU's dot up to its lane split).
 template <typename A, typename B>

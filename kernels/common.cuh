@@ -15,6 +15,8 @@ __device__ __forceinline__ T* ptr(dptr p) {
 
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 to_bf(float x) { return __float2bfloat16_rn(x); }
+// The quiet NaN the kernels write where an input was bad (a loud result).
+__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fc00000); }
 
 // Sum over the block (float or double): each warp reduces by shuffles in a
 // fixed pattern, then warp 0 reduces the warp sums. Every thread gets the

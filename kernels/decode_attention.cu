@@ -55,7 +55,6 @@ static_assert(BLOCK == ENGINE_ATTN_THREADS, "the launcher runs ENGINE_ATTN_THREA
 // then its running max and sum [WARPS][group] each.
 constexpr int SMEM_FLOATS = WARPS * MAX_GROUP * D_MAX + 2 * WARPS * MAX_GROUP;
 
-__device__ __forceinline__ float nan_value() { return __uint_as_float(0x7fc00000u); }
 
 // E consecutive bf16 (E = 2 or 4: 4 or 8 bytes), loaded in one access. The
 // launcher only takes caches whose base address is aligned to this (and the
@@ -263,7 +262,7 @@ extern "C" __global__ void __launch_bounds__(decode_gqa::BLOCK) attention_decode
   if (blockDim.x != BLOCK || p.n_heads % p.n_kv_heads != 0 || group == 0 || group > MAX_GROUP ||
       (hd != 64 && hd != 128) || (p.n_splits > 1 && (p.split_keys == 0 || part == nullptr))) {
     if (part != nullptr) {
-      for (uint32_t i = threadIdx.x; i < group * (hd + 2); i += blockDim.x) part[i] = nan_value();
+      for (uint32_t i = threadIdx.x; i < group * (hd + 2); i += blockDim.x) part[i] = nan_f();
     }
     return;
   }
@@ -279,9 +278,9 @@ extern "C" __global__ void __launch_bounds__(decode_gqa::BLOCK) attention_decode
   if (!rows_ok || !aligned || !covered) {  // the host checks this first
     if (part == nullptr) {
       bf16* out = ptr<bf16>(p.out) + ((size_t)b * p.n_heads + (size_t)g * group) * hd;
-      for (uint32_t i = threadIdx.x; i < group * hd; i += BLOCK) out[i] = to_bf(nan_value());
+      for (uint32_t i = threadIdx.x; i < group * hd; i += BLOCK) out[i] = to_bf(nan_f());
     } else {
-      for (uint32_t i = threadIdx.x; i < group * (hd + 2); i += BLOCK) part[i] = nan_value();
+      for (uint32_t i = threadIdx.x; i < group * (hd + 2); i += BLOCK) part[i] = nan_f();
     }
     return;
   }

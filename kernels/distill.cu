@@ -524,7 +524,7 @@ __device__ __forceinline__ void distill_split(const DistillParams& p) {
     bool ok = aligned && split_wait(counter, chunks, error);
     Stats st = stats_empty();
     for (uint32_t j = 0; j < chunks; ++j) st = stats_merge<REV>(st, load_part(parts + (size_t)row * chunks + j));
-    if (!ok) st.ms = st.mt = __int_as_float(0x7fc00000);
+    if (!ok) st.ms = st.mt = nan_f();
     sh.row = st;
     sh.ok = ok;
   }
@@ -545,7 +545,7 @@ __device__ __forceinline__ void distill_split(const DistillParams& p) {
         __threadfence();
         double d = 0.0;
         for (uint32_t j = 0; j < chunks; ++j) d += __ldcg(part_sums + 2 * ((size_t)row * chunks + j));
-        *loss = (before & SPLIT_POISON) || !sh.ok ? __int_as_float(0x7fc00000) : (float)d;
+        *loss = (before & SPLIT_POISON) || !sh.ok ? nan_f() : (float)d;
       }
     }
   } else if (MODE == DISTILL_REVERSE) {
@@ -569,8 +569,8 @@ __device__ __forceinline__ void distill_split(const DistillParams& p) {
         d += __ldcg(part_sums + 2 * ((size_t)row * chunks + k));
         mu += __ldcg(part_sums + 2 * ((size_t)row * chunks + k) + 1);
       }
-      sh.total[0] = ok ? d : (double)__int_as_float(0x7fc00000);
-      sh.total[1] = ok ? mu : (double)__int_as_float(0x7fc00000);
+      sh.total[0] = ok ? d : (double)nan_f();
+      sh.total[1] = ok ? mu : (double)nan_f();
     }
     __syncthreads();
     JsdGrad g{j, scale, (float)sh.total[1], zero};

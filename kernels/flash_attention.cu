@@ -727,6 +727,11 @@ __device__ __forceinline__ void bwd_dq(const FlashBwdParams& p) {
 // counters come the launch's ticket counter and its error word.
 constexpr uint32_t SEM_POISON = 0x80000000u;
 
+// The launch's error word in dq_sem (after the counters and the ticket).
+__device__ __forceinline__ uint32_t* dq_error_word(const FlashBwdParams& p) {
+  return ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads + 1;
+}
+
 // The calling thread's part of wait_turn (the dq writer of the
 // warp-specialised backward calls it alone): waits unless `ok` is already
 // false; the outcome, after poisoning the counter where it is false.
@@ -787,7 +792,7 @@ __device__ __forceinline__ void add_rows_f32(float* dst, size_t stride, int row0
       const float2 old = __ldcg(reinterpret_cast<const float2*>(dst + at));
       v = make_float2(old.x + v.x, old.y + v.y);
     }
-    if (poison) v = make_float2(__int_as_float(0x7fc00000), __int_as_float(0x7fc00000));
+    if (poison) v = make_float2(nan_f(), nan_f());
     *reinterpret_cast<float2*>(dst + at) = v;
   });
 }
@@ -854,7 +859,7 @@ __device__ __forceinline__ void add_dq_in_turn(const FlashBwdParams& p, const fl
   const size_t q_stride = (size_t)p.n_heads * D;
   uint32_t* sem = ptr<uint32_t>(p.dq_sem) + (size_t)(start + q0) * p.n_heads + h;
   const uint32_t turn = (uint32_t)(k0 / TILE);
-  uint32_t* error = ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads + 1;
+  uint32_t* error = dq_error_word(p);
   const bool ok = wait_turn(sem, turn, error, flag_s);
   float* rows = ptr<float>(p.dq_accum) + (size_t)(start + q0) * q_stride + (size_t)h * D + col0;
   add_rows_f32<DC>(rows, q_stride, row0, len - q0, dq, turn == 0, !ok);
@@ -916,7 +921,7 @@ __device__ __forceinline__ void bwd_dkdv(const FlashBwdParams& p) {
   if (blockDim.x != THREADS || dyn_smem_bytes() < (uint32_t)dkdv_smem<D, FAST, DQ>()) {
     // A bad launch: with DQ, set the error word, so that dq comes out NaN
     // rather than unwritten sums.
-    if (DQ && threadIdx.x == 0) atomicOr(ptr<uint32_t>(p.dq_sem) + (size_t)p.tokens * p.n_heads + 1, 1u);
+    if (DQ && threadIdx.x == 0) atomicOr(dq_error_word(p), 1u);
     return;
   }
   if (blockIdx.x >= p.n_blocks || blockIdx.y >= p.n_heads) return;
@@ -1084,8 +1089,8 @@ ENGINE_FLASH_WS_BWD_ENTRY(flash_attention_bwd_ws_d128, 128)
 extern "C" __global__ void __launch_bounds__(256) flash_attention_dq_from_accum(FlashBwdParams p) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= (size_t)p.tokens * p.n_heads * p.head_dim) return;
-  const uint32_t error = ptr<const uint32_t>(p.dq_sem)[(size_t)p.tokens * p.n_heads + 1];
-  ptr<bf16>(p.dq)[i] = to_bf(error ? __int_as_float(0x7fc00000) : ptr<const float>(p.dq_accum)[i]);
+  const uint32_t error = *dq_error_word(p);
+  ptr<bf16>(p.dq)[i] = to_bf(error ? nan_f() : ptr<const float>(p.dq_accum)[i]);
 }
 
 // dk, dv (bf16) = Σ_r dk_part, dv_part of query heads g·group + r, r = 0, 1,

@@ -33,7 +33,6 @@ __device__ __forceinline__ float load_f(const bf16* z, uint32_t i) { return to_f
 __device__ __forceinline__ float load_f(const float* z, uint32_t i) { return z[i]; }
 __device__ __forceinline__ void store_f(bf16* z, uint32_t i, float v) { z[i] = to_bf(v); }
 __device__ __forceinline__ void store_f(float* z, uint32_t i, float v) { z[i] = v; }
-__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fc00000); }
 
 // Running softmax statistics of values s: m a running maximum, sum = Σ e^(s−m),
 // wsum = Σ e^(s−m)·(s−m) (kept only with the entropy). Then
@@ -314,13 +313,6 @@ struct VecOf<float> {
   }
 };
 
-// Elements of T from p up to its next 16-byte boundary, at most n (p is
-// aligned to sizeof(T)).
-template <typename T>
-__device__ __forceinline__ uint32_t vec_head(dptr p, uint32_t n) {
-  const uint32_t h = ((16u - (uint32_t)(p & 15u)) & 15u) / (uint32_t)sizeof(T);
-  return h < n ? h : n;
-}
 
 // Calls op.run<N>(z, first) on this thread's share of the row, z the raw
 // logits in fp32, N = VecOf<T>::N for a 16-byte vector (8 bf16, 4 fp32) and

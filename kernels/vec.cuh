@@ -7,12 +7,16 @@
 #pragma once
 #include "common.cuh"
 
-// Elements of 2 bytes from p up to its next 16-byte boundary, at most n.
-// p must be even (a bf16 address).
-__device__ __forceinline__ uint32_t bf16_head(dptr p, uint32_t n) {
-  const uint32_t h = ((16u - (uint32_t)(p & 15u)) & 15u) >> 1;
+// Elements of T from p up to its next 16-byte boundary, at most n (p is
+// aligned to sizeof(T)).
+template <typename T>
+__device__ __forceinline__ uint32_t vec_head(dptr p, uint32_t n) {
+  const uint32_t h = ((16u - (uint32_t)(p & 15u)) & 15u) / (uint32_t)sizeof(T);
   return h < n ? h : n;
 }
+
+// vec_head of a bf16 address (p even).
+__device__ __forceinline__ uint32_t bf16_head(dptr p, uint32_t n) { return vec_head<bf16>(p, n); }
 
 // True when bf16 pointers a and b sit at the same offset mod 16 (so one head
 // aligns both) and are 2-byte aligned.

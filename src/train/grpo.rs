@@ -314,13 +314,15 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
         let on_policy = epochs == 1 && per_mini >= groups.len() && !recompute_old;
         let mut old: Vec<Vec<f32>> = Vec::new();
         let mut refl: Vec<Vec<f32>> = Vec::new();
-        for grp in &groups {
-            let mb = MicroBatch::pack(grp);
-            if !on_policy {
-                old.push(token_logps(be, model, &mut acts, &mb, t, false)?.0);
-            }
-            if let Some(r) = &reference {
-                refl.push(token_logps(be, r, &mut acts, &mb, t, false)?.0);
+        if !on_policy || reference.is_some() {
+            for grp in &groups {
+                let mb = MicroBatch::pack(grp);
+                if !on_policy {
+                    old.push(token_logps(be, model, &mut acts, &mb, t, false)?.0);
+                }
+                if let Some(r) = &reference {
+                    refl.push(token_logps(be, r, &mut acts, &mb, t, false)?.0);
+                }
             }
         }
 
@@ -369,8 +371,8 @@ pub fn run<B: Backend>(be: &B, cfg: &Config, resume: Option<&Path>) -> Result<Pa
                     }
                     let [old_d, ref_d, sampler_d] = &mut dev_logps;
                     let span = Span::new(0, n);
-                    if let Some(o) = old.get(*gi) {
-                        be.write(o, B::view_mut(old_d, span));
+                    if !on_policy {
+                        be.write(&old[*gi], B::view_mut(old_d, span));
                     }
                     be.write(&sampler, B::view_mut(sampler_d, span));
                     if let Some(r) = refl.get(*gi) {

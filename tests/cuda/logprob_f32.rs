@@ -6,7 +6,7 @@
 //! its row's largest). The kernels' logic on fp32 rows also runs under
 //! tools/kernel_emu in CI (tests/kernel_emu.rs).
 
-use super::util::{gpu, Lcg};
+use super::util::{gpu, put_f32, put_idx, Lcg};
 use engine::backend::cpu::logprob::{logprob_bwd, logprob_fwd};
 use engine::backend::cuda::Cuda;
 use engine::backend::{Backend, Span, IGNORE};
@@ -48,10 +48,8 @@ fn logprob_on_fp32_logits_matches_the_cpu() {
 
             // The backend's ops on an fp32 buffer, one element in.
             let n = rows * vocab;
-            let mut zd = be.alloc_f32(n + 1);
-            be.write(&z, Cuda::view_mut(&mut zd, Span::new(1, n)));
-            let mut yd = be.alloc_idx(rows);
-            be.write_idx(&y, &mut yd);
+            let mut zd = put_f32(&be, &[&[0.0][..], &z].concat());
+            let yd = put_idx(&be, &y);
             let (mut lpd, mut lsd, mut hd) = (be.alloc_f32(rows), be.alloc_f32(rows), be.alloc_f32(rows));
             let all = Span::new(0, rows);
             be.logprob_fwd(
@@ -72,9 +70,7 @@ fn logprob_on_fp32_logits_matches_the_cpu() {
             let mut dz = z.clone();
             let e = entropy.then_some((&ent_coef[..], &h[..]));
             logprob_bwd(&mut dz, &y, vocab, inv_temp, &lse, &coef, e);
-            let (mut cd, mut ed) = (be.alloc_f32(rows), be.alloc_f32(rows));
-            be.write(&coef, Cuda::view_mut(&mut cd, all));
-            be.write(&ent_coef, Cuda::view_mut(&mut ed, all));
+            let (cd, ed) = (put_f32(&be, &coef), put_f32(&be, &ent_coef));
             be.logprob_bwd(
                 Cuda::view_mut(&mut zd, Span::new(1, n)),
                 Cuda::idx_view(&yd, all),

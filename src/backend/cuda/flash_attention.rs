@@ -207,7 +207,7 @@ enum BwdKernel {
 /// least that much): the fast variant double-buffers its inner loop's tiles.
 fn smem(variant: FlashVariant, head_dim: usize) -> (usize, usize, usize) {
     let row = (head_dim + ENGINE_FLASH_PAD as usize) * 2;
-    let step = if head_dim == 64 { ENGINE_FLASH_DKDV_STEP_D64 } else { ENGINE_FLASH_DKDV_STEP_D128 } as usize;
+    let step = dkdv_step(head_dim);
     let variant = variant.builds();
     let nbuf = if variant == FlashVariant::Fast { 2 } else { 1 };
     let fwd_keys = match (variant, head_dim) {
@@ -230,8 +230,13 @@ fn smem(variant: FlashVariant, head_dim: usize) -> (usize, usize, usize) {
 /// plus the step's dS ([64 keys][step queries] bf16, rows padded) and the
 /// ordered addition's flag.
 fn fused_smem(head_dim: usize) -> usize {
-    let step = if head_dim == 64 { ENGINE_FLASH_DKDV_STEP_D64 } else { ENGINE_FLASH_DKDV_STEP_D128 } as usize;
-    smem(FlashVariant::Fast, head_dim).2 + TILE * (step + ENGINE_FLASH_PAD as usize) * 2 + 16
+    smem(FlashVariant::Fast, head_dim).2 + TILE * (dkdv_step(head_dim) + ENGINE_FLASH_PAD as usize) * 2 + 16
+}
+
+/// Queries per step of the dk/dv (and fused) kernels, as the kernel's
+/// `dkdv_step<D>()`.
+fn dkdv_step(head_dim: usize) -> usize {
+    (if head_dim == 64 { ENGINE_FLASH_DKDV_STEP_D64 } else { ENGINE_FLASH_DKDV_STEP_D128 }) as usize
 }
 
 /// [`Gpu::fitting_build`] for a GPU with `smem_optin` bytes per block.
