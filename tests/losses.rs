@@ -162,24 +162,14 @@ fn dpo_matches_pytorch() {
         let (logits, targets) = (r.f32("logits"), r.u32("targets"));
         let v = logits.len() / lay.n;
         let (logp, lse, h) = phase1(&logits, &targets, v, 1.0);
-        let cfg = DpoConfig {
-            loss_type: if j["loss_type"] == "ipo" { DpoLossType::Ipo } else { DpoLossType::Sigmoid },
-            beta: num(&j, "beta"),
-            label_smoothing: opt_num(&j, "label_smoothing").unwrap_or(0.0),
-        };
+        let cfg = dpo_config(&j);
         let pairs = (lay.cu.len() - 1) / 2;
         let (loss, coefs, stats) = dpo_loss(&cfg, &logp, &r.f32("ref_logp"), &lay.mask, &lay.cu, pairs);
         check_scalar(&format!("{name}: loss"), loss, num(&j, "loss"), 1e-5);
         let dz = phase2(&logits, &targets, v, 1.0, &lse, &h, &coefs);
         check_rel(&format!("{name}: dlogits"), &to_f64(&dz), &r.f64("dlogits"), 1e-5);
-        let (c, rj, acc, margin) = stats.finish();
         let st = &j["stats"];
-        for (key, got) in [
-            ("reward_chosen_mean", c),
-            ("reward_rejected_mean", rj),
-            ("reward_accuracy", acc),
-            ("reward_margin_mean", margin),
-        ] {
+        for (key, got) in dpo_stat_pairs(&stats) {
             let want = num(st, key);
             assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{name}: {key} {got} vs {want}");
         }

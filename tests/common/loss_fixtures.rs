@@ -5,7 +5,9 @@
 
 use super::{fixtures, Reference};
 use engine::loss::policy::PolicyMeans;
-use engine::loss::{Aggregation, KlKind, KlPenalty, PolicyConfig, PolicyKind, StepCounts};
+use engine::loss::{
+    Aggregation, DpoConfig, DpoLossType, DpoStats, KlKind, KlPenalty, PolicyConfig, PolicyKind, StepCounts,
+};
 use serde_json::Value;
 
 /// A loss fixture: its settings (`<name>.json`) and reference values.
@@ -109,5 +111,26 @@ pub fn stat_pairs(m: &PolicyMeans) -> [(&'static str, f64); 10] {
         ("kl_mean", m.kl_mean),
         ("sampler_abs_diff_mean", m.sampler_abs_diff_mean),
         ("sampler_abs_diff_max", m.sampler_abs_diff_max),
+    ]
+}
+
+/// A DPO fixture's settings.
+pub fn dpo_config(j: &Value) -> DpoConfig {
+    DpoConfig {
+        loss_type: if j["loss_type"] == "ipo" { DpoLossType::Ipo } else { DpoLossType::Sigmoid },
+        beta: num(j, "beta"),
+        label_smoothing: opt_num(j, "label_smoothing").unwrap_or(0.0),
+    }
+}
+
+/// The statistics the DPO trainer logs, by the names a DPO fixture's
+/// `stats` gives them.
+pub fn dpo_stat_pairs(stats: &DpoStats) -> [(&'static str, f64); 4] {
+    let (chosen, rejected, acc, margin) = stats.finish();
+    [
+        ("reward_chosen_mean", chosen),
+        ("reward_rejected_mean", rejected),
+        ("reward_accuracy", acc),
+        ("reward_margin_mean", margin),
     ]
 }

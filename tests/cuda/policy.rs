@@ -272,9 +272,10 @@ fn policy_fixture_checks<B: Backend>(be: &B, name: &str, tol: FixtureTol, ch: &m
 /// (kernels/dpo.cu on the GPU) on PyTorch's float64 logp rounded to f32,
 /// phase 2 with its coefficients.
 fn dpo_fixture_checks<B: Backend>(be: &B, name: &str, tol: FixtureTol, ch: &mut Checks) {
+    use super::common::loss_fixtures::{dpo_config, dpo_stat_pairs};
     use super::logprob::{fixture_phase1, fixture_phase2};
-    use super::util::{loss_fixture, lse_f64, num, opt_num, put_f32, put_idx, read_all};
-    use engine::loss::{DpoConfig, DpoLossType, TokenCoefs};
+    use super::util::{loss_fixture, lse_f64, num, put_f32, put_idx, read_all};
+    use engine::loss::TokenCoefs;
     let (j, r) = loss_fixture(name);
     let lay = LossLayout::read(&r);
     let (logits, targets) = (r.f32("logits"), r.u32("targets"));
@@ -286,11 +287,7 @@ fn dpo_fixture_checks<B: Backend>(be: &B, name: &str, tol: FixtureTol, ch: &mut 
     ch.rel(&format!("{name}: logp"), &to_f64(&logp), &r.f64("logp"), tol.data);
     ch.rel(&format!("{name}: lse"), &to_f64(&lse), &lse_f64(&r.f64("logits"), v, 1.0), tol.data);
 
-    let cfg = DpoConfig {
-        loss_type: if j["loss_type"] == "ipo" { DpoLossType::Ipo } else { DpoLossType::Sigmoid },
-        beta: num(&j, "beta"),
-        label_smoothing: opt_num(&j, "label_smoothing").unwrap_or(0.0),
-    };
+    let cfg = dpo_config(&j);
     let all = Span::new(0, n);
     let (lp, rl) = (put_f32(be, &r.f32("logp")), put_f32(be, &r.f32("ref_logp")));
     let mut c = be.alloc_f32(n);
@@ -301,14 +298,8 @@ fn dpo_fixture_checks<B: Backend>(be: &B, name: &str, tol: FixtureTol, ch: &mut 
     let want = num(&j, "loss");
     ch.scalar(&format!("{name}: loss"), loss, want, want.abs(), tol.fp32);
     ch.rel(&format!("{name}: dL/dlogp"), &to_f64(&coefs.logp), &r.f64("dlogp"), tol.fp32);
-    let (chosen, rejected, acc, margin) = stats.finish();
     let st = &j["stats"];
-    for (key, got) in [
-        ("reward_chosen_mean", chosen),
-        ("reward_rejected_mean", rejected),
-        ("reward_accuracy", acc),
-        ("reward_margin_mean", margin),
-    ] {
+    for (key, got) in dpo_stat_pairs(&stats) {
         let want = num(st, key);
         ch.scalar(&format!("{name}: {key}"), got, want, 1.0 + want.abs(), tol.fp32);
     }
